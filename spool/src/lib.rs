@@ -1,0 +1,104 @@
+//! baton's spool: a durable, append-only log of segment files.
+//!
+//! baton takes responsibility for a message the moment it answers `250`
+//! after DATA (RFC 5321 §6.1). The spool is where that promise lives: a
+//! message is acknowledged only once a sync covering its record has
+//! completed, and it stays on disk until every recipient is final. The
+//! spool knows nothing of SMTP.
+//!
+//! # Layout
+//!
+//! - [`record`]: framing (magic, CRC32C, segment id, sequence, type,
+//!   length) and the payloads: [`NewMessage`]/[`MessageView`],
+//!   [`Outcome`], [`Status`].
+//! - [`segment`]: segment files (`<writer>-<seq>.seg`), zero-filled or
+//!   recycled ahead of use, mapped read-only. The only `unsafe` in the crate
+//!   is the mapping, there.
+//! - [`writer`]: the sans-IO append side. One [`Writer`] per shard; it hands
+//!   out writes and datasyncs for the caller to submit (the engine's
+//!   io_uring ring) and learns their results; group commit lives here.
+//! - [`driver`]: [`BlockingWriter`], a writer driven by system calls, for
+//!   tests, tools and benchmarks.
+//! - `index`: which messages and outcomes each segment still holds, and
+//!   what keeps a segment on disk.
+//! - [`recovery`]: scan, CRC check, torn-tail cut, quarantine, and the list
+//!   of pending recipients.
+//! - [`reclaim`]: deleting and recycling segments, compaction.
+//! - [`spool`]: [`Spool`], the shared handle: the segment table, reads,
+//!   the segment preparer thread.
+//! - [`config`]: [`SpoolConfig`], [`SyncMode`], the [`Clock`] seam.
+//!
+//! # Use
+//!
+//! ```no_run
+//! use baton_spool::{BlockingWriter, NewMessage, NewRecipient, QueueId, Spool, SpoolConfig, Status};
+//!
+//! let (spool, recovered) = Spool::open(SpoolConfig::new("/var/spool/baton"))?;
+//! println!("{} recipients still to deliver", recovered.pending.len());
+//! let mut writer = BlockingWriter::new(spool.writer(0)?);
+//! let rcpt = [NewRecipient { address: b"bob@example.org", params: b"", status: Status::Pending }];
+//! let appended = writer.append_message(&NewMessage {
+//!     queue_id: QueueId(recovered.queue_id_max.0 + 1),
+//!     arrival_ms: 0,
+//!     reverse_path: b"alice@example.com",
+//!     mail_params: b"",
+//!     identity: b"",
+//!     peer: b"127.0.0.1:40000",
+//!     recipients: &rcpt,
+//!     body: b"Subject: hi\r\n\r\nhello\r\n",
+//! })?;
+//! writer.wait(appended.ticket)?; // now it is safe to answer 250
+//! # Ok::<(), baton_spool::Error>(())
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::fmt;
+
+pub mod config;
+pub mod driver;
+pub mod error;
+mod index;
+pub mod reclaim;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+pub mod spool;
+pub mod writer;
+
+pub use config::{Clock, SpoolConfig, SyncMode, SystemClock};
+pub use driver::BlockingWriter;
+pub use error::{Error, Result};
+pub use index::IndexCounts;
+pub use reclaim::{CompactReport, ReclaimReport};
+pub use record::{MessageView, NewMessage, NewRecipient, Outcome, RecipientView, RecordType, Status};
+pub use recovery::{Damage, PendingRecipient, Recovered, RecoveryReport};
+pub use segment::SegmentId;
+pub use spool::{MessageState, Record, Spool, SpoolStats, COMPACTION_WRITER};
+pub use writer::{Appended, Io, OpId, SyncOp, WriteOp, Writer};
+
+/// Identifies a message for its whole life, across restarts and
+/// compaction. The engine chooses it; the spool only requires uniqueness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct QueueId(pub u64);
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+/// Where a record lives: resolve it with [`Spool::read`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecordRef {
+    pub segment: SegmentId,
+    /// Offset of the frame in the segment file.
+    pub offset: u64,
+    /// Length of the frame, padding included.
+    pub len: u32,
+}
+
+/// Orders the appends of one writer. A ticket is durable once
+/// [`Writer::durable`] has reached it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Ticket(pub u64);

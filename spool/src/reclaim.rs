@@ -1,0 +1,202 @@
+//! Reclamation: deleting segments nothing needs, and compacting segments
+//! that little still needs.
+//!
+//! Deletion follows the rules in [`crate::index`]. A deleted segment becomes
+//! a spare (renamed, kept for reuse: its blocks are already allocated, so
+//! reusing it costs no zero-filling) while there are fewer than
+//! `spares_max` spares and no reader holds its mapping; otherwise it is
+//! unlinked.
+//!
+//! Compaction copies what still matters out of an old segment, so that a
+//! few long-deferred messages do not pin gigabytes: every live message (its
+//! record rewritten with the current state of each recipient) and every
+//! latest outcome it holds for a message elsewhere. The copies are made
+//! durable first; only then does the index move the messages and pins to
+//! the new segment, and the old one becomes deletable.
+
+use std::fs;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::error::{io_err, Result};
+use crate::record::{NewMessage, NewRecipient, Outcome};
+use crate::segment::{spare_file_name, sync_dir, SegmentId};
+use crate::spool::Spool;
+use crate::BlockingWriter;
+
+/// What a reclamation pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    pub segments_deleted: u64,
+    pub segments_recycled: u64,
+    pub bytes_freed: u64,
+}
+
+/// What compaction did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    pub segments: u64,
+    pub messages_copied: u64,
+    pub outcomes_copied: u64,
+    pub bytes_copied: u64,
+}
+
+impl Spool {
+    /// Deletes every sealed segment that nothing needs, repeating while a
+    /// deletion frees further segments. Blocking: run it off the hot path.
+    pub fn reclaim(&self) -> Result<ReclaimReport> {
+        let shared = &self.shared;
+        let _one_at_a_time = shared.reclaim_lock.lock().expect("reclaim lock");
+        let mut report = ReclaimReport::default();
+        loop {
+            let deletable = {
+                let segments = shared.segments.read().expect("segments lock");
+                let index = shared.index.lock().expect("index lock");
+                index.deletable(|id| segments.get(&id).is_some_and(|s| s.is_sealed()))
+            };
+            if deletable.is_empty() {
+                return Ok(report);
+            }
+            for &id in &deletable {
+                let Some(segment) = shared.segments.write().expect("segments lock").remove(&id) else {
+                    continue;
+                };
+                shared.used_bytes.fetch_sub(segment.capacity(), Ordering::Relaxed);
+                report.segments_deleted += 1;
+                report.bytes_freed += segment.capacity();
+                let path = segment.path().to_path_buf();
+                let mut spares = shared.spares.lock().expect("spares lock");
+                let recyclable = segment.capacity() == shared.config.segment_bytes
+                    && spares.len() < shared.config.spares_max
+                    && Arc::strong_count(&segment) == 1;
+                if recyclable {
+                    let spare = shared.config.path.join(spare_file_name(id));
+                    fs::rename(&path, &spare).map_err(io_err("rename", &spare))?;
+                    spares.push(spare);
+                    report.segments_recycled += 1;
+                } else {
+                    fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                }
+            }
+            // The deletions must be durable before the pins they held are
+            // released: see the index's module documentation.
+            sync_dir(&shared.config.path)?;
+            let mut index = shared.index.lock().expect("index lock");
+            for id in deletable {
+                index.remove_segment(id);
+            }
+        }
+    }
+
+    /// Sealed segments worth compacting: old enough, and holding live data
+    /// of at most `compact_live_ratio` of their capacity.
+    pub fn compaction_candidates(&self) -> Vec<SegmentId> {
+        let shared = &self.shared;
+        let now = shared.config.clock.now_ms();
+        let segments = shared.segments.read().expect("segments lock");
+        let index = shared.index.lock().expect("index lock");
+        let mut candidates: Vec<_> = segments
+            .values()
+            .filter(|s| s.is_sealed() && now.saturating_sub(s.header.created_ms) >= shared.config.compact_age_ms_min)
+            .filter_map(|s| {
+                let state = index.segment(s.id())?;
+                if state.live_recipients == 0 && state.pins == 0 {
+                    return None; // reclaim() takes it as it is
+                }
+                // An outcome copy is small; count each pin as one frame.
+                let live = state.live_bytes + state.pins * 64;
+                (live as f64 <= s.capacity() as f64 * shared.config.compact_live_ratio).then_some(s.id())
+            })
+            .collect();
+        candidates.sort();
+        candidates
+    }
+
+    /// Compacts up to `segments_max` candidates with `writer`, then reclaims.
+    pub fn compact(&self, writer: &mut BlockingWriter, segments_max: usize) -> Result<CompactReport> {
+        let mut report = CompactReport::default();
+        for id in self.compaction_candidates().into_iter().take(segments_max) {
+            let one = self.compact_segment(writer, id)?;
+            report.segments += 1;
+            report.messages_copied += one.messages_copied;
+            report.outcomes_copied += one.outcomes_copied;
+            report.bytes_copied += one.bytes_copied;
+        }
+        if report.segments > 0 {
+            self.reclaim()?;
+        }
+        Ok(report)
+    }
+
+    /// Copies what still matters out of one segment; see the module
+    /// documentation.
+    pub fn compact_segment(&self, writer: &mut BlockingWriter, id: SegmentId) -> Result<CompactReport> {
+        let (live, pinned) = self.shared.index.lock().expect("index lock").live_in(id);
+        let now = self.shared.config.clock.now_ms();
+        let mut report = CompactReport {
+            segments: 1,
+            ..CompactReport::default()
+        };
+        let mut moved = Vec::with_capacity(live.len());
+        for m in live {
+            let record = self.read(m.body)?;
+            let view = record.message()?;
+            let recipients: Vec<NewRecipient<'_>> = view
+                .recipients()
+                .zip(&m.statuses)
+                .map(|(r, &status)| NewRecipient {
+                    address: r.address,
+                    params: r.params,
+                    status,
+                })
+                .collect();
+            let copy = NewMessage {
+                queue_id: m.queue_id,
+                arrival_ms: view.arrival_ms,
+                reverse_path: view.reverse_path,
+                mail_params: view.mail_params,
+                identity: view.identity,
+                peer: view.peer,
+                recipients: &recipients,
+                body: view.body,
+            };
+            let appended = writer.writer_mut().append_message_unindexed(&copy)?;
+            writer.pump()?;
+            report.messages_copied += 1;
+            report.bytes_copied += u64::from(appended.at.len);
+            moved.push((m.queue_id, appended.at, m.outcomes));
+        }
+        let mut repointed = Vec::with_capacity(pinned.len());
+        for p in pinned {
+            let outcome = Outcome {
+                queue_id: p.queue_id,
+                recipient: p.recipient,
+                status: p.status,
+                time_ms: now,
+                reply: b"",
+            };
+            let appended = writer.writer_mut().append_outcome_unindexed(&outcome)?;
+            writer.pump()?;
+            report.outcomes_copied += 1;
+            report.bytes_copied += u64::from(appended.at.len);
+            repointed.push((p.queue_id, p.recipient, appended.at.segment));
+        }
+        writer.flush()?;
+        let mut index = self.shared.index.lock().expect("index lock");
+        for (queue_id, at, folded) in moved {
+            index.relocate(queue_id, id, at, &folded, true);
+        }
+        for (queue_id, recipient, to) in repointed {
+            index.repoint(queue_id, recipient, id, to);
+        }
+        Ok(report)
+    }
+
+    /// Drops a segment that has been emptied and moved away (quarantine).
+    pub(crate) fn forget(&self, id: SegmentId) {
+        if let Some(segment) = self.shared.segments.write().expect("segments lock").remove(&id) {
+            self.shared.used_bytes.fetch_sub(segment.capacity(), Ordering::Relaxed);
+        }
+        self.shared.index.lock().expect("index lock").remove_segment(id);
+    }
+}

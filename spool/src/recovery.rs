@@ -1,0 +1,349 @@
+//! Recovery: from the files in the spool directory back to the index and
+//! the list of recipients still to deliver.
+//!
+//! Every segment is read whole and every frame's CRC verified. Within a
+//! segment, frames follow one another; what follows the last good frame is
+//! one of:
+//! - zeroes: the unwritten part of the segment. Nothing to do.
+//! - a *torn tail*: bytes of writes that were in flight at the crash and
+//!   never covered by a sync, so never acknowledged. They are cut off.
+//! - *damage*: a bad frame followed, further on, by good frames of the same
+//!   segment. Every good frame on either side is recovered; the bad range is
+//!   reported as an error, and the segment is quarantined: its live messages
+//!   are copied into a fresh segment and the file is moved to
+//!   `quarantine/` for the operator. Never a silent skip, never a panic.
+//!
+//! Damage can also be the trace of a crash when the kernel wrote back a
+//! later page of unsynced writes before an earlier one; the frames after the
+//! hole were never acknowledged, and recovering them does no harm.
+//!
+//! Outcomes merge by rank (see [`Status::merge`]), so segments can be
+//! applied in any order; messages are read first and outcomes applied after,
+//! because a compacted copy of a message can sit in a newer segment than an
+//! outcome that concerns it.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::SpoolConfig;
+use crate::error::{io_err, Result};
+use crate::record::{decode_frame, MessageView, Outcome, RecordType, Status, FRAME_ALIGN, FRAME_HEADER_BYTES, FRAME_MAGIC};
+use crate::segment::{
+    parse_segment_file_name, sync_dir, Segment, SegmentHeader, SegmentId, QUARANTINE_DIR, SEGMENT_HEADER_BYTES,
+};
+use crate::spool::{Shared, Spool, COMPACTION_WRITER};
+use crate::{BlockingWriter, QueueId, RecordRef};
+
+/// A recipient still to be delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingRecipient {
+    pub queue_id: QueueId,
+    /// Index in the message's RCPT order.
+    pub recipient: u32,
+    /// [`Status::Pending`] or [`Status::Deferred`] with the attempt count and
+    /// the time of the next attempt.
+    pub status: Status,
+    /// The message record.
+    pub message: RecordRef,
+}
+
+/// A range of a segment that did not read as records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// What recovery found.
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    pub segments: u64,
+    pub bytes_scanned: u64,
+    pub messages: u64,
+    pub outcomes: u64,
+    /// Outcomes for messages no longer on disk (already reclaimed): normal.
+    pub outcomes_orphaned: u64,
+    pub torn_tails: Vec<Damage>,
+    pub damaged: Vec<Damage>,
+    /// Where quarantined files were moved.
+    pub quarantined: Vec<PathBuf>,
+    pub segments_reclaimed: u64,
+    pub elapsed: Duration,
+}
+
+/// The result of opening a spool.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Every recipient acknowledged and not final, in no particular order.
+    pub pending: Vec<PendingRecipient>,
+    /// The highest queue id on disk, so new ids can continue above it.
+    pub queue_id_max: QueueId,
+    pub report: RecoveryReport,
+}
+
+struct Found {
+    segments: Vec<Segment>,
+    spares: Vec<PathBuf>,
+    /// Files with no valid segment header.
+    unreadable: Vec<PathBuf>,
+    segment_id_max: u64,
+    writer_seqs: HashMap<u16, u64>,
+}
+
+pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
+    let started = Instant::now();
+    let dir = config.path.clone();
+    let found = list(&dir, config.segment_bytes)?;
+    let mut report = RecoveryReport::default();
+    let shared = Shared::new(config, found.segment_id_max + 1, found.writer_seqs, found.spares);
+    let spool = Spool { shared };
+    let mut queue_id_max = QueueId(0);
+
+    for path in &found.unreadable {
+        tracing::error!(path = %path.display(), "spool file has no valid segment header; quarantining it");
+        report.quarantined.push(quarantine(&dir, path)?);
+    }
+
+    let mut segments = found.segments;
+    segments.sort_by_key(|s| s.id());
+    let mut outcomes = Vec::new();
+    let mut damaged_segments = Vec::new();
+    for segment in segments {
+        report.segments += 1;
+        report.bytes_scanned += segment.capacity();
+        let scan = {
+            let mut index = spool.shared.index.lock().expect("index lock");
+            index.add_segment(segment.id());
+            scan(&segment, &mut index, &mut outcomes, &mut queue_id_max, &mut report)
+        };
+        let segment = if !scan.damage.is_empty() {
+            for &(offset, bytes) in &scan.damage {
+                tracing::error!(
+                    path = %segment.path().display(), offset, bytes,
+                    "damaged records in the middle of a spool segment; recovering the records around them and quarantining the segment"
+                );
+                report.damaged.push(Damage {
+                    path: segment.path().to_path_buf(),
+                    offset,
+                    bytes,
+                });
+            }
+            damaged_segments.push(segment.id());
+            segment
+        } else if scan.tail_dirty {
+            let cut = Damage {
+                path: segment.path().to_path_buf(),
+                offset: scan.end,
+                bytes: segment.capacity() - scan.end,
+            };
+            tracing::warn!(path = %cut.path.display(), offset = cut.offset, "cutting a torn tail (unacknowledged writes in flight at a crash)");
+            report.torn_tails.push(cut);
+            segment.cut(scan.end)?;
+            let path = segment.path().to_path_buf();
+            drop(segment);
+            Segment::open(&path)?.expect("a segment whose header was just read")
+        } else {
+            segment
+        };
+        segment.seal();
+        spool.shared.activate(&Arc::new(segment));
+    }
+
+    {
+        let mut index = spool.shared.index.lock().expect("index lock");
+        for (queue_id, recipient, status, at) in outcomes {
+            if !index.apply_outcome(queue_id, recipient, status, at) {
+                report.outcomes_orphaned += 1;
+            }
+        }
+    }
+
+    if !damaged_segments.is_empty() {
+        let mut copier = BlockingWriter::new(spool.internal_writer(COMPACTION_WRITER)?);
+        for id in damaged_segments {
+            spool.compact_segment(&mut copier, id)?;
+            let segment = spool.shared.segment(id).expect("recovered segment is in the table");
+            report.quarantined.push(quarantine(&dir, segment.path())?);
+            spool.forget(id);
+        }
+    }
+
+    report.segments_reclaimed = spool.reclaim()?.segments_deleted;
+    let pending = pending(&spool);
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        segments = report.segments,
+        pending = pending.len(),
+        torn_tails = report.torn_tails.len(),
+        damaged = report.damaged.len(),
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "spool recovered"
+    );
+    Ok((
+        spool,
+        Recovered {
+            pending,
+            queue_id_max,
+            report,
+        },
+    ))
+}
+
+fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
+    let mut found = Found {
+        segments: Vec::new(),
+        spares: Vec::new(),
+        unreadable: Vec::new(),
+        segment_id_max: 0,
+        writer_seqs: HashMap::new(),
+    };
+    let entries = fs::read_dir(dir).map_err(io_err("read directory", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io_err("read directory", dir))?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.starts_with("tmp-") && name.ends_with(".seg") {
+            // A segment whose creation a crash interrupted; it never held a record.
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+        } else if name.starts_with("spare-") && name.ends_with(".seg") {
+            // Its header still names its old id: no new segment may reuse
+            // that id while its old frames exist.
+            let header = fs::read(&path).ok().and_then(|b| SegmentHeader::decode(&b));
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            match header {
+                Some(h) if len == segment_bytes => {
+                    found.segment_id_max = found.segment_id_max.max(h.id.0);
+                    found.spares.push(path);
+                }
+                _ => fs::remove_file(&path).map_err(io_err("remove", &path))?,
+            }
+        } else if let Some((writer, seq)) = parse_segment_file_name(name) {
+            let next = found.writer_seqs.entry(writer).or_insert(1);
+            *next = (*next).max(seq + 1);
+            match Segment::open(&path)? {
+                Some(segment) => {
+                    found.segment_id_max = found.segment_id_max.max(segment.id().0);
+                    found.segments.push(segment);
+                }
+                None => found.unreadable.push(path),
+            }
+        }
+    }
+    Ok(found)
+}
+
+struct Scan {
+    /// End of the last good frame.
+    end: u64,
+    /// Bad ranges followed by good frames.
+    damage: Vec<(u64, u64)>,
+    /// Non-zero bytes after the last good frame.
+    tail_dirty: bool,
+}
+
+fn scan(
+    segment: &Segment,
+    index: &mut crate::index::Index,
+    outcomes: &mut Vec<(QueueId, u32, Status, SegmentId)>,
+    queue_id_max: &mut QueueId,
+    report: &mut RecoveryReport,
+) -> Scan {
+    let bytes = segment.bytes();
+    let id = segment.id();
+    let mut offset = SEGMENT_HEADER_BYTES as usize;
+    let mut end = offset;
+    let mut last_seq = 0;
+    let mut damage = Vec::new();
+    while offset + FRAME_HEADER_BYTES <= bytes.len() {
+        let frame = decode_frame(&bytes[offset..], id).ok().filter(|f| f.seq > last_seq);
+        let Some(frame) = frame else {
+            match resync(bytes, offset + FRAME_ALIGN, id, last_seq) {
+                Some(next) => {
+                    damage.push((offset as u64, (next - offset) as u64));
+                    offset = next;
+                    continue;
+                }
+                None => break,
+            }
+        };
+        let at = RecordRef {
+            segment: id,
+            offset: offset as u64,
+            len: frame.len as u32,
+        };
+        let applied = match frame.kind {
+            RecordType::Message => MessageView::decode(frame.payload).map(|m| {
+                let statuses: Vec<Status> = m.recipients().map(|r| r.status).collect();
+                *queue_id_max = (*queue_id_max).max(m.queue_id);
+                index.insert_message(m.queue_id, at, &statuses);
+                report.messages += 1;
+            }),
+            RecordType::Outcome => Outcome::decode(frame.payload).map(|o| {
+                outcomes.push((o.queue_id, o.recipient, o.status, id));
+                report.outcomes += 1;
+            }),
+        };
+        if applied.is_err() {
+            // The CRC matched but the payload does not decode: written by a
+            // buggy or foreign version. Damage, not a tail.
+            damage.push((offset as u64, frame.len as u64));
+        }
+        last_seq = frame.seq;
+        offset += frame.len;
+        end = offset;
+    }
+    let tail_dirty = bytes[end..].iter().any(|&b| b != 0);
+    Scan {
+        end: end as u64,
+        damage,
+        tail_dirty,
+    }
+}
+
+/// The next offset after `from` where a good frame of this segment, later
+/// than `last_seq`, starts.
+fn resync(bytes: &[u8], from: usize, id: SegmentId, last_seq: u64) -> Option<usize> {
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut at = from.next_multiple_of(FRAME_ALIGN);
+    while at + FRAME_HEADER_BYTES <= bytes.len() {
+        if bytes[at..at + 4] == magic && decode_frame(&bytes[at..], id).is_ok_and(|f| f.seq > last_seq) {
+            return Some(at);
+        }
+        at += FRAME_ALIGN;
+    }
+    None
+}
+
+fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    fs::create_dir_all(&qdir).map_err(io_err("create directory", &qdir))?;
+    let to = qdir.join(path.file_name().expect("a file"));
+    fs::rename(path, &to).map_err(io_err("rename", &to))?;
+    sync_dir(dir)?;
+    sync_dir(&qdir)?;
+    Ok(to)
+}
+
+fn pending(spool: &Spool) -> Vec<PendingRecipient> {
+    let index = spool.shared.index.lock().expect("index lock");
+    let mut pending = Vec::new();
+    for (queue_id, m) in index.messages() {
+        for (i, r) in m.recipients.iter().enumerate() {
+            if !r.status.is_final() {
+                pending.push(PendingRecipient {
+                    queue_id: *queue_id,
+                    recipient: i as u32,
+                    status: r.status,
+                    message: m.body,
+                });
+            }
+        }
+    }
+    pending
+}

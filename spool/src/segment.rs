@@ -1,0 +1,328 @@
+//! Segment files: naming, preallocation, the read-only mapping.
+//!
+//! A segment is one file of fixed capacity, `<writer>-<seq>.seg`, written by
+//! one writer from start to end and then sealed. It is created zero-filled
+//! (or recycled from a deleted segment) and synced before any record goes
+//! into it, so that a record's `fdatasync` writes data blocks only, never
+//! file metadata: no size change, no extent conversion.
+//!
+//! The whole file is mapped read-only once, when the segment is created or
+//! opened, and the mapping is shared by every thread through an
+//! `Arc<Segment>`.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use memmap2::Mmap;
+
+use crate::error::{io_err, Result};
+
+/// `b"BATONSEG"`.
+const SEGMENT_MAGIC: [u8; 8] = *b"BATONSEG";
+const SEGMENT_VERSION: u32 = 1;
+/// Bytes at the start of a segment before its first record.
+pub const SEGMENT_HEADER_BYTES: u64 = 64;
+/// Zeroes are written in chunks of this size when a segment is created.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+/// Name of the folder that damaged segments are moved into.
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Unique id of a segment, never reused while a file that carries it exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SegmentId(pub u64);
+
+impl fmt::Display for SegmentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What the first bytes of a segment file say about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub id: SegmentId,
+    pub writer: u16,
+    pub seq: u64,
+    pub capacity: u64,
+    pub created_ms: u64,
+}
+
+impl SegmentHeader {
+    fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+        let mut out = [0u8; SEGMENT_HEADER_BYTES as usize];
+        out[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        out[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
+        out[16..24].copy_from_slice(&self.id.0.to_le_bytes());
+        out[24..26].copy_from_slice(&self.writer.to_le_bytes());
+        out[32..40].copy_from_slice(&self.seq.to_le_bytes());
+        out[40..48].copy_from_slice(&self.capacity.to_le_bytes());
+        out[48..56].copy_from_slice(&self.created_ms.to_le_bytes());
+        let crc = crc32c::crc32c(&out[16..]);
+        out[12..16].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks a header; `None` if the bytes are not one.
+    pub fn decode(bytes: &[u8]) -> Option<SegmentHeader> {
+        let bytes = bytes.get(..SEGMENT_HEADER_BYTES as usize)?;
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+        if bytes[0..8] != SEGMENT_MAGIC
+            || u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != SEGMENT_VERSION
+            || crc32c::crc32c(&bytes[16..]) != crc
+        {
+            return None;
+        }
+        Some(SegmentHeader {
+            id: SegmentId(u64_at(16)),
+            writer: u16::from_le_bytes(bytes[24..26].try_into().expect("2 bytes")),
+            seq: u64_at(32),
+            capacity: u64_at(40),
+            created_ms: u64_at(48),
+        })
+    }
+}
+
+/// File name of a writer's segment.
+pub fn segment_file_name(writer: u16, seq: u64) -> String {
+    format!("{writer:03}-{seq:010}.seg")
+}
+
+/// Parses `<writer>-<seq>.seg`.
+pub fn parse_segment_file_name(name: &str) -> Option<(u16, u64)> {
+    let stem = name.strip_suffix(".seg")?;
+    let (writer, seq) = stem.split_once('-')?;
+    Some((writer.parse().ok()?, seq.parse().ok()?))
+}
+
+/// File name of a spare: a deleted segment kept for reuse.
+pub fn spare_file_name(id: SegmentId) -> String {
+    format!("spare-{:016x}.seg", id.0)
+}
+
+/// One segment file and its read-only mapping.
+pub struct Segment {
+    pub header: SegmentHeader,
+    path: PathBuf,
+    file: File,
+    map: Mmap,
+    /// Set once every record of the segment is durable and no writer will
+    /// append to it again.
+    sealed: AtomicBool,
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("header", &self.header)
+            .field("path", &self.path)
+            .field("sealed", &self.is_sealed())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Creates a zero-filled segment, synced, under a temporary name, then
+    /// renames it into place. The caller syncs the directory.
+    pub fn create(dir: &Path, header: SegmentHeader) -> Result<Segment> {
+        let tmp = dir.join(format!("tmp-{:016x}.seg", header.id.0));
+        let path = dir.join(segment_file_name(header.writer, header.seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
+        let mut written = 0u64;
+        let mut writer = &file;
+        while written < header.capacity {
+            let n = (header.capacity - written).min(ZERO_CHUNK_BYTES as u64) as usize;
+            writer.write_all(&zeroes[..n]).map_err(io_err("zero-fill", &tmp))?;
+            written += n as u64;
+        }
+        file.write_all_at(&header.encode(), 0)
+            .map_err(io_err("write header", &tmp))?;
+        file.sync_all().map_err(io_err("fsync", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+        Segment::from_file(file, path, header)
+    }
+
+    /// Gives a spare file a new life under a new header. Frames of its old
+    /// life remain in it but carry the old segment id, so no scan will take
+    /// them for records of the new segment. The caller syncs the directory.
+    pub fn recycle(dir: &Path, spare: &Path, header: SegmentHeader) -> Result<Segment> {
+        let path = dir.join(segment_file_name(header.writer, header.seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(spare)
+            .map_err(io_err("open spare", spare))?;
+        let len = file.metadata().map_err(io_err("stat", spare))?.len();
+        if len != header.capacity {
+            return Err(crate::Error::Config(format!(
+                "spare {} has {len} bytes, expected {}",
+                spare.display(),
+                header.capacity
+            )));
+        }
+        file.write_all_at(&header.encode(), 0)
+            .map_err(io_err("write header", spare))?;
+        file.sync_data().map_err(io_err("fdatasync", spare))?;
+        fs::rename(spare, &path).map_err(io_err("rename", &path))?;
+        Segment::from_file(file, path, header)
+    }
+
+    /// Opens an existing segment read-write (recovery may cut its tail) and
+    /// maps it. Returns `Ok(None)` when the header is not valid.
+    pub fn open(path: &Path) -> Result<Option<Segment>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err("open", path))?;
+        let mut first = [0u8; SEGMENT_HEADER_BYTES as usize];
+        if file.read_exact_at(&mut first, 0).is_err() {
+            return Ok(None);
+        }
+        let Some(header) = SegmentHeader::decode(&first) else {
+            return Ok(None);
+        };
+        let len = file.metadata().map_err(io_err("stat", path))?.len();
+        if len < SEGMENT_HEADER_BYTES {
+            return Ok(None);
+        }
+        // A cut tail makes the file shorter than its capacity.
+        let header = SegmentHeader {
+            capacity: len.min(header.capacity),
+            ..header
+        };
+        Segment::from_file(file, path.to_path_buf(), header).map(Some)
+    }
+
+    fn from_file(file: File, path: PathBuf, header: SegmentHeader) -> Result<Segment> {
+        // SAFETY: the file is a segment: bytes are only ever added to it by
+        // positional writes at offsets past every record handed out, and it
+        // is never truncated below a record handed out (recovery cuts a torn
+        // tail before any slice of it exists). So no `&[u8]` taken from the
+        // mapping sees its bytes change. See `map_read_only`.
+        let map = unsafe { map_read_only(&file) }.map_err(io_err("mmap", &path))?;
+        Ok(Segment {
+            header,
+            path,
+            file,
+            map,
+            sealed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn id(&self) -> SegmentId {
+        self.header.id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The whole mapped file.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.header.capacity
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn seal(&self) {
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    /// Cuts the file at `len` and syncs. Only recovery calls this, before any
+    /// slice of the cut range has been handed out.
+    pub(crate) fn cut(&self, len: u64) -> Result<()> {
+        self.file.set_len(len).map_err(io_err("truncate", &self.path))?;
+        self.file.sync_all().map_err(io_err("fsync", &self.path))
+    }
+}
+
+/// Maps a whole file read-only.
+///
+/// # Safety
+///
+/// The caller promises that no byte of the file that a slice of the mapping
+/// is borrowed for will change, and that the file is not truncated below
+/// such a byte, while the mapping lives: either would be undefined behaviour
+/// (or SIGBUS) for the holder of the slice. The spool keeps the promise by
+/// writing only past the records it has handed out, and cutting only during
+/// recovery, before it hands out any.
+unsafe fn map_read_only(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: passed on from the caller.
+    unsafe { Mmap::map(file) }
+}
+
+/// Syncs a directory, so that creations, renames and unlinks in it survive a
+/// crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip() {
+        assert_eq!(segment_file_name(3, 17), "003-0000000017.seg");
+        assert_eq!(parse_segment_file_name("003-0000000017.seg"), Some((3, 17)));
+        assert_eq!(parse_segment_file_name("spare-00ff.seg"), None);
+        assert_eq!(parse_segment_file_name("003-17.tmp"), None);
+    }
+
+    #[test]
+    fn header_round_trips_and_rejects_damage() {
+        let header = SegmentHeader {
+            id: SegmentId(9),
+            writer: 2,
+            seq: 5,
+            capacity: 1 << 20,
+            created_ms: 123,
+        };
+        let bytes = header.encode();
+        assert_eq!(SegmentHeader::decode(&bytes), Some(header));
+        let mut bad = bytes;
+        bad[20] ^= 1;
+        assert_eq!(SegmentHeader::decode(&bad), None);
+    }
+
+    #[test]
+    fn created_segment_is_zeroed_and_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = SegmentHeader {
+            id: SegmentId(1),
+            writer: 0,
+            seq: 1,
+            capacity: 3 << 20,
+            created_ms: 0,
+        };
+        let seg = Segment::create(dir.path(), header).unwrap();
+        assert_eq!(seg.bytes().len() as u64, header.capacity);
+        assert!(seg.bytes()[SEGMENT_HEADER_BYTES as usize..].iter().all(|&b| b == 0));
+        let reopened = Segment::open(seg.path()).unwrap().unwrap();
+        assert_eq!(reopened.header, header);
+    }
+}

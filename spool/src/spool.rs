@@ -1,0 +1,296 @@
+//! The spool as a whole: the directory, the table of mapped segments shared
+//! by every thread, the index, and the thread that prepares segments ahead
+//! of the writers.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread;
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use crate::config::SpoolConfig;
+use crate::error::{io_err, Error, Result};
+use crate::index::{Index, IndexCounts};
+use crate::record::{decode_frame, MessageView, Outcome, RecordType, Status};
+use crate::recovery::{self, Recovered};
+use crate::segment::{sync_dir, Segment, SegmentHeader, SegmentId, SEGMENT_HEADER_BYTES};
+use crate::writer::Writer;
+use crate::{QueueId, RecordRef};
+
+/// Writer id reserved for compaction and recovery's copies.
+pub const COMPACTION_WRITER: u16 = 999;
+
+/// State shared by the [`Spool`] handle, its writers and the preparer.
+pub(crate) struct Shared {
+    pub config: SpoolConfig,
+    pub segments: RwLock<HashMap<SegmentId, Arc<Segment>>>,
+    pub index: Mutex<Index>,
+    /// Capacity of every segment in the table.
+    pub used_bytes: AtomicU64,
+    next_segment_id: AtomicU64,
+    /// Per writer id, the next seq for its file names.
+    writer_seqs: Mutex<HashMap<u16, u64>>,
+    open_writers: Mutex<HashSet<u16>>,
+    pub spares: Arc<Mutex<Vec<PathBuf>>>,
+    prepare_tx: Sender<PrepareRequest>,
+    /// Serialises reclamation passes.
+    pub reclaim_lock: Mutex<()>,
+}
+
+struct PrepareRequest {
+    header: SegmentHeader,
+    reply: Sender<Result<Arc<Segment>>>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: SpoolConfig,
+        next_segment_id: u64,
+        writer_seqs: HashMap<u16, u64>,
+        spares: Vec<PathBuf>,
+    ) -> Arc<Shared> {
+        let (prepare_tx, prepare_rx) = unbounded();
+        let spares = Arc::new(Mutex::new(spares));
+        let dir = config.path.clone();
+        let segment_bytes = config.segment_bytes;
+        let thread_spares = spares.clone();
+        thread::Builder::new()
+            .name("spool-prepare".into())
+            .spawn(move || run_preparer(&dir, segment_bytes, &thread_spares, prepare_rx))
+            .expect("spawn the segment preparer");
+        Arc::new(Shared {
+            config,
+            segments: RwLock::new(HashMap::new()),
+            index: Mutex::new(Index::default()),
+            used_bytes: AtomicU64::new(0),
+            next_segment_id: AtomicU64::new(next_segment_id),
+            writer_seqs: Mutex::new(writer_seqs),
+            open_writers: Mutex::new(HashSet::new()),
+            spares,
+            prepare_tx,
+            reclaim_lock: Mutex::new(()),
+        })
+    }
+
+    pub(crate) fn next_writer_seq(&self, writer: u16) -> u64 {
+        *self.writer_seqs.lock().expect("seq lock").get(&writer).unwrap_or(&1)
+    }
+
+    /// Asks the preparer for a segment; the answer arrives on the receiver.
+    pub(crate) fn prepare(&self, writer: u16, seq: u64, capacity: u64) -> Receiver<Result<Arc<Segment>>> {
+        let id = SegmentId(self.next_segment_id.fetch_add(1, Ordering::Relaxed));
+        {
+            let mut seqs = self.writer_seqs.lock().expect("seq lock");
+            let next = seqs.entry(writer).or_insert(1);
+            *next = (*next).max(seq + 1);
+        }
+        let header = SegmentHeader {
+            id,
+            writer,
+            seq,
+            capacity,
+            created_ms: self.config.clock.now_ms(),
+        };
+        let (reply, rx) = bounded(1);
+        if self.prepare_tx.send(PrepareRequest { header, reply }).is_err() {
+            // The receiver sees a disconnected channel and reports it.
+        }
+        rx
+    }
+
+    /// Puts a segment in the table, ready for appends or reads.
+    pub(crate) fn activate(&self, segment: &Arc<Segment>) {
+        self.segments
+            .write()
+            .expect("segments lock")
+            .insert(segment.id(), segment.clone());
+        self.index.lock().expect("index lock").add_segment(segment.id());
+        self.used_bytes.fetch_add(segment.capacity(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn check_space(&self, capacity: u64) -> Result<()> {
+        let Some(limit_bytes) = self.config.size_bytes_max else {
+            return Ok(());
+        };
+        let used_bytes = self.used_bytes.load(Ordering::Relaxed);
+        if used_bytes + capacity > limit_bytes {
+            return Err(Error::Full {
+                used_bytes,
+                limit_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn claim_writer(&self, id: u16) -> Result<()> {
+        if !self.open_writers.lock().expect("writers lock").insert(id) {
+            return Err(Error::WriterInUse(id));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release_writer(&self, id: u16) {
+        self.open_writers.lock().expect("writers lock").remove(&id);
+    }
+
+    pub(crate) fn segment(&self, id: SegmentId) -> Option<Arc<Segment>> {
+        self.segments.read().expect("segments lock").get(&id).cloned()
+    }
+}
+
+fn run_preparer(dir: &Path, segment_bytes: u64, spares: &Mutex<Vec<PathBuf>>, requests: Receiver<PrepareRequest>) {
+    for PrepareRequest { header, reply } in requests {
+        let spare = (header.capacity == segment_bytes)
+            .then(|| spares.lock().expect("spares lock").pop())
+            .flatten();
+        let made = match spare {
+            Some(spare) => Segment::recycle(dir, &spare, header).or_else(|err| {
+                tracing::warn!(%err, spare = %spare.display(), "could not recycle a spare segment; creating one");
+                let _ = fs::remove_file(&spare);
+                Segment::create(dir, header)
+            }),
+            None => Segment::create(dir, header),
+        };
+        let made = made.and_then(|segment| sync_dir(dir).map(|()| Arc::new(segment)));
+        // The writer may be gone; then the file is picked up at recovery.
+        let _ = reply.send(made);
+    }
+}
+
+/// A handle on the spool; cheap to clone and share between threads.
+#[derive(Clone)]
+pub struct Spool {
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// A record read in place from its segment's mapping.
+pub struct Record {
+    segment: Arc<Segment>,
+    kind: RecordType,
+    payload_start: usize,
+    payload_end: usize,
+}
+
+impl Record {
+    pub fn kind(&self) -> RecordType {
+        self.kind
+    }
+
+    /// The payload, borrowed from the mapping.
+    pub fn payload(&self) -> &[u8] {
+        &self.segment.bytes()[self.payload_start..self.payload_end]
+    }
+
+    /// Decodes a message record.
+    pub fn message(&self) -> Result<MessageView<'_>> {
+        if self.kind != RecordType::Message {
+            return Err(Error::Malformed {
+                what: "message",
+                why: "the record is not a message",
+            });
+        }
+        MessageView::decode(self.payload())
+    }
+
+    /// Decodes an outcome record.
+    pub fn outcome(&self) -> Result<Outcome<'_>> {
+        if self.kind != RecordType::Outcome {
+            return Err(Error::Malformed {
+                what: "outcome",
+                why: "the record is not an outcome",
+            });
+        }
+        Outcome::decode(self.payload())
+    }
+}
+
+/// A message's state as the spool knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageState {
+    pub body: RecordRef,
+    pub statuses: Vec<Status>,
+}
+
+/// Sizes, for reports and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    pub segments: u64,
+    pub used_bytes: u64,
+    pub spares: u64,
+    pub counts: IndexCounts,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool directory, recovers it, and
+    /// returns the handle and what is still to be delivered.
+    pub fn open(config: SpoolConfig) -> Result<(Spool, Recovered)> {
+        config.validate()?;
+        fs::create_dir_all(&config.path).map_err(io_err("create directory", &config.path))?;
+        recovery::recover(config)
+    }
+
+    /// Opens the writer with this id (0 to 998; one per shard). There can
+    /// be one writer per id at a time.
+    pub fn writer(&self, id: u16) -> Result<Writer> {
+        if id >= COMPACTION_WRITER {
+            return Err(Error::WriterInUse(id));
+        }
+        self.internal_writer(id)
+    }
+
+    pub(crate) fn internal_writer(&self, id: u16) -> Result<Writer> {
+        self.shared.claim_writer(id)?;
+        Writer::new(self.shared.clone(), id).inspect_err(|_| self.shared.release_writer(id))
+    }
+
+    /// Resolves a reference, checking the frame's CRC again.
+    pub fn read(&self, at: RecordRef) -> Result<Record> {
+        let bad = || Error::BadReference {
+            segment: at.segment,
+            offset: at.offset,
+        };
+        let segment = self.shared.segment(at.segment).ok_or_else(bad)?;
+        let start = usize::try_from(at.offset).map_err(|_| bad())?;
+        let end = start.checked_add(at.len as usize).ok_or_else(bad)?;
+        let bytes = segment.bytes().get(start..end).ok_or_else(bad)?;
+        let frame = decode_frame(bytes, at.segment).map_err(|_| bad())?;
+        let payload_start = start + crate::record::FRAME_HEADER_BYTES;
+        let payload_end = payload_start + frame.payload.len();
+        Ok(Record {
+            kind: frame.kind,
+            segment,
+            payload_start,
+            payload_end,
+        })
+    }
+
+    /// What the spool knows of a message, if it still has it.
+    pub fn message(&self, id: QueueId) -> Option<MessageState> {
+        let index = self.shared.index.lock().expect("index lock");
+        index.message(id).map(|m| MessageState {
+            body: m.body,
+            statuses: m.recipients.iter().map(|r| r.status).collect(),
+        })
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            segments: self.shared.segments.read().expect("segments lock").len() as u64,
+            used_bytes: self.shared.used_bytes.load(Ordering::Relaxed),
+            spares: self.shared.spares.lock().expect("spares lock").len() as u64,
+            counts: self.shared.index.lock().expect("index lock").counts(),
+        }
+    }
+
+    pub fn config(&self) -> &SpoolConfig {
+        &self.shared.config
+    }
+
+    /// Bytes of records a segment can hold.
+    pub fn segment_payload_bytes(&self) -> u64 {
+        self.shared.config.segment_bytes - SEGMENT_HEADER_BYTES
+    }
+}
