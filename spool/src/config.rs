@@ -122,7 +122,7 @@ impl SpoolConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.segment_bytes < SEGMENT_BYTES_MIN || self.segment_bytes % 4096 != 0 {
+        if self.segment_bytes < SEGMENT_BYTES_MIN || !self.segment_bytes.is_multiple_of(4096) {
             return Err(Error::Config(format!(
                 "segment_bytes must be a multiple of 4096 and at least {SEGMENT_BYTES_MIN}, got {}",
                 self.segment_bytes

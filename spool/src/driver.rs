@@ -132,14 +132,9 @@ impl BlockingWriter {
 
 impl Drop for BlockingWriter {
     fn drop(&mut self) {
-        // Let what was appended reach the disk, so the writer can seal it.
-        let _ = self.pump();
-        while self.writer.io_in_flight() && self.writer.failure().is_none() {
-            match self.sync_done.recv() {
-                Ok((id, result)) => self.writer.complete_sync(id, result),
-                Err(_) => break,
-            }
-        }
+        // Make everything appended durable, so the writer seals its segment
+        // and reclamation can take it. A failed writer has nothing to add.
+        let _ = self.flush();
         self.sync_requests = None;
         if let Some(handle) = self.syncer.take() {
             let _ = handle.join();

@@ -48,6 +48,9 @@ pub enum Error {
     /// The configuration is unusable.
     #[error("spool configuration: {0}")]
     Config(String),
+    /// Another spool (in this process or another) has the directory.
+    #[error("spool directory {} is in use by another process or spool", .0.display())]
+    Locked(PathBuf),
     /// A writer id is already in use, or out of range.
     #[error("spool writer {0} is already open or out of range")]
     WriterInUse(u16),

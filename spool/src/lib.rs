@@ -52,6 +52,8 @@
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// The mapping in `segment.rs` is the one exception, allowed there alone.
+#![deny(unsafe_code)]
 
 use std::fmt;
 

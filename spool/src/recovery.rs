@@ -5,6 +5,7 @@
 //! segment, frames follow one another; what follows the last good frame is
 //! one of:
 //! - zeroes: the unwritten part of the segment. Nothing to do.
+//! - in a recycled file, frames of its earlier lives: nothing to do either.
 //! - a *torn tail*: bytes of writes that were in flight at the crash and
 //!   never covered by a sync, so never acknowledged. They are cut off.
 //! - *damage*: a bad frame followed, further on, by good frames of the same
@@ -80,7 +81,8 @@ pub struct RecoveryReport {
 pub struct Recovered {
     /// Every recipient acknowledged and not final, in no particular order.
     pub pending: Vec<PendingRecipient>,
-    /// The highest queue id on disk, so new ids can continue above it.
+    /// The highest queue id on disk, in a message or an outcome record, so
+    /// new ids can continue above it.
     pub queue_id_max: QueueId,
     pub report: RecoveryReport,
 }
@@ -97,9 +99,10 @@ struct Found {
 pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
     let started = Instant::now();
     let dir = config.path.clone();
+    let dir_lock = crate::spool::lock_dir(&dir)?;
     let found = list(&dir, config.segment_bytes)?;
     let mut report = RecoveryReport::default();
-    let shared = Shared::new(config, found.segment_id_max + 1, found.writer_seqs, found.spares);
+    let shared = Shared::new(dir_lock, config, found.segment_id_max + 1, found.writer_seqs, found.spares);
     let spool = Spool { shared };
     let mut queue_id_max = QueueId(0);
 
@@ -243,7 +246,8 @@ struct Scan {
     end: u64,
     /// Bad ranges followed by good frames.
     damage: Vec<(u64, u64)>,
-    /// Non-zero bytes after the last good frame.
+    /// Bytes after the last good frame that a write of this segment may
+    /// have left.
     tail_dirty: bool,
 }
 
@@ -285,6 +289,10 @@ fn scan(
                 report.messages += 1;
             }),
             RecordType::Outcome => Outcome::decode(frame.payload).map(|o| {
+                // An outcome can outlive its message (reclaimed): its id must
+                // not be handed out again, or the outcome would apply to the
+                // new message at the next recovery.
+                *queue_id_max = (*queue_id_max).max(o.queue_id);
                 outcomes.push((o.queue_id, o.recipient, o.status, id));
                 report.outcomes += 1;
             }),
@@ -298,12 +306,32 @@ fn scan(
         offset += frame.len;
         end = offset;
     }
-    let tail_dirty = bytes[end..].iter().any(|&b| b != 0);
+    let tail_dirty = if segment.is_recycled() {
+        // Earlier lives left their frames all over the file: only the
+        // header of a next frame of this segment, right at the end, shows a
+        // write of its own was torn (writes go on from the end). Counting
+        // any byte would report a torn tail, and cut the file, after every
+        // clean shutdown (regression test: `tests/churn.rs`).
+        starts_with_own_frame(&bytes[end..], id)
+    } else {
+        bytes[end..].iter().any(|&b| b != 0)
+    };
     Scan {
         end: end as u64,
         damage,
         tail_dirty,
     }
+}
+
+/// Whether `tail` starts with a frame of this segment, whole or torn: one
+/// with its segment id, or one whose id field is damaged (the magic, but
+/// not a good frame of the id it names, as a frame of an earlier life is).
+fn starts_with_own_frame(tail: &[u8], id: SegmentId) -> bool {
+    let Some(named) = tail.get(8..16) else {
+        return false;
+    };
+    let named = SegmentId(u64::from_le_bytes(named.try_into().expect("8 bytes")));
+    named == id || (tail[0..4] == FRAME_MAGIC.to_le_bytes() && decode_frame(tail, named).is_err())
 }
 
 /// The next offset after `from` where a good frame of this segment, later
@@ -320,10 +348,28 @@ fn resync(bytes: &[u8], from: usize, id: SegmentId, last_seq: u64) -> Option<usi
     None
 }
 
+/// Quarantined copies of one file name kept side by side.
+const QUARANTINE_NAMES_MAX: u32 = 1000;
+
 fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
     let qdir = dir.join(QUARANTINE_DIR);
     fs::create_dir_all(&qdir).map_err(io_err("create directory", &qdir))?;
-    let to = qdir.join(path.file_name().expect("a file"));
+    // Writer seqs can repeat across restarts: never overwrite what an
+    // earlier recovery put aside.
+    let name = path.file_name().expect("a file").to_string_lossy().into_owned();
+    let mut to = qdir.join(&name);
+    for n in 1..=QUARANTINE_NAMES_MAX {
+        if !to.exists() {
+            break;
+        }
+        to = qdir.join(format!("{name}.{n}"));
+    }
+    if to.exists() {
+        return Err(crate::Error::Config(format!(
+            "{} already holds {QUARANTINE_NAMES_MAX} files named {name}: clean it up",
+            qdir.display()
+        )));
+    }
     fs::rename(path, &to).map_err(io_err("rename", &to))?;
     sync_dir(dir)?;
     sync_dir(&qdir)?;

@@ -30,6 +30,10 @@ pub const SEGMENT_HEADER_BYTES: u64 = 64;
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 /// Name of the folder that damaged segments are moved into.
 pub const QUARANTINE_DIR: &str = "quarantine";
+/// Header byte that is 1 in a recycled file: frames of its earlier lives
+/// may follow its own, so bytes after its last frame are no sign of a torn
+/// write. Older files have 0 there.
+const HEADER_RECYCLED_AT: usize = 56;
 
 /// Unique id of a segment, never reused while a file that carries it exists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,8 +56,9 @@ pub struct SegmentHeader {
 }
 
 impl SegmentHeader {
-    fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+    fn encode(&self, recycled: bool) -> [u8; SEGMENT_HEADER_BYTES as usize] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES as usize];
+        out[HEADER_RECYCLED_AT] = u8::from(recycled);
         out[0..8].copy_from_slice(&SEGMENT_MAGIC);
         out[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
         out[16..24].copy_from_slice(&self.id.0.to_le_bytes());
@@ -113,6 +118,8 @@ pub struct Segment {
     /// Set once every record of the segment is durable and no writer will
     /// append to it again.
     sealed: AtomicBool,
+    /// The file had earlier lives; see `HEADER_RECYCLED_AT`.
+    recycled: bool,
 }
 
 impl fmt::Debug for Segment {
@@ -146,11 +153,11 @@ impl Segment {
             writer.write_all(&zeroes[..n]).map_err(io_err("zero-fill", &tmp))?;
             written += n as u64;
         }
-        file.write_all_at(&header.encode(), 0)
+        file.write_all_at(&header.encode(false), 0)
             .map_err(io_err("write header", &tmp))?;
         file.sync_all().map_err(io_err("fsync", &tmp))?;
         fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-        Segment::from_file(file, path, header)
+        Segment::from_file(file, path, header, false)
     }
 
     /// Gives a spare file a new life under a new header. Frames of its old
@@ -171,11 +178,11 @@ impl Segment {
                 header.capacity
             )));
         }
-        file.write_all_at(&header.encode(), 0)
+        file.write_all_at(&header.encode(true), 0)
             .map_err(io_err("write header", spare))?;
         file.sync_data().map_err(io_err("fdatasync", spare))?;
         fs::rename(spare, &path).map_err(io_err("rename", &path))?;
-        Segment::from_file(file, path, header)
+        Segment::from_file(file, path, header, true)
     }
 
     /// Opens an existing segment read-write (recovery may cut its tail) and
@@ -202,10 +209,12 @@ impl Segment {
             capacity: len.min(header.capacity),
             ..header
         };
-        Segment::from_file(file, path.to_path_buf(), header).map(Some)
+        let recycled = first[HEADER_RECYCLED_AT] != 0;
+        Segment::from_file(file, path.to_path_buf(), header, recycled).map(Some)
     }
 
-    fn from_file(file: File, path: PathBuf, header: SegmentHeader) -> Result<Segment> {
+    #[allow(unsafe_code)] // the mapping: see `map_read_only`
+    fn from_file(file: File, path: PathBuf, header: SegmentHeader, recycled: bool) -> Result<Segment> {
         // SAFETY: the file is a segment: bytes are only ever added to it by
         // positional writes at offsets past every record handed out, and it
         // is never truncated below a record handed out (recovery cuts a torn
@@ -218,6 +227,7 @@ impl Segment {
             file,
             map,
             sealed: AtomicBool::new(false),
+            recycled,
         })
     }
 
@@ -240,6 +250,12 @@ impl Segment {
 
     pub fn capacity(&self) -> u64 {
         self.header.capacity
+    }
+
+    /// Whether the file had earlier lives, whose frames may follow this
+    /// segment's own.
+    pub fn is_recycled(&self) -> bool {
+        self.recycled
     }
 
     pub fn is_sealed(&self) -> bool {
@@ -268,6 +284,7 @@ impl Segment {
 /// (or SIGBUS) for the holder of the slice. The spool keeps the promise by
 /// writing only past the records it has handed out, and cutting only during
 /// recovery, before it hands out any.
+#[allow(unsafe_code)]
 unsafe fn map_read_only(file: &File) -> std::io::Result<Mmap> {
     // SAFETY: passed on from the caller.
     unsafe { Mmap::map(file) }
@@ -302,7 +319,7 @@ mod tests {
             capacity: 1 << 20,
             created_ms: 123,
         };
-        let bytes = header.encode();
+        let bytes = header.encode(false);
         assert_eq!(SegmentHeader::decode(&bytes), Some(header));
         let mut bad = bytes;
         bad[20] ^= 1;

@@ -35,9 +35,13 @@ pub(crate) struct Shared {
     writer_seqs: Mutex<HashMap<u16, u64>>,
     open_writers: Mutex<HashSet<u16>>,
     pub spares: Arc<Mutex<Vec<PathBuf>>>,
-    prepare_tx: Sender<PrepareRequest>,
+    /// `None` only while dropping, to stop the preparer.
+    prepare_tx: Option<Sender<PrepareRequest>>,
+    preparer: Option<thread::JoinHandle<()>>,
     /// Serialises reclamation passes.
     pub reclaim_lock: Mutex<()>,
+    /// Held open with an exclusive `flock` for the spool's lifetime.
+    _dir_lock: fs::File,
 }
 
 struct PrepareRequest {
@@ -47,6 +51,7 @@ struct PrepareRequest {
 
 impl Shared {
     pub(crate) fn new(
+        dir_lock: fs::File,
         config: SpoolConfig,
         next_segment_id: u64,
         writer_seqs: HashMap<u16, u64>,
@@ -57,7 +62,7 @@ impl Shared {
         let dir = config.path.clone();
         let segment_bytes = config.segment_bytes;
         let thread_spares = spares.clone();
-        thread::Builder::new()
+        let preparer = thread::Builder::new()
             .name("spool-prepare".into())
             .spawn(move || run_preparer(&dir, segment_bytes, &thread_spares, prepare_rx))
             .expect("spawn the segment preparer");
@@ -70,8 +75,10 @@ impl Shared {
             writer_seqs: Mutex::new(writer_seqs),
             open_writers: Mutex::new(HashSet::new()),
             spares,
-            prepare_tx,
+            prepare_tx: Some(prepare_tx),
+            preparer: Some(preparer),
             reclaim_lock: Mutex::new(()),
+            _dir_lock: dir_lock,
         })
     }
 
@@ -95,9 +102,10 @@ impl Shared {
             created_ms: self.config.clock.now_ms(),
         };
         let (reply, rx) = bounded(1);
-        if self.prepare_tx.send(PrepareRequest { header, reply }).is_err() {
-            // The receiver sees a disconnected channel and reports it.
-        }
+        let request = PrepareRequest { header, reply };
+        // If the preparer is gone, the reply channel is dropped with the
+        // request, and the receiver reports a disconnected channel.
+        let _ = self.prepare_tx.as_ref().expect("preparer runs").send(request);
         rx
     }
 
@@ -138,6 +146,37 @@ impl Shared {
 
     pub(crate) fn segment(&self, id: SegmentId) -> Option<Arc<Segment>> {
         self.segments.read().expect("segments lock").get(&id).cloned()
+    }
+}
+
+impl Drop for Shared {
+    /// Stops the preparer and waits for it, so no segment file is still
+    /// being made when the spool directory is opened again.
+    fn drop(&mut self) {
+        self.prepare_tx = None;
+        if let Some(preparer) = self.preparer.take() {
+            let _ = preparer.join();
+        }
+    }
+}
+
+/// Name of the lock file in the spool directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// Takes the spool directory for this process: two spools on one directory
+/// would write segment files of the same names over each other.
+pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(err)) => Err(io_err("lock", &path)(err)),
     }
 }
 

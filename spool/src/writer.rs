@@ -27,9 +27,9 @@ use crossbeam_channel::Receiver;
 use crate::config::SyncMode;
 use crate::error::{Error, Result};
 use crate::record::{encode_frame, frame_len, NewMessage, Outcome, RecordType, Status};
-use crate::segment::{Segment, SEGMENT_HEADER_BYTES};
+use crate::segment::{Segment, SegmentId, SEGMENT_HEADER_BYTES};
 use crate::spool::Shared;
-use crate::{RecordRef, Ticket};
+use crate::{QueueId, RecordRef, Ticket};
 
 /// Staging buffers kept for reuse.
 const BUFFERS_SPARE_MAX: usize = 8;
@@ -139,6 +139,9 @@ pub struct Writer {
     commit: Option<Commit>,
     /// Rolled-over segments, sealed once `durable` reaches their last ticket.
     sealing: VecDeque<(Arc<Segment>, u64)>,
+    /// Outcomes appended and not yet durable, with their tickets, applied to
+    /// the index once `durable` reaches them.
+    outcomes_undurable: VecDeque<(u64, QueueId, u32, Status, SegmentId)>,
     next_op: u64,
     last_ticket: u64,
     written: u64,
@@ -172,6 +175,7 @@ impl Writer {
             syncs_to_issue: VecDeque::new(),
             commit: None,
             sealing: VecDeque::new(),
+            outcomes_undurable: VecDeque::new(),
             next_op: 0,
             last_ticket: 0,
             written: 0,
@@ -222,8 +226,15 @@ impl Writer {
         Ok(appended)
     }
 
-    /// Appends an outcome record and applies it. Outcomes are never refused
-    /// for lack of space: recording a delivery is what frees space.
+    /// Appends an outcome record; it is applied to the index once durable.
+    /// Outcomes are never refused for lack of space: recording a delivery is
+    /// what frees space.
+    ///
+    /// Applying it earlier would let reclamation act on it before it can
+    /// survive a crash: delete the message it makes final, or the segment
+    /// holding the older outcome it supersedes, and after a crash the
+    /// recipient is lost, or back to an older state (regression test:
+    /// `tests/model.rs`).
     pub fn append_outcome(&mut self, outcome: &Outcome<'_>) -> Result<Appended> {
         if outcome.status == Status::Pending {
             return Err(Error::Malformed {
@@ -232,12 +243,13 @@ impl Writer {
             });
         }
         let appended = self.append(RecordType::Outcome, outcome.payload_len(), |out| outcome.encode(out))?;
-        self.shared.index.lock().expect("index lock").apply_outcome(
+        self.outcomes_undurable.push_back((
+            appended.ticket.0,
             outcome.queue_id,
             outcome.recipient,
             outcome.status,
             appended.at.segment,
-        );
+        ));
         Ok(appended)
     }
 
@@ -466,7 +478,17 @@ impl Writer {
         }
     }
 
+    /// Applies the outcomes and seals the segments that `durable` now
+    /// covers. Outcomes first: a sealed segment may be deleted at once, and
+    /// the pins its outcomes hold must be counted by then.
     fn seal_durable(&mut self) {
+        if self.outcomes_undurable.front().is_some_and(|o| o.0 <= self.durable) {
+            let mut index = self.shared.index.lock().expect("index lock");
+            while self.outcomes_undurable.front().is_some_and(|o| o.0 <= self.durable) {
+                let (_, queue_id, recipient, status, at) = self.outcomes_undurable.pop_front().expect("front exists");
+                index.apply_outcome(queue_id, recipient, status, at);
+            }
+        }
         while self.sealing.front().is_some_and(|(_, last)| *last <= self.durable) {
             let (segment, _) = self.sealing.pop_front().expect("front exists");
             segment.seal();

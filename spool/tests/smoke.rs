@@ -66,3 +66,13 @@ fn appended_messages_survive_a_reopen_and_delivered_ones_do_not_return() {
         assert!(recovered.report.torn_tails.is_empty() && recovered.report.damaged.is_empty());
     }
 }
+
+#[test]
+fn a_spool_directory_is_opened_by_one_spool_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig::new(dir.path());
+    let (first, _) = Spool::open(config.clone()).unwrap();
+    assert!(matches!(Spool::open(config.clone()), Err(baton_spool::Error::Locked(_))));
+    drop(first);
+    Spool::open(config).unwrap();
+}
