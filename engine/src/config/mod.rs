@@ -1,0 +1,547 @@
+//! Configuration: one TOML file, validated at start.
+//!
+//! The built-in defaults are [`DEFAULT_CONFIG`] itself, the text that
+//! `baton --print-default-config` prints: a file is laid over it key by key
+//! (tables merge, arrays such as `[[listener]]` replace), so each default is
+//! written once, next to its comment, and `baton` starts with no file at all.
+//!
+//! Every problem is a [`ConfigError`] that names the file, line, column and
+//! key: `baton.toml:7:1: server.shardz: unknown key, expected one of ...`.
+//! Unknown keys are errors, so a typo cannot silently leave a default in
+//! place.
+//!
+//! - `de`: the merge, and the values TOML has no type for (durations,
+//!   addresses, networks).
+//! - `validate`: the rules beyond types (RFC 5321 minimums, alignment).
+//! - `error`: [`ConfigError`], and mapping byte offsets to keys and lines.
+
+#![forbid(unsafe_code)]
+
+mod de;
+mod duration;
+mod error;
+mod validate;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_spool::SyncMode;
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::de::DeTable;
+
+pub use duration::parse_duration;
+pub use error::{ConfigError, Position};
+
+/// The default configuration: every key with its default value and a
+/// one-line comment. Printed by `baton --print-default-config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Where `server.hostname = ""` looks for the machine's name.
+const HOSTNAME_PATH: &str = "/proc/sys/kernel/hostname";
+
+/// The whole configuration. See [`DEFAULT_CONFIG`] for what each key means.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// `[[listener]]` tables; at least one, addresses unique.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    pub spool: SpoolSettings,
+    pub limits: Limits,
+    pub smtp: SmtpSettings,
+    pub relay: RelayConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`: the process and its shards.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Announced in the greeting and EHLO reply. Never empty once loaded:
+    /// `""` in the file is replaced by the machine's hostname.
+    pub hostname: String,
+    /// Shard threads; 0 = one per available core (see [`Config::shard_count`]).
+    pub shards: usize,
+    /// Pin each shard thread to a core.
+    pub pin_cores: bool,
+    /// io_uring submission queue entries per shard: a power of two, 8..=32768.
+    pub ring_entries: u32,
+    /// io_uring SQPOLL.
+    pub sqpoll: bool,
+}
+
+/// `[[listener]]`: one address accepting SMTP.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    #[serde(deserialize_with = "de::socket_addr")]
+    pub address: SocketAddr,
+}
+
+/// `[spool]`: where and how messages are stored before delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    pub path: PathBuf,
+    /// Segment file size: a multiple of 4096, at least 65536.
+    pub segment_bytes: u64,
+    #[serde(deserialize_with = "de::sync_mode")]
+    pub sync: SyncMode,
+    /// `None`: no limit (`0` in the file).
+    #[serde(deserialize_with = "de::zero_is_none")]
+    pub size_bytes_max: Option<u64>,
+}
+
+/// `[limits]`: every per-session and per-connection bound.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// At least 512 (RFC 5321 §4.5.3.1.4), CRLF included.
+    pub command_line_bytes_max: usize,
+    /// At least 1000 (RFC 5321 §4.5.3.1.6), CRLF included.
+    pub text_line_bytes_max: usize,
+    /// Advertised with SIZE (RFC 1870).
+    pub message_bytes_max: u64,
+    /// At least 100 (RFC 5321 §4.5.3.1.8).
+    pub recipients_per_message_max: usize,
+    pub commands_per_session_max: u32,
+    pub errors_per_session_max: u32,
+    pub connections_per_shard_max: usize,
+    pub connections_per_ip_max: usize,
+    #[serde(deserialize_with = "de::duration")]
+    pub command_timeout: Duration,
+    #[serde(deserialize_with = "de::duration")]
+    pub data_timeout: Duration,
+}
+
+/// `[smtp]`: protocol behaviour.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub bare_line_endings: BareLineEndingsSetting,
+    /// Advertise CHUNKING and accept BDAT (RFC 3030).
+    pub chunking: bool,
+}
+
+/// What to do with a bare CR or LF in message data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndingsSetting {
+    /// Refuse the message: a bare line ending is how SMTP smuggling hides a
+    /// second message inside the first.
+    Reject,
+    /// Rewrite to CRLF, for legacy senders.
+    Normalize,
+}
+
+/// `[relay]`: who may send to any domain.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Client networks allowed to relay.
+    #[serde(deserialize_with = "de::networks")]
+    pub networks: Vec<IpNet>,
+}
+
+impl RelayConfig {
+    /// Whether a client at `ip` may relay. An IPv4-mapped IPv6 address
+    /// (`::ffff:127.0.0.1`, as a dual-stack socket reports IPv4 clients) is
+    /// checked as the IPv4 address it carries.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let unmapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        self.networks
+            .iter()
+            .any(|net| net.contains(&ip) || net.contains(&unmapped))
+    }
+}
+
+/// `[admin]`: the admin HTTP listener.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `None`: no admin listener (`""` in the file).
+    #[serde(deserialize_with = "de::optional_socket_addr")]
+    pub address: Option<SocketAddr>,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter` directive, e.g. `"info"` or `"baton=debug,warn"`.
+    pub level: String,
+}
+
+impl Default for Config {
+    /// [`DEFAULT_CONFIG`], parsed.
+    fn default() -> Config {
+        Config::parse(DEFAULT_CONFIG, "<built-in defaults>")
+            .expect("the built-in default configuration is valid (see tests)")
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(&origin, &e))?;
+        Config::parse(&text, &origin)
+    }
+
+    /// Parses and validates `text`, laid over the defaults; `origin` (a file
+    /// name) starts every error message.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let file = DeTable::parse(text).map_err(|e| ConfigError::syntax(origin, text, &e))?;
+        let mut merged = DeTable::parse(DEFAULT_CONFIG).expect("the default config is TOML");
+        de::merge(merged.get_mut(), file.get_ref().clone());
+        // Every span in `merged` that a file's key or value can cause an
+        // error at points into `text`; the defaults are tested valid.
+        let mut config = Config::deserialize(toml::de::Deserializer::from(merged))
+            .map_err(|e| ConfigError::deserialize(origin, text, file.get_ref(), &e))?;
+        validate::validate(&config).map_err(|invalid| {
+            ConfigError::invalid(origin, text, file.get_ref(), invalid.key, invalid.message)
+        })?;
+        if config.server.hostname.is_empty() {
+            config.server.hostname = machine_hostname();
+        }
+        Ok(config)
+    }
+
+    /// Shard threads to run: `server.shards`, or one per available core if
+    /// that is 0.
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// The kernel's hostname, or `localhost` if it cannot be read.
+fn machine_hostname() -> String {
+    std::fs::read_to_string(HOSTNAME_PATH)
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    #[test]
+    fn default_config_parses_to_default() {
+        assert_eq!(parse(DEFAULT_CONFIG).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# nothing\n\n").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn defaults_are_as_documented() {
+        let c = Config::default();
+        assert_eq!(c.server.hostname, machine_hostname());
+        assert!(!c.server.hostname.is_empty());
+        assert_eq!(c.server.shards, 0);
+        assert!(!c.server.pin_cores);
+        assert_eq!(c.server.ring_entries, 1024);
+        assert!(!c.server.sqpoll);
+        assert_eq!(
+            c.listeners,
+            [ListenerConfig {
+                address: "127.0.0.1:2525".parse().unwrap()
+            }]
+        );
+        assert_eq!(c.spool.path, PathBuf::from("./baton-spool"));
+        assert_eq!(c.spool.segment_bytes, 64 << 20);
+        assert_eq!(c.spool.sync, SyncMode::Group);
+        assert_eq!(c.spool.size_bytes_max, None);
+        let l = &c.limits;
+        assert_eq!(l.command_line_bytes_max, 2048);
+        assert_eq!(l.text_line_bytes_max, 1000);
+        assert_eq!(l.message_bytes_max, 52_428_800);
+        assert_eq!(l.recipients_per_message_max, 1000);
+        assert_eq!(l.commands_per_session_max, 10_000);
+        assert_eq!(l.errors_per_session_max, 20);
+        assert_eq!(l.connections_per_shard_max, 10_000);
+        assert_eq!(l.connections_per_ip_max, 500);
+        assert_eq!(l.command_timeout, Duration::from_secs(300));
+        assert_eq!(l.data_timeout, Duration::from_secs(180));
+        assert_eq!(c.smtp.bare_line_endings, BareLineEndingsSetting::Reject);
+        assert!(c.smtp.chunking);
+        let networks: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        assert_eq!(c.relay.networks, networks);
+        assert_eq!(c.admin.address, Some("127.0.0.1:8025".parse().unwrap()));
+        assert_eq!(c.log.level, "info");
+    }
+
+    /// Deserialized without the merge, so a key missing from
+    /// `DEFAULT_CONFIG` fails here (no field has a serde default).
+    #[test]
+    fn default_config_has_every_key() {
+        let strict: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
+        let mut strict_resolved = strict.clone();
+        strict_resolved.server.hostname = machine_hostname();
+        assert_eq!(strict_resolved, Config::default());
+        assert_eq!(strict.server.hostname, "");
+    }
+
+    /// Every key in `DEFAULT_CONFIG`, flattened, each with a comment on the
+    /// line above; and the list is exactly the keys `Config` reads.
+    #[test]
+    fn default_config_comments_every_key() {
+        let mut keys = Vec::new();
+        let mut section = String::new();
+        let lines: Vec<&str> = DEFAULT_CONFIG.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('[') {
+                section = line.trim_matches(|c| c == '[' || c == ']').to_owned();
+            } else if let Some((key, _)) = line.split_once(" = ") {
+                assert!(lines[i - 1].starts_with("# "), "no comment above {line}");
+                assert!(
+                    lines[i - 1].len() <= 100,
+                    "comment too long: {}",
+                    lines[i - 1]
+                );
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+        let expected = [
+            "server.hostname",
+            "server.shards",
+            "server.pin_cores",
+            "server.ring_entries",
+            "server.sqpoll",
+            "listener.address",
+            "spool.path",
+            "spool.segment_bytes",
+            "spool.sync",
+            "spool.size_bytes_max",
+            "limits.command_line_bytes_max",
+            "limits.text_line_bytes_max",
+            "limits.message_bytes_max",
+            "limits.recipients_per_message_max",
+            "limits.commands_per_session_max",
+            "limits.errors_per_session_max",
+            "limits.connections_per_shard_max",
+            "limits.connections_per_ip_max",
+            "limits.command_timeout",
+            "limits.data_timeout",
+            "smtp.bare_line_endings",
+            "smtp.chunking",
+            "relay.networks",
+            "admin.address",
+            "log.level",
+        ];
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    fn file_overrides_only_what_it_sets() {
+        let c = parse(
+            "[server]\nhostname = \"mx.example.com\"\nshards = 4\n\n\
+             [[listener]]\naddress = \"0.0.0.0:25\"\n[[listener]]\naddress = \"[::]:587\"\n\n\
+             [spool]\nsync = \"always\"\nsize_bytes_max = 1073741824\n\n\
+             [limits]\ncommand_timeout = \"30s\"\n\n\
+             [smtp]\nbare_line_endings = \"normalize\"\n\n\
+             [relay]\nnetworks = [\"10.0.0.0/8\"]\n\n\
+             [admin]\naddress = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.hostname, "mx.example.com");
+        assert_eq!(c.server.shards, 4);
+        assert_eq!(c.shard_count(), 4);
+        assert_eq!(c.server.ring_entries, 1024);
+        let addresses: Vec<String> = c.listeners.iter().map(|l| l.address.to_string()).collect();
+        assert_eq!(addresses, ["0.0.0.0:25", "[::]:587"]);
+        assert_eq!(c.spool.sync, SyncMode::Always);
+        assert_eq!(c.spool.size_bytes_max, Some(1 << 30));
+        assert_eq!(c.spool.segment_bytes, 64 << 20);
+        assert_eq!(c.limits.command_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.data_timeout, Duration::from_secs(180));
+        assert_eq!(c.smtp.bare_line_endings, BareLineEndingsSetting::Normalize);
+        assert!(c.smtp.chunking);
+        assert_eq!(c.relay.networks, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(c.admin.address, None);
+    }
+
+    #[test]
+    fn dotted_keys_and_inline_tables_work() {
+        let c = parse("limits.message_bytes_max = 1000\nlog = { level = \"debug\" }\n").unwrap();
+        assert_eq!(c.limits.message_bytes_max, 1000);
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn shard_count_resolves_zero() {
+        let c = Config::default();
+        assert_eq!(
+            c.shard_count(),
+            std::thread::available_parallelism().unwrap().get()
+        );
+    }
+
+    #[test]
+    fn typo_names_key_and_line() {
+        let error = parse("[server]\nshards = 2\n\n[limits]\nmessage_byte_max = 10\n").unwrap_err();
+        assert_eq!(error.key(), "limits.message_byte_max");
+        assert_eq!(error.position(), Some(Position { line: 5, column: 1 }));
+        assert!(error.message().starts_with("unknown key"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("test.toml:5:1: limits.message_byte_max: unknown key"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_section_and_listener_key() {
+        let error = parse("\n[servr]\nshards = 2\n").unwrap_err();
+        assert_eq!((error.key(), error.line()), ("servr", Some(2)), "{error}");
+        let error = parse("[[listener]]\naddress = \"127.0.0.1:25\"\nport = 25\n").unwrap_err();
+        assert_eq!(
+            (error.key(), error.line()),
+            ("listener[0].port", Some(3)),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_line() {
+        let error = parse("[server]\n\nshards = \"four\"\n").unwrap_err();
+        assert_eq!(error.key(), "server.shards", "{error}");
+        assert_eq!(
+            error.position(),
+            Some(Position {
+                line: 3,
+                column: 10
+            }),
+            "{error}"
+        );
+        assert!(error.message().contains("invalid type"), "{error}");
+
+        let error = parse("[limits]\ncommand_timeout = 300\n").unwrap_err();
+        assert_eq!(
+            (error.key(), error.line()),
+            ("limits.command_timeout", Some(2)),
+            "{error}"
+        );
+        assert!(error.message().contains("duration"), "{error}");
+
+        let error = parse("[spool]\nsize_bytes_max = -1\n").unwrap_err();
+        assert_eq!(
+            (error.key(), error.line()),
+            ("spool.size_bytes_max", Some(2)),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let cases = [
+            (
+                "[limits]\ndata_timeout = \"3 minutes\"\n",
+                "limits.data_timeout",
+                2,
+            ),
+            (
+                "[[listener]]\naddress = \"localhost:25\"\n",
+                "listener[0].address",
+                2,
+            ),
+            ("[admin]\naddress = \"8025\"\n", "admin.address", 2),
+            ("[spool]\nsync = \"sometimes\"\n", "spool.sync", 2),
+            (
+                "[smtp]\nbare_line_endings = \"accept\"\n",
+                "smtp.bare_line_endings",
+                2,
+            ),
+            (
+                "[relay]\nnetworks = [\"10.0.0.0/8\",\n  \"everyone\"]\n",
+                "relay.networks[1]",
+                3,
+            ),
+        ];
+        for (text, key, line) in cases {
+            let error = parse(text).unwrap_err();
+            assert_eq!((error.key(), error.line()), (key, Some(line)), "{error}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let error = parse("[server]\nshards = = 2\n").unwrap_err();
+        assert_eq!(error.line(), Some(2), "{error}");
+        assert!(error.message().starts_with("invalid TOML"), "{error}");
+        let error = parse("[server]\nshards = 1\nshards = 2\n").unwrap_err();
+        assert_eq!(error.line(), Some(3), "{error}");
+    }
+
+    #[test]
+    fn load_reads_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.toml");
+        std::fs::write(&path, "[server]\nshards = 3\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().server.shards, 3);
+        std::fs::write(&path, "[server]\nshardz = 3\n").unwrap();
+        let error = Config::load(&path).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("{}:2:1: server.shardz:", path.display())),
+            "{error}"
+        );
+        let missing = dir.path().join("missing.toml");
+        let error = Config::load(&missing).unwrap_err();
+        assert_eq!(error.line(), None);
+        assert!(error.to_string().contains("cannot read"), "{error}");
+    }
+
+    #[test]
+    fn relay_allows_v4_v6_and_mapped_v4() {
+        let relay = Config::default().relay;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(relay.allows(ip("127.0.0.1")));
+        assert!(relay.allows(ip("127.255.0.9")));
+        assert!(relay.allows(ip("::1")));
+        assert!(relay.allows(ip("::ffff:127.0.0.1")));
+        assert!(!relay.allows(ip("::ffff:10.0.0.1")));
+        assert!(!relay.allows(ip("10.0.0.1")));
+        assert!(!relay.allows(ip("::2")));
+        assert!(!relay.allows(ip("2001:db8::1")));
+
+        let relay = RelayConfig {
+            networks: vec![
+                "192.0.2.0/24".parse().unwrap(),
+                "2001:db8::/32".parse().unwrap(),
+            ],
+        };
+        assert!(relay.allows(ip("192.0.2.200")));
+        assert!(relay.allows(ip("::ffff:192.0.2.1")));
+        assert!(relay.allows(ip("2001:db8:1::5")));
+        assert!(!relay.allows(ip("192.0.3.1")));
+        assert!(!relay.allows(ip("127.0.0.1")));
+        assert!(!RelayConfig { networks: vec![] }.allows(ip("127.0.0.1")));
+    }
+}

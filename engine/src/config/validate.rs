@@ -1,0 +1,470 @@
+//! The rules a configuration must meet beyond its types. Each failure names
+//! the key at fault; [`super::Config::parse`] adds the line.
+
+use std::collections::HashSet;
+
+use super::{Config, Limits, ServerConfig, SpoolSettings};
+
+/// A rule `key` breaks.
+#[derive(Debug)]
+pub(super) struct Invalid {
+    pub key: String,
+    pub message: String,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    min: T,
+    why: &str,
+) -> Result<(), Invalid> {
+    if value < min {
+        return Err(invalid(
+            key,
+            format!("must be at least {min}{why}, not {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn at_most<T: PartialOrd + std::fmt::Display>(key: &str, value: T, max: T) -> Result<(), Invalid> {
+    if value > max {
+        return Err(invalid(key, format!("must be at most {max}, not {value}")));
+    }
+    Ok(())
+}
+
+/// Shard threads at most; far more than any machine has cores.
+pub(super) const SHARDS_MAX: usize = 1024;
+/// io_uring submission queue entries, smallest and largest accepted.
+pub(super) const RING_ENTRIES_MIN: u32 = 8;
+pub(super) const RING_ENTRIES_MAX: u32 = 32768;
+/// Spool segments: page-aligned, at least as the spool itself requires
+/// (64 KiB), and at most 4 GiB so one segment stays a sane mapping.
+pub(super) const SEGMENT_ALIGN_BYTES: u64 = 4096;
+pub(super) const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+pub(super) const SEGMENT_BYTES_MAX: u64 = 4 << 30;
+/// RFC 5321 §4.5.3.1.4: a server must accept command lines of 512 octets.
+pub(super) const COMMAND_LINE_BYTES_MIN: usize = 512;
+/// RFC 5321 §4.5.3.1.6: a server must accept text lines of 1000 octets.
+pub(super) const TEXT_LINE_BYTES_MIN: usize = 1000;
+/// Lines are buffered whole; bound the buffer.
+pub(super) const LINE_BYTES_MAX: usize = 1 << 20;
+/// A message and its envelope are one spool record, and the spool refuses
+/// records over `baton_spool::config::RECORD_BYTES_MAX_DEFAULT` (256 MiB);
+/// keep a quarter of that for the envelope.
+pub(super) const MESSAGE_BYTES_MAX: u64 = baton_spool::config::RECORD_BYTES_MAX_DEFAULT / 4 * 3;
+/// RFC 5321 §4.5.3.1.8: a server must accept 100 recipients per message.
+pub(super) const RECIPIENTS_PER_MESSAGE_MIN: usize = 100;
+/// Recipients are held in memory for the whole transaction; bound them.
+pub(super) const RECIPIENTS_PER_MESSAGE_MAX: usize = 100_000;
+/// RFC 1035 §2.3.4: 255 octets on the wire leave 253 characters of name.
+const HOSTNAME_BYTES_MAX: usize = 253;
+const HOSTNAME_LABEL_BYTES_MAX: usize = 63;
+
+/// Checks every rule, stopping at the first that fails.
+pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
+    server(&config.server)?;
+    listeners(config)?;
+    spool(&config.spool)?;
+    limits(&config.limits)?;
+    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        return Err(invalid(
+            "log.level",
+            format!("not a tracing filter directive: {error}"),
+        ));
+    }
+    Ok(())
+}
+
+fn server(server: &ServerConfig) -> Result<(), Invalid> {
+    // An empty hostname is filled in from the machine after validation.
+    if !server.hostname.is_empty() {
+        hostname(&server.hostname).map_err(|message| invalid("server.hostname", message))?;
+    }
+    at_most("server.shards", server.shards, SHARDS_MAX)?;
+    let ring_entries = server.ring_entries;
+    if !ring_entries.is_power_of_two()
+        || !(RING_ENTRIES_MIN..=RING_ENTRIES_MAX).contains(&ring_entries)
+    {
+        return Err(invalid(
+            "server.ring_entries",
+            format!("must be a power of two from {RING_ENTRIES_MIN} to {RING_ENTRIES_MAX}, not {ring_entries}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A domain name as EHLO and the greeting announce it: letters, digits and
+/// hyphens in dot-separated labels (RFC 5321 §4.1.2 `Domain`).
+fn hostname(name: &str) -> Result<(), String> {
+    if name.len() > HOSTNAME_BYTES_MAX {
+        return Err(format!("longer than {HOSTNAME_BYTES_MAX} bytes"));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= HOSTNAME_LABEL_BYTES_MAX
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a domain name (dot-separated labels of letters, digits and inner hyphens)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn listeners(config: &Config) -> Result<(), Invalid> {
+    if config.listeners.is_empty() {
+        return Err(invalid("listener", "at least one [[listener]] is needed"));
+    }
+    let mut seen = HashSet::new();
+    for (i, listener) in config.listeners.iter().enumerate() {
+        if !seen.insert(listener.address) {
+            return Err(invalid(
+                format!("listener[{i}].address"),
+                format!("{} is already a listener", listener.address),
+            ));
+        }
+    }
+    if let Some(admin) = config.admin.address {
+        if seen.contains(&admin) {
+            return Err(invalid(
+                "admin.address",
+                format!("{admin} is also an SMTP listener"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn spool(spool: &SpoolSettings) -> Result<(), Invalid> {
+    if spool.path.as_os_str().is_empty() {
+        return Err(invalid("spool.path", "must not be empty"));
+    }
+    let segment_bytes = spool.segment_bytes;
+    if !segment_bytes.is_multiple_of(SEGMENT_ALIGN_BYTES) {
+        return Err(invalid(
+            "spool.segment_bytes",
+            format!("must be a multiple of {SEGMENT_ALIGN_BYTES}, not {segment_bytes}"),
+        ));
+    }
+    at_least("spool.segment_bytes", segment_bytes, SEGMENT_BYTES_MIN, "")?;
+    at_most("spool.segment_bytes", segment_bytes, SEGMENT_BYTES_MAX)?;
+    if let Some(size_bytes_max) = spool.size_bytes_max {
+        at_least(
+            "spool.size_bytes_max",
+            size_bytes_max,
+            segment_bytes,
+            " (one segment), or 0 for no limit",
+        )?;
+    }
+    Ok(())
+}
+
+fn limits(limits: &Limits) -> Result<(), Invalid> {
+    let rfc = |section: &str| format!(" (RFC 5321 §{section})");
+    at_least(
+        "limits.command_line_bytes_max",
+        limits.command_line_bytes_max,
+        COMMAND_LINE_BYTES_MIN,
+        &rfc("4.5.3.1.4"),
+    )?;
+    at_most(
+        "limits.command_line_bytes_max",
+        limits.command_line_bytes_max,
+        LINE_BYTES_MAX,
+    )?;
+    at_least(
+        "limits.text_line_bytes_max",
+        limits.text_line_bytes_max,
+        TEXT_LINE_BYTES_MIN,
+        &rfc("4.5.3.1.6"),
+    )?;
+    at_most(
+        "limits.text_line_bytes_max",
+        limits.text_line_bytes_max,
+        LINE_BYTES_MAX,
+    )?;
+    at_least("limits.message_bytes_max", limits.message_bytes_max, 1, "")?;
+    at_most(
+        "limits.message_bytes_max",
+        limits.message_bytes_max,
+        MESSAGE_BYTES_MAX,
+    )?;
+    at_least(
+        "limits.recipients_per_message_max",
+        limits.recipients_per_message_max,
+        RECIPIENTS_PER_MESSAGE_MIN,
+        &rfc("4.5.3.1.8"),
+    )?;
+    at_most(
+        "limits.recipients_per_message_max",
+        limits.recipients_per_message_max,
+        RECIPIENTS_PER_MESSAGE_MAX,
+    )?;
+    at_least(
+        "limits.commands_per_session_max",
+        limits.commands_per_session_max,
+        1,
+        "",
+    )?;
+    at_least(
+        "limits.errors_per_session_max",
+        limits.errors_per_session_max,
+        1,
+        "",
+    )?;
+    at_least(
+        "limits.connections_per_shard_max",
+        limits.connections_per_shard_max,
+        1,
+        "",
+    )?;
+    at_least(
+        "limits.connections_per_ip_max",
+        limits.connections_per_ip_max,
+        1,
+        "",
+    )?;
+    for (key, timeout) in [
+        ("limits.command_timeout", limits.command_timeout),
+        ("limits.data_timeout", limits.data_timeout),
+    ] {
+        if timeout.is_zero() {
+            return Err(invalid(key, "must be longer than 0"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    /// Parses `text` and expects an error on `key` at `line`, whose message
+    /// contains `needle`.
+    #[track_caller]
+    fn rejects(text: &str, key: &str, line: usize, needle: &str) {
+        let error = Config::parse(text, "test.toml").expect_err(text);
+        assert_eq!(error.key(), key, "{error}");
+        assert_eq!(error.line(), Some(line), "{error}");
+        assert!(error.message().contains(needle), "{error}");
+        assert!(
+            error.to_string().starts_with(&format!("test.toml:{line}:")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn ring_entries_power_of_two_in_range() {
+        rejects(
+            "[server]\nring_entries = 1000\n",
+            "server.ring_entries",
+            2,
+            "power of two",
+        );
+        rejects(
+            "[server]\nring_entries = 4\n",
+            "server.ring_entries",
+            2,
+            "power of two",
+        );
+        rejects(
+            "[server]\nring_entries = 65536\n",
+            "server.ring_entries",
+            2,
+            "32768",
+        );
+        for ok in [8, 1024, 32768] {
+            Config::parse(&format!("server.ring_entries = {ok}"), "t").unwrap();
+        }
+    }
+
+    #[test]
+    fn shards_bounded() {
+        rejects(
+            "[server]\nshards = 100000\n",
+            "server.shards",
+            2,
+            "at most 1024",
+        );
+    }
+
+    #[test]
+    fn hostname_is_a_domain() {
+        rejects(
+            "[server]\n\nhostname = \"mx one\"\n",
+            "server.hostname",
+            3,
+            "domain",
+        );
+        rejects(
+            "[server]\nhostname = \"a..b\"\n",
+            "server.hostname",
+            2,
+            "domain",
+        );
+        rejects(
+            "[server]\nhostname = \"-a.example\"\n",
+            "server.hostname",
+            2,
+            "domain",
+        );
+        let config = Config::parse("server.hostname = \"mx1.example.com\"", "t").unwrap();
+        assert_eq!(config.server.hostname, "mx1.example.com");
+    }
+
+    #[test]
+    fn segment_bytes_aligned_and_large_enough() {
+        rejects(
+            "[spool]\nsegment_bytes = 100000\n",
+            "spool.segment_bytes",
+            2,
+            "multiple of 4096",
+        );
+        rejects(
+            "[spool]\nsegment_bytes = 61440\n",
+            "spool.segment_bytes",
+            2,
+            "at least 65536",
+        );
+        rejects(
+            "[spool]\nsegment_bytes = 8589934592\n",
+            "spool.segment_bytes",
+            2,
+            "at most",
+        );
+        Config::parse("spool.segment_bytes = 65536", "t").unwrap();
+    }
+
+    #[test]
+    fn spool_path_and_size() {
+        rejects("[spool]\npath = \"\"\n", "spool.path", 2, "empty");
+        rejects(
+            "[spool]\nsize_bytes_max = 4096\n",
+            "spool.size_bytes_max",
+            2,
+            "one segment",
+        );
+    }
+
+    #[test]
+    fn rfc_minimums() {
+        rejects(
+            "[limits]\ncommand_line_bytes_max = 511\n",
+            "limits.command_line_bytes_max",
+            2,
+            "4.5.3.1.4",
+        );
+        rejects(
+            "[limits]\ntext_line_bytes_max = 998\n",
+            "limits.text_line_bytes_max",
+            2,
+            "4.5.3.1.6",
+        );
+        rejects(
+            "[limits]\nrecipients_per_message_max = 99\n",
+            "limits.recipients_per_message_max",
+            2,
+            "4.5.3.1.8",
+        );
+        Config::parse(
+            "[limits]\ncommand_line_bytes_max = 512\ntext_line_bytes_max = 1000\n\
+             recipients_per_message_max = 100\n",
+            "t",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn limits_are_positive_and_bounded() {
+        rejects(
+            "[limits]\nmessage_bytes_max = 0\n",
+            "limits.message_bytes_max",
+            2,
+            "at least 1",
+        );
+        rejects(
+            "[limits]\nmessage_bytes_max = 10000000000\n",
+            "limits.message_bytes_max",
+            2,
+            "at most",
+        );
+        rejects(
+            "[limits]\ntext_line_bytes_max = 2000000\n",
+            "limits.text_line_bytes_max",
+            2,
+            "at most",
+        );
+        for key in [
+            "commands_per_session_max",
+            "errors_per_session_max",
+            "connections_per_shard_max",
+            "connections_per_ip_max",
+        ] {
+            rejects(
+                &format!("[limits]\n{key} = 0\n"),
+                &format!("limits.{key}"),
+                2,
+                "at least 1",
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts_positive() {
+        rejects(
+            "[limits]\ncommand_timeout = \"0s\"\n",
+            "limits.command_timeout",
+            2,
+            "longer than 0",
+        );
+        rejects(
+            "[limits]\n\ndata_timeout = \"0ms\"\n",
+            "limits.data_timeout",
+            3,
+            "longer than 0",
+        );
+    }
+
+    #[test]
+    fn at_least_one_listener() {
+        rejects("listener = []\n", "listener", 1, "at least one");
+    }
+
+    #[test]
+    fn listener_addresses_unique() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:25\"\n\
+                    [[listener]]\naddress = \"[::1]:25\"\n\
+                    [[listener]]\naddress = \"127.0.0.1:25\"\n";
+        rejects(text, "listener[2].address", 6, "already a listener");
+    }
+
+    #[test]
+    fn admin_is_not_a_listener() {
+        rejects(
+            "[admin]\naddress = \"127.0.0.1:2525\"\n",
+            "admin.address",
+            2,
+            "also an SMTP listener",
+        );
+    }
+
+    #[test]
+    fn log_level_is_a_filter() {
+        rejects("[log]\nlevel = \"baton=loud\"\n", "log.level", 2, "filter");
+        Config::parse("log.level = \"baton=debug,warn\"", "t").unwrap();
+    }
+}

@@ -1,0 +1,18 @@
+//! The engine's one error type.
+
+use std::io;
+
+/// What can stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("spool: {0}")]
+    Spool(baton_spool::Error),
+    #[error("cannot listen: {0}")]
+    Listen(io::Error),
+    #[error("admin request failed: {0}")]
+    Admin(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,278 @@
+//! DATA (RFC 5321 §4.1.1.4), and the end of every message, DATA's or
+//! BDAT's.
+
+use std::mem;
+
+use baton_spool::QueueId;
+
+use super::replies;
+use super::session::{DataBody, Session, State};
+use super::transaction::Transaction;
+use super::{ReceivedMessage, SessionContext};
+use crate::smtp::data::{Body, DataReader};
+
+impl Session {
+    pub(super) fn data(&mut self, args: &[u8], ctx: &mut dyn SessionContext) {
+        let Some(transaction) = &self.transaction else {
+            return self.refuse(replies::NEED_MAIL);
+        };
+        if !args.is_empty() {
+            return self.refuse(replies::DATA_SYNTAX);
+        }
+        // RFC 3030 §2: a message is sent with DATA or with BDAT, not both.
+        if transaction.chunks.is_some() {
+            return self.refuse(replies::DATA_AFTER_BDAT);
+        }
+        if transaction.recipients.is_empty() {
+            return self.refuse(replies::NO_VALID_RECIPIENTS);
+        }
+        let queue_id = ctx.next_queue_id();
+        let wire = self.received_header(queue_id, ctx.now_unix_secs());
+        let reader = DataReader::new(self.config.body_limits(), wire);
+        self.state = State::Data(Box::new(DataBody { queue_id, reader }));
+        self.reply(replies::START_DATA);
+    }
+
+    /// The DATA reader found the final `.` CRLF.
+    pub(super) fn end_of_data(&mut self) {
+        let State::Data(data) = mem::replace(&mut self.state, State::Command) else {
+            return;
+        };
+        let body = data.reader.finish();
+        if let Some(transaction) = self.transaction.take() {
+            self.message_complete(transaction, data.queue_id, body);
+        }
+    }
+
+    /// The transaction is over (§4.1.1.4: whatever the outcome, the next
+    /// message starts with MAIL). A sound message waits for the spool.
+    pub(super) fn message_complete(
+        &mut self,
+        transaction: Transaction,
+        queue_id: QueueId,
+        body: Body,
+    ) {
+        if let Some(violation) = body.violation {
+            return self.refuse(replies::body_violation(violation));
+        }
+        let message = ReceivedMessage {
+            queue_id,
+            reverse_path: transaction.reverse_path,
+            mail_params: transaction.mail_params,
+            recipients: transaction.recipients,
+            body: body.wire,
+            peer: self.peer,
+            helo: self.helo_name().unwrap_or_default().to_owned(),
+        };
+        self.state = State::AwaitingStore(Some(message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::inbound::testing::{received, transcript, Driver, ENVELOPE, ENVELOPE_REPLIES};
+    use crate::inbound::{BareLineEndings, Phase, SessionConfig, StoreError};
+    use baton_spool::QueueId;
+
+    #[test]
+    fn one_message() {
+        let mut driver = Driver::new(true);
+        driver.feed(
+            format!("{ENVELOPE}DATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n").as_bytes(),
+        );
+        assert_eq!(
+            driver.output(),
+            format!(
+                "220 mx.example.net ESMTP baton\r\n{ENVELOPE_REPLIES}\
+                 354 End data with <CR><LF>.<CR><LF>\r\n\
+                 250 2.0.0 Ok: queued as 0000000000000001\r\n221 2.0.0 Bye\r\n"
+            )
+        );
+        let message = &driver.messages[0];
+        assert_eq!(message.queue_id, QueueId(1));
+        assert_eq!(message.reverse_path, b"a@b.example");
+        assert_eq!(message.mail_params, b"");
+        assert_eq!(message.helo, "c.example");
+        assert_eq!(message.peer, "192.0.2.7:40000".parse().unwrap());
+        let expected = format!("{}Subject: hi\r\n\r\n..dot\r\n", received("ESMTP", 1));
+        assert_eq!(String::from_utf8_lossy(&message.body), expected);
+    }
+
+    #[test]
+    fn null_sender_and_params() {
+        let mut driver = Driver::new(true);
+        driver.feed(b"HELO c.example\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.example>\r\nDATA\r\n.\r\n");
+        let message = &driver.messages[0];
+        assert_eq!(message.reverse_path, b"");
+        assert_eq!(String::from_utf8_lossy(&message.body), received("SMTP", 1));
+        let mut driver = Driver::new(true);
+        driver.feed(
+            b"EHLO c.example\r\nMAIL FROM:<a@b.example> body=8bitmime SMTPUTF8 size=10\r\n\
+              RCPT TO:<d@e.example>\r\nDATA\r\n.\r\n",
+        );
+        let message = &driver.messages[0];
+        assert_eq!(message.mail_params, b"BODY=8bitmime SMTPUTF8 SIZE=10");
+        assert!(String::from_utf8_lossy(&message.body).contains(" with UTF8SMTP id "));
+    }
+
+    #[test]
+    fn sequence_errors() {
+        assert_eq!(
+            transcript(b"HELO c.example\r\nDATA\r\n"),
+            "250 mx.example.net\r\n503 5.5.1 Error: need MAIL command\r\n"
+        );
+        let out =
+            transcript(b"HELO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bad>\r\nDATA\r\n");
+        assert!(
+            out.ends_with("554 5.5.1 Error: no valid recipients\r\n"),
+            "{out}"
+        );
+        let out = transcript(format!("{ENVELOPE}DATA x\r\n").as_bytes());
+        assert!(out.ends_with("501 5.5.4 Syntax: DATA\r\n"), "{out}");
+    }
+
+    #[test]
+    fn waits_for_the_spool() {
+        let mut driver = Driver::new(true);
+        driver.auto_store = false;
+        driver.feed(format!("{ENVELOPE}DATA\r\nhi\r\n.\r\nNOOP\r\nQUIT\r\n").as_bytes());
+        assert_eq!(driver.session.phase(), Phase::AwaitingStore);
+        assert!(!driver.session.wants_input());
+        let message = driver.session.take_message().unwrap();
+        assert!(driver.session.take_message().is_none());
+        // More input meanwhile is only buffered.
+        driver.feed(b"NOOP\r\n");
+        assert!(driver
+            .output()
+            .ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"));
+        driver.session.stored(Ok(message.queue_id), &mut driver.ctx);
+        driver.collect();
+        assert!(driver.output().ends_with(
+            "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as 0000000000000001\r\n\
+             250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"
+        ));
+        assert!(driver.session.is_closing());
+    }
+
+    #[test]
+    fn store_errors() {
+        for (error, reply) in [
+            (
+                StoreError::Full,
+                "452 4.3.1 Insufficient system storage\r\n",
+            ),
+            (
+                StoreError::Failed,
+                "451 4.3.0 Error: queue file write error\r\n",
+            ),
+        ] {
+            let mut driver = Driver::new(true);
+            driver.auto_store = false;
+            driver.feed(format!("{ENVELOPE}DATA\r\nhi\r\n.\r\nRSET\r\n").as_bytes());
+            assert!(driver.session.take_message().is_some());
+            driver.session.stored(Err(error), &mut driver.ctx);
+            driver.collect();
+            assert!(driver
+                .output()
+                .ends_with(&format!("{reply}250 2.0.0 Ok\r\n")));
+        }
+    }
+
+    #[test]
+    fn timeout_and_shutdown_wait_for_the_spool() {
+        let mut driver = Driver::new(true);
+        driver.auto_store = false;
+        driver.feed(format!("{ENVELOPE}DATA\r\nhi\r\n.\r\nNOOP\r\n").as_bytes());
+        driver.session.shut_down();
+        assert!(!driver.session.is_closing());
+        let message = driver.session.take_message().unwrap();
+        driver.session.stored(Ok(message.queue_id), &mut driver.ctx);
+        driver.collect();
+        assert!(driver.output().ends_with(
+            "250 2.0.0 Ok: queued as 0000000000000001\r\n\
+             421 4.3.2 mx.example.net Service shutting down, closing transmission channel\r\n"
+        ));
+        assert!(driver.session.is_closing());
+    }
+
+    #[test]
+    fn smuggling_is_refused() {
+        for variant in ["\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\n", "\r\n.\r"] {
+            let mut driver = Driver::new(true);
+            driver.feed(
+                format!(
+                    "{ENVELOPE}DATA\r\nfirst{variant}MAIL FROM:<x@evil.example>\r\n\
+                     RCPT TO:<victim@d.example>\r\nDATA\r\nforged\r\n.\r\nNOOP\r\n"
+                )
+                .as_bytes(),
+            );
+            assert!(driver.messages.is_empty(), "{variant:?}");
+            assert!(
+                driver.output().ends_with(
+                    "354 End data with <CR><LF>.<CR><LF>\r\n\
+                     550 5.6.11 Error: bare CR or LF in message; see SMTP smuggling\r\n\
+                     250 2.0.0 Ok\r\n"
+                ),
+                "{variant:?}: {}",
+                driver.output()
+            );
+        }
+    }
+
+    #[test]
+    fn smuggling_is_defused_when_normalizing() {
+        for variant in ["\n.\n", "\n.\r\n", "\r.\r\n", "\r\n.\n", "\r\n.\r"] {
+            let mut config = SessionConfig::new("mx.example.net");
+            config.bare_line_endings = BareLineEndings::Normalize;
+            let mut driver = Driver::with_config(config, true);
+            driver.feed(
+                format!(
+                    "{ENVELOPE}DATA\r\nfirst{variant}MAIL FROM:<x@evil.example>\r\n\
+                     RCPT TO:<victim@d.example>\r\nDATA\r\nforged\r\n.\r\nNOOP\r\n"
+                )
+                .as_bytes(),
+            );
+            assert_eq!(driver.messages.len(), 1, "{variant:?}");
+            let body = &driver.messages[0].body;
+            assert!(!body.windows(5).any(|w| w == b"\r\n.\r\n"), "{variant:?}");
+            assert!(driver.output().ends_with("250 2.0.0 Ok\r\n"));
+        }
+    }
+
+    #[test]
+    fn too_big_and_long_lines() {
+        let mut config = SessionConfig::new("mx.example.net");
+        config.limits.message_bytes_max = 20;
+        config.limits.text_line_bytes_max = 10;
+        let mut driver = Driver::with_config(config, true);
+        driver.feed(
+            format!(
+                "{ENVELOPE}DATA\r\n0123456789\r\n0123456789\r\n.\r\n\
+                 {ENVELOPE}DATA\r\n01234567890\r\n.\r\n{ENVELOPE}DATA\r\n01234567\r\n.\r\n"
+            )
+            .as_bytes(),
+        );
+        let out = driver.output();
+        assert!(out.contains("354 End data with <CR><LF>.<CR><LF>\r\n552 5.3.4 Message size exceeds fixed maximum message size\r\n"), "{out}");
+        assert!(
+            out.contains(
+                "354 End data with <CR><LF>.<CR><LF>\r\n500 5.5.2 Error: message line too long\r\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("250 2.0.0 Ok: queued as 0000000000000003\r\n"),
+            "{out}"
+        );
+        assert_eq!(driver.messages.len(), 1);
+    }
+
+    #[test]
+    fn data_phase() {
+        let mut driver = Driver::new(true);
+        driver.feed(format!("{ENVELOPE}DATA\r\npart").as_bytes());
+        assert_eq!(driver.session.phase(), Phase::Data);
+        driver.feed(b"\r\n.\r\n");
+        assert_eq!(driver.session.phase(), Phase::Command);
+    }
+}

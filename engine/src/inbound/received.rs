@@ -1,0 +1,77 @@
+//! The `Received:` header baton prepends to every message (RFC 5321 §4.4,
+//! RFC 5322 §3.6.7):
+//!
+//! ```text
+//! Received: from <helo> (<peer address literal>)
+//!     by <hostname> (baton) with ESMTP id <queue id>;
+//!     <date>
+//! ```
+//!
+//! (each continuation line starts with a tab: RFC 5322 §2.2.3 folding).
+
+use std::net::IpAddr;
+
+use baton_spool::QueueId;
+
+use super::session::{Auth, Session, Tls};
+use crate::smtp::date::rfc5322_date;
+
+impl Session {
+    /// The header for a message that gets `queue_id` now, as the start of
+    /// its wire form.
+    pub(super) fn received_header(&self, queue_id: QueueId, now_unix_secs: u64) -> Vec<u8> {
+        // EHLO/HELO names passed the domain grammar, so they hold no
+        // spaces, parentheses or line breaks to confuse the header.
+        let helo = self.helo_name().unwrap_or("unknown");
+        let header = format!(
+            "Received: from {helo} ({peer})\r\n\tby {host} (baton) with {protocol} id {queue_id};\r\n\t{date}\r\n",
+            peer = address_literal(self.peer.ip()),
+            host = self.config.hostname,
+            protocol = self.protocol(),
+            date = rfc5322_date(now_unix_secs),
+        );
+        header.into_bytes()
+    }
+
+    /// The `with` protocol (RFC 5321 §4.4; IANA "Mail Transmission Types":
+    /// RFC 3848 adds ESMTPS/ESMTPA/ESMTPSA with TLS and AUTH, RFC 6531
+    /// UTF8SMTP for SMTPUTF8 over ESMTP).
+    fn protocol(&self) -> &'static str {
+        let extended = self
+            .greeting
+            .as_ref()
+            .is_some_and(|greeting| greeting.extended);
+        match (extended, self.tls, self.auth) {
+            (false, Tls::Plain, Auth::Anonymous) => "SMTP",
+            (true, Tls::Plain, Auth::Anonymous) if self.smtputf8() => "UTF8SMTP",
+            (true, Tls::Plain, Auth::Anonymous) => "ESMTP",
+        }
+    }
+}
+
+/// RFC 5321 §4.1.3 address literal: `[192.0.2.1]`, `[IPv6:2001:db8::1]`.
+/// IPv4 clients of a dual-stack socket show as IPv4.
+fn address_literal(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals() {
+        assert_eq!(address_literal("192.0.2.1".parse().unwrap()), "[192.0.2.1]");
+        assert_eq!(
+            address_literal("2001:db8::1".parse().unwrap()),
+            "[IPv6:2001:db8::1]"
+        );
+        assert_eq!(
+            address_literal("::ffff:192.0.2.1".parse().unwrap()),
+            "[192.0.2.1]"
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! The mail transaction (RFC 5321 §3.3): the envelope from MAIL to the end
+//! of the data, and the BDAT body while its chunks arrive.
+
+use baton_spool::QueueId;
+
+use super::AcceptedRecipient;
+use crate::smtp::data::DotStuffer;
+
+/// Begun by MAIL; ended by the end of the data, RSET, EHLO/HELO or QUIT.
+pub(super) struct Transaction {
+    /// `local@domain`; empty for `<>`.
+    pub reverse_path: Vec<u8>,
+    /// Canonical MAIL parameters.
+    pub mail_params: Vec<u8>,
+    /// RFC 6531: UTF-8 allowed in paths and commands from here on.
+    pub smtputf8: bool,
+    pub recipients: Vec<AcceptedRecipient>,
+    /// The body once a first BDAT chunk was accepted (RFC 3030).
+    pub chunks: Option<ChunkedBody>,
+}
+
+/// A BDAT message under construction.
+pub(super) struct ChunkedBody {
+    pub queue_id: QueueId,
+    pub stuffer: DotStuffer,
+}
+
+impl Transaction {
+    pub fn new(reverse_path: Vec<u8>, mail_params: Vec<u8>, smtputf8: bool) -> Transaction {
+        Transaction {
+            reverse_path,
+            mail_params,
+            smtputf8,
+            recipients: Vec::new(),
+            chunks: None,
+        }
+    }
+}

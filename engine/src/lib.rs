@@ -1,0 +1,28 @@
+//! baton: an SMTP relay engine.
+//!
+//! # Layout
+//!
+//! - [`smtp`]: the sans-IO SMTP grammar: command lines, paths, replies, the
+//!   DATA reader. No I/O, no runtime; `loadgen` shares it.
+//! - [`inbound`]: the SMTP server session, a sans-IO state machine: bytes
+//!   in, replies and complete messages out.
+//! - [`shard`]: the I/O core. One thread per core, each with its own
+//!   io_uring ring, listening sockets, sessions and spool writer. With the
+//!   spool's mapping, the only `unsafe` in baton.
+//! - [`queue`]: per-destination ready and scheduled queues, shared by all
+//!   shards.
+//! - [`route`]: which destination a recipient belongs to.
+//! - [`config`]: the TOML configuration, its defaults and validation.
+//! - [`admin`]: the HTTP admin API (queue, metrics, health) and its client.
+//! - [`server`]: what the shards share; start and graceful stop.
+//! - [`error`]: the crate's error type.
+
+pub mod admin;
+pub mod config;
+pub mod error;
+pub mod inbound;
+pub mod queue;
+pub mod route;
+pub mod server;
+pub mod shard;
+pub mod smtp;

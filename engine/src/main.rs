@@ -1,0 +1,174 @@
+//! The `baton` binary: the server and its command-line tools.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use baton::admin::{self, MessageReport, QueueSummary};
+use baton::config::{Config, DEFAULT_CONFIG};
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// baton: an SMTP relay engine for bulk senders.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Print every configuration key with its default and a comment, then exit.
+    #[arg(long)]
+    print_default_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default command). Without --config: built-in defaults.
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file; errors name the key and the line.
+    CheckConfig { file: PathBuf },
+    /// Inspect the queue of a running server (through its admin API).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+        /// The server's configuration, to find its admin address.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The admin address, overriding the configuration.
+        #[arg(long, global = true)]
+        admin: Option<SocketAddr>,
+        /// Print the raw JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// Recipients waiting, per destination.
+    List,
+    /// One message: envelope and each recipient's state.
+    Show { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{DEFAULT_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    let result = match cli.command.unwrap_or(Command::Run { config: None }) {
+        Command::Run { config } => run(config.as_deref()),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Queue {
+            action,
+            config,
+            admin,
+            json,
+        } => queue(action, config.as_deref(), admin, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("baton: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<Config, String> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn run(config_path: Option<&Path>) -> Result<(), String> {
+    let config = load(config_path)?;
+    init_logging(&config.log.level);
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
+    let running = baton::server::start(config).map_err(|e| e.to_string())?;
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down: no new connections; finishing sessions");
+    }
+    running.shut_down();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn check_config(file: &Path) -> Result<(), String> {
+    Config::load(file).map_err(|e| e.to_string())?;
+    println!("{}: ok", file.display());
+    Ok(())
+}
+
+fn queue(action: QueueAction, config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> Result<(), String> {
+    let address = match admin {
+        Some(address) => address,
+        None => load(config)?
+            .admin
+            .address
+            .ok_or("the admin API is disabled in the configuration")?,
+    };
+    let path = match &action {
+        QueueAction::List => "/queue".to_string(),
+        QueueAction::Show { id } => {
+            admin::parse_queue_id(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))?;
+            format!("/queue/{}", id.trim())
+        }
+    };
+    let (status, body) =
+        admin::get(address, &path).map_err(|e| format!("cannot reach the admin API at {address}: {e}"))?;
+    if status != 200 {
+        return Err(body.trim().to_string());
+    }
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    match action {
+        QueueAction::List => print_summary(&serde_json::from_str(&body).map_err(|e| e.to_string())?),
+        QueueAction::Show { .. } => print_message(&serde_json::from_str(&body).map_err(|e| e.to_string())?),
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &QueueSummary) {
+    println!("{:<40} {:>10} {:>10}", "DESTINATION", "READY", "SCHEDULED");
+    for d in &summary.destinations {
+        println!("{:<40} {:>10} {:>10}", d.destination, d.ready, d.scheduled);
+    }
+    println!(
+        "{} messages, {} recipients queued",
+        summary.messages, summary.recipients
+    );
+}
+
+fn print_message(m: &MessageReport) {
+    println!("queue id:  {}", m.queue_id);
+    println!("arrival:   {} (unix ms)", m.arrival_ms);
+    println!("sender:    <{}> {}", m.sender, m.mail_params);
+    println!("client:    {}", m.peer);
+    println!("size:      {} bytes", m.size);
+    for r in &m.recipients {
+        match r.next_attempt_ms {
+            Some(next) => println!("  <{}> {} (attempts {}, next {})", r.address, r.status, r.attempts, next),
+            None => println!("  <{}> {}", r.address, r.status),
+        }
+    }
+}

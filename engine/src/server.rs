@@ -1,0 +1,168 @@
+//! The running server: what every shard shares, and how it starts and stops.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use baton_spool::{QueueId, Spool, SpoolConfig};
+
+use crate::config::{BareLineEndingsSetting, Config};
+use crate::error::{Error, Result};
+use crate::inbound::{BareLineEndings, SessionConfig, SessionLimits};
+use crate::queue::{QueuedRecipient, Queues};
+use crate::route::destination_of;
+use crate::shard::{self, ShardHandle};
+
+/// Counters, exported by the admin API.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_accepted: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub messages_accepted: AtomicU64,
+    pub recipients_accepted: AtomicU64,
+    pub bytes_accepted: AtomicU64,
+    pub store_failures: AtomicU64,
+}
+
+/// What all shards share.
+pub struct Server {
+    pub config: Config,
+    pub session_config: Arc<SessionConfig>,
+    pub spool: Spool,
+    pub queues: Queues,
+    pub shutting_down: AtomicBool,
+    /// Every queue id issued is above this (the spool's highest at start).
+    pub queue_id_floor: QueueId,
+    pub metrics: Metrics,
+    connections_per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Server {
+    /// Counts a connection from `ip`; `false` if that is one too many.
+    pub fn count_connection(&self, ip: IpAddr) -> bool {
+        let mut counts = self.connections_per_ip.lock().expect("per-ip lock");
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.config.limits.connections_per_ip_max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    pub fn release_connection(&self, ip: IpAddr) {
+        let mut counts = self.connections_per_ip.lock().expect("per-ip lock");
+        if let Some(count) = counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+}
+
+/// A started server: shards running, admin listening.
+pub struct Running {
+    pub server: Arc<Server>,
+    shards: Vec<ShardHandle>,
+}
+
+impl Running {
+    /// Stops accepting, lets sessions finish or ends them with 421, waits
+    /// for the last datasync, and returns.
+    pub fn shut_down(self) {
+        self.server.shutting_down.store(true, Ordering::Release);
+        for shard in &self.shards {
+            shard.wake();
+        }
+        for shard in self.shards {
+            shard.join();
+        }
+    }
+}
+
+/// Opens the spool (recovering the queue) and starts the shards.
+pub fn start(config: Config) -> Result<Running> {
+    let started = Instant::now();
+    let mut spool_config = SpoolConfig::new(&config.spool.path);
+    spool_config.segment_bytes = config.spool.segment_bytes;
+    spool_config.sync = config.spool.sync;
+    spool_config.size_bytes_max = config.spool.size_bytes_max;
+    if config.spool.sync == baton_spool::SyncMode::None {
+        tracing::warn!("spool sync = \"none\": acknowledged mail is LOST on power failure; for benchmarks only");
+    }
+    let (spool, recovered) = Spool::open(spool_config).map_err(Error::Spool)?;
+    let queues = Queues::default();
+    for pending in &recovered.pending {
+        let record = spool.read(pending.message).map_err(Error::Spool)?;
+        let message = record.message().map_err(Error::Spool)?;
+        let Some(rcpt) = message.recipients().nth(pending.recipient as usize) else {
+            continue;
+        };
+        let item = QueuedRecipient {
+            queue_id: pending.queue_id,
+            recipient: pending.recipient,
+            message: pending.message,
+            attempts: 0,
+        };
+        queues.push(destination_of(rcpt.address), item, pending.status);
+    }
+    tracing::info!(
+        recipients = recovered.pending.len(),
+        segments = recovered.report.segments,
+        torn_tails = recovered.report.torn_tails.len(),
+        damaged = recovered.report.damaged.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "queue recovered"
+    );
+    let session_config = Arc::new(session_config(&config));
+    let server = Arc::new(Server {
+        session_config,
+        spool,
+        queues,
+        shutting_down: AtomicBool::new(false),
+        queue_id_floor: recovered.queue_id_max,
+        metrics: Metrics::default(),
+        connections_per_ip: Mutex::new(HashMap::new()),
+        config,
+    });
+    let shards = shard::start(&server).map_err(Error::Listen)?;
+    if let Some(address) = server.config.admin.address {
+        crate::admin::start(address, server.clone()).map_err(|err| {
+            Error::Listen(io::Error::new(err.kind(), format!("admin listener {address}: {err}")))
+        })?;
+    }
+    for l in &server.config.listeners {
+        tracing::info!(address = %l.address, shards = shards.len(), "accepting SMTP");
+    }
+    Ok(Running { server, shards })
+}
+
+fn session_config(config: &Config) -> SessionConfig {
+    let l = &config.limits;
+    SessionConfig {
+        hostname: config.server.hostname.clone(),
+        limits: SessionLimits {
+            command_line_bytes_max: l.command_line_bytes_max,
+            text_line_bytes_max: l.text_line_bytes_max,
+            message_bytes_max: l.message_bytes_max,
+            recipients_per_message_max: l.recipients_per_message_max,
+            commands_per_session_max: l.commands_per_session_max,
+            errors_per_session_max: l.errors_per_session_max,
+        },
+        bare_line_endings: match config.smtp.bare_line_endings {
+            BareLineEndingsSetting::Reject => BareLineEndings::Reject,
+            BareLineEndingsSetting::Normalize => BareLineEndings::Normalize,
+        },
+        chunking: config.smtp.chunking,
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

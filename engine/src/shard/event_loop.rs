@@ -1,0 +1,680 @@
+//! The shard's completion-driven loop.
+//!
+//! Submit a batch, wait (at most until the next timeout sweep), drain the
+//! completions, step the state machines they belong to, submit again.
+//! Spool writes and datasyncs go through the same ring: a session whose
+//! message was appended waits, without blocking anything, until the
+//! datasync that covers it completes; only then does it answer `250`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_spool::{Io, NewMessage, NewRecipient, QueueId, RecordRef, Status, SyncOp, Ticket, WriteOp, Writer};
+use crossbeam_channel::Sender;
+
+use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
+use crate::queue::QueuedRecipient;
+use crate::route::{destination_of, Destination};
+use crate::server::{unix_ms, Server};
+
+use super::conn::{Conn, Slots, RECV_BUFFER_BYTES};
+use super::listener;
+use super::queue_id::QueueIdGen;
+use super::ring::{pin_to_cpu, Completion, EventFd, Ring};
+use super::token::{ConnKey, Token};
+
+/// How often timeouts are checked; also the longest wait for completions.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// How long a shutting-down shard waits for sessions to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) fn run(id: usize, server: Arc<Server>, waker: Arc<EventFd>, ready: Sender<io::Result<()>>) {
+    let mut shard = match Shard::new(id, server, waker) {
+        Ok(shard) => {
+            let _ = ready.send(Ok(()));
+            shard
+        }
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            return;
+        }
+    };
+    if let Err(err) = shard.run() {
+        tracing::error!(shard = id, %err, "shard stopped on an I/O error");
+    }
+}
+
+enum SpoolOp {
+    Write(WriteOp),
+    Sync(SyncOp),
+}
+
+/// A message appended to the spool, waiting for the datasync that covers it.
+struct PendingStore {
+    ticket: Ticket,
+    conn: ConnKey,
+    queue_id: QueueId,
+    at: RecordRef,
+    recipients: Vec<(Destination, u32)>,
+    size: usize,
+    sender: String,
+    peer: SocketAddr,
+}
+
+struct Listener {
+    fd: Option<OwnedFd>,
+    address: SocketAddr,
+    armed: bool,
+}
+
+struct Shard {
+    id: usize,
+    server: Arc<Server>,
+    ring: Ring,
+    writer: Writer,
+    listeners: Vec<Listener>,
+    waker: Arc<EventFd>,
+    /// Borrowed by the kernel while `wake_armed`.
+    wake_buf: Box<[u8; 8]>,
+    wake_armed: bool,
+    conns: Slots,
+    spool_ops: HashMap<u64, SpoolOp>,
+    spool_seq: u64,
+    stores: VecDeque<PendingStore>,
+    queue_ids: QueueIdGen,
+    draining: Option<Instant>,
+    completions: Vec<Completion>,
+}
+
+/// What the session sees of the shard: the clock and queue ids.
+struct Ctx<'a> {
+    queue_ids: &'a mut QueueIdGen,
+}
+
+impl SessionContext for Ctx<'_> {
+    fn now_unix_secs(&self) -> u64 {
+        unix_ms() / 1000
+    }
+
+    fn next_queue_id(&mut self) -> QueueId {
+        self.queue_ids.next(unix_ms())
+    }
+}
+
+impl Shard {
+    fn new(id: usize, server: Arc<Server>, waker: Arc<EventFd>) -> io::Result<Shard> {
+        if server.config.server.pin_cores {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if let Err(err) = pin_to_cpu(id % cores) {
+                tracing::warn!(shard = id, %err, "could not pin the shard to a core");
+            }
+        }
+        let ring = Ring::new(server.config.server.ring_entries, server.config.server.sqpoll)?;
+        let mut listeners = Vec::new();
+        for l in &server.config.listeners {
+            let fd = listener::bind(l.address)
+                .map_err(|err| io::Error::new(err.kind(), format!("listen on {}: {err}", l.address)))?;
+            listeners.push(Listener {
+                fd: Some(fd),
+                address: l.address,
+                armed: false,
+            });
+        }
+        let writer = server
+            .spool
+            .writer(id as u16)
+            .map_err(|err| io::Error::other(format!("spool writer {id}: {err}")))?;
+        let queue_ids = QueueIdGen::new(id, server.queue_id_floor);
+        let mut shard = Shard {
+            id,
+            server,
+            ring,
+            writer,
+            listeners,
+            waker,
+            wake_buf: Box::new([0; 8]),
+            wake_armed: false,
+            conns: Slots::default(),
+            spool_ops: HashMap::new(),
+            spool_seq: 0,
+            stores: VecDeque::new(),
+            queue_ids,
+            draining: None,
+            completions: Vec::with_capacity(1024),
+        };
+        for index in 0..shard.listeners.len() {
+            shard.arm_accept(index)?;
+        }
+        shard.arm_wake()?;
+        for l in &shard.listeners {
+            tracing::debug!(shard = id, address = %l.address, "listening");
+        }
+        Ok(shard)
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut last_sweep = Instant::now();
+        loop {
+            self.drive_spool()?;
+            let wait = SWEEP_INTERVAL.saturating_sub(last_sweep.elapsed());
+            self.ring.submit_and_wait(wait.max(Duration::from_millis(1)))?;
+            let mut completions = std::mem::take(&mut self.completions);
+            self.ring.reap(&mut completions);
+            for c in completions.drain(..) {
+                self.complete(c)?;
+            }
+            self.completions = completions;
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                last_sweep = Instant::now();
+                self.sweep()?;
+            }
+            if self.draining.is_none() && self.server.shutting_down.load(Ordering::Acquire) {
+                self.begin_drain()?;
+            }
+            if let Some(started) = self.draining {
+                if self.idle() {
+                    break;
+                }
+                if started.elapsed() > DRAIN_TIMEOUT {
+                    tracing::warn!(shard = self.id, conns = self.conns.len(), "shutdown: sessions still open after the drain timeout");
+                    break;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    fn idle(&self) -> bool {
+        self.conns.len() == 0
+            && self.spool_ops.is_empty()
+            && self.stores.is_empty()
+            && self.listeners.iter().all(|l| !l.armed)
+    }
+
+    /// Leaves the ring with nothing that borrows shard memory in flight.
+    fn finish(&mut self) -> io::Result<()> {
+        if self.wake_armed {
+            // The kernel may still write the 8 bytes after the ring is gone:
+            // leave them allocated.
+            let buf = std::mem::replace(&mut self.wake_buf, Box::new([0; 8]));
+            Box::leak(buf);
+        }
+        tracing::info!(shard = self.id, durable = self.writer.durable().0, "shard stopped");
+        Ok(())
+    }
+
+    fn complete(&mut self, c: Completion) -> io::Result<()> {
+        match Token::decode(c.token) {
+            Some(Token::Accept(index)) => self.accepted(index, c),
+            Some(Token::Wake) => {
+                self.wake_armed = false;
+                if self.draining.is_none() {
+                    self.arm_wake()?;
+                }
+                Ok(())
+            }
+            Some(Token::Recv(key)) => self.received(key, c.result),
+            Some(Token::Send(key)) => self.sent(key, c.result),
+            Some(Token::Cancel) | None => Ok(()),
+            Some(Token::Spool(seq)) => self.spool_done(seq, c.result),
+        }
+    }
+
+    // --- accepting -------------------------------------------------------
+
+    fn arm_accept(&mut self, index: usize) -> io::Result<()> {
+        let listener = &mut self.listeners[index];
+        let Some(fd) = &listener.fd else {
+            return Ok(());
+        };
+        self.ring.accept_multi(fd.as_raw_fd(), Token::Accept(index).encode())?;
+        listener.armed = true;
+        Ok(())
+    }
+
+    fn accepted(&mut self, index: usize, c: Completion) -> io::Result<()> {
+        if !c.more() {
+            self.listeners[index].armed = false;
+            if self.draining.is_some() {
+                self.listeners[index].fd = None;
+            } else {
+                self.arm_accept(index)?;
+            }
+        }
+        if c.result < 0 {
+            let err = io::Error::from_raw_os_error(-c.result);
+            if c.result != -libc::ECANCELED {
+                tracing::warn!(shard = self.id, %err, "accept failed");
+            }
+            return Ok(());
+        }
+        // SAFETY: a successful accept returns a new descriptor we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+        self.open(fd);
+        Ok(())
+    }
+
+    fn open(&mut self, fd: OwnedFd) {
+        let socket = socket2::SockRef::from(&fd);
+        let (Some(peer), Some(local)) = (
+            socket.peer_addr().ok().and_then(|a| a.as_socket()),
+            socket.local_addr().ok().and_then(|a| a.as_socket()),
+        ) else {
+            return; // the client is already gone
+        };
+        let _ = socket.set_tcp_nodelay(true);
+        if self.draining.is_some() {
+            return;
+        }
+        let Some(key) = self.conns.vacant() else {
+            return;
+        };
+        let server = self.server.clone();
+        let limits = &server.config.limits;
+        let config = server.session_config.clone();
+        let mut counted_ip = None;
+        let session = if self.conns.len() >= limits.connections_per_shard_max {
+            server.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            Session::refused(config, "Error: too many connections")
+        } else if !server.count_connection(peer.ip()) {
+            server.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            Session::refused(config, "Error: too many connections from your address")
+        } else {
+            counted_ip = Some(peer.ip());
+            server.metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+            Session::new(config, peer, local, server.config.relay.allows(peer.ip()))
+        };
+        let deadline = Instant::now() + limits.command_timeout;
+        let mut conn = Conn::new(key, fd, peer, session, deadline);
+        conn.counted_ip = counted_ip;
+        self.conns.insert(conn);
+        self.progress(key);
+    }
+
+    // --- one connection --------------------------------------------------
+
+    fn received(&mut self, key: ConnKey, result: i32) -> io::Result<()> {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        conn.recv_in_flight = false;
+        if conn.dead {
+            self.reap_if_done(key);
+            return Ok(());
+        }
+        if result <= 0 {
+            // 0: the client closed; < 0: reset, or cancelled. A message in
+            // DATA is simply not accepted; one already appended stays.
+            self.kill(key);
+            return Ok(());
+        }
+        let n = result as usize;
+        let mut ctx = Ctx {
+            queue_ids: &mut self.queue_ids,
+        };
+        conn.session.receive(&conn.recv_buf[..n], &mut ctx);
+        conn.deadline = Instant::now() + timeout_of(&self.server, conn.session.phase());
+        self.progress(key);
+        Ok(())
+    }
+
+    fn sent(&mut self, key: ConnKey, result: i32) -> io::Result<()> {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        conn.send_in_flight = false;
+        if conn.dead {
+            self.reap_if_done(key);
+            return Ok(());
+        }
+        if result <= 0 {
+            self.kill(key);
+            return Ok(());
+        }
+        conn.send_done += result as usize;
+        if conn.send_done == conn.send_buf.len() {
+            conn.send_buf.clear();
+            conn.send_done = 0;
+        }
+        self.progress(key);
+        Ok(())
+    }
+
+    /// Steps a connection after anything happened to it: stores what the
+    /// session completed, sends its replies, reads more, or closes.
+    fn progress(&mut self, key: ConnKey) {
+        self.take_messages(key);
+        let draining = self.draining.is_some();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.dead {
+            return;
+        }
+        if draining && !conn.session.is_closing() && conn.session.phase() != Phase::AwaitingStore {
+            conn.session.shut_down();
+        }
+        if !conn.send_in_flight {
+            if conn.send_buf.is_empty() {
+                let output = conn.session.output();
+                if !output.is_empty() {
+                    conn.send_buf.extend_from_slice(output);
+                    let n = output.len();
+                    conn.session.consume_output(n);
+                }
+            }
+            if conn.send_done < conn.send_buf.len() {
+                let pending = &conn.send_buf[conn.send_done..];
+                // SAFETY: `send_buf` belongs to the slot, which is not freed
+                // while `send_in_flight`; nothing touches it until then.
+                let submitted = unsafe {
+                    self.ring.send(
+                        conn.fd(),
+                        pending.as_ptr(),
+                        pending.len().min(u32::MAX as usize) as u32,
+                        Token::Send(key).encode(),
+                    )
+                };
+                if submitted.is_err() {
+                    return self.kill(key);
+                }
+                conn.send_in_flight = true;
+            }
+        }
+        if conn.session.is_closing() {
+            if !conn.send_in_flight {
+                self.kill(key);
+            }
+            return;
+        }
+        if conn.session.wants_input() && !conn.recv_in_flight {
+            // SAFETY: as for the send above, with `recv_buf`.
+            let submitted = unsafe {
+                self.ring.recv(
+                    conn.fd(),
+                    conn.recv_buf.as_mut_ptr(),
+                    RECV_BUFFER_BYTES as u32,
+                    Token::Recv(key).encode(),
+                )
+            };
+            if submitted.is_err() {
+                return self.kill(key);
+            }
+            conn.recv_in_flight = true;
+        }
+    }
+
+    /// Tears a connection down: cancels what is in flight, frees the slot
+    /// once the completions are in.
+    fn kill(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.dead = true;
+        if !conn.cancels_sent {
+            conn.cancels_sent = true;
+            if conn.recv_in_flight {
+                let _ = self.ring.cancel(Token::Recv(key).encode(), Token::Cancel.encode());
+            }
+            if conn.send_in_flight {
+                let _ = self.ring.cancel(Token::Send(key).encode(), Token::Cancel.encode());
+            }
+        }
+        self.reap_if_done(key);
+    }
+
+    fn reap_if_done(&mut self, key: ConnKey) {
+        let done = self.conns.get_mut(key).is_some_and(|c| c.dead && !c.in_flight());
+        if done {
+            let conn = self.conns.remove(key).expect("just seen");
+            if let Some(ip) = conn.counted_ip {
+                self.server.release_connection(ip);
+            }
+            // Dropping the slot closes the socket.
+        }
+    }
+
+    // --- storing ---------------------------------------------------------
+
+    fn take_messages(&mut self, key: ConnKey) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let Some(message) = conn.session.take_message() else {
+                return;
+            };
+            let peer = conn.peer;
+            match self.append(key, peer, message) {
+                Ok(()) => return,
+                Err((queue_id, err)) => {
+                    let conn = self.conns.get_mut(key).expect("still there");
+                    let mut ctx = Ctx {
+                        queue_ids: &mut self.queue_ids,
+                    };
+                    let _ = queue_id;
+                    conn.session.stored(Err(err), &mut ctx);
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, key: ConnKey, peer: SocketAddr, message: ReceivedMessage) -> Result<(), (QueueId, StoreError)> {
+        let recipients: Vec<NewRecipient<'_>> = message
+            .recipients
+            .iter()
+            .map(|r| NewRecipient {
+                address: &r.address,
+                params: &r.params,
+                status: Status::Pending,
+            })
+            .collect();
+        let peer_text = peer.to_string();
+        let record = NewMessage {
+            queue_id: message.queue_id,
+            arrival_ms: unix_ms(),
+            reverse_path: &message.reverse_path,
+            mail_params: &message.mail_params,
+            identity: b"",
+            peer: peer_text.as_bytes(),
+            recipients: &recipients,
+            body: &message.body,
+        };
+        match self.writer.append_message(&record) {
+            Ok(appended) => {
+                self.stores.push_back(PendingStore {
+                    ticket: appended.ticket,
+                    conn: key,
+                    queue_id: message.queue_id,
+                    at: appended.at,
+                    recipients: message
+                        .recipients
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (destination_of(&r.address), i as u32))
+                        .collect(),
+                    size: message.body.len(),
+                    sender: String::from_utf8_lossy(&message.reverse_path).into_owned(),
+                    peer,
+                });
+                Ok(())
+            }
+            Err(baton_spool::Error::Full { used_bytes, limit_bytes }) => {
+                tracing::warn!(shard = self.id, used_bytes, limit_bytes, "spool full: refusing a message with 452");
+                self.server.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                Err((message.queue_id, StoreError::Full))
+            }
+            Err(err) => {
+                tracing::error!(shard = self.id, %err, "spool append failed: refusing a message with 451");
+                self.server.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                Err((message.queue_id, StoreError::Failed))
+            }
+        }
+    }
+
+    /// Submits the spool's writes and datasyncs on this ring.
+    fn drive_spool(&mut self) -> io::Result<()> {
+        while let Some(io) = self.writer.next_io() {
+            self.spool_seq += 1;
+            let token = Token::Spool(self.spool_seq).encode();
+            match io {
+                Io::Write(op) => {
+                    // SAFETY: the op (and its buffer and segment) lives in
+                    // `spool_ops` until its completion is reaped.
+                    unsafe {
+                        self.ring
+                            .write_at(op.fd(), op.buf.as_ptr(), op.buf.len() as u32, op.offset, token)?
+                    };
+                    self.spool_ops.insert(self.spool_seq, SpoolOp::Write(op));
+                }
+                Io::Sync(op) => {
+                    self.ring.datasync(op.fd(), token)?;
+                    self.spool_ops.insert(self.spool_seq, SpoolOp::Sync(op));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn spool_done(&mut self, seq: u64, result: i32) -> io::Result<()> {
+        let Some(op) = self.spool_ops.remove(&seq) else {
+            return Ok(());
+        };
+        match op {
+            SpoolOp::Write(op) => {
+                let result = if result < 0 {
+                    Err(io::Error::from_raw_os_error(-result))
+                } else {
+                    Ok(result as usize)
+                };
+                self.writer.complete_write(op.id, result, op.buf);
+            }
+            SpoolOp::Sync(op) => {
+                let result = if result < 0 {
+                    Err(io::Error::from_raw_os_error(-result))
+                } else {
+                    Ok(())
+                };
+                self.writer.complete_sync(op.id, result);
+            }
+        }
+        self.finish_stores();
+        Ok(())
+    }
+
+    /// Answers the sessions whose messages are now durable, and queues
+    /// their recipients.
+    fn finish_stores(&mut self) {
+        let durable = self.writer.durable();
+        let failed = self.writer.failure().is_some();
+        while let Some(store) = self.stores.front() {
+            if store.ticket > durable && !failed {
+                break;
+            }
+            let store = self.stores.pop_front().expect("front exists");
+            let result = if store.ticket <= durable {
+                self.queue(&store);
+                Ok(store.queue_id)
+            } else {
+                Err(StoreError::Failed)
+            };
+            if let Some(conn) = self.conns.get_mut(store.conn) {
+                let mut ctx = Ctx {
+                    queue_ids: &mut self.queue_ids,
+                };
+                conn.session.stored(result, &mut ctx);
+                let key = conn.key;
+                self.progress(key);
+            }
+        }
+    }
+
+    fn queue(&self, store: &PendingStore) {
+        for (destination, recipient) in &store.recipients {
+            let item = QueuedRecipient {
+                queue_id: store.queue_id,
+                recipient: *recipient,
+                message: store.at,
+                attempts: 0,
+            };
+            self.server.queues.push(destination.clone(), item, Status::Pending);
+        }
+        let metrics = &self.server.metrics;
+        metrics.messages_accepted.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .recipients_accepted
+            .fetch_add(store.recipients.len() as u64, Ordering::Relaxed);
+        metrics.bytes_accepted.fetch_add(store.size as u64, Ordering::Relaxed);
+        tracing::info!(
+            queue_id = %store.queue_id,
+            size = store.size,
+            from = %store.sender,
+            recipients = store.recipients.len(),
+            client = %store.peer,
+            "accepted"
+        );
+    }
+
+    // --- time and shutdown -----------------------------------------------
+
+    fn sweep(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        for key in self.conns.keys() {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.dead || now < conn.deadline || conn.session.phase() == Phase::AwaitingStore {
+                continue;
+            }
+            if conn.timed_out {
+                // Told once; the client does not even read: end it.
+                self.kill(key);
+                continue;
+            }
+            conn.timed_out = true;
+            conn.session.timed_out();
+            conn.deadline = now + timeout_of(&self.server, Phase::Command);
+            self.progress(key);
+        }
+        Ok(())
+    }
+
+    fn begin_drain(&mut self) -> io::Result<()> {
+        self.draining = Some(Instant::now());
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].armed {
+                self.ring
+                    .cancel(Token::Accept(index).encode(), Token::Cancel.encode())?;
+            } else {
+                self.listeners[index].fd = None;
+            }
+        }
+        for key in self.conns.keys() {
+            self.progress(key);
+        }
+        Ok(())
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        // SAFETY: `wake_buf` is owned by the shard and leaked in `finish` if
+        // the read is still armed then.
+        unsafe {
+            self.ring
+                .read(self.waker.raw(), self.wake_buf.as_mut_ptr(), 8, Token::Wake.encode())?
+        };
+        self.wake_armed = true;
+        Ok(())
+    }
+}
+
+fn timeout_of(server: &Server, phase: Phase) -> Duration {
+    match phase {
+        Phase::Data => server.config.limits.data_timeout,
+        _ => server.config.limits.command_timeout,
+    }
+}

@@ -1,0 +1,88 @@
+//! Shards: one thread per core, each with its own io_uring ring, listening
+//! sockets, SMTP sessions and spool writer.
+//!
+//! - `ring`: the io_uring wrapper; with the spool's mapping, the only
+//!   `unsafe` in baton.
+//! - `token`: what a completion belongs to.
+//! - `conn`: connection slots that own sockets, sessions and buffers.
+//! - `listener`: `SO_REUSEPORT` sockets, one per listener per shard, so the
+//!   kernel spreads connections over the shards.
+//! - `event_loop`: the completion-driven loop.
+//! - `queue_id`: queue id generation.
+
+mod conn;
+mod event_loop;
+mod listener;
+pub mod queue_id;
+mod ring;
+mod token;
+
+use std::io;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::bounded;
+
+use crate::server::Server;
+
+pub(crate) use ring::EventFd;
+
+/// A running shard.
+pub struct ShardHandle {
+    pub id: usize,
+    waker: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ShardHandle {
+    /// Wakes the shard so it notices a change (shutdown).
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Waits for the shard's thread to end.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!(shard = self.id, "shard thread panicked");
+            }
+        }
+    }
+}
+
+/// Starts one shard per configured core. Returns once every shard listens,
+/// or with the first shard's setup error.
+pub fn start(server: &Arc<Server>) -> io::Result<Vec<ShardHandle>> {
+    for l in &server.config.listeners {
+        listener::check_free(l.address)
+            .map_err(|err| io::Error::new(err.kind(), format!("listen on {}: {err}", l.address)))?;
+    }
+    let count = server.config.shard_count();
+    let mut handles = Vec::with_capacity(count);
+    for id in 0..count {
+        let waker = Arc::new(EventFd::new()?);
+        let (ready_tx, ready_rx) = bounded(1);
+        let thread_server = server.clone();
+        let thread_waker = waker.clone();
+        let thread = thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || event_loop::run(id, thread_server, thread_waker, ready_tx))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                let _ = thread.join();
+                return Err(err);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(io::Error::other(format!("shard {id} failed to start")));
+            }
+        }
+        handles.push(ShardHandle {
+            id,
+            waker,
+            thread: Some(thread),
+        });
+    }
+    Ok(handles)
+}

@@ -1,0 +1,341 @@
+//! Harness for black-box tests: starts the real `baton` binary on loopback
+//! with a configuration written for the test, talks SMTP to it over real
+//! sockets, and kills or stops it like an operator would.
+//!
+//! Every wait is on a condition with a deadline; nothing sleeps blindly.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a test waits for baton to start or stop.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test waits for one SMTP reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The `baton` binary built next to this test (same profile).
+pub fn baton_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("BATON_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/baton
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .join("baton");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it with `cargo build -p baton` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// What a test wants different from the harness's base configuration.
+#[derive(Clone, Debug, Default)]
+pub struct TestConfig {
+    /// Lines for `[limits]`, e.g. `message_bytes_max = 10000`.
+    pub limits: Vec<String>,
+    /// Lines for `[smtp]`.
+    pub smtp: Vec<String>,
+    /// Lines for `[spool]` besides `path`.
+    pub spool: Vec<String>,
+    /// `[relay] networks`, if not the default (loopback).
+    pub relay_networks: Option<Vec<String>>,
+    /// Shards; default 2.
+    pub shards: Option<usize>,
+}
+
+/// A running (or stopped) baton process with its own directory.
+pub struct Baton {
+    pub dir: tempfile::TempDir,
+    pub smtp: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Baton {
+    /// Starts baton with the base configuration.
+    pub fn start() -> Baton {
+        Baton::start_with(TestConfig::default())
+    }
+
+    pub fn start_with(test: TestConfig) -> Baton {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
+        let config_path = dir.path().join("baton.toml");
+        std::fs::write(&config_path, config_text(&test, dir.path(), smtp, admin)).expect("write config");
+        let mut baton = Baton {
+            dir,
+            smtp,
+            admin,
+            config_path,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        baton.spawn();
+        baton
+    }
+
+    /// Starts the process again on the same directory and configuration.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "baton is already running");
+        let mut child = Command::new(baton_bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start baton");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = self.log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        self.child = Some(child);
+        self.wait_until("baton accepts SMTP connections", || TcpStream::connect(self.smtp).is_ok());
+        self.wait_until("the admin API answers", || TcpStream::connect(self.admin).is_ok());
+    }
+
+    /// Waits for `condition`, failing the test with the log after the
+    /// startup timeout or if baton exits.
+    pub fn wait_until(&mut self, what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !condition() {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("baton exited ({status}) while waiting for: {what}\n{}", self.log());
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}\n{}", self.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything baton logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: no shutdown, no final sync.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("baton runs");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("baton runs");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("baton did not stop within {STARTUP_TIMEOUT:?} of SIGTERM\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Opens an SMTP connection and reads the greeting.
+    pub fn connect(&self) -> Smtp {
+        let mut smtp = Smtp::connect(self.smtp);
+        let greeting = smtp.reply();
+        assert_eq!(greeting.code, 220, "greeting: {greeting:?}");
+        smtp
+    }
+
+    /// Runs `baton <args>` against this server's configuration.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(baton_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run baton");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `baton queue list --json`.
+    pub fn queue(&self) -> serde_json::Value {
+        let (ok, stdout, stderr) = self.cli(&["queue", "list", "--json"]);
+        assert!(ok, "baton queue list failed: {stderr}");
+        serde_json::from_str(&stdout).expect("queue list JSON")
+    }
+
+    /// Recipients queued for delivery, over all destinations.
+    pub fn queued_recipients(&self) -> u64 {
+        self.queue()["recipients"].as_u64().expect("recipients count")
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn config_text(test: &TestConfig, dir: &Path, smtp: SocketAddr, admin: SocketAddr) -> String {
+    let mut text = String::new();
+    let shards = test.shards.unwrap_or(2);
+    let _ = writeln!(text, "[server]\nhostname = \"baton.test\"\nshards = {shards}\n");
+    let _ = writeln!(text, "[[listener]]\naddress = \"{smtp}\"\n");
+    let _ = writeln!(text, "[spool]\npath = \"{}\"", dir.join("spool").display());
+    for line in &test.spool {
+        let _ = writeln!(text, "{line}");
+    }
+    let _ = writeln!(text, "\n[admin]\naddress = \"{admin}\"\n");
+    let _ = writeln!(text, "[limits]");
+    for line in &test.limits {
+        let _ = writeln!(text, "{line}");
+    }
+    let _ = writeln!(text, "\n[smtp]");
+    for line in &test.smtp {
+        let _ = writeln!(text, "{line}");
+    }
+    if let Some(networks) = &test.relay_networks {
+        let quoted: Vec<_> = networks.iter().map(|n| format!("\"{n}\"")).collect();
+        let _ = writeln!(text, "\n[relay]\nnetworks = [{}]", quoted.join(", "));
+    }
+    text
+}
+
+/// One SMTP reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// Text of each line, after the code and separator.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// A raw SMTP client over a real socket.
+pub struct Smtp {
+    stream: BufReader<TcpStream>,
+}
+
+impl Smtp {
+    pub fn connect(address: SocketAddr) -> Smtp {
+        let stream = TcpStream::connect(address).expect("connect");
+        Smtp::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Smtp {
+        stream.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
+        Smtp {
+            stream: BufReader::new(stream),
+        }
+    }
+
+    /// Writes bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).expect("send");
+    }
+
+    /// Reads one (possibly multi-line) reply. Panics on timeout or EOF.
+    pub fn reply(&mut self) -> Reply {
+        self.try_reply().expect("a reply before the connection closed")
+    }
+
+    /// Reads one reply; `None` if the server closed the connection first.
+    pub fn try_reply(&mut self) -> Option<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.stream.read_line(&mut line).expect("read a reply line");
+            if n == 0 {
+                return None;
+            }
+            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+            let code: u16 = line[..3].parse().expect("reply code");
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line.get(4..).unwrap_or("").trim_end().to_string());
+            if last {
+                return Some(Reply { code, lines });
+            }
+        }
+    }
+
+    /// Sends one command line (CRLF added) and reads its reply.
+    pub fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Whether the server has closed the connection (reads EOF in time).
+    pub fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0))
+    }
+
+    /// EHLO, MAIL, RCPTs, DATA, body, `.`: returns the final reply.
+    pub fn send_message(&mut self, from: &str, to: &[&str], body: &str) -> Reply {
+        assert_eq!(self.cmd(&format!("MAIL FROM:<{from}>")).code, 250);
+        for rcpt in to {
+            let reply = self.cmd(&format!("RCPT TO:<{rcpt}>"));
+            assert_eq!(reply.code, 250, "RCPT {rcpt}: {reply:?}");
+        }
+        assert_eq!(self.cmd("DATA").code, 354);
+        self.send(body.as_bytes());
+        self.send(b".\r\n");
+        self.reply()
+    }
+}
+
+/// The queue id in a `250 2.0.0 Ok: queued as <id>` reply.
+pub fn queued_id(reply: &Reply) -> String {
+    assert_eq!(reply.code, 250, "not accepted: {reply:?}");
+    reply
+        .text()
+        .rsplit(' ')
+        .next()
+        .expect("queue id")
+        .trim()
+        .to_string()
+}
