@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,23 +18,39 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a test waits for one SMTP reply.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The `baton` binary built next to this test (same profile).
+/// The `baton` binary, built for the same profile as this test.
+///
+/// Cargo builds a package's binaries only for that package's own tests,
+/// and these tests live in a package of their own; so the first call asks
+/// cargo to build (or confirm fresh) the binary into the same target
+/// directory. `BATON_BIN` overrides all of this.
 pub fn baton_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build_baton).clone()
+}
+
+fn build_baton() -> PathBuf {
     if let Some(path) = std::env::var_os("BATON_BIN") {
         return path.into();
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/baton
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .join("baton");
-    assert!(
-        bin.exists(),
-        "{} does not exist: build it with `cargo build -p baton` (cargo test --workspace does)",
-        bin.display()
-    );
+    // target/<profile>/deps/<test>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let target_dir = profile_dir.parent().expect("target directory");
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile name");
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", "baton", "--bin", "baton", "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile != "debug" {
+        build.args(["--profile", if profile == "release" { "release" } else { profile }]);
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build -p baton failed");
+    let bin = profile_dir.join("baton");
+    assert!(bin.exists(), "{} was not built", bin.display());
     bin
 }
 
@@ -119,8 +135,9 @@ impl Baton {
             }
         });
         self.child = Some(child);
-        self.wait_until("baton accepts SMTP connections", || TcpStream::connect(self.smtp).is_ok());
-        self.wait_until("the admin API answers", || TcpStream::connect(self.admin).is_ok());
+        let (smtp, admin) = (self.smtp, self.admin);
+        self.wait_until("baton accepts SMTP connections", || TcpStream::connect(smtp).is_ok());
+        self.wait_until("the admin API answers", || TcpStream::connect(admin).is_ok());
     }
 
     /// Waits for `condition`, failing the test with the log after the
