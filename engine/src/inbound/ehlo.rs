@@ -102,17 +102,17 @@ mod tests {
             "501 5.5.4 Syntax: EHLO hostname\r\n"
         );
         assert_eq!(
-            transcript(b"EHLO a..b\r\n"),
-            "501 5.5.4 Syntax: EHLO hostname\r\n"
-        );
-        assert_eq!(
-            transcript(b"EHLO a b\r\n"),
-            "501 5.5.4 Syntax: EHLO hostname\r\n"
-        );
-        assert_eq!(
-            transcript(b"HELO [1.2.3]\r\n"),
+            transcript(b"HELO \x01\r\n"),
             "501 5.5.4 Syntax: HELO hostname\r\n"
         );
+    }
+
+    /// Sloppy names are accepted: refusing them would refuse the mail of
+    /// printers and Windows hosts (`MY_PC`), as Postfix does not.
+    #[test]
+    fn sloppy_names_are_accepted() {
+        assert!(transcript(b"EHLO MY_PC\r\n").starts_with("250-"));
+        assert!(transcript(b"HELO a..b\r\n").starts_with("250 "));
     }
 
     #[test]

@@ -279,9 +279,15 @@ pub fn split_verb(line: &[u8]) -> (&[u8], &[u8]) {
 
 /// EHLO/HELO argument: a domain or an address literal (RFC 5321 §4.1.1.1).
 pub fn parse_hello(args: &[u8]) -> Result<String, CommandError> {
-    parse_host(args).map_err(|_| CommandError::Syntax)?;
-    // parse_host accepts ASCII only.
-    Ok(String::from_utf8_lossy(args).into_owned())
+    // RFC 5321 asks for a domain or an address literal, but applications,
+    // printers and Windows hosts send names like `MY_PC` or `localhost`,
+    // and refusing them refuses their mail: like Postfix by default, take
+    // any one printable word and leave judging it to policy.
+    let name = args.split(|&b| b == b' ').find(|w| !w.is_empty()).ok_or(CommandError::Syntax)?;
+    if !name.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(CommandError::Syntax);
+    }
+    Ok(String::from_utf8_lossy(name).into_owned())
 }
 
 /// MAIL arguments: `FROM:<reverse-path> [params]`.
@@ -640,8 +646,8 @@ mod tests {
             Ok(Command::Ehlo("[192.0.2.1]".into()))
         );
         assert_eq!(parse("EHLO"), Err(CommandError::Syntax));
-        assert_eq!(parse("EHLO two words"), Err(CommandError::Syntax));
-        assert_eq!(parse("HELO bad_name"), Err(CommandError::Syntax));
+        assert_eq!(parse("EHLO two words"), Ok(Command::Ehlo("two".into())));
+        assert_eq!(parse("HELO bad_name"), Ok(Command::Helo("bad_name".into())));
     }
 
     #[test]
