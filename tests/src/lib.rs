@@ -5,8 +5,8 @@
 //! Every wait is on a condition with a deadline; nothing sleeps blindly.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,17 +35,38 @@ fn build_baton() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let target_dir = profile_dir.parent().expect("target directory");
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile name");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("profile name");
     let cargo = option_env!("CARGO").unwrap_or("cargo");
     let mut build = Command::new(cargo);
     build
-        .args(["build", "--quiet", "-p", "baton", "--bin", "baton", "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "baton",
+            "--bin",
+            "baton",
+            "--target-dir",
+        ])
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile != "debug" {
-        build.args(["--profile", if profile == "release" { "release" } else { profile }]);
+        build.args([
+            "--profile",
+            if profile == "release" {
+                "release"
+            } else {
+                profile
+            },
+        ]);
     }
     let status = build.status().expect("run cargo build");
     assert!(status.success(), "cargo build -p baton failed");
@@ -63,6 +84,9 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// `[spool] segment_bytes` unless a test sets it: 1 MiB.
+pub const TEST_SEGMENT_BYTES: u64 = 1 << 20;
+
 /// What a test wants different from the harness's base configuration.
 #[derive(Clone, Debug, Default)]
 pub struct TestConfig {
@@ -70,7 +94,7 @@ pub struct TestConfig {
     pub limits: Vec<String>,
     /// Lines for `[smtp]`.
     pub smtp: Vec<String>,
-    /// Lines for `[spool]` besides `path`.
+    /// Lines for `[spool]` besides `path` (and `segment_bytes`, unless set here).
     pub spool: Vec<String>,
     /// `[relay] networks`, if not the default (loopback).
     pub relay_networks: Option<Vec<String>>,
@@ -84,9 +108,18 @@ pub struct Baton {
     pub smtp: SocketAddr,
     pub admin: SocketAddr,
     pub config_path: PathBuf,
+    test: TestConfig,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    /// Copies the child's stderr into `log`; done once the child is gone.
+    log_reader: Option<thread::JoinHandle<()>>,
 }
+
+/// Attempts at starting baton, each on freshly picked ports: a port found
+/// free can be taken by another process before baton binds it.
+const START_ATTEMPTS: usize = 5;
+/// What baton logs once its SMTP listeners and admin API are up.
+const READY_LOG: &str = "accepting SMTP";
 
 impl Baton {
     /// Starts baton with the base configuration.
@@ -96,25 +129,53 @@ impl Baton {
 
     pub fn start_with(test: TestConfig) -> Baton {
         let dir = tempfile::tempdir().expect("temp dir");
-        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1")).parse().unwrap();
         let config_path = dir.path().join("baton.toml");
-        std::fs::write(&config_path, config_text(&test, dir.path(), smtp, admin)).expect("write config");
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut baton = Baton {
             dir,
-            smtp,
-            admin,
+            smtp: unbound,
+            admin: unbound,
             config_path,
+            test,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
+            log_reader: None,
         };
+        baton.pick_ports();
         baton.spawn();
         baton
     }
 
-    /// Starts the process again on the same directory and configuration.
+    /// Picks free ports and writes the configuration with them.
+    fn pick_ports(&mut self) {
+        self.smtp = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+        self.admin = SocketAddr::from(([127, 0, 0, 1], free_port("127.0.0.1")));
+        let text = config_text(&self.test, self.dir.path(), self.smtp, self.admin);
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// Starts the process again on the same directory and configuration,
+    /// and waits until it serves. Should another process have taken one of
+    /// its ports, it moves to new ones.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "baton is already running");
+        for attempt in 1..=START_ATTEMPTS {
+            let log_start = self.log.lock().unwrap().len();
+            self.launch();
+            let Err(status) = self.wait_ready(log_start) else {
+                return;
+            };
+            let log = self.log();
+            let port_taken = log[log_start..].contains("Address already in use");
+            assert!(
+                port_taken && attempt < START_ATTEMPTS,
+                "baton exited ({status}) before serving\n{log}"
+            );
+            self.pick_ports();
+        }
+    }
+
+    fn launch(&mut self) {
         let mut child = Command::new(baton_bin())
             .args(["run", "--config"])
             .arg(&self.config_path)
@@ -126,18 +187,42 @@ impl Baton {
             .expect("start baton");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = self.log.clone();
-        thread::spawn(move || {
+        self.log_reader = Some(thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 let mut log = log.lock().unwrap();
                 log.push_str(&line);
                 log.push('\n');
             }
-        });
+        }));
         self.child = Some(child);
-        let (smtp, admin) = (self.smtp, self.admin);
-        self.wait_until("baton accepts SMTP connections", || TcpStream::connect(smtp).is_ok());
-        self.wait_until("the admin API answers", || TcpStream::connect(admin).is_ok());
+    }
+
+    /// Waits until this run (its log from `log_start`) says baton serves:
+    /// a connection alone could reach another process on a reused port.
+    /// `Err` with the exit status if the process ends first.
+    fn wait_ready(&mut self, log_start: usize) -> Result<(), ExitStatus> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if self.log.lock().unwrap()[log_start..].contains(READY_LOG) {
+                return Ok(());
+            }
+            let child = self.child.as_mut().expect("just launched");
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                // All of its log, for the caller to read.
+                if let Some(reader) = self.log_reader.take() {
+                    let _ = reader.join();
+                }
+                return Err(status);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "baton did not log {READY_LOG:?} within {STARTUP_TIMEOUT:?}\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for `condition`, failing the test with the log after the
@@ -147,10 +232,17 @@ impl Baton {
         while !condition() {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("baton exited ({status}) while waiting for: {what}\n{}", self.log());
+                    panic!(
+                        "baton exited ({status}) while waiting for: {what}\n{}",
+                        self.log()
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "timed out waiting for: {what}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for: {what}\n{}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -182,7 +274,10 @@ impl Baton {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("baton did not stop within {STARTUP_TIMEOUT:?} of SIGTERM\n{}", self.log());
+                panic!(
+                    "baton did not stop within {STARTUP_TIMEOUT:?} of SIGTERM\n{}",
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -194,6 +289,34 @@ impl Baton {
         let greeting = smtp.reply();
         assert_eq!(greeting.code, 220, "greeting: {greeting:?}");
         smtp
+    }
+
+    /// Opens an SMTP connection from `source` (any 127.0.0.0/8 address
+    /// works on loopback) and reads the greeting, whatever it is: a
+    /// connection limit answers 421 instead of 220.
+    pub fn connect_from(&self, source: IpAddr) -> (Smtp, Reply) {
+        let mut smtp = Smtp::connect_from(source, self.smtp);
+        let greeting = smtp.reply();
+        (smtp, greeting)
+    }
+
+    /// Connects from `source` until the greeting is 220. For tests that
+    /// limit connections per address: the server releases a closed
+    /// connection's place asynchronously.
+    pub fn admitted_from(&self, source: IpAddr) -> Smtp {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let (smtp, greeting) = self.connect_from(source);
+            if greeting.code == 220 {
+                return smtp;
+            }
+            assert_eq!(greeting.code, 421, "greeting: {greeting:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{source} still refused after {STARTUP_TIMEOUT:?}: {greeting:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Runs `baton <args>` against this server's configuration.
@@ -220,7 +343,32 @@ impl Baton {
 
     /// Recipients queued for delivery, over all destinations.
     pub fn queued_recipients(&self) -> u64 {
-        self.queue()["recipients"].as_u64().expect("recipients count")
+        self.queue()["recipients"]
+            .as_u64()
+            .expect("recipients count")
+    }
+
+    /// Messages queued, with at least one recipient still to deliver.
+    pub fn queued_messages(&self) -> u64 {
+        self.queue()["messages"].as_u64().expect("messages count")
+    }
+
+    /// `baton queue show <id> --json`: one message with the state of each
+    /// recipient.
+    pub fn show(&self, id: &str) -> serde_json::Value {
+        let (ok, stdout, stderr) = self.cli(&["queue", "show", id, "--json"]);
+        assert!(ok, "baton queue show {id} failed: {stderr}");
+        serde_json::from_str(&stdout).expect("queue show JSON")
+    }
+
+    /// The recipients' addresses in a [`show`](Self::show) answer.
+    pub fn shown_recipients(message: &serde_json::Value) -> Vec<String> {
+        message["recipients"]
+            .as_array()
+            .expect("recipients array")
+            .iter()
+            .map(|r| r["address"].as_str().expect("address").to_string())
+            .collect()
     }
 }
 
@@ -236,9 +384,21 @@ impl Drop for Baton {
 fn config_text(test: &TestConfig, dir: &Path, smtp: SocketAddr, admin: SocketAddr) -> String {
     let mut text = String::new();
     let shards = test.shards.unwrap_or(2);
-    let _ = writeln!(text, "[server]\nhostname = \"baton.test\"\nshards = {shards}\n");
+    let _ = writeln!(
+        text,
+        "[server]\nhostname = \"baton.test\"\nshards = {shards}\n"
+    );
     let _ = writeln!(text, "[[listener]]\naddress = \"{smtp}\"\n");
     let _ = writeln!(text, "[spool]\npath = \"{}\"", dir.join("spool").display());
+    if !test
+        .spool
+        .iter()
+        .any(|line| line.trim_start().starts_with("segment_bytes"))
+    {
+        // Small segments start in a fraction of the time of the 64 MiB
+        // default, and tests that send a lot cross segment boundaries.
+        let _ = writeln!(text, "segment_bytes = {TEST_SEGMENT_BYTES}");
+    }
     for line in &test.spool {
         let _ = writeln!(text, "{line}");
     }
@@ -270,6 +430,27 @@ impl Reply {
     pub fn text(&self) -> String {
         self.lines.join("\n")
     }
+
+    /// The enhanced status code (RFC 3463) that starts the first line, if
+    /// there is one: `5.5.2` in `500 5.5.2 Error: ...`.
+    pub fn enhanced(&self) -> Option<&str> {
+        let first = self.lines.first()?.split(' ').next()?;
+        let parts: Vec<&str> = first.split('.').collect();
+        let numeric = parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        numeric.then_some(first)
+    }
+
+    /// Panics unless this reply has `code` and the enhanced code `enhanced`.
+    #[track_caller]
+    pub fn assert_is(&self, code: u16, enhanced: &str) {
+        assert!(
+            self.code == code && self.enhanced() == Some(enhanced),
+            "expected {code} {enhanced}, got {self:?}"
+        );
+    }
 }
 
 /// A raw SMTP client over a real socket.
@@ -283,8 +464,15 @@ impl Smtp {
         Smtp::from_stream(stream)
     }
 
+    /// Connects from the local address `source`, e.g. 127.0.0.2.
+    pub fn connect_from(source: IpAddr, address: SocketAddr) -> Smtp {
+        Smtp::from_stream(bound_socket(source, address, |_| {}))
+    }
+
     pub fn from_stream(stream: TcpStream) -> Smtp {
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).expect("timeout");
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("timeout");
         Smtp {
             stream: BufReader::new(stream),
         }
@@ -292,21 +480,38 @@ impl Smtp {
 
     /// Writes bytes as they are.
     pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.get_mut().write_all(bytes).expect("send");
+        self.try_send(bytes).expect("send");
+    }
+
+    /// Writes bytes as they are, for tests where the server may be gone.
+    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.get_mut().write_all(bytes)
+    }
+
+    /// The socket, e.g. to close it abruptly.
+    pub fn stream(&self) -> &TcpStream {
+        self.stream.get_ref()
     }
 
     /// Reads one (possibly multi-line) reply. Panics on timeout or EOF.
     pub fn reply(&mut self) -> Reply {
-        self.try_reply().expect("a reply before the connection closed")
+        self.try_reply()
+            .expect("a reply before the connection closed")
     }
 
-    /// Reads one reply; `None` if the server closed the connection first.
+    /// Reads one reply; `None` if the server closed (or reset) the
+    /// connection first. Panics on timeout.
     pub fn try_reply(&mut self) -> Option<Reply> {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
-            let n = self.stream.read_line(&mut line).expect("read a reply line");
-            if n == 0 {
+            let n = match self.stream.read_line(&mut line) {
+                Ok(n) => n,
+                Err(err) if is_reset(&err) => 0,
+                Err(err) => panic!("read a reply line: {err}"),
+            };
+            if n == 0 || !line.ends_with('\n') {
+                // Closed, possibly in the middle of a line.
                 return None;
             }
             assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
@@ -325,10 +530,29 @@ impl Smtp {
         self.reply()
     }
 
-    /// Whether the server has closed the connection (reads EOF in time).
+    /// Whether the server has closed the connection (reads EOF, or a reset,
+    /// in time) without sending anything more.
     pub fn closed(&mut self) -> bool {
         let mut byte = [0u8; 1];
-        matches!(self.stream.read(&mut byte), Ok(0))
+        match self.stream.read(&mut byte) {
+            Ok(n) => n == 0,
+            Err(err) => is_reset(&err),
+        }
+    }
+
+    /// Sends EHLO and reads its reply, which must be 250.
+    pub fn ehlo(&mut self, name: &str) -> Reply {
+        let reply = self.cmd(&format!("EHLO {name}"));
+        assert_eq!(reply.code, 250, "EHLO: {reply:?}");
+        reply
+    }
+
+    /// Reads one reply and checks its code and enhanced code.
+    #[track_caller]
+    pub fn expect(&mut self, code: u16, enhanced: &str) -> Reply {
+        let reply = self.reply();
+        reply.assert_is(code, enhanced);
+        reply
     }
 
     /// EHLO, MAIL, RCPTs, DATA, body, `.`: returns the final reply.
@@ -343,6 +567,38 @@ impl Smtp {
         self.send(b".\r\n");
         self.reply()
     }
+}
+
+/// A TCP connection to `address` from the local address `source`;
+/// `configure` may set socket options before the connection is made.
+pub fn bound_socket(
+    source: IpAddr,
+    address: SocketAddr,
+    configure: impl FnOnce(&socket2::Socket),
+) -> TcpStream {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .expect("socket");
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|err| panic!("bind {source}: {err}"));
+    configure(&socket);
+    socket
+        .connect_timeout(&address.into(), REPLY_TIMEOUT)
+        .unwrap_or_else(|err| panic!("connect from {source} to {address}: {err}"));
+    socket.into()
+}
+
+/// The peer closed with unread data, or aborted: as good as closed.
+fn is_reset(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// The queue id in a `250 2.0.0 Ok: queued as <id>` reply.
