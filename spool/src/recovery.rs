@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,7 +116,17 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
     segments.sort_by_key(|s| s.id());
     let mut outcomes = Vec::new();
     let mut damaged_segments = Vec::new();
-    for segment in segments {
+    // Reading one segment ahead keeps the disk busy while the CPU checks
+    // the current one: from a cold page cache, 1,000,000 messages took
+    // 1.6 to 2.2 s to recover instead of 4.7 to 6 s (bench/README.md).
+    let mut segments = segments.into_iter().peekable();
+    if let Some(first) = segments.peek() {
+        first.prefetch();
+    }
+    while let Some(segment) = segments.next() {
+        if let Some(next) = segments.peek() {
+            next.prefetch();
+        }
         report.segments += 1;
         report.bytes_scanned += segment.capacity();
         let scan = {
@@ -217,7 +228,7 @@ fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
         } else if name.starts_with("spare-") && name.ends_with(".seg") {
             // Its header still names its old id: no new segment may reuse
             // that id while its old frames exist.
-            let header = fs::read(&path).ok().and_then(|b| SegmentHeader::decode(&b));
+            let header = spare_header(&path);
             let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
             match header {
                 Some(h) if len == segment_bytes => {
@@ -239,6 +250,14 @@ fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
         }
     }
     Ok(found)
+}
+
+/// A spare's header, read alone: the rest of the file (a whole segment)
+/// would otherwise be read into memory at every start.
+fn spare_header(path: &Path) -> Option<SegmentHeader> {
+    let mut first = [0u8; SEGMENT_HEADER_BYTES as usize];
+    fs::File::open(path).and_then(|file| file.read_exact_at(&mut first, 0)).ok()?;
+    SegmentHeader::decode(&first)
 }
 
 struct Scan {
