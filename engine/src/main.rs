@@ -153,9 +153,11 @@ fn print_summary(summary: &QueueSummary) {
     for d in &summary.destinations {
         println!("{:<40} {:>10} {:>10}", d.destination, d.ready, d.scheduled);
     }
+    let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     println!(
-        "{} messages, {} recipients queued",
-        summary.messages, summary.recipients
+        "{}, {} queued",
+        plural(summary.messages, "message"),
+        plural(summary.recipients, "recipient")
     );
 }
 
