@@ -17,7 +17,7 @@ use std::fmt;
 
 use thiserror::Error;
 
-use super::address::{parse_forward_path, parse_host, parse_reverse_path};
+use super::address::{parse_forward_path, parse_reverse_path};
 use super::address::{ForwardPath, PathError, ReversePath};
 
 /// Why a command's arguments were refused.
