@@ -91,10 +91,14 @@ fn load(path: Option<&Path>) -> Result<Config, String> {
 fn run(config_path: Option<&Path>) -> Result<(), String> {
     let config = load(config_path)?;
     init_logging(&config.log.level);
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
     let running = baton::server::start(config).map_err(|e| e.to_string())?;
     if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "shutting down: no new connections; finishing sessions");
+        tracing::info!(
+            signal,
+            "shutting down: no new connections; finishing sessions"
+        );
     }
     running.shut_down();
     tracing::info!("stopped");
@@ -117,7 +121,12 @@ fn check_config(file: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn queue(action: QueueAction, config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> Result<(), String> {
+fn queue(
+    action: QueueAction,
+    config: Option<&Path>,
+    admin: Option<SocketAddr>,
+    json: bool,
+) -> Result<(), String> {
     let address = match admin {
         Some(address) => address,
         None => load(config)?
@@ -128,12 +137,13 @@ fn queue(action: QueueAction, config: Option<&Path>, admin: Option<SocketAddr>, 
     let path = match &action {
         QueueAction::List => "/queue".to_string(),
         QueueAction::Show { id } => {
-            admin::parse_queue_id(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))?;
+            admin::parse_queue_id(id)
+                .ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))?;
             format!("/queue/{}", id.trim())
         }
     };
-    let (status, body) =
-        admin::get(address, &path).map_err(|e| format!("cannot reach the admin API at {address}: {e}"))?;
+    let (status, body) = admin::get(address, &path)
+        .map_err(|e| format!("cannot reach the admin API at {address}: {e}"))?;
     if status != 200 {
         return Err(body.trim().to_string());
     }
@@ -142,8 +152,12 @@ fn queue(action: QueueAction, config: Option<&Path>, admin: Option<SocketAddr>, 
         return Ok(());
     }
     match action {
-        QueueAction::List => print_summary(&serde_json::from_str(&body).map_err(|e| e.to_string())?),
-        QueueAction::Show { .. } => print_message(&serde_json::from_str(&body).map_err(|e| e.to_string())?),
+        QueueAction::List => {
+            print_summary(&serde_json::from_str(&body).map_err(|e| e.to_string())?)
+        }
+        QueueAction::Show { .. } => {
+            print_message(&serde_json::from_str(&body).map_err(|e| e.to_string())?)
+        }
     }
     Ok(())
 }
@@ -169,7 +183,10 @@ fn print_message(m: &MessageReport) {
     println!("size:      {} bytes", m.size);
     for r in &m.recipients {
         match r.next_attempt_ms {
-            Some(next) => println!("  <{}> {} (attempts {}, next {})", r.address, r.status, r.attempts, next),
+            Some(next) => println!(
+                "  <{}> {} (attempts {}, next {})",
+                r.address, r.status, r.attempts, next
+            ),
             None => println!("  <{}> {}", r.address, r.status),
         }
     }

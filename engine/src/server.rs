@@ -131,7 +131,10 @@ pub fn start(config: Config) -> Result<Running> {
     let shards = shard::start(&server).map_err(Error::Listen)?;
     if let Some(address) = server.config.admin.address {
         crate::admin::start(address, server.clone()).map_err(|err| {
-            Error::Listen(io::Error::new(err.kind(), format!("admin listener {address}: {err}")))
+            Error::Listen(io::Error::new(
+                err.kind(),
+                format!("admin listener {address}: {err}"),
+            ))
         })?;
     }
     for l in &server.config.listeners {

@@ -128,7 +128,9 @@ impl SpoolConfig {
                 self.segment_bytes
             )));
         }
-        if self.record_bytes_max < 1024 || self.record_bytes_max > u32::MAX as u64 - SEGMENT_HEADER_BYTES {
+        if self.record_bytes_max < 1024
+            || self.record_bytes_max > u32::MAX as u64 - SEGMENT_HEADER_BYTES
+        {
             return Err(Error::Config(format!(
                 "record_bytes_max must be between 1024 and {}, got {}",
                 u32::MAX as u64 - SEGMENT_HEADER_BYTES,

@@ -87,12 +87,18 @@ impl BlockingWriter {
             }
             match self.writer.next_io() {
                 Some(Io::Write(op)) => {
-                    let result = op.segment.file().write_all_at(&op.buf, op.offset).map(|()| op.buf.len());
+                    let result = op
+                        .segment
+                        .file()
+                        .write_all_at(&op.buf, op.offset)
+                        .map(|()| op.buf.len());
                     self.writer.complete_write(op.id, result, op.buf);
                 }
                 Some(Io::Sync(op)) => {
                     let requests = self.sync_requests.as_ref().expect("sync thread runs");
-                    requests.send((op.id, op.segment)).expect("sync thread runs");
+                    requests
+                        .send((op.id, op.segment))
+                        .expect("sync thread runs");
                 }
                 None => break,
             }

@@ -154,11 +154,23 @@ impl Index {
     /// Applies an outcome recorded in segment `at`. Returns `false` when the
     /// message is unknown (already reclaimed) or the recipient index is out
     /// of range.
-    pub fn apply_outcome(&mut self, queue_id: QueueId, recipient: u32, status: Status, at: SegmentId) -> bool {
+    pub fn apply_outcome(
+        &mut self,
+        queue_id: QueueId,
+        recipient: u32,
+        status: Status,
+        at: SegmentId,
+    ) -> bool {
         self.merge_status(queue_id, recipient, status, Some(at))
     }
 
-    fn merge_status(&mut self, queue_id: QueueId, recipient: u32, status: Status, at: Option<SegmentId>) -> bool {
+    fn merge_status(
+        &mut self,
+        queue_id: QueueId,
+        recipient: u32,
+        status: Status,
+        at: Option<SegmentId>,
+    ) -> bool {
         let Some(m) = self.messages.get_mut(&queue_id) else {
             return false;
         };
@@ -182,7 +194,10 @@ impl Index {
         unpin(&mut self.segments, old_outcome, body_segment);
         pin(&mut self.segments, at, body_segment);
         if became_final {
-            let seg = self.segments.get_mut(&body_segment).expect("body segment is indexed");
+            let seg = self
+                .segments
+                .get_mut(&body_segment)
+                .expect("body segment is indexed");
             seg.live_recipients -= 1;
             if message_done {
                 seg.live_bytes -= body_len;
@@ -225,14 +240,21 @@ impl Index {
             pin(&mut self.segments, new, to.segment);
         }
         if live > 0 {
-            let src = self.segments.get_mut(&from).expect("body segment is indexed");
+            let src = self
+                .segments
+                .get_mut(&from)
+                .expect("body segment is indexed");
             src.live_recipients -= live;
             src.live_bytes -= old_len;
             let dst = self.segments.entry(to.segment).or_default();
             dst.live_recipients += live;
             dst.live_bytes += u64::from(to.len);
         }
-        self.segments.entry(to.segment).or_default().messages.push(queue_id);
+        self.segments
+            .entry(to.segment)
+            .or_default()
+            .messages
+            .push(queue_id);
     }
 
     /// Moves a recipient's pin from `from` to `to`, if its latest outcome
@@ -271,7 +293,10 @@ impl Index {
         let Some(seg) = self.segments.remove(&id) else {
             return;
         };
-        assert_eq!(seg.live_recipients, 0, "segment {id} removed with live recipients");
+        assert_eq!(
+            seg.live_recipients, 0,
+            "segment {id} removed with live recipients"
+        );
         assert_eq!(seg.pins, 0, "segment {id} removed while pinned");
         for queue_id in seg.messages {
             let Some(m) = self.messages.get(&queue_id) else {
@@ -328,16 +353,23 @@ impl Index {
         }
         (live, pinned)
     }
-
 }
 
-fn pin(segments: &mut HashMap<SegmentId, SegmentState>, outcome: Option<SegmentId>, body: SegmentId) {
+fn pin(
+    segments: &mut HashMap<SegmentId, SegmentState>,
+    outcome: Option<SegmentId>,
+    body: SegmentId,
+) {
     if let Some(at) = outcome.filter(|&at| at != body) {
         segments.entry(at).or_default().pins += 1;
     }
 }
 
-fn unpin(segments: &mut HashMap<SegmentId, SegmentState>, outcome: Option<SegmentId>, body: SegmentId) {
+fn unpin(
+    segments: &mut HashMap<SegmentId, SegmentState>,
+    outcome: Option<SegmentId>,
+    body: SegmentId,
+) {
     if let Some(at) = outcome.filter(|&at| at != body) {
         let seg = segments.get_mut(&at).expect("a pinned segment is indexed");
         assert!(seg.pins > 0, "pin count of segment {at} would go negative");
@@ -365,7 +397,10 @@ mod tests {
         index.insert_message(QueueId(1), at(1), &[Status::Pending, Status::Pending]);
         assert!(index.apply_outcome(QueueId(1), 0, Status::Delivered, SegmentId(2)));
         let all_sealed = |_| true;
-        assert!(index.deletable(all_sealed).is_empty(), "1 has a live rcpt, 2 is pinned");
+        assert!(
+            index.deletable(all_sealed).is_empty(),
+            "1 has a live rcpt, 2 is pinned"
+        );
         index.apply_outcome(QueueId(1), 1, Status::Failed, SegmentId(2));
         assert_eq!(index.deletable(all_sealed), vec![SegmentId(1)]);
         index.remove_segment(SegmentId(1));
@@ -399,7 +434,13 @@ mod tests {
             next_attempt_ms: 0,
         };
         index.apply_outcome(QueueId(1), 0, d1, SegmentId(2));
-        let folded: Vec<_> = index.message(QueueId(1)).unwrap().recipients.iter().map(|r| r.outcome).collect();
+        let folded: Vec<_> = index
+            .message(QueueId(1))
+            .unwrap()
+            .recipients
+            .iter()
+            .map(|r| r.outcome)
+            .collect();
         // A newer outcome lands after the copy was taken.
         index.apply_outcome(QueueId(1), 1, Status::Delivered, SegmentId(3));
         index.relocate(QueueId(1), SegmentId(1), at(5), &folded, true);

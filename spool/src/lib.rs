@@ -73,7 +73,9 @@ pub use driver::BlockingWriter;
 pub use error::{Error, Result};
 pub use index::IndexCounts;
 pub use reclaim::{CompactReport, ReclaimReport};
-pub use record::{MessageView, NewMessage, NewRecipient, Outcome, RecipientView, RecordType, Status};
+pub use record::{
+    MessageView, NewMessage, NewRecipient, Outcome, RecipientView, RecordType, Status,
+};
 pub use recovery::{Damage, PendingRecipient, Recovered, RecoveryReport};
 pub use segment::SegmentId;
 pub use spool::{MessageState, Record, Spool, SpoolStats, COMPACTION_WRITER};

@@ -58,10 +58,13 @@ impl Spool {
                 return Ok(report);
             }
             for &id in &deletable {
-                let Some(segment) = shared.segments.write().expect("segments lock").remove(&id) else {
+                let Some(segment) = shared.segments.write().expect("segments lock").remove(&id)
+                else {
                     continue;
                 };
-                shared.used_bytes.fetch_sub(segment.capacity(), Ordering::Relaxed);
+                shared
+                    .used_bytes
+                    .fetch_sub(segment.capacity(), Ordering::Relaxed);
                 report.segments_deleted += 1;
                 report.bytes_freed += segment.capacity();
                 let path = segment.path().to_path_buf();
@@ -97,7 +100,10 @@ impl Spool {
         let index = shared.index.lock().expect("index lock");
         let mut candidates: Vec<_> = segments
             .values()
-            .filter(|s| s.is_sealed() && now.saturating_sub(s.header.created_ms) >= shared.config.compact_age_ms_min)
+            .filter(|s| {
+                s.is_sealed()
+                    && now.saturating_sub(s.header.created_ms) >= shared.config.compact_age_ms_min
+            })
             .filter_map(|s| {
                 let state = index.segment(s.id())?;
                 if state.live_recipients == 0 && state.pins == 0 {
@@ -105,7 +111,8 @@ impl Spool {
                 }
                 // An outcome copy is small; count each pin as one frame.
                 let live = state.live_bytes + state.pins * 64;
-                (live as f64 <= s.capacity() as f64 * shared.config.compact_live_ratio).then_some(s.id())
+                (live as f64 <= s.capacity() as f64 * shared.config.compact_live_ratio)
+                    .then_some(s.id())
             })
             .collect();
         candidates.sort();
@@ -113,7 +120,11 @@ impl Spool {
     }
 
     /// Compacts up to `segments_max` candidates with `writer`, then reclaims.
-    pub fn compact(&self, writer: &mut BlockingWriter, segments_max: usize) -> Result<CompactReport> {
+    pub fn compact(
+        &self,
+        writer: &mut BlockingWriter,
+        segments_max: usize,
+    ) -> Result<CompactReport> {
         let mut report = CompactReport::default();
         for id in self.compaction_candidates().into_iter().take(segments_max) {
             let one = self.compact_segment(writer, id)?;
@@ -130,7 +141,11 @@ impl Spool {
 
     /// Copies what still matters out of one segment; see the module
     /// documentation.
-    pub fn compact_segment(&self, writer: &mut BlockingWriter, id: SegmentId) -> Result<CompactReport> {
+    pub fn compact_segment(
+        &self,
+        writer: &mut BlockingWriter,
+        id: SegmentId,
+    ) -> Result<CompactReport> {
         let (live, pinned) = self.shared.index.lock().expect("index lock").live_in(id);
         let now = self.shared.config.clock.now_ms();
         let mut report = CompactReport {
@@ -194,9 +209,21 @@ impl Spool {
 
     /// Drops a segment that has been emptied and moved away (quarantine).
     pub(crate) fn forget(&self, id: SegmentId) {
-        if let Some(segment) = self.shared.segments.write().expect("segments lock").remove(&id) {
-            self.shared.used_bytes.fetch_sub(segment.capacity(), Ordering::Relaxed);
+        if let Some(segment) = self
+            .shared
+            .segments
+            .write()
+            .expect("segments lock")
+            .remove(&id)
+        {
+            self.shared
+                .used_bytes
+                .fetch_sub(segment.capacity(), Ordering::Relaxed);
         }
-        self.shared.index.lock().expect("index lock").remove_segment(id);
+        self.shared
+            .index
+            .lock()
+            .expect("index lock")
+            .remove_segment(id);
     }
 }

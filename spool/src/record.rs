@@ -332,7 +332,10 @@ impl<'a> MessageView<'a> {
         let recipients = &recipients_start[..recipients_start.len() - r.0.len()];
         let body_len = r.u64()?;
         if body_len != r.0.len() as u64 {
-            return Err(malformed("message", "body length does not match the record"));
+            return Err(malformed(
+                "message",
+                "body length does not match the record",
+            ));
         }
         Ok(MessageView {
             queue_id,
@@ -449,10 +452,14 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn bytes(&mut self) -> Result<&'a [u8]> {
         let len = self.u32()? as usize;
@@ -496,7 +503,9 @@ mod tests {
         ];
         let msg = sample(&rcpts);
         let mut out = Vec::new();
-        let len = encode_frame(&mut out, SegmentId(7), 1, RecordType::Message, |o| msg.encode(o));
+        let len = encode_frame(&mut out, SegmentId(7), 1, RecordType::Message, |o| {
+            msg.encode(o)
+        });
         assert_eq!(len, out.len());
         assert_eq!(len % FRAME_ALIGN, 0);
         assert_eq!(len, frame_len(msg.payload_len()));
@@ -520,8 +529,13 @@ mod tests {
             time_ms: 5,
             reply: b"250 ok",
         };
-        encode_frame(&mut out, SegmentId(1), 1, RecordType::Outcome, |o| outcome.encode(o));
-        assert_eq!(decode_frame(&out, SegmentId(2)).unwrap_err(), FrameError::Bad);
+        encode_frame(&mut out, SegmentId(1), 1, RecordType::Outcome, |o| {
+            outcome.encode(o)
+        });
+        assert_eq!(
+            decode_frame(&out, SegmentId(2)).unwrap_err(),
+            FrameError::Bad
+        );
         let frame = decode_frame(&out, SegmentId(1)).unwrap();
         assert_eq!(Outcome::decode(frame.payload).unwrap(), outcome);
     }
@@ -536,13 +550,18 @@ mod tests {
             time_ms: 5,
             reply: b"550 no such user",
         };
-        let len = encode_frame(&mut out, SegmentId(1), 1, RecordType::Outcome, |o| outcome.encode(o));
+        let len = encode_frame(&mut out, SegmentId(1), 1, RecordType::Outcome, |o| {
+            outcome.encode(o)
+        });
         let payload_end = FRAME_HEADER_BYTES + outcome.payload_len();
         for byte in 0..payload_end {
             for bit in 0..8 {
                 let mut bad = out.clone();
                 bad[byte] ^= 1 << bit;
-                assert!(decode_frame(&bad[..len], SegmentId(1)).is_err(), "byte {byte} bit {bit}");
+                assert!(
+                    decode_frame(&bad[..len], SegmentId(1)).is_err(),
+                    "byte {byte} bit {bit}"
+                );
             }
         }
     }

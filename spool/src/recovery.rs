@@ -32,9 +32,13 @@ use std::time::{Duration, Instant};
 
 use crate::config::SpoolConfig;
 use crate::error::{io_err, Result};
-use crate::record::{decode_frame, MessageView, Outcome, RecordType, Status, FRAME_ALIGN, FRAME_HEADER_BYTES, FRAME_MAGIC};
+use crate::record::{
+    decode_frame, MessageView, Outcome, RecordType, Status, FRAME_ALIGN, FRAME_HEADER_BYTES,
+    FRAME_MAGIC,
+};
 use crate::segment::{
-    parse_segment_file_name, sync_dir, Segment, SegmentHeader, SegmentId, QUARANTINE_DIR, SEGMENT_HEADER_BYTES,
+    parse_segment_file_name, sync_dir, Segment, SegmentHeader, SegmentId, QUARANTINE_DIR,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::spool::{Shared, Spool, COMPACTION_WRITER};
 use crate::{BlockingWriter, QueueId, RecordRef};
@@ -103,7 +107,13 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
     let dir_lock = crate::spool::lock_dir(&dir)?;
     let found = list(&dir, config.segment_bytes)?;
     let mut report = RecoveryReport::default();
-    let shared = Shared::new(dir_lock, config, found.segment_id_max + 1, found.writer_seqs, found.spares);
+    let shared = Shared::new(
+        dir_lock,
+        config,
+        found.segment_id_max + 1,
+        found.writer_seqs,
+        found.spares,
+    );
     let spool = Spool { shared };
     let mut queue_id_max = QueueId(0);
 
@@ -132,7 +142,13 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
         let scan = {
             let mut index = spool.shared.index.lock().expect("index lock");
             index.add_segment(segment.id());
-            scan(&segment, &mut index, &mut outcomes, &mut queue_id_max, &mut report)
+            scan(
+                &segment,
+                &mut index,
+                &mut outcomes,
+                &mut queue_id_max,
+                &mut report,
+            )
         };
         let segment = if !scan.damage.is_empty() {
             for &(offset, bytes) in &scan.damage {
@@ -180,7 +196,10 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
         let mut copier = BlockingWriter::new(spool.internal_writer(COMPACTION_WRITER)?);
         for id in damaged_segments {
             spool.compact_segment(&mut copier, id)?;
-            let segment = spool.shared.segment(id).expect("recovered segment is in the table");
+            let segment = spool
+                .shared
+                .segment(id)
+                .expect("recovered segment is in the table");
             report.quarantined.push(quarantine(&dir, segment.path())?);
             spool.forget(id);
         }
@@ -256,7 +275,9 @@ fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
 /// would otherwise be read into memory at every start.
 fn spare_header(path: &Path) -> Option<SegmentHeader> {
     let mut first = [0u8; SEGMENT_HEADER_BYTES as usize];
-    fs::File::open(path).and_then(|file| file.read_exact_at(&mut first, 0)).ok()?;
+    fs::File::open(path)
+        .and_then(|file| file.read_exact_at(&mut first, 0))
+        .ok()?;
     SegmentHeader::decode(&first)
 }
 
@@ -284,7 +305,9 @@ fn scan(
     let mut last_seq = 0;
     let mut damage = Vec::new();
     while offset + FRAME_HEADER_BYTES <= bytes.len() {
-        let frame = decode_frame(&bytes[offset..], id).ok().filter(|f| f.seq > last_seq);
+        let frame = decode_frame(&bytes[offset..], id)
+            .ok()
+            .filter(|f| f.seq > last_seq);
         let Some(frame) = frame else {
             match resync(bytes, offset + FRAME_ALIGN, id, last_seq) {
                 Some(next) => {
@@ -359,7 +382,9 @@ fn resync(bytes: &[u8], from: usize, id: SegmentId, last_seq: u64) -> Option<usi
     let magic = FRAME_MAGIC.to_le_bytes();
     let mut at = from.next_multiple_of(FRAME_ALIGN);
     while at + FRAME_HEADER_BYTES <= bytes.len() {
-        if bytes[at..at + 4] == magic && decode_frame(&bytes[at..], id).is_ok_and(|f| f.seq > last_seq) {
+        if bytes[at..at + 4] == magic
+            && decode_frame(&bytes[at..], id).is_ok_and(|f| f.seq > last_seq)
+        {
             return Some(at);
         }
         at += FRAME_ALIGN;
@@ -375,7 +400,11 @@ fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
     fs::create_dir_all(&qdir).map_err(io_err("create directory", &qdir))?;
     // Writer seqs can repeat across restarts: never overwrite what an
     // earlier recovery put aside.
-    let name = path.file_name().expect("a file").to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .expect("a file")
+        .to_string_lossy()
+        .into_owned();
     let mut to = qdir.join(&name);
     for n in 1..=QUARANTINE_NAMES_MAX {
         if !to.exists() {

@@ -154,7 +154,9 @@ impl Segment {
         let mut writer = &file;
         while written < header.capacity {
             let n = (header.capacity - written).min(ZERO_CHUNK_BYTES as u64) as usize;
-            writer.write_all(&zeroes[..n]).map_err(io_err("zero-fill", &tmp))?;
+            writer
+                .write_all(&zeroes[..n])
+                .map_err(io_err("zero-fill", &tmp))?;
             written += n as u64;
         }
         file.write_all_at(&header.encode(false), 0)
@@ -238,7 +240,12 @@ impl Segment {
     }
 
     #[allow(unsafe_code)] // the mapping: see `map_read_only`
-    fn from_file(file: File, path: PathBuf, header: SegmentHeader, recycled: bool) -> Result<Segment> {
+    fn from_file(
+        file: File,
+        path: PathBuf,
+        header: SegmentHeader,
+        recycled: bool,
+    ) -> Result<Segment> {
         // SAFETY: the file is a segment: bytes are only ever added to it by
         // positional writes at offsets past every record handed out, and it
         // is never truncated below a record handed out (recovery cuts a torn
@@ -293,7 +300,9 @@ impl Segment {
     /// Cuts the file at `len` and syncs. Only recovery calls this, before any
     /// slice of the cut range has been handed out.
     pub(crate) fn cut(&self, len: u64) -> Result<()> {
-        self.file.set_len(len).map_err(io_err("truncate", &self.path))?;
+        self.file
+            .set_len(len)
+            .map_err(io_err("truncate", &self.path))?;
         self.file.sync_all().map_err(io_err("fsync", &self.path))
     }
 }
@@ -362,7 +371,9 @@ mod tests {
         };
         let seg = Segment::create(dir.path(), header).unwrap();
         assert_eq!(seg.bytes().len() as u64, header.capacity);
-        assert!(seg.bytes()[SEGMENT_HEADER_BYTES as usize..].iter().all(|&b| b == 0));
+        assert!(seg.bytes()[SEGMENT_HEADER_BYTES as usize..]
+            .iter()
+            .all(|&b| b == 0));
         let reopened = Segment::open(seg.path()).unwrap().unwrap();
         assert_eq!(reopened.header, header);
     }

@@ -83,11 +83,21 @@ impl Shared {
     }
 
     pub(crate) fn next_writer_seq(&self, writer: u16) -> u64 {
-        *self.writer_seqs.lock().expect("seq lock").get(&writer).unwrap_or(&1)
+        *self
+            .writer_seqs
+            .lock()
+            .expect("seq lock")
+            .get(&writer)
+            .unwrap_or(&1)
     }
 
     /// Asks the preparer for a segment; the answer arrives on the receiver.
-    pub(crate) fn prepare(&self, writer: u16, seq: u64, capacity: u64) -> Receiver<Result<Arc<Segment>>> {
+    pub(crate) fn prepare(
+        &self,
+        writer: u16,
+        seq: u64,
+        capacity: u64,
+    ) -> Receiver<Result<Arc<Segment>>> {
         let id = SegmentId(self.next_segment_id.fetch_add(1, Ordering::Relaxed));
         {
             let mut seqs = self.writer_seqs.lock().expect("seq lock");
@@ -105,7 +115,11 @@ impl Shared {
         let request = PrepareRequest { header, reply };
         // If the preparer is gone, the reply channel is dropped with the
         // request, and the receiver reports a disconnected channel.
-        let _ = self.prepare_tx.as_ref().expect("preparer runs").send(request);
+        let _ = self
+            .prepare_tx
+            .as_ref()
+            .expect("preparer runs")
+            .send(request);
         rx
     }
 
@@ -115,8 +129,12 @@ impl Shared {
             .write()
             .expect("segments lock")
             .insert(segment.id(), segment.clone());
-        self.index.lock().expect("index lock").add_segment(segment.id());
-        self.used_bytes.fetch_add(segment.capacity(), Ordering::Relaxed);
+        self.index
+            .lock()
+            .expect("index lock")
+            .add_segment(segment.id());
+        self.used_bytes
+            .fetch_add(segment.capacity(), Ordering::Relaxed);
     }
 
     pub(crate) fn check_space(&self, capacity: u64) -> Result<()> {
@@ -145,7 +163,11 @@ impl Shared {
     }
 
     pub(crate) fn segment(&self, id: SegmentId) -> Option<Arc<Segment>> {
-        self.segments.read().expect("segments lock").get(&id).cloned()
+        self.segments
+            .read()
+            .expect("segments lock")
+            .get(&id)
+            .cloned()
     }
 }
 
@@ -180,7 +202,12 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
     }
 }
 
-fn run_preparer(dir: &Path, segment_bytes: u64, spares: &Mutex<Vec<PathBuf>>, requests: Receiver<PrepareRequest>) {
+fn run_preparer(
+    dir: &Path,
+    segment_bytes: u64,
+    spares: &Mutex<Vec<PathBuf>>,
+    requests: Receiver<PrepareRequest>,
+) {
     for PrepareRequest { header, reply } in requests {
         let spare = (header.capacity == segment_bytes)
             .then(|| spares.lock().expect("spares lock").pop())

@@ -153,9 +153,10 @@ pub struct Writer {
 impl Writer {
     pub(crate) fn new(shared: Arc<Shared>, id: u16) -> Result<Writer> {
         let seq = shared.next_writer_seq(id);
-        let first = shared.prepare(id, seq, shared.config.segment_bytes).recv().map_err(|_| {
-            Error::Config("the segment preparer has stopped".into())
-        })??;
+        let first = shared
+            .prepare(id, seq, shared.config.segment_bytes)
+            .recv()
+            .map_err(|_| Error::Config("the segment preparer has stopped".into()))??;
         shared.activate(&first);
         let next_segment = shared.prepare(id, seq + 1, shared.config.segment_bytes);
         Ok(Writer {
@@ -207,17 +208,21 @@ impl Writer {
 
     /// The failure that stopped this writer, if any.
     pub fn failure(&self) -> Option<Error> {
-        self.failed.as_ref().map(|(what, kind, msg)| Error::WriterFailed {
-            writer: self.id,
-            what,
-            source: io::Error::new(*kind, msg.clone()),
-        })
+        self.failed
+            .as_ref()
+            .map(|(what, kind, msg)| Error::WriterFailed {
+                writer: self.id,
+                what,
+                source: io::Error::new(*kind, msg.clone()),
+            })
     }
 
     /// Appends a message record and registers it as queued.
     pub fn append_message(&mut self, message: &NewMessage<'_>) -> Result<Appended> {
         let statuses: Vec<Status> = message.recipients.iter().map(|r| r.status).collect();
-        let appended = self.append(RecordType::Message, message.payload_len(), |out| message.encode(out))?;
+        let appended = self.append(RecordType::Message, message.payload_len(), |out| {
+            message.encode(out)
+        })?;
         self.shared
             .index
             .lock()
@@ -242,7 +247,9 @@ impl Writer {
                 why: "an outcome cannot be pending",
             });
         }
-        let appended = self.append(RecordType::Outcome, outcome.payload_len(), |out| outcome.encode(out))?;
+        let appended = self.append(RecordType::Outcome, outcome.payload_len(), |out| {
+            outcome.encode(out)
+        })?;
         self.outcomes_undurable.push_back((
             appended.ticket.0,
             outcome.queue_id,
@@ -255,16 +262,28 @@ impl Writer {
 
     /// Appends a message without touching the index: compaction's copies,
     /// indexed once durable.
-    pub(crate) fn append_message_unindexed(&mut self, message: &NewMessage<'_>) -> Result<Appended> {
-        self.append(RecordType::Message, message.payload_len(), |out| message.encode(out))
+    pub(crate) fn append_message_unindexed(
+        &mut self,
+        message: &NewMessage<'_>,
+    ) -> Result<Appended> {
+        self.append(RecordType::Message, message.payload_len(), |out| {
+            message.encode(out)
+        })
     }
 
     /// Appends an outcome without touching the index (see above).
     pub(crate) fn append_outcome_unindexed(&mut self, outcome: &Outcome<'_>) -> Result<Appended> {
-        self.append(RecordType::Outcome, outcome.payload_len(), |out| outcome.encode(out))
+        self.append(RecordType::Outcome, outcome.payload_len(), |out| {
+            outcome.encode(out)
+        })
     }
 
-    fn append(&mut self, kind: RecordType, payload_len: usize, encode: impl FnOnce(&mut Vec<u8>)) -> Result<Appended> {
+    fn append(
+        &mut self,
+        kind: RecordType,
+        payload_len: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Appended> {
         if let Some(err) = self.failure() {
             return Err(err);
         }
@@ -292,7 +311,13 @@ impl Writer {
             }
         };
         self.frame_seq += 1;
-        let written = encode_frame(&mut staging.buf, self.active.id(), self.frame_seq, kind, encode);
+        let written = encode_frame(
+            &mut staging.buf,
+            self.active.id(),
+            self.frame_seq,
+            kind,
+            encode,
+        );
         debug_assert_eq!(written as u64, len);
         self.last_ticket += 1;
         staging.last_ticket = self.last_ticket;
@@ -321,7 +346,9 @@ impl Writer {
     /// records the engine's size limits normally rule out).
     fn roll_over(&mut self, len: u64, is_message: bool) -> Result<()> {
         let segment_bytes = self.shared.config.segment_bytes;
-        let capacity = (SEGMENT_HEADER_BYTES + len).next_multiple_of(4096).max(segment_bytes);
+        let capacity = (SEGMENT_HEADER_BYTES + len)
+            .next_multiple_of(4096)
+            .max(segment_bytes);
         if is_message {
             self.shared.check_space(capacity)?;
         }
@@ -424,7 +451,10 @@ impl Writer {
             Err(err) => return self.fail("write", err),
             Ok(n) if n < buf.len() => {
                 if n == 0 {
-                    return self.fail("write", io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes"));
+                    return self.fail(
+                        "write",
+                        io::Error::new(io::ErrorKind::WriteZero, "wrote 0 bytes"),
+                    );
                 }
                 let entry = &mut self.inflight[pos];
                 entry.offset += n as u64;
@@ -482,14 +512,27 @@ impl Writer {
     /// covers. Outcomes first: a sealed segment may be deleted at once, and
     /// the pins its outcomes hold must be counted by then.
     fn seal_durable(&mut self) {
-        if self.outcomes_undurable.front().is_some_and(|o| o.0 <= self.durable) {
+        if self
+            .outcomes_undurable
+            .front()
+            .is_some_and(|o| o.0 <= self.durable)
+        {
             let mut index = self.shared.index.lock().expect("index lock");
-            while self.outcomes_undurable.front().is_some_and(|o| o.0 <= self.durable) {
-                let (_, queue_id, recipient, status, at) = self.outcomes_undurable.pop_front().expect("front exists");
+            while self
+                .outcomes_undurable
+                .front()
+                .is_some_and(|o| o.0 <= self.durable)
+            {
+                let (_, queue_id, recipient, status, at) =
+                    self.outcomes_undurable.pop_front().expect("front exists");
                 index.apply_outcome(queue_id, recipient, status, at);
             }
         }
-        while self.sealing.front().is_some_and(|(_, last)| *last <= self.durable) {
+        while self
+            .sealing
+            .front()
+            .is_some_and(|(_, last)| *last <= self.durable)
+        {
             let (segment, _) = self.sealing.pop_front().expect("front exists");
             segment.seal();
         }

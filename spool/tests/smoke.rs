@@ -1,6 +1,9 @@
 //! Append, commit, reopen: the basic promise.
 
-use baton_spool::{BlockingWriter, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status, SyncMode};
+use baton_spool::{
+    BlockingWriter, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status,
+    SyncMode,
+};
 
 fn message<'a>(id: u64, rcpts: &'a [NewRecipient<'a>], body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {
@@ -23,8 +26,16 @@ fn appended_messages_survive_a_reopen_and_delivered_ones_do_not_return() {
         config.segment_bytes = 256 << 10;
         config.sync = mode;
         let rcpts = [
-            NewRecipient { address: b"a@x.org", params: b"", status: Status::Pending },
-            NewRecipient { address: b"b@y.org", params: b"", status: Status::Pending },
+            NewRecipient {
+                address: b"a@x.org",
+                params: b"",
+                status: Status::Pending,
+            },
+            NewRecipient {
+                address: b"b@y.org",
+                params: b"",
+                status: Status::Pending,
+            },
         ];
         let body = vec![b'x'; 5000];
         {
@@ -39,25 +50,55 @@ fn appended_messages_survive_a_reopen_and_delivered_ones_do_not_return() {
             let rec = spool.read(last.unwrap().at).unwrap();
             assert_eq!(rec.message().unwrap().body, &body[..]);
             for id in 1..=100 {
-                w.append_outcome(&Outcome { queue_id: QueueId(id), recipient: 0, status: Status::Delivered, time_ms: 5, reply: b"250 ok" }).unwrap();
-                w.append_outcome(&Outcome { queue_id: QueueId(id), recipient: 1, status: Status::Failed, time_ms: 5, reply: b"550 no" }).unwrap();
+                w.append_outcome(&Outcome {
+                    queue_id: QueueId(id),
+                    recipient: 0,
+                    status: Status::Delivered,
+                    time_ms: 5,
+                    reply: b"250 ok",
+                })
+                .unwrap();
+                w.append_outcome(&Outcome {
+                    queue_id: QueueId(id),
+                    recipient: 1,
+                    status: Status::Failed,
+                    time_ms: 5,
+                    reply: b"550 no",
+                })
+                .unwrap();
             }
             w.append_outcome(&Outcome {
                 queue_id: QueueId(150),
                 recipient: 1,
-                status: Status::Deferred { attempts: 2, next_attempt_ms: 77 },
+                status: Status::Deferred {
+                    attempts: 2,
+                    next_attempt_ms: 77,
+                },
                 time_ms: 5,
                 reply: b"451 later",
             })
             .unwrap();
             w.flush().unwrap();
-            assert!(spool.stats().segments > 2, "{mode:?}: records span several segments");
+            assert!(
+                spool.stats().segments > 2,
+                "{mode:?}: records span several segments"
+            );
         }
         let (spool, recovered) = Spool::open(config.clone()).unwrap();
         assert_eq!(recovered.pending.len(), 200, "{mode:?}");
         assert!(recovered.pending.iter().all(|p| p.queue_id.0 > 100));
-        let deferred = recovered.pending.iter().find(|p| p.queue_id == QueueId(150) && p.recipient == 1).unwrap();
-        assert_eq!(deferred.status, Status::Deferred { attempts: 2, next_attempt_ms: 77 });
+        let deferred = recovered
+            .pending
+            .iter()
+            .find(|p| p.queue_id == QueueId(150) && p.recipient == 1)
+            .unwrap();
+        assert_eq!(
+            deferred.status,
+            Status::Deferred {
+                attempts: 2,
+                next_attempt_ms: 77
+            }
+        );
         assert_eq!(recovered.queue_id_max, QueueId(200));
         for p in &recovered.pending {
             let rec = spool.read(p.message).unwrap();
@@ -72,7 +113,10 @@ fn a_spool_directory_is_opened_by_one_spool_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let config = SpoolConfig::new(dir.path());
     let (first, _) = Spool::open(config.clone()).unwrap();
-    assert!(matches!(Spool::open(config.clone()), Err(baton_spool::Error::Locked(_))));
+    assert!(matches!(
+        Spool::open(config.clone()),
+        Err(baton_spool::Error::Locked(_))
+    ));
     drop(first);
     Spool::open(config).unwrap();
 }

@@ -24,7 +24,10 @@ print("sent")
 "#,
         port = baton.smtp.port()
     );
-    let out = Command::new("python3").args(["-c", &script]).output().expect("run python3");
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("run python3");
     assert!(
         out.status.success(),
         "smtplib failed: {}\n{}",
@@ -38,8 +41,22 @@ print("sent")
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| (d["destination"].as_str().unwrap().to_string(), d["ready"].as_u64().unwrap()))
+        .map(|d| {
+            (
+                d["destination"].as_str().unwrap().to_string(),
+                d["ready"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(destinations, vec![("example.net".to_string(), 1), ("example.org".to_string(), 1)]);
-    assert!(baton.log().contains("accepted"), "one log line per accepted message");
+    assert_eq!(
+        destinations,
+        vec![
+            ("example.net".to_string(), 1),
+            ("example.org".to_string(), 1)
+        ]
+    );
+    assert!(
+        baton.log().contains("accepted"),
+        "one log line per accepted message"
+    );
 }

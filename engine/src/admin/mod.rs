@@ -180,22 +180,68 @@ fn metrics(server: &Server) -> String {
     let stats = server.spool.stats();
     let mut out = String::new();
     let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     };
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter("baton_connections_accepted_total", "SMTP connections accepted.", load(&m.connections_accepted));
-    counter("baton_connections_refused_total", "SMTP connections refused by a connection limit.", load(&m.connections_refused));
-    counter("baton_messages_accepted_total", "Messages acknowledged with 250 after a durable commit.", load(&m.messages_accepted));
-    counter("baton_recipients_accepted_total", "Recipients of accepted messages.", load(&m.recipients_accepted));
-    counter("baton_bytes_accepted_total", "Bytes of accepted messages, as stored.", load(&m.bytes_accepted));
-    counter("baton_store_failures_total", "Messages refused because the spool failed or was full.", load(&m.store_failures));
+    counter(
+        "baton_connections_accepted_total",
+        "SMTP connections accepted.",
+        load(&m.connections_accepted),
+    );
+    counter(
+        "baton_connections_refused_total",
+        "SMTP connections refused by a connection limit.",
+        load(&m.connections_refused),
+    );
+    counter(
+        "baton_messages_accepted_total",
+        "Messages acknowledged with 250 after a durable commit.",
+        load(&m.messages_accepted),
+    );
+    counter(
+        "baton_recipients_accepted_total",
+        "Recipients of accepted messages.",
+        load(&m.recipients_accepted),
+    );
+    counter(
+        "baton_bytes_accepted_total",
+        "Bytes of accepted messages, as stored.",
+        load(&m.bytes_accepted),
+    );
+    counter(
+        "baton_store_failures_total",
+        "Messages refused because the spool failed or was full.",
+        load(&m.store_failures),
+    );
     let mut gauge = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
     };
-    gauge("baton_queue_messages", "Messages with recipients still to deliver.", stats.counts.live_messages);
-    gauge("baton_queue_recipients", "Recipients still to deliver.", stats.counts.live_recipients);
-    gauge("baton_spool_segments", "Spool segment files in use.", stats.segments);
-    gauge("baton_spool_used_bytes", "Bytes of spool segments in use.", stats.used_bytes);
+    gauge(
+        "baton_queue_messages",
+        "Messages with recipients still to deliver.",
+        stats.counts.live_messages,
+    );
+    gauge(
+        "baton_queue_recipients",
+        "Recipients still to deliver.",
+        stats.counts.live_recipients,
+    );
+    gauge(
+        "baton_spool_segments",
+        "Spool segment files in use.",
+        stats.segments,
+    );
+    gauge(
+        "baton_spool_used_bytes",
+        "Bytes of spool segments in use.",
+        stats.used_bytes,
+    );
     out
 }
 
@@ -203,7 +249,10 @@ fn metrics(server: &Server) -> String {
 pub fn get(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&address, IO_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response

@@ -60,7 +60,9 @@ impl Queues {
             } => {
                 queue.scheduled_seq += 1;
                 let item = QueuedRecipient { attempts, ..item };
-                queue.scheduled.insert((next_attempt_ms, queue.scheduled_seq), item);
+                queue
+                    .scheduled
+                    .insert((next_attempt_ms, queue.scheduled_seq), item);
             }
             _ => queue.ready.push_back(item),
         }

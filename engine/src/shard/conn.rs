@@ -39,7 +39,13 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub fn new(key: ConnKey, fd: OwnedFd, peer: SocketAddr, session: Session, deadline: Instant) -> Conn {
+    pub fn new(
+        key: ConnKey,
+        fd: OwnedFd,
+        peer: SocketAddr,
+        session: Session,
+        deadline: Instant,
+    ) -> Conn {
         Conn {
             key,
             fd,

@@ -14,7 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_spool::{Io, NewMessage, NewRecipient, QueueId, RecordRef, Status, SyncOp, Ticket, WriteOp, Writer};
+use baton_spool::{
+    Io, NewMessage, NewRecipient, QueueId, RecordRef, Status, SyncOp, Ticket, WriteOp, Writer,
+};
 use crossbeam_channel::Sender;
 
 use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
@@ -33,7 +35,12 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// How long a shutting-down shard waits for sessions to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) fn run(id: usize, server: Arc<Server>, waker: Arc<EventFd>, ready: Sender<io::Result<()>>) {
+pub(crate) fn run(
+    id: usize,
+    server: Arc<Server>,
+    waker: Arc<EventFd>,
+    ready: Sender<io::Result<()>>,
+) {
     let mut shard = match Shard::new(id, server, waker) {
         Ok(shard) => {
             let _ = ready.send(Ok(()));
@@ -114,11 +121,15 @@ impl Shard {
                 tracing::warn!(shard = id, %err, "could not pin the shard to a core");
             }
         }
-        let ring = Ring::new(server.config.server.ring_entries, server.config.server.sqpoll)?;
+        let ring = Ring::new(
+            server.config.server.ring_entries,
+            server.config.server.sqpoll,
+        )?;
         let mut listeners = Vec::new();
         for l in &server.config.listeners {
-            let fd = listener::bind(l.address)
-                .map_err(|err| io::Error::new(err.kind(), format!("listen on {}: {err}", l.address)))?;
+            let fd = listener::bind(l.address).map_err(|err| {
+                io::Error::new(err.kind(), format!("listen on {}: {err}", l.address))
+            })?;
             listeners.push(Listener {
                 fd: Some(fd),
                 address: l.address,
@@ -162,7 +173,8 @@ impl Shard {
         loop {
             self.drive_spool()?;
             let wait = SWEEP_INTERVAL.saturating_sub(last_sweep.elapsed());
-            self.ring.submit_and_wait(wait.max(Duration::from_millis(1)))?;
+            self.ring
+                .submit_and_wait(wait.max(Duration::from_millis(1)))?;
             let mut completions = std::mem::take(&mut self.completions);
             self.ring.reap(&mut completions);
             for c in completions.drain(..) {
@@ -181,7 +193,11 @@ impl Shard {
                     break;
                 }
                 if started.elapsed() > DRAIN_TIMEOUT {
-                    tracing::warn!(shard = self.id, conns = self.conns.len(), "shutdown: sessions still open after the drain timeout");
+                    tracing::warn!(
+                        shard = self.id,
+                        conns = self.conns.len(),
+                        "shutdown: sessions still open after the drain timeout"
+                    );
                     break;
                 }
             }
@@ -204,7 +220,11 @@ impl Shard {
             let buf = std::mem::replace(&mut self.wake_buf, Box::new([0; 8]));
             Box::leak(buf);
         }
-        tracing::info!(shard = self.id, durable = self.writer.durable().0, "shard stopped");
+        tracing::info!(
+            shard = self.id,
+            durable = self.writer.durable().0,
+            "shard stopped"
+        );
         Ok(())
     }
 
@@ -232,7 +252,8 @@ impl Shard {
         let Some(fd) = &listener.fd else {
             return Ok(());
         };
-        self.ring.accept_multi(fd.as_raw_fd(), Token::Accept(index).encode())?;
+        self.ring
+            .accept_multi(fd.as_raw_fd(), Token::Accept(index).encode())?;
         listener.armed = true;
         Ok(())
     }
@@ -279,14 +300,23 @@ impl Shard {
         let config = server.session_config.clone();
         let mut counted_ip = None;
         let session = if self.conns.len() >= limits.connections_per_shard_max {
-            server.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            server
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             Session::refused(config, "Error: too many connections")
         } else if !server.count_connection(peer.ip()) {
-            server.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+            server
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             Session::refused(config, "Error: too many connections from your address")
         } else {
             counted_ip = Some(peer.ip());
-            server.metrics.connections_accepted.fetch_add(1, Ordering::Relaxed);
+            server
+                .metrics
+                .connections_accepted
+                .fetch_add(1, Ordering::Relaxed);
             Session::new(config, peer, local, server.config.relay.allows(peer.ip()))
         };
         let deadline = Instant::now() + limits.command_timeout;
@@ -419,17 +449,24 @@ impl Shard {
         if !conn.cancels_sent {
             conn.cancels_sent = true;
             if conn.recv_in_flight {
-                let _ = self.ring.cancel(Token::Recv(key).encode(), Token::Cancel.encode());
+                let _ = self
+                    .ring
+                    .cancel(Token::Recv(key).encode(), Token::Cancel.encode());
             }
             if conn.send_in_flight {
-                let _ = self.ring.cancel(Token::Send(key).encode(), Token::Cancel.encode());
+                let _ = self
+                    .ring
+                    .cancel(Token::Send(key).encode(), Token::Cancel.encode());
             }
         }
         self.reap_if_done(key);
     }
 
     fn reap_if_done(&mut self, key: ConnKey) {
-        let done = self.conns.get_mut(key).is_some_and(|c| c.dead && !c.in_flight());
+        let done = self
+            .conns
+            .get_mut(key)
+            .is_some_and(|c| c.dead && !c.in_flight());
         if done {
             let conn = self.conns.remove(key).expect("just seen");
             if let Some(ip) = conn.counted_ip {
@@ -464,7 +501,12 @@ impl Shard {
         }
     }
 
-    fn append(&mut self, key: ConnKey, peer: SocketAddr, message: ReceivedMessage) -> Result<(), (QueueId, StoreError)> {
+    fn append(
+        &mut self,
+        key: ConnKey,
+        peer: SocketAddr,
+        message: ReceivedMessage,
+    ) -> Result<(), (QueueId, StoreError)> {
         let recipients: Vec<NewRecipient<'_>> = message
             .recipients
             .iter()
@@ -504,14 +546,28 @@ impl Shard {
                 });
                 Ok(())
             }
-            Err(baton_spool::Error::Full { used_bytes, limit_bytes }) => {
-                tracing::warn!(shard = self.id, used_bytes, limit_bytes, "spool full: refusing a message with 452");
-                self.server.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+            Err(baton_spool::Error::Full {
+                used_bytes,
+                limit_bytes,
+            }) => {
+                tracing::warn!(
+                    shard = self.id,
+                    used_bytes,
+                    limit_bytes,
+                    "spool full: refusing a message with 452"
+                );
+                self.server
+                    .metrics
+                    .store_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 Err((message.queue_id, StoreError::Full))
             }
             Err(err) => {
                 tracing::error!(shard = self.id, %err, "spool append failed: refusing a message with 451");
-                self.server.metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                self.server
+                    .metrics
+                    .store_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 Err((message.queue_id, StoreError::Failed))
             }
         }
@@ -527,8 +583,13 @@ impl Shard {
                     // SAFETY: the op (and its buffer and segment) lives in
                     // `spool_ops` until its completion is reaped.
                     unsafe {
-                        self.ring
-                            .write_at(op.fd(), op.buf.as_ptr(), op.buf.len() as u32, op.offset, token)?
+                        self.ring.write_at(
+                            op.fd(),
+                            op.buf.as_ptr(),
+                            op.buf.len() as u32,
+                            op.offset,
+                            token,
+                        )?
                     };
                     self.spool_ops.insert(self.spool_seq, SpoolOp::Write(op));
                 }
@@ -602,14 +663,18 @@ impl Shard {
                 message: store.at,
                 attempts: 0,
             };
-            self.server.queues.push(destination.clone(), item, Status::Pending);
+            self.server
+                .queues
+                .push(destination.clone(), item, Status::Pending);
         }
         let metrics = &self.server.metrics;
         metrics.messages_accepted.fetch_add(1, Ordering::Relaxed);
         metrics
             .recipients_accepted
             .fetch_add(store.recipients.len() as u64, Ordering::Relaxed);
-        metrics.bytes_accepted.fetch_add(store.size as u64, Ordering::Relaxed);
+        metrics
+            .bytes_accepted
+            .fetch_add(store.size as u64, Ordering::Relaxed);
         tracing::info!(
             queue_id = %store.queue_id,
             size = store.size,
@@ -664,8 +729,12 @@ impl Shard {
         // SAFETY: `wake_buf` is owned by the shard and leaked in `finish` if
         // the read is still armed then.
         unsafe {
-            self.ring
-                .read(self.waker.raw(), self.wake_buf.as_mut_ptr(), 8, Token::Wake.encode())?
+            self.ring.read(
+                self.waker.raw(),
+                self.wake_buf.as_mut_ptr(),
+                8,
+                Token::Wake.encode(),
+            )?
         };
         self.wake_armed = true;
         Ok(())

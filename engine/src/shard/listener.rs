@@ -15,7 +15,11 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// `SO_REUSEPORT`, which would otherwise let a second baton (or anything
 /// else with the option) share the port silently; a plain bind does not.
 pub(crate) fn check_free(address: SocketAddr) -> io::Result<()> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -24,7 +28,11 @@ pub(crate) fn check_free(address: SocketAddr) -> io::Result<()> {
 }
 
 pub(crate) fn bind(address: SocketAddr) -> io::Result<OwnedFd> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if address.is_ipv6() {

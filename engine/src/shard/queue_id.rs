@@ -22,7 +22,10 @@ pub struct QueueIdGen {
 impl QueueIdGen {
     /// A generator for `shard` whose ids are all above `floor`.
     pub fn new(shard: usize, floor: QueueId) -> QueueIdGen {
-        assert!(shard < SHARDS_MAX, "shard {shard} does not fit the queue id");
+        assert!(
+            shard < SHARDS_MAX,
+            "shard {shard} does not fit the queue id"
+        );
         QueueIdGen {
             shard: shard as u64,
             last_ms: (floor.0 >> (SHARD_BITS + COUNTER_BITS)) + 1,
@@ -41,7 +44,11 @@ impl QueueIdGen {
                 self.counter = 0;
             }
         }
-        QueueId((self.last_ms << (SHARD_BITS + COUNTER_BITS)) | (self.shard << COUNTER_BITS) | self.counter)
+        QueueId(
+            (self.last_ms << (SHARD_BITS + COUNTER_BITS))
+                | (self.shard << COUNTER_BITS)
+                | self.counter,
+        )
     }
 }
 

@@ -73,7 +73,9 @@ impl Ring {
     /// `buf` must stay allocated and untouched until the completion for
     /// `token` has been reaped.
     pub unsafe fn recv(&mut self, fd: RawFd, buf: *mut u8, len: u32, token: u64) -> io::Result<()> {
-        let entry = opcode::Recv::new(types::Fd(fd), buf, len).build().user_data(token);
+        let entry = opcode::Recv::new(types::Fd(fd), buf, len)
+            .build()
+            .user_data(token);
         self.push(entry)
     }
 
@@ -81,7 +83,13 @@ impl Ring {
     ///
     /// # Safety
     /// As for [`Ring::recv`].
-    pub unsafe fn send(&mut self, fd: RawFd, buf: *const u8, len: u32, token: u64) -> io::Result<()> {
+    pub unsafe fn send(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: u32,
+        token: u64,
+    ) -> io::Result<()> {
         let entry = opcode::Send::new(types::Fd(fd), buf, len)
             .flags(libc::MSG_NOSIGNAL)
             .build()
@@ -94,7 +102,9 @@ impl Ring {
     /// # Safety
     /// As for [`Ring::recv`].
     pub unsafe fn read(&mut self, fd: RawFd, buf: *mut u8, len: u32, token: u64) -> io::Result<()> {
-        let entry = opcode::Read::new(types::Fd(fd), buf, len).build().user_data(token);
+        let entry = opcode::Read::new(types::Fd(fd), buf, len)
+            .build()
+            .user_data(token);
         self.push(entry)
     }
 
@@ -102,7 +112,14 @@ impl Ring {
     ///
     /// # Safety
     /// As for [`Ring::recv`].
-    pub unsafe fn write_at(&mut self, fd: RawFd, buf: *const u8, len: u32, offset: u64, token: u64) -> io::Result<()> {
+    pub unsafe fn write_at(
+        &mut self,
+        fd: RawFd,
+        buf: *const u8,
+        len: u32,
+        offset: u64,
+        token: u64,
+    ) -> io::Result<()> {
         let entry = opcode::Write::new(types::Fd(fd), buf, len)
             .offset(offset)
             .build()
@@ -133,7 +150,12 @@ impl Ring {
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
-            Err(err) if err.raw_os_error() == Some(libc::ETIME) || err.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(err)
+                if err.raw_os_error() == Some(libc::ETIME)
+                    || err.raw_os_error() == Some(libc::EINTR) =>
+            {
+                Ok(())
+            }
             // The completion queue is full: reap before submitting more.
             Err(err) if err.raw_os_error() == Some(libc::EBUSY) => Ok(()),
             Err(err) => Err(err),

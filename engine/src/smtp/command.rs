@@ -283,7 +283,10 @@ pub fn parse_hello(args: &[u8]) -> Result<String, CommandError> {
     // printers and Windows hosts send names like `MY_PC` or `localhost`,
     // and refusing them refuses their mail: like Postfix by default, take
     // any one printable word and leave judging it to policy.
-    let name = args.split(|&b| b == b' ').find(|w| !w.is_empty()).ok_or(CommandError::Syntax)?;
+    let name = args
+        .split(|&b| b == b' ')
+        .find(|w| !w.is_empty())
+        .ok_or(CommandError::Syntax)?;
     if !name.iter().all(|b| b.is_ascii_graphic()) {
         return Err(CommandError::Syntax);
     }
