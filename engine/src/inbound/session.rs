@@ -359,7 +359,7 @@ impl Session {
     fn command_step(&mut self, rest: &[u8], ctx: &mut dyn SessionContext) -> Option<usize> {
         let line_max = self.config.limits.command_line_bytes_max;
         let window = &rest[..rest.len().min(line_max)];
-        if let Some(lf) = window.iter().position(|&byte| byte == b'\n') {
+        if let Some(lf) = memchr::memchr(b'\n', window) {
             self.command_line(&rest[..=lf], ctx);
             return Some(lf + 1);
         }
@@ -376,7 +376,7 @@ impl Session {
     }
 
     fn discard_step(&mut self, rest: &[u8]) -> usize {
-        match rest.iter().position(|&byte| byte == b'\n') {
+        match memchr::memchr(b'\n', rest) {
             Some(lf) => {
                 self.state = State::Command;
                 lf + 1
