@@ -32,6 +32,9 @@ use super::token::{ConnKey, Token};
 
 /// How often timeouts are checked; also the longest wait for completions.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+/// Rounds of reaping and submitting between two waits; bounds the time
+/// before timeouts and shutdown are looked at.
+const ROUNDS_PER_WAIT_MAX: usize = 64;
 /// How long a shutting-down shard waits for sessions to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -175,12 +178,24 @@ impl Shard {
             let wait = SWEEP_INTERVAL.saturating_sub(last_sweep.elapsed());
             self.ring
                 .submit_and_wait(wait.max(Duration::from_millis(1)))?;
-            let mut completions = std::mem::take(&mut self.completions);
-            self.ring.reap(&mut completions);
-            for c in completions.drain(..) {
-                self.complete(c)?;
+            // Keep stepping while completions keep coming, submitting what
+            // each round produced at once: a write's completion starts the
+            // datasync, a datasync's completion sends the replies, without
+            // a trip through the wait.
+            for _ in 0..ROUNDS_PER_WAIT_MAX {
+                let mut completions = std::mem::take(&mut self.completions);
+                self.ring.reap(&mut completions);
+                let reaped = !completions.is_empty();
+                for c in completions.drain(..) {
+                    self.complete(c)?;
+                }
+                self.completions = completions;
+                if !reaped {
+                    break;
+                }
+                self.drive_spool()?;
+                self.ring.submit()?;
             }
-            self.completions = completions;
             if last_sweep.elapsed() >= SWEEP_INTERVAL {
                 last_sweep = Instant::now();
                 self.sweep()?;

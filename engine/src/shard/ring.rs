@@ -162,6 +162,15 @@ impl Ring {
         }
     }
 
+    /// Submits what is queued without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::EINTR) || err.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
     /// Moves every available completion into `out`.
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
         for cqe in self.ring.completion() {
