@@ -90,7 +90,8 @@ fn load(path: Option<&Path>) -> Result<Config, String> {
 
 fn run(config_path: Option<&Path>) -> Result<(), String> {
     let config = load(config_path)?;
-    init_logging(&config.log.level);
+    // Flushes the log writer when `run` returns.
+    let _log = init_logging(&config.log.level);
     let mut signals =
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
     let running = baton::server::start(config).map_err(|e| e.to_string())?;
@@ -105,14 +106,59 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-fn init_logging(level: &str) {
+/// Logs go to stderr through a writer thread: a shard formats its line and
+/// moves on, and never waits on the write (one line per accepted message is
+/// tens of thousands of writes a second). Lines are dropped, and counted,
+/// only if the writer falls `LOG_LINES_BUFFERED_MAX` lines behind.
+fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    const LOG_LINES_BUFFERED_MAX: usize = 256 * 1024;
+    const LOG_BUFFER_BYTES: usize = 64 << 10;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_LINES_BUFFERED_MAX)
+        .thread_name("log-writer")
+        // The writer thread drains every queued line, then flushes: one
+        // write system call per batch instead of per line.
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_BUFFER_BYTES,
+            std::io::stderr(),
+        ));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .with_target(false)
+        .with_timer(LogTime)
         .init();
+    guard
+}
+
+/// Log timestamps, `2026-11-22T18:00:00.123Z`, with the date and time to the
+/// second formatted once a second per thread: the default timer's full
+/// formatting cost a fifth of the throughput at one line per message.
+struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        thread_local! {
+            static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        SECOND.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.0 != now.as_secs() {
+                *cache = (
+                    now.as_secs(),
+                    baton::smtp::date::rfc3339_seconds(now.as_secs()),
+                );
+            }
+            write!(w, "{}.{:03}Z", cache.1, now.subsec_millis())
+        })
+    }
 }
 
 fn check_config(file: &Path) -> Result<(), String> {

@@ -166,7 +166,12 @@ impl Ring {
     pub fn submit(&mut self) -> io::Result<()> {
         match self.ring.submit() {
             Ok(_) => Ok(()),
-            Err(err) if err.raw_os_error() == Some(libc::EINTR) || err.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+            Err(err)
+                if err.raw_os_error() == Some(libc::EINTR)
+                    || err.raw_os_error() == Some(libc::EBUSY) =>
+            {
+                Ok(())
+            }
             Err(err) => Err(err),
         }
     }

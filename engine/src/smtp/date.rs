@@ -36,6 +36,18 @@ pub fn rfc5322_date(unix_secs: u64) -> String {
 /// days on or after the epoch so that everything stays unsigned: shifting
 /// the year to start on March 1st puts the leap day last, and eras of
 /// 400 years (146 097 days) repeat exactly.
+/// RFC 3339 UTC date and time to the second: `2026-11-22T18:00:00`.
+pub fn rfc3339_seconds(unix_secs: u64) -> String {
+    let (year, month, day) = civil_from_days(unix_secs / 86_400);
+    let secs = unix_secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468; // days since 0000-03-01
     let era = z / 146_097;
@@ -58,6 +70,12 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn rfc3339_seconds_of_known_instants() {
+        assert_eq!(rfc3339_seconds(0), "1970-01-01T00:00:00");
+        assert_eq!(rfc3339_seconds(1_795_370_417), "2026-11-22T18:00:17");
+    }
 
     #[test]
     fn epoch() {
