@@ -12,8 +12,8 @@
 //!   connections, pipelined transactions, the report.
 //! - [`sink`]: `loadgen sink`, the server: sessions, scripted
 //!   misbehaviour, ids received, loss and duplicate checks, the summary.
-//! - [`bench`]: `loadgen bench`, the comparison of the direct path with a
-//!   relay in between (not built yet).
+//! - [`bench`]: `loadgen bench`, the comparison of the direct path with
+//!   relays in between (baton, Postfix): one table, and JSON.
 //! - [`message`]: the messages `send` writes; [`ids`]: the id and time
 //!   stamped in them, and the set of accepted ids.
 //! - [`latency`]: HdrHistogram percentiles; [`clock`] and [`rng`]: time

@@ -30,7 +30,8 @@ enum Commands {
     /// Accept mail, count it, check it for loss and duplicates, and
     /// misbehave on request.
     Sink(sink::SinkArgs),
-    /// Compare the direct path with a relay in between (not built yet).
+    /// Compare the direct path (send → sink) with relays in between
+    /// (send → relay → sink): one table, and JSON under bench/results.
     Bench(bench::BenchArgs),
 }
 
@@ -60,7 +61,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Commands::Send(args) => runtime.block_on(run_send(args)),
         Commands::Sink(args) => runtime.block_on(run_sink(args)),
-        Commands::Bench(args) => bench::run(args).map(|()| ExitCode::SUCCESS),
+        Commands::Bench(args) => runtime
+            .block_on(bench::run(args))
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -13,6 +13,8 @@ pub mod script;
 pub mod session;
 pub mod summary;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +24,8 @@ use anyhow::{bail, Context as _};
 use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use self::record::Recorder;
 use self::script::Script;
@@ -213,18 +216,80 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<SinkSummary> {
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr()?;
     // Tests and scripts wait for this line to know the port.
-    eprintln!("loadgen sink: listening on {local}");
-    let started = ctx.started;
-    let sampler = tokio::spawn(sample_seconds(ctx.clone(), started, args.progress));
-    let stop = async {
-        let duration = args.duration.unwrap_or(Duration::MAX);
+    eprintln!("loadgen sink: listening on {}", listener.local_addr()?);
+    let duration = args.duration.unwrap_or(Duration::MAX);
+    let stop = async move {
         tokio::select! {
             _ = tokio::time::sleep(duration) => {}
             _ = termination.wait() => {}
         }
     };
+    serve(args, ctx, listener, stop).await
+}
+
+/// A sink inside another command's process (`loadgen bench`): its counts
+/// can be read while it runs, and it stops when told to.
+pub struct EmbeddedSink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    ctx: Arc<SinkContext>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<SinkSummary>>,
+}
+
+impl EmbeddedSink {
+    /// Starts a sink with these options (`--listen` port 0: any free port)
+    /// on the current runtime; signals and `--duration` do not stop it.
+    pub async fn start(args: SinkArgs) -> anyhow::Result<EmbeddedSink> {
+        let ctx = Arc::new(prepare(&args)?);
+        let listener = TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel();
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(serve(args, ctx.clone(), listener, stopped));
+        Ok(EmbeddedSink {
+            addr,
+            ctx,
+            stop,
+            task,
+        })
+    }
+
+    /// Recipients accepted so far.
+    pub fn recipients_accepted(&self) -> u64 {
+        self.ctx.stats.recipients.load(Ordering::Relaxed)
+    }
+
+    /// When the last message so far was accepted.
+    pub fn last_message_at(&self) -> Option<Instant> {
+        let stats = &self.ctx.stats;
+        let first = stats.first_message_micros.load(Ordering::Relaxed);
+        let last = stats.last_message_micros.load(Ordering::Relaxed);
+        (first <= last).then(|| self.ctx.started + Duration::from_micros(last))
+    }
+
+    /// Stops accepting, lets sessions finish, and returns the summary.
+    pub async fn stop(self) -> anyhow::Result<SinkSummary> {
+        let _ = self.stop.send(());
+        self.task.await.context("the sink task failed")?
+    }
+}
+
+/// Accepts connections until `stop` completes, then summarizes.
+async fn serve(
+    args: SinkArgs,
+    ctx: Arc<SinkContext>,
+    listener: TcpListener,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<SinkSummary> {
+    let local = listener.local_addr()?;
+    let started = ctx.started;
+    let sampler = tokio::spawn(sample_seconds(ctx.clone(), started, args.progress));
     tokio::pin!(stop);
     let mut index: u64 = 0;
     loop {

@@ -1,0 +1,426 @@
+//! `loadgen bench`: one scenario, one table: the direct path (send → sink,
+//! the machine's limit) and the same load through a relay under test
+//! (send → relay → sink), for baton and, with `--postfix`, for Postfix.
+//!
+//! Each path gets a fresh sink in this process ([`EmbeddedSink`]) and a
+//! fresh relay. `send` runs to its end; then the bench waits for the
+//! relay to deliver (until the sink has every recipient, or its count has
+//! not grown for `--settle`, or `--drain-timeout` has passed), stops the
+//! sink and checks what arrived against `send`'s report: lost and
+//! duplicated. A relay that delivered nothing gets no figures, and a note
+//! that says so (baton has no delivery yet).
+//!
+//! # Layout
+//!
+//! - [`relay`]: starting and stopping baton and Postfix.
+//! - [`table`]: the rows, as a table and as JSON under `bench/results/`.
+
+pub mod relay;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser as _;
+
+use self::table::{BenchResult, Row, Scenario};
+use crate::ids::unix_micros_now;
+use crate::send::{self, SendArgs};
+use crate::sink::{EmbeddedSink, SinkArgs};
+use crate::units::parse_duration;
+
+/// Messages when neither a count nor a duration is given.
+const COUNT_DEFAULT: u64 = 10_000;
+/// How often the sink's count is read while a relay delivers.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// `loadgen bench` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Connections kept open at once by `send`.
+    #[arg(short = 'c', long, default_value_t = 50)]
+    pub connections: u64,
+    /// Messages to send on each path (default 10000, or no limit with
+    /// --duration).
+    #[arg(short = 'n', long, value_name = "N", conflicts_with = "duration")]
+    pub count: Option<u64>,
+    /// How long to send on each path: 30s, 5m.
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Message size, headers included (as `send --size`).
+    #[arg(short = 's', long, default_value = "5KiB")]
+    pub size: String,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub rcpts: u16,
+    /// The baton binary (default: `baton` next to `loadgen`).
+    #[arg(long, value_name = "BIN")]
+    pub baton: Option<PathBuf>,
+    /// Leave baton out.
+    #[arg(long, conflicts_with = "baton")]
+    pub no_baton: bool,
+    /// Also bench Postfix (installed from Debian's packages if missing).
+    #[arg(long)]
+    pub postfix: bool,
+    /// The script that runs Postfix (default: bench/postfix-relay.sh of
+    /// this work tree).
+    #[arg(long, value_name = "SCRIPT")]
+    pub postfix_script: Option<PathBuf>,
+    /// After `send`, a relay is done when the sink's count has not grown
+    /// for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// After `send`, wait at most this long for a relay to deliver.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Where the JSON results go (default: bench/results of this work
+    /// tree).
+    #[arg(long, value_name = "DIR")]
+    pub results_dir: Option<PathBuf>,
+    /// `send`'s progress line on stderr.
+    #[arg(long)]
+    pub progress: bool,
+}
+
+/// A path of the bench: which relay, if any, sits between send and sink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathKind {
+    Direct,
+    Baton,
+    Postfix,
+}
+
+impl PathKind {
+    fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Baton => "baton",
+            PathKind::Postfix => "postfix",
+        }
+    }
+}
+
+/// Runs every path, prints the table, writes the JSON.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let bench_dir = bench_dir();
+    let baton = match (&args.baton, args.no_baton) {
+        (_, true) => None,
+        (Some(path), false) => Some(path.clone()),
+        (None, false) => Some(next_to_loadgen("baton")?),
+    };
+    if let Some(binary) = &baton {
+        if !binary.is_file() {
+            bail!(
+                "no baton at {} (build it, or give --baton BIN)",
+                binary.display()
+            );
+        }
+    }
+    let postfix_script = match (args.postfix, &args.postfix_script) {
+        (false, _) => None,
+        (true, Some(script)) => Some(script.clone()),
+        (true, None) => Some(
+            bench_dir
+                .as_ref()
+                .map(|dir| dir.join("postfix-relay.sh"))
+                .context("cannot find bench/postfix-relay.sh; give --postfix-script")?,
+        ),
+    };
+    let results_dir = match (&args.results_dir, &bench_dir) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => dir.join("results"),
+        (None, None) => PathBuf::from("bench/results"),
+    };
+    let work = WorkDir::create()?;
+    let started_unix = unix_micros_now() / 1_000_000;
+    let mut result = BenchResult {
+        started: format!("{}Z", baton::smtp::date::rfc3339_seconds(started_unix)),
+        host: hostname(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        scenario: Scenario {
+            connections: args.connections,
+            count: args
+                .count
+                .or(args.duration.is_none().then_some(COUNT_DEFAULT)),
+            duration_seconds: args.duration.map(|d| d.as_secs_f64()),
+            size: args.size.clone(),
+            rcpts: args.rcpts,
+        },
+        rows: Vec::new(),
+    };
+    let mut paths = vec![PathKind::Direct];
+    if baton.is_some() {
+        paths.push(PathKind::Baton);
+    }
+    if postfix_script.is_some() {
+        paths.push(PathKind::Postfix);
+    }
+    for path in paths {
+        eprintln!("loadgen bench: {} ...", path.name());
+        let dir = work.path.join(path.name());
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let relay = match path {
+            PathKind::Direct => RelayChoice::None,
+            PathKind::Baton => RelayChoice::Baton(baton.as_deref().expect("baton chosen")),
+            PathKind::Postfix => {
+                RelayChoice::Postfix(postfix_script.as_deref().expect("postfix chosen"))
+            }
+        };
+        let mut row = run_path(&args, &result.scenario, path, relay, &dir).await?;
+        // The direct path is the first row: its ratio is 1.
+        let direct = result
+            .rows
+            .first()
+            .map_or(row.delivered_per_second, |r| r.delivered_per_second);
+        row.ratio = row
+            .delivered_per_second
+            .zip(direct)
+            .map(|(rate, direct)| rate / direct);
+        result.rows.push(row);
+    }
+    print!("{}", result.text());
+    let file = write_results(&results_dir, &result, started_unix)?;
+    eprintln!("loadgen bench: results in {}", file.display());
+    Ok(())
+}
+
+/// Which relay to start for a path.
+enum RelayChoice<'a> {
+    None,
+    Baton(&'a Path),
+    Postfix(&'a Path),
+}
+
+/// One path: sink, relay, send, wait for delivery, verify.
+async fn run_path(
+    args: &BenchArgs,
+    scenario: &Scenario,
+    path: PathKind,
+    relay: RelayChoice<'_>,
+    dir: &Path,
+) -> anyhow::Result<Row> {
+    let send_report_path = dir.join("send.json");
+    let sink = EmbeddedSink::start(sink_args(&send_report_path)).await?;
+    let started = match relay {
+        RelayChoice::None => None,
+        RelayChoice::Baton(binary) => Some(tokio::task::block_in_place(|| {
+            relay::Relay::start_baton(binary, dir, sink.addr)
+        })?),
+        RelayChoice::Postfix(script) => Some(tokio::task::block_in_place(|| {
+            relay::Relay::start_postfix(script, &dir.join("postfix"), sink.addr)
+        })?),
+    };
+    let target = started.as_ref().map_or(sink.addr, |s| s.addr);
+    let mut notes = started
+        .as_ref()
+        .map(|s| s.notes.clone())
+        .unwrap_or_default();
+    let send_started = Instant::now();
+    let sent = send::run(send_args(args, scenario, target)?).await;
+    let report = match sent {
+        Ok(report) => report,
+        Err(e) => {
+            stop_relay(started.map(|s| s.relay));
+            let _ = sink.stop().await;
+            return Err(e.context(format!("{}: send failed", path.name())));
+        }
+    };
+    let encoded = serde_json::to_vec(&report).context("encode the send report")?;
+    std::fs::write(&send_report_path, encoded)
+        .with_context(|| format!("cannot write {}", send_report_path.display()))?;
+    if path != PathKind::Direct {
+        wait_for_delivery(args, &sink, report.recipients_accepted).await;
+    }
+    let last_delivery = sink.last_message_at();
+    let summary = sink.stop().await?;
+    stop_relay(started.map(|s| s.relay));
+    let delivered = summary.ids.distinct_ids;
+    let verify = summary.ids.verify.as_ref();
+    if let Some(fatal) = &report.fatal {
+        notes.push(format!("send stopped: {fatal}"));
+    }
+    if report.messages_accepted == 0 {
+        notes.push(format!(
+            "send: {}",
+            report
+                .why_nothing_accepted()
+                .replace("the server", path.name())
+        ));
+    } else if delivered == 0 {
+        let why = match path {
+            PathKind::Baton => ": baton has no delivery yet",
+            _ => "",
+        };
+        notes.push(format!(
+            "relay delivered 0 of {}{why}",
+            report.messages_accepted
+        ));
+    }
+    let delivered_per_second = match last_delivery {
+        Some(last) if delivered > 0 => {
+            let seconds = last.saturating_duration_since(send_started).as_secs_f64();
+            Some(delivered as f64 / seconds.max(1e-9))
+        }
+        _ => None,
+    };
+    Ok(Row {
+        path: path.name().to_string(),
+        messages_sent: report.messages_accepted,
+        sent_per_second: report.messages_per_second,
+        messages_delivered: delivered,
+        delivered_per_second,
+        ratio: None,
+        latency_end_to_end: summary.latency_end_to_end.clone(),
+        messages_lost: verify.filter(|_| delivered > 0).map(|v| v.messages_lost),
+        duplicated_deliveries: summary.ids.duplicated_deliveries,
+        notes,
+    })
+}
+
+fn stop_relay(relay: Option<relay::Relay>) {
+    if let Some(relay) = relay {
+        tokio::task::block_in_place(|| relay.stop());
+    }
+}
+
+/// Waits until the sink has `expected` recipients, or its count has not
+/// grown for `--settle`, or `--drain-timeout` has passed.
+async fn wait_for_delivery(args: &BenchArgs, sink: &EmbeddedSink, expected: u64) {
+    let begun = Instant::now();
+    let mut count = sink.recipients_accepted();
+    let mut grew = begun;
+    while count < expected {
+        let now = Instant::now();
+        if now - grew >= args.settle || now - begun >= args.drain_timeout {
+            break;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+        let latest = sink.recipients_accepted();
+        if latest > count {
+            (count, grew) = (latest, Instant::now());
+        }
+    }
+}
+
+/// The sink's options, parsed as `loadgen sink` would parse them.
+fn sink_args(send_report: &Path) -> SinkArgs {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SinkArgs,
+    }
+    let report = send_report.to_string_lossy();
+    let argv = [
+        "sink",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-starttls",
+        "--verify",
+        &report,
+    ];
+    Cli::parse_from(argv).args
+}
+
+/// `send`'s options for one path, parsed as `loadgen send` would.
+fn send_args(
+    args: &BenchArgs,
+    scenario: &Scenario,
+    target: SocketAddr,
+) -> anyhow::Result<SendArgs> {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SendArgs,
+    }
+    let mut argv = vec![
+        "send".to_string(),
+        target.to_string(),
+        "--connections".into(),
+        args.connections.to_string(),
+        "--size".into(),
+        args.size.clone(),
+        "--rcpts".into(),
+        args.rcpts.to_string(),
+    ];
+    match (scenario.count, args.duration) {
+        (Some(count), _) => argv.extend(["--count".into(), count.to_string()]),
+        (None, Some(duration)) => {
+            argv.extend(["--duration".into(), format!("{}ms", duration.as_millis())])
+        }
+        (None, None) => {}
+    }
+    if !args.progress {
+        argv.push("--quiet".into());
+    }
+    Ok(Cli::try_parse_from(argv)?.args)
+}
+
+/// Writes `bench-<timestamp>.json`; returns its path.
+fn write_results(dir: &Path, result: &BenchResult, unix: u64) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let stamp: String = baton::smtp::date::rfc3339_seconds(unix)
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let file = dir.join(format!("bench-{stamp}Z.json"));
+    let encoded = serde_json::to_string_pretty(result).context("encode the results")?;
+    std::fs::write(&file, format!("{encoded}\n"))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    Ok(file)
+}
+
+/// A program next to the running `loadgen` (target/release/baton).
+fn next_to_loadgen(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("where is loadgen")?;
+    Ok(exe.with_file_name(name))
+}
+
+/// The work tree's `bench/`: under the current directory, or two levels
+/// above `loadgen` (target/release/loadgen).
+fn bench_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok();
+    let from_exe = exe.as_ref().and_then(|e| {
+        e.parent()?
+            .parent()?
+            .parent()
+            .map(|root| root.join("bench"))
+    });
+    [Some(PathBuf::from("bench")), from_exe]
+        .into_iter()
+        .flatten()
+        .find(|dir| dir.join("postfix-relay.sh").is_file())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A temporary directory for spools, configurations and reports, removed
+/// at the end.
+struct WorkDir {
+    path: PathBuf,
+}
+
+impl WorkDir {
+    fn create() -> anyhow::Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!(
+            "loadgen-bench-{}-{}",
+            std::process::id(),
+            unix_micros_now()
+        ));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(WorkDir { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
