@@ -76,6 +76,12 @@ struct PendingStore {
     peer: SocketAddr,
 }
 
+#[derive(Clone, Copy)]
+enum Direction {
+    Recv,
+    Send,
+}
+
 struct Listener {
     fd: Option<OwnedFd>,
     address: SocketAddr,
@@ -344,21 +350,10 @@ impl Shard {
     // --- one connection --------------------------------------------------
 
     fn received(&mut self, key: ConnKey, result: i32) -> io::Result<()> {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(n) = self.settle(key, result, Direction::Recv) else {
             return Ok(());
         };
-        conn.recv_in_flight = false;
-        if conn.dead {
-            self.reap_if_done(key);
-            return Ok(());
-        }
-        if result <= 0 {
-            // 0: the client closed; < 0: reset, or cancelled. A message in
-            // DATA is simply not accepted; one already appended stays.
-            self.kill(key);
-            return Ok(());
-        }
-        let n = result as usize;
+        let conn = self.conns.get_mut(key).expect("settled connections live");
         let mut ctx = Ctx {
             queue_ids: &mut self.queue_ids,
         };
@@ -369,25 +364,40 @@ impl Shard {
     }
 
     fn sent(&mut self, key: ConnKey, result: i32) -> io::Result<()> {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(n) = self.settle(key, result, Direction::Send) else {
             return Ok(());
         };
-        conn.send_in_flight = false;
-        if conn.dead {
-            self.reap_if_done(key);
-            return Ok(());
-        }
-        if result <= 0 {
-            self.kill(key);
-            return Ok(());
-        }
-        conn.send_done += result as usize;
+        let conn = self.conns.get_mut(key).expect("settled connections live");
+        conn.send_done += n;
         if conn.send_done == conn.send_buf.len() {
             conn.send_buf.clear();
             conn.send_done = 0;
         }
         self.progress(key);
         Ok(())
+    }
+
+    /// Takes in a receive's or send's completion: the operation no longer
+    /// holds the slot's buffer. Returns the byte count if the connection
+    /// lives on; a dead connection is freed once nothing is in flight, and
+    /// an end of stream or an error (0: the client closed; < 0: reset, or
+    /// cancelled) tears it down. A message in DATA is then simply not
+    /// accepted; one already appended stays.
+    fn settle(&mut self, key: ConnKey, result: i32, direction: Direction) -> Option<usize> {
+        let conn = self.conns.get_mut(key)?;
+        match direction {
+            Direction::Recv => conn.recv_in_flight = false,
+            Direction::Send => conn.send_in_flight = false,
+        }
+        if conn.dead {
+            self.reap_if_done(key);
+            return None;
+        }
+        if result <= 0 {
+            self.kill(key);
+            return None;
+        }
+        Some(result as usize)
     }
 
     /// Steps a connection after anything happened to it: stores what the
@@ -502,17 +512,14 @@ impl Shard {
                 return;
             };
             let peer = conn.peer;
-            match self.append(key, peer, message) {
-                Ok(()) => return,
-                Err((queue_id, err)) => {
-                    let conn = self.conns.get_mut(key).expect("still there");
-                    let mut ctx = Ctx {
-                        queue_ids: &mut self.queue_ids,
-                    };
-                    let _ = queue_id;
-                    conn.session.stored(Err(err), &mut ctx);
-                }
-            }
+            let Err(err) = self.append(key, peer, message) else {
+                return; // the session waits for the datasync
+            };
+            let conn = self.conns.get_mut(key).expect("still there");
+            let mut ctx = Ctx {
+                queue_ids: &mut self.queue_ids,
+            };
+            conn.session.stored(Err(err), &mut ctx);
         }
     }
 
@@ -521,7 +528,7 @@ impl Shard {
         key: ConnKey,
         peer: SocketAddr,
         message: ReceivedMessage,
-    ) -> Result<(), (QueueId, StoreError)> {
+    ) -> Result<(), StoreError> {
         let recipients: Vec<NewRecipient<'_>> = message
             .recipients
             .iter()
@@ -575,7 +582,7 @@ impl Shard {
                     .metrics
                     .store_failures
                     .fetch_add(1, Ordering::Relaxed);
-                Err((message.queue_id, StoreError::Full))
+                Err(StoreError::Full)
             }
             Err(err) => {
                 tracing::error!(shard = self.id, %err, "spool append failed: refusing a message with 451");
@@ -583,7 +590,7 @@ impl Shard {
                     .metrics
                     .store_failures
                     .fetch_add(1, Ordering::Relaxed);
-                Err((message.queue_id, StoreError::Failed))
+                Err(StoreError::Failed)
             }
         }
     }
