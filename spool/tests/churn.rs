@@ -8,12 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use baton_spool::{
-    BlockingWriter, Clock, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status,
-};
+use baton_spool::{BlockingWriter, Clock, Spool, Status};
+
+mod common;
+
+use common::{message, outcome, recipient, FakeClock, SplitMix};
 
 const SEGMENT_BYTES: u64 = 64 << 10;
 const SPARES_MAX: usize = 4;
@@ -51,32 +53,6 @@ const LISTINGS_MAX: usize = 100;
 /// Compaction passes at the end, after which nothing is left to compact.
 const FINAL_COMPACTIONS_MAX: usize = 64;
 
-#[derive(Clone, Default)]
-struct FakeClock(Arc<AtomicU64>);
-
-impl Clock for FakeClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// SplitMix64, seeded: the traffic is the same run after run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
 /// What happens to a recipient next.
 #[derive(Clone, Copy, Debug)]
 enum Next {
@@ -96,7 +72,8 @@ struct Live {
 }
 
 struct Traffic {
-    rng: Rng,
+    /// Seeded: the traffic is the same run after run.
+    rng: SplitMix,
     clock: FakeClock,
     writer: BlockingWriter,
     /// Due time to the outcomes due then.
@@ -116,26 +93,10 @@ impl Traffic {
         self.queue_id_next += 1;
         let recipients = self.rng.range(1, 3) as u32;
         let body = vec![b'x'; self.rng.range(BODY_BYTES_MIN, BODY_BYTES_MAX) as usize];
-        let rcpts = vec![
-            NewRecipient {
-                address: b"rcpt@example.org",
-                params: b"",
-                status: Status::Pending,
-            };
-            recipients as usize
-        ];
+        let rcpts = vec![recipient(b"rcpt@example.org"); recipients as usize];
         let appended = self
             .writer
-            .append_message(&NewMessage {
-                queue_id: QueueId(queue_id),
-                arrival_ms: self.now(),
-                reverse_path: b"sender@example.com",
-                mail_params: b"",
-                identity: b"",
-                peer: b"127.0.0.1:1",
-                recipients: &rcpts,
-                body: &body,
-            })
+            .append_message(&message(queue_id, self.now(), &rcpts, &body))
             .unwrap();
         let bytes = u64::from(appended.at.len);
         self.live.insert(
@@ -219,13 +180,7 @@ impl Traffic {
             }
         };
         self.writer
-            .append_outcome(&Outcome {
-                queue_id: QueueId(queue_id),
-                recipient,
-                status,
-                time_ms: now,
-                reply: b"250 2.0.0 ok",
-            })
+            .append_outcome(&outcome(queue_id, recipient, status, now, b"250 2.0.0 ok"))
             .unwrap();
         if status.is_final() {
             let live = self.live.get_mut(&queue_id).expect("a live message");
@@ -271,10 +226,8 @@ fn dir_files(dir: &Path) -> Vec<String> {
 #[test]
 fn hours_of_churn_stay_within_a_bound_set_by_live_data() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = FakeClock::default();
-    clock.0.store(START_MS, Ordering::SeqCst);
-    let mut config = SpoolConfig::new(dir.path());
-    config.segment_bytes = SEGMENT_BYTES;
+    let clock = FakeClock::at(START_MS);
+    let mut config = common::config(dir.path(), SEGMENT_BYTES);
     config.spares_max = SPARES_MAX;
     config.compact_live_ratio = COMPACT_LIVE_RATIO;
     config.compact_age_ms_min = COMPACT_AGE_MS_MIN;
@@ -286,7 +239,7 @@ fn hours_of_churn_stay_within_a_bound_set_by_live_data() {
     assert!(recovered.pending.is_empty());
     let mut compactor = BlockingWriter::new(spool.writer(1).unwrap());
     let mut traffic = Traffic {
-        rng: Rng(0xC4_0C4),
+        rng: SplitMix(0xC4_0C4),
         clock: clock.clone(),
         writer: BlockingWriter::new(spool.writer(0).unwrap()),
         due: BTreeMap::new(),

@@ -10,10 +10,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use baton_spool::{
-    BlockingWriter, Error, NewMessage, NewRecipient, Outcome, QueueId, RecordRef, Spool,
-    SpoolConfig, Status, SyncMode, Ticket, COMPACTION_WRITER,
+    BlockingWriter, Error, NewMessage, NewRecipient, QueueId, RecordRef, Spool, SpoolConfig,
+    Status, SyncMode, Ticket, COMPACTION_WRITER,
 };
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+
+mod common;
+
+use common::{assert_message, numbered_addresses, outcome, pending_recipients, XorShift};
 
 const WRITERS: u16 = 4;
 const READERS: usize = 4;
@@ -219,14 +223,7 @@ fn write(
             "writer {writer_id} ran past {TEST_DURATION_MAX:?}"
         );
         let addresses = recipient_addresses(id);
-        let rcpts: Vec<NewRecipient<'_>> = addresses
-            .iter()
-            .map(|a| NewRecipient {
-                address: a,
-                params: b"",
-                status: Status::Pending,
-            })
-            .collect();
+        let rcpts = pending_recipients(&addresses);
         let body = body(id);
         let appended = writer.append_message(&message(id, &rcpts, &body)).unwrap();
         let durable = Durable {
@@ -286,13 +283,13 @@ fn record_outcomes(writer: &mut BlockingWriter, message: Durable) {
     for rcpt in 0..recipient_count(message.id) {
         for status in planned_outcomes(message.id, rcpt) {
             writer
-                .append_outcome(&Outcome {
-                    queue_id: QueueId(message.id),
-                    recipient: rcpt,
+                .append_outcome(&outcome(
+                    message.id,
+                    rcpt,
                     status,
-                    time_ms: message.id,
-                    reply: b"250 2.0.0 ok",
-                })
+                    message.id,
+                    b"250 2.0.0 ok",
+                ))
                 .unwrap();
         }
     }
@@ -378,12 +375,7 @@ fn assert_reclaimable(spool: &Spool, id: u64, err: &Error) {
 fn check_message(spool: &Spool, id: u64, at: RecordRef) -> Result<(), Error> {
     let record = spool.read(at)?;
     let view = record.message().expect("a message record");
-    assert_eq!(view.queue_id, QueueId(id));
-    assert!(view.body == body(id), "message {id}: the body differs");
-    let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
-    let expected = recipient_addresses(id);
-    let expected: Vec<&[u8]> = expected.iter().map(Vec::as_slice).collect();
-    assert_eq!(addresses, expected, "message {id}");
+    assert_message(&view, id, &body(id), &recipient_addresses(id));
     Ok(())
 }
 
@@ -443,14 +435,12 @@ fn recipient_count(id: u64) -> u32 {
 }
 
 fn recipient_addresses(id: u64) -> Vec<Vec<u8>> {
-    (0..recipient_count(id))
-        .map(|r| format!("rcpt{r}.{id}@example.net").into_bytes())
-        .collect()
+    numbered_addresses(id, recipient_count(id), "example.net")
 }
 
 /// The body of message `id`, its length and bytes drawn from the id.
 fn body(id: u64) -> Vec<u8> {
-    let mut rng = Rng::new(id);
+    let mut rng = XorShift::new(id);
     let len = 32 + rng.below(BODY_BYTES_MAX) as usize;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -462,40 +452,13 @@ fn body(id: u64) -> Vec<u8> {
 
 fn message<'a>(id: u64, rcpts: &'a [NewRecipient<'a>], body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {
-        queue_id: QueueId(id),
-        arrival_ms: id,
-        reverse_path: b"sender@example.com",
-        mail_params: b"",
-        identity: b"",
         peer: b"[::1]:2525",
-        recipients: rcpts,
-        body,
+        ..common::message(id, id, rcpts, body)
     }
 }
 
 fn config(dir: &std::path::Path) -> SpoolConfig {
-    let mut config = SpoolConfig::new(dir);
-    config.segment_bytes = SEGMENT_BYTES;
+    let mut config = common::config(dir, SEGMENT_BYTES);
     config.sync = SyncMode::Group;
     config
-}
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }

@@ -13,9 +13,13 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use baton_spool::{
-    BlockingWriter, NewMessage, NewRecipient, Outcome, QueueId, RecordRef, Recovered, Spool,
-    SpoolConfig, Status,
+use baton_spool::{BlockingWriter, NewMessage, RecordRef, Recovered, Spool, SpoolConfig, Status};
+
+mod common;
+
+use common::{
+    addresses, merge, message, outcome, patterned_body as body, pending_recipients,
+    pending_statuses, recipient, segment_paths, unfinished, SplitMix as Rng,
 };
 
 const SEGMENT_BYTES: u64 = 64 << 10;
@@ -30,41 +34,11 @@ const FLIPS_MAX: u64 = 4;
 const BUILD_SEED: u64 = 0xC0_FFEE;
 const SEED_ENV: &str = "BATON_SPOOL_CORRUPTION_SEED";
 
-/// SplitMix64: small, seeded, good enough to place damage.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        assert!(lo < hi);
-        lo + self.next() % (hi - lo)
-    }
-
-    /// A byte to XOR with: never zero, so every flip changes the byte.
-    fn flip(&mut self) -> u8 {
-        self.range(1, 256) as u8
-    }
-}
-
 fn seeds() -> Vec<u64> {
     match env::var(SEED_ENV) {
         Ok(seed) => vec![seed.parse().expect("a u64 seed")],
         Err(_) => (0..SEEDS).collect(),
     }
-}
-
-fn body(queue_id: u64, len: u64) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((queue_id * 131 + i) % 251) as u8)
-        .collect()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -157,15 +131,7 @@ impl Pristine {
                 }
             }
         }
-        statuses
-            .into_iter()
-            .flat_map(|(id, s)| {
-                s.into_iter()
-                    .enumerate()
-                    .filter(|(_, s)| !s.is_final())
-                    .map(move |(i, s)| ((id, i as u32), s))
-            })
-            .collect()
+        unfinished(statuses.iter().map(|(&id, s)| (id, &s[..])))
     }
 
     fn body_len(&self, queue_id: u64) -> u64 {
@@ -184,25 +150,7 @@ impl Pristine {
 }
 
 fn config(dir: &Path) -> SpoolConfig {
-    let mut config = SpoolConfig::new(dir);
-    config.segment_bytes = SEGMENT_BYTES;
-    config
-}
-
-fn merge(old: Status, new: Status) -> Status {
-    let rank = |s: Status| match s {
-        Status::Pending => (0, 0, 0),
-        Status::Deferred {
-            attempts,
-            next_attempt_ms,
-        } => (1, attempts, next_attempt_ms),
-        Status::Delivered | Status::Failed | Status::Removed => (2, 0, 0),
-    };
-    if rank(new) > rank(old) {
-        new
-    } else {
-        old
-    }
+    common::config(dir, SEGMENT_BYTES)
 }
 
 /// Messages with one to three recipients, and outcomes for earlier ones
@@ -218,29 +166,11 @@ fn build() -> Pristine {
         for queue_id in 1..=MESSAGES {
             let recipients = rng.range(1, 4) as u32;
             let body_len = rng.range(BODY_BYTES_MIN, BODY_BYTES_MAX);
-            let addresses: Vec<Vec<u8>> = (0..recipients)
-                .map(|i| format!("r{i}@example.org").into_bytes())
-                .collect();
-            let rcpts: Vec<NewRecipient<'_>> = addresses
-                .iter()
-                .map(|a| NewRecipient {
-                    address: a,
-                    params: b"",
-                    status: Status::Pending,
-                })
-                .collect();
+            let addresses = addresses(recipients as usize);
+            let rcpts = pending_recipients(&addresses);
             let body = body(queue_id, body_len);
             let appended = writer
-                .append_message(&NewMessage {
-                    queue_id: QueueId(queue_id),
-                    arrival_ms: 0,
-                    reverse_path: b"sender@example.com",
-                    mail_params: b"",
-                    identity: b"",
-                    peer: b"127.0.0.1:1",
-                    recipients: &rcpts,
-                    body: &body,
-                })
+                .append_message(&message(queue_id, 0, &rcpts, &body))
                 .unwrap();
             records.push((
                 appended.at,
@@ -268,13 +198,13 @@ fn build() -> Pristine {
                     },
                 };
                 let appended = writer
-                    .append_outcome(&Outcome {
-                        queue_id: QueueId(target),
+                    .append_outcome(&outcome(
+                        target,
                         recipient,
                         status,
-                        time_ms: 0,
-                        reply: b"451 4.3.0 try later",
-                    })
+                        0,
+                        b"451 4.3.0 try later",
+                    ))
                     .unwrap();
                 records.push((
                     appended.at,
@@ -314,19 +244,12 @@ fn build() -> Pristine {
     pristine
 }
 
-/// Segment file names by the id in their header (bytes 16..24).
+/// Segment file names by the id in their header.
 fn segment_files(dir: &Path) -> HashMap<u64, String> {
-    let mut out = HashMap::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name().into_string().unwrap();
-        if !name.ends_with(".seg") || name.starts_with("spare-") || name.starts_with("tmp-") {
-            continue;
-        }
-        let bytes = fs::read(entry.path()).unwrap();
-        out.insert(u64::from_le_bytes(bytes[16..24].try_into().unwrap()), name);
-    }
-    out
+    segment_paths(dir)
+        .into_iter()
+        .map(|(id, path)| (id, path.file_name().unwrap().to_str().unwrap().to_owned()))
+        .collect()
 }
 
 fn flip_bytes(path: &Path, at: &[(u64, u8)]) {
@@ -361,16 +284,7 @@ fn hit(records: &[(usize, Rec)], flips: &[(u64, u8)]) -> HashSet<usize> {
 fn open_and_check(pristine: &Pristine, dir: &Path, lost: &HashSet<usize>, case: &str) -> Recovered {
     let (spool, recovered) =
         Spool::open(config(dir)).unwrap_or_else(|e| panic!("{case}: recovery failed: {e}"));
-    let got: BTreeMap<(u64, u32), Status> = recovered
-        .pending
-        .iter()
-        .map(|p| ((p.queue_id.0, p.recipient), p.status))
-        .collect();
-    assert_eq!(
-        got.len(),
-        recovered.pending.len(),
-        "{case}: a recipient is pending twice"
-    );
+    let got = pending_statuses(&recovered, &format!("{case}: a recipient is pending twice"));
     assert_eq!(
         got,
         pristine.expected(lost),
@@ -667,22 +581,12 @@ fn build_recycled() -> (tempfile::TempDir, Vec<(u64, RecordRef)>) {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(config(dir.path())).unwrap();
     let mut writer = BlockingWriter::new(spool.writer(0).unwrap());
-    let rcpt = [NewRecipient {
-        address: b"r@example.org",
-        params: b"",
-        status: Status::Pending,
-    }];
+    let rcpt = [recipient(b"r@example.org")];
     let append = |writer: &mut BlockingWriter, queue_id: u64| {
         let body = body(queue_id, 5_000);
         let message = NewMessage {
-            queue_id: QueueId(queue_id),
-            arrival_ms: 0,
             reverse_path: b"",
-            mail_params: b"",
-            identity: b"",
-            peer: b"127.0.0.1:1",
-            recipients: &rcpt,
-            body: &body,
+            ..message(queue_id, 0, &rcpt, &body)
         };
         writer.append_message(&message).unwrap().at
     };
@@ -690,13 +594,7 @@ fn build_recycled() -> (tempfile::TempDir, Vec<(u64, RecordRef)>) {
     for queue_id in 1..=40 {
         append(&mut writer, queue_id);
         writer
-            .append_outcome(&Outcome {
-                queue_id: QueueId(queue_id),
-                recipient: 0,
-                status: Status::Delivered,
-                time_ms: 0,
-                reply: b"250 ok",
-            })
+            .append_outcome(&outcome(queue_id, 0, Status::Delivered, 0, b"250 ok"))
             .unwrap();
     }
     writer.flush().unwrap();

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::env;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,6 +27,10 @@ use baton_spool::{
     Recovered, Spool, SpoolConfig, Status, SyncMode, Ticket,
 };
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+
+mod common;
+
+use common::{assert_message, numbered_addresses, outcome, recipient, XorShift as Rng};
 
 /// Set (to the spool directory) in the child's environment only.
 const CHILD_DIR_ENV: &str = "BATON_SPOOL_CRASH_CHILD";
@@ -137,13 +141,8 @@ fn crash_generations_lose_nothing_acknowledged() {
 #[test]
 fn queue_id_max_covers_outcomes_of_reclaimed_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = SpoolConfig::new(dir.path());
-    config.segment_bytes = 64 << 10;
-    let rcpt = [NewRecipient {
-        address: b"rcpt@example.org",
-        params: b"",
-        status: Status::Pending,
-    }];
+    let config = common::config(dir.path(), 64 << 10);
+    let rcpt = [recipient(b"rcpt@example.org")];
     {
         let (spool, _) = Spool::open(config.clone()).unwrap();
         let mut writer = BlockingWriter::new(spool.writer(0).unwrap());
@@ -473,12 +472,7 @@ fn check_message_record(spool: &Spool, id: u64, at: RecordRef) {
     let view = record
         .message()
         .unwrap_or_else(|e| panic!("message {id} at {at:?}: {e}"));
-    assert_eq!(view.queue_id, QueueId(id));
-    assert!(view.body == body(id), "message {id}: the body differs");
-    let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
-    let expected = recipient_addresses(id);
-    let expected: Vec<&[u8]> = expected.iter().map(Vec::as_slice).collect();
-    assert_eq!(addresses, expected, "message {id}");
+    assert_message(&view, id, &body(id), &recipient_addresses(id));
 }
 
 fn sorted(pending: &[PendingRecipient]) -> Vec<(u64, u32, String)> {
@@ -582,9 +576,8 @@ mod child {
             let rcpts: Vec<NewRecipient<'_>> = addresses
                 .iter()
                 .map(|a| NewRecipient {
-                    address: a,
                     params: b"NOTIFY=FAILURE",
-                    status: Status::Pending,
+                    ..recipient(a)
                 })
                 .collect();
             let body = body(id);
@@ -626,13 +619,7 @@ mod child {
                 let Some(status) = planned_outcome(id, rcpt) else {
                     continue;
                 };
-                let outcome = Outcome {
-                    queue_id: QueueId(id),
-                    recipient: rcpt,
-                    status,
-                    time_ms: id,
-                    reply: b"250 2.0.0 ok",
-                };
+                let outcome = outcome(id, rcpt, status, id, b"250 2.0.0 ok");
                 let appended = writer.append_outcome(&outcome).expect("append an outcome");
                 awaiting.push_back((appended.ticket, Ack::Outcome(id, rcpt)));
             }
@@ -641,8 +628,7 @@ mod child {
 }
 
 fn config(dir: &Path) -> SpoolConfig {
-    let mut config = SpoolConfig::new(PathBuf::from(dir));
-    config.segment_bytes = SEGMENT_BYTES;
+    let mut config = common::config(dir, SEGMENT_BYTES);
     config.sync = SyncMode::Group;
     // Only the parent compacts, and it compacts whatever qualifies.
     config.compact_age_ms_min = 0;
@@ -673,9 +659,7 @@ fn recipient_count(id: u64) -> u32 {
 }
 
 fn recipient_addresses(id: u64) -> Vec<Vec<u8>> {
-    (0..recipient_count(id))
-        .map(|r| format!("rcpt{r}.{id}@example.org").into_bytes())
-        .collect()
+    numbered_addresses(id, recipient_count(id), "example.org")
 }
 
 /// The body of message `id`: mostly small, one in eight up to
@@ -697,43 +681,12 @@ fn body(id: u64) -> Vec<u8> {
 
 fn message<'a>(id: u64, rcpts: &'a [NewRecipient<'a>], body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {
-        queue_id: QueueId(id),
-        arrival_ms: id,
-        reverse_path: b"sender@example.com",
         mail_params: b"BODY=8BITMIME",
-        identity: b"",
         peer: b"127.0.0.1:2525",
-        recipients: rcpts,
-        body,
+        ..common::message(id, id, rcpts, body)
     }
 }
 
 fn delivered(id: u64, rcpt: u32) -> Outcome<'static> {
-    Outcome {
-        queue_id: QueueId(id),
-        recipient: rcpt,
-        status: Status::Delivered,
-        time_ms: 1,
-        reply: b"250 2.0.0 ok",
-    }
-}
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+    outcome(id, rcpt, Status::Delivered, 1, b"250 2.0.0 ok")
 }

@@ -21,19 +21,24 @@
 //! recycled segments were reported as torn tails after a clean shutdown.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use baton_spool::{
-    BlockingWriter, Clock, Io, NewMessage, NewRecipient, Outcome, QueueId, RecordRef, Spool,
-    SpoolConfig, Status, SyncOp, Ticket, Writer,
+    BlockingWriter, Io, QueueId, RecordRef, Spool, SpoolConfig, Status, SyncOp, Ticket, Writer,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config as ProptestConfig, RngSeed};
+
+mod common;
+
+use common::{
+    addresses, merge, message, outcome, patterned_body, pending_recipients, pending_statuses, rank,
+    segment_paths, unfinished, FakeClock,
+};
 
 /// Test cases per run, and operations per case: enough to roll over, seal,
 /// delete, recycle and compact segments several times in a case, small
@@ -48,16 +53,6 @@ const COMPACT_SEGMENTS_MAX: usize = 4;
 /// The writer that takes traffic, and the one compaction uses.
 const TRAFFIC_WRITER: u16 = 0;
 const COMPACTION_WRITER: u16 = 1;
-
-/// Time for the spool, moved by hand.
-#[derive(Clone, Default)]
-struct FakeClock(Arc<AtomicU64>);
-
-impl Clock for FakeClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -111,30 +106,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The order in which statuses win; mirrors `Status::merge`.
-fn rank(status: Status) -> (u8, u32, u64) {
-    match status {
-        Status::Pending => (0, 0, 0),
-        Status::Deferred {
-            attempts,
-            next_attempt_ms,
-        } => (1, attempts, next_attempt_ms),
-        Status::Delivered | Status::Failed | Status::Removed => (2, 0, 0),
-    }
-}
-
-fn merge(old: Status, new: Status) -> Status {
-    if rank(new) > rank(old) {
-        new
-    } else {
-        old
-    }
-}
-
 fn body(queue_id: u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((queue_id * 131 + i as u64) % 251) as u8)
-        .collect()
+    patterned_body(queue_id, len as u64)
 }
 
 #[derive(Debug)]
@@ -229,10 +202,8 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let clock = FakeClock::default();
-        clock.0.store(1_000_000, Ordering::SeqCst);
-        let mut config = SpoolConfig::new(dir.path());
-        config.segment_bytes = SEGMENT_BYTES;
+        let clock = FakeClock::at(1_000_000);
+        let mut config = common::config(dir.path(), SEGMENT_BYTES);
         config.compact_age_ms_min = COMPACT_AGE_MS_MIN;
         config.compact_live_ratio = 0.5;
         config.spares_max = 2;
@@ -290,31 +261,13 @@ impl Harness {
     fn append(&mut self, recipients: usize, body_len: usize) {
         let queue_id = self.queue_id_next;
         self.queue_id_next += 1;
-        let addresses: Vec<Vec<u8>> = (0..recipients)
-            .map(|i| format!("r{i}@example.org").into_bytes())
-            .collect();
-        let rcpts: Vec<NewRecipient<'_>> = addresses
-            .iter()
-            .map(|a| NewRecipient {
-                address: a,
-                params: b"",
-                status: Status::Pending,
-            })
-            .collect();
+        let addresses = addresses(recipients);
+        let rcpts = pending_recipients(&addresses);
         let body = body(queue_id, body_len);
         let traffic = &mut self.open().traffic;
         let appended = traffic
             .writer
-            .append_message(&NewMessage {
-                queue_id: QueueId(queue_id),
-                arrival_ms: 0,
-                reverse_path: b"sender@example.com",
-                mail_params: b"",
-                identity: b"",
-                peer: b"127.0.0.1:1",
-                recipients: &rcpts,
-                body: &body,
-            })
+            .append_message(&message(queue_id, 0, &rcpts, &body))
             .unwrap();
         traffic.pump();
         self.messages.insert(
@@ -346,13 +299,13 @@ impl Harness {
         let traffic = &mut self.open().traffic;
         let appended = traffic
             .writer
-            .append_outcome(&Outcome {
-                queue_id: QueueId(queue_id),
-                recipient: recipient as u32,
+            .append_outcome(&outcome(
+                queue_id,
+                recipient as u32,
                 status,
-                time_ms: 0,
-                reply: b"250 2.0.0 ok",
-            })
+                0,
+                b"250 2.0.0 ok",
+            ))
             .unwrap();
         traffic.pump();
         self.unconfirmed.push(Unconfirmed {
@@ -443,28 +396,13 @@ impl Harness {
 
     fn reopen_and_check(&mut self) {
         let (spool, recovered) = Spool::open(self.config.clone()).unwrap();
-        let expected: BTreeMap<(u64, u32), Status> = self
-            .messages
-            .iter()
-            .filter(|(_, m)| m.acked)
-            .flat_map(|(&id, m)| {
-                m.durable
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| !s.is_final())
-                    .map(move |(i, &s)| ((id, i as u32), s))
-            })
-            .collect();
-        let got: BTreeMap<(u64, u32), Status> = recovered
-            .pending
-            .iter()
-            .map(|p| ((p.queue_id.0, p.recipient), p.status))
-            .collect();
-        assert_eq!(
-            got.len(),
-            recovered.pending.len(),
-            "a recipient is pending twice"
+        let expected = unfinished(
+            self.messages
+                .iter()
+                .filter(|(_, m)| m.acked)
+                .map(|(&id, m)| (id, &m.durable[..])),
         );
+        let got = pending_statuses(&recovered, "a recipient is pending twice");
         assert_eq!(
             got, expected,
             "pending after recovery differs from the model"
@@ -507,22 +445,6 @@ impl Harness {
             compactor,
         });
     }
-}
-
-/// Segment files by the id in their header.
-fn segment_paths(dir: &Path) -> HashMap<u64, PathBuf> {
-    let mut out = HashMap::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if !name.ends_with(".seg") || name.starts_with("spare-") || name.starts_with("tmp-") {
-            continue;
-        }
-        let bytes = fs::read(&path).unwrap();
-        let id = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
-        out.insert(id, path);
-    }
-    out
 }
 
 fn config() -> ProptestConfig {

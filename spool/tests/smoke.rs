@@ -1,22 +1,10 @@
 //! Append, commit, reopen: the basic promise.
 
-use baton_spool::{
-    BlockingWriter, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status,
-    SyncMode,
-};
+use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig, Status, SyncMode};
 
-fn message<'a>(id: u64, rcpts: &'a [NewRecipient<'a>], body: &'a [u8]) -> NewMessage<'a> {
-    NewMessage {
-        queue_id: QueueId(id),
-        arrival_ms: 1000 + id,
-        reverse_path: b"sender@example.com",
-        mail_params: b"",
-        identity: b"",
-        peer: b"127.0.0.1:1",
-        recipients: rcpts,
-        body,
-    }
-}
+mod common;
+
+use common::{message, outcome, recipient};
 
 #[test]
 fn appended_messages_survive_a_reopen_and_delivered_ones_do_not_return() {
@@ -25,18 +13,7 @@ fn appended_messages_survive_a_reopen_and_delivered_ones_do_not_return() {
         let mut config = SpoolConfig::new(dir.path());
         config.segment_bytes = 256 << 10;
         config.sync = mode;
-        let rcpts = [
-            NewRecipient {
-                address: b"a@x.org",
-                params: b"",
-                status: Status::Pending,
-            },
-            NewRecipient {
-                address: b"b@y.org",
-                params: b"",
-                status: Status::Pending,
-            },
-        ];
+        let rcpts = [recipient(b"a@x.org"), recipient(b"b@y.org")];
         let body = vec![b'x'; 5000];
         {
             let (spool, recovered) = Spool::open(config.clone()).unwrap();
@@ -44,40 +21,26 @@ fn appended_messages_survive_a_reopen_and_delivered_ones_do_not_return() {
             let mut w = BlockingWriter::new(spool.writer(0).unwrap());
             let mut last = None;
             for id in 1..=200 {
-                last = Some(w.append_message(&message(id, &rcpts, &body)).unwrap());
+                last = Some(
+                    w.append_message(&message(id, 1000 + id, &rcpts, &body))
+                        .unwrap(),
+                );
             }
             w.wait(last.unwrap().ticket).unwrap();
             let rec = spool.read(last.unwrap().at).unwrap();
             assert_eq!(rec.message().unwrap().body, &body[..]);
             for id in 1..=100 {
-                w.append_outcome(&Outcome {
-                    queue_id: QueueId(id),
-                    recipient: 0,
-                    status: Status::Delivered,
-                    time_ms: 5,
-                    reply: b"250 ok",
-                })
-                .unwrap();
-                w.append_outcome(&Outcome {
-                    queue_id: QueueId(id),
-                    recipient: 1,
-                    status: Status::Failed,
-                    time_ms: 5,
-                    reply: b"550 no",
-                })
-                .unwrap();
+                w.append_outcome(&outcome(id, 0, Status::Delivered, 5, b"250 ok"))
+                    .unwrap();
+                w.append_outcome(&outcome(id, 1, Status::Failed, 5, b"550 no"))
+                    .unwrap();
             }
-            w.append_outcome(&Outcome {
-                queue_id: QueueId(150),
-                recipient: 1,
-                status: Status::Deferred {
-                    attempts: 2,
-                    next_attempt_ms: 77,
-                },
-                time_ms: 5,
-                reply: b"451 later",
-            })
-            .unwrap();
+            let deferred = Status::Deferred {
+                attempts: 2,
+                next_attempt_ms: 77,
+            };
+            w.append_outcome(&outcome(150, 1, deferred, 5, b"451 later"))
+                .unwrap();
             w.flush().unwrap();
             assert!(
                 spool.stats().segments > 2,
