@@ -163,7 +163,7 @@ impl Segment {
                 .write_all(&zeroes[..n])
                 .map_err(io_err("zero-fill", &tmp))?;
             written += n as u64;
-            if written % ZERO_SYNC_BYTES == 0 {
+            if written.is_multiple_of(ZERO_SYNC_BYTES) {
                 file.sync_data().map_err(io_err("fdatasync", &tmp))?;
             }
         }
