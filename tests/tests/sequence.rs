@@ -105,7 +105,7 @@ fn bad_addresses_get_501() {
     let mut smtp = baton.connect();
     smtp.ehlo("client.test");
     for sender in [
-        "MAIL FROM:a@example.com",
+        "MAIL FROM:a@example.com>",
         "MAIL FROM:<a@example..com>",
         "MAIL FROM:<a@example.com",
         "MAIL FROM:<a b@example.com>",
@@ -121,7 +121,7 @@ fn bad_addresses_get_501() {
         .assert_is(250, "2.1.0");
     for recipient in [
         "RCPT TO:<>",
-        "RCPT TO:b@example.org",
+        "RCPT TO:b@example.org>",
         "RCPT TO:<b@>",
         "RCPT TO:<@example.org>",
     ] {
@@ -136,4 +136,20 @@ fn bad_addresses_get_501() {
     smtp.cmd("EHLO").assert_is(501, "5.5.4");
     smtp.cmd("QUIT").assert_is(221, "2.0.0");
     assert_eq!(baton.queued_messages(), 0);
+}
+
+/// Printers and old scripts leave out the angle brackets; like Postfix by
+/// default, baton takes one bare address as if bracketed.
+#[test]
+fn bare_addresses_are_accepted_as_if_bracketed() {
+    let baton = Baton::start();
+    let mut smtp = baton.connect();
+    smtp.ehlo("printer.test");
+    smtp.cmd("MAIL FROM:scanner@example.com")
+        .assert_is(250, "2.1.0");
+    smtp.cmd("RCPT TO:bob@example.org").assert_is(250, "2.1.5");
+    assert_eq!(smtp.cmd("DATA").code, 354);
+    smtp.send(b"Subject: scan\r\n\r\npage 1\r\n.\r\n");
+    smtp.reply().assert_is(250, "2.0.0");
+    assert_eq!(baton.queued_messages(), 1);
 }

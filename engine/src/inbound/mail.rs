@@ -136,10 +136,19 @@ mod tests {
         );
     }
 
+    /// Like Postfix's default, a bare address is taken as bracketed.
+    #[test]
+    fn a_bare_address_is_accepted() {
+        assert_eq!(
+            after_ehlo("MAIL FROM:a@b.example SIZE=10\r\n"),
+            "250 2.1.0 Ok\r\n"
+        );
+    }
+
     #[test]
     fn bad_path() {
         for line in [
-            "MAIL FROM:a@b.example\r\n",
+            "MAIL FROM:a@b.example>\r\n",
             "MAIL FROM:<a@b..example>\r\n",
             "MAIL FROM:<a@b.example\r\n",
             "MAIL FROM:<a@b.example>x\r\n",

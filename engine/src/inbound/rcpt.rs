@@ -117,11 +117,17 @@ mod tests {
         );
     }
 
+    /// Like Postfix's default, a bare address is taken as bracketed.
+    #[test]
+    fn a_bare_address_is_accepted() {
+        assert_eq!(after_mail("RCPT TO:c@d.example\r\n"), "250 2.1.5 Ok\r\n");
+    }
+
     #[test]
     fn bad_paths() {
         for line in [
             "RCPT TO:<>\r\n",
-            "RCPT TO:c@d.example\r\n",
+            "RCPT TO:c@d.example>\r\n",
             "RCPT TO:<c@>\r\n",
             "RCPT TO:<c@d.example> \"\r\n",
         ] {

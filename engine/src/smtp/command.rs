@@ -300,10 +300,8 @@ pub fn parse_hello(args: &[u8]) -> Result<String, CommandError> {
 /// the parameters start, and refused afterwards if they do not declare it.
 pub fn parse_mail(args: &[u8]) -> Result<(ReversePath, Vec<Param>), CommandError> {
     let rest = strip_prefix_ignore_case(args, b"FROM:").ok_or(CommandError::Syntax)?;
-    let rest = trim_spaces(rest);
-    if !rest.starts_with(b"<") {
-        return Err(PathError::Syntax.into());
-    }
+    let rest = bracket_bare_path(trim_spaces(rest))?;
+    let rest = &rest[..];
     let (path, used) = parse_reverse_path(rest, true)?;
     let params = params_after_path(&rest[used..])?;
     let smtputf8 = params.iter().any(|param| param.keyword == "SMTPUTF8");
@@ -316,13 +314,32 @@ pub fn parse_mail(args: &[u8]) -> Result<(ReversePath, Vec<Param>), CommandError
 /// RCPT arguments: `TO:<forward-path> [params]`.
 pub fn parse_rcpt(args: &[u8], smtputf8: bool) -> Result<(ForwardPath, Vec<Param>), CommandError> {
     let rest = strip_prefix_ignore_case(args, b"TO:").ok_or(CommandError::Syntax)?;
-    let rest = trim_spaces(rest);
-    if !rest.starts_with(b"<") {
-        return Err(PathError::Syntax.into());
-    }
+    let rest = bracket_bare_path(trim_spaces(rest))?;
+    let rest = &rest[..];
     let (path, used) = parse_forward_path(rest, smtputf8)?;
     let params = params_after_path(&rest[used..])?;
     Ok((path, params))
+}
+
+/// RFC 5321 wants `<path>`, but printers, old scripts and some libraries
+/// write `MAIL FROM:user@example.com`. Like Postfix by default
+/// (`strict_rfc821_envelopes = no`), one bare address is taken as if it
+/// were bracketed; anything with a stray bracket is still refused.
+fn bracket_bare_path(rest: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, CommandError> {
+    if rest.starts_with(b"<") {
+        return Ok(std::borrow::Cow::Borrowed(rest));
+    }
+    let end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+    let (token, after) = rest.split_at(end);
+    if token.is_empty() || token.iter().any(|&b| b == b'<' || b == b'>') {
+        return Err(PathError::Syntax.into());
+    }
+    let mut bracketed = Vec::with_capacity(rest.len() + 2);
+    bracketed.push(b'<');
+    bracketed.extend_from_slice(token);
+    bracketed.push(b'>');
+    bracketed.extend_from_slice(after);
+    Ok(std::borrow::Cow::Owned(bracketed))
 }
 
 /// What follows a path: nothing, or a space and parameters. Anything else
@@ -550,8 +567,12 @@ mod tests {
         assert_eq!(parse("MAIL <a@b.example>"), Err(CommandError::Syntax));
         assert_eq!(parse("MAIL FROM"), Err(CommandError::Syntax));
         assert_eq!(
-            parse("MAIL FROM:a@b.example"),
+            parse("MAIL FROM:a@b.example>"),
             Err(PathError::Syntax.into())
+        );
+        assert!(
+            parse("MAIL FROM:a@b.example").is_ok(),
+            "bare paths are bracketed"
         );
         assert_eq!(
             parse("MAIL FROM:<a@b.example>x"),
