@@ -58,7 +58,9 @@ pub fn start(server: &Arc<Server>) -> io::Result<Vec<ShardHandle>> {
             .map_err(|err| io::Error::new(err.kind(), format!("listen on {}: {err}", l.address)))?;
     }
     let count = server.config.shard_count();
-    let mut handles = Vec::with_capacity(count);
+    // All shards start at once: each waits for its first spool segment, and
+    // their requests then reach the segment preparer side by side.
+    let mut starting = Vec::with_capacity(count);
     for id in 0..count {
         let waker = Arc::new(EventFd::new()?);
         let (ready_tx, ready_rx) = bounded(1);
@@ -67,22 +69,40 @@ pub fn start(server: &Arc<Server>) -> io::Result<Vec<ShardHandle>> {
         let thread = thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || event_loop::run(id, thread_server, thread_waker, ready_tx))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                let _ = thread.join();
-                return Err(err);
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(io::Error::other(format!("shard {id} failed to start")));
-            }
-        }
-        handles.push(ShardHandle {
+        starting.push((id, waker, thread, ready_rx));
+    }
+    let mut handles = Vec::with_capacity(count);
+    let mut failure = None;
+    for (id, waker, thread, ready_rx) in starting {
+        let handle = ShardHandle {
             id,
             waker,
             thread: Some(thread),
-        });
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => handles.push(handle),
+            Ok(Err(err)) => {
+                handle.join();
+                failure.get_or_insert(err);
+            }
+            Err(_) => {
+                handle.join();
+                failure.get_or_insert(io::Error::other(format!("shard {id} failed to start")));
+            }
+        }
+    }
+    if let Some(err) = failure {
+        // Stop the shards that did start before reporting the error.
+        server
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        for handle in &handles {
+            handle.wake();
+        }
+        for handle in handles {
+            handle.join();
+        }
+        return Err(err);
     }
     Ok(handles)
 }
