@@ -73,13 +73,15 @@ fn message_level_scripts_and_probabilities() {
         "-n",
         "10",
         "--locals",
-        "user{n},databounce-{n}",
+        "databounce-{n}",
         "--rcpts",
         "2",
         "--users",
         "1",
     ]);
-    // user0 and databounce-0 in every message: every content refused.
+    // A databounce- recipient in every message: every content refused.
+    // (Regression: with `user{n},databounce-{n}` each recipient was drawn
+    // at random, so a message could get two user0s and be accepted.)
     let sent = &run.report;
     assert_eq!(replies(sent, "DATA-END", 554), 10);
     assert!(!run.status.success(), "no message accepted is a failed run");
