@@ -178,70 +178,72 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
 fn metrics(server: &Server) -> String {
     let m = &server.metrics;
     let stats = server.spool.stats();
-    let mut out = String::new();
-    let mut counter = |name: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-        );
-    };
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    counter(
-        "baton_connections_accepted_total",
-        "SMTP connections accepted.",
-        load(&m.connections_accepted),
-    );
-    counter(
-        "baton_connections_refused_total",
-        "SMTP connections refused by a connection limit.",
-        load(&m.connections_refused),
-    );
-    counter(
-        "baton_messages_accepted_total",
-        "Messages acknowledged with 250 after a durable commit.",
-        load(&m.messages_accepted),
-    );
-    counter(
-        "baton_recipients_accepted_total",
-        "Recipients of accepted messages.",
-        load(&m.recipients_accepted),
-    );
-    counter(
-        "baton_bytes_accepted_total",
-        "Bytes of accepted messages, as stored.",
-        load(&m.bytes_accepted),
-    );
-    counter(
-        "baton_store_failures_total",
-        "Messages refused because the spool failed or was full.",
-        load(&m.store_failures),
-    );
-    let mut gauge = |name: &str, help: &str, value: u64| {
+    let counters = [
+        (
+            "baton_connections_accepted_total",
+            "SMTP connections accepted.",
+            load(&m.connections_accepted),
+        ),
+        (
+            "baton_connections_refused_total",
+            "SMTP connections refused by a connection limit.",
+            load(&m.connections_refused),
+        ),
+        (
+            "baton_messages_accepted_total",
+            "Messages acknowledged with 250 after a durable commit.",
+            load(&m.messages_accepted),
+        ),
+        (
+            "baton_recipients_accepted_total",
+            "Recipients of accepted messages.",
+            load(&m.recipients_accepted),
+        ),
+        (
+            "baton_bytes_accepted_total",
+            "Bytes of accepted messages, as stored.",
+            load(&m.bytes_accepted),
+        ),
+        (
+            "baton_store_failures_total",
+            "Messages refused because the spool failed or was full.",
+            load(&m.store_failures),
+        ),
+    ];
+    let gauges = [
+        (
+            "baton_queue_messages",
+            "Messages with recipients still to deliver.",
+            stats.counts.live_messages,
+        ),
+        (
+            "baton_queue_recipients",
+            "Recipients still to deliver.",
+            stats.counts.live_recipients,
+        ),
+        (
+            "baton_spool_segments",
+            "Spool segment files in use.",
+            stats.segments,
+        ),
+        (
+            "baton_spool_used_bytes",
+            "Bytes of spool segments in use.",
+            stats.used_bytes,
+        ),
+    ];
+    let mut out = String::new();
+    let series = counters
+        .iter()
+        .map(|c| ("counter", c))
+        .chain(gauges.iter().map(|g| ("gauge", g)));
+    for (kind, (name, help, value)) in series {
         let _ = writeln!(
             out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
-    };
-    gauge(
-        "baton_queue_messages",
-        "Messages with recipients still to deliver.",
-        stats.counts.live_messages,
-    );
-    gauge(
-        "baton_queue_recipients",
-        "Recipients still to deliver.",
-        stats.counts.live_recipients,
-    );
-    gauge(
-        "baton_spool_segments",
-        "Spool segment files in use.",
-        stats.segments,
-    );
-    gauge(
-        "baton_spool_used_bytes",
-        "Bytes of spool segments in use.",
-        stats.used_bytes,
-    );
+    }
     out
 }
 
