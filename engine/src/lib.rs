@@ -6,6 +6,7 @@
 //!   DATA reader. No I/O, no runtime; `loadgen` shares it.
 //! - [`inbound`]: the SMTP server session, a sans-IO state machine: bytes
 //!   in, replies and complete messages out.
+//! - [`outbound`]: the SMTP client, sans IO: replies in, commands out.
 //! - [`shard`]: the I/O core. One thread per core, each with its own
 //!   io_uring ring, listening sockets, sessions and spool writer. With the
 //!   spool's mapping, the only `unsafe` in baton.
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod inbound;
+pub mod outbound;
 pub mod queue;
 pub mod route;
 pub mod server;

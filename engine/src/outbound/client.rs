@@ -1,0 +1,359 @@
+//! [`Client`]: the connection's states and the dispatch of replies.
+
+use std::collections::VecDeque;
+use std::mem;
+use std::sync::Arc;
+
+use crate::smtp::command::Command;
+use crate::smtp::reply::{parse_reply, Reply, ReplyLimits};
+
+use super::transaction::{Body, Step, Transaction};
+use super::{Awaiting, ClientConfig, CloseReason, Envelope, Event, Extensions, SendError};
+
+/// Where the connection stands.
+enum State {
+    /// Connected; the greeting has not come yet.
+    Greeting,
+    /// EHLO or HELO sent.
+    Hello,
+    /// Takes an envelope.
+    Idle,
+    Transaction(Box<Transaction>),
+    /// QUIT sent.
+    Quitting,
+    Closed,
+}
+
+/// One SMTP client connection, sans IO. See the [module](super) docs.
+pub struct Client {
+    config: Arc<ClientConfig>,
+    reply_limits: ReplyLimits,
+    state: State,
+    extensions: Extensions,
+    /// Received bytes not yet a whole reply; below
+    /// `reply_line_bytes_max * reply_lines_max`.
+    input: Vec<u8>,
+    /// Commands to send. At most one transaction's worth.
+    output: Vec<u8>,
+    /// The replies due, in order: more than one only when pipelining.
+    awaiting: VecDeque<Awaiting>,
+    events: VecDeque<Event>,
+    /// The last transaction ended before its end of data.
+    rset_needed: bool,
+    quit_requested: bool,
+}
+
+impl Client {
+    /// A client for a freshly connected socket: it awaits the greeting.
+    pub fn new(config: Arc<ClientConfig>) -> Client {
+        let reply_limits = ReplyLimits {
+            line_bytes_max: config.limits.reply_line_bytes_max.max(1),
+            lines_max: config.limits.reply_lines_max.max(1),
+        };
+        Client {
+            config,
+            reply_limits,
+            state: State::Greeting,
+            extensions: Extensions::default(),
+            input: Vec::new(),
+            output: Vec::new(),
+            awaiting: VecDeque::from([Awaiting::Greeting]),
+            events: VecDeque::new(),
+            rset_needed: false,
+            quit_requested: false,
+        }
+    }
+
+    /// Takes bytes from the server, in any chunking.
+    pub fn receive(&mut self, mut bytes: &[u8]) {
+        let input_bytes_max = self
+            .reply_limits
+            .line_bytes_max
+            .saturating_mul(self.reply_limits.lines_max);
+        while !bytes.is_empty() && !self.is_closed() {
+            // parse_reply refuses a reply before it reaches this size, so
+            // there is always room; the bound keeps one call from growing
+            // the buffer by whatever the socket delivered.
+            let room = input_bytes_max.saturating_sub(self.input.len()).max(1);
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            self.input.extend_from_slice(now);
+            bytes = later;
+            self.parse_input();
+        }
+    }
+
+    fn parse_input(&mut self) {
+        while !self.is_closed() {
+            match parse_reply(&self.input, &self.reply_limits) {
+                Ok(Some((reply, used))) => {
+                    self.input.drain(..used);
+                    self.handle(reply);
+                }
+                Ok(None) => return,
+                Err(error) => return self.close(CloseReason::Malformed(error)),
+            }
+        }
+    }
+
+    /// The commands to send.
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// `n` bytes of [`Client::output`] were written.
+    pub fn consume_output(&mut self, n: usize) {
+        self.output.drain(..n.min(self.output.len()));
+    }
+
+    /// What the server offered (all false until [`Event::Ready`], or after
+    /// HELO).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The reply the client waits for, to choose a timeout. `None` while
+    /// the body is wanted, when idle, and once closed.
+    pub fn awaiting(&self) -> Option<Awaiting> {
+        self.awaiting.front().copied()
+    }
+
+    /// Whether [`Client::send_message`] would take an envelope.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle) && !self.quit_requested
+    }
+
+    /// After [`Event::Closed`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Starts a transaction. A local refusal (SIZE, SMTPUTF8, bad paths)
+    /// is reported at once with [`Event::TransactionDone`].
+    pub fn send_message(&mut self, envelope: Envelope) -> Result<(), SendError> {
+        if !self.is_idle() {
+            return Err(SendError::NotReady);
+        }
+        if envelope.recipients.is_empty() {
+            return Err(SendError::NoRecipients);
+        }
+        if envelope.recipients.len() > self.config.limits.recipients_per_transaction_max {
+            return Err(SendError::TooManyRecipients);
+        }
+        match Transaction::start(&envelope, &self.extensions, self.rset_needed) {
+            Err(per_recipient) => self
+                .events
+                .push_back(Event::TransactionDone { per_recipient }),
+            Ok(mut transaction) => {
+                self.rset_needed = false;
+                if transaction.pipelined {
+                    for (awaiting, line) in transaction.take_all() {
+                        self.send(awaiting, &line);
+                    }
+                    self.state = State::Transaction(Box::new(transaction));
+                } else {
+                    self.state = State::Transaction(Box::new(transaction));
+                    self.step(Step::Continue);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After `354`: the shard writes [`Client::output`] (empty then), the
+    /// stored body, then calls [`Client::body_sent`].
+    pub fn body_needed(&self) -> bool {
+        matches!(&self.state, State::Transaction(t) if t.body == Body::Needed)
+    }
+
+    /// The whole body is written (it ends in CRLF); the client adds the
+    /// terminating `.` CRLF. Ignored unless [`Client::body_needed`].
+    pub fn body_sent(&mut self) {
+        if let State::Transaction(transaction) = &mut self.state {
+            if transaction.body == Body::Needed {
+                transaction.body = Body::Ended { empty: false };
+                self.send(Awaiting::Dot, b".\r\n");
+            }
+        }
+    }
+
+    /// The next event, in order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Ends the connection politely: QUIT now when idle, else once the
+    /// greeting or the transaction under way is over.
+    pub fn quit(&mut self) {
+        self.quit_requested = true;
+        if matches!(self.state, State::Idle) {
+            self.send_quit();
+        }
+    }
+
+    /// The socket ended (EOF, error, timeout): whatever is not final is
+    /// deferred.
+    pub fn connection_lost(&mut self) {
+        match self.state {
+            State::Closed => {}
+            State::Quitting => self.close(CloseReason::Quit),
+            _ => self.close(CloseReason::ConnectionLost),
+        }
+    }
+
+    /// Bytes held waiting for the rest of a reply.
+    #[cfg(test)]
+    pub(super) fn input_len(&self) -> usize {
+        self.input.len()
+    }
+
+    fn send(&mut self, awaiting: Awaiting, line: &[u8]) {
+        self.output.extend_from_slice(line);
+        self.awaiting.push_back(awaiting);
+    }
+
+    fn send_quit(&mut self) {
+        self.send(Awaiting::Quit, &Command::Quit.to_bytes());
+        self.state = State::Quitting;
+    }
+
+    fn handle(&mut self, reply: Reply) {
+        let Some(awaiting) = self.awaiting.pop_front() else {
+            let reason = if reply.code == 421 {
+                CloseReason::ServiceClosing(reply)
+            } else {
+                CloseReason::UnexpectedReply(reply)
+            };
+            return self.close(reason);
+        };
+        match awaiting {
+            Awaiting::Greeting => self.on_greeting(reply),
+            Awaiting::Quit => self.close(CloseReason::Quit),
+            // RFC 5321 §3.8: the server is going away, whatever was asked.
+            _ if reply.code == 421 => self.close(CloseReason::ServiceClosing(reply)),
+            Awaiting::Ehlo => self.on_ehlo(reply),
+            Awaiting::Helo => self.on_helo(reply),
+            Awaiting::Rset
+            | Awaiting::Mail
+            | Awaiting::Rcpt(_)
+            | Awaiting::Data
+            | Awaiting::Dot => self.on_transaction_reply(awaiting, reply),
+        }
+    }
+
+    fn on_greeting(&mut self, reply: Reply) {
+        if reply.code == 220 {
+            let ehlo = Command::Ehlo(self.config.helo_name.clone());
+            self.send(Awaiting::Ehlo, &ehlo.to_bytes());
+            self.state = State::Hello;
+            return;
+        }
+        let polite = reply.code != 421;
+        self.close(CloseReason::GreetingRefused(reply));
+        if polite {
+            // RFC 5321 §3.1: after a 554 greeting the client sends QUIT.
+            self.output.extend_from_slice(&Command::Quit.to_bytes());
+        }
+    }
+
+    fn on_ehlo(&mut self, reply: Reply) {
+        match reply.class() {
+            2 => {
+                self.extensions = Extensions::from_ehlo(&reply);
+                self.ready();
+            }
+            // RFC 5321 §3.2: a server that does not know EHLO answers 5xx;
+            // the client falls back to HELO.
+            5 => {
+                let helo = Command::Helo(self.config.helo_name.clone());
+                self.send(Awaiting::Helo, &helo.to_bytes());
+            }
+            _ => self.refuse_hello(reply),
+        }
+    }
+
+    fn on_helo(&mut self, reply: Reply) {
+        if reply.class() == 2 {
+            self.extensions = Extensions::default();
+            self.ready();
+        } else {
+            self.refuse_hello(reply);
+        }
+    }
+
+    fn refuse_hello(&mut self, reply: Reply) {
+        self.close(CloseReason::HelloRefused(reply));
+        self.output.extend_from_slice(&Command::Quit.to_bytes());
+    }
+
+    fn ready(&mut self) {
+        self.state = State::Idle;
+        self.events.push_back(Event::Ready);
+        if self.quit_requested {
+            self.send_quit();
+        }
+    }
+
+    fn on_transaction_reply(&mut self, awaiting: Awaiting, reply: Reply) {
+        let State::Transaction(transaction) = &mut self.state else {
+            return self.close(CloseReason::UnexpectedReply(reply));
+        };
+        let step = match awaiting {
+            Awaiting::Rset => transaction.on_rset(reply),
+            Awaiting::Mail => transaction.on_mail(reply),
+            Awaiting::Rcpt(index) => transaction.on_rcpt(index, reply, &mut self.events),
+            Awaiting::Data => transaction.on_data(reply),
+            Awaiting::Dot => transaction.on_dot(reply),
+            Awaiting::Greeting | Awaiting::Ehlo | Awaiting::Helo | Awaiting::Quit => {
+                Step::Unexpected(reply)
+            }
+        };
+        self.step(step);
+    }
+
+    /// Carries out what the transaction decided.
+    fn step(&mut self, step: Step) {
+        let State::Transaction(transaction) = &mut self.state else {
+            return;
+        };
+        match step {
+            Step::Continue if transaction.pipelined => {}
+            Step::Continue => match transaction.take_next() {
+                Ok((awaiting, line)) => self.send(awaiting, &line),
+                Err(done) => self.step(done),
+            },
+            Step::BodyNeeded => {}
+            Step::EmptyBody => self.send(Awaiting::Dot, b".\r\n"),
+            Step::Done { rset_needed } => self.finish(rset_needed),
+            Step::Unexpected(reply) => self.close(CloseReason::UnexpectedReply(reply)),
+        }
+    }
+
+    fn finish(&mut self, rset_needed: bool) {
+        let State::Transaction(transaction) = mem::replace(&mut self.state, State::Idle) else {
+            return;
+        };
+        // DATA ends every pipelined group, so nothing is still due.
+        debug_assert!(self.awaiting.is_empty());
+        let reply = CloseReason::ConnectionLost.deferral_reply();
+        let per_recipient = transaction.into_outcomes(&reply);
+        self.events
+            .push_back(Event::TransactionDone { per_recipient });
+        self.rset_needed = rset_needed;
+        if self.quit_requested {
+            self.send_quit();
+        }
+    }
+
+    /// Ends the connection: recipients not yet final are deferred.
+    fn close(&mut self, reason: CloseReason) {
+        if let State::Transaction(transaction) = mem::replace(&mut self.state, State::Closed) {
+            let per_recipient = transaction.into_outcomes(&reason.deferral_reply());
+            self.events
+                .push_back(Event::TransactionDone { per_recipient });
+        }
+        self.awaiting.clear();
+        self.input.clear();
+        self.output.clear();
+        self.events.push_back(Event::Closed { reason });
+    }
+}
