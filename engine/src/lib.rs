@@ -20,6 +20,8 @@
 
 pub mod admin;
 pub mod config;
+pub mod delivery;
+pub mod dns;
 pub mod error;
 pub mod inbound;
 pub mod outbound;

@@ -10,11 +10,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use baton_spool::{QueueId, Spool, SpoolConfig};
 
 use crate::config::{BareLineEndingsSetting, Config};
+use crate::delivery::retry::DeliverySettings;
+use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, SessionConfig, SessionLimits};
-use crate::queue::{QueuedRecipient, Queues};
-use crate::route::destination_of;
-use crate::shard::{self, ShardHandle};
+use crate::outbound::{ClientConfig, ClientLimits};
+use crate::queue::{QueuedRecipient, Queues, Shaping};
+use crate::route::{destination_of, Routes};
+use crate::shard::{self, ShardHandle, ShardLink};
 
 /// Counters, exported by the admin API.
 #[derive(Debug, Default)]
@@ -25,6 +28,12 @@ pub struct Metrics {
     pub recipients_accepted: AtomicU64,
     pub bytes_accepted: AtomicU64,
     pub store_failures: AtomicU64,
+    pub connections_opened: AtomicU64,
+    pub connections_failed: AtomicU64,
+    pub recipients_delivered: AtomicU64,
+    pub recipients_deferred: AtomicU64,
+    pub recipients_failed: AtomicU64,
+    pub bounces_generated: AtomicU64,
 }
 
 /// What all shards share.
@@ -33,6 +42,12 @@ pub struct Server {
     pub session_config: Arc<SessionConfig>,
     pub spool: Spool,
     pub queues: Queues,
+    pub routes: Routes,
+    pub resolver: Resolver,
+    pub delivery: DeliverySettings,
+    pub client_config: Arc<ClientConfig>,
+    /// Every shard's inbox, by shard id.
+    pub links: Vec<ShardLink>,
     pub shutting_down: AtomicBool,
     /// Every queue id issued is above this (the spool's highest at start).
     pub queue_id_floor: QueueId,
@@ -94,7 +109,8 @@ pub fn start(config: Config) -> Result<Running> {
         tracing::warn!("spool sync = \"none\": acknowledged mail is LOST on power failure; for benchmarks only");
     }
     let (spool, recovered) = Spool::open(spool_config).map_err(Error::Spool)?;
-    let queues = Queues::default();
+    let queues = Queues::new(shaping_for(&config));
+    let now_ms = unix_ms();
     for pending in &recovered.pending {
         let record = spool.read(pending.message).map_err(Error::Spool)?;
         let message = record.message().map_err(Error::Spool)?;
@@ -107,7 +123,8 @@ pub fn start(config: Config) -> Result<Running> {
             message: pending.message,
             attempts: 0,
         };
-        queues.push(destination_of(rcpt.address), item, pending.status);
+        // Shards start connections on their first sweep.
+        let _ = queues.push(&destination_of(rcpt.address), item, pending.status, now_ms);
     }
     tracing::info!(
         recipients = recovered.pending.len(),
@@ -118,17 +135,30 @@ pub fn start(config: Config) -> Result<Running> {
         "queue recovered"
     );
     let session_config = Arc::new(session_config(&config));
+    let resolver = Resolver::start(resolver_config(&config)).map_err(Error::Listen)?;
+    let mut links = Vec::new();
+    let mut inboxes = Vec::new();
+    for _ in 0..config.shard_count() {
+        let (link, inbox) = ShardLink::new().map_err(Error::Listen)?;
+        links.push(link);
+        inboxes.push(inbox);
+    }
     let server = Arc::new(Server {
         session_config,
         spool,
         queues,
+        routes: routes(&config),
+        resolver,
+        delivery: delivery_settings(&config),
+        client_config: Arc::new(client_config(&config)),
+        links,
         shutting_down: AtomicBool::new(false),
         queue_id_floor: recovered.queue_id_max,
         metrics: Metrics::default(),
         connections_per_ip: Mutex::new(HashMap::new()),
         config,
     });
-    let shards = shard::start(&server).map_err(Error::Listen)?;
+    let shards = shard::start(&server, inboxes).map_err(Error::Listen)?;
     if let Some(address) = server.config.admin.address {
         crate::admin::start(address, server.clone()).map_err(|err| {
             Error::Listen(io::Error::new(
@@ -141,6 +171,31 @@ pub fn start(config: Config) -> Result<Running> {
         tracing::info!(address = %l.address, shards = shards.len(), "accepting SMTP");
     }
     Ok(Running { server, shards })
+}
+
+fn shaping_for(
+    _config: &Config,
+) -> Box<dyn Fn(&crate::route::Destination) -> Shaping + Send + Sync> {
+    Box::new(|_| Shaping::default())
+}
+
+fn routes(_config: &Config) -> Routes {
+    Routes::new([], 25)
+}
+
+fn resolver_config(_config: &Config) -> ResolverConfig {
+    ResolverConfig::default()
+}
+
+fn delivery_settings(_config: &Config) -> DeliverySettings {
+    DeliverySettings::default()
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    ClientConfig {
+        helo_name: config.server.hostname.clone(),
+        limits: ClientLimits::default(),
+    }
 }
 
 fn session_config(config: &Config) -> SessionConfig {

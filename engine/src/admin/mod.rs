@@ -56,6 +56,27 @@ pub struct RecipientReport {
     pub next_attempt_ms: Option<u64>,
 }
 
+/// An operator's request that changes the queue. The admin thread hands it
+/// to a shard, which owns a spool writer for the outcomes it records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Retry now: scheduled recipients of one destination, or of all.
+    Flush(Option<String>),
+    /// Remove a message's undelivered recipients, without notification.
+    Delete(QueueId),
+    /// Fail a message's undelivered recipients, with a notification.
+    Bounce(QueueId),
+}
+
+/// What became of an [`AdminRequest`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminReply {
+    pub ok: bool,
+    /// Recipients the request acted on.
+    pub recipients: usize,
+    pub message: String,
+}
+
 /// Starts the admin listener thread.
 pub fn start(address: SocketAddr, server: Arc<Server>) -> io::Result<()> {
     let listener = TcpListener::bind(address)?;

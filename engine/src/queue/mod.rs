@@ -1,10 +1,18 @@
-//! The queues: one per destination, shared by every shard.
+//! The destination table: one entry per destination, shared by every shard.
 //!
-//! Each destination has a *ready* queue (recipients to attempt now) and a
-//! *scheduled* queue (deferred recipients, ordered by their next attempt).
-//! Shards push accepted recipients here once their message is durable;
-//! recovery pushes what the spool returned. Delivery (a later issue) drains
-//! the ready queues and moves due scheduled entries over.
+//! Each destination has a *ready* queue (recipients to attempt now), a
+//! *scheduled* queue (deferred recipients, ordered by their next attempt),
+//! and the state that shapes traffic to it across all shards: how many
+//! connections are open or opening, the limit in force (lowered after a
+//! `421` or a failed connection, raised again by each good transaction), a
+//! pause, a message-rate bucket, and the idle connections waiting for work.
+//!
+//! Shards push accepted recipients here once their message is durable, and
+//! recovery pushes what the spool returned. Every connection to a
+//! destination, on whichever shard, pulls from its one ready queue, so work
+//! balances itself (DESIGN.md, "Routing, queues, delivery"). The table
+//! never does I/O: it answers with what the caller should do — open a
+//! connection, wake an idle one on some shard — and the shards act.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -19,18 +27,160 @@ pub struct QueuedRecipient {
     pub queue_id: QueueId,
     /// Index in the message's RCPT order.
     pub recipient: u32,
-    /// The message record in the spool.
+    /// The message record in the spool when queued. Compaction may move
+    /// it; delivery looks the message up by queue id.
     pub message: RecordRef,
     /// Attempts so far.
     pub attempts: u32,
 }
 
-#[derive(Debug, Default)]
+/// Traffic shaping for one destination; limits are global across shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shaping {
+    pub connections_max: usize,
+    pub messages_per_connection_max: usize,
+    pub recipients_per_transaction_max: usize,
+    /// Messages started per second; 0 = no limit.
+    pub message_rate_max: u32,
+}
+
+impl Default for Shaping {
+    fn default() -> Self {
+        Shaping {
+            connections_max: 20,
+            messages_per_connection_max: 1000,
+            recipients_per_transaction_max: 100,
+            message_rate_max: 0,
+        }
+    }
+}
+
+/// An idle connection on some shard, waiting for work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiter {
+    pub shard: usize,
+    /// The shard's own key for the connection.
+    pub conn: u64,
+}
+
+/// What a caller of [`Queues::push`] or [`Queues::plan`] should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection to the destination; it is already counted.
+    Open(Destination),
+    /// Tell this idle connection there is work.
+    Wake(Waiter),
+}
+
+/// What a connection gets when it asks for work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Recipients of one message, in queue order.
+    Batch(Vec<QueuedRecipient>),
+    /// Nothing ready: the connection is registered as idle and is woken
+    /// (through [`Action::Wake`]) when work arrives.
+    Idle,
+    /// The destination's message rate is used up: ask again at this time.
+    RateLimited { retry_ms: u64 },
+}
+
+#[derive(Debug)]
 struct DestinationQueue {
     ready: VecDeque<QueuedRecipient>,
     /// Keyed by (next attempt in Unix ms, arrival order).
     scheduled: BTreeMap<(u64, u64), QueuedRecipient>,
     scheduled_seq: u64,
+    shaping: Shaping,
+    /// Open or opening, on all shards.
+    connections: usize,
+    /// The connection limit in force: `shaping.connections_max`, halved
+    /// by each failure, raised by one per good transaction.
+    limit: usize,
+    paused_until_ms: u64,
+    /// Consecutive failures; the pause doubles with each.
+    failures: u32,
+    idle: Vec<Waiter>,
+    /// Message-rate bucket: tokens and when they were last topped up.
+    tokens: f64,
+    tokens_ms: u64,
+}
+
+impl DestinationQueue {
+    fn new(shaping: Shaping) -> DestinationQueue {
+        DestinationQueue {
+            ready: VecDeque::new(),
+            scheduled: BTreeMap::new(),
+            scheduled_seq: 0,
+            shaping,
+            connections: 0,
+            limit: shaping.connections_max.max(1),
+            paused_until_ms: 0,
+            failures: 0,
+            idle: Vec::new(),
+            tokens: f64::from(shaping.message_rate_max),
+            tokens_ms: 0,
+        }
+    }
+
+    /// More connections are wanted when the ready recipients outnumber the
+    /// connections carrying them (each carries one transaction at a time)
+    /// and none is idle.
+    fn wants_connection(&self, now_ms: u64) -> bool {
+        self.idle.is_empty()
+            && now_ms >= self.paused_until_ms
+            && self.connections < self.limit
+            && self.ready.len() > self.connections
+    }
+
+    fn schedule(&mut self, next_attempt_ms: u64, item: QueuedRecipient) {
+        self.scheduled_seq += 1;
+        self.scheduled
+            .insert((next_attempt_ms, self.scheduled_seq), item);
+    }
+
+    /// Moves scheduled recipients that are due to the ready queue.
+    fn promote(&mut self, now_ms: u64) {
+        while let Some(entry) = self.scheduled.first_entry() {
+            if entry.key().0 > now_ms {
+                break;
+            }
+            self.ready.push_back(entry.remove());
+        }
+    }
+
+    /// Takes a rate token; `Err(retry_ms)` when there is none.
+    fn take_token(&mut self, now_ms: u64) -> Result<(), u64> {
+        let rate = f64::from(self.shaping.message_rate_max);
+        if rate == 0.0 {
+            return Ok(());
+        }
+        let elapsed_s = now_ms.saturating_sub(self.tokens_ms) as f64 / 1000.0;
+        // A burst of at most one second's worth.
+        self.tokens = (self.tokens + elapsed_s * rate).min(rate.max(1.0));
+        self.tokens_ms = now_ms;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait_ms = ((1.0 - self.tokens) / rate * 1000.0).ceil() as u64;
+            Err(now_ms + wait_ms.max(1))
+        }
+    }
+
+    fn actions(&mut self, destination: &Destination, now_ms: u64, out: &mut Vec<Action>) {
+        if self.ready.is_empty() {
+            return;
+        }
+        // Wake as many idle connections as there are ready recipients.
+        let wake = self.idle.len().min(self.ready.len());
+        for waiter in self.idle.drain(..wake) {
+            out.push(Action::Wake(waiter));
+        }
+        while self.wants_connection(now_ms) {
+            self.connections += 1;
+            out.push(Action::Open(destination.clone()));
+        }
+    }
 }
 
 /// Counts for one destination.
@@ -39,33 +189,233 @@ pub struct DestinationSummary {
     pub destination: String,
     pub ready: usize,
     pub scheduled: usize,
+    #[serde(default)]
+    pub connections: usize,
+    /// Unix ms until which no new connection is opened; 0 when not paused.
+    #[serde(default)]
+    pub paused_until_ms: u64,
 }
 
 /// Every destination's queues.
-#[derive(Debug, Default)]
 pub struct Queues {
     inner: Mutex<HashMap<Destination, DestinationQueue>>,
+    shaping_for: Box<dyn Fn(&Destination) -> Shaping + Send + Sync>,
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        Queues::new(Box::new(|_| Shaping::default()))
+    }
+}
+
+impl std::fmt::Debug for Queues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queues").finish_non_exhaustive()
+    }
 }
 
 impl Queues {
-    /// Queues a recipient according to its status: pending ones are ready,
-    /// deferred ones wait for their next attempt.
-    pub fn push(&self, destination: Destination, item: QueuedRecipient, status: Status) {
-        let mut inner = self.inner.lock().expect("queues lock");
-        let queue = inner.entry(destination).or_default();
-        match status {
-            Status::Deferred {
-                attempts,
-                next_attempt_ms,
-            } => {
-                queue.scheduled_seq += 1;
-                let item = QueuedRecipient { attempts, ..item };
-                queue
-                    .scheduled
-                    .insert((next_attempt_ms, queue.scheduled_seq), item);
-            }
-            _ => queue.ready.push_back(item),
+    /// A table whose destinations take their shaping from `shaping_for`.
+    pub fn new(shaping_for: Box<dyn Fn(&Destination) -> Shaping + Send + Sync>) -> Queues {
+        Queues {
+            inner: Mutex::new(HashMap::new()),
+            shaping_for,
         }
+    }
+
+    fn with<R>(
+        &self,
+        destination: &Destination,
+        f: impl FnOnce(&mut DestinationQueue) -> R,
+    ) -> R {
+        let mut inner = self.inner.lock().expect("queues lock");
+        if let Some(queue) = inner.get_mut(destination) {
+            return f(queue);
+        }
+        let queue = inner
+            .entry(destination.clone())
+            .or_insert_with(|| DestinationQueue::new((self.shaping_for)(destination)));
+        f(queue)
+    }
+
+    /// Queues a recipient according to its status: pending ones are ready,
+    /// deferred ones wait for their next attempt. Returns what the caller
+    /// should do about it (wake an idle connection, open one).
+    pub fn push(
+        &self,
+        destination: &Destination,
+        item: QueuedRecipient,
+        status: Status,
+        now_ms: u64,
+    ) -> Vec<Action> {
+        self.with(destination, |queue| {
+            match status {
+                Status::Deferred {
+                    attempts,
+                    next_attempt_ms,
+                } if next_attempt_ms > now_ms => {
+                    queue.schedule(next_attempt_ms, QueuedRecipient { attempts, ..item });
+                    return Vec::new();
+                }
+                Status::Deferred { attempts, .. } => {
+                    queue.ready.push_back(QueuedRecipient { attempts, ..item });
+                }
+                _ => queue.ready.push_back(item),
+            }
+            let mut actions = Vec::new();
+            if let Some(waiter) = queue.idle.pop() {
+                actions.push(Action::Wake(waiter));
+            } else if queue.wants_connection(now_ms) {
+                queue.connections += 1;
+                actions.push(Action::Open(destination.clone()));
+            }
+            actions
+        })
+    }
+
+    /// Queues a deferred recipient for its next attempt.
+    pub fn schedule(&self, destination: &Destination, item: QueuedRecipient, next_attempt_ms: u64) {
+        self.with(destination, |queue| queue.schedule(next_attempt_ms, item));
+    }
+
+    /// The timer: moves due recipients to their ready queues and says which
+    /// connections to open or wake. Every shard calls it on its sweep; the
+    /// connections it asks for are counted already.
+    pub fn plan(&self, now_ms: u64) -> Vec<Action> {
+        let mut inner = self.inner.lock().expect("queues lock");
+        let mut actions = Vec::new();
+        for (destination, queue) in inner.iter_mut() {
+            queue.promote(now_ms);
+            queue.actions(destination, now_ms, &mut actions);
+        }
+        // Forget destinations with nothing left, so the table stays small.
+        inner.retain(|_, q| {
+            !(q.ready.is_empty() && q.scheduled.is_empty() && q.connections == 0)
+        });
+        actions
+    }
+
+    /// Work for a connection that is ready for its next transaction:
+    /// recipients of one message (at most the destination's recipients per
+    /// transaction). With nothing ready the connection is registered idle.
+    pub fn take(&self, destination: &Destination, waiter: Waiter, now_ms: u64) -> Take {
+        self.with(destination, |queue| {
+            let Some(first) = queue.ready.front().copied() else {
+                if !queue.idle.contains(&waiter) {
+                    queue.idle.push(waiter);
+                }
+                return Take::Idle;
+            };
+            if let Err(retry_ms) = queue.take_token(now_ms) {
+                return Take::RateLimited { retry_ms };
+            }
+            queue.ready.pop_front();
+            let mut batch = vec![first];
+            let rcpts_max = queue.shaping.recipients_per_transaction_max.max(1);
+            // Recipients of one message are queued side by side.
+            while batch.len() < rcpts_max {
+                match queue.ready.front() {
+                    Some(next) if next.queue_id == first.queue_id => {
+                        batch.push(*next);
+                        queue.ready.pop_front();
+                    }
+                    _ => break,
+                }
+            }
+            Take::Batch(batch)
+        })
+    }
+
+    /// The destination's shaping.
+    pub fn shaping(&self, destination: &Destination) -> Shaping {
+        self.with(destination, |queue| queue.shaping)
+    }
+
+    /// The connection no longer waits for work (it is closing).
+    pub fn unidle(&self, destination: &Destination, waiter: Waiter) {
+        self.with(destination, |queue| queue.idle.retain(|w| *w != waiter));
+    }
+
+    /// A connection ended (or was never opened).
+    pub fn closed(&self, destination: &Destination, waiter: Option<Waiter>) {
+        self.with(destination, |queue| {
+            queue.connections = queue.connections.saturating_sub(1);
+            if let Some(waiter) = waiter {
+                queue.idle.retain(|w| *w != waiter);
+            }
+        });
+    }
+
+    /// The destination failed us (no host answered, a `421`): fewer
+    /// connections and a pause that doubles with each failure in a row.
+    /// Returns the connections still open besides the failed one's.
+    pub fn failed(&self, destination: &Destination, pause_ms: u64, pause_ms_max: u64, now_ms: u64) -> usize {
+        self.with(destination, |queue| {
+            queue.failures = queue.failures.saturating_add(1);
+            queue.limit = (queue.limit / 2).max(1);
+            let factor = 1u64 << queue.failures.saturating_sub(1).min(20);
+            let pause = pause_ms.saturating_mul(factor).min(pause_ms_max);
+            queue.paused_until_ms = queue.paused_until_ms.max(now_ms + pause);
+            queue.connections.saturating_sub(1)
+        })
+    }
+
+    /// A transaction went through: the destination recovers one connection
+    /// of its limit and its failure count.
+    pub fn succeeded(&self, destination: &Destination) {
+        self.with(destination, |queue| {
+            queue.failures = 0;
+            if queue.limit < queue.shaping.connections_max {
+                queue.limit += 1;
+            }
+        });
+    }
+
+    /// Takes every ready recipient (a destination that failed as a whole:
+    /// null MX, no such domain, every host down).
+    pub fn drain_ready(&self, destination: &Destination) -> Vec<QueuedRecipient> {
+        self.with(destination, |queue| queue.ready.drain(..).collect())
+    }
+
+    /// Makes scheduled recipients due now, for one destination or all.
+    /// Returns how many were moved.
+    pub fn flush(&self, destination: Option<&Destination>, now_ms: u64) -> usize {
+        let mut inner = self.inner.lock().expect("queues lock");
+        let mut moved = 0;
+        for (d, queue) in inner.iter_mut() {
+            if destination.is_some_and(|wanted| wanted != d) {
+                continue;
+            }
+            moved += queue.scheduled.len();
+            while let Some((_, item)) = queue.scheduled.pop_first() {
+                queue.ready.push_back(item);
+            }
+            queue.paused_until_ms = queue.paused_until_ms.min(now_ms);
+        }
+        moved
+    }
+
+    /// Takes every queued recipient of one message, wherever it waits.
+    pub fn remove(&self, queue_id: QueueId) -> Vec<(Destination, QueuedRecipient)> {
+        let mut inner = self.inner.lock().expect("queues lock");
+        let mut out = Vec::new();
+        for (d, queue) in inner.iter_mut() {
+            queue.ready.retain(|item| {
+                let keep = item.queue_id != queue_id;
+                if !keep {
+                    out.push((d.clone(), *item));
+                }
+                keep
+            });
+            queue.scheduled.retain(|_, item| {
+                let keep = item.queue_id != queue_id;
+                if !keep {
+                    out.push((d.clone(), *item));
+                }
+                keep
+            });
+        }
+        out
     }
 
     /// Per destination counts, sorted by destination.
@@ -77,6 +427,8 @@ impl Queues {
                 destination: d.to_string(),
                 ready: q.ready.len(),
                 scheduled: q.scheduled.len(),
+                connections: q.connections,
+                paused_until_ms: q.paused_until_ms,
             })
             .collect();
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
@@ -91,10 +443,10 @@ mod tests {
     use super::*;
     use crate::route::destination_of;
 
-    fn item(id: u64) -> QueuedRecipient {
+    fn item(id: u64, recipient: u32) -> QueuedRecipient {
         QueuedRecipient {
             queue_id: QueueId(id),
-            recipient: 0,
+            recipient,
             message: RecordRef {
                 segment: SegmentId(1),
                 offset: 64,
@@ -104,19 +456,128 @@ mod tests {
         }
     }
 
+    fn waiter(conn: u64) -> Waiter {
+        Waiter { shard: 0, conn }
+    }
+
     #[test]
     fn pending_is_ready_and_deferred_is_scheduled() {
         let queues = Queues::default();
-        queues.push(destination_of(b"a@x.org"), item(1), Status::Pending);
-        queues.push(destination_of(b"b@X.org"), item(2), Status::Pending);
+        let x = destination_of(b"a@x.org");
+        queues.push(&x, item(1, 0), Status::Pending, 0);
+        queues.push(&destination_of(b"b@X.org"), item(2, 0), Status::Pending, 0);
         let deferred = Status::Deferred {
             attempts: 1,
             next_attempt_ms: 5,
         };
-        queues.push(destination_of(b"c@y.org"), item(3), deferred);
+        queues.push(&destination_of(b"c@y.org"), item(3, 0), deferred, 0);
         let summary = queues.summary();
         assert_eq!(summary.len(), 2);
         assert_eq!((summary[0].ready, summary[0].scheduled), (2, 0));
         assert_eq!((summary[1].ready, summary[1].scheduled), (0, 1));
+    }
+
+    #[test]
+    fn pushes_open_connections_up_to_the_limit() {
+        let shaping = Shaping {
+            connections_max: 2,
+            ..Shaping::default()
+        };
+        let queues = Queues::new(Box::new(move |_| shaping));
+        let d = destination_of(b"a@x.org");
+        let mut opened = 0;
+        for id in 0..10 {
+            for action in queues.push(&d, item(id, 0), Status::Pending, 0) {
+                assert_eq!(action, Action::Open(d.clone()));
+                opened += 1;
+            }
+        }
+        assert_eq!(opened, 2);
+        assert_eq!(queues.summary()[0].connections, 2);
+    }
+
+    #[test]
+    fn take_groups_one_message_and_idles_when_empty() {
+        let queues = Queues::default();
+        let d = destination_of(b"a@x.org");
+        for r in 0..3 {
+            queues.push(&d, item(7, r), Status::Pending, 0);
+        }
+        queues.push(&d, item(8, 0), Status::Pending, 0);
+        let Take::Batch(batch) = queues.take(&d, waiter(1), 0) else {
+            panic!("expected a batch");
+        };
+        assert_eq!(batch.iter().map(|i| i.recipient).collect::<Vec<_>>(), [0, 1, 2]);
+        assert!(matches!(queues.take(&d, waiter(1), 0), Take::Batch(b) if b.len() == 1));
+        assert_eq!(queues.take(&d, waiter(1), 0), Take::Idle);
+        // The next push wakes the idle connection instead of opening one.
+        let actions = queues.push(&d, item(9, 0), Status::Pending, 0);
+        assert_eq!(actions, [Action::Wake(waiter(1))]);
+    }
+
+    #[test]
+    fn plan_promotes_due_recipients() {
+        let queues = Queues::default();
+        let d = destination_of(b"a@x.org");
+        queues.schedule(&d, item(1, 0), 100);
+        assert!(queues.plan(99).is_empty());
+        assert_eq!(queues.plan(100), [Action::Open(d.clone())]);
+        assert_eq!(queues.summary()[0].ready, 1);
+    }
+
+    #[test]
+    fn failures_pause_and_halve_then_recover() {
+        let shaping = Shaping {
+            connections_max: 8,
+            ..Shaping::default()
+        };
+        let queues = Queues::new(Box::new(move |_| shaping));
+        let d = destination_of(b"a@x.org");
+        queues.push(&d, item(1, 0), Status::Pending, 0);
+        queues.failed(&d, 1000, 60_000, 0);
+        queues.closed(&d, None);
+        for id in 2..20 {
+            queues.push(&d, item(id, 0), Status::Pending, 10);
+        }
+        assert!(queues.plan(500).is_empty(), "paused");
+        let opened = queues.plan(1000).len();
+        assert_eq!(opened, 4, "limit halved from 8");
+        // A second failure doubles the pause.
+        queues.failed(&d, 1000, 60_000, 1000);
+        assert!(queues.summary()[0].paused_until_ms >= 3000);
+        queues.succeeded(&d);
+    }
+
+    #[test]
+    fn message_rate_is_enforced() {
+        let shaping = Shaping {
+            message_rate_max: 2,
+            ..Shaping::default()
+        };
+        let queues = Queues::new(Box::new(move |_| shaping));
+        let d = destination_of(b"a@x.org");
+        for id in 0..5 {
+            queues.push(&d, item(id, 0), Status::Pending, 0);
+        }
+        // The bucket starts full (one second's worth).
+        assert!(matches!(queues.take(&d, waiter(1), 1000), Take::Batch(_)));
+        assert!(matches!(queues.take(&d, waiter(1), 1000), Take::Batch(_)));
+        assert!(matches!(
+            queues.take(&d, waiter(1), 1000),
+            Take::RateLimited { retry_ms } if retry_ms == 1500
+        ));
+        assert!(matches!(queues.take(&d, waiter(1), 1500), Take::Batch(_)));
+    }
+
+    #[test]
+    fn remove_and_flush() {
+        let queues = Queues::default();
+        let d = destination_of(b"a@x.org");
+        queues.push(&d, item(1, 0), Status::Pending, 0);
+        queues.schedule(&d, item(1, 1), 1_000_000);
+        queues.schedule(&d, item(2, 0), 1_000_000);
+        assert_eq!(queues.remove(QueueId(1)).len(), 2);
+        assert_eq!(queues.flush(None, 5), 1);
+        assert_eq!(queues.summary()[0].ready, 1);
     }
 }

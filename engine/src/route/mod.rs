@@ -1,10 +1,13 @@
-//! Routing: which destination a recipient belongs to.
+//! Routing: which destination a recipient belongs to, and where mail for
+//! a destination goes.
 //!
-//! A destination is, for now, the recipient's domain, lowercased: every
-//! recipient of one domain shares one ready queue and, once delivery
-//! exists, one set of connections and limits. Static routes (smart hosts)
-//! and MX resolution arrive with delivery.
+//! A destination is the recipient's domain, lowercased: every recipient of
+//! one domain shares one ready queue, one set of connections and one set of
+//! limits. Mail for a destination goes to its MX hosts (RFC 5321 §5.1) on
+//! the configured port, unless a route in the config names a next hop for
+//! the domain, or for every domain (`*`, smart-host mode).
 
+use std::collections::HashMap;
 use std::fmt;
 
 /// The unit of queueing and traffic shaping.
@@ -20,6 +23,70 @@ impl Destination {
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl Destination {
+    /// A destination by name (already lowercase).
+    pub fn new(name: impl Into<String>) -> Destination {
+        Destination(name.into())
+    }
+}
+
+/// A next hop named by a route: a host name or IP address, and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    pub host: String,
+    pub port: u16,
+}
+
+/// Where mail for one destination goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The domain's MX hosts (or its address: implicit MX), on this port.
+    Mx { port: u16 },
+    /// A configured next hop; MX records are not consulted.
+    NextHop(NextHop),
+}
+
+/// The routes of the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routes {
+    exact: HashMap<String, NextHop>,
+    wildcard: Option<NextHop>,
+    mx_port: u16,
+}
+
+impl Routes {
+    /// Routes by exact domain, with `*` standing for every other domain;
+    /// MX delivery uses `mx_port`.
+    pub fn new(routes: impl IntoIterator<Item = (String, NextHop)>, mx_port: u16) -> Routes {
+        let mut out = Routes {
+            mx_port,
+            ..Routes::default()
+        };
+        for (domain, hop) in routes {
+            if domain == "*" {
+                out.wildcard = Some(hop);
+            } else {
+                out.exact.insert(domain.to_ascii_lowercase(), hop);
+            }
+        }
+        out
+    }
+
+    /// The route for a destination: its own entry, else `*`, else MX.
+    pub fn route(&self, destination: &Destination) -> Route {
+        match self
+            .exact
+            .get(destination.as_str())
+            .or(self.wildcard.as_ref())
+        {
+            Some(hop) => Route::NextHop(hop.clone()),
+            None => Route::Mx {
+                port: self.mx_port,
+            },
+        }
     }
 }
 
@@ -42,5 +109,22 @@ mod tests {
         assert_eq!(destination_of(b"Bob@Example.ORG").as_str(), "example.org");
         assert_eq!(destination_of(b"\"a@b\"@x.net").as_str(), "x.net");
         assert_eq!(destination_of(b"u@[192.0.2.1]").as_str(), "[192.0.2.1]");
+    }
+
+    #[test]
+    fn exact_routes_beat_the_wildcard_and_mx_is_the_fallback() {
+        let hop = |port| NextHop {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let routes = Routes::new([("Example.org".into(), hop(1)), ("*".into(), hop(2))], 25);
+        let route = |d: &str| routes.route(&Destination::new(d));
+        assert_eq!(route("example.org"), Route::NextHop(hop(1)));
+        assert_eq!(route("other.net"), Route::NextHop(hop(2)));
+        let mx_only = Routes::new([("example.org".into(), hop(1))], 2525);
+        assert_eq!(
+            mx_only.route(&Destination::new("other.net")),
+            Route::Mx { port: 2525 }
+        );
     }
 }

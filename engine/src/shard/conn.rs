@@ -73,15 +73,42 @@ impl Conn {
     }
 }
 
+/// What a slot holds: something with a key whose buffers the kernel may
+/// be borrowing.
+pub(crate) trait Slotted {
+    fn key(&self) -> ConnKey;
+    /// Whether an operation on it is in flight (the slot must stay).
+    fn in_flight(&self) -> bool;
+}
+
+impl Slotted for Conn {
+    fn key(&self) -> ConnKey {
+        self.key
+    }
+
+    fn in_flight(&self) -> bool {
+        Conn::in_flight(self)
+    }
+}
+
 /// Connection slots with generations.
-#[derive(Default)]
-pub(crate) struct Slots {
-    slots: Vec<(u32, Option<Conn>)>,
+pub(crate) struct Slots<T> {
+    slots: Vec<(u32, Option<T>)>,
     free: Vec<u32>,
     live: usize,
 }
 
-impl Slots {
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+        }
+    }
+}
+
+impl<T: Slotted> Slots<T> {
     /// A key for the next connection, or `None` when every slot is taken.
     pub fn vacant(&mut self) -> Option<ConnKey> {
         let slot = match self.free.pop() {
@@ -100,15 +127,16 @@ impl Slots {
         })
     }
 
-    pub fn insert(&mut self, conn: Conn) {
-        let entry = &mut self.slots[conn.key.slot as usize];
-        assert_eq!(entry.0, conn.key.generation, "insert with a stale key");
-        assert!(entry.1.is_none(), "slot {} is taken", conn.key.slot);
+    pub fn insert(&mut self, conn: T) {
+        let key = conn.key();
+        let entry = &mut self.slots[key.slot as usize];
+        assert_eq!(entry.0, key.generation, "insert with a stale key");
+        assert!(entry.1.is_none(), "slot {} is taken", key.slot);
         entry.1 = Some(conn);
         self.live += 1;
     }
 
-    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut Conn> {
+    pub fn get_mut(&mut self, key: ConnKey) -> Option<&mut T> {
         match self.slots.get_mut(key.slot as usize) {
             Some((generation, Some(conn))) if *generation == key.generation => Some(conn),
             _ => None,
@@ -116,7 +144,7 @@ impl Slots {
     }
 
     /// Frees a slot. The connection must have nothing in flight.
-    pub fn remove(&mut self, key: ConnKey) -> Option<Conn> {
+    pub fn remove(&mut self, key: ConnKey) -> Option<T> {
         let (generation, entry) = self.slots.get_mut(key.slot as usize)?;
         if *generation != key.generation {
             return None;
@@ -135,7 +163,7 @@ impl Slots {
     pub fn keys(&self) -> Vec<ConnKey> {
         self.slots
             .iter()
-            .filter_map(|(_, c)| c.as_ref().map(|c| c.key))
+            .filter_map(|(_, c)| c.as_ref().map(|c| c.key()))
             .collect()
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use baton_spool::{
     Io, NewMessage, NewRecipient, QueueId, RecordRef, Status, SyncOp, Ticket, WriteOp, Writer,
 };
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
 use crate::queue::QueuedRecipient;
@@ -26,9 +26,11 @@ use crate::server::{unix_ms, Server};
 
 use super::conn::{Conn, Slots, RECV_BUFFER_BYTES};
 use super::listener;
+use super::outbound::OutConn;
 use super::queue_id::QueueIdGen;
 use super::ring::{pin_to_cpu, Completion, EventFd, Ring};
 use super::token::{ConnKey, Token};
+use super::ShardMsg;
 
 /// How often timeouts are checked; also the longest wait for completions.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
@@ -42,9 +44,10 @@ pub(crate) fn run(
     id: usize,
     server: Arc<Server>,
     waker: Arc<EventFd>,
+    inbox: Receiver<ShardMsg>,
     ready: Sender<io::Result<()>>,
 ) {
-    let mut shard = match Shard::new(id, server, waker) {
+    let mut shard = match Shard::new(id, server, waker, inbox) {
         Ok(shard) => {
             let _ = ready.send(Ok(()));
             shard
@@ -65,15 +68,17 @@ enum SpoolOp {
 }
 
 /// A message appended to the spool, waiting for the datasync that covers it.
-struct PendingStore {
-    ticket: Ticket,
-    conn: ConnKey,
-    queue_id: QueueId,
-    at: RecordRef,
-    recipients: Vec<(Destination, u32)>,
-    size: usize,
-    sender: String,
-    peer: SocketAddr,
+pub(super) struct PendingStore {
+    pub ticket: Ticket,
+    /// The session waiting for its `250`; `None` for a notification baton
+    /// wrote itself.
+    pub conn: Option<ConnKey>,
+    pub queue_id: QueueId,
+    pub at: RecordRef,
+    pub recipients: Vec<(Destination, u32)>,
+    pub size: usize,
+    pub sender: String,
+    pub peer: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy)]
@@ -88,22 +93,25 @@ struct Listener {
     armed: bool,
 }
 
-struct Shard {
-    id: usize,
-    server: Arc<Server>,
-    ring: Ring,
-    writer: Writer,
+pub(super) struct Shard {
+    pub(super) id: usize,
+    pub(super) server: Arc<Server>,
+    pub(super) ring: Ring,
+    pub(super) writer: Writer,
     listeners: Vec<Listener>,
     waker: Arc<EventFd>,
+    inbox: Receiver<ShardMsg>,
     /// Borrowed by the kernel while `wake_armed`.
     wake_buf: Box<[u8; 8]>,
     wake_armed: bool,
-    conns: Slots,
+    conns: Slots<Conn>,
+    /// Delivery connections (`outbound.rs`).
+    pub(super) outs: Slots<OutConn>,
     spool_ops: HashMap<u64, SpoolOp>,
     spool_seq: u64,
-    stores: VecDeque<PendingStore>,
-    queue_ids: QueueIdGen,
-    draining: Option<Instant>,
+    pub(super) stores: VecDeque<PendingStore>,
+    pub(super) queue_ids: QueueIdGen,
+    pub(super) draining: Option<Instant>,
     completions: Vec<Completion>,
 }
 
@@ -123,7 +131,12 @@ impl SessionContext for Ctx<'_> {
 }
 
 impl Shard {
-    fn new(id: usize, server: Arc<Server>, waker: Arc<EventFd>) -> io::Result<Shard> {
+    fn new(
+        id: usize,
+        server: Arc<Server>,
+        waker: Arc<EventFd>,
+        inbox: Receiver<ShardMsg>,
+    ) -> io::Result<Shard> {
         if server.config.server.pin_cores {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             if let Err(err) = pin_to_cpu(id % cores) {
@@ -157,9 +170,11 @@ impl Shard {
             writer,
             listeners,
             waker,
+            inbox,
             wake_buf: Box::new([0; 8]),
             wake_armed: false,
             conns: Slots::default(),
+            outs: Slots::default(),
             spool_ops: HashMap::new(),
             spool_seq: 0,
             stores: VecDeque::new(),
@@ -180,6 +195,7 @@ impl Shard {
     fn run(&mut self) -> io::Result<()> {
         let mut last_sweep = Instant::now();
         loop {
+            self.read_inbox();
             self.drive_spool()?;
             let wait = SWEEP_INTERVAL.saturating_sub(last_sweep.elapsed());
             self.ring
@@ -199,6 +215,7 @@ impl Shard {
                 if !reaped {
                     break;
                 }
+                self.read_inbox();
                 self.drive_spool()?;
                 self.ring.submit()?;
             }
@@ -228,6 +245,7 @@ impl Shard {
 
     fn idle(&self) -> bool {
         self.conns.len() == 0
+            && self.outs.len() == 0
             && self.spool_ops.is_empty()
             && self.stores.is_empty()
             && self.listeners.iter().all(|l| !l.armed)
@@ -263,6 +281,35 @@ impl Shard {
             Some(Token::Send(key)) => self.sent(key, c.result),
             Some(Token::Cancel) | None => Ok(()),
             Some(Token::Spool(seq)) => self.spool_done(seq, c.result),
+            Some(Token::Connect(key)) => {
+                self.connected(key, c.result);
+                Ok(())
+            }
+            Some(Token::OutRecv(key)) => {
+                self.out_received(key, c.result);
+                Ok(())
+            }
+            Some(Token::OutSend(key)) => {
+                self.out_sent(key, c.result);
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles what other threads sent: resolver answers, wake-ups of idle
+    /// delivery connections, operator requests.
+    fn read_inbox(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            match msg {
+                ShardMsg::Resolved { conn, resolution } => {
+                    self.resolved(ConnKey::from_u64(conn), resolution);
+                }
+                ShardMsg::Work { conn } => self.out_work(ConnKey::from_u64(conn)),
+                ShardMsg::Admin(request, reply) => {
+                    let answer = self.admin(request);
+                    let _ = reply.send(answer);
+                }
+            }
         }
     }
 
@@ -553,7 +600,7 @@ impl Shard {
             Ok(appended) => {
                 self.stores.push_back(PendingStore {
                     ticket: appended.ticket,
-                    conn: key,
+                    conn: Some(key),
                     queue_id: message.queue_id,
                     at: appended.at,
                     recipients: message
@@ -564,7 +611,7 @@ impl Shard {
                         .collect(),
                     size: message.body.len(),
                     sender: String::from_utf8_lossy(&message.reverse_path).into_owned(),
-                    peer,
+                    peer: Some(peer),
                 });
                 Ok(())
             }
@@ -666,7 +713,7 @@ impl Shard {
             } else {
                 Err(StoreError::Failed)
             };
-            if let Some(conn) = self.conns.get_mut(store.conn) {
+            if let Some(conn) = store.conn.and_then(|key| self.conns.get_mut(key)) {
                 let mut ctx = Ctx {
                     queue_ids: &mut self.queue_ids,
                 };
@@ -677,7 +724,8 @@ impl Shard {
         }
     }
 
-    fn queue(&self, store: &PendingStore) {
+    fn queue(&mut self, store: &PendingStore) {
+        let now_ms = unix_ms();
         for (destination, recipient) in &store.recipients {
             let item = QueuedRecipient {
                 queue_id: store.queue_id,
@@ -685,9 +733,14 @@ impl Shard {
                 message: store.at,
                 attempts: 0,
             };
-            self.server
+            let actions = self
+                .server
                 .queues
-                .push(destination.clone(), item, Status::Pending);
+                .push(destination, item, Status::Pending, now_ms);
+            self.act(actions);
+        }
+        if store.conn.is_none() {
+            return; // a notification: logged when generated
         }
         let metrics = &self.server.metrics;
         metrics.messages_accepted.fetch_add(1, Ordering::Relaxed);
@@ -702,7 +755,7 @@ impl Shard {
             size = store.size,
             from = %store.sender,
             recipients = store.recipients.len(),
-            client = %store.peer,
+            client = %store.peer.map(|p| p.to_string()).unwrap_or_default(),
             "accepted"
         );
     }
@@ -728,6 +781,7 @@ impl Shard {
             conn.deadline = now + timeout_of(&self.server, Phase::Command);
             self.progress(key);
         }
+        self.out_sweep(now);
         Ok(())
     }
 
@@ -744,6 +798,7 @@ impl Shard {
         for key in self.conns.keys() {
             self.progress(key);
         }
+        self.out_drain();
         Ok(())
     }
 

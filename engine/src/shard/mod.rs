@@ -7,12 +7,14 @@
 //! - `conn`: connection slots that own sockets, sessions and buffers.
 //! - `listener`: `SO_REUSEPORT` sockets, one per listener per shard, so the
 //!   kernel spreads connections over the shards.
-//! - `event_loop`: the completion-driven loop.
+//! - `event_loop`: the completion-driven loop: inbound sessions, spool.
+//! - `outbound`: delivery connections, driven by the same loop.
 //! - `queue_id`: queue id generation.
 
 mod conn;
 mod event_loop;
 mod listener;
+mod outbound;
 pub mod queue_id;
 mod ring;
 mod token;
@@ -21,11 +23,49 @@ use std::io;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::admin::{AdminReply, AdminRequest};
+use crate::dns::Resolution;
 use crate::server::Server;
 
 pub(crate) use ring::EventFd;
+
+/// What other threads tell a shard.
+pub enum ShardMsg {
+    /// The resolver's answer for an outbound connection of this shard.
+    Resolved { conn: u64, resolution: Resolution },
+    /// An idle connection of this shard has work in its ready queue.
+    Work { conn: u64 },
+    /// An operator's request (delete, bounce, flush) that needs a spool
+    /// writer; the answer goes back on the channel.
+    Admin(AdminRequest, Sender<AdminReply>),
+}
+
+/// How to reach a shard from another thread: its inbox and its wake-up.
+pub struct ShardLink {
+    tx: Sender<ShardMsg>,
+    waker: Arc<EventFd>,
+}
+
+impl ShardLink {
+    /// A link, and the inbox the shard reads.
+    pub fn new() -> io::Result<(ShardLink, Receiver<ShardMsg>)> {
+        let (tx, rx) = unbounded();
+        let link = ShardLink {
+            tx,
+            waker: Arc::new(EventFd::new()?),
+        };
+        Ok((link, rx))
+    }
+
+    /// Delivers a message and wakes the shard.
+    pub fn send(&self, msg: ShardMsg) {
+        if self.tx.send(msg).is_ok() {
+            self.waker.wake();
+        }
+    }
+}
 
 /// A running shard.
 pub struct ShardHandle {
@@ -52,23 +92,23 @@ impl ShardHandle {
 
 /// Starts one shard per configured core. Returns once every shard listens,
 /// or with the first shard's setup error.
-pub fn start(server: &Arc<Server>) -> io::Result<Vec<ShardHandle>> {
+pub fn start(server: &Arc<Server>, inboxes: Vec<Receiver<ShardMsg>>) -> io::Result<Vec<ShardHandle>> {
     for l in &server.config.listeners {
         listener::check_free(l.address)
             .map_err(|err| io::Error::new(err.kind(), format!("listen on {}: {err}", l.address)))?;
     }
-    let count = server.config.shard_count();
+    let count = inboxes.len();
     // All shards start at once: each waits for its first spool segment, and
     // their requests then reach the segment preparer side by side.
     let mut starting = Vec::with_capacity(count);
-    for id in 0..count {
-        let waker = Arc::new(EventFd::new()?);
+    for (id, inbox) in inboxes.into_iter().enumerate() {
+        let waker = server.links[id].waker.clone();
         let (ready_tx, ready_rx) = bounded(1);
         let thread_server = server.clone();
         let thread_waker = waker.clone();
         let thread = thread::Builder::new()
             .name(format!("shard-{id}"))
-            .spawn(move || event_loop::run(id, thread_server, thread_waker, ready_tx))?;
+            .spawn(move || event_loop::run(id, thread_server, thread_waker, inbox, ready_tx))?;
         starting.push((id, waker, thread, ready_rx));
     }
     let mut handles = Vec::with_capacity(count);

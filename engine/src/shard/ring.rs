@@ -97,6 +97,24 @@ impl Ring {
         self.push(entry)
     }
 
+    /// Connects a socket to the address at `addr`.
+    ///
+    /// # Safety
+    /// `addr` (`len` bytes) must stay allocated and untouched until the
+    /// completion for `token` has been reaped.
+    pub unsafe fn connect(
+        &mut self,
+        fd: RawFd,
+        addr: *const libc::sockaddr,
+        len: libc::socklen_t,
+        token: u64,
+    ) -> io::Result<()> {
+        let entry = opcode::Connect::new(types::Fd(fd), addr, len)
+            .build()
+            .user_data(token);
+        self.push(entry)
+    }
+
     /// Reads into `buf` (an eventfd: 8 bytes).
     ///
     /// # Safety

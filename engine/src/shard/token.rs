@@ -15,6 +15,10 @@ pub(crate) enum Token {
     Cancel,
     /// A spool write or datasync, by the shard's own sequence number.
     Spool(u64),
+    /// An outbound connection's connect, receive and send.
+    Connect(ConnKey),
+    OutRecv(ConnKey),
+    OutSend(ConnKey),
 }
 
 /// A connection slot and its generation.
@@ -39,6 +43,9 @@ impl Token {
             Token::Send(k) => (4, conn(k)),
             Token::Cancel => (5, 0),
             Token::Spool(seq) => (6, seq & LOW_MASK),
+            Token::Connect(k) => (7, conn(k)),
+            Token::OutRecv(k) => (8, conn(k)),
+            Token::OutSend(k) => (9, conn(k)),
         };
         (kind << KIND_SHIFT) | low
     }
@@ -56,6 +63,9 @@ impl Token {
             4 => Token::Send(key),
             5 => Token::Cancel,
             6 => Token::Spool(low),
+            7 => Token::Connect(key),
+            8 => Token::OutRecv(key),
+            9 => Token::OutSend(key),
             _ => return None,
         })
     }
@@ -63,6 +73,20 @@ impl Token {
 
 fn conn(key: ConnKey) -> u64 {
     (u64::from(key.slot) << 32) | u64::from(key.generation)
+}
+
+impl ConnKey {
+    /// The key as one number, for the queue's idle-connection list.
+    pub fn to_u64(self) -> u64 {
+        conn(self)
+    }
+
+    pub fn from_u64(raw: u64) -> ConnKey {
+        ConnKey {
+            slot: ((raw >> 32) & SLOT_MASK) as u32,
+            generation: raw as u32,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +106,9 @@ mod tests {
             Token::Send(key),
             Token::Cancel,
             Token::Spool(12345),
+            Token::Connect(key),
+            Token::OutRecv(key),
+            Token::OutSend(key),
         ] {
             assert_eq!(Token::decode(token.encode()), Some(token));
         }

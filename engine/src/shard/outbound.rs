@@ -1,0 +1,1176 @@
+//! Delivery connections, driven by the shard's ring.
+//!
+//! A connection is opened for one destination when the queue asks for it
+//! ([`Action::Open`]): the route or the resolver gives the hosts to try,
+//! the ring connects to each in turn until one greets and answers EHLO,
+//! and from then on the sans-IO [`Client`] speaks SMTP while this file
+//! moves bytes: commands from the client's output, the body straight from
+//! the spool's mapping, replies into the client. Each finished transaction
+//! is settled (outcomes appended to the spool, deferrals scheduled, bounces
+//! queued) and the connection asks the destination's shared ready queue
+//! for more; with nothing there it waits, idle, to be woken or to time out
+//! and QUIT.
+//!
+//! A connection that ends is freed only once no operation of the ring
+//! holds its buffers or socket address (see `ring.rs`): ending means
+//! cancelling what is in flight, then waiting for those completions.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use baton_spool::{Outcome as SpoolOutcome, QueueId, Record, Status};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::admin::{AdminReply, AdminRequest};
+use crate::dns::{Query, Resolution};
+use crate::delivery::retry::Retry;
+use crate::outbound::{Client, CloseReason, Envelope, Event, Outcome};
+use crate::queue::{Action, QueuedRecipient, Take, Waiter};
+use crate::route::{Destination, Route};
+use crate::server::unix_ms;
+use crate::smtp::reply::Reply;
+
+use super::conn::{Slotted, RECV_BUFFER_BYTES};
+use super::event_loop::Shard;
+use super::token::{ConnKey, Token};
+use super::ShardMsg;
+
+/// Addresses tried per connection before the destination counts as down
+/// (Postfix: `smtp_mx_address_limit` = 5; we allow a few more for
+/// dual-stack hosts).
+const HOPS_MAX: usize = 10;
+
+/// One address to try.
+#[derive(Clone, Debug)]
+struct Hop {
+    name: String,
+    addr: SocketAddr,
+}
+
+impl fmt::Display for Hop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]:{}", self.name, self.addr.ip(), self.addr.port())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the resolver.
+    Resolving,
+    /// A connect is in flight.
+    Connecting,
+    /// Connected; the client speaks.
+    Smtp,
+}
+
+/// What to do once nothing is in flight any more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    /// Try the next address (connect failed, greeting refused).
+    NextHop,
+    /// Free the connection.
+    Close,
+}
+
+/// The message of the transaction under way.
+struct Current {
+    /// Keeps the segment mapped while its bytes are being sent.
+    record: Record,
+    body_start: usize,
+    body_len: usize,
+    body_done: usize,
+    /// The recipients in the envelope, in its order.
+    sent: Vec<QueuedRecipient>,
+}
+
+pub(super) struct OutConn {
+    key: ConnKey,
+    destination: Destination,
+    stage: Stage,
+    port: u16,
+    fd: Option<OwnedFd>,
+    hops: Vec<Hop>,
+    next_hop: usize,
+    hop: Option<Hop>,
+    /// Borrowed by the kernel while `connect_in_flight`.
+    addr: Box<SockAddr>,
+    connect_in_flight: bool,
+    client: Option<Client>,
+    /// Borrowed by the kernel while `recv_in_flight`.
+    recv_buf: Box<[u8]>,
+    recv_in_flight: bool,
+    /// Borrowed by the kernel while `send_in_flight` (unless the send is
+    /// the body, which the mapping in `current` holds).
+    send_buf: Vec<u8>,
+    send_done: usize,
+    send_in_flight: bool,
+    send_is_body: bool,
+    current: Option<Current>,
+    /// Transactions started on this connection.
+    transactions: usize,
+    /// The client got to `Ready` on this address at least once.
+    ready_seen: bool,
+    /// Waiting in the destination's idle list.
+    idle: bool,
+    /// Waiting for the destination's message rate.
+    rate_wait: bool,
+    deadline: Instant,
+    after: Option<After>,
+    cancels_sent: bool,
+    /// Why the last address failed, for the deferral reply.
+    last_error: String,
+}
+
+impl Slotted for OutConn {
+    fn key(&self) -> ConnKey {
+        self.key
+    }
+
+    fn in_flight(&self) -> bool {
+        self.connect_in_flight || self.recv_in_flight || self.send_in_flight
+    }
+}
+
+impl OutConn {
+    fn waiter(&self, shard: usize) -> Waiter {
+        Waiter {
+            shard,
+            conn: self.key.to_u64(),
+        }
+    }
+
+    fn host_label(&self) -> Option<String> {
+        self.hop.as_ref().map(Hop::to_string)
+    }
+}
+
+impl Shard {
+    /// Carries out what the queue asked for.
+    pub(super) fn act(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Open(destination) => self.open_out(destination),
+                Action::Wake(waiter) if waiter.shard == self.id => {
+                    self.out_work(ConnKey::from_u64(waiter.conn));
+                }
+                Action::Wake(waiter) => {
+                    self.server.links[waiter.shard].send(ShardMsg::Work { conn: waiter.conn });
+                }
+            }
+        }
+    }
+
+    /// Opens a connection for `destination`, already counted by the queue.
+    fn open_out(&mut self, destination: Destination) {
+        if self.draining.is_some() {
+            return self.server.queues.closed(&destination, None);
+        }
+        let Some(key) = self.outs.vacant() else {
+            return self.server.queues.closed(&destination, None);
+        };
+        let (query, port) = match self.server.routes.route(&destination) {
+            Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port),
+            Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port),
+        };
+        self.outs.insert(OutConn {
+            key,
+            destination,
+            stage: Stage::Resolving,
+            port,
+            fd: None,
+            hops: Vec::new(),
+            next_hop: 0,
+            hop: None,
+            addr: Box::new(SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)))),
+            connect_in_flight: false,
+            client: None,
+            recv_buf: vec![0; RECV_BUFFER_BYTES].into_boxed_slice(),
+            recv_in_flight: false,
+            send_buf: Vec::new(),
+            send_done: 0,
+            send_in_flight: false,
+            send_is_body: false,
+            current: None,
+            transactions: 0,
+            ready_seen: false,
+            idle: false,
+            rate_wait: false,
+            deadline: Instant::now() + self.server.delivery.timeouts.connect,
+            after: None,
+            cancels_sent: false,
+            last_error: String::new(),
+        });
+        self.server
+            .metrics
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        let server = self.server.clone();
+        let shard = self.id;
+        let conn = key.to_u64();
+        self.server.resolver.resolve(
+            query,
+            Box::new(move |resolution| {
+                server.links[shard].send(ShardMsg::Resolved { conn, resolution });
+            }),
+        );
+    }
+
+    pub(super) fn resolved(&mut self, key: ConnKey, resolution: Resolution) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        if conn.stage != Stage::Resolving || conn.after.is_some() {
+            return;
+        }
+        let domain = conn.destination.to_string();
+        match resolution {
+            Resolution::Hosts(hosts) => {
+                let port = conn.port;
+                conn.hops = hosts
+                    .iter()
+                    .flat_map(|h| {
+                        h.addresses.iter().map(|ip| Hop {
+                            name: h.name.clone(),
+                            addr: SocketAddr::new(*ip, port),
+                        })
+                    })
+                    .take(HOPS_MAX)
+                    .collect();
+                conn.last_error = format!("no address for {domain}");
+                self.connect_next(key);
+            }
+            Resolution::NullMx => {
+                let reply = Reply::new(
+                    556,
+                    Some((5, 1, 10)),
+                    format!("{domain} does not accept mail (null MX, RFC 7505)"),
+                );
+                self.destination_down(key, Outcome::Failed(reply));
+            }
+            Resolution::NoSuchDomain(why) => {
+                let reply = Reply::new(550, Some((5, 1, 2)), format!("{domain}: {why}"));
+                self.destination_down(key, Outcome::Failed(reply));
+            }
+            Resolution::TempFail(why) => {
+                let reply = Reply::new(451, Some((4, 4, 3)), format!("{domain}: {why}"));
+                self.destination_down(key, Outcome::Deferred(reply));
+            }
+        }
+    }
+
+    /// Connects to the next address, or gives up on the destination.
+    fn connect_next(&mut self, key: ConnKey) {
+        let timeout = self.server.delivery.timeouts.connect;
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        let Some(hop) = conn.hops.get(conn.next_hop).cloned() else {
+            let reply = Reply::new(
+                451,
+                Some((4, 4, 1)),
+                format!("no host answered: {}", conn.last_error),
+            );
+            self.server
+                .metrics
+                .connections_failed
+                .fetch_add(1, Ordering::Relaxed);
+            return self.destination_down(key, Outcome::Deferred(reply));
+        };
+        conn.next_hop += 1;
+        conn.stage = Stage::Connecting;
+        conn.client = None;
+        conn.ready_seen = false;
+        conn.after = None;
+        conn.cancels_sent = false;
+        conn.send_buf.clear();
+        conn.send_done = 0;
+        let socket = match Socket::new(
+            Domain::for_address(hop.addr),
+            Type::STREAM.cloexec(),
+            None,
+        ) {
+            Ok(socket) => socket,
+            Err(err) => {
+                conn.last_error = format!("socket for {hop}: {err}");
+                return self.connect_next(key);
+            }
+        };
+        let _ = socket.set_tcp_nodelay(true);
+        let fd: OwnedFd = socket.into();
+        conn.addr = Box::new(SockAddr::from(hop.addr));
+        conn.deadline = Instant::now() + timeout;
+        // SAFETY: `addr` is boxed in the slot, which stays (and is not
+        // touched) while `connect_in_flight`.
+        let submitted = unsafe {
+            self.ring.connect(
+                fd.as_raw_fd(),
+                conn.addr.as_ptr().cast(),
+                conn.addr.len(),
+                Token::Connect(key).encode(),
+            )
+        };
+        conn.fd = Some(fd);
+        conn.hop = Some(hop);
+        match submitted {
+            Ok(()) => conn.connect_in_flight = true,
+            Err(err) => {
+                conn.last_error = format!("connect: {err}");
+                conn.fd = None;
+                self.connect_next(key);
+            }
+        }
+    }
+
+    pub(super) fn connected(&mut self, key: ConnKey, result: i32) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        conn.connect_in_flight = false;
+        if conn.after.is_some() {
+            return self.out_settle(key);
+        }
+        if result < 0 {
+            let err = if result == -libc::ECANCELED {
+                "connection timed out".to_owned()
+            } else {
+                std::io::Error::from_raw_os_error(-result).to_string()
+            };
+            let hop = conn.hop.as_ref().map(Hop::to_string).unwrap_or_default();
+            conn.last_error = format!("connect to {hop}: {err}");
+            tracing::debug!(destination = %conn.destination, error = %conn.last_error, "connect failed");
+            conn.fd = None;
+            return self.connect_next(key);
+        }
+        conn.stage = Stage::Smtp;
+        conn.client = Some(Client::new(self.server.client_config.clone()));
+        self.out_progress(key);
+    }
+
+    pub(super) fn out_received(&mut self, key: ConnKey, result: i32) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        conn.recv_in_flight = false;
+        if conn.after.is_some() {
+            return self.out_settle(key);
+        }
+        let Some(client) = conn.client.as_mut() else {
+            return;
+        };
+        if result <= 0 {
+            if conn.last_error.is_empty() || conn.ready_seen {
+                conn.last_error = "connection closed by the server".into();
+            }
+            client.connection_lost();
+        } else {
+            client.receive(&conn.recv_buf[..result as usize]);
+        }
+        self.out_progress(key);
+    }
+
+    pub(super) fn out_sent(&mut self, key: ConnKey, result: i32) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        conn.send_in_flight = false;
+        if conn.after.is_some() {
+            return self.out_settle(key);
+        }
+        let Some(client) = conn.client.as_mut() else {
+            return;
+        };
+        if result <= 0 {
+            client.connection_lost();
+            return self.out_progress(key);
+        }
+        let n = result as usize;
+        if conn.send_is_body {
+            if let Some(current) = conn.current.as_mut() {
+                current.body_done += n;
+                if current.body_done >= current.body_len {
+                    client.body_sent();
+                }
+            }
+        } else {
+            conn.send_done += n;
+            if conn.send_done >= conn.send_buf.len() {
+                conn.send_buf.clear();
+                conn.send_done = 0;
+            }
+        }
+        self.out_progress(key);
+    }
+
+    /// Work arrived for an idle connection.
+    pub(super) fn out_work(&mut self, key: ConnKey) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        if !conn.idle || conn.after.is_some() {
+            return;
+        }
+        conn.idle = false;
+        self.out_next_transaction(key);
+        self.out_progress(key);
+    }
+
+    /// Steps the client: handles its events, sends what it wants sent,
+    /// keeps a receive armed.
+    fn out_progress(&mut self, key: ConnKey) {
+        loop {
+            let Some(conn) = self.outs.get_mut(key) else {
+                return;
+            };
+            let Some(event) = conn.client.as_mut().and_then(Client::poll_event) else {
+                break;
+            };
+            match event {
+                Event::Ready => {
+                    conn.ready_seen = true;
+                    self.out_next_transaction(key);
+                }
+                Event::RecipientResult { .. } => {}
+                Event::TransactionDone { per_recipient } => {
+                    self.transaction_done(key, per_recipient);
+                    self.out_next_transaction(key);
+                }
+                Event::Closed { reason } => self.out_closed(key, reason),
+            }
+        }
+        let timeouts = self.server.delivery.timeouts;
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        if conn.after.is_some() {
+            return self.out_settle(key);
+        }
+        let Some(client) = conn.client.as_mut() else {
+            return;
+        };
+        if !conn.send_in_flight {
+            if conn.send_buf.is_empty() {
+                let output = client.output();
+                if !output.is_empty() {
+                    conn.send_buf.extend_from_slice(output);
+                    let n = output.len();
+                    client.consume_output(n);
+                }
+            }
+            let fd = conn.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+            let pending: Option<(*const u8, usize, bool)> = if conn.send_done < conn.send_buf.len()
+            {
+                let rest = &conn.send_buf[conn.send_done..];
+                Some((rest.as_ptr(), rest.len(), false))
+            } else if client.body_needed() {
+                match conn.current.as_ref() {
+                    Some(c) if c.body_done < c.body_len => {
+                        let payload = c.record.payload();
+                        let rest = &payload[c.body_start + c.body_done..c.body_start + c.body_len];
+                        Some((rest.as_ptr(), rest.len(), true))
+                    }
+                    _ => {
+                        client.body_sent();
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some((ptr, len, is_body)) = pending {
+                // SAFETY: the bytes live in the slot's `send_buf` or in the
+                // mapping that `current.record` keeps alive; neither is
+                // touched or freed while `send_in_flight`.
+                let submitted = unsafe {
+                    self.ring.send(
+                        fd,
+                        ptr,
+                        len.min(u32::MAX as usize) as u32,
+                        Token::OutSend(key).encode(),
+                    )
+                };
+                if submitted.is_err() {
+                    client.connection_lost();
+                    return self.out_progress(key);
+                }
+                conn.send_in_flight = true;
+                conn.send_is_body = is_body;
+            } else if client.body_needed() || !client.output().is_empty() {
+                // body_sent() just queued the final dot: go round again.
+                return self.out_progress(key);
+            }
+        }
+        if !conn.recv_in_flight && !client.is_closed() {
+            let fd = conn.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+            // SAFETY: as for the send above, with `recv_buf`.
+            let submitted = unsafe {
+                self.ring.recv(
+                    fd,
+                    conn.recv_buf.as_mut_ptr(),
+                    RECV_BUFFER_BYTES as u32,
+                    Token::OutRecv(key).encode(),
+                )
+            };
+            if submitted.is_err() {
+                client.connection_lost();
+                return self.out_progress(key);
+            }
+            conn.recv_in_flight = true;
+        }
+        if !conn.idle && !conn.rate_wait {
+            let wait = match client.awaiting() {
+                Some(awaiting) => timeouts.for_reply(awaiting),
+                None => timeouts.data_block,
+            };
+            conn.deadline = Instant::now() + wait;
+        }
+    }
+
+    /// The client is idle: gives it the next message, or lets it wait.
+    fn out_next_transaction(&mut self, key: ConnKey) {
+        let now_ms = unix_ms();
+        let draining = self.draining.is_some();
+        let shard = self.id;
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        let Some(client) = conn.client.as_mut() else {
+            return;
+        };
+        if !client.is_idle() {
+            return;
+        }
+        let shaping = self.server.queues.shaping(&conn.destination);
+        if draining || conn.transactions >= shaping.messages_per_connection_max {
+            client.quit();
+            return;
+        }
+        let waiter = conn.waiter(shard);
+        loop {
+            let destination = self.outs.get_mut(key).expect("present").destination.clone();
+            match self.server.queues.take(&destination, waiter, now_ms) {
+                Take::Batch(items) => {
+                    if self.start_transaction(key, items) {
+                        return;
+                    }
+                }
+                Take::Idle => {
+                    let idle_timeout = self.server.delivery.idle_timeout;
+                    let conn = self.outs.get_mut(key).expect("present");
+                    conn.idle = true;
+                    conn.deadline = Instant::now() + idle_timeout;
+                    return;
+                }
+                Take::RateLimited { retry_ms } => {
+                    let conn = self.outs.get_mut(key).expect("present");
+                    conn.rate_wait = true;
+                    conn.deadline =
+                        Instant::now() + Duration::from_millis(retry_ms.saturating_sub(now_ms));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts a transaction for recipients of one message. `false` when
+    /// none of them is still undelivered (deleted, bounced meanwhile).
+    fn start_transaction(&mut self, key: ConnKey, items: Vec<QueuedRecipient>) -> bool {
+        let queue_id = items[0].queue_id;
+        let Some((record, statuses)) = self.load(queue_id) else {
+            return false;
+        };
+        let Ok(view) = record.message() else {
+            return false;
+        };
+        let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
+        let mut sent = Vec::with_capacity(items.len());
+        let mut recipients = Vec::with_capacity(items.len());
+        for item in items {
+            let index = item.recipient as usize;
+            let still_open = statuses.get(index).is_some_and(|s| !s.is_final());
+            if let (true, Some(address)) = (still_open, addresses.get(index)) {
+                recipients.push(address.to_vec());
+                sent.push(item);
+            }
+        }
+        if sent.is_empty() {
+            return false;
+        }
+        let envelope = Envelope {
+            reverse_path: view.reverse_path.to_vec(),
+            mail_params: without_size(view.mail_params),
+            recipients,
+            size: view.body.len() as u64,
+        };
+        let body_start = view.body.as_ptr() as usize - record.payload().as_ptr() as usize;
+        let body_len = view.body.len();
+        drop(addresses);
+        let conn = self.outs.get_mut(key).expect("present");
+        let client = conn.client.as_mut().expect("idle client");
+        if let Err(err) = client.send_message(envelope) {
+            tracing::error!(%err, %queue_id, "delivery: client refused an envelope");
+            let destination = conn.destination.clone();
+            let now_ms = unix_ms();
+            for item in sent {
+                let _ = self
+                    .server
+                    .queues
+                    .push(&destination, item, Status::Pending, now_ms);
+            }
+            return false;
+        }
+        conn.transactions += 1;
+        conn.current = Some(Current {
+            record,
+            body_start,
+            body_len,
+            body_done: 0,
+            sent,
+        });
+        true
+    }
+
+    /// The message's current record and recipient states, or `None` when
+    /// it is gone from the spool.
+    fn load(&self, queue_id: QueueId) -> Option<(Record, Vec<Status>)> {
+        let state = self.server.spool.message(queue_id)?;
+        match self.server.spool.read(state.body) {
+            Ok(record) => Some((record, state.statuses)),
+            Err(err) => {
+                tracing::error!(%queue_id, %err, "delivery: cannot read a queued message");
+                None
+            }
+        }
+    }
+
+    fn transaction_done(&mut self, key: ConnKey, per_recipient: Vec<Outcome>) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        let Some(current) = conn.current.take() else {
+            return;
+        };
+        let destination = conn.destination.clone();
+        let host = conn.host_label();
+        if per_recipient
+            .iter()
+            .any(|o| matches!(o, Outcome::Delivered(_)))
+        {
+            self.server.queues.succeeded(&destination);
+        }
+        let results = current.sent.into_iter().zip(per_recipient).collect();
+        self.settle_message(&destination, &current.record, results, host.as_deref());
+    }
+
+    /// The connection ended, as the client saw it.
+    fn out_closed(&mut self, key: ConnKey, reason: CloseReason) {
+        let now_ms = unix_ms();
+        let (pause, pause_max) = self.pause_ms();
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        let before_ready = !conn.ready_seen;
+        let after = match &reason {
+            // RFC 5321 §5.1: on to the next address when this one does not
+            // take mail at all.
+            CloseReason::GreetingRefused(reply) | CloseReason::HelloRefused(reply) => {
+                conn.last_error = format!(
+                    "{} said {}",
+                    conn.host_label().unwrap_or_default(),
+                    reply_text(reply)
+                );
+                After::NextHop
+            }
+            CloseReason::ConnectionLost if before_ready => {
+                conn.last_error = format!(
+                    "{}: {}",
+                    conn.host_label().unwrap_or_default(),
+                    if conn.last_error.is_empty() {
+                        "connection lost"
+                    } else {
+                        conn.last_error.as_str()
+                    }
+                );
+                After::NextHop
+            }
+            CloseReason::ServiceClosing(_) => {
+                // The server is overloaded or going away: slow down.
+                self.server
+                    .queues
+                    .failed(&conn.destination, pause, pause_max, now_ms);
+                After::Close
+            }
+            _ => After::Close,
+        };
+        tracing::debug!(destination = %conn.destination, ?reason, "delivery connection closed");
+        conn.after = Some(after);
+        self.out_settle(key);
+    }
+
+    /// Ends what is in flight, then moves on (next address, or free).
+    fn out_settle(&mut self, key: ConnKey) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        if conn.in_flight() {
+            if !conn.cancels_sent {
+                conn.cancels_sent = true;
+                for (busy, token) in [
+                    (conn.connect_in_flight, Token::Connect(key)),
+                    (conn.recv_in_flight, Token::OutRecv(key)),
+                    (conn.send_in_flight, Token::OutSend(key)),
+                ] {
+                    if busy {
+                        let _ = self.ring.cancel(token.encode(), Token::Cancel.encode());
+                    }
+                }
+            }
+            return;
+        }
+        if let Some(current) = conn.current.take() {
+            // Ended mid-transaction without the client's word: later.
+            let destination = conn.destination.clone();
+            let host = conn.host_label();
+            let reply = Reply::new(421, Some((4, 4, 2)), "connection lost");
+            let results = current
+                .sent
+                .into_iter()
+                .map(|item| (item, Outcome::Deferred(reply.clone())))
+                .collect();
+            self.settle_message(&destination, &current.record, results, host.as_deref());
+        }
+        let conn = self.outs.get_mut(key).expect("present");
+        conn.fd = None;
+        match conn.after.take() {
+            Some(After::NextHop) if self.draining.is_none() => self.connect_next(key),
+            _ => self.out_free(key),
+        }
+    }
+
+    fn out_free(&mut self, key: ConnKey) {
+        let shard = self.id;
+        if let Some(conn) = self.outs.remove(key) {
+            let waiter = conn.waiter(shard);
+            self.server
+                .queues
+                .closed(&conn.destination, Some(waiter));
+        }
+    }
+
+    /// The destination cannot take mail now (`Deferred`) or ever
+    /// (`Failed`): this connection ends, and when it was the only one, the
+    /// ready recipients share its fate instead of waiting for a connection
+    /// that will fail the same way.
+    fn destination_down(&mut self, key: ConnKey, outcome: Outcome) {
+        let now_ms = unix_ms();
+        let (pause, pause_max) = self.pause_ms();
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        let destination = conn.destination.clone();
+        conn.fd = None;
+        let permanent = matches!(outcome, Outcome::Failed(_));
+        let others = if permanent {
+            0
+        } else {
+            self.server
+                .queues
+                .failed(&destination, pause, pause_max, now_ms)
+        };
+        tracing::info!(
+            destination = %destination,
+            reply = %reply_text(outcome.reply()),
+            "destination unavailable"
+        );
+        if others == 0 {
+            let items = self.server.queues.drain_ready(&destination);
+            self.settle_items(&destination, items, &outcome);
+        }
+        self.out_free(key);
+    }
+
+    /// Settles queued recipients that never reached a connection, grouped
+    /// by message.
+    pub(super) fn settle_items(
+        &mut self,
+        destination: &Destination,
+        items: Vec<QueuedRecipient>,
+        outcome: &Outcome,
+    ) {
+        let mut start = 0;
+        while start < items.len() {
+            let queue_id = items[start].queue_id;
+            let end = items[start..]
+                .iter()
+                .position(|i| i.queue_id != queue_id)
+                .map_or(items.len(), |n| start + n);
+            if let Some((record, statuses)) = self.load(queue_id) {
+                let results = items[start..end]
+                    .iter()
+                    .filter(|i| statuses.get(i.recipient as usize).is_some_and(|s| !s.is_final()))
+                    .map(|i| (*i, outcome.clone()))
+                    .collect();
+                self.settle_message(destination, &record, results, None);
+            }
+            start = end;
+        }
+    }
+
+    /// Records what became of each recipient of one message: the outcome
+    /// goes to the spool, deferred recipients to the scheduled queue,
+    /// failed ones into one notification to the sender.
+    pub(super) fn settle_message(
+        &mut self,
+        destination: &Destination,
+        record: &Record,
+        results: Vec<(QueuedRecipient, Outcome)>,
+        host: Option<&str>,
+    ) {
+        let now_ms = unix_ms();
+        let Ok(view) = record.message() else {
+            return;
+        };
+        let mut failed: Vec<(QueuedRecipient, Reply)> = Vec::new();
+        for (item, outcome) in results {
+            let attempts = item.attempts + 1;
+            match outcome {
+                Outcome::Delivered(reply) => {
+                    self.record_outcome(&item, Status::Delivered, &reply, now_ms);
+                    self.server
+                        .metrics
+                        .recipients_delivered
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.log_outcome("delivered", destination, &view, &item, attempts, host, &reply, None);
+                }
+                Outcome::Deferred(reply) => match self.server.delivery.retry(attempts, view.arrival_ms, now_ms) {
+                    Retry::At {
+                        attempts,
+                        next_attempt_ms,
+                    } => {
+                        let status = Status::Deferred {
+                            attempts,
+                            next_attempt_ms,
+                        };
+                        self.record_outcome(&item, status, &reply, now_ms);
+                        self.server
+                            .metrics
+                            .recipients_deferred
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.log_outcome("deferred", destination, &view, &item, attempts, host, &reply, Some(next_attempt_ms));
+                        let item = QueuedRecipient { attempts, ..item };
+                        self.server
+                            .queues
+                            .schedule(destination, item, next_attempt_ms);
+                    }
+                    Retry::Expired { attempts } => {
+                        let reply = Reply::new(
+                            reply.code.max(400),
+                            Some((if reply.class() == 5 { 5 } else { 4 }, 4, 7)),
+                            format!(
+                                "delivery time expired after {attempts} attempts; last reply: {}",
+                                reply_text(&reply)
+                            ),
+                        );
+                        failed.push((QueuedRecipient { attempts, ..item }, reply));
+                    }
+                },
+                Outcome::Failed(reply) => failed.push((QueuedRecipient { attempts, ..item }, reply)),
+            }
+        }
+        for (item, reply) in &failed {
+            self.record_outcome(item, Status::Failed, reply, now_ms);
+            self.server
+                .metrics
+                .recipients_failed
+                .fetch_add(1, Ordering::Relaxed);
+            self.log_outcome("failed", destination, &view, item, item.attempts, host, reply, None);
+        }
+        if !failed.is_empty() {
+            self.bounce(&view, &failed, host);
+        }
+    }
+
+    fn record_outcome(&mut self, item: &QueuedRecipient, status: Status, reply: &Reply, now_ms: u64) {
+        let text = reply_text(reply);
+        let outcome = SpoolOutcome {
+            queue_id: item.queue_id,
+            recipient: item.recipient,
+            status,
+            time_ms: now_ms,
+            reply: text.as_bytes(),
+        };
+        if let Err(err) = self.writer.append_outcome(&outcome) {
+            tracing::error!(queue_id = %item.queue_id, %err, "spool: cannot record an outcome");
+        }
+    }
+
+    fn pause_ms(&self) -> (u64, u64) {
+        let d = &self.server.delivery;
+        (d.pause.as_millis() as u64, d.pause_max.as_millis() as u64)
+    }
+
+    /// Time: idle connections that waited long enough QUIT, rate-limited
+    /// ones ask again, silent servers time out, and the queue's timer runs.
+    pub(super) fn out_sweep(&mut self, now: Instant) {
+        let shard = self.id;
+        for key in self.outs.keys() {
+            let Some(conn) = self.outs.get_mut(key) else {
+                continue;
+            };
+            if conn.after.is_some() || now < conn.deadline {
+                continue;
+            }
+            if conn.rate_wait {
+                conn.rate_wait = false;
+                self.out_next_transaction(key);
+                self.out_progress(key);
+                continue;
+            }
+            if conn.idle {
+                conn.idle = false;
+                let waiter = conn.waiter(shard);
+                self.server.queues.unidle(&conn.destination, waiter);
+                if let Some(client) = conn.client.as_mut() {
+                    client.quit();
+                }
+                self.out_progress(key);
+                continue;
+            }
+            match conn.stage {
+                Stage::Resolving => {}
+                Stage::Connecting => {
+                    if conn.connect_in_flight && !conn.cancels_sent {
+                        conn.cancels_sent = true;
+                        let _ = self.ring.cancel(
+                            Token::Connect(key).encode(),
+                            Token::Cancel.encode(),
+                        );
+                    }
+                }
+                Stage::Smtp => {
+                    conn.last_error = "timed out waiting for the server".into();
+                    if let Some(client) = conn.client.as_mut() {
+                        client.connection_lost();
+                    }
+                    self.out_progress(key);
+                }
+            }
+        }
+        if self.draining.is_none() {
+            let actions = self.server.queues.plan(unix_ms());
+            self.act(actions);
+        }
+    }
+
+    /// Shutdown: idle connections QUIT, busy ones after their transaction,
+    /// those not yet connected are dropped.
+    pub(super) fn out_drain(&mut self) {
+        let shard = self.id;
+        for key in self.outs.keys() {
+            let Some(conn) = self.outs.get_mut(key) else {
+                continue;
+            };
+            if conn.after.is_some() {
+                continue;
+            }
+            if conn.idle {
+                conn.idle = false;
+                let waiter = conn.waiter(shard);
+                self.server.queues.unidle(&conn.destination, waiter);
+            }
+            match conn.client.as_mut() {
+                Some(client) if conn.stage == Stage::Smtp => {
+                    client.quit();
+                    self.out_progress(key);
+                }
+                _ => {
+                    conn.after = Some(After::Close);
+                    self.out_settle(key);
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn log_outcome(
+        &self,
+        event: &'static str,
+        destination: &Destination,
+        view: &baton_spool::MessageView<'_>,
+        item: &QueuedRecipient,
+        attempt: u32,
+        host: Option<&str>,
+        reply: &Reply,
+        next_attempt_ms: Option<u64>,
+    ) {
+        let recipient = view
+            .recipients()
+            .nth(item.recipient as usize)
+            .map(|r| String::from_utf8_lossy(r.address).into_owned())
+            .unwrap_or_default();
+        tracing::info!(
+            queue_id = %item.queue_id,
+            to = %recipient,
+            destination = %destination,
+            host = host.unwrap_or("-"),
+            attempt,
+            reply = %reply_text(reply),
+            next_attempt_ms,
+            "{event}"
+        );
+    }
+
+    fn bounce(
+        &mut self,
+        _view: &baton_spool::MessageView<'_>,
+        _failed: &[(QueuedRecipient, Reply)],
+        _host: Option<&str>,
+    ) {
+    }
+}
+
+impl Shard {
+    /// An operator's request, run on this shard for its spool writer.
+    pub(super) fn admin(&mut self, request: AdminRequest) -> AdminReply {
+        let now_ms = unix_ms();
+        match request {
+            AdminRequest::Flush(domain) => {
+                let destination = domain.map(|d| Destination::new(d.to_ascii_lowercase()));
+                let moved = self.server.queues.flush(destination.as_ref(), now_ms);
+                let actions = self.server.queues.plan(now_ms);
+                self.act(actions);
+                AdminReply {
+                    ok: true,
+                    recipients: moved,
+                    message: format!("{moved} deferred recipients due now"),
+                }
+            }
+            AdminRequest::Delete(queue_id) | AdminRequest::Bounce(queue_id) => {
+                let bounce = matches!(request, AdminRequest::Bounce(_));
+                let at = self.server.spool.message(queue_id).map(|m| m.body);
+                let (Some(at), Some((record, statuses))) = (at, self.load(queue_id)) else {
+                    return AdminReply {
+                        ok: false,
+                        recipients: 0,
+                        message: format!("no message {queue_id} in the queue"),
+                    };
+                };
+                let queued = self.server.queues.remove(queue_id);
+                let open: Vec<u32> = (0..statuses.len() as u32)
+                    .filter(|&i| !statuses[i as usize].is_final())
+                    .collect();
+                let item_of = |recipient: u32| {
+                    queued
+                        .iter()
+                        .find(|(_, q)| q.recipient == recipient)
+                        .map(|(_, q)| *q)
+                        .unwrap_or(QueuedRecipient {
+                            queue_id,
+                            recipient,
+                            message: at,
+                            attempts: 0,
+                        })
+                };
+                if bounce {
+                    let reply = Reply::new(550, Some((5, 0, 0)), "bounced by the administrator");
+                    let mut by_destination: Vec<(Destination, Vec<(QueuedRecipient, Outcome)>)> =
+                        Vec::new();
+                    let view = record.message().ok();
+                    for &recipient in &open {
+                        let address = view
+                            .as_ref()
+                            .and_then(|v| v.recipients().nth(recipient as usize))
+                            .map(|r| r.address)
+                            .unwrap_or_default();
+                        let destination = crate::route::destination_of(address);
+                        let entry = match by_destination.iter_mut().find(|(d, _)| *d == destination) {
+                            Some(entry) => entry,
+                            None => {
+                                by_destination.push((destination, Vec::new()));
+                                by_destination.last_mut().expect("pushed")
+                            }
+                        };
+                        entry.1.push((item_of(recipient), Outcome::Failed(reply.clone())));
+                    }
+                    // One notification for the message: settle it as one
+                    // batch under the first destination's name.
+                    let destination = by_destination
+                        .first()
+                        .map(|(d, _)| d.clone())
+                        .unwrap_or_else(|| Destination::new(""));
+                    let results = by_destination.into_iter().flat_map(|(_, r)| r).collect();
+                    self.settle_message(&destination, &record, results, None);
+                } else {
+                    let reply = Reply::new(250, None, "removed by the administrator");
+                    for &recipient in &open {
+                        self.record_outcome(&item_of(recipient), Status::Removed, &reply, now_ms);
+                    }
+                    tracing::info!(%queue_id, recipients = open.len(), "deleted by the administrator");
+                }
+                AdminReply {
+                    ok: true,
+                    recipients: open.len(),
+                    message: format!(
+                        "{} {} recipients of {queue_id}",
+                        if bounce { "bounced" } else { "deleted" },
+                        open.len()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// A reply on one line: `550 5.1.1 No such user`.
+pub(crate) fn reply_text(reply: &Reply) -> String {
+    let mut text = format!("{}", reply.code);
+    if let Some((a, b, c)) = reply.enhanced {
+        text.push_str(&format!(" {a}.{b}.{c}"));
+    }
+    for line in &reply.lines {
+        if !line.is_empty() {
+            text.push(' ');
+            text.extend(line.chars().map(|c| if c.is_control() { ' ' } else { c }));
+        }
+    }
+    text
+}
+
+/// MAIL parameters as stored, without `SIZE=`: the client adds its own.
+fn without_size(params: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(params.len());
+    for param in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
+        if param.len() >= 5 && param[..5].eq_ignore_ascii_case(b"SIZE=") {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b' ');
+        }
+        out.extend_from_slice(param);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_is_dropped_and_the_rest_kept() {
+        assert_eq!(without_size(b"SIZE=123 BODY=8BITMIME"), b"BODY=8BITMIME");
+        assert_eq!(without_size(b"body=8bitmime size=9 SMTPUTF8"), b"body=8bitmime SMTPUTF8");
+        assert_eq!(without_size(b""), b"");
+    }
+
+    #[test]
+    fn replies_fit_one_line() {
+        let reply = Reply {
+            code: 550,
+            enhanced: Some((5, 1, 1)),
+            lines: vec!["No such\r\nuser".into(), "here".into()],
+        };
+        assert_eq!(reply_text(&reply), "550 5.1.1 No such  user here");
+    }
+}
