@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_spool::SyncMode;
@@ -14,6 +15,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::duration::parse_duration;
+use super::NextHop;
 
 /// Lays `over` onto `base`, key by key: tables merge, anything else
 /// (including arrays such as `[[listener]]`) replaces the default whole.
@@ -80,6 +82,20 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
     )
 }
 
+struct ListedDuration(Duration);
+
+impl<'de> Deserialize<'de> for ListedDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ListedDuration, D::Error> {
+        duration(d).map(ListedDuration)
+    }
+}
+
+/// `["1m", "5m", "1h"]`.
+pub(super) fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let durations = Vec::<ListedDuration>::deserialize(d)?;
+    Ok(durations.into_iter().map(|d| d.0).collect())
+}
+
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
     text.parse().map_err(|_| {
         format!(
@@ -95,6 +111,20 @@ pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr,
         "an address and port such as \"127.0.0.1:2525\"",
         parse_socket_addr,
     )
+}
+
+struct ListedSocketAddr(SocketAddr);
+
+impl<'de> Deserialize<'de> for ListedSocketAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ListedSocketAddr, D::Error> {
+        socket_addr(d).map(ListedSocketAddr)
+    }
+}
+
+/// `["192.0.2.53:53", "[2001:db8::53]:53"]`.
+pub(super) fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let addresses = Vec::<ListedSocketAddr>::deserialize(d)?;
+    Ok(addresses.into_iter().map(|a| a.0).collect())
 }
 
 /// Like [`socket_addr`], but `""` means "off".
@@ -118,6 +148,68 @@ pub(super) fn sync_mode<'de, D: Deserializer<'de>>(d: D) -> Result<SyncMode, D::
             format!("unknown sync mode {text:?}; expected \"group\", \"always\" or \"none\"")
         })
     })
+}
+
+/// A path where `""` means "none".
+pub(super) fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    String::deserialize(d).map(|text| (!text.is_empty()).then(|| PathBuf::from(text)))
+}
+
+/// A string compared without regard to case (domains), lowercased once here.
+pub(super) fn lowercase<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    String::deserialize(d).map(|text| text.to_ascii_lowercase())
+}
+
+/// `"host:port"`, `"192.0.2.1:25"`, `"[2001:db8::1]:25"`. The host is kept
+/// as text, lowercased if a name and in canonical form if an address; a
+/// name's syntax and port 0 are left to `validate`.
+fn parse_next_hop(text: &str) -> Result<NextHop, String> {
+    let expected = "expected host:port, such as \"smtp.example.net:587\" or \"[2001:db8::1]:25\"";
+    let (host, port) = if let Some(bracketed) = text.strip_prefix('[') {
+        let (v6, port) = bracketed
+            .split_once(']')
+            .ok_or_else(|| format!("{text:?} has no closing ']'; {expected}"))?;
+        let v6: Ipv6Addr = v6
+            .parse()
+            .map_err(|_| format!("{v6:?} in {text:?} is not an IPv6 address; {expected}"))?;
+        let port = port
+            .strip_prefix(':')
+            .ok_or_else(|| format!("{text:?} has no port; {expected}"))?;
+        (v6.to_string(), port)
+    } else {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{text:?} has no port; {expected}"))?;
+        if host.contains(':') {
+            return Err(format!(
+                "{text:?}: an IPv6 address needs brackets, as in \"[2001:db8::1]:25\""
+            ));
+        }
+        let host = match host.parse::<IpAddr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => host.to_ascii_lowercase(),
+        };
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err(format!("{text:?} has no host; {expected}"));
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} has no port; {expected}"));
+    }
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("port {port} in {text:?} is over 65535"))?;
+    Ok(NextHop { host, port })
+}
+
+/// A `[[route]]`'s `next_hop`.
+pub(super) fn next_hop<'de, D: Deserializer<'de>>(d: D) -> Result<NextHop, D::Error> {
+    from_text(
+        d,
+        "a host and port such as \"smtp.example.net:587\"",
+        parse_next_hop,
+    )
 }
 
 /// A size where `0` means "no limit".
@@ -171,6 +263,47 @@ mod tests {
         assert_eq!(parse_network("::1"), Ok("::1/128".parse().unwrap()));
         assert!(parse_network("10.0.0.0/33").is_err());
         assert!(parse_network("localhost").is_err());
+    }
+
+    #[test]
+    fn next_hops_parse_names_v4_and_bracketed_v6() {
+        let hop = |host: &str, port| NextHop {
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!(
+            parse_next_hop("SMTP.Example.net:587"),
+            Ok(hop("smtp.example.net", 587))
+        );
+        assert_eq!(parse_next_hop("192.0.2.1:25"), Ok(hop("192.0.2.1", 25)));
+        assert_eq!(
+            parse_next_hop("[2001:DB8:0::1]:2525"),
+            Ok(hop("2001:db8::1", 2525))
+        );
+        // Port 0 parses; `validate` refuses it with the key's name.
+        assert_eq!(parse_next_hop("relay:0"), Ok(hop("relay", 0)));
+        for (bad, why) in [
+            ("smtp.example.net", "no port"),
+            ("smtp.example.net:", "no port"),
+            ("[::1]", "no port"),
+            ("[::1]25", "no port"),
+            ("[::1:25", "closing"),
+            ("[example.net]:25", "not an IPv6"),
+            ("2001:db8::1:25", "brackets"),
+            (":25", "no host"),
+            ("relay:65536", "over 65535"),
+            ("relay:+25", "no port"),
+        ] {
+            let error = parse_next_hop(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn next_hop_displays_as_written() {
+        for text in ["smtp.example.net:587", "192.0.2.1:25", "[2001:db8::1]:25"] {
+            assert_eq!(parse_next_hop(text).unwrap().to_string(), text);
+        }
     }
 
     #[test]

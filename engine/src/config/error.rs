@@ -6,6 +6,8 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::validate::Invalid;
+
 /// What is wrong with a configuration, and where: displayed as
 /// `<origin>:<line>:<column>: <key>: <message>`, e.g.
 /// `baton.toml:12:21: limits.message_bytes_max: must be more than 0`.
@@ -92,7 +94,8 @@ impl ConfigError {
         let message = error
             .message()
             .trim_end()
-            .replacen("unknown field", "unknown key", 1);
+            .replacen("unknown field", "unknown key", 1)
+            .replacen("missing field", "missing key", 1);
         ConfigError {
             origin: origin.to_owned(),
             position: span.map(|span| position(text, span.start)),
@@ -101,18 +104,27 @@ impl ConfigError {
         }
     }
 
-    /// A rule failed on `key` after deserialization; the position is where
-    /// the file writes `key`'s value, if it does.
+    /// A rule failed on a key after deserialization; the position is where
+    /// the file writes that key's value, if it does. A rule between two keys
+    /// (`pause <= pause_max`) names the one the file writes, so the error
+    /// points at the line that broke it.
     pub(super) fn invalid(
         origin: &str,
         text: &str,
         file: &DeTable<'_>,
-        key: String,
-        message: String,
+        invalid: Invalid,
     ) -> ConfigError {
+        let Invalid { key, message, also } = invalid;
+        let written = std::iter::once(key.clone())
+            .chain(also)
+            .find_map(|key| span_of(file, &key).map(|span| (key, span)));
+        let (key, position) = match written {
+            Some((key, span)) => (key, Some(position(text, span.start))),
+            None => (key, None),
+        };
         ConfigError {
             origin: origin.to_owned(),
-            position: span_of(file, &key).map(|span| position(text, span.start)),
+            position,
             key,
             message,
         }

@@ -10,14 +10,18 @@
 //! Unknown keys are errors, so a typo cannot silently leave a default in
 //! place.
 //!
+//! - `delivery`: the sections delivery reads (`[delivery]`, `[dns]`,
+//!   `[shaping]`, `[[route]]`, `[[destination]]`) and the per-domain
+//!   lookups over them.
 //! - `de`: the merge, and the values TOML has no type for (durations,
-//!   addresses, networks).
+//!   addresses, networks, next hops).
 //! - `validate`: the rules beyond types (RFC 5321 minimums, alignment).
 //! - `error`: [`ConfigError`], and mapping byte offsets to keys and lines.
 
 #![forbid(unsafe_code)]
 
 mod de;
+mod delivery;
 mod duration;
 mod error;
 mod validate;
@@ -31,6 +35,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::de::DeTable;
 
+pub use delivery::{DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Shaping};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
 
@@ -53,6 +58,15 @@ pub struct Config {
     pub limits: Limits,
     pub smtp: SmtpSettings,
     pub relay: RelayConfig,
+    pub delivery: DeliveryConfig,
+    pub dns: DnsConfig,
+    pub shaping: Shaping,
+    /// `[[route]]` tables; none by default. See [`Config::route_for`].
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteConfig>,
+    /// `[[destination]]` tables; none by default. See [`Config::shaping_for`].
+    #[serde(rename = "destination", default)]
+    pub destinations: Vec<DestinationConfig>,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -177,6 +191,9 @@ pub struct AdminConfig {
 pub struct LogConfig {
     /// A tracing `EnvFilter` directive, e.g. `"info"` or `"baton=debug,warn"`.
     pub level: String,
+    /// The delivery event log (JSON lines); `None` = none (`""` in the file).
+    #[serde(deserialize_with = "de::optional_path")]
+    pub events: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -206,11 +223,13 @@ impl Config {
         // error at points into `text`; the defaults are tested valid.
         let mut config = Config::deserialize(toml::de::Deserializer::from(merged))
             .map_err(|e| ConfigError::deserialize(origin, text, file.get_ref(), &e))?;
-        validate::validate(&config).map_err(|invalid| {
-            ConfigError::invalid(origin, text, file.get_ref(), invalid.key, invalid.message)
-        })?;
+        validate::validate(&config)
+            .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
         if config.server.hostname.is_empty() {
             config.server.hostname = machine_hostname();
+        }
+        if config.delivery.helo_name.is_empty() {
+            config.delivery.helo_name = config.server.hostname.clone();
         }
         Ok(config)
     }
@@ -287,19 +306,112 @@ mod tests {
         assert!(c.smtp.chunking);
         let networks: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
         assert_eq!(c.relay.networks, networks);
+        let d = &c.delivery;
+        assert_eq!(d.helo_name, c.server.hostname);
+        assert_eq!(d.mx_port, 25);
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        assert_eq!(d.retry_schedule, [1, 5, 15, 30, 60, 120, 240].map(minutes));
+        assert_eq!(d.max_age, Duration::from_secs(5 * 86_400));
+        assert_eq!(d.connect_timeout, Duration::from_secs(30));
+        assert_eq!(d.greeting_timeout, minutes(5));
+        assert_eq!(d.helo_timeout, minutes(5));
+        assert_eq!(d.mail_timeout, minutes(5));
+        assert_eq!(d.rcpt_timeout, minutes(5));
+        assert_eq!(d.data_timeout, minutes(2));
+        assert_eq!(d.data_block_timeout, minutes(3));
+        assert_eq!(d.dot_timeout, minutes(10));
+        assert_eq!(d.idle_timeout, Duration::from_secs(2));
+        assert_eq!(d.pause, Duration::from_secs(1));
+        assert_eq!(d.pause_max, minutes(5));
+        assert!(c.dns.nameservers.is_empty());
+        assert_eq!(c.dns.timeout, Duration::from_secs(5));
+        assert_eq!(c.dns.attempts, 2);
+        assert_eq!(
+            c.shaping,
+            Shaping {
+                connections_max: 20,
+                messages_per_connection_max: 1000,
+                recipients_per_transaction_max: 100,
+                message_rate_max: 0,
+            }
+        );
+        assert!(c.routes.is_empty());
+        assert!(c.destinations.is_empty());
+        assert_eq!(c.route_for("example.org"), None);
+        assert_eq!(c.shaping_for("example.org"), c.shaping);
         assert_eq!(c.admin.address, Some("127.0.0.1:8025".parse().unwrap()));
         assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.events, None);
     }
 
+    /// The arrays of tables that are empty by default, so `DEFAULT_CONFIG`
+    /// shows them only as commented-out examples; the only fields with a
+    /// serde default (and, in `[[destination]]`, the optional keys).
+    const COMMENTED_ARRAY_TABLES: [&str; 2] = ["route", "destination"];
+
     /// Deserialized without the merge, so a key missing from
-    /// `DEFAULT_CONFIG` fails here (no field has a serde default).
+    /// `DEFAULT_CONFIG` fails here (no field has a serde default but
+    /// [`COMMENTED_ARRAY_TABLES`]).
     #[test]
     fn default_config_has_every_key() {
         let strict: Config = toml::from_str(DEFAULT_CONFIG).unwrap();
         let mut strict_resolved = strict.clone();
         strict_resolved.server.hostname = machine_hostname();
+        strict_resolved.delivery.helo_name = machine_hostname();
         assert_eq!(strict_resolved, Config::default());
         assert_eq!(strict.server.hostname, "");
+        assert_eq!(strict.delivery.helo_name, "");
+    }
+
+    /// The commented-out example of one of [`COMMENTED_ARRAY_TABLES`],
+    /// uncommented: from its `# [[name]]` line to the next line that is not
+    /// a `#` comment.
+    fn commented_example(name: &str) -> String {
+        let header = format!("# [[{name}]]");
+        let lines: Vec<&str> = DEFAULT_CONFIG
+            .lines()
+            .skip_while(|line| !line.starts_with(&header))
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| line.strip_prefix("# ").unwrap_or(""))
+            .collect();
+        assert!(!lines.is_empty(), "no example of [[{name}]]");
+        lines.join("\n")
+    }
+
+    /// Each array of tables left out of `DEFAULT_CONFIG` has an example
+    /// there that sets every key it has, and the example is valid.
+    #[test]
+    fn default_config_shows_commented_array_tables() {
+        let route = commented_example("route");
+        let c = parse(&route).unwrap();
+        assert_eq!(
+            c.routes,
+            [RouteConfig {
+                domain: "*".into(),
+                next_hop: NextHop {
+                    host: "smtp.example.net".into(),
+                    port: 587
+                },
+            }]
+        );
+        let destination = commented_example("destination");
+        let c = parse(&destination).unwrap();
+        assert_eq!(
+            c.destinations,
+            [DestinationConfig {
+                domain: "gmail.com".into(),
+                connections_max: Some(10),
+                messages_per_connection_max: Some(100),
+                recipients_per_transaction_max: Some(100),
+                message_rate_max: Some(50),
+            }]
+        );
+        // Nothing else in the file is an example of an array of tables.
+        let examples = DEFAULT_CONFIG
+            .lines()
+            .filter(|line| line.starts_with("# [["))
+            .count();
+        assert_eq!(examples, COMMENTED_ARRAY_TABLES.len());
     }
 
     /// Every key in `DEFAULT_CONFIG`, flattened, each with a comment on the
@@ -350,8 +462,31 @@ mod tests {
             "smtp.bare_line_endings",
             "smtp.chunking",
             "relay.networks",
+            "delivery.helo_name",
+            "delivery.mx_port",
+            "delivery.retry_schedule",
+            "delivery.max_age",
+            "delivery.connect_timeout",
+            "delivery.greeting_timeout",
+            "delivery.helo_timeout",
+            "delivery.mail_timeout",
+            "delivery.rcpt_timeout",
+            "delivery.data_timeout",
+            "delivery.data_block_timeout",
+            "delivery.dot_timeout",
+            "delivery.idle_timeout",
+            "delivery.pause",
+            "delivery.pause_max",
+            "dns.nameservers",
+            "dns.timeout",
+            "dns.attempts",
+            "shaping.connections_max",
+            "shaping.messages_per_connection_max",
+            "shaping.recipients_per_transaction_max",
+            "shaping.message_rate_max",
             "admin.address",
             "log.level",
+            "log.events",
         ];
         assert_eq!(keys, expected);
     }
@@ -383,6 +518,43 @@ mod tests {
         assert!(c.smtp.chunking);
         assert_eq!(c.relay.networks, ["10.0.0.0/8".parse::<IpNet>().unwrap()]);
         assert_eq!(c.admin.address, None);
+    }
+
+    #[test]
+    fn delivery_dns_and_log_keys_override() {
+        let c = parse(
+            "[server]\nhostname = \"mx.example.com\"\n\n\
+             [delivery]\nmx_port = 2526\nretry_schedule = [\"250ms\", \"1s\"]\n\
+             max_age = \"5d\"\npause = \"0s\"\npause_max = \"0s\"\n\n\
+             [dns]\nnameservers = [\"192.0.2.53:53\", \"[2001:db8::53]:5353\"]\nattempts = 1\n\n\
+             [log]\nevents = \"/var/log/baton/events.jsonl\"\n",
+        )
+        .unwrap();
+        let d = &c.delivery;
+        assert_eq!(d.helo_name, "mx.example.com");
+        assert_eq!(d.mx_port, 2526);
+        assert_eq!(
+            d.retry_schedule,
+            [Duration::from_millis(250), Duration::from_secs(1)]
+        );
+        assert_eq!(d.max_age, Duration::from_secs(5 * 24 * 3600));
+        assert_eq!((d.pause, d.pause_max), (Duration::ZERO, Duration::ZERO));
+        assert_eq!(d.dot_timeout, Duration::from_secs(600));
+        let nameservers: Vec<SocketAddr> = vec![
+            "192.0.2.53:53".parse().unwrap(),
+            "[2001:db8::53]:5353".parse().unwrap(),
+        ];
+        assert_eq!(c.dns.nameservers, nameservers);
+        assert_eq!(c.dns.attempts, 1);
+        assert_eq!(c.dns.timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.log.events,
+            Some(PathBuf::from("/var/log/baton/events.jsonl"))
+        );
+
+        let c = parse("delivery.helo_name = \"out.example.com\"\n").unwrap();
+        assert_eq!(c.delivery.helo_name, "out.example.com");
+        assert_eq!(c.server.hostname, machine_hostname());
     }
 
     #[test]
@@ -482,11 +654,51 @@ mod tests {
                 "relay.networks[1]",
                 3,
             ),
+            (
+                "[delivery]\nretry_schedule = [\"1m\",\n  \"5 minutes\"]\n",
+                "delivery.retry_schedule[1]",
+                3,
+            ),
+            (
+                "[delivery]\nretry_schedule = \"1m\"\n",
+                "delivery.retry_schedule",
+                2,
+            ),
+            ("[delivery]\nmx_port = 65536\n", "delivery.mx_port", 2),
+            (
+                "[dns]\nnameservers = [\"192.0.2.53\"]\n",
+                "dns.nameservers[0]",
+                2,
+            ),
+            ("[log]\nevents = false\n", "log.events", 2),
+            (
+                "[[route]]\ndomain = \"*\"\nnext_hop = \"smtp.example.net\"\n",
+                "route[0].next_hop",
+                3,
+            ),
+            (
+                "[[route]]\ndomain = \"*\"\nnext_hop = \"2001:db8::1:25\"\n",
+                "route[0].next_hop",
+                3,
+            ),
+            ("[[route]]\ndomain = \"*\"\n", "route[0]", 1),
+            (
+                "[[destination]]\ndomain = \"a.example\"\nconnection_max = 1\n",
+                "destination[0].connection_max",
+                3,
+            ),
+            (
+                "[[destination]]\ndomain = \"a.example\"\nmessage_rate_max = -1\n",
+                "destination[0].message_rate_max",
+                3,
+            ),
         ];
         for (text, key, line) in cases {
             let error = parse(text).unwrap_err();
             assert_eq!((error.key(), error.line()), (key, Some(line)), "{error}");
         }
+        let error = parse("[[route]]\ndomain = \"*\"\n").unwrap_err();
+        assert_eq!(error.message(), "missing key `next_hop`", "{error}");
     }
 
     #[test]

@@ -1,21 +1,38 @@
 //! The rules a configuration must meet beyond its types. Each failure names
 //! the key at fault; [`super::Config::parse`] adds the line.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
-use super::{Config, Limits, ServerConfig, SpoolSettings};
+use super::{
+    Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, RouteConfig, ServerConfig,
+    Shaping, SpoolSettings,
+};
 
-/// A rule `key` breaks.
+/// A rule `key` breaks. `also` is the other key of a rule between two
+/// (`pause <= pause_max`): the error names it instead when the file writes
+/// only that one.
 #[derive(Debug)]
 pub(super) struct Invalid {
     pub key: String,
     pub message: String,
+    pub also: Option<String>,
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid {
         key: key.into(),
         message: message.into(),
+        also: None,
+    }
+}
+
+/// A rule between `key` and `also`.
+fn invalid_pair(key: &str, also: &str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        also: Some(also.to_owned()),
+        ..invalid(key, message)
     }
 }
 
@@ -68,6 +85,11 @@ pub(super) const RECIPIENTS_PER_MESSAGE_MAX: usize = 100_000;
 /// RFC 1035 §2.3.4: 255 octets on the wire leave 253 characters of name.
 const HOSTNAME_BYTES_MAX: usize = 253;
 const HOSTNAME_LABEL_BYTES_MAX: usize = 63;
+/// Steps in `delivery.retry_schedule`; the last one repeats, so a long
+/// list is never needed.
+pub(super) const RETRY_SCHEDULE_STEPS_MAX: usize = 64;
+/// Tries per DNS query; each waits up to `dns.timeout`.
+pub(super) const DNS_ATTEMPTS_MAX: usize = 16;
 
 /// Checks every rule, stopping at the first that fails.
 pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
@@ -75,6 +97,11 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     listeners(config)?;
     spool(&config.spool)?;
     limits(&config.limits)?;
+    delivery(&config.delivery)?;
+    dns(&config.dns)?;
+    shaping(&config.shaping)?;
+    routes(&config.routes)?;
+    destinations(&config.destinations)?;
     if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(invalid(
             "log.level",
@@ -121,6 +148,28 @@ fn hostname(name: &str) -> Result<(), String> {
                 "{name:?} is not a domain name (dot-separated labels of letters, digits and inner hyphens)"
             ));
         }
+    }
+    Ok(())
+}
+
+/// A domain as a destination or EHLO names it: a domain name, or an
+/// address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`, RFC 5321 §4.1.3).
+fn domain(name: &str) -> Result<(), String> {
+    let Some(literal) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) else {
+        return hostname(name);
+    };
+    let v6 = literal
+        .get(..5)
+        .filter(|tag| tag.eq_ignore_ascii_case("ipv6:"))
+        .map(|_| &literal[5..]);
+    let ok = match v6 {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => literal.parse::<Ipv4Addr>().is_ok(),
+    };
+    if !ok {
+        return Err(format!(
+            "{name:?} is not an address literal such as \"[192.0.2.1]\" or \"[IPv6:2001:db8::1]\""
+        ));
     }
     Ok(())
 }
@@ -249,9 +298,179 @@ fn limits(limits: &Limits) -> Result<(), Invalid> {
     Ok(())
 }
 
+fn delivery(delivery: &DeliveryConfig) -> Result<(), Invalid> {
+    // An empty name is filled in from `server.hostname` after validation.
+    if !delivery.helo_name.is_empty() {
+        domain(&delivery.helo_name).map_err(|message| invalid("delivery.helo_name", message))?;
+    }
+    at_least("delivery.mx_port", delivery.mx_port, 1, "")?;
+    let schedule = &delivery.retry_schedule;
+    if schedule.is_empty() {
+        return Err(invalid(
+            "delivery.retry_schedule",
+            "needs at least one wait, such as [\"5m\"]",
+        ));
+    }
+    if schedule.len() > RETRY_SCHEDULE_STEPS_MAX {
+        return Err(invalid(
+            "delivery.retry_schedule",
+            format!(
+                "must have at most {RETRY_SCHEDULE_STEPS_MAX} waits (the last repeats), not {}",
+                schedule.len()
+            ),
+        ));
+    }
+    for (i, wait) in schedule.iter().enumerate() {
+        positive(&format!("delivery.retry_schedule[{i}]"), *wait)?;
+    }
+    for (key, timeout) in [
+        ("delivery.max_age", delivery.max_age),
+        ("delivery.connect_timeout", delivery.connect_timeout),
+        ("delivery.greeting_timeout", delivery.greeting_timeout),
+        ("delivery.helo_timeout", delivery.helo_timeout),
+        ("delivery.mail_timeout", delivery.mail_timeout),
+        ("delivery.rcpt_timeout", delivery.rcpt_timeout),
+        ("delivery.data_timeout", delivery.data_timeout),
+        ("delivery.data_block_timeout", delivery.data_block_timeout),
+        ("delivery.dot_timeout", delivery.dot_timeout),
+    ] {
+        positive(key, timeout)?;
+    }
+    // `idle_timeout` and `pause` may be 0: QUIT at once, retry at once.
+    if delivery.pause > delivery.pause_max {
+        return Err(invalid_pair(
+            "delivery.pause",
+            "delivery.pause_max",
+            format!(
+                "delivery.pause ({:?}) must not be longer than delivery.pause_max ({:?})",
+                delivery.pause, delivery.pause_max
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, duration: Duration) -> Result<(), Invalid> {
+    if duration.is_zero() {
+        return Err(invalid(key, "must be longer than 0"));
+    }
+    Ok(())
+}
+
+fn dns(dns: &DnsConfig) -> Result<(), Invalid> {
+    for (i, nameserver) in dns.nameservers.iter().enumerate() {
+        if nameserver.port() == 0 {
+            return Err(invalid(
+                format!("dns.nameservers[{i}]"),
+                format!("{nameserver} has port 0; DNS is on port 53"),
+            ));
+        }
+    }
+    positive("dns.timeout", dns.timeout)?;
+    at_least("dns.attempts", dns.attempts, 1, "")?;
+    at_most("dns.attempts", dns.attempts, DNS_ATTEMPTS_MAX)
+}
+
+fn shaping(shaping: &Shaping) -> Result<(), Invalid> {
+    at_least("shaping.connections_max", shaping.connections_max, 1, "")?;
+    at_least(
+        "shaping.messages_per_connection_max",
+        shaping.messages_per_connection_max,
+        1,
+        "",
+    )?;
+    // Over 100 is allowed: a peer that takes fewer answers 452 for the
+    // rest, a temporary failure (RFC 5321 §4.5.3.1.10).
+    at_least(
+        "shaping.recipients_per_transaction_max",
+        shaping.recipients_per_transaction_max,
+        1,
+        "",
+    )
+}
+
+/// A `[[route]]` or `[[destination]]` domain; `"*"` only where `wildcard`.
+fn table_domain(key: &str, name: &str, wildcard: bool) -> Result<(), Invalid> {
+    if name.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if name == "*" {
+        if wildcard {
+            return Ok(());
+        }
+        return Err(invalid(
+            key,
+            "\"*\" is not a domain; [shaping] covers every domain",
+        ));
+    }
+    domain(name).map_err(|message| invalid(key, message))
+}
+
+/// Remembers the first table `i` of each domain; a second is an error.
+fn unique_domain<'c>(
+    seen: &mut HashMap<&'c str, usize>,
+    table: &str,
+    i: usize,
+    name: &'c str,
+) -> Result<(), Invalid> {
+    if let Some(first) = seen.insert(name, i) {
+        return Err(invalid(
+            format!("{table}[{i}].domain"),
+            format!("{name:?} is already the domain of {table}[{first}]"),
+        ));
+    }
+    Ok(())
+}
+
+fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
+    let mut seen = HashMap::new();
+    for (i, route) in routes.iter().enumerate() {
+        table_domain(&format!("route[{i}].domain"), &route.domain, true)?;
+        unique_domain(&mut seen, "route", i, &route.domain)?;
+        let key = format!("route[{i}].next_hop");
+        let hop = &route.next_hop;
+        if hop.ip().is_none() {
+            hostname(&hop.host).map_err(|message| invalid(&key, message))?;
+        }
+        if hop.port == 0 {
+            return Err(invalid(key, format!("{hop}: port 0 is not a port")));
+        }
+    }
+    Ok(())
+}
+
+fn destinations(destinations: &[DestinationConfig]) -> Result<(), Invalid> {
+    let mut seen = HashMap::new();
+    for (i, destination) in destinations.iter().enumerate() {
+        table_domain(
+            &format!("destination[{i}].domain"),
+            &destination.domain,
+            false,
+        )?;
+        unique_domain(&mut seen, "destination", i, &destination.domain)?;
+        for (name, value) in [
+            ("connections_max", destination.connections_max),
+            (
+                "messages_per_connection_max",
+                destination.messages_per_connection_max,
+            ),
+            (
+                "recipients_per_transaction_max",
+                destination.recipients_per_transaction_max,
+            ),
+        ] {
+            if let Some(value) = value {
+                at_least(&format!("destination[{i}].{name}"), value, 1, "")?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Config;
+    use super::RETRY_SCHEDULE_STEPS_MAX;
 
     /// Parses `text` and expects an error on `key` at `line`, whose message
     /// contains `needle`.
@@ -459,6 +678,197 @@ mod tests {
             "admin.address",
             2,
             "also an SMTP listener",
+        );
+    }
+
+    #[test]
+    fn delivery_rules() {
+        rejects(
+            "[delivery]\nmx_port = 0\n",
+            "delivery.mx_port",
+            2,
+            "at least 1",
+        );
+        rejects(
+            "[delivery]\nhelo_name = \"out bound\"\n",
+            "delivery.helo_name",
+            2,
+            "domain",
+        );
+        rejects(
+            "[delivery]\nhelo_name = \"[192.0.2.300]\"\n",
+            "delivery.helo_name",
+            2,
+            "address literal",
+        );
+        rejects(
+            "[delivery]\nretry_schedule = []\n",
+            "delivery.retry_schedule",
+            2,
+            "at least one",
+        );
+        rejects(
+            "[delivery]\nretry_schedule = [\n  \"1m\",\n  \"0s\",\n]\n",
+            "delivery.retry_schedule[1]",
+            4,
+            "longer than 0",
+        );
+        let too_many = vec!["\"1m\""; RETRY_SCHEDULE_STEPS_MAX + 1].join(", ");
+        rejects(
+            &format!("[delivery]\nretry_schedule = [{too_many}]\n"),
+            "delivery.retry_schedule",
+            2,
+            "at most 64",
+        );
+        for key in [
+            "max_age",
+            "connect_timeout",
+            "greeting_timeout",
+            "helo_timeout",
+            "mail_timeout",
+            "rcpt_timeout",
+            "data_timeout",
+            "data_block_timeout",
+            "dot_timeout",
+        ] {
+            rejects(
+                &format!("[delivery]\n\n{key} = \"0s\"\n"),
+                &format!("delivery.{key}"),
+                3,
+                "longer than 0",
+            );
+        }
+        let c = Config::parse(
+            "[delivery]\nhelo_name = \"[IPv6:2001:db8::1]\"\nidle_timeout = \"0s\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.delivery.helo_name, "[IPv6:2001:db8::1]");
+    }
+
+    #[test]
+    fn pause_not_past_pause_max_names_the_key_written() {
+        rejects(
+            "[delivery]\npause = \"10m\"\n",
+            "delivery.pause",
+            2,
+            "pause_max (300s)",
+        );
+        rejects(
+            "[delivery]\n\npause_max = \"100ms\"\n",
+            "delivery.pause_max",
+            3,
+            "pause (1s)",
+        );
+        rejects(
+            "[delivery]\npause_max = \"1m\"\npause = \"2m\"\n",
+            "delivery.pause",
+            3,
+            "longer than",
+        );
+        Config::parse("delivery.pause = \"5m\"", "t").unwrap();
+    }
+
+    #[test]
+    fn dns_rules() {
+        rejects("[dns]\nattempts = 0\n", "dns.attempts", 2, "at least 1");
+        rejects("[dns]\nattempts = 17\n", "dns.attempts", 2, "at most 16");
+        rejects(
+            "[dns]\ntimeout = \"0s\"\n",
+            "dns.timeout",
+            2,
+            "longer than 0",
+        );
+        rejects(
+            "[dns]\nnameservers = [\"192.0.2.53:53\", \"192.0.2.54:0\"]\n",
+            "dns.nameservers[1]",
+            2,
+            "port 0",
+        );
+    }
+
+    #[test]
+    fn shaping_minimums() {
+        for key in [
+            "connections_max",
+            "messages_per_connection_max",
+            "recipients_per_transaction_max",
+        ] {
+            rejects(
+                &format!("[shaping]\n{key} = 0\n"),
+                &format!("shaping.{key}"),
+                2,
+                "at least 1",
+            );
+            rejects(
+                &format!("[[destination]]\ndomain = \"a.example\"\n{key} = 0\n"),
+                &format!("destination[0].{key}"),
+                3,
+                "at least 1",
+            );
+        }
+        // Past RFC 5321's 100 a peer may refuse recipients, but may not.
+        Config::parse(
+            "shaping.recipients_per_transaction_max = 1000\nshaping.message_rate_max = 0\n",
+            "t",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn route_rules() {
+        let route = |domain: &str, next_hop: &str| {
+            format!("[[route]]\ndomain = \"{domain}\"\nnext_hop = \"{next_hop}\"\n")
+        };
+        rejects(&route("", "relay:25"), "route[0].domain", 2, "empty");
+        rejects(
+            &route("a..example", "relay:25"),
+            "route[0].domain",
+            2,
+            "domain",
+        );
+        rejects(
+            &route("a.example", "relay:0"),
+            "route[0].next_hop",
+            3,
+            "port 0",
+        );
+        rejects(
+            &route("a.example", "re lay:25"),
+            "route[0].next_hop",
+            3,
+            "domain",
+        );
+        let twice = route("*", "a:25") + &route("b.example", "b:25") + &route("B.Example", "c:25");
+        rejects(
+            &twice,
+            "route[2].domain",
+            8,
+            "already the domain of route[1]",
+        );
+        let literal = route("[192.0.2.1]", "[::1]:25");
+        let c = Config::parse(&literal, "t").unwrap();
+        assert_eq!(c.route_for("[192.0.2.1]").unwrap().port, 25);
+    }
+
+    #[test]
+    fn destination_rules() {
+        let destination =
+            |domain: &str| format!("[[destination]]\ndomain = \"{domain}\"\nconnections_max = 1\n");
+        rejects(&destination(""), "destination[0].domain", 2, "empty");
+        rejects(&destination("*"), "destination[0].domain", 2, "[shaping]");
+        rejects(
+            &destination("-bad.example"),
+            "destination[0].domain",
+            2,
+            "domain",
+        );
+        let twice = destination("Gmail.com") + &destination("gmail.com");
+        rejects(
+            &twice,
+            "destination[1].domain",
+            5,
+            "already the domain of destination[0]",
         );
     }
 

@@ -1,0 +1,273 @@
+//! The sections delivery reads: `[delivery]` (the client, retries,
+//! timeouts), `[dns]`, `[shaping]`, and the per-domain tables `[[route]]`
+//! and `[[destination]]`, with the lookups that resolve them for one
+//! destination domain ([`Config::route_for`], [`Config::shaping_for`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{de, Config};
+
+/// `[delivery]`: how mail leaves: the client's name, retries, timeouts.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Sent with EHLO/HELO. Never empty once loaded: `""` in the file is
+    /// replaced by `server.hostname`.
+    pub helo_name: String,
+    /// Port of MX hosts, 1..=65535; 25 except in tests.
+    pub mx_port: u16,
+    /// Waits between attempts after a temporary failure; the last repeats.
+    /// Never empty, no step 0.
+    #[serde(deserialize_with = "de::durations")]
+    pub retry_schedule: Vec<Duration>,
+    /// Age (since arrival) past which a message fails and bounces.
+    #[serde(deserialize_with = "de::duration")]
+    pub max_age: Duration,
+    // The client's timeouts, each over 0; RFC 5321 §4.5.3.2 gives the
+    // minimums a client should allow, which are the defaults.
+    /// Wait for the TCP connection to open.
+    #[serde(deserialize_with = "de::duration")]
+    pub connect_timeout: Duration,
+    /// Wait for the 220 greeting (§4.5.3.2.1).
+    #[serde(deserialize_with = "de::duration")]
+    pub greeting_timeout: Duration,
+    /// Wait for the reply to EHLO or HELO.
+    #[serde(deserialize_with = "de::duration")]
+    pub helo_timeout: Duration,
+    /// Wait for the reply to MAIL (§4.5.3.2.2).
+    #[serde(deserialize_with = "de::duration")]
+    pub mail_timeout: Duration,
+    /// Wait for the reply to each RCPT (§4.5.3.2.3).
+    #[serde(deserialize_with = "de::duration")]
+    pub rcpt_timeout: Duration,
+    /// Wait for the 354 reply to DATA (§4.5.3.2.4).
+    #[serde(deserialize_with = "de::duration")]
+    pub data_timeout: Duration,
+    /// Wait for each block of message data to be sent (§4.5.3.2.5).
+    #[serde(deserialize_with = "de::duration")]
+    pub data_block_timeout: Duration,
+    /// Wait for the reply to the final dot (§4.5.3.2.6).
+    #[serde(deserialize_with = "de::duration")]
+    pub dot_timeout: Duration,
+    /// How long an idle connection waits for more mail before QUIT.
+    #[serde(deserialize_with = "de::duration")]
+    pub idle_timeout: Duration,
+    /// Rest of a destination after a failed connection or a 421, doubling
+    /// on each repeat up to `pause_max`; `pause <= pause_max`.
+    #[serde(deserialize_with = "de::duration")]
+    pub pause: Duration,
+    /// The longest a destination's pause doubles up to.
+    #[serde(deserialize_with = "de::duration")]
+    pub pause_max: Duration,
+}
+
+/// `[dns]`: the resolver for MX and address lookups.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Empty: the system's nameservers (`/etc/resolv.conf`).
+    #[serde(deserialize_with = "de::socket_addrs")]
+    pub nameservers: Vec<SocketAddr>,
+    /// Wait for one answer from one nameserver; over 0.
+    #[serde(deserialize_with = "de::duration")]
+    pub timeout: Duration,
+    /// Tries per query, at least 1.
+    pub attempts: usize,
+}
+
+/// `[shaping]`: how hard baton pushes one destination (one recipient
+/// domain); [`Config::shaping_for`] applies the `[[destination]]` overrides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shaping {
+    /// Open connections, across all shards; at least 1.
+    pub connections_max: usize,
+    /// Messages over one connection; at least 1.
+    pub messages_per_connection_max: usize,
+    /// Recipients per transaction; at least 1. RFC 5321 §4.5.3.1.8 has
+    /// servers take 100, so past 100 a peer may refuse the rest (with 452,
+    /// a temporary failure: RFC 5321 §4.5.3.1.10).
+    pub recipients_per_transaction_max: usize,
+    /// Messages started per second, across all shards; 0 = no limit.
+    pub message_rate_max: u32,
+}
+
+/// `[[route]]`: where mail for a domain goes instead of its MX hosts.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// A domain (lowercased), or `"*"` for every domain without its own
+    /// route.
+    #[serde(deserialize_with = "de::lowercase")]
+    pub domain: String,
+    #[serde(deserialize_with = "de::next_hop")]
+    pub next_hop: NextHop,
+}
+
+/// A host and port to deliver to: `"smtp.example.net:587"`,
+/// `"192.0.2.1:25"`, `"[2001:db8::1]:25"`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NextHop {
+    /// A domain name (lowercased) or an IP address, without brackets.
+    pub host: String,
+    /// 1..=65535.
+    pub port: u16,
+}
+
+impl NextHop {
+    /// The host as an IP address, if it is one rather than a name.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl std::fmt::Display for NextHop {
+    /// As the file writes it: `host:port`, `[v6]:port`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(v6)) => write!(f, "[{v6}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// `[[destination]]`: shaping for one domain; a key not given (`None`)
+/// falls back to `[shaping]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Lowercased.
+    #[serde(deserialize_with = "de::lowercase")]
+    pub domain: String,
+    pub connections_max: Option<usize>,
+    pub messages_per_connection_max: Option<usize>,
+    pub recipients_per_transaction_max: Option<usize>,
+    pub message_rate_max: Option<u32>,
+}
+
+impl Config {
+    /// The route for a destination domain: its own `[[route]]` first, then
+    /// the `"*"` route, else `None` (deliver by MX). Case does not matter.
+    pub fn route_for(&self, domain: &str) -> Option<&NextHop> {
+        let exact = self
+            .routes
+            .iter()
+            .find(|route| route.domain.eq_ignore_ascii_case(domain));
+        exact
+            .or_else(|| self.routes.iter().find(|route| route.domain == "*"))
+            .map(|route| &route.next_hop)
+    }
+
+    /// Shaping for a destination domain: `[shaping]`, with the keys its
+    /// `[[destination]]` sets (if it has one) in place of those defaults.
+    pub fn shaping_for(&self, domain: &str) -> Shaping {
+        let base = self.shaping;
+        let Some(over) = self
+            .destinations
+            .iter()
+            .find(|destination| destination.domain.eq_ignore_ascii_case(domain))
+        else {
+            return base;
+        };
+        Shaping {
+            connections_max: over.connections_max.unwrap_or(base.connections_max),
+            messages_per_connection_max: over
+                .messages_per_connection_max
+                .unwrap_or(base.messages_per_connection_max),
+            recipients_per_transaction_max: over
+                .recipients_per_transaction_max
+                .unwrap_or(base.recipients_per_transaction_max),
+            message_rate_max: over.message_rate_max.unwrap_or(base.message_rate_max),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, "test.toml").unwrap()
+    }
+
+    const ROUTES_AND_DESTINATIONS: &str = "\
+[[route]]
+domain = \"*\"
+next_hop = \"smarthost.example.net:587\"
+
+[[route]]
+domain = \"Partner.Example\"
+next_hop = \"[2001:db8::25]:2525\"
+
+[shaping]
+connections_max = 8
+
+[[destination]]
+domain = \"gmail.com\"
+connections_max = 2
+message_rate_max = 50
+
+[[destination]]
+domain = \"Slow.Example\"
+recipients_per_transaction_max = 10
+";
+
+    #[test]
+    fn route_for_prefers_exact_then_star() {
+        let c = parse(ROUTES_AND_DESTINATIONS);
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1].domain, "partner.example");
+        let partner = NextHop {
+            host: "2001:db8::25".into(),
+            port: 2525,
+        };
+        let smarthost = NextHop {
+            host: "smarthost.example.net".into(),
+            port: 587,
+        };
+        assert_eq!(c.route_for("partner.example"), Some(&partner));
+        assert_eq!(c.route_for("PARTNER.example"), Some(&partner));
+        assert_eq!(partner.ip(), Some("2001:db8::25".parse().unwrap()));
+        assert_eq!(c.route_for("example.org"), Some(&smarthost));
+        assert_eq!(smarthost.ip(), None);
+
+        // Without the "*" route, other domains go by MX.
+        let c = parse("[[route]]\ndomain = \"partner.example\"\nnext_hop = \"192.0.2.25:25\"\n");
+        assert_eq!(c.route_for("partner.example").unwrap().host, "192.0.2.25");
+        assert_eq!(c.route_for("example.org"), None);
+        assert_eq!(c.route_for("sub.partner.example"), None);
+    }
+
+    #[test]
+    fn shaping_for_lays_destination_over_shaping() {
+        let c = parse(ROUTES_AND_DESTINATIONS);
+        let base = Shaping {
+            connections_max: 8,
+            messages_per_connection_max: 1000,
+            recipients_per_transaction_max: 100,
+            message_rate_max: 0,
+        };
+        assert_eq!(c.shaping, base);
+        assert_eq!(c.shaping_for("example.org"), base);
+        assert_eq!(
+            c.shaping_for("gmail.com"),
+            Shaping {
+                connections_max: 2,
+                message_rate_max: 50,
+                ..base
+            }
+        );
+        assert_eq!(
+            c.shaping_for("slow.example"),
+            Shaping {
+                recipients_per_transaction_max: 10,
+                ..base
+            }
+        );
+        assert_eq!(c.destinations[1].domain, "slow.example");
+        assert_eq!(c.destinations[1].connections_max, None);
+    }
+}
