@@ -10,13 +10,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use baton_spool::{QueueId, Spool, SpoolConfig};
 
 use crate::config::{BareLineEndingsSetting, Config};
-use crate::delivery::retry::DeliverySettings;
+use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, SessionConfig, SessionLimits};
 use crate::outbound::{ClientConfig, ClientLimits};
 use crate::queue::{QueuedRecipient, Queues, Shaping};
-use crate::route::{destination_of, Routes};
+use crate::route::{destination_of, Destination, NextHop, Routes};
 use crate::shard::{self, ShardHandle, ShardLink};
 
 /// Counters, exported by the admin API.
@@ -173,28 +173,76 @@ pub fn start(config: Config) -> Result<Running> {
     Ok(Running { server, shards })
 }
 
-fn shaping_for(
-    _config: &Config,
-) -> Box<dyn Fn(&crate::route::Destination) -> Shaping + Send + Sync> {
-    Box::new(|_| Shaping::default())
+fn shaping_for(config: &Config) -> Box<dyn Fn(&Destination) -> Shaping + Send + Sync> {
+    let config = config.clone();
+    Box::new(move |destination| {
+        let s = config.shaping_for(destination.as_str());
+        Shaping {
+            connections_max: s.connections_max,
+            messages_per_connection_max: s.messages_per_connection_max,
+            recipients_per_transaction_max: s.recipients_per_transaction_max,
+            message_rate_max: s.message_rate_max,
+        }
+    })
 }
 
-fn routes(_config: &Config) -> Routes {
-    Routes::new([], 25)
+fn routes(config: &Config) -> Routes {
+    let routes = config.routes.iter().map(|r| {
+        let hop = NextHop {
+            host: r.next_hop.host.clone(),
+            port: r.next_hop.port,
+        };
+        (r.domain.clone(), hop)
+    });
+    Routes::new(routes, config.delivery.mx_port)
 }
 
-fn resolver_config(_config: &Config) -> ResolverConfig {
-    ResolverConfig::default()
+fn resolver_config(config: &Config) -> ResolverConfig {
+    ResolverConfig {
+        nameservers: config.dns.nameservers.clone(),
+        timeout: config.dns.timeout,
+        attempts: config.dns.attempts,
+    }
 }
 
-fn delivery_settings(_config: &Config) -> DeliverySettings {
-    DeliverySettings::default()
+fn delivery_settings(config: &Config) -> DeliverySettings {
+    let d = &config.delivery;
+    DeliverySettings {
+        retry_schedule: d.retry_schedule.clone(),
+        max_age: d.max_age,
+        timeouts: Timeouts {
+            connect: d.connect_timeout,
+            greeting: d.greeting_timeout,
+            helo: d.helo_timeout,
+            mail: d.mail_timeout,
+            rcpt: d.rcpt_timeout,
+            data: d.data_timeout,
+            data_block: d.data_block_timeout,
+            dot: d.dot_timeout,
+        },
+        idle_timeout: d.idle_timeout,
+        pause: d.pause,
+        pause_max: d.pause_max,
+    }
 }
 
 fn client_config(config: &Config) -> ClientConfig {
+    // The client must take every envelope the queue builds.
+    let recipients_max = std::iter::once(config.shaping.recipients_per_transaction_max)
+        .chain(
+            config
+                .destinations
+                .iter()
+                .filter_map(|d| d.recipients_per_transaction_max),
+        )
+        .max()
+        .unwrap_or(1);
     ClientConfig {
-        helo_name: config.server.hostname.clone(),
-        limits: ClientLimits::default(),
+        helo_name: config.delivery.helo_name.clone(),
+        limits: ClientLimits {
+            recipients_per_transaction_max: recipients_max,
+            ..ClientLimits::default()
+        },
     }
 }
 

@@ -223,11 +223,7 @@ impl Queues {
         }
     }
 
-    fn with<R>(
-        &self,
-        destination: &Destination,
-        f: impl FnOnce(&mut DestinationQueue) -> R,
-    ) -> R {
+    fn with<R>(&self, destination: &Destination, f: impl FnOnce(&mut DestinationQueue) -> R) -> R {
         let mut inner = self.inner.lock().expect("queues lock");
         if let Some(queue) = inner.get_mut(destination) {
             return f(queue);
@@ -289,9 +285,7 @@ impl Queues {
             queue.actions(destination, now_ms, &mut actions);
         }
         // Forget destinations with nothing left, so the table stays small.
-        inner.retain(|_, q| {
-            !(q.ready.is_empty() && q.scheduled.is_empty() && q.connections == 0)
-        });
+        inner.retain(|_, q| !(q.ready.is_empty() && q.scheduled.is_empty() && q.connections == 0));
         actions
     }
 
@@ -349,7 +343,13 @@ impl Queues {
     /// The destination failed us (no host answered, a `421`): fewer
     /// connections and a pause that doubles with each failure in a row.
     /// Returns the connections still open besides the failed one's.
-    pub fn failed(&self, destination: &Destination, pause_ms: u64, pause_ms_max: u64, now_ms: u64) -> usize {
+    pub fn failed(
+        &self,
+        destination: &Destination,
+        pause_ms: u64,
+        pause_ms_max: u64,
+        now_ms: u64,
+    ) -> usize {
         self.with(destination, |queue| {
             queue.failures = queue.failures.saturating_add(1);
             queue.limit = (queue.limit / 2).max(1);
@@ -507,7 +507,10 @@ mod tests {
         let Take::Batch(batch) = queues.take(&d, waiter(1), 0) else {
             panic!("expected a batch");
         };
-        assert_eq!(batch.iter().map(|i| i.recipient).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            batch.iter().map(|i| i.recipient).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
         assert!(matches!(queues.take(&d, waiter(1), 0), Take::Batch(b) if b.len() == 1));
         assert_eq!(queues.take(&d, waiter(1), 0), Take::Idle);
         // The next push wakes the idle connection instead of opening one.

@@ -83,9 +83,7 @@ impl Routes {
             .or(self.wildcard.as_ref())
         {
             Some(hop) => Route::NextHop(hop.clone()),
-            None => Route::Mx {
-                port: self.mx_port,
-            },
+            None => Route::Mx { port: self.mx_port },
         }
     }
 }

@@ -92,7 +92,10 @@ impl ShardHandle {
 
 /// Starts one shard per configured core. Returns once every shard listens,
 /// or with the first shard's setup error.
-pub fn start(server: &Arc<Server>, inboxes: Vec<Receiver<ShardMsg>>) -> io::Result<Vec<ShardHandle>> {
+pub fn start(
+    server: &Arc<Server>,
+    inboxes: Vec<Receiver<ShardMsg>>,
+) -> io::Result<Vec<ShardHandle>> {
     for l in &server.config.listeners {
         listener::check_free(l.address)
             .map_err(|err| io::Error::new(err.kind(), format!("listen on {}: {err}", l.address)))?;

@@ -25,8 +25,8 @@ use baton_spool::{Outcome as SpoolOutcome, QueueId, Record, Status};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::admin::{AdminReply, AdminRequest};
-use crate::dns::{Query, Resolution};
 use crate::delivery::retry::Retry;
+use crate::dns::{Query, Resolution};
 use crate::outbound::{Client, CloseReason, Envelope, Event, Outcome};
 use crate::queue::{Action, QueuedRecipient, Take, Waiter};
 use crate::route::{Destination, Route};
@@ -287,11 +287,8 @@ impl Shard {
         conn.cancels_sent = false;
         conn.send_buf.clear();
         conn.send_done = 0;
-        let socket = match Socket::new(
-            Domain::for_address(hop.addr),
-            Type::STREAM.cloexec(),
-            None,
-        ) {
+        let socket = match Socket::new(Domain::for_address(hop.addr), Type::STREAM.cloexec(), None)
+        {
             Ok(socket) => socket,
             Err(err) => {
                 conn.last_error = format!("socket for {hop}: {err}");
@@ -753,9 +750,7 @@ impl Shard {
         let shard = self.id;
         if let Some(conn) = self.outs.remove(key) {
             let waiter = conn.waiter(shard);
-            self.server
-                .queues
-                .closed(&conn.destination, Some(waiter));
+            self.server.queues.closed(&conn.destination, Some(waiter));
         }
     }
 
@@ -809,7 +804,11 @@ impl Shard {
             if let Some((record, statuses)) = self.load(queue_id) {
                 let results = items[start..end]
                     .iter()
-                    .filter(|i| statuses.get(i.recipient as usize).is_some_and(|s| !s.is_final()))
+                    .filter(|i| {
+                        statuses
+                            .get(i.recipient as usize)
+                            .is_some_and(|s| !s.is_final())
+                    })
                     .map(|i| (*i, outcome.clone()))
                     .collect();
                 self.settle_message(destination, &record, results, None);
@@ -842,41 +841,67 @@ impl Shard {
                         .metrics
                         .recipients_delivered
                         .fetch_add(1, Ordering::Relaxed);
-                    self.log_outcome("delivered", destination, &view, &item, attempts, host, &reply, None);
-                }
-                Outcome::Deferred(reply) => match self.server.delivery.retry(attempts, view.arrival_ms, now_ms) {
-                    Retry::At {
+                    self.log_outcome(
+                        "delivered",
+                        destination,
+                        &view,
+                        &item,
                         attempts,
-                        next_attempt_ms,
-                    } => {
-                        let status = Status::Deferred {
+                        host,
+                        &reply,
+                        None,
+                    );
+                }
+                Outcome::Deferred(reply) => {
+                    match self
+                        .server
+                        .delivery
+                        .retry(attempts, view.arrival_ms, now_ms)
+                    {
+                        Retry::At {
                             attempts,
                             next_attempt_ms,
-                        };
-                        self.record_outcome(&item, status, &reply, now_ms);
-                        self.server
-                            .metrics
-                            .recipients_deferred
-                            .fetch_add(1, Ordering::Relaxed);
-                        self.log_outcome("deferred", destination, &view, &item, attempts, host, &reply, Some(next_attempt_ms));
-                        let item = QueuedRecipient { attempts, ..item };
-                        self.server
-                            .queues
-                            .schedule(destination, item, next_attempt_ms);
-                    }
-                    Retry::Expired { attempts } => {
-                        let reply = Reply::new(
-                            reply.code.max(400),
-                            Some((if reply.class() == 5 { 5 } else { 4 }, 4, 7)),
-                            format!(
+                        } => {
+                            let status = Status::Deferred {
+                                attempts,
+                                next_attempt_ms,
+                            };
+                            self.record_outcome(&item, status, &reply, now_ms);
+                            self.server
+                                .metrics
+                                .recipients_deferred
+                                .fetch_add(1, Ordering::Relaxed);
+                            self.log_outcome(
+                                "deferred",
+                                destination,
+                                &view,
+                                &item,
+                                attempts,
+                                host,
+                                &reply,
+                                Some(next_attempt_ms),
+                            );
+                            let item = QueuedRecipient { attempts, ..item };
+                            self.server
+                                .queues
+                                .schedule(destination, item, next_attempt_ms);
+                        }
+                        Retry::Expired { attempts } => {
+                            let reply = Reply::new(
+                                reply.code.max(400),
+                                Some((if reply.class() == 5 { 5 } else { 4 }, 4, 7)),
+                                format!(
                                 "delivery time expired after {attempts} attempts; last reply: {}",
                                 reply_text(&reply)
                             ),
-                        );
-                        failed.push((QueuedRecipient { attempts, ..item }, reply));
+                            );
+                            failed.push((QueuedRecipient { attempts, ..item }, reply));
+                        }
                     }
-                },
-                Outcome::Failed(reply) => failed.push((QueuedRecipient { attempts, ..item }, reply)),
+                }
+                Outcome::Failed(reply) => {
+                    failed.push((QueuedRecipient { attempts, ..item }, reply))
+                }
             }
         }
         for (item, reply) in &failed {
@@ -885,14 +910,29 @@ impl Shard {
                 .metrics
                 .recipients_failed
                 .fetch_add(1, Ordering::Relaxed);
-            self.log_outcome("failed", destination, &view, item, item.attempts, host, reply, None);
+            self.log_outcome(
+                "failed",
+                destination,
+                &view,
+                item,
+                item.attempts,
+                host,
+                reply,
+                None,
+            );
         }
         if !failed.is_empty() {
             self.bounce(&view, &failed, host);
         }
     }
 
-    fn record_outcome(&mut self, item: &QueuedRecipient, status: Status, reply: &Reply, now_ms: u64) {
+    fn record_outcome(
+        &mut self,
+        item: &QueuedRecipient,
+        status: Status,
+        reply: &Reply,
+        now_ms: u64,
+    ) {
         let text = reply_text(reply);
         let outcome = SpoolOutcome {
             queue_id: item.queue_id,
@@ -943,10 +983,9 @@ impl Shard {
                 Stage::Connecting => {
                     if conn.connect_in_flight && !conn.cancels_sent {
                         conn.cancels_sent = true;
-                        let _ = self.ring.cancel(
-                            Token::Connect(key).encode(),
-                            Token::Cancel.encode(),
-                        );
+                        let _ = self
+                            .ring
+                            .cancel(Token::Connect(key).encode(), Token::Cancel.encode());
                     }
                 }
                 Stage::Smtp => {
@@ -1085,14 +1124,17 @@ impl Shard {
                             .map(|r| r.address)
                             .unwrap_or_default();
                         let destination = crate::route::destination_of(address);
-                        let entry = match by_destination.iter_mut().find(|(d, _)| *d == destination) {
+                        let entry = match by_destination.iter_mut().find(|(d, _)| *d == destination)
+                        {
                             Some(entry) => entry,
                             None => {
                                 by_destination.push((destination, Vec::new()));
                                 by_destination.last_mut().expect("pushed")
                             }
                         };
-                        entry.1.push((item_of(recipient), Outcome::Failed(reply.clone())));
+                        entry
+                            .1
+                            .push((item_of(recipient), Outcome::Failed(reply.clone())));
                     }
                     // One notification for the message: settle it as one
                     // batch under the first destination's name.
@@ -1160,7 +1202,10 @@ mod tests {
     #[test]
     fn size_is_dropped_and_the_rest_kept() {
         assert_eq!(without_size(b"SIZE=123 BODY=8BITMIME"), b"BODY=8BITMIME");
-        assert_eq!(without_size(b"body=8bitmime size=9 SMTPUTF8"), b"body=8bitmime SMTPUTF8");
+        assert_eq!(
+            without_size(b"body=8bitmime size=9 SMTPUTF8"),
+            b"body=8bitmime SMTPUTF8"
+        );
         assert_eq!(without_size(b""), b"");
     }
 
