@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use baton_spool::{QueueId, Spool, SpoolConfig};
+use std::thread;
+use std::time::Duration;
+
+use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
 use crate::config::{BareLineEndingsSetting, Config};
 use crate::delivery::retry::{DeliverySettings, Timeouts};
@@ -82,6 +85,7 @@ impl Server {
 pub struct Running {
     pub server: Arc<Server>,
     shards: Vec<ShardHandle>,
+    housekeeper: Option<thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -95,6 +99,71 @@ impl Running {
         for shard in self.shards {
             shard.join();
         }
+        if let Some(housekeeper) = self.housekeeper {
+            let _ = housekeeper.join();
+        }
+    }
+}
+
+/// How often segments whose recipients are all final are reclaimed.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(1);
+/// Segments compacted per pass (old, mostly-final segments whose
+/// stragglers are copied forward, and segments kept only by pinned
+/// outcomes): bounds the time one pass takes.
+const COMPACT_SEGMENTS_MAX: usize = 4;
+
+/// Reclaims and compacts the spool off the shards' hot path: both block on
+/// file deletion and directory syncs.
+fn start_housekeeper(server: Arc<Server>) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name("spool-housekeeper".into())
+        .spawn(move || {
+            // Created on first use: a writer takes a segment of its own.
+            let mut compactor: Option<BlockingWriter> = None;
+            while !server.shutting_down.load(Ordering::Acquire) {
+                sleep_unless_stopping(&server, RECLAIM_INTERVAL);
+                match server.spool.reclaim() {
+                    Ok(report) if report.segments_deleted + report.segments_recycled > 0 => {
+                        tracing::debug!(
+                            deleted = report.segments_deleted,
+                            recycled = report.segments_recycled,
+                            bytes = report.bytes_freed,
+                            "spool reclaimed"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "spool reclamation failed"),
+                }
+                if server.spool.compaction_candidates().is_empty() {
+                    continue;
+                }
+                if compactor.is_none() {
+                    let id = server.config.shard_count() as u16;
+                    match server.spool.writer(id) {
+                        Ok(writer) => compactor = Some(BlockingWriter::new(writer)),
+                        Err(err) => tracing::warn!(%err, "spool: no writer for compaction"),
+                    }
+                }
+                if let Some(writer) = compactor.as_mut() {
+                    match server.spool.compact(writer, COMPACT_SEGMENTS_MAX) {
+                        Ok(report) if report.segments > 0 => tracing::info!(
+                            segments = report.segments,
+                            messages = report.messages_copied,
+                            bytes = report.bytes_copied,
+                            "spool compacted"
+                        ),
+                        Ok(_) => {}
+                        Err(err) => tracing::warn!(%err, "spool compaction failed"),
+                    }
+                }
+            }
+        })
+}
+
+fn sleep_unless_stopping(server: &Server, total: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < total && !server.shutting_down.load(Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -167,10 +236,15 @@ pub fn start(config: Config) -> Result<Running> {
             ))
         })?;
     }
+    let housekeeper = start_housekeeper(server.clone()).map_err(Error::Listen)?;
     for l in &server.config.listeners {
         tracing::info!(address = %l.address, shards = shards.len(), "accepting SMTP");
     }
-    Ok(Running { server, shards })
+    Ok(Running {
+        server,
+        shards,
+        housekeeper: Some(housekeeper),
+    })
 }
 
 fn shaping_for(config: &Config) -> Box<dyn Fn(&Destination) -> Shaping + Send + Sync> {

@@ -92,7 +92,12 @@ impl Spool {
     }
 
     /// Sealed segments worth compacting: old enough, and holding live data
-    /// of at most `compact_live_ratio` of their capacity.
+    /// of at most `compact_live_ratio` of their capacity. Also, whatever
+    /// their age, segments kept only by pins: when writers record outcomes
+    /// for each other's messages, two segments can pin each other (A holds
+    /// the outcomes of B's messages and B those of A's) and neither would
+    /// ever be deleted; copying the few pinned outcomes forward breaks the
+    /// cycle.
     pub fn compaction_candidates(&self) -> Vec<SegmentId> {
         let shared = &self.shared;
         let now = shared.config.clock.now_ms();
@@ -100,14 +105,16 @@ impl Spool {
         let index = shared.index.lock().expect("index lock");
         let mut candidates: Vec<_> = segments
             .values()
-            .filter(|s| {
-                s.is_sealed()
-                    && now.saturating_sub(s.header.created_ms) >= shared.config.compact_age_ms_min
-            })
+            .filter(|s| s.is_sealed())
             .filter_map(|s| {
                 let state = index.segment(s.id())?;
-                if state.live_recipients == 0 && state.pins == 0 {
-                    return None; // reclaim() takes it as it is
+                if state.live_recipients == 0 {
+                    // Pins only: compact now. Nothing at all: reclaim()
+                    // takes it as it is.
+                    return (state.pins > 0).then_some(s.id());
+                }
+                if now.saturating_sub(s.header.created_ms) < shared.config.compact_age_ms_min {
+                    return None;
                 }
                 // An outcome copy is small; count each pin as one frame.
                 let live = state.live_bytes + state.pins * 64;
