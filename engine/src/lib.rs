@@ -13,6 +13,8 @@
 //! - [`queue`]: per-destination ready and scheduled queues, shared by all
 //!   shards.
 //! - [`route`]: which destination a recipient belongs to.
+//! - [`delivery`]: after the queue: bounces (RFC 3464 notifications) and
+//!   the delivery event log.
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`admin`]: the HTTP admin API (queue, metrics, health) and its client.
 //! - [`server`]: what the shards share; start and graceful stop.

@@ -1,5 +1,16 @@
-//! Delivery: what happens to a recipient after the next hop answered.
+//! Delivery: what happens to a message after it is queued.
 //!
-//! - `retry`: the retry schedule, expiry and client timeouts.
+//! - [`retry`]: the retry schedule, expiry, and the client's timeouts.
+//! - [`dsn`]: delivery status notifications (RFC 3464): the bounce sent
+//!   back to the sender when recipients fail.
+//! - [`events`]: the delivery event log, one JSON line per event, for
+//!   operators to tail.
+//!
+//! The connections themselves are driven by the shards
+//! (`shard/outbound.rs`); this module holds what needs no I/O.
 
+#![forbid(unsafe_code)]
+
+pub mod dsn;
+pub mod events;
 pub mod retry;

@@ -1,0 +1,554 @@
+//! The delivery event log: one JSON object per line, for operators to
+//! tail and for tools to parse.
+//!
+//! ```text
+//! {"time":"2026-11-22T18:00:17.123Z","event":"delivered","queue_id":"…","recipient":"a@example.org","destination":"example.org","host":"mx1.example.org [192.0.2.1]:25","reply":"250 2.0.0 ok","attempt":1,"size":2048}
+//! ```
+//!
+//! Fields that do not apply to an event are left out rather than written
+//! as `null`: a `delivered` line has no `next_attempt` key. An expiry is a
+//! `failed` event with `"reason":"expired"`.
+//!
+//! Shards must never wait on a disk: [`EventLog::record`] serialises on the
+//! caller's thread and hands the line to a writer thread through a
+//! bounded channel; when the channel is full the event is counted in
+//! [`EventLog::dropped`] and lost, never waited for. The writer batches
+//! lines through a buffer and flushes within [`FLUSH_INTERVAL`] of the
+//! oldest unflushed line, and everything on drop.
+
+#![forbid(unsafe_code)]
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write as _};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use serde::{Serialize, Serializer};
+
+use crate::smtp::date::rfc3339_seconds;
+use crate::smtp::reply::Reply;
+
+/// Lines waiting for the writer. At a few hundred bytes a line this holds
+/// some 20 MiB at most, and absorbs a disk stall of about half a second
+/// at 100 000 events a second; past it events are dropped and counted
+/// rather than letting a slow disk stall delivery.
+pub const EVENTS_QUEUED_MAX: usize = 65_536;
+/// The longest a recorded line waits in the writer's buffer before it
+/// reaches the file: short enough for an operator's `tail -f` to feel
+/// live, long enough that a busy log costs about ten writes a second.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// The writer's buffer: a flush is one `write` of up to this much.
+const FILE_BUFFER_BYTES: usize = 64 * 1024;
+/// A typical line fits without the vector growing.
+const LINE_BYTES_INITIAL: usize = 384;
+/// A reply quoted on one line, here and in bounces: a reply may have up
+/// to 128 lines of 2 KiB (`smtp::reply` limits); its first 4 KiB tell
+/// the story.
+pub const REPLY_LINE_BYTES_MAX: usize = 4096;
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A message was accepted and spooled.
+    Received,
+    /// A recipient was accepted by the next hop.
+    Delivered,
+    /// A recipient failed temporarily and will be tried again.
+    Deferred,
+    /// A recipient failed for good (a `5xx`, or expiry with `reason`).
+    Failed,
+    /// A delivery status notification was queued for the sender.
+    Bounce,
+}
+
+/// One line of the log. Times are Unix milliseconds, written as RFC 3339
+/// UTC with milliseconds; addresses are bytes, written as (lossy) UTF-8.
+/// Start from [`Event::new`] and set what applies.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Event<'a> {
+    #[serde(rename = "time", serialize_with = "serialize_time")]
+    pub time_unix_ms: u64,
+    pub event: EventKind,
+    pub queue_id: &'a str,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_address"
+    )]
+    pub recipient: Option<&'a [u8]>,
+    /// Where the recipient is routed, e.g. its domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<&'a str>,
+    /// The remote host, `name [address]:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a str>,
+    /// The reply that decided the outcome, written on one line
+    /// ([`reply_line`]).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_reply"
+    )]
+    pub reply: Option<&'a Reply>,
+    /// 1 for the first attempt, in outcome events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// When a deferred recipient is tried again.
+    #[serde(
+        rename = "next_attempt",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_time_option"
+    )]
+    pub next_attempt_unix_ms: Option<u64>,
+    /// The message's size in octets (wire form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The envelope sender (`received`, `bounce`); empty for the null
+    /// reverse path.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_address"
+    )]
+    pub sender: Option<&'a [u8]>,
+    /// The notification's own queue id (`bounce`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounce_queue_id: Option<&'a str>,
+    /// Why, when the reply does not say it all: `expired` for a `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+}
+
+impl<'a> Event<'a> {
+    /// An event with only its kind, time and queue id set.
+    pub fn new(event: EventKind, time_unix_ms: u64, queue_id: &'a str) -> Event<'a> {
+        Event {
+            time_unix_ms,
+            event,
+            queue_id,
+            recipient: None,
+            destination: None,
+            host: None,
+            reply: None,
+            attempt: None,
+            next_attempt_unix_ms: None,
+            size: None,
+            sender: None,
+            bounce_queue_id: None,
+            reason: None,
+        }
+    }
+}
+
+/// RFC 3339 UTC with milliseconds: `2026-11-22T18:00:17.123Z`.
+pub fn rfc3339_millis(unix_ms: u64) -> String {
+    format!("{}.{:03}Z", rfc3339_seconds(unix_ms / 1000), unix_ms % 1000)
+}
+
+/// A reply on one line: `550 5.1.1 No such user`, the lines of a
+/// multi-line reply joined by spaces, runs of white space and control
+/// characters made one space, cut to [`REPLY_LINE_BYTES_MAX`] with `...`.
+pub fn reply_line(reply: &Reply) -> String {
+    const ELLIPSIS: &str = "...";
+    let mut line = format!("{:03}", reply.code);
+    if let Some((class, subject, detail)) = reply.enhanced {
+        let _ = write!(line, " {class}.{subject}.{detail}");
+    }
+    let words = reply.lines.iter().flat_map(|text| {
+        text.split(|c: char| c.is_whitespace() || c.is_control())
+            .filter(|word| !word.is_empty())
+    });
+    for word in words {
+        if line.len() + 1 + word.len() > REPLY_LINE_BYTES_MAX {
+            line.push(' ');
+            let mut cut = REPLY_LINE_BYTES_MAX
+                .saturating_sub(line.len() + ELLIPSIS.len())
+                .min(word.len());
+            while !word.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.push_str(&word[..cut]);
+            line.push_str(ELLIPSIS);
+            break;
+        }
+        line.push(' ');
+        line.push_str(word);
+    }
+    line
+}
+
+fn serialize_time<S: Serializer>(unix_ms: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&rfc3339_millis(*unix_ms))
+}
+
+fn serialize_time_option<S: Serializer>(
+    unix_ms: &Option<u64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match unix_ms {
+        Some(unix_ms) => serialize_time(unix_ms, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn serialize_address<S: Serializer>(
+    address: &Option<&[u8]>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match address {
+        Some(address) => serializer.serialize_str(&String::from_utf8_lossy(address)),
+        None => serializer.serialize_none(),
+    }
+}
+
+fn serialize_reply<S: Serializer>(
+    reply: &Option<&Reply>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match reply {
+        Some(reply) => serializer.serialize_str(&reply_line(reply)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// The event log, shared by all shards (`Arc<EventLog>`).
+#[derive(Debug)]
+pub struct EventLog {
+    /// To the writer thread; `None` when disabled, taken on drop to stop
+    /// the writer.
+    lines: Option<Sender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
+    /// Events lost: channel full, or the file refused them.
+    dropped: Arc<AtomicU64>,
+}
+
+impl EventLog {
+    /// Opens `path` (created if missing, appended to) and starts the
+    /// writer thread.
+    pub fn open(path: &Path) -> io::Result<EventLog> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let (sender, receiver) = crossbeam_channel::bounded(EVENTS_QUEUED_MAX);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = thread::Builder::new().name("baton-events".into()).spawn({
+            let dropped = Arc::clone(&dropped);
+            move || write_lines(&receiver, file, &dropped)
+        })?;
+        Ok(EventLog {
+            lines: Some(sender),
+            writer: Some(writer),
+            dropped,
+        })
+    }
+
+    /// A log that writes nothing: the configuration asks for none.
+    pub fn disabled() -> EventLog {
+        EventLog {
+            lines: None,
+            writer: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.lines.is_some()
+    }
+
+    /// Queues one line for the writer. Never blocks: when the writer is
+    /// [`EVENTS_QUEUED_MAX`] lines behind, the event is counted in
+    /// [`EventLog::dropped`] instead.
+    pub fn record(&self, event: &Event<'_>) {
+        let Some(lines) = &self.lines else {
+            return;
+        };
+        let mut line = Vec::with_capacity(LINE_BYTES_INITIAL);
+        if serde_json::to_writer(&mut line, event).is_err() {
+            // Our own fields always serialise; counted all the same.
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        line.push(b'\n');
+        match lines.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Events lost so far, for the metrics.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for EventLog {
+    /// Closes the channel, lets the writer write and flush what is queued,
+    /// and waits for it.
+    fn drop(&mut self) {
+        self.lines = None;
+        if let Some(writer) = self.writer.take() {
+            // A panicking writer has nothing left to give.
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The writer thread: appends lines until the channel closes, flushing
+/// within [`FLUSH_INTERVAL`] of the first line written since the last
+/// flush, and once more at the end.
+fn write_lines(lines: &Receiver<Vec<u8>>, file: File, dropped: &AtomicU64) {
+    let mut out = BufWriter::with_capacity(FILE_BUFFER_BYTES, file);
+    // When the oldest unflushed line must reach the file.
+    let mut flush_deadline: Option<Instant> = None;
+    // Log the first of a run of errors, not each.
+    let mut failing = false;
+    loop {
+        let received = match flush_deadline {
+            None => lines.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(deadline) => lines.recv_deadline(deadline),
+        };
+        let line = match received {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                flush(&mut out, &mut failing);
+                flush_deadline = None;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                flush(&mut out, &mut failing);
+                return;
+            }
+        };
+        match out.write_all(&line) {
+            Ok(()) => failing = false,
+            Err(error) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                if !failing {
+                    tracing::error!(%error, "event log: write failed; events are being lost");
+                }
+                failing = true;
+            }
+        }
+        let deadline = *flush_deadline.get_or_insert_with(|| Instant::now() + FLUSH_INTERVAL);
+        if Instant::now() >= deadline {
+            // Lines keep coming: flush on time all the same.
+            flush(&mut out, &mut failing);
+            flush_deadline = None;
+        }
+    }
+}
+
+fn flush(out: &mut BufWriter<File>, failing: &mut bool) {
+    if let Err(error) = out.flush() {
+        if !*failing {
+            tracing::error!(%error, "event log: flush failed");
+        }
+        *failing = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_of(event: &Event<'_>) -> serde_json::Value {
+        serde_json::to_value(event).unwrap()
+    }
+
+    #[test]
+    fn is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<EventLog>();
+    }
+
+    #[test]
+    fn time_is_rfc3339_utc_with_milliseconds() {
+        assert_eq!(
+            rfc3339_millis(1_795_370_417_123),
+            "2026-11-22T18:00:17.123Z"
+        );
+        assert_eq!(rfc3339_millis(5), "1970-01-01T00:00:00.005Z");
+    }
+
+    #[test]
+    fn deferred_has_next_attempt_delivered_has_none() {
+        let reply = Reply::new(451, Some((4, 7, 1)), "try again\r\nlater");
+        let deferred = Event {
+            recipient: Some(b"a@example.org"),
+            destination: Some("example.org"),
+            host: Some("mx1.example.org [192.0.2.1]:25"),
+            reply: Some(&reply),
+            attempt: Some(2),
+            next_attempt_unix_ms: Some(1_795_370_517_000),
+            size: Some(2048),
+            ..Event::new(EventKind::Deferred, 1_795_370_417_123, "q1")
+        };
+        let value = line_of(&deferred);
+        assert_eq!(value["time"], "2026-11-22T18:00:17.123Z");
+        assert_eq!(value["event"], "deferred");
+        assert_eq!(value["queue_id"], "q1");
+        assert_eq!(value["recipient"], "a@example.org");
+        assert_eq!(value["destination"], "example.org");
+        assert_eq!(value["host"], "mx1.example.org [192.0.2.1]:25");
+        assert_eq!(value["reply"], "451 4.7.1 try again later");
+        assert_eq!(value["attempt"], 2);
+        assert_eq!(value["next_attempt"], "2026-11-22T18:01:57.000Z");
+        assert_eq!(value["size"], 2048);
+
+        let ok = Reply::new(250, None, "ok");
+        let delivered = Event {
+            next_attempt_unix_ms: None,
+            reply: Some(&ok),
+            ..deferred
+        };
+        let value = line_of(&Event {
+            event: EventKind::Delivered,
+            ..delivered
+        });
+        assert_eq!(value["event"], "delivered");
+        assert_eq!(value["reply"], "250 ok");
+        let object = value.as_object().unwrap();
+        assert!(!object.contains_key("next_attempt"));
+        assert!(!object.contains_key("sender"));
+        assert!(!object.contains_key("bounce_queue_id"));
+    }
+
+    #[test]
+    fn received_bounce_and_expiry_fields() {
+        let received = Event {
+            sender: Some(b""),
+            size: Some(10),
+            ..Event::new(EventKind::Received, 0, "q1")
+        };
+        let value = line_of(&received);
+        assert_eq!(value["event"], "received");
+        assert_eq!(value["sender"], "");
+        assert!(!value.as_object().unwrap().contains_key("host"));
+
+        let bounce = Event {
+            sender: Some("ü@example.org".as_bytes()),
+            bounce_queue_id: Some("q2"),
+            ..Event::new(EventKind::Bounce, 0, "q1")
+        };
+        let value = line_of(&bounce);
+        assert_eq!(value["event"], "bounce");
+        assert_eq!(value["sender"], "ü@example.org");
+        assert_eq!(value["bounce_queue_id"], "q2");
+
+        let expired = Event {
+            reason: Some("expired"),
+            ..Event::new(EventKind::Failed, 0, "q1")
+        };
+        let value = line_of(&expired);
+        assert_eq!(value["event"], "failed");
+        assert_eq!(value["reason"], "expired");
+    }
+
+    #[test]
+    fn reply_line_joins_and_bounds() {
+        let mut reply = Reply::new(550, Some((5, 1, 1)), "first");
+        reply.lines.push("second\tline".into());
+        assert_eq!(reply_line(&reply), "550 5.1.1 first second line");
+        assert_eq!(reply_line(&Reply::new(421, None, "")), "421");
+
+        let huge = Reply {
+            code: 554,
+            enhanced: None,
+            lines: vec!["é".repeat(3000); 128],
+        };
+        let line = reply_line(&huge);
+        assert!(line.len() <= REPLY_LINE_BYTES_MAX, "{}", line.len());
+        assert!(line.ends_with("..."));
+        let word = Reply::new(554, None, "x".repeat(10_000));
+        assert_eq!(reply_line(&word).len(), REPLY_LINE_BYTES_MAX);
+    }
+
+    #[test]
+    fn lines_from_two_threads_all_reach_the_file() {
+        const EVENTS_PER_THREAD: usize = 2_000;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        std::fs::write(&path, b"{\"earlier\":true}\n").unwrap();
+        let log = Arc::new(EventLog::open(&path).unwrap());
+        assert!(log.is_enabled());
+        let threads: Vec<_> = (0..2)
+            .map(|thread| {
+                let log = Arc::clone(&log);
+                thread::spawn(move || {
+                    for n in 0..EVENTS_PER_THREAD {
+                        let queue_id = format!("t{thread}-{n}");
+                        let reply = Reply::new(250, Some((2, 0, 0)), "ok");
+                        log.record(&Event {
+                            recipient: Some(b"r@example.org"),
+                            reply: Some(&reply),
+                            attempt: Some(1),
+                            ..Event::new(EventKind::Delivered, n as u64, &queue_id)
+                        });
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let log = Arc::into_inner(log).unwrap();
+        assert_eq!(log.dropped(), 0);
+        drop(log);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("{\"earlier\":true}"), "appends");
+        let mut seen = std::collections::HashSet::new();
+        for line in lines {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["event"], "delivered");
+            assert_eq!(value["recipient"], "r@example.org");
+            assert_eq!(value["reply"], "250 2.0.0 ok");
+            assert_eq!(value["attempt"], 1);
+            assert!(seen.insert(value["queue_id"].as_str().unwrap().to_owned()));
+        }
+        assert_eq!(seen.len(), 2 * EVENTS_PER_THREAD);
+    }
+
+    #[test]
+    fn a_quiet_log_still_reaches_the_file_soon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let log = EventLog::open(&path).unwrap();
+        log.record(&Event::new(EventKind::Received, 0, "q1"));
+        // Polled, not slept for a fixed time: a loaded machine may take
+        // longer than the flush interval, but not this long.
+        let started = Instant::now();
+        while std::fs::read(&path).unwrap().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10), "never flushed");
+            thread::sleep(FLUSH_INTERVAL / 4);
+        }
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with('\n'));
+    }
+
+    #[test]
+    fn disabled_writes_nothing() {
+        let log = EventLog::disabled();
+        assert!(!log.is_enabled());
+        log.record(&Event::new(EventKind::Received, 0, "q1"));
+        assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn full_channel_drops_and_counts() {
+        // A writer that never reads: the second line finds the channel full.
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let log = EventLog {
+            lines: Some(sender),
+            writer: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        log.record(&Event::new(EventKind::Received, 0, "q1"));
+        log.record(&Event::new(EventKind::Received, 0, "q2"));
+        assert_eq!(log.dropped(), 1);
+        assert!(receiver.try_recv().unwrap().ends_with(b"\"q1\"}\n"));
+    }
+}
