@@ -13,6 +13,7 @@ use std::time::Duration;
 use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
 use crate::config::{BareLineEndingsSetting, Config};
+use crate::delivery::events::EventLog;
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
@@ -49,6 +50,7 @@ pub struct Server {
     pub resolver: Resolver,
     pub delivery: DeliverySettings,
     pub client_config: Arc<ClientConfig>,
+    pub events: EventLog,
     /// Every shard's inbox, by shard id.
     pub links: Vec<ShardLink>,
     pub shutting_down: AtomicBool,
@@ -205,6 +207,15 @@ pub fn start(config: Config) -> Result<Running> {
     );
     let session_config = Arc::new(session_config(&config));
     let resolver = Resolver::start(resolver_config(&config)).map_err(Error::Listen)?;
+    let events = match &config.log.events {
+        Some(path) => EventLog::open(path).map_err(|err| {
+            Error::Listen(io::Error::new(
+                err.kind(),
+                format!("event log {}: {err}", path.display()),
+            ))
+        })?,
+        None => EventLog::disabled(),
+    };
     let mut links = Vec::new();
     let mut inboxes = Vec::new();
     for _ in 0..config.shard_count() {
@@ -220,6 +231,7 @@ pub fn start(config: Config) -> Result<Running> {
         resolver,
         delivery: delivery_settings(&config),
         client_config: Arc::new(client_config(&config)),
+        events,
         links,
         shutting_down: AtomicBool::new(false),
         queue_id_floor: recovered.queue_id_max,

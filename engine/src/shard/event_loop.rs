@@ -19,6 +19,7 @@ use baton_spool::{
 };
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
@@ -741,6 +742,14 @@ impl Shard {
         }
         if store.conn.is_none() {
             return; // a notification: logged when generated
+        }
+        let events = &self.server.events;
+        if events.is_enabled() {
+            let queue_id = store.queue_id.to_string();
+            let mut event = LogEvent::new(EventKind::Received, now_ms, &queue_id);
+            event.sender = Some(store.sender.as_bytes());
+            event.size = Some(store.size as u64);
+            events.record(&event);
         }
         let metrics = &self.server.metrics;
         metrics.messages_accepted.fetch_add(1, Ordering::Relaxed);

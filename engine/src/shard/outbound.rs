@@ -21,20 +21,22 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use baton_spool::{Outcome as SpoolOutcome, QueueId, Record, Status};
+use baton_spool::{NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId, Record, Status};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::admin::{AdminReply, AdminRequest};
+use crate::delivery::dsn::{self, Bounce, FailedRecipient};
+use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::delivery::retry::Retry;
 use crate::dns::{Query, Resolution};
 use crate::outbound::{Client, CloseReason, Envelope, Event, Outcome};
 use crate::queue::{Action, QueuedRecipient, Take, Waiter};
-use crate::route::{Destination, Route};
+use crate::route::{destination_of, Destination, Route};
 use crate::server::unix_ms;
 use crate::smtp::reply::Reply;
 
 use super::conn::{Slotted, RECV_BUFFER_BYTES};
-use super::event_loop::Shard;
+use super::event_loop::{PendingStore, Shard};
 use super::token::{ConnKey, Token};
 use super::ShardMsg;
 
@@ -831,33 +833,36 @@ impl Shard {
         let Ok(view) = record.message() else {
             return;
         };
-        let mut failed: Vec<(QueuedRecipient, Reply)> = Vec::new();
+        let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
+        let address = |item: &QueuedRecipient| -> &[u8] {
+            addresses
+                .get(item.recipient as usize)
+                .copied()
+                .unwrap_or_default()
+        };
+        let server = self.server.clone();
+        let metrics = &server.metrics;
+        let mut failed: Vec<Failure> = Vec::new();
         for (item, outcome) in results {
             let attempts = item.attempts + 1;
+            let mut note = Note {
+                kind: EventKind::Delivered,
+                destination,
+                queue_id: item.queue_id,
+                recipient: address(&item),
+                attempt: attempts,
+                host,
+                next_attempt_ms: None,
+                reason: None,
+            };
             match outcome {
                 Outcome::Delivered(reply) => {
                     self.record_outcome(&item, Status::Delivered, &reply, now_ms);
-                    self.server
-                        .metrics
-                        .recipients_delivered
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.log_outcome(
-                        "delivered",
-                        destination,
-                        &view,
-                        &item,
-                        attempts,
-                        host,
-                        &reply,
-                        None,
-                    );
+                    metrics.recipients_delivered.fetch_add(1, Ordering::Relaxed);
+                    self.note(&note, &reply, now_ms);
                 }
                 Outcome::Deferred(reply) => {
-                    match self
-                        .server
-                        .delivery
-                        .retry(attempts, view.arrival_ms, now_ms)
-                    {
+                    match server.delivery.retry(attempts, view.arrival_ms, now_ms) {
                         Retry::At {
                             attempts,
                             next_attempt_ms,
@@ -867,62 +872,194 @@ impl Shard {
                                 next_attempt_ms,
                             };
                             self.record_outcome(&item, status, &reply, now_ms);
-                            self.server
-                                .metrics
-                                .recipients_deferred
-                                .fetch_add(1, Ordering::Relaxed);
-                            self.log_outcome(
-                                "deferred",
-                                destination,
-                                &view,
-                                &item,
-                                attempts,
-                                host,
-                                &reply,
-                                Some(next_attempt_ms),
-                            );
+                            metrics.recipients_deferred.fetch_add(1, Ordering::Relaxed);
+                            note.kind = EventKind::Deferred;
+                            note.next_attempt_ms = Some(next_attempt_ms);
+                            self.note(&note, &reply, now_ms);
                             let item = QueuedRecipient { attempts, ..item };
                             self.server
                                 .queues
                                 .schedule(destination, item, next_attempt_ms);
                         }
                         Retry::Expired { attempts } => {
-                            let reply = Reply::new(
-                                reply.code.max(400),
-                                Some((if reply.class() == 5 { 5 } else { 4 }, 4, 7)),
-                                format!(
+                            // RFC 3463 X.4.7: delivery time expired.
+                            let class = if reply.class() == 5 { 5 } else { 4 };
+                            let text = format!(
                                 "delivery time expired after {attempts} attempts; last reply: {}",
                                 reply_text(&reply)
-                            ),
                             );
-                            failed.push((QueuedRecipient { attempts, ..item }, reply));
+                            failed.push(Failure {
+                                item: QueuedRecipient { attempts, ..item },
+                                reply: Reply::new(reply.code.max(400), Some((class, 4, 7)), text),
+                                expired: true,
+                            });
                         }
                     }
                 }
-                Outcome::Failed(reply) => {
-                    failed.push((QueuedRecipient { attempts, ..item }, reply))
-                }
+                Outcome::Failed(reply) => failed.push(Failure {
+                    item: QueuedRecipient { attempts, ..item },
+                    reply,
+                    expired: false,
+                }),
             }
         }
-        for (item, reply) in &failed {
-            self.record_outcome(item, Status::Failed, reply, now_ms);
-            self.server
-                .metrics
-                .recipients_failed
-                .fetch_add(1, Ordering::Relaxed);
-            self.log_outcome(
-                "failed",
+        for failure in &failed {
+            let item = &failure.item;
+            self.record_outcome(item, Status::Failed, &failure.reply, now_ms);
+            metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
+            let note = Note {
+                kind: EventKind::Failed,
                 destination,
-                &view,
-                item,
-                item.attempts,
+                queue_id: item.queue_id,
+                recipient: address(item),
+                attempt: item.attempts,
                 host,
-                reply,
-                None,
-            );
+                next_attempt_ms: None,
+                reason: failure.expired.then_some("expired"),
+            };
+            self.note(&note, &failure.reply, now_ms);
         }
         if !failed.is_empty() {
-            self.bounce(&view, &failed, host);
+            self.bounce(&view, &failed, host, now_ms);
+        }
+    }
+
+    /// Logs an outcome, and writes it to the event log.
+    fn note(&self, note: &Note<'_>, reply: &Reply, now_ms: u64) {
+        let queue_id = note.queue_id.to_string();
+        let events = &self.server.events;
+        if events.is_enabled() {
+            let mut event = LogEvent::new(note.kind, now_ms, &queue_id);
+            event.recipient = Some(note.recipient);
+            event.destination = Some(note.destination.as_str());
+            event.host = note.host;
+            event.reply = Some(reply);
+            event.attempt = Some(note.attempt);
+            event.next_attempt_unix_ms = note.next_attempt_ms;
+            event.reason = note.reason;
+            events.record(&event);
+        }
+        tracing::info!(
+            queue_id = %queue_id,
+            to = %String::from_utf8_lossy(note.recipient),
+            destination = %note.destination,
+            host = note.host.unwrap_or("-"),
+            attempt = note.attempt,
+            reply = %reply_text(reply),
+            next_attempt_ms = note.next_attempt_ms,
+            "{}",
+            match note.kind {
+                EventKind::Delivered => "delivered",
+                EventKind::Deferred => "deferred",
+                _ => "failed",
+            }
+        );
+    }
+
+    /// Queues one notification (RFC 3464) to the sender listing every
+    /// recipient of the message that failed here, unless the sender is
+    /// the null path (never a bounce for a bounce) or the recipients asked
+    /// for none (NOTIFY).
+    fn bounce(
+        &mut self,
+        view: &baton_spool::MessageView<'_>,
+        failed: &[Failure],
+        host: Option<&str>,
+        now_ms: u64,
+    ) {
+        let recipients: Vec<_> = view.recipients().collect();
+        let listed: Vec<FailedRecipient<'_>> = failed
+            .iter()
+            .filter_map(|f| {
+                let r = recipients.get(f.item.recipient as usize)?;
+                dsn::wants_notification(view.reverse_path, r.params).then_some(FailedRecipient {
+                    address: r.address,
+                    params: r.params,
+                    reply: &f.reply,
+                    remote_host: host,
+                })
+            })
+            .collect();
+        if listed.is_empty() {
+            return;
+        }
+        let original_id = view.queue_id.to_string();
+        let queue_id = self.queue_ids.next(now_ms);
+        let unique = queue_id.to_string();
+        let body = dsn::build(&Bounce {
+            hostname: &self.server.config.server.hostname,
+            queue_id: &original_id,
+            original_sender: view.reverse_path,
+            original_mail_params: view.mail_params,
+            arrival_unix_secs: view.arrival_ms / 1000,
+            now_unix_secs: now_ms / 1000,
+            original: view.body,
+            failed: &listed,
+            unique: &unique,
+        });
+        // 8-bit content (an SMTPUTF8 address, an 8-bit original) needs
+        // BODY=8BITMIME; a non-ASCII recipient address needs SMTPUTF8.
+        let mut mail_params = Vec::new();
+        if !body.is_ascii() {
+            mail_params.extend_from_slice(b"BODY=8BITMIME");
+        }
+        if !view.reverse_path.is_ascii() {
+            if !mail_params.is_empty() {
+                mail_params.push(b' ');
+            }
+            mail_params.extend_from_slice(b"SMTPUTF8");
+        }
+        let rcpt = [NewRecipient {
+            address: view.reverse_path,
+            params: b"",
+            status: Status::Pending,
+        }];
+        let record = NewMessage {
+            queue_id,
+            arrival_ms: now_ms,
+            reverse_path: b"",
+            mail_params: &mail_params,
+            identity: b"",
+            peer: b"",
+            recipients: &rcpt,
+            body: &body,
+        };
+        match self.writer.append_message(&record) {
+            Ok(appended) => {
+                self.stores.push_back(PendingStore {
+                    ticket: appended.ticket,
+                    conn: None,
+                    queue_id,
+                    at: appended.at,
+                    recipients: vec![(destination_of(view.reverse_path), 0)],
+                    size: body.len(),
+                    sender: String::new(),
+                    peer: None,
+                });
+                self.server
+                    .metrics
+                    .bounces_generated
+                    .fetch_add(1, Ordering::Relaxed);
+                let events = &self.server.events;
+                if events.is_enabled() {
+                    let mut event = LogEvent::new(EventKind::Bounce, now_ms, &original_id);
+                    event.recipient = Some(view.reverse_path);
+                    event.bounce_queue_id = Some(&unique);
+                    event.size = Some(body.len() as u64);
+                    events.record(&event);
+                }
+                tracing::info!(
+                    queue_id = %original_id,
+                    bounce = %unique,
+                    to = %String::from_utf8_lossy(view.reverse_path),
+                    recipients = listed.len(),
+                    "bounce generated"
+                );
+            }
+            Err(err) => {
+                // The failures are recorded; only the notice is lost.
+                tracing::error!(queue_id = %original_id, %err, "spool: cannot queue a bounce");
+            }
         }
     }
 
@@ -1031,43 +1168,6 @@ impl Shard {
             }
         }
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn log_outcome(
-        &self,
-        event: &'static str,
-        destination: &Destination,
-        view: &baton_spool::MessageView<'_>,
-        item: &QueuedRecipient,
-        attempt: u32,
-        host: Option<&str>,
-        reply: &Reply,
-        next_attempt_ms: Option<u64>,
-    ) {
-        let recipient = view
-            .recipients()
-            .nth(item.recipient as usize)
-            .map(|r| String::from_utf8_lossy(r.address).into_owned())
-            .unwrap_or_default();
-        tracing::info!(
-            queue_id = %item.queue_id,
-            to = %recipient,
-            destination = %destination,
-            host = host.unwrap_or("-"),
-            attempt,
-            reply = %reply_text(reply),
-            next_attempt_ms,
-            "{event}"
-        );
-    }
-
-    fn bounce(
-        &mut self,
-        _view: &baton_spool::MessageView<'_>,
-        _failed: &[(QueuedRecipient, Reply)],
-        _host: Option<&str>,
-    ) {
-    }
 }
 
 impl Shard {
@@ -1163,6 +1263,26 @@ impl Shard {
             }
         }
     }
+}
+
+/// A recipient that failed, for the notification.
+struct Failure {
+    item: QueuedRecipient,
+    reply: Reply,
+    /// Failed because it waited longer than `max_age`.
+    expired: bool,
+}
+
+/// What the log says about one outcome.
+struct Note<'a> {
+    kind: EventKind,
+    destination: &'a Destination,
+    queue_id: QueueId,
+    recipient: &'a [u8],
+    attempt: u32,
+    host: Option<&'a str>,
+    next_attempt_ms: Option<u64>,
+    reason: Option<&'static str>,
 }
 
 /// A reply on one line: `550 5.1.1 No such user`.
