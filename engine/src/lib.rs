@@ -13,6 +13,8 @@
 //! - [`queue`]: per-destination ready and scheduled queues, shared by all
 //!   shards.
 //! - [`route`]: which destination a recipient belongs to.
+//! - [`dns`]: the resolver thread: MX and host lookups for the shards,
+//!   answered by callback so that no shard ever blocks on DNS.
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`admin`]: the HTTP admin API (queue, metrics, health) and its client.
 //! - [`server`]: what the shards share; start and graceful stop.
@@ -20,6 +22,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod dns;
 pub mod error;
 pub mod inbound;
 pub mod outbound;
