@@ -12,9 +12,14 @@
 //!   spool's mapping, the only `unsafe` in baton.
 //! - [`queue`]: per-destination ready and scheduled queues, shared by all
 //!   shards.
-//! - [`route`]: which destination a recipient belongs to.
-//! - [`delivery`]: after the queue: bounces (RFC 3464 notifications) and
-//!   the delivery event log.
+//! - [`route`]: which destination a recipient belongs to, and where its
+//!   mail goes (MX or a configured next hop).
+//! - [`dns`]: the resolver thread: MX and host lookups for the shards,
+//!   answered by callback so that no shard ever blocks on DNS.
+//! - [`delivery`]: what needs no I/O after the queue: the retry schedule,
+//!   bounces (RFC 3464 notifications) and the delivery event log. The
+//!   delivery connections themselves run on the shards
+//!   (`shard/outbound.rs`).
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`admin`]: the HTTP admin API (queue, metrics, health) and its client.
 //! - [`server`]: what the shards share; start and graceful stop.

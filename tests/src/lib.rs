@@ -3,6 +3,11 @@
 //! sockets, and kills or stops it like an operator would.
 //!
 //! Every wait is on a condition with a deadline; nothing sleeps blindly.
+//!
+//! [`dns`] is a real DNS server serving a zone the test scripts, for the
+//! resolver's tests.
+
+pub mod dns;
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
