@@ -268,6 +268,7 @@ fn shaping_for(config: &Config) -> Box<dyn Fn(&Destination) -> Shaping + Send + 
             messages_per_connection_max: s.messages_per_connection_max,
             recipients_per_transaction_max: s.recipients_per_transaction_max,
             message_rate_max: s.message_rate_max,
+            hold: config.delivery.hold,
         }
     })
 }

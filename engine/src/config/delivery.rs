@@ -14,6 +14,9 @@ use super::{de, Config};
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
+    /// Queue mail but open no delivery connection (maintenance, or a
+    /// server that only accepts).
+    pub hold: bool,
     /// Sent with EHLO/HELO. Never empty once loaded: `""` in the file is
     /// replaced by `server.hostname`.
     pub helo_name: String,

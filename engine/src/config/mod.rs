@@ -462,6 +462,7 @@ mod tests {
             "smtp.bare_line_endings",
             "smtp.chunking",
             "relay.networks",
+            "delivery.hold",
             "delivery.helo_name",
             "delivery.mx_port",
             "delivery.retry_schedule",

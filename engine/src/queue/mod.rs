@@ -42,6 +42,8 @@ pub struct Shaping {
     pub recipients_per_transaction_max: usize,
     /// Messages started per second; 0 = no limit.
     pub message_rate_max: u32,
+    /// Open no connection at all (`delivery.hold`).
+    pub hold: bool,
 }
 
 impl Default for Shaping {
@@ -51,6 +53,7 @@ impl Default for Shaping {
             messages_per_connection_max: 1000,
             recipients_per_transaction_max: 100,
             message_rate_max: 0,
+            hold: false,
         }
     }
 }
@@ -126,7 +129,8 @@ impl DestinationQueue {
     /// connections carrying them (each carries one transaction at a time)
     /// and none is idle.
     fn wants_connection(&self, now_ms: u64) -> bool {
-        self.idle.is_empty()
+        !self.shaping.hold
+            && self.idle.is_empty()
             && now_ms >= self.paused_until_ms
             && self.connections < self.limit
             && self.ready.len() > self.connections

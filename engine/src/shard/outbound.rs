@@ -83,6 +83,8 @@ struct Current {
     record: Record,
     body_start: usize,
     body_len: usize,
+    /// The server said `354`: the body is to be sent.
+    body_due: bool,
     body_done: usize,
     /// The recipients in the envelope, in its order.
     sent: Vec<QueuedRecipient>,
@@ -109,7 +111,10 @@ pub(super) struct OutConn {
     send_buf: Vec<u8>,
     send_done: usize,
     send_in_flight: bool,
-    send_is_body: bool,
+    /// For a send of body and commands together: borrowed by the kernel
+    /// while `send_in_flight`.
+    msg: Box<libc::msghdr>,
+    iov: Box<[libc::iovec; 2]>,
     current: Option<Current>,
     /// Transactions started on this connection.
     transactions: usize,
@@ -194,7 +199,13 @@ impl Shard {
             send_buf: Vec::new(),
             send_done: 0,
             send_in_flight: false,
-            send_is_body: false,
+            msg: Box::new(empty_msghdr()),
+            iov: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; 2],
+            ),
             current: None,
             transactions: 0,
             ready_seen: false,
@@ -385,20 +396,17 @@ impl Shard {
             client.connection_lost();
             return self.out_progress(key);
         }
-        let n = result as usize;
-        if conn.send_is_body {
-            if let Some(current) = conn.current.as_mut() {
-                current.body_done += n;
-                if current.body_done >= current.body_len {
-                    client.body_sent();
-                }
-            }
-        } else {
-            conn.send_done += n;
-            if conn.send_done >= conn.send_buf.len() {
-                conn.send_buf.clear();
-                conn.send_done = 0;
-            }
+        // The body (if any was in this send) went first, then the commands.
+        let mut n = result as usize;
+        if let Some(current) = conn.current.as_mut().filter(|c| c.body_due) {
+            let body = n.min(current.body_len - current.body_done);
+            current.body_done += body;
+            n -= body;
+        }
+        conn.send_done += n;
+        if conn.send_done >= conn.send_buf.len() {
+            conn.send_buf.clear();
+            conn.send_done = 0;
         }
         self.out_progress(key);
     }
@@ -450,55 +458,68 @@ impl Shard {
             return;
         };
         if !conn.send_in_flight {
-            if conn.send_buf.is_empty() {
-                let output = client.output();
-                if !output.is_empty() {
-                    conn.send_buf.extend_from_slice(output);
-                    let n = output.len();
-                    client.consume_output(n);
+            // After `354` the body goes out with the final dot in one
+            // write: the client queues the dot at once, and the send
+            // below takes the body from the mapping and the dot from
+            // `send_buf` (RFC 5321 §4.1.1.4; the stored body ends in CRLF).
+            if client.body_needed() {
+                client.body_sent();
+                if let Some(current) = conn.current.as_mut() {
+                    current.body_due = true;
                 }
             }
-            let fd = conn.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
-            let pending: Option<(*const u8, usize, bool)> = if conn.send_done < conn.send_buf.len()
-            {
-                let rest = &conn.send_buf[conn.send_done..];
-                Some((rest.as_ptr(), rest.len(), false))
-            } else if client.body_needed() {
-                match conn.current.as_ref() {
-                    Some(c) if c.body_done < c.body_len => {
-                        let payload = c.record.payload();
-                        let rest = &payload[c.body_start + c.body_done..c.body_start + c.body_len];
-                        Some((rest.as_ptr(), rest.len(), true))
-                    }
-                    _ => {
-                        client.body_sent();
-                        None
-                    }
+            let output = client.output();
+            if !output.is_empty() {
+                conn.send_buf.extend_from_slice(output);
+                let n = output.len();
+                client.consume_output(n);
+            }
+            let body: &[u8] = match conn.current.as_ref() {
+                Some(c) if c.body_due && c.body_done < c.body_len => {
+                    &c.record.payload()[c.body_start + c.body_done..c.body_start + c.body_len]
                 }
-            } else {
-                None
+                _ => &[],
             };
-            if let Some((ptr, len, is_body)) = pending {
-                // SAFETY: the bytes live in the slot's `send_buf` or in the
-                // mapping that `current.record` keeps alive; neither is
-                // touched or freed while `send_in_flight`.
-                let submitted = unsafe {
+            let commands = &conn.send_buf[conn.send_done..];
+            let fd = conn.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+            let token = Token::OutSend(key).encode();
+            let submitted = if body.is_empty() && commands.is_empty() {
+                None
+            } else if body.is_empty() {
+                // SAFETY: `send_buf` belongs to the slot, which is not
+                // freed, and is not touched, while `send_in_flight`.
+                Some(unsafe {
                     self.ring.send(
                         fd,
-                        ptr,
-                        len.min(u32::MAX as usize) as u32,
-                        Token::OutSend(key).encode(),
+                        commands.as_ptr(),
+                        commands.len().min(u32::MAX as usize) as u32,
+                        token,
                     )
+                })
+            } else {
+                conn.iov[0] = libc::iovec {
+                    iov_base: body.as_ptr() as *mut libc::c_void,
+                    iov_len: body.len(),
                 };
-                if submitted.is_err() {
+                conn.iov[1] = libc::iovec {
+                    iov_base: commands.as_ptr() as *mut libc::c_void,
+                    iov_len: commands.len(),
+                };
+                conn.msg.msg_iov = conn.iov.as_mut_ptr();
+                conn.msg.msg_iovlen = 2;
+                // SAFETY: the msghdr and iovecs are boxed in the slot; the
+                // body lives in the mapping `current.record` keeps alive,
+                // the dot in `send_buf`; none is freed or touched while
+                // `send_in_flight`.
+                Some(unsafe { self.ring.sendmsg(fd, &*conn.msg, token) })
+            };
+            match submitted {
+                Some(Ok(())) => conn.send_in_flight = true,
+                Some(Err(_)) => {
                     client.connection_lost();
                     return self.out_progress(key);
                 }
-                conn.send_in_flight = true;
-                conn.send_is_body = is_body;
-            } else if client.body_needed() || !client.output().is_empty() {
-                // body_sent() just queued the final dot: go round again.
-                return self.out_progress(key);
+                None => {}
             }
         }
         if !conn.recv_in_flight && !client.is_closed() {
@@ -625,6 +646,7 @@ impl Shard {
             record,
             body_start,
             body_len,
+            body_due: false,
             body_done: 0,
             sent,
         });
@@ -1283,6 +1305,13 @@ struct Note<'a> {
     host: Option<&'a str>,
     next_attempt_ms: Option<u64>,
     reason: Option<&'static str>,
+}
+
+/// A `msghdr` with no name, no control data and no iovecs yet.
+fn empty_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain data (pointers and integers, some of its
+    // fields private to libc); all-zero is its documented empty value.
+    unsafe { std::mem::zeroed() }
 }
 
 /// A reply on one line: `550 5.1.1 No such user`.

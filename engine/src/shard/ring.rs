@@ -115,6 +115,25 @@ impl Ring {
         self.push(entry)
     }
 
+    /// Sends what the `msghdr`'s iovecs point at.
+    ///
+    /// # Safety
+    /// `msg`, its iovec array and every buffer they point at must stay
+    /// allocated and untouched until the completion for `token` has been
+    /// reaped.
+    pub unsafe fn sendmsg(
+        &mut self,
+        fd: RawFd,
+        msg: *const libc::msghdr,
+        token: u64,
+    ) -> io::Result<()> {
+        let entry = opcode::SendMsg::new(types::Fd(fd), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(token);
+        self.push(entry)
+    }
+
     /// Reads into `buf` (an eventfd: 8 bytes).
     ///
     /// # Safety
