@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use baton::admin::{self, MessageReport, QueueSummary};
+use baton::admin::{self, AdminReply, MessageReport, QueueSummary};
 use baton::config::{Config, DEFAULT_CONFIG};
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -32,7 +32,7 @@ enum Command {
     },
     /// Check a configuration file; errors name the key and the line.
     CheckConfig { file: PathBuf },
-    /// Inspect the queue of a running server (through its admin API).
+    /// Inspect or act on the queue of a running server (through its admin API).
     Queue {
         #[command(subcommand)]
         action: QueueAction,
@@ -54,6 +54,12 @@ enum QueueAction {
     List,
     /// One message: envelope and each recipient's state.
     Show { id: String },
+    /// Retry scheduled recipients now: of one destination, or of all.
+    Flush { domain: Option<String> },
+    /// Remove a message's undelivered recipients, without notification.
+    Delete { id: String },
+    /// Fail a message's undelivered recipients, with a notification to the sender.
+    Bounce { id: String },
 }
 
 fn main() -> ExitCode {
@@ -180,38 +186,85 @@ fn queue(
             .address
             .ok_or("the admin API is disabled in the configuration")?,
     };
-    let path = match &action {
-        QueueAction::List => "/queue".to_string(),
-        QueueAction::Show { id } => {
-            admin::parse_queue_id(id)
-                .ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))?;
-            format!("/queue/{}", id.trim())
-        }
+    let queue_id = |id: &str| {
+        admin::parse_queue_id(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))
     };
-    let (status, body) = admin::get(address, &path)
-        .map_err(|e| format!("cannot reach the admin API at {address}: {e}"))?;
-    if status != 200 {
-        return Err(body.trim().to_string());
-    }
-    if json {
-        print!("{body}");
-        return Ok(());
-    }
     match action {
         QueueAction::List => {
-            print_summary(&serde_json::from_str(&body).map_err(|e| e.to_string())?)
+            let body = read(address, "/queue")?;
+            if json {
+                print!("{body}");
+            } else {
+                print_summary(&serde_json::from_str(&body).map_err(|e| e.to_string())?);
+            }
         }
-        QueueAction::Show { .. } => {
-            print_message(&serde_json::from_str(&body).map_err(|e| e.to_string())?)
+        QueueAction::Show { id } => {
+            let body = read(address, &format!("/queue/{}", queue_id(&id)?))?;
+            if json {
+                print!("{body}");
+            } else {
+                print_message(&serde_json::from_str(&body).map_err(|e| e.to_string())?);
+            }
+        }
+        QueueAction::Flush { domain: None } => act(address, "/queue/flush", json)?,
+        QueueAction::Flush {
+            domain: Some(domain),
+        } => {
+            if !admin::is_destination(&domain) {
+                return Err(format!("{domain:?} is not a domain"));
+            }
+            act(address, &format!("/queue/flush/{domain}"), json)?;
+        }
+        QueueAction::Delete { id } => {
+            act(address, &format!("/queue/{}/delete", queue_id(&id)?), json)?
+        }
+        QueueAction::Bounce { id } => {
+            act(address, &format!("/queue/{}/bounce", queue_id(&id)?), json)?
         }
     }
     Ok(())
 }
 
+fn unreachable(address: SocketAddr, err: std::io::Error) -> String {
+    format!("cannot reach the admin API at {address}: {err}")
+}
+
+/// GETs `path`; the body of a 200, or the server's answer as the error.
+fn read(address: SocketAddr, path: &str) -> Result<String, String> {
+    let (status, body) = admin::get(address, path).map_err(|e| unreachable(address, e))?;
+    if status != 200 {
+        return Err(body.trim().to_string());
+    }
+    Ok(body)
+}
+
+/// POSTs `path` and prints the [`AdminReply`]; an error when the request
+/// was not carried out.
+fn act(address: SocketAddr, path: &str, json: bool) -> Result<(), String> {
+    let (status, body) = admin::post(address, path).map_err(|e| unreachable(address, e))?;
+    let reply: AdminReply = serde_json::from_str(&body)
+        .map_err(|_| format!("the admin API answered {status}: {}", body.trim()))?;
+    if json {
+        print!("{body}");
+    } else if reply.ok {
+        println!("{}", reply.message);
+    }
+    if !reply.ok {
+        return Err(reply.message);
+    }
+    Ok(())
+}
+
 fn print_summary(summary: &QueueSummary) {
-    println!("{:<40} {:>10} {:>10}", "DESTINATION", "READY", "SCHEDULED");
+    println!(
+        "{:<40} {:>10} {:>10} {:>12}",
+        "DESTINATION", "READY", "SCHEDULED", "CONNECTIONS"
+    );
     for d in &summary.destinations {
-        println!("{:<40} {:>10} {:>10}", d.destination, d.ready, d.scheduled);
+        println!(
+            "{:<40} {:>10} {:>10} {:>12}",
+            d.destination, d.ready, d.scheduled, d.connections
+        );
     }
     let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     println!(

@@ -105,6 +105,8 @@ pub struct TestConfig {
     pub relay_networks: Option<Vec<String>>,
     /// Shards; default 2.
     pub shards: Option<usize>,
+    /// Appended to the configuration file as it is, e.g. `[[route]]` tables.
+    pub extra_toml: String,
 }
 
 /// A running (or stopped) baton process with its own directory.
@@ -233,8 +235,14 @@ impl Baton {
     /// Waits for `condition`, failing the test with the log after the
     /// startup timeout or if baton exits.
     pub fn wait_until(&mut self, what: &str, mut condition: impl FnMut() -> bool) {
+        self.wait_for(what, |_| condition());
+    }
+
+    /// [`wait_until`](Self::wait_until), for a condition that asks this
+    /// server (its admin API, its CLI).
+    pub fn wait_for(&mut self, what: &str, mut condition: impl FnMut(&Baton) -> bool) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        while !condition() {
+        while !condition(self) {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!(
@@ -366,6 +374,37 @@ impl Baton {
         serde_json::from_str(&stdout).expect("queue show JSON")
     }
 
+    /// One request to the admin API, without a body: `(status, body)`.
+    pub fn admin_request(&self, method: &str, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.admin).unwrap_or_else(|err| {
+            panic!(
+                "{method} {path}: connect to the admin API: {err}\n{}",
+                self.log()
+            )
+        });
+        stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .expect("timeout");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send the request");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("read the response");
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{method} {path}: malformed response {response:?}"));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{method} {path}: malformed status line {head:?}"));
+        (status, body.to_string())
+    }
+
     /// The recipients' addresses in a [`show`](Self::show) answer.
     pub fn shown_recipients(message: &serde_json::Value) -> Vec<String> {
         message["recipients"]
@@ -420,6 +459,7 @@ fn config_text(test: &TestConfig, dir: &Path, smtp: SocketAddr, admin: SocketAdd
         let quoted: Vec<_> = networks.iter().map(|n| format!("\"{n}\"")).collect();
         let _ = writeln!(text, "\n[relay]\nnetworks = [{}]", quoted.join(", "));
     }
+    let _ = writeln!(text, "\n{}", test.extra_toml);
     text
 }
 

@@ -1,13 +1,19 @@
-//! The admin API an operator scrapes: /metrics counts what was accepted,
-//! /health answers.
+//! The admin API an operator scrapes and drives: /metrics counts what was
+//! accepted and what delivery did, /health answers, and the POSTs that act
+//! on the queue answer with a JSON reply and a status that says what
+//! became of them.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 
 use baton_tests::Baton;
 
 fn get(baton: &Baton, path: &str) -> String {
-    let mut stream = TcpStream::connect(baton.admin).expect("connect to the admin API");
+    get_at(baton.admin, path)
+}
+
+fn get_at(admin: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(admin).expect("connect to the admin API");
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
@@ -21,9 +27,18 @@ fn get(baton: &Baton, path: &str) -> String {
     response
 }
 
+/// POSTs `path`; the status and the JSON reply (`ok`, `recipients`,
+/// `message`).
+fn post(baton: &Baton, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = baton.admin_request("POST", path);
+    let reply = serde_json::from_str(&body)
+        .unwrap_or_else(|err| panic!("POST {path}: {status} {body:?} is not JSON: {err}"));
+    (status, reply)
+}
+
 #[test]
 fn metrics_count_accepted_mail_and_health_answers() {
-    let baton = Baton::start();
+    let mut baton = Baton::start();
     assert!(get(&baton, "/health").ends_with("ok\n"));
     let mut smtp = baton.connect();
     smtp.ehlo("client.test");
@@ -37,10 +52,105 @@ fn metrics_count_accepted_mail_and_health_answers() {
         "baton_recipients_accepted_total 2",
         "baton_queue_recipients 2",
         "# TYPE baton_queue_recipients gauge",
+        "# TYPE baton_connections_opened_total counter",
+        "# TYPE baton_connections_failed_total counter",
+        "# TYPE baton_recipients_delivered_total counter",
+        "# TYPE baton_recipients_deferred_total counter",
+        "# TYPE baton_recipients_failed_total counter",
+        "# TYPE baton_bounces_generated_total counter",
+        "# TYPE baton_destination_ready gauge",
+        "# TYPE baton_destination_scheduled gauge",
+        "# TYPE baton_destination_connections gauge",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
             "missing {line:?} in\n{metrics}"
         );
     }
+    // Every counter has a sample, zero or not.
+    for name in [
+        "baton_connections_opened_total",
+        "baton_connections_failed_total",
+        "baton_recipients_delivered_total",
+        "baton_recipients_deferred_total",
+        "baton_recipients_failed_total",
+        "baton_bounces_generated_total",
+    ] {
+        let sample = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")));
+        assert!(
+            sample.is_some_and(|v| v.parse::<u64>().is_ok()),
+            "no sample of {name} in\n{metrics}"
+        );
+    }
+    // Each destination has its series once its recipients are queued.
+    let admin = baton.admin;
+    baton.wait_until("per-destination gauges for both domains", || {
+        let metrics = get_at(admin, "/metrics");
+        ["ready", "scheduled", "connections"].iter().all(|gauge| {
+            ["example.org", "example.net"].iter().all(|destination| {
+                let prefix = format!("baton_destination_{gauge}{{destination=\"{destination}\"}} ");
+                metrics.lines().any(|l| l.starts_with(&prefix))
+            })
+        })
+    });
+}
+
+#[test]
+fn operator_actions_answer_with_a_reply_and_a_status() {
+    let baton = Baton::start();
+
+    // Nothing queued: a flush is done, and moves nobody.
+    for path in ["/queue/flush", "/queue/flush/example.org"] {
+        let (status, reply) = post(&baton, path);
+        assert_eq!(status, 200, "{path}: {reply}");
+        assert_eq!(reply["ok"], true, "{path}: {reply}");
+        assert_eq!(reply["recipients"], 0, "{path}: {reply}");
+        assert!(reply["message"].is_string(), "{path}: {reply}");
+    }
+
+    // A well-formed id that is not queued.
+    for action in ["delete", "bounce"] {
+        let path = format!("/queue/00000000000000FF/{action}");
+        let (status, reply) = post(&baton, &path);
+        assert_eq!(status, 404, "{path}: {reply}");
+        assert_eq!(reply["ok"], false, "{path}: {reply}");
+        assert_eq!(reply["recipients"], 0, "{path}: {reply}");
+        let message = reply["message"].as_str().expect("message");
+        assert!(
+            message.contains("no message") && message.contains("00000000000000FF"),
+            "{path}: {reply}"
+        );
+    }
+
+    // Not an id, not a domain.
+    for path in [
+        "/queue/not-an-id/delete",
+        "/queue/not-an-id/bounce",
+        "/queue/1FFFFFFFFFFFFFFFF/delete",
+        "/queue/flush/a%2Fb",
+    ] {
+        let (status, reply) = post(&baton, path);
+        assert_eq!(status, 400, "{path}: {reply}");
+        assert_eq!(reply["ok"], false, "{path}: {reply}");
+    }
+
+    // A known path with the other method.
+    for (method, path) in [
+        ("GET", "/queue/flush"),
+        ("GET", "/queue/flush/example.org"),
+        ("GET", "/queue/00000000000000FF/delete"),
+        ("GET", "/queue/00000000000000FF/bounce"),
+        ("POST", "/metrics"),
+        ("POST", "/queue/00000000000000FF"),
+    ] {
+        let (status, body) = baton.admin_request(method, path);
+        assert_eq!(status, 405, "{method} {path}: {body}");
+    }
+    let (status, _) = baton.admin_request("POST", "/queue/00000000000000FF/requeue");
+    assert_eq!(status, 404);
+
+    // The API still serves after all that.
+    assert!(get(&baton, "/health").ends_with("ok\n"));
 }

@@ -1,11 +1,12 @@
 //! The command line an operator uses: the default configuration checks
 //! out, a configuration error names the key and its line, and `baton queue`
-//! answers cleanly, also about a message that is not there.
+//! answers cleanly, also about a message that is not there; its flush,
+//! delete and bounce act on deferred recipients.
 
 use std::path::Path;
 use std::process::Command;
 
-use baton_tests::{baton_bin, queued_id, Baton};
+use baton_tests::{baton_bin, free_port, queued_id, Baton, TestConfig};
 
 /// Runs `baton <args>`: (success, stdout, stderr).
 fn baton(args: &[&str]) -> (bool, String, String) {
@@ -120,8 +121,12 @@ fn queue_show_answers_about_present_and_unknown_messages() {
 
     let (ok, stdout, stderr) = server.cli(&["queue", "show", &id]);
     assert!(ok, "{stderr}");
+    // Pending, or deferred already: delivery starts at once, and the
+    // domain does not resolve here.
     assert!(
-        stdout.contains(&id) && stdout.contains("<b@example.org> pending"),
+        stdout.contains(&id)
+            && (stdout.contains("<b@example.org> pending")
+                || stdout.contains("<b@example.org> deferred")),
         "{stdout}"
     );
     // Ids print in upper case; lower case is the same id.
@@ -130,12 +135,30 @@ fn queue_show_answers_about_present_and_unknown_messages() {
     assert!(stdout.contains(&id), "{stdout}");
     let (ok, stdout, stderr) = server.cli(&["queue", "list"]);
     assert!(ok, "{stderr}");
-    // DESTINATION READY SCHEDULED
-    let example_org = stdout
+    let header: Vec<_> = stdout
         .lines()
-        .find(|l| l.starts_with("example.org "))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>());
-    assert_eq!(example_org, Some(vec!["example.org", "1", "0"]), "{stdout}");
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["DESTINATION", "READY", "SCHEDULED", "CONNECTIONS"],
+        "{stdout}"
+    );
+    // The one recipient is ready or scheduled, depending on how far its
+    // first attempt got.
+    let example_org: Vec<u64> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("example.org "))
+        .unwrap_or_else(|| panic!("no example.org row in\n{stdout}"))
+        .split_whitespace()
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    assert!(
+        example_org.len() == 3 && example_org[0] + example_org[1] == 1,
+        "{stdout}"
+    );
 
     // A well-formed id that is not queued.
     let unknown = if id == "00000000000000FF" {
@@ -168,4 +191,163 @@ fn queue_show_answers_about_present_and_unknown_messages() {
     assert!(!ok);
     assert!(stderr.contains("cannot reach the admin API"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn queue_actions_answer_cleanly_without_a_queue() {
+    let mut server = Baton::start();
+
+    let (ok, stdout, stderr) = server.cli(&["queue", "flush"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("0 "), "{stdout}");
+    let (ok, stdout, stderr) = server.cli(&["queue", "flush", "example.org", "--json"]);
+    assert!(ok, "{stderr}");
+    let reply: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON reply");
+    assert_eq!(
+        (&reply["ok"], &reply["recipients"]),
+        (&true.into(), &0.into())
+    );
+
+    // A well-formed id that is not queued: non-zero, and says so.
+    for action in ["delete", "bounce"] {
+        let (ok, stdout, stderr) = server.cli(&["queue", action, "0000000000000000"]);
+        assert!(!ok, "{action}: {stdout}");
+        assert!(stdout.is_empty(), "{action}: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "{action}: {stderr}");
+        assert!(
+            stderr.contains("no message 0000000000000000"),
+            "{action}: {stderr}"
+        );
+    }
+
+    // Refused before asking the server.
+    let (ok, _, stderr) = server.cli(&["queue", "bounce", "not-an-id"]);
+    assert!(!ok);
+    assert!(stderr.contains("not a queue id"), "{stderr}");
+    let (ok, _, stderr) = server.cli(&["queue", "flush", "a/b"]);
+    assert!(!ok);
+    assert!(stderr.contains("not a domain"), "{stderr}");
+
+    server.kill9();
+    for args in [
+        &["queue", "flush"][..],
+        &["queue", "delete", "0000000000000001"],
+    ] {
+        let (ok, _, stderr) = server.cli(args);
+        assert!(!ok);
+        assert!(stderr.contains("cannot reach the admin API"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A server whose every delivery attempt fails temporarily: every domain
+/// routes to a loopback port where nothing listens, and the next retry is
+/// an hour away, so deferred recipients wait for the operator.
+fn undeliverable() -> Baton {
+    let port = free_port("127.0.0.1");
+    Baton::start_with(TestConfig {
+        extra_toml: format!(
+            "[delivery]\nretry_schedule = [\"1h\"]\n\n\
+             [[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:{port}\"\n"
+        ),
+        ..TestConfig::default()
+    })
+}
+
+/// `GET /queue/<id>`: the status and attempts of each recipient; `None`
+/// once the message has left the queue.
+fn recipient_states(server: &Baton, id: &str) -> Option<Vec<(String, u64)>> {
+    let (status, body) = server.admin_request("GET", &format!("/queue/{id}"));
+    if status == 404 {
+        return None;
+    }
+    assert_eq!(status, 200, "{body}");
+    let message: serde_json::Value = serde_json::from_str(&body).expect("message JSON");
+    let states = message["recipients"]
+        .as_array()
+        .expect("recipients")
+        .iter()
+        .map(|r| {
+            let status = r["status"].as_str().expect("status").to_string();
+            (status, r["attempts"].as_u64().expect("attempts"))
+        })
+        .collect();
+    Some(states)
+}
+
+/// Recipients scheduled for a retry to example.org.
+fn scheduled(server: &Baton) -> u64 {
+    server.queue()["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .find(|d| d["destination"] == "example.org")
+        .map_or(0, |d| d["scheduled"].as_u64().expect("scheduled"))
+}
+
+/// Waits until both recipients of `id` are deferred after `attempts`
+/// attempts and back in the scheduled queue, where the operator finds them.
+fn wait_deferred(server: &mut Baton, id: &str, attempts: u64) {
+    let deferred = Some(vec![("deferred".to_string(), attempts); 2]);
+    server.wait_for(
+        &format!("both recipients of {id} deferred after {attempts} attempts"),
+        |s| recipient_states(s, id) == deferred && scheduled(s) == 2,
+    );
+}
+
+/// Every recipient of `id` has `status`, or the message has left the
+/// queue.
+fn settled(server: &Baton, id: &str, status: &str) -> bool {
+    recipient_states(server, id).is_none_or(|states| states.iter().all(|(s, _)| s == status))
+}
+
+#[test]
+fn flush_delete_and_bounce_act_on_deferred_recipients() {
+    let mut server = undeliverable();
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    let to = ["b@example.org", "c@example.org"];
+    let deleted = queued_id(&smtp.send_message("a@example.com", &to, "delete me\r\n"));
+    wait_deferred(&mut server, &deleted, 1);
+
+    // Flush: both are due now, and their second attempt fails like the first.
+    let (ok, stdout, stderr) = server.cli(&["queue", "flush", "example.org", "--json"]);
+    assert!(ok, "{stderr}");
+    let reply: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON reply");
+    assert_eq!(
+        (&reply["ok"], &reply["recipients"]),
+        (&true.into(), &2.into())
+    );
+    wait_deferred(&mut server, &deleted, 2);
+
+    let (ok, stdout, stderr) = server.cli(&["queue", "delete", &deleted]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("deleted 2 "), "{stdout}");
+    // Outcomes show once durable, a moment after the reply.
+    server.wait_for(&format!("{deleted} removed"), |s| {
+        settled(s, &deleted, "removed")
+    });
+    assert_eq!(scheduled(&server), 0);
+    // Nothing is left to delete a second time.
+    let (ok, stdout, stderr) = server.cli(&["queue", "delete", &deleted]);
+    assert!(
+        (ok && stdout.contains("deleted 0 ")) || (!ok && stderr.contains("no message")),
+        "{stdout}{stderr}"
+    );
+
+    let bounced = queued_id(&smtp.send_message("a@example.com", &to, "bounce me\r\n"));
+    wait_deferred(&mut server, &bounced, 1);
+    let (ok, stdout, stderr) = server.cli(&["queue", "bounce", &bounced]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("bounced 2 "), "{stdout}");
+    server.wait_for(&format!("{bounced} failed"), |s| {
+        settled(s, &bounced, "failed")
+    });
+    let (_, metrics) = server.admin_request("GET", "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "baton_recipients_failed_total 2"),
+        "{metrics}"
+    );
 }

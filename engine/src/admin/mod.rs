@@ -5,28 +5,45 @@
 //! - `GET /queue`: per destination counts of ready and scheduled
 //!   recipients, as JSON.
 //! - `GET /queue/<id>`: one message: envelope, size, each recipient's state.
-//! - `GET /metrics`: counters in the Prometheus text format.
+//! - `GET /metrics`: counters and gauges in the Prometheus text format.
+//! - `POST /queue/flush`, `POST /queue/flush/<domain>`: retry scheduled
+//!   recipients now, of every destination or of one.
+//! - `POST /queue/<id>/delete`: drop a message's undelivered recipients.
+//! - `POST /queue/<id>/bounce`: fail them, with a notification.
 //!
-//! `baton queue ...` is a client of this API ([`get`]).
+//! The POSTs answer an [`AdminReply`] as JSON: 200 when done, 404 when the
+//! message is not in the queue, 400 for a malformed id or domain, 503 when
+//! the shard that carries them out does not answer in time. A known path
+//! with the other method answers 405.
+//!
+//! `baton queue ...` is a client of this API ([`get`], [`post`]).
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use baton_spool::{QueueId, Status};
+use crossbeam_channel::RecvTimeoutError;
 use serde::{Deserialize, Serialize};
 
 use crate::queue::DestinationSummary;
 use crate::server::Server;
+use crate::shard::ShardMsg;
 
 /// Longest request head accepted.
 const REQUEST_BYTES_MAX: usize = 8 << 10;
 /// A client that sends nothing for this long is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the admin thread waits for a shard to carry out an operator's
+/// request before it answers 503. The thread serves one request at a time,
+/// so this also bounds how long the API stays busy.
+const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest domain (RFC 5321 §4.5.3.1.2).
+const DOMAIN_BYTES_MAX: usize = 255;
 
 /// The queue summary.
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,53 +108,219 @@ pub fn start(address: SocketAddr, server: Arc<Server>) -> io::Result<()> {
     Ok(())
 }
 
+/// An HTTP response, before it is written.
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    /// The `Allow` header of a 405.
+    allow: Option<&'static str>,
+}
+
+impl Response {
+    fn text(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain",
+            body: body.into(),
+            allow: None,
+        }
+    }
+
+    fn json<T: Serialize>(status: u16, value: &T) -> Response {
+        Response {
+            status,
+            content_type: "application/json",
+            body: to_json(value),
+            allow: None,
+        }
+    }
+
+    /// An operator's request that did not happen, as an [`AdminReply`].
+    fn refused(status: u16, message: String) -> Response {
+        let reply = AdminReply {
+            ok: false,
+            recipients: 0,
+            message,
+        };
+        Response::json(status, &reply)
+    }
+}
+
 fn serve(stream: TcpStream, server: &Server) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut reader = BufReader::new(stream.try_clone()?).take(REQUEST_BYTES_MAX as u64);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    // Skip the headers: nothing in them matters here.
+    // Of the headers only the body's length matters, to skip the body.
+    let mut body_bytes: u64 = 0;
     let mut line = String::new();
     while reader.read_line(&mut line)? > 2 {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                body_bytes = value.trim().parse().unwrap_or(0);
+            }
+        }
         line.clear();
     }
+    // Nothing here takes a body, but one left unread would make closing
+    // reset the connection, which can discard the response before the
+    // client reads it. Still within REQUEST_BYTES_MAX.
+    let _ = io::copy(&mut (&mut reader).take(body_bytes), &mut io::sink());
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) = if method != "GET" {
-        (405, "text/plain", "only GET\n".to_string())
-    } else {
-        route(path, server)
-    };
-    let reason = match status {
+    let response = route(method, path, server);
+    let reason = match response.status {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        503 => "Service Unavailable",
         _ => "Error",
     };
+    let allow = response
+        .allow
+        .map(|methods| format!("Allow: {methods}\r\n"))
+        .unwrap_or_default();
     let mut out = stream;
     write!(
         out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\n{allow}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+        response.status,
+        response.content_type,
+        response.body.len(),
+        response.body
     )?;
     out.flush()
 }
 
-fn route(path: &str, server: &Server) -> (u16, &'static str, String) {
-    const JSON: &str = "application/json";
-    match path {
-        "/health" => (200, "text/plain", "ok\n".into()),
-        "/metrics" => (200, "text/plain; version=0.0.4", metrics(server)),
-        "/queue" => (200, JSON, to_json(&queue_summary(server))),
-        _ => match path.strip_prefix("/queue/").and_then(parse_queue_id) {
-            Some(id) => match message_report(server, id) {
-                Some(report) => (200, JSON, to_json(&report)),
-                None => (404, "text/plain", format!("no message {id} in the queue\n")),
-            },
-            None => (404, "text/plain", "not found\n".into()),
-        },
+/// What a path names; the method is checked apart, so that a known path
+/// with the wrong method earns 405 rather than 404.
+#[derive(Debug, PartialEq, Eq)]
+enum Endpoint<'a> {
+    Health,
+    Metrics,
+    Queue,
+    /// `/queue/<id>`, the id as it came.
+    Message(&'a str),
+    /// `/queue/flush` or `/queue/flush/<domain>`.
+    Flush(Option<&'a str>),
+    /// `/queue/<id>/delete`.
+    Delete(&'a str),
+    /// `/queue/<id>/bounce`.
+    Bounce(&'a str),
+}
+
+impl Endpoint<'_> {
+    fn parse(path: &str) -> Option<Endpoint<'_>> {
+        Some(match path {
+            "/health" => Endpoint::Health,
+            "/metrics" => Endpoint::Metrics,
+            "/queue" => Endpoint::Queue,
+            "/queue/flush" => Endpoint::Flush(None),
+            _ => {
+                let rest = path.strip_prefix("/queue/")?;
+                if let Some(domain) = rest.strip_prefix("flush/") {
+                    return Some(Endpoint::Flush(Some(domain)));
+                }
+                match rest.split_once('/') {
+                    None => Endpoint::Message(rest),
+                    Some((id, "delete")) => Endpoint::Delete(id),
+                    Some((id, "bounce")) => Endpoint::Bounce(id),
+                    Some(_) => return None,
+                }
+            }
+        })
     }
+
+    /// Reads are GETs; whatever changes the queue is a POST.
+    fn method(&self) -> &'static str {
+        match self {
+            Endpoint::Health | Endpoint::Metrics | Endpoint::Queue | Endpoint::Message(_) => "GET",
+            Endpoint::Flush(_) | Endpoint::Delete(_) | Endpoint::Bounce(_) => "POST",
+        }
+    }
+}
+
+fn route(method: &str, path: &str, server: &Server) -> Response {
+    let Some(endpoint) = Endpoint::parse(path) else {
+        return Response::text(404, "not found\n");
+    };
+    let allowed = endpoint.method();
+    if method != allowed {
+        return Response {
+            allow: Some(allowed),
+            ..Response::text(405, format!("{path}: only {allowed}\n"))
+        };
+    }
+    match endpoint {
+        Endpoint::Health => Response::text(200, "ok\n"),
+        Endpoint::Metrics => Response {
+            content_type: "text/plain; version=0.0.4",
+            ..Response::text(200, metrics(server))
+        },
+        Endpoint::Queue => Response::json(200, &queue_summary(server)),
+        Endpoint::Message(id) => match parse_queue_id(id) {
+            Some(id) => match message_report(server, id) {
+                Some(report) => Response::json(200, &report),
+                None => Response::text(404, format!("no message {id} in the queue\n")),
+            },
+            None => Response::text(404, "not found\n"),
+        },
+        Endpoint::Flush(None) => act(server, path, AdminRequest::Flush(None)),
+        Endpoint::Flush(Some(domain)) if is_destination(domain) => {
+            act(server, path, AdminRequest::Flush(Some(domain.to_string())))
+        }
+        Endpoint::Flush(Some(domain)) => {
+            Response::refused(400, format!("{domain:?} is not a domain"))
+        }
+        Endpoint::Delete(id) => act_on_message(server, path, id, AdminRequest::Delete),
+        Endpoint::Bounce(id) => act_on_message(server, path, id, AdminRequest::Bounce),
+    }
+}
+
+/// [`act`] on the message `id` names: 400 if it names none.
+fn act_on_message(
+    server: &Server,
+    path: &str,
+    id: &str,
+    request: fn(QueueId) -> AdminRequest,
+) -> Response {
+    match parse_queue_id(id) {
+        Some(queue_id) => act(server, path, request(queue_id)),
+        None => Response::refused(400, format!("{id:?} is not a queue id (16 hex digits)")),
+    }
+}
+
+/// Has a shard carry out `request` and answers with its [`AdminReply`]:
+/// 200 when it was done, 404 when the message was not in the queue, 503
+/// when no shard answered in time.
+fn act(server: &Server, path: &str, request: AdminRequest) -> Response {
+    tracing::info!(path, "admin request");
+    match ask_shard(server, request) {
+        Ok(reply) => Response::json(if reply.ok { 200 } else { 404 }, &reply),
+        Err(message) => Response::refused(503, message),
+    }
+}
+
+/// The first shard runs every request: the queues and the spool are
+/// shared, and one shard in charge keeps the requests in order.
+fn ask_shard(server: &Server, request: AdminRequest) -> Result<AdminReply, String> {
+    let link = server.links.first().ok_or("no shard is running")?;
+    let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+    link.send(ShardMsg::Admin(request, reply_tx));
+    reply_rx
+        .recv_timeout(SHARD_REPLY_TIMEOUT)
+        .map_err(|err| match err {
+            RecvTimeoutError::Timeout => format!(
+                "the shard did not answer within {}s; the request may still take effect",
+                SHARD_REPLY_TIMEOUT.as_secs()
+            ),
+            RecvTimeoutError::Disconnected => {
+                "the shard stopped before answering (shutting down?)".to_string()
+            }
+        })
 }
 
 fn to_json<T: Serialize>(value: &T) -> String {
@@ -147,6 +330,17 @@ fn to_json<T: Serialize>(value: &T) -> String {
 /// Queue ids print as 16 hex digits.
 pub fn parse_queue_id(text: &str) -> Option<QueueId> {
     u64::from_str_radix(text.trim(), 16).ok().map(QueueId)
+}
+
+/// Whether `text` can name a destination: a domain, or an address literal
+/// such as `[192.0.2.1]` or `[IPv6:2001:db8::1]`; in particular nothing
+/// that would need escaping in a URL path.
+pub fn is_destination(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= DOMAIN_BYTES_MAX
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
 }
 
 fn queue_summary(server: &Server) -> QueueSummary {
@@ -199,7 +393,7 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
 fn metrics(server: &Server) -> String {
     let m = &server.metrics;
     let stats = server.spool.stats();
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let counters = [
         (
             "baton_connections_accepted_total",
@@ -230,6 +424,36 @@ fn metrics(server: &Server) -> String {
             "baton_store_failures_total",
             "Messages refused because the spool failed or was full.",
             load(&m.store_failures),
+        ),
+        (
+            "baton_connections_opened_total",
+            "Delivery connections started to a destination.",
+            load(&m.connections_opened),
+        ),
+        (
+            "baton_connections_failed_total",
+            "Delivery connections that reached no host of their destination.",
+            load(&m.connections_failed),
+        ),
+        (
+            "baton_recipients_delivered_total",
+            "Recipients the next hop accepted.",
+            load(&m.recipients_delivered),
+        ),
+        (
+            "baton_recipients_deferred_total",
+            "Delivery attempts that failed temporarily, per recipient.",
+            load(&m.recipients_deferred),
+        ),
+        (
+            "baton_recipients_failed_total",
+            "Recipients that failed for good.",
+            load(&m.recipients_failed),
+        ),
+        (
+            "baton_bounces_generated_total",
+            "Delivery status notifications generated.",
+            load(&m.bounces_generated),
         ),
     ];
     let gauges = [
@@ -265,16 +489,79 @@ fn metrics(server: &Server) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    destination_gauges(&mut out, &server.queues.summary());
+    out
+}
+
+/// One column of the queue summary.
+type Column = fn(&DestinationSummary) -> usize;
+
+/// One gauge family per column of the queue summary, a series per
+/// destination.
+fn destination_gauges(out: &mut String, destinations: &[DestinationSummary]) {
+    let families: [(&str, &str, Column); 3] = [
+        (
+            "baton_destination_ready",
+            "Recipients due for delivery, per destination.",
+            |d| d.ready,
+        ),
+        (
+            "baton_destination_scheduled",
+            "Recipients waiting for a retry, per destination.",
+            |d| d.scheduled,
+        ),
+        (
+            "baton_destination_connections",
+            "Open delivery connections, per destination.",
+            |d| d.connections,
+        ),
+    ];
+    for (name, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for d in destinations {
+            let label = escape_label_value(&d.destination);
+            let _ = writeln!(out, "{name}{{destination=\"{label}\"}} {}", value(d));
+        }
+    }
+}
+
+/// A label value in the Prometheus text format: backslash, double quote
+/// and line feed escaped.
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
     out
 }
 
 /// A GET against a running server's admin API: `(status, body)`.
 pub fn get(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    request(address, "GET", path, IO_TIMEOUT)
+}
+
+/// A POST (without a body) against a running server's admin API:
+/// `(status, body)`. It waits as long as the server may wait for a shard.
+pub fn post(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    request(address, "POST", path, SHARD_REPLY_TIMEOUT + IO_TIMEOUT)
+}
+
+fn request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    read_timeout: Duration,
+) -> io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&address, IO_TIMEOUT)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_read_timeout(Some(read_timeout))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -287,4 +574,79 @@ pub fn get(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| io::Error::other("malformed HTTP status line"))?;
     Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_endpoints_and_their_method() {
+        let cases = [
+            ("/health", Some(Endpoint::Health), "GET"),
+            ("/queue", Some(Endpoint::Queue), "GET"),
+            ("/queue/00AB", Some(Endpoint::Message("00AB")), "GET"),
+            ("/queue/flush", Some(Endpoint::Flush(None)), "POST"),
+            (
+                "/queue/flush/example.org",
+                Some(Endpoint::Flush(Some("example.org"))),
+                "POST",
+            ),
+            ("/queue/00AB/delete", Some(Endpoint::Delete("00AB")), "POST"),
+            ("/queue/00AB/bounce", Some(Endpoint::Bounce("00AB")), "POST"),
+            ("/queue/00AB/requeue", None, ""),
+            ("/queues", None, ""),
+            ("/", None, ""),
+        ];
+        for (path, endpoint, method) in cases {
+            let parsed = Endpoint::parse(path);
+            assert_eq!(parsed, endpoint, "{path}");
+            if let Some(parsed) = parsed {
+                assert_eq!(parsed.method(), method, "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn destinations_are_domains_or_address_literals() {
+        for ok in [
+            "example.org",
+            "mx-1.example.org",
+            "[192.0.2.1]",
+            "[IPv6:2001:db8::1]",
+        ] {
+            assert!(is_destination(ok), "{ok}");
+        }
+        let long = "a".repeat(DOMAIN_BYTES_MAX + 1);
+        for bad in ["", "a/b", "a b", "a%2Fb", "a?b", "é.org", long.as_str()] {
+            assert!(!is_destination(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn label_values_escape_backslash_quote_and_newline() {
+        assert_eq!(escape_label_value("example.org"), "example.org");
+        assert_eq!(escape_label_value("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    }
+
+    #[test]
+    fn destination_gauges_carry_a_labelled_series_per_destination() {
+        let mut out = String::new();
+        let destination = DestinationSummary {
+            destination: "ex\"ample.org".into(),
+            ready: 3,
+            scheduled: 2,
+            connections: 1,
+            paused_until_ms: 0,
+        };
+        destination_gauges(&mut out, &[destination]);
+        for line in [
+            "# TYPE baton_destination_ready gauge",
+            "baton_destination_ready{destination=\"ex\\\"ample.org\"} 3",
+            "baton_destination_scheduled{destination=\"ex\\\"ample.org\"} 2",
+            "baton_destination_connections{destination=\"ex\\\"ample.org\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line:?} in\n{out}");
+        }
+    }
 }
