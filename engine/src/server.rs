@@ -181,7 +181,6 @@ pub fn start(config: Config) -> Result<Running> {
     }
     let (spool, recovered) = Spool::open(spool_config).map_err(Error::Spool)?;
     let queues = Queues::new(shaping_for(&config));
-    let now_ms = unix_ms();
     for pending in &recovered.pending {
         let record = spool.read(pending.message).map_err(Error::Spool)?;
         let message = record.message().map_err(Error::Spool)?;
@@ -194,8 +193,7 @@ pub fn start(config: Config) -> Result<Running> {
             message: pending.message,
             attempts: 0,
         };
-        // Shards start connections on their first sweep.
-        let _ = queues.push(&destination_of(rcpt.address), item, pending.status, now_ms);
+        queues.restore(&destination_of(rcpt.address), item, pending.status);
     }
     tracing::info!(
         recipients = recovered.pending.len(),

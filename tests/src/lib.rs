@@ -105,6 +105,11 @@ pub struct TestConfig {
     pub relay_networks: Option<Vec<String>>,
     /// Shards; default 2.
     pub shards: Option<usize>,
+    /// Deliver mail. Off by default: tests of the SMTP server check what
+    /// was queued, so baton holds it (`delivery.hold = true`).
+    pub deliver: bool,
+    /// Lines for `[delivery]` besides `hold`, e.g. `retry_schedule = ["1s"]`.
+    pub delivery: Vec<String>,
     /// Appended to the configuration file as it is, e.g. `[[route]]` tables.
     pub extra_toml: String,
 }
@@ -458,6 +463,10 @@ fn config_text(test: &TestConfig, dir: &Path, smtp: SocketAddr, admin: SocketAdd
     if let Some(networks) = &test.relay_networks {
         let quoted: Vec<_> = networks.iter().map(|n| format!("\"{n}\"")).collect();
         let _ = writeln!(text, "\n[relay]\nnetworks = [{}]", quoted.join(", "));
+    }
+    let _ = writeln!(text, "\n[delivery]\nhold = {}", !test.deliver);
+    for line in &test.delivery {
+        let _ = writeln!(text, "{line}");
     }
     let _ = writeln!(text, "\n{}", test.extra_toml);
     text

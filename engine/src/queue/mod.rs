@@ -238,31 +238,42 @@ impl Queues {
         f(queue)
     }
 
-    /// Queues a recipient according to its status: pending ones are ready,
-    /// deferred ones wait for their next attempt. Returns what the caller
-    /// should do about it (wake an idle connection, open one).
+    /// Queues recipients of one message according to their status: pending
+    /// ones are ready, deferred ones wait for their next attempt. Returns
+    /// what the caller should do about it: wake one idle connection, or
+    /// open one (one per call: the recipients of one message make one
+    /// transaction).
     pub fn push(
         &self,
         destination: &Destination,
-        item: QueuedRecipient,
+        items: &[QueuedRecipient],
         status: Status,
         now_ms: u64,
     ) -> Vec<Action> {
         self.with(destination, |queue| {
-            match status {
-                Status::Deferred {
-                    attempts,
-                    next_attempt_ms,
-                } if next_attempt_ms > now_ms => {
-                    queue.schedule(next_attempt_ms, QueuedRecipient { attempts, ..item });
-                    return Vec::new();
+            let mut ready = false;
+            for &item in items {
+                match status {
+                    Status::Deferred {
+                        attempts,
+                        next_attempt_ms,
+                    } if next_attempt_ms > now_ms => {
+                        queue.schedule(next_attempt_ms, QueuedRecipient { attempts, ..item });
+                    }
+                    Status::Deferred { attempts, .. } => {
+                        queue.ready.push_back(QueuedRecipient { attempts, ..item });
+                        ready = true;
+                    }
+                    _ => {
+                        queue.ready.push_back(item);
+                        ready = true;
+                    }
                 }
-                Status::Deferred { attempts, .. } => {
-                    queue.ready.push_back(QueuedRecipient { attempts, ..item });
-                }
-                _ => queue.ready.push_back(item),
             }
             let mut actions = Vec::new();
+            if !ready {
+                return actions;
+            }
             if let Some(waiter) = queue.idle.pop() {
                 actions.push(Action::Wake(waiter));
             } else if queue.wants_connection(now_ms) {
@@ -271,6 +282,18 @@ impl Queues {
             }
             actions
         })
+    }
+
+    /// Queues a recovered recipient without asking for connections: the
+    /// shards' first sweep opens them ([`Queues::plan`]).
+    pub fn restore(&self, destination: &Destination, item: QueuedRecipient, status: Status) {
+        self.with(destination, |queue| match status {
+            Status::Deferred {
+                attempts,
+                next_attempt_ms,
+            } => queue.schedule(next_attempt_ms, QueuedRecipient { attempts, ..item }),
+            _ => queue.ready.push_back(item),
+        });
     }
 
     /// Queues a deferred recipient for its next attempt.
@@ -468,13 +491,18 @@ mod tests {
     fn pending_is_ready_and_deferred_is_scheduled() {
         let queues = Queues::default();
         let x = destination_of(b"a@x.org");
-        queues.push(&x, item(1, 0), Status::Pending, 0);
-        queues.push(&destination_of(b"b@X.org"), item(2, 0), Status::Pending, 0);
+        queues.push(&x, &[item(1, 0)], Status::Pending, 0);
+        queues.push(
+            &destination_of(b"b@X.org"),
+            &[item(2, 0)],
+            Status::Pending,
+            0,
+        );
         let deferred = Status::Deferred {
             attempts: 1,
             next_attempt_ms: 5,
         };
-        queues.push(&destination_of(b"c@y.org"), item(3, 0), deferred, 0);
+        queues.push(&destination_of(b"c@y.org"), &[item(3, 0)], deferred, 0);
         let summary = queues.summary();
         assert_eq!(summary.len(), 2);
         assert_eq!((summary[0].ready, summary[0].scheduled), (2, 0));
@@ -491,7 +519,7 @@ mod tests {
         let d = destination_of(b"a@x.org");
         let mut opened = 0;
         for id in 0..10 {
-            for action in queues.push(&d, item(id, 0), Status::Pending, 0) {
+            for action in queues.push(&d, &[item(id, 0)], Status::Pending, 0) {
                 assert_eq!(action, Action::Open(d.clone()));
                 opened += 1;
             }
@@ -504,10 +532,14 @@ mod tests {
     fn take_groups_one_message_and_idles_when_empty() {
         let queues = Queues::default();
         let d = destination_of(b"a@x.org");
-        for r in 0..3 {
-            queues.push(&d, item(7, r), Status::Pending, 0);
-        }
-        queues.push(&d, item(8, 0), Status::Pending, 0);
+        let one_message = [item(7, 0), item(7, 1), item(7, 2)];
+        let actions = queues.push(&d, &one_message, Status::Pending, 0);
+        assert_eq!(
+            actions,
+            [Action::Open(d.clone())],
+            "one connection per message"
+        );
+        queues.push(&d, &[item(8, 0)], Status::Pending, 0);
         let Take::Batch(batch) = queues.take(&d, waiter(1), 0) else {
             panic!("expected a batch");
         };
@@ -518,7 +550,7 @@ mod tests {
         assert!(matches!(queues.take(&d, waiter(1), 0), Take::Batch(b) if b.len() == 1));
         assert_eq!(queues.take(&d, waiter(1), 0), Take::Idle);
         // The next push wakes the idle connection instead of opening one.
-        let actions = queues.push(&d, item(9, 0), Status::Pending, 0);
+        let actions = queues.push(&d, &[item(9, 0)], Status::Pending, 0);
         assert_eq!(actions, [Action::Wake(waiter(1))]);
     }
 
@@ -540,11 +572,11 @@ mod tests {
         };
         let queues = Queues::new(Box::new(move |_| shaping));
         let d = destination_of(b"a@x.org");
-        queues.push(&d, item(1, 0), Status::Pending, 0);
+        queues.push(&d, &[item(1, 0)], Status::Pending, 0);
         queues.failed(&d, 1000, 60_000, 0);
         queues.closed(&d, None);
         for id in 2..20 {
-            queues.push(&d, item(id, 0), Status::Pending, 10);
+            queues.push(&d, &[item(id, 0)], Status::Pending, 10);
         }
         assert!(queues.plan(500).is_empty(), "paused");
         let opened = queues.plan(1000).len();
@@ -564,7 +596,7 @@ mod tests {
         let queues = Queues::new(Box::new(move |_| shaping));
         let d = destination_of(b"a@x.org");
         for id in 0..5 {
-            queues.push(&d, item(id, 0), Status::Pending, 0);
+            queues.push(&d, &[item(id, 0)], Status::Pending, 0);
         }
         // The bucket starts full (one second's worth).
         assert!(matches!(queues.take(&d, waiter(1), 1000), Take::Batch(_)));
@@ -580,7 +612,7 @@ mod tests {
     fn remove_and_flush() {
         let queues = Queues::default();
         let d = destination_of(b"a@x.org");
-        queues.push(&d, item(1, 0), Status::Pending, 0);
+        queues.push(&d, &[item(1, 0)], Status::Pending, 0);
         queues.schedule(&d, item(1, 1), 1_000_000);
         queues.schedule(&d, item(2, 0), 1_000_000);
         assert_eq!(queues.remove(QueueId(1)).len(), 2);

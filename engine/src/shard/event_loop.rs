@@ -19,6 +19,7 @@ use baton_spool::{
 };
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::admin::AdminReply;
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
 use crate::queue::QueuedRecipient;
@@ -112,6 +113,10 @@ pub(super) struct Shard {
     spool_seq: u64,
     pub(super) stores: VecDeque<PendingStore>,
     pub(super) queue_ids: QueueIdGen,
+    /// The latest ticket of an outcome or notification this shard wrote.
+    pub(super) last_ticket: Ticket,
+    /// Operator requests answered once this ticket is durable.
+    admin_waits: VecDeque<(Ticket, Sender<AdminReply>, AdminReply)>,
     pub(super) draining: Option<Instant>,
     completions: Vec<Completion>,
 }
@@ -180,6 +185,8 @@ impl Shard {
             spool_seq: 0,
             stores: VecDeque::new(),
             queue_ids,
+            last_ticket: Ticket(0),
+            admin_waits: VecDeque::new(),
             draining: None,
             completions: Vec::with_capacity(1024),
         };
@@ -307,8 +314,12 @@ impl Shard {
                 }
                 ShardMsg::Work { conn } => self.out_work(ConnKey::from_u64(conn)),
                 ShardMsg::Admin(request, reply) => {
+                    // Answered once what it recorded is durable: "deleted"
+                    // must survive a crash.
                     let answer = self.admin(request);
-                    let _ = reply.send(answer);
+                    self.admin_waits
+                        .push_back((self.last_ticket, reply, answer));
+                    self.finish_stores();
                 }
             }
         }
@@ -703,6 +714,17 @@ impl Shard {
     fn finish_stores(&mut self) {
         let durable = self.writer.durable();
         let failed = self.writer.failure().is_some();
+        while let Some((ticket, _, _)) = self.admin_waits.front() {
+            if *ticket > durable && !failed {
+                break;
+            }
+            let (_, reply, mut answer) = self.admin_waits.pop_front().expect("front exists");
+            if failed {
+                answer.ok = false;
+                answer.message = format!("spool write failed: {}", answer.message);
+            }
+            let _ = reply.send(answer);
+        }
         while let Some(store) = self.stores.front() {
             if store.ticket > durable && !failed {
                 break;
@@ -727,17 +749,29 @@ impl Shard {
 
     fn queue(&mut self, store: &PendingStore) {
         let now_ms = unix_ms();
-        for (destination, recipient) in &store.recipients {
-            let item = QueuedRecipient {
-                queue_id: store.queue_id,
-                recipient: *recipient,
-                message: store.at,
-                attempts: 0,
-            };
+        // Recipients are pushed per destination, in RCPT order, so that a
+        // message's recipients of one domain make one transaction.
+        let mut done = vec![false; store.recipients.len()];
+        for (i, (destination, _)) in store.recipients.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let mut items = Vec::new();
+            for (j, (other, recipient)) in store.recipients.iter().enumerate().skip(i) {
+                if !done[j] && other == destination {
+                    done[j] = true;
+                    items.push(QueuedRecipient {
+                        queue_id: store.queue_id,
+                        recipient: *recipient,
+                        message: store.at,
+                        attempts: 0,
+                    });
+                }
+            }
             let actions = self
                 .server
                 .queues
-                .push(destination, item, Status::Pending, now_ms);
+                .push(destination, &items, Status::Pending, now_ms);
             self.act(actions);
         }
         if store.conn.is_none() {

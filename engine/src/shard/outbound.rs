@@ -310,7 +310,7 @@ impl Shard {
         };
         let _ = socket.set_tcp_nodelay(true);
         let fd: OwnedFd = socket.into();
-        conn.addr = Box::new(SockAddr::from(hop.addr));
+        *conn.addr = SockAddr::from(hop.addr);
         conn.deadline = Instant::now() + timeout;
         // SAFETY: `addr` is boxed in the slot, which stays (and is not
         // touched) while `connect_in_flight`.
@@ -633,12 +633,11 @@ impl Shard {
             tracing::error!(%err, %queue_id, "delivery: client refused an envelope");
             let destination = conn.destination.clone();
             let now_ms = unix_ms();
-            for item in sent {
-                let _ = self
-                    .server
-                    .queues
-                    .push(&destination, item, Status::Pending, now_ms);
-            }
+            let actions = self
+                .server
+                .queues
+                .push(&destination, &sent, Status::Pending, now_ms);
+            self.act(actions);
             return false;
         }
         conn.transactions += 1;
@@ -1048,6 +1047,7 @@ impl Shard {
         };
         match self.writer.append_message(&record) {
             Ok(appended) => {
+                self.last_ticket = self.last_ticket.max(appended.ticket);
                 self.stores.push_back(PendingStore {
                     ticket: appended.ticket,
                     conn: None,
@@ -1100,8 +1100,11 @@ impl Shard {
             time_ms: now_ms,
             reply: text.as_bytes(),
         };
-        if let Err(err) = self.writer.append_outcome(&outcome) {
-            tracing::error!(queue_id = %item.queue_id, %err, "spool: cannot record an outcome");
+        match self.writer.append_outcome(&outcome) {
+            Ok(appended) => self.last_ticket = self.last_ticket.max(appended.ticket),
+            Err(err) => {
+                tracing::error!(queue_id = %item.queue_id, %err, "spool: cannot record an outcome");
+            }
         }
     }
 
@@ -1222,6 +1225,13 @@ impl Shard {
                 let open: Vec<u32> = (0..statuses.len() as u32)
                     .filter(|&i| !statuses[i as usize].is_final())
                     .collect();
+                if open.is_empty() {
+                    return AdminReply {
+                        ok: false,
+                        recipients: 0,
+                        message: format!("{queue_id} has no recipient left to deliver"),
+                    };
+                }
                 let item_of = |recipient: u32| {
                     queued
                         .iter()
