@@ -8,6 +8,7 @@
 //! resolver's tests.
 
 pub mod dns;
+pub mod sink;
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -38,6 +39,12 @@ fn build_baton() -> PathBuf {
     if let Some(path) = std::env::var_os("BATON_BIN") {
         return path.into();
     }
+    build_workspace_binary("baton", "baton")
+}
+
+/// Builds (or confirms fresh) a binary of this workspace into the test's
+/// own target directory and profile, and returns its path.
+pub(crate) fn build_workspace_binary(package: &str, binary: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test>
     let profile_dir = exe
@@ -56,9 +63,9 @@ fn build_baton() -> PathBuf {
             "build",
             "--quiet",
             "-p",
-            "baton",
+            package,
             "--bin",
-            "baton",
+            binary,
             "--target-dir",
         ])
         .arg(target_dir)
@@ -74,8 +81,8 @@ fn build_baton() -> PathBuf {
         ]);
     }
     let status = build.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p baton failed");
-    let bin = profile_dir.join("baton");
+    assert!(status.success(), "cargo build -p {package} failed");
+    let bin = profile_dir.join(binary);
     assert!(bin.exists(), "{} was not built", bin.display());
     bin
 }
