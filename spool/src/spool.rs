@@ -232,7 +232,9 @@ pub struct Spool {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// A record read in place from its segment's mapping.
+/// A record read in place from its segment's mapping. A clone shares the
+/// mapping, which stays until the last clone is dropped.
+#[derive(Clone)]
 pub struct Record {
     segment: Arc<Segment>,
     kind: RecordType,

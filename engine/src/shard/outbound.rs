@@ -115,6 +115,12 @@ pub(super) struct OutConn {
     /// while `send_in_flight`.
     msg: Box<libc::msghdr>,
     iov: Box<[libc::iovec; 2]>,
+    /// Keeps the segment mapped while a send of its bytes is in flight,
+    /// even if the transaction ends first (a server may reply before it
+    /// has read the whole body).
+    body_hold: Option<Record>,
+    /// Bytes of body at the start of the send in flight.
+    send_body_bytes: usize,
     current: Option<Current>,
     /// Transactions started on this connection.
     transactions: usize,
@@ -200,6 +206,8 @@ impl Shard {
             send_done: 0,
             send_in_flight: false,
             msg: Box::new(empty_msghdr()),
+            body_hold: None,
+            send_body_bytes: 0,
             iov: Box::new(
                 [libc::iovec {
                     iov_base: std::ptr::null_mut(),
@@ -386,6 +394,7 @@ impl Shard {
             return;
         };
         conn.send_in_flight = false;
+        conn.body_hold = None;
         if conn.after.is_some() {
             return self.out_settle(key);
         }
@@ -398,10 +407,10 @@ impl Shard {
         }
         // The body (if any was in this send) went first, then the commands.
         let mut n = result as usize;
+        let body = n.min(std::mem::take(&mut conn.send_body_bytes));
+        n -= body;
         if let Some(current) = conn.current.as_mut().filter(|c| c.body_due) {
-            let body = n.min(current.body_len - current.body_done);
             current.body_done += body;
-            n -= body;
         }
         conn.send_done += n;
         if conn.send_done >= conn.send_buf.len() {
@@ -507,11 +516,14 @@ impl Shard {
                 };
                 conn.msg.msg_iov = conn.iov.as_mut_ptr();
                 conn.msg.msg_iovlen = 2;
+                conn.send_body_bytes = body.len();
                 // SAFETY: the msghdr and iovecs are boxed in the slot; the
-                // body lives in the mapping `current.record` keeps alive,
-                // the dot in `send_buf`; none is freed or touched while
-                // `send_in_flight`.
-                Some(unsafe { self.ring.sendmsg(fd, &*conn.msg, token) })
+                // body lives in the mapping `body_hold` keeps alive until
+                // the completion, the commands in `send_buf`; none is freed
+                // or touched while `send_in_flight`.
+                let submitted = unsafe { self.ring.sendmsg(fd, &*conn.msg, token) };
+                conn.body_hold = conn.current.as_ref().map(|c| c.record.clone());
+                Some(submitted)
             };
             match submitted {
                 Some(Ok(())) => conn.send_in_flight = true,
