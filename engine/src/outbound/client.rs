@@ -24,6 +24,13 @@ enum State {
     Closed,
 }
 
+/// A transaction queued behind the one under way.
+enum Next {
+    Started(Box<Transaction>),
+    /// Refused locally (SIZE, SMTPUTF8): reported after the current one.
+    Refused(Vec<super::Outcome>),
+}
+
 /// One SMTP client connection, sans IO. See the [module](super) docs.
 pub struct Client {
     config: Arc<ClientConfig>,
@@ -38,6 +45,10 @@ pub struct Client {
     /// The replies due, in order: more than one only when pipelining.
     awaiting: VecDeque<Awaiting>,
     events: VecDeque<Event>,
+    /// The next transaction, sent behind the current one's end of data
+    /// (RFC 2920 §3.1: the message content may start a group, so the next
+    /// MAIL, RCPTs and DATA can follow the `.` in the same write).
+    next: Option<Next>,
     /// The last transaction ended before its end of data.
     rset_needed: bool,
     quit_requested: bool,
@@ -59,6 +70,7 @@ impl Client {
             output: Vec::new(),
             awaiting: VecDeque::from([Awaiting::Greeting]),
             events: VecDeque::new(),
+            next: None,
             rset_needed: false,
             quit_requested: false,
         }
@@ -127,10 +139,28 @@ impl Client {
         matches!(self.state, State::Closed)
     }
 
-    /// Starts a transaction. A local refusal (SIZE, SMTPUTF8, bad paths)
-    /// is reported at once with [`Event::TransactionDone`].
+    /// Whether [`Client::send_message`] would take the next envelope now,
+    /// behind the transaction under way: the server pipelines, and that
+    /// transaction's end of data is already out.
+    pub fn takes_next(&self) -> bool {
+        match &self.state {
+            State::Transaction(t) => {
+                t.pipelined
+                    && matches!(t.body, Body::Ended { empty: false })
+                    && self.next.is_none()
+                    && !self.quit_requested
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts a transaction, when idle or when [`Client::takes_next`]
+    /// (then its [`Event::TransactionDone`] follows the current one's). A
+    /// local refusal (SIZE, SMTPUTF8, bad paths) is reported with
+    /// [`Event::TransactionDone`] in the same order.
     pub fn send_message(&mut self, envelope: Envelope) -> Result<(), SendError> {
-        if !self.is_idle() {
+        let behind = self.takes_next();
+        if !self.is_idle() && !behind {
             return Err(SendError::NotReady);
         }
         if envelope.recipients.is_empty() {
@@ -138,6 +168,21 @@ impl Client {
         }
         if envelope.recipients.len() > self.config.limits.recipients_per_transaction_max {
             return Err(SendError::TooManyRecipients);
+        }
+        if behind {
+            // The current transaction ends with its dot: no RSET is due.
+            self.next = Some(
+                match Transaction::start(&envelope, &self.extensions, false) {
+                    Err(per_recipient) => Next::Refused(per_recipient),
+                    Ok(mut transaction) => {
+                        for (awaiting, line) in transaction.take_all() {
+                            self.send(awaiting, &line);
+                        }
+                        Next::Started(Box::new(transaction))
+                    }
+                },
+            );
+            return Ok(());
         }
         match Transaction::start(&envelope, &self.extensions, self.rset_needed) {
             Err(per_recipient) => self
@@ -332,13 +377,25 @@ impl Client {
         let State::Transaction(transaction) = mem::replace(&mut self.state, State::Idle) else {
             return;
         };
-        // DATA ends every pipelined group, so nothing is still due.
-        debug_assert!(self.awaiting.is_empty());
         let reply = CloseReason::ConnectionLost.deferral_reply();
         let per_recipient = transaction.into_outcomes(&reply);
         self.events
             .push_back(Event::TransactionDone { per_recipient });
         self.rset_needed = rset_needed;
+        match self.next.take() {
+            Some(Next::Started(next)) => {
+                // Its commands are out and their replies are what comes.
+                debug_assert!(!rset_needed, "a transaction with its dot out needs no RSET");
+                self.state = State::Transaction(next);
+                return;
+            }
+            Some(Next::Refused(per_recipient)) => self
+                .events
+                .push_back(Event::TransactionDone { per_recipient }),
+            None => {}
+        }
+        // DATA ends every pipelined group, so nothing is still due.
+        debug_assert!(self.awaiting.is_empty());
         if self.quit_requested {
             self.send_quit();
         }
@@ -350,6 +407,17 @@ impl Client {
             let per_recipient = transaction.into_outcomes(&reason.deferral_reply());
             self.events
                 .push_back(Event::TransactionDone { per_recipient });
+        }
+        match self.next.take() {
+            Some(Next::Started(next)) => {
+                let per_recipient = next.into_outcomes(&reason.deferral_reply());
+                self.events
+                    .push_back(Event::TransactionDone { per_recipient });
+            }
+            Some(Next::Refused(per_recipient)) => self
+                .events
+                .push_back(Event::TransactionDone { per_recipient }),
+            None => {}
         }
         self.awaiting.clear();
         self.input.clear();

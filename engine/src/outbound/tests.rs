@@ -607,3 +607,105 @@ fn drive(chunks: &[Vec<u8>]) {
         .count();
     assert_eq!(closes, usize::from(!is_closed));
 }
+
+/// Every TransactionDone among `events`, in order.
+fn all_done(events: &[Event]) -> Vec<Vec<(char, u16)>> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::TransactionDone { per_recipient } => Some(codes(per_recipient)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A pipelining client with one transaction's body and dot out.
+fn body_out() -> Client {
+    let mut client = ready(EHLO_PIPELINING);
+    client.send_message(envelope(&["b@y.example"])).unwrap();
+    sent(&mut client);
+    client.receive(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n");
+    take_events(&mut client);
+    assert!(client.body_needed());
+    client.body_sent();
+    assert_eq!(sent(&mut client), ".\r\n");
+    client
+}
+
+#[test]
+fn the_next_envelope_follows_the_dot_in_the_same_group() {
+    let mut client = body_out();
+    assert!(client.takes_next());
+    client
+        .send_message(envelope(&["c@y.example", "d@y.example"]))
+        .unwrap();
+    assert!(!client.takes_next(), "one transaction queued at most");
+    assert_eq!(
+        sent(&mut client),
+        "MAIL FROM:<a@x.example> SIZE=10\r\nRCPT TO:<c@y.example>\r\nRCPT TO:<d@y.example>\r\nDATA\r\n"
+    );
+    // The dot's reply ends the first; the second's replies follow.
+    client.receive(b"250 2.0.0 first\r\n250 ok\r\n250 ok\r\n550 no\r\n354 go\r\n");
+    let events = take_events(&mut client);
+    assert_eq!(all_done(&events), vec![vec![('d', 250)]]);
+    assert!(
+        client.body_needed(),
+        "the second transaction wants its body"
+    );
+    client.body_sent();
+    assert_eq!(sent(&mut client), ".\r\n");
+    client.receive(b"250 2.0.0 second\r\n");
+    let events = take_events(&mut client);
+    assert_eq!(all_done(&events), vec![vec![('d', 250), ('f', 550)]]);
+    assert!(client.is_idle());
+}
+
+#[test]
+fn a_421_after_the_dot_defers_both_transactions_in_order() {
+    let mut client = body_out();
+    client.send_message(envelope(&["c@y.example"])).unwrap();
+    sent(&mut client);
+    client.receive(b"421 4.3.2 going away\r\n");
+    let events = take_events(&mut client);
+    assert_eq!(all_done(&events), vec![vec![('t', 421)], vec![('t', 421)]]);
+    assert!(closed(&events).is_some());
+}
+
+#[test]
+fn a_next_envelope_refused_locally_is_reported_after_the_current_one() {
+    let mut client = body_out();
+    let mut big = envelope(&["c@y.example"]);
+    big.size = 5000; // the server's SIZE is 1000
+    client.send_message(big).unwrap();
+    assert_eq!(sent(&mut client), "", "nothing sent for a refused envelope");
+    assert!(
+        take_events(&mut client).is_empty(),
+        "not before the current one"
+    );
+    client.receive(b"250 2.0.0 first\r\n");
+    let events = take_events(&mut client);
+    assert_eq!(all_done(&events), vec![vec![('d', 250)], vec![('f', 552)]]);
+    assert!(client.is_idle());
+}
+
+#[test]
+fn no_next_envelope_without_pipelining_or_before_the_dot() {
+    let mut client = ready(EHLO_PLAIN);
+    client.send_message(envelope(&["b@y.example"])).unwrap();
+    assert!(!client.takes_next());
+    sent(&mut client);
+    client.receive(b"250 ok\r\n");
+    sent(&mut client);
+    client.receive(b"250 ok\r\n");
+    sent(&mut client);
+    client.receive(b"354 go\r\n");
+    client.body_sent();
+    assert!(!client.takes_next(), "the server does not pipeline");
+    assert_eq!(
+        client.send_message(envelope(&["c@y.example"])),
+        Err(SendError::NotReady)
+    );
+    let mut client = ready(EHLO_PIPELINING);
+    client.send_message(envelope(&["b@y.example"])).unwrap();
+    assert!(!client.takes_next(), "the body is not out yet");
+}

@@ -318,11 +318,12 @@ impl Queues {
 
     /// Work for a connection that is ready for its next transaction:
     /// recipients of one message (at most the destination's recipients per
-    /// transaction). With nothing ready the connection is registered idle.
-    pub fn take(&self, destination: &Destination, waiter: Waiter, now_ms: u64) -> Take {
+    /// transaction). With nothing ready the connection is registered idle
+    /// when it asks to `wait`.
+    pub fn take(&self, destination: &Destination, waiter: Waiter, wait: bool, now_ms: u64) -> Take {
         self.with(destination, |queue| {
             let Some(first) = queue.ready.front().copied() else {
-                if !queue.idle.contains(&waiter) {
+                if wait && !queue.idle.contains(&waiter) {
                     queue.idle.push(waiter);
                 }
                 return Take::Idle;
@@ -540,15 +541,15 @@ mod tests {
             "one connection per message"
         );
         queues.push(&d, &[item(8, 0)], Status::Pending, 0);
-        let Take::Batch(batch) = queues.take(&d, waiter(1), 0) else {
+        let Take::Batch(batch) = queues.take(&d, waiter(1), true, 0) else {
             panic!("expected a batch");
         };
         assert_eq!(
             batch.iter().map(|i| i.recipient).collect::<Vec<_>>(),
             [0, 1, 2]
         );
-        assert!(matches!(queues.take(&d, waiter(1), 0), Take::Batch(b) if b.len() == 1));
-        assert_eq!(queues.take(&d, waiter(1), 0), Take::Idle);
+        assert!(matches!(queues.take(&d, waiter(1), true, 0), Take::Batch(b) if b.len() == 1));
+        assert_eq!(queues.take(&d, waiter(1), true, 0), Take::Idle);
         // The next push wakes the idle connection instead of opening one.
         let actions = queues.push(&d, &[item(9, 0)], Status::Pending, 0);
         assert_eq!(actions, [Action::Wake(waiter(1))]);
@@ -599,13 +600,22 @@ mod tests {
             queues.push(&d, &[item(id, 0)], Status::Pending, 0);
         }
         // The bucket starts full (one second's worth).
-        assert!(matches!(queues.take(&d, waiter(1), 1000), Take::Batch(_)));
-        assert!(matches!(queues.take(&d, waiter(1), 1000), Take::Batch(_)));
         assert!(matches!(
-            queues.take(&d, waiter(1), 1000),
+            queues.take(&d, waiter(1), true, 1000),
+            Take::Batch(_)
+        ));
+        assert!(matches!(
+            queues.take(&d, waiter(1), true, 1000),
+            Take::Batch(_)
+        ));
+        assert!(matches!(
+            queues.take(&d, waiter(1), true, 1000),
             Take::RateLimited { retry_ms } if retry_ms == 1500
         ));
-        assert!(matches!(queues.take(&d, waiter(1), 1500), Take::Batch(_)));
+        assert!(matches!(
+            queues.take(&d, waiter(1), true, 1500),
+            Take::Batch(_)
+        ));
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub(super) struct OutConn {
     /// Bytes of body at the start of the send in flight.
     send_body_bytes: usize,
     current: Option<Current>,
+    /// The transaction sent behind `current`'s end of data (pipelining).
+    next: Option<Current>,
     /// Transactions started on this connection.
     transactions: usize,
     /// The client got to `Ready` on this address at least once.
@@ -215,6 +217,7 @@ impl Shard {
                 }; 2],
             ),
             current: None,
+            next: None,
             transactions: 0,
             ready_seen: false,
             idle: false,
@@ -466,17 +469,20 @@ impl Shard {
         let Some(client) = conn.client.as_mut() else {
             return;
         };
-        if !conn.send_in_flight {
+        if !conn.send_in_flight && client.body_needed() {
             // After `354` the body goes out with the final dot in one
             // write: the client queues the dot at once, and the send
             // below takes the body from the mapping and the dot from
             // `send_buf` (RFC 5321 §4.1.1.4; the stored body ends in CRLF).
-            if client.body_needed() {
-                client.body_sent();
-                if let Some(current) = conn.current.as_mut() {
-                    current.body_due = true;
-                }
+            client.body_sent();
+            if let Some(current) = conn.current.as_mut() {
+                current.body_due = true;
             }
+            // RFC 2920 §3.1: the next envelope may follow the dot.
+            self.out_next_transaction(key);
+            return self.out_progress(key);
+        }
+        if !conn.send_in_flight {
             let output = client.output();
             if !output.is_empty() {
                 conn.send_buf.extend_from_slice(output);
@@ -571,23 +577,34 @@ impl Shard {
         let Some(client) = conn.client.as_mut() else {
             return;
         };
-        if !client.is_idle() {
+        // Idle, or (pipelining) with the current transaction's dot out, so
+        // that the next envelope rides in the same write.
+        let behind = client.takes_next();
+        if !client.is_idle() && !behind {
             return;
         }
         let shaping = self.server.queues.shaping(&conn.destination);
         if draining || conn.transactions >= shaping.messages_per_connection_max {
-            client.quit();
+            if !behind {
+                client.quit();
+            }
             return;
         }
         let waiter = conn.waiter(shard);
         loop {
             let destination = self.outs.get_mut(key).expect("present").destination.clone();
-            match self.server.queues.take(&destination, waiter, now_ms) {
+            match self
+                .server
+                .queues
+                .take(&destination, waiter, !behind, now_ms)
+            {
                 Take::Batch(items) => {
                     if self.start_transaction(key, items) {
                         return;
                     }
                 }
+                // Behind a transaction: nothing more to do until it ends.
+                Take::Idle | Take::RateLimited { .. } if behind => return,
                 Take::Idle => {
                     let idle_timeout = self.server.delivery.idle_timeout;
                     let conn = self.outs.get_mut(key).expect("present");
@@ -653,7 +670,12 @@ impl Shard {
             return false;
         }
         conn.transactions += 1;
-        conn.current = Some(Current {
+        let slot = if conn.current.is_none() {
+            &mut conn.current
+        } else {
+            &mut conn.next
+        };
+        *slot = Some(Current {
             record,
             body_start,
             body_len,
@@ -684,6 +706,7 @@ impl Shard {
         let Some(current) = conn.current.take() else {
             return;
         };
+        conn.current = conn.next.take();
         let destination = conn.destination.clone();
         let host = conn.host_label();
         if per_recipient
@@ -761,10 +784,13 @@ impl Shard {
             }
             return;
         }
-        if let Some(current) = conn.current.take() {
+        for current in [conn.current.take(), conn.next.take()]
+            .into_iter()
+            .flatten()
+        {
             // Ended mid-transaction without the client's word: later.
-            let destination = conn.destination.clone();
-            let host = conn.host_label();
+            let destination = self.outs.get_mut(key).expect("present").destination.clone();
+            let host = self.outs.get_mut(key).expect("present").host_label();
             let reply = Reply::new(421, Some((4, 4, 2)), "connection lost");
             let results = current
                 .sent
