@@ -913,6 +913,7 @@ impl Shard {
                 host,
                 next_attempt_ms: None,
                 reason: None,
+                size: view.body.len() as u64,
             };
             match outcome {
                 Outcome::Delivered(reply) => {
@@ -975,6 +976,7 @@ impl Shard {
                 host,
                 next_attempt_ms: None,
                 reason: failure.expired.then_some("expired"),
+                size: view.body.len() as u64,
             };
             self.note(&note, &failure.reply, now_ms);
         }
@@ -996,6 +998,7 @@ impl Shard {
             event.attempt = Some(note.attempt);
             event.next_attempt_unix_ms = note.next_attempt_ms;
             event.reason = note.reason;
+            event.size = Some(note.size);
             events.record(&event);
         }
         tracing::info!(
@@ -1102,7 +1105,9 @@ impl Shard {
                     .fetch_add(1, Ordering::Relaxed);
                 let events = &self.server.events;
                 if events.is_enabled() {
+                    // The original message's sender, to whom the notice goes.
                     let mut event = LogEvent::new(EventKind::Bounce, now_ms, &original_id);
+                    event.sender = Some(view.reverse_path);
                     event.recipient = Some(view.reverse_path);
                     event.bounce_queue_id = Some(&unique);
                     event.size = Some(body.len() as u64);
@@ -1353,6 +1358,8 @@ struct Note<'a> {
     host: Option<&'a str>,
     next_attempt_ms: Option<u64>,
     reason: Option<&'static str>,
+    /// Of the message, wire form.
+    size: u64,
 }
 
 /// A `msghdr` with no name, no control data and no iovecs yet.

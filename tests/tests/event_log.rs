@@ -1,0 +1,273 @@
+//! The delivery event log (`[log] events`) an operator tails and a tool
+//! parses: one JSON object per line, a `received` line per message
+//! accepted, a `deferred`, `delivered` or `failed` line per recipient and
+//! attempt, a `bounce` line per notification, each with the fields
+//! `engine/src/delivery/events.rs` documents for it and none of those that
+//! do not apply (left out, never `null`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use baton_tests::sink::Sink;
+use baton_tests::{queued_id, Baton, TestConfig};
+
+type Object = serde_json::Map<String, serde_json::Value>;
+
+/// Every field a line may have.
+const FIELDS: [&str; 13] = [
+    "time",
+    "event",
+    "queue_id",
+    "recipient",
+    "destination",
+    "host",
+    "reply",
+    "attempt",
+    "next_attempt",
+    "size",
+    "sender",
+    "bounce_queue_id",
+    "reason",
+];
+
+/// The fields of a recipient's outcome line (`delivered`, `deferred`,
+/// `failed`), as in the example `delivered` line of the module
+/// documentation of `delivery/events.rs`.
+const OUTCOME_FIELDS: [&str; 9] = [
+    "time",
+    "event",
+    "queue_id",
+    "recipient",
+    "destination",
+    "host",
+    "reply",
+    "attempt",
+    "size",
+];
+
+/// The fields of a `received` line.
+const RECEIVED_FIELDS: [&str; 5] = ["time", "event", "queue_id", "sender", "size"];
+
+/// The fields of a `bounce` line: `sender` is "the envelope sender
+/// (`received`, `bounce`)" in `delivery/events.rs`.
+const BOUNCE_FIELDS: [&str; 6] = [
+    "time",
+    "event",
+    "queue_id",
+    "sender",
+    "bounce_queue_id",
+    "size",
+];
+
+fn route(domain: &str, next_hop: SocketAddr) -> String {
+    format!("[[route]]\ndomain = \"{domain}\"\nnext_hop = \"{next_hop}\"\n")
+}
+
+/// Every line of the log, each parsed on its own as a JSON object.
+fn read_log(path: &Path) -> Vec<Object> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a cut line: {text}"
+    );
+    text.lines()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(other) => panic!("not a JSON object: {other}"),
+            Err(err) => panic!("not JSON: {line:?}: {err}"),
+        })
+        .collect()
+}
+
+/// The lines of `kind` about message `id`.
+fn of<'a>(lines: &'a [Object], kind: &str, id: &str) -> Vec<&'a Object> {
+    lines
+        .iter()
+        .filter(|l| l["event"] == kind && l["queue_id"] == id)
+        .collect()
+}
+
+/// `2026-11-22T18:00:17.123Z`: RFC 3339, UTC, with milliseconds.
+fn is_time(value: &serde_json::Value) -> bool {
+    let Some(text) = value.as_str() else {
+        return false;
+    };
+    let pattern = "dddd-dd-ddTdd:dd:dd.dddZ";
+    text.len() == pattern.len()
+        && text.chars().zip(pattern.chars()).all(|(c, p)| match p {
+            'd' => c.is_ascii_digit(),
+            _ => c == p,
+        })
+}
+
+/// What is wrong with one line: it must have every field of `required`,
+/// may have those of `optional`, and no other; none `null`, the times
+/// well formed.
+fn check_fields(line: &Object, required: &[&str], optional: &[&str], problems: &mut Vec<String>) {
+    let kind = line["event"].as_str().unwrap_or("?");
+    for name in FIELDS {
+        let allowed = required.contains(&name) || optional.contains(&name);
+        match line.get(name) {
+            None if required.contains(&name) => {
+                problems.push(format!("{kind}: no {name:?} in {line:?}"));
+            }
+            Some(serde_json::Value::Null) => {
+                problems.push(format!("{kind}: {name:?} is null in {line:?}"));
+            }
+            Some(_) if !allowed => {
+                problems.push(format!("{kind}: unexpected {name:?} in {line:?}"));
+            }
+            _ => {}
+        }
+    }
+    for name in line.keys() {
+        if !FIELDS.contains(&name.as_str()) {
+            problems.push(format!("{kind}: unknown field {name:?} in {line:?}"));
+        }
+    }
+    for name in ["time", "next_attempt"] {
+        if let Some(value) = line.get(name) {
+            if !is_time(value) {
+                problems.push(format!("{kind}: {name:?} is not RFC 3339 UTC ms: {value}"));
+            }
+        }
+    }
+}
+
+/// Waits until `address` of message `id` has `status` (GET /queue/<id>).
+fn wait_status(server: &mut Baton, id: &str, address: &str, status: &str) {
+    server.wait_for(&format!("{address} of {id} {status}"), |s| {
+        let (code, body) = s.admin_request("GET", &format!("/queue/{id}"));
+        assert_eq!(code, 200, "GET /queue/{id}: {body}");
+        let message: serde_json::Value = serde_json::from_str(&body).expect("message JSON");
+        message["recipients"]
+            .as_array()
+            .expect("recipients")
+            .iter()
+            .any(|r| r["address"] == address && r["status"] == status)
+    });
+}
+
+#[test]
+fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
+    let tempfailing = Sink::start("127.0.0.2", &["--message-tempfail", "1"]);
+    let senders = Sink::start("127.0.0.3", &[]);
+    let logs = tempfile::tempdir().expect("event log directory");
+    let path = logs.path().join("events.jsonl");
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        // Retried only when the operator says so.
+        delivery: vec!["retry_schedule = [\"1h\"]".into()],
+        extra_toml: route("dest.test", tempfailing.addr)
+            + &route("sender.test", senders.addr)
+            + &format!("[log]\nevents = \"{}\"\n", path.display()),
+        ..TestConfig::default()
+    });
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    let body = "Subject: later\r\n\r\nhello\r\n";
+    let later = queued_id(&smtp.send_message("alice@sender.test", &["bob@dest.test"], body));
+    let body = "Subject: never\r\n\r\nhello\r\n";
+    let never =
+        queued_id(&smtp.send_message("alice@sender.test", &["bounce-carol@dest.test"], body));
+    wait_status(&mut server, &later, "bob@dest.test", "deferred");
+    wait_status(&mut server, &never, "bounce-carol@dest.test", "failed");
+
+    // The next hop takes mail again; the operator retries at once.
+    let addr = tempfailing.addr;
+    drop(tempfailing.stop());
+    let dest = Sink::start_on(addr, &[]);
+    let (ok, stdout, stderr) = server.cli(&["queue", "flush"]);
+    assert!(ok, "baton queue flush: {stdout}{stderr}");
+    wait_status(&mut server, &later, "bob@dest.test", "delivered");
+    server.wait_for("an empty queue", |s| s.queued_recipients() == 0);
+    // The notification was delivered too: its line and the last one.
+    server.wait_until("every delivered line", || {
+        let lines = read_log(&path);
+        lines.iter().filter(|l| l["event"] == "delivered").count() == 2
+    });
+
+    let lines = read_log(&path);
+    let mut problems = Vec::new();
+    for id in [&later, &never] {
+        let received = of(&lines, "received", id);
+        assert_eq!(received.len(), 1, "{id}: {lines:#?}");
+        let received = received[0];
+        assert_eq!(received["sender"], "alice@sender.test", "{received:?}");
+        assert!(received["size"].as_u64().unwrap_or(0) > 0, "{received:?}");
+        check_fields(received, &RECEIVED_FIELDS, &[], &mut problems);
+    }
+
+    let deferred = of(&lines, "deferred", &later);
+    assert_eq!(deferred.len(), 1, "{lines:#?}");
+    let deferred = deferred[0];
+    assert_eq!(deferred["recipient"], "bob@dest.test", "{deferred:?}");
+    assert_eq!(deferred["destination"], "dest.test", "{deferred:?}");
+    assert_eq!(deferred["attempt"], 1, "{deferred:?}");
+    let reply = deferred["reply"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("451 4.3.0 "), "{deferred:?}");
+    let host = deferred["host"].as_str().unwrap_or_default();
+    // `name [address]:port`; a route's next hop is named by its address.
+    let expected_host = format!("{0} [{0}]:{1}", addr.ip(), addr.port());
+    assert_eq!(host, expected_host, "{deferred:?}");
+    // An hour on: two times in this format compare as text.
+    assert!(
+        deferred["next_attempt"].as_str() > deferred["time"].as_str(),
+        "{deferred:?}"
+    );
+    check_fields(deferred, &OUTCOME_FIELDS, &["next_attempt"], &mut problems);
+    if !deferred.contains_key("next_attempt") {
+        problems.push(format!("deferred: no \"next_attempt\" in {deferred:?}"));
+    }
+
+    let delivered = of(&lines, "delivered", &later);
+    assert_eq!(delivered.len(), 1, "{lines:#?}");
+    let delivered = delivered[0];
+    assert_eq!(delivered["recipient"], "bob@dest.test", "{delivered:?}");
+    assert_eq!(delivered["destination"], "dest.test", "{delivered:?}");
+    assert_eq!(delivered["attempt"], 2, "{delivered:?}");
+    let reply = delivered["reply"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("250 "), "{delivered:?}");
+    check_fields(delivered, &OUTCOME_FIELDS, &[], &mut problems);
+
+    let failed = of(&lines, "failed", &never);
+    assert_eq!(failed.len(), 1, "{lines:#?}");
+    let failed = failed[0];
+    assert_eq!(failed["recipient"], "bounce-carol@dest.test", "{failed:?}");
+    assert_eq!(failed["destination"], "dest.test", "{failed:?}");
+    assert_eq!(failed["attempt"], 1, "{failed:?}");
+    let reply = failed["reply"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("550 5.1.1 "), "{failed:?}");
+    // No `reason`: that is for expiry.
+    check_fields(failed, &OUTCOME_FIELDS, &[], &mut problems);
+
+    let bounce = of(&lines, "bounce", &never);
+    assert_eq!(bounce.len(), 1, "{lines:#?}");
+    let bounce = bounce[0];
+    // Naming the original sender as the notification's `recipient` too
+    // does no harm.
+    check_fields(bounce, &BOUNCE_FIELDS, &["recipient"], &mut problems);
+    for name in ["sender", "recipient"] {
+        if let Some(address) = bounce.get(name) {
+            assert_eq!(address, "alice@sender.test", "{bounce:?}");
+        }
+    }
+    // The notification is a message of its own, delivered like any.
+    let bounce_id = bounce["bounce_queue_id"].as_str().expect("bounce_queue_id");
+    assert_ne!(bounce_id, never);
+    let notification = of(&lines, "delivered", bounce_id);
+    assert_eq!(notification.len(), 1, "{lines:#?}");
+    let notification = notification[0];
+    assert_eq!(notification["recipient"], "alice@sender.test");
+    assert_eq!(notification["destination"], "sender.test");
+    assert_eq!(notification["attempt"], 1);
+    check_fields(notification, &OUTCOME_FIELDS, &[], &mut problems);
+
+    assert!(
+        problems.is_empty(),
+        "the event log differs from its documentation:\n{}",
+        problems.join("\n")
+    );
+    assert_eq!(senders.count(), 1);
+    drop(dest.stop());
+}
