@@ -284,7 +284,10 @@ fn print_message(m: &MessageReport) {
         match r.next_attempt_ms {
             Some(next) => println!(
                 "  <{}> {} (attempts {}, next {})",
-                r.address, r.status, r.attempts, next
+                r.address,
+                r.status,
+                r.attempts.unwrap_or(0),
+                next
             ),
             None => println!("  <{}> {}", r.address, r.status),
         }

@@ -7,6 +7,7 @@
 //! [`dns`] is a real DNS server serving a zone the test scripts, for the
 //! resolver's tests.
 
+pub mod delivery;
 pub mod dns;
 pub mod sink;
 

@@ -268,7 +268,7 @@ fn recipient_states(server: &Baton, id: &str) -> Option<Vec<(String, u64)>> {
         .iter()
         .map(|r| {
             let status = r["status"].as_str().expect("status").to_string();
-            (status, r["attempts"].as_u64().expect("attempts"))
+            (status, r["attempts"].as_u64().unwrap_or(0))
         })
         .collect();
     Some(states)

@@ -26,7 +26,7 @@ fn every_message_reaches_the_next_hop_once_and_the_queue_empties() {
         assert_eq!(reply.code, 250, "{reply:?}");
     }
     server.wait_until("20 messages at the sink", || sink.count() >= 20);
-    server.wait_for("an empty queue", |s| queue_empty(s));
+    server.wait_for("an empty queue", queue_empty);
     let messages = sink.messages();
     assert_eq!(messages.len(), 20);
     for i in 0..20 {

@@ -69,7 +69,8 @@ pub struct MessageReport {
 pub struct RecipientReport {
     pub address: String,
     pub status: String,
-    pub attempts: u32,
+    /// Attempts so far while the recipient is queued; `None` once final.
+    pub attempts: Option<u32>,
     pub next_attempt_ms: Option<u64>,
 }
 
@@ -361,15 +362,18 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
         .recipients()
         .zip(&state.statuses)
         .map(|(r, status)| {
+            // The spool's final records keep the outcome, not the count of
+            // attempts: a final recipient shows none (the event log has the
+            // attempt of every outcome).
             let (name, attempts, next) = match *status {
-                Status::Pending => ("pending", 0, None),
+                Status::Pending => ("pending", Some(0), None),
                 Status::Deferred {
                     attempts,
                     next_attempt_ms,
-                } => ("deferred", attempts, Some(next_attempt_ms)),
-                Status::Delivered => ("delivered", 0, None),
-                Status::Failed => ("failed", 0, None),
-                Status::Removed => ("removed", 0, None),
+                } => ("deferred", Some(attempts), Some(next_attempt_ms)),
+                Status::Delivered => ("delivered", None, None),
+                Status::Failed => ("failed", None, None),
+                Status::Removed => ("removed", None, None),
             };
             RecipientReport {
                 address: text(r.address),
