@@ -261,11 +261,23 @@ impl Drop for Resolver {
 /// hickory's resolver, set up for mail (see the module doc on caching).
 fn build_resolver(config: &ResolverConfig) -> io::Result<TokioResolver> {
     let mut builder = if config.nameservers.is_empty() {
-        TokioResolver::builder_tokio().map_err(|error| {
-            io::Error::other(format!(
-                "dns: cannot read the system configuration: {error}"
-            ))
-        })?
+        match TokioResolver::builder_tokio() {
+            Ok(builder) => builder,
+            Err(error) => {
+                // Still start: routes to IP next hops and address literals
+                // need no DNS; every other lookup fails temporarily, so
+                // mail waits in the queue for a fixed configuration.
+                tracing::warn!(
+                    %error,
+                    "dns: cannot read the system configuration (/etc/resolv.conf); \
+                     set [dns] nameservers; MX lookups will fail until then"
+                );
+                TokioResolver::builder_with_config(
+                    HickoryConfig::new(),
+                    TokioConnectionProvider::default(),
+                )
+            }
+        }
     } else {
         let mut servers = HickoryConfig::new();
         for address in &config.nameservers {
