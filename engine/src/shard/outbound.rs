@@ -19,6 +19,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_spool::{NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId, Record, Status};
@@ -48,13 +49,25 @@ const HOPS_MAX: usize = 10;
 /// One address to try.
 #[derive(Clone, Debug)]
 struct Hop {
-    name: String,
     addr: SocketAddr,
+    /// `name [ip]:port`, for logs, events and notifications; made once,
+    /// not per message.
+    label: Arc<str>,
+}
+
+impl Hop {
+    fn new(name: &str, addr: SocketAddr) -> Hop {
+        let label = format!("{name} [{}]:{}", addr.ip(), addr.port());
+        Hop {
+            addr,
+            label: label.into(),
+        }
+    }
 }
 
 impl fmt::Display for Hop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}]:{}", self.name, self.addr.ip(), self.addr.port())
+        f.write_str(&self.label)
     }
 }
 
@@ -157,8 +170,8 @@ impl OutConn {
         }
     }
 
-    fn host_label(&self) -> Option<String> {
-        self.hop.as_ref().map(Hop::to_string)
+    fn host_label(&self) -> Option<Arc<str>> {
+        self.hop.as_ref().map(|hop| hop.label.clone())
     }
 }
 
@@ -256,10 +269,9 @@ impl Shard {
                 conn.hops = hosts
                     .iter()
                     .flat_map(|h| {
-                        h.addresses.iter().map(|ip| Hop {
-                            name: h.name.clone(),
-                            addr: SocketAddr::new(*ip, port),
-                        })
+                        h.addresses
+                            .iter()
+                            .map(|ip| Hop::new(&h.name, SocketAddr::new(*ip, port)))
                     })
                     .take(HOPS_MAX)
                     .collect();
@@ -917,9 +929,10 @@ impl Shard {
             };
             match outcome {
                 Outcome::Delivered(reply) => {
-                    self.record_outcome(&item, Status::Delivered, &reply, now_ms);
+                    let text = reply_text(&reply);
+                    self.record_outcome(&item, Status::Delivered, &text, now_ms);
                     metrics.recipients_delivered.fetch_add(1, Ordering::Relaxed);
-                    self.note(&note, &reply, now_ms);
+                    self.note(&note, &reply, &text, now_ms);
                 }
                 Outcome::Deferred(reply) => {
                     match server.delivery.retry(attempts, view.arrival_ms, now_ms) {
@@ -931,11 +944,12 @@ impl Shard {
                                 attempts,
                                 next_attempt_ms,
                             };
-                            self.record_outcome(&item, status, &reply, now_ms);
+                            let text = reply_text(&reply);
+                            self.record_outcome(&item, status, &text, now_ms);
                             metrics.recipients_deferred.fetch_add(1, Ordering::Relaxed);
                             note.kind = EventKind::Deferred;
                             note.next_attempt_ms = Some(next_attempt_ms);
-                            self.note(&note, &reply, now_ms);
+                            self.note(&note, &reply, &text, now_ms);
                             let item = QueuedRecipient { attempts, ..item };
                             self.server
                                 .queues
@@ -965,7 +979,8 @@ impl Shard {
         }
         for failure in &failed {
             let item = &failure.item;
-            self.record_outcome(item, Status::Failed, &failure.reply, now_ms);
+            let text = reply_text(&failure.reply);
+            self.record_outcome(item, Status::Failed, &text, now_ms);
             metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
             let note = Note {
                 kind: EventKind::Failed,
@@ -978,7 +993,7 @@ impl Shard {
                 reason: failure.expired.then_some("expired"),
                 size: view.body.len() as u64,
             };
-            self.note(&note, &failure.reply, now_ms);
+            self.note(&note, &failure.reply, &text, now_ms);
         }
         if !failed.is_empty() {
             self.bounce(&view, &failed, host, now_ms);
@@ -986,10 +1001,10 @@ impl Shard {
     }
 
     /// Logs an outcome, and writes it to the event log.
-    fn note(&self, note: &Note<'_>, reply: &Reply, now_ms: u64) {
-        let queue_id = note.queue_id.to_string();
+    fn note(&self, note: &Note<'_>, reply: &Reply, text: &str, now_ms: u64) {
         let events = &self.server.events;
         if events.is_enabled() {
+            let queue_id = note.queue_id.to_string();
             let mut event = LogEvent::new(note.kind, now_ms, &queue_id);
             event.recipient = Some(note.recipient);
             event.destination = Some(note.destination.as_str());
@@ -1002,12 +1017,12 @@ impl Shard {
             events.record(&event);
         }
         tracing::info!(
-            queue_id = %queue_id,
+            queue_id = %note.queue_id,
             to = %String::from_utf8_lossy(note.recipient),
             destination = %note.destination,
             host = note.host.unwrap_or("-"),
             attempt = note.attempt,
-            reply = %reply_text(reply),
+            reply = text,
             next_attempt_ms = note.next_attempt_ms,
             "{}",
             match note.kind {
@@ -1128,14 +1143,7 @@ impl Shard {
         }
     }
 
-    fn record_outcome(
-        &mut self,
-        item: &QueuedRecipient,
-        status: Status,
-        reply: &Reply,
-        now_ms: u64,
-    ) {
-        let text = reply_text(reply);
+    fn record_outcome(&mut self, item: &QueuedRecipient, status: Status, text: &str, now_ms: u64) {
         let outcome = SpoolOutcome {
             queue_id: item.queue_id,
             recipient: item.recipient,
@@ -1322,7 +1330,8 @@ impl Shard {
                 } else {
                     let reply = Reply::new(250, None, "removed by the administrator");
                     for &recipient in &open {
-                        self.record_outcome(&item_of(recipient), Status::Removed, &reply, now_ms);
+                        let text = reply_text(&reply);
+                        self.record_outcome(&item_of(recipient), Status::Removed, &text, now_ms);
                     }
                     tracing::info!(%queue_id, recipients = open.len(), "deleted by the administrator");
                 }
