@@ -33,19 +33,27 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 /// directory. `BATON_BIN` overrides all of this.
 pub fn baton_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(build_baton).clone()
+    workspace_binary(&BUILT, "BATON_BIN", "baton", "baton")
 }
 
-fn build_baton() -> PathBuf {
-    if let Some(path) = std::env::var_os("BATON_BIN") {
-        return path.into();
-    }
-    build_workspace_binary("baton", "baton")
+/// `env`'s path, or else `binary` of `package` built once per process: baton and loadgen.
+pub(crate) fn workspace_binary(
+    built: &OnceLock<PathBuf>,
+    env: &str,
+    package: &str,
+    binary: &str,
+) -> PathBuf {
+    built
+        .get_or_init(|| match std::env::var_os(env) {
+            Some(path) => path.into(),
+            None => build_workspace_binary(package, binary),
+        })
+        .clone()
 }
 
 /// Builds (or confirms fresh) a binary of this workspace into the test's
 /// own target directory and profile, and returns its path.
-pub(crate) fn build_workspace_binary(package: &str, binary: &str) -> PathBuf {
+fn build_workspace_binary(package: &str, binary: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test>
     let profile_dir = exe
@@ -253,8 +261,18 @@ impl Baton {
 
     /// [`wait_until`](Self::wait_until), for a condition that asks this
     /// server (its admin API, its CLI).
-    pub fn wait_for(&mut self, what: &str, mut condition: impl FnMut(&Baton) -> bool) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
+    pub fn wait_for(&mut self, what: &str, condition: impl FnMut(&Baton) -> bool) {
+        self.wait_for_within(what, STARTUP_TIMEOUT, condition);
+    }
+
+    /// [`wait_for`](Self::wait_for) at most `within`: where lateness is the failure (a timeout).
+    pub fn wait_for_within(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut condition: impl FnMut(&Baton) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
         while !condition(self) {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -266,7 +284,7 @@ impl Baton {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for: {what}\n{}",
+                "timed out after {within:?} waiting for: {what}\n{}",
                 self.log()
             );
             thread::sleep(Duration::from_millis(20));
@@ -416,6 +434,13 @@ impl Baton {
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| panic!("{method} {path}: malformed status line {head:?}"));
         (status, body.to_string())
+    }
+
+    /// Sends one message on a new connection, returns its queue id: tests that follow it.
+    pub fn submit(&self, from: &str, to: &[&str], body: &str) -> String {
+        let mut smtp = self.connect();
+        smtp.ehlo("client.test");
+        queued_id(&smtp.send_message(from, to, body))
     }
 
     /// The recipients' addresses in a [`show`](Self::show) answer.

@@ -17,14 +17,19 @@ const SINK_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// tests (as [`crate::baton_bin`] does for baton). `LOADGEN_BIN` overrides.
 pub fn loadgen_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(build_loadgen).clone()
+    crate::workspace_binary(&BUILT, "LOADGEN_BIN", "baton-loadgen", "loadgen")
 }
 
-fn build_loadgen() -> PathBuf {
-    if let Some(path) = std::env::var_os("LOADGEN_BIN") {
-        return path.into();
-    }
-    crate::build_workspace_binary("baton-loadgen", "loadgen")
+/// Connections a sink counts before baton's: [`Sink::start_on`]'s probe that it listens.
+pub const PROBE_CONNECTIONS: u64 = 1;
+
+/// States of a TCP socket (`st` in `/proc/net/tcp`) that the sink has
+/// not closed yet: ESTABLISHED and CLOSE_WAIT.
+const OPEN_STATES: [&str; 2] = ["01", "08"];
+
+/// How often a sink (its stopped `report`) answered `code`: what it said to baton (451, 221).
+pub fn replies(report: &serde_json::Value, code: u16) -> u64 {
+    report["replies"][code.to_string()].as_u64().unwrap_or(0)
 }
 
 /// A running `loadgen sink`.
@@ -106,6 +111,31 @@ impl Sink {
             .collect()
     }
 
+    /// The one message the sink accepted, which must be the only one: single-message tests.
+    #[track_caller]
+    pub fn only_message(&self) -> String {
+        let mut messages = self.messages();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        messages.remove(0)
+    }
+
+    /// Connections the sink holds open now (Linux's `/proc/net/tcp`): waiting for baton to hang up.
+    pub fn open_connections(&self) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let columns: Vec<&str> = line.split_whitespace().collect();
+                matches!(
+                    columns.get(1..4),
+                    Some([local, _, state])
+                        if OPEN_STATES.contains(state) && proc_address(local) == Some(self.addr)
+                )
+            })
+            .count()
+    }
+
     /// How many messages the sink accepted so far.
     pub fn count(&self) -> usize {
         std::fs::read_dir(&self.dump).map_or(0, |entries| entries.count())
@@ -145,4 +175,13 @@ impl Drop for Sink {
             let _ = child.wait();
         }
     }
+}
+
+/// An address as `/proc/net/tcp` writes it, `0200007F:1F90`: the IPv4
+/// address in network order printed as a native-endian number, the port.
+fn proc_address(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let ip = u32::from_str_radix(ip, 16).ok()?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    Some(SocketAddr::from((ip.to_ne_bytes(), port)))
 }

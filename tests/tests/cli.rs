@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use baton_tests::delivery::{at, queued_message, route};
 use baton_tests::{baton_bin, free_port, queued_id, Baton, TestConfig};
 
 /// Runs `baton <args>`: (success, stdout, stderr).
@@ -193,6 +194,15 @@ fn queue_show_answers_about_present_and_unknown_messages() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `baton queue flush example.org --json`: the reply's `ok` and
+/// `recipients`.
+fn flush_example_org(server: &Baton) -> (serde_json::Value, serde_json::Value) {
+    let (ok, stdout, stderr) = server.cli(&["queue", "flush", "example.org", "--json"]);
+    assert!(ok, "{stderr}");
+    let reply: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON reply");
+    (reply["ok"].clone(), reply["recipients"].clone())
+}
+
 #[test]
 fn queue_actions_answer_cleanly_without_a_queue() {
     let mut server = Baton::start();
@@ -200,13 +210,7 @@ fn queue_actions_answer_cleanly_without_a_queue() {
     let (ok, stdout, stderr) = server.cli(&["queue", "flush"]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("0 "), "{stdout}");
-    let (ok, stdout, stderr) = server.cli(&["queue", "flush", "example.org", "--json"]);
-    assert!(ok, "{stderr}");
-    let reply: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON reply");
-    assert_eq!(
-        (&reply["ok"], &reply["recipients"]),
-        (&true.into(), &0.into())
-    );
+    assert_eq!(flush_example_org(&server), (true.into(), 0.into()));
 
     // A well-formed id that is not queued: non-zero, and says so.
     for action in ["delete", "bounce"] {
@@ -248,7 +252,7 @@ fn undeliverable() -> Baton {
     Baton::start_with(TestConfig {
         deliver: true,
         delivery: vec!["retry_schedule = [\"1h\"]".into()],
-        extra_toml: format!("[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:{port}\"\n"),
+        extra_toml: route("*", at("127.0.0.1", port)),
         ..TestConfig::default()
     })
 }
@@ -256,12 +260,7 @@ fn undeliverable() -> Baton {
 /// `GET /queue/<id>`: the status and attempts of each recipient; `None`
 /// once the message has left the queue.
 fn recipient_states(server: &Baton, id: &str) -> Option<Vec<(String, u64)>> {
-    let (status, body) = server.admin_request("GET", &format!("/queue/{id}"));
-    if status == 404 {
-        return None;
-    }
-    assert_eq!(status, 200, "{body}");
-    let message: serde_json::Value = serde_json::from_str(&body).expect("message JSON");
+    let message = queued_message(server, id)?;
     let states = message["recipients"]
         .as_array()
         .expect("recipients")
@@ -310,13 +309,7 @@ fn flush_delete_and_bounce_act_on_deferred_recipients() {
     wait_deferred(&mut server, &deleted, 1);
 
     // Flush: both are due now, and their second attempt fails like the first.
-    let (ok, stdout, stderr) = server.cli(&["queue", "flush", "example.org", "--json"]);
-    assert!(ok, "{stderr}");
-    let reply: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON reply");
-    assert_eq!(
-        (&reply["ok"], &reply["recipients"]),
-        (&true.into(), &2.into())
-    );
+    assert_eq!(flush_example_org(&server), (true.into(), 2.into()));
     wait_deferred(&mut server, &deleted, 2);
 
     let (ok, stdout, stderr) = server.cli(&["queue", "delete", &deleted]);

@@ -5,11 +5,10 @@
 //! not yet made durable. With one recipient per message that is at most
 //! one per delivery connection (`[shaping] connections_max`, 20).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use baton_tests::sink::{loadgen_bin, Sink};
+use baton_tests::delivery::{route, send_report, send_sized, wait_queue_empty};
+use baton_tests::sink::Sink;
 use baton_tests::{Baton, TestConfig};
 
 /// Messages sent before the kill.
@@ -25,40 +24,10 @@ const CONNECTIONS_MAX: u64 = 20;
 /// again after the kill.
 const SINK_DATA_DELAY: &str = "20ms";
 
-/// Runs `loadgen send` against `server`, writing its report to `report`;
-/// fails the test unless every message was accepted.
-fn send(server: &Baton, report: &Path) -> serde_json::Value {
-    let output = Command::new(loadgen_bin())
-        .arg("send")
-        .arg(server.smtp.to_string())
-        .args(["--quiet", "--seed", "7", "--size", "5KiB"])
-        .args(["--count", &MESSAGES.to_string(), "--connections", "10"])
-        .args(["--domains", "crash.test", "--report"])
-        .arg(report)
-        .output()
-        .expect("run loadgen send");
-    assert!(
-        output.status.success(),
-        "loadgen send failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = std::fs::read_to_string(report).expect("send report");
-    serde_json::from_str(&text).expect("send report JSON")
-}
-
-fn queue_empty(server: &Baton) -> bool {
-    let (status, body) = server.admin_request("GET", "/queue");
-    assert_eq!(status, 200, "GET /queue: {body}");
-    let queue: serde_json::Value = serde_json::from_str(&body).expect("queue JSON");
-    queue["recipients"] == 0
-}
-
 #[test]
 fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_flight() {
     let dir = tempfile::tempdir().expect("report directory");
-    let report = dir.path().join("send.json");
+    let report = send_report(dir.path());
     let report_arg = report.to_str().expect("UTF-8 path");
     let sink = Sink::start(
         "127.0.0.2",
@@ -66,11 +35,13 @@ fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_flight()
     );
     let mut server = Baton::start_with(TestConfig {
         deliver: true,
-        extra_toml: format!("[[route]]\ndomain = \"*\"\nnext_hop = \"{}\"\n", sink.addr),
+        extra_toml: route("*", sink.addr),
         ..TestConfig::default()
     });
     let started = Instant::now();
-    let sent = send(&server, &report);
+    let count = MESSAGES.to_string();
+    let args = ["-n", &count, "-c", "10", "--domains", "crash.test"];
+    let sent = send_sized(server.smtp, "5KiB", &args, dir.path()).report;
     assert_eq!(sent["messages_accepted"], MESSAGES, "{sent}");
     let sent_after = started.elapsed();
 
@@ -98,7 +69,7 @@ fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_flight()
     server.wait_until("every message at the sink", || {
         sink.count() >= MESSAGES as usize
     });
-    server.wait_for("an empty queue", queue_empty);
+    wait_queue_empty(&mut server);
     let drained_after = restarted.elapsed();
     let summary = sink.stop();
     let ids = &summary["ids"];

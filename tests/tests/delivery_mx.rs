@@ -10,45 +10,15 @@
 //! defers.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
-use std::path::Path;
 
 use baton_tests::delivery::{
-    arrivals, at, dns_toml, get_json, header, id_counts, metric, queue_empty, recipient, send,
-    shared_port, unix_ms, SendRun,
+    arrivals, at, backup_mx_zone, dns_toml, get_json, header, id_counts, ipv4, metric, mx_baton,
+    mx_baton_with, recipient, send, shared_port, unix_ms, wait_queue_empty, EventLog, SendRun,
+    DNS_TIMEOUT,
 };
 use baton_tests::dns::{DnsServer, Zone};
-use baton_tests::sink::Sink;
-use baton_tests::{queued_id, Baton, TestConfig};
-
-/// Connections a sink counts before baton's: [`Sink::start_on`] connects
-/// once to see that it listens (and the sink greets it like any client).
-const PROBE_CONNECTIONS: u64 = 1;
-
-fn ip(text: &str) -> Ipv4Addr {
-    text.parse().expect("IPv4 address")
-}
-
-/// How long baton waits for the test DNS server, which answers at once.
-const DNS_TIMEOUT: &str = "1s";
-
-/// Baton delivering by MX on `port`, asking `dns`; `delivery` and
-/// `extra_toml` add to the `[delivery]` table and the file.
-fn baton_for(dns: &DnsServer, port: u16, delivery: &[&str], extra_toml: &str) -> Baton {
-    baton_with(&dns_toml(dns, DNS_TIMEOUT), port, delivery, extra_toml)
-}
-
-/// [`baton_for`] with this `[dns]` table.
-fn baton_with(dns_toml: &str, port: u16, delivery: &[&str], extra_toml: &str) -> Baton {
-    let mut lines = vec![format!("mx_port = {port}")];
-    lines.extend(delivery.iter().map(|line| line.to_string()));
-    Baton::start_with(TestConfig {
-        deliver: true,
-        delivery: lines,
-        extra_toml: format!("{dns_toml}\n{extra_toml}"),
-        ..TestConfig::default()
-    })
-}
+use baton_tests::sink::{replies, Sink, PROBE_CONNECTIONS};
+use baton_tests::Baton;
 
 /// Waits until `sinks` together hold every message of `run`, and the queue
 /// is empty; then checks each arrived exactly once.
@@ -59,7 +29,7 @@ fn wait_all_delivered_once(baton: &mut Baton, run: &SendRun, sinks: &[&Sink]) {
         &format!("{} messages at the MX hosts", expected.len()),
         || total() >= expected.len(),
     );
-    baton.wait_for("an empty queue", queue_empty);
+    wait_queue_empty(baton);
     let counts = id_counts(sinks.iter().copied());
     let lost: Vec<_> = expected
         .iter()
@@ -93,12 +63,12 @@ fn each_domain_goes_to_its_most_preferred_mx_exactly_once() {
             // Listed backup first: order in DNS must not matter.
             .mx("a.test", 20, "mx2.a.test")
             .mx("a.test", 10, "mx1.a.test")
-            .a("mx1.a.test", ip("127.0.0.2"))
-            .a("mx2.a.test", ip("127.0.0.3"))
+            .a("mx1.a.test", ipv4("127.0.0.2"))
+            .a("mx2.a.test", ipv4("127.0.0.3"))
             .mx("b.test", 10, "mx.b.test")
-            .a("mx.b.test", ip("127.0.0.4")),
+            .a("mx.b.test", ipv4("127.0.0.4")),
     );
-    let mut baton = baton_for(&dns, port, &[], "");
+    let mut baton = mx_baton(&dns, port, &[], "");
     let dir = tempfile::tempdir().expect("temp dir");
     let run = send(
         baton.smtp,
@@ -129,15 +99,9 @@ fn the_backup_mx_gets_everything(primary: Option<&[&str]>) -> Option<serde_json:
     let port = shared_port(&["127.0.0.2", "127.0.0.3"]);
     let primary = primary.map(|args| Sink::start_on(at("127.0.0.2", port), args));
     let backup = Sink::start_on(at("127.0.0.3", port), &[]);
-    let dns = DnsServer::start(
-        Zone::new()
-            .mx("a.test", 10, "mx1.a.test")
-            .mx("a.test", 20, "mx2.a.test")
-            .a("mx1.a.test", ip("127.0.0.2"))
-            .a("mx2.a.test", ip("127.0.0.3")),
-    );
+    let dns = DnsServer::start(backup_mx_zone());
     // A deferral would wait an hour: only moving on delivers in time.
-    let mut baton = baton_for(&dns, port, &["retry_schedule = [\"1h\"]"], "");
+    let mut baton = mx_baton(&dns, port, &["retry_schedule = [\"1h\"]"], "");
     let dir = tempfile::tempdir().expect("temp dir");
     let run = send(
         baton.smtp,
@@ -163,7 +127,7 @@ fn a_421_greeting_from_the_first_mx_moves_on_to_the_second() {
         the_backup_mx_gets_everything(Some(&["--connect-tempfail", "1"])).expect("primary report");
     assert_eq!(primary["messages_accepted"], 0, "{primary}");
     // Baton did try the preferred host first, and heard its 421.
-    let refusals = primary["replies"]["421"].as_u64().unwrap_or(0);
+    let refusals = replies(&primary, 421);
     assert!(
         refusals > PROBE_CONNECTIONS,
         "baton never asked mx1: {primary}"
@@ -179,13 +143,13 @@ fn mx_hosts_of_equal_preference_share_the_mail() {
         Zone::new()
             .mx("a.test", 10, "left.a.test")
             .mx("a.test", 10, "right.a.test")
-            .a("left.a.test", ip("127.0.0.2"))
-            .a("right.a.test", ip("127.0.0.3")),
+            .a("left.a.test", ipv4("127.0.0.2"))
+            .a("right.a.test", ipv4("127.0.0.3")),
     );
     // One message per connection: 40 connections, each with its own
     // shuffle of the two hosts. A fair shuffle puts all 40 on one side
     // with probability 2^-39.
-    let mut baton = baton_for(
+    let mut baton = mx_baton(
         &dns,
         port,
         &[],
@@ -213,21 +177,13 @@ fn mx_hosts_of_equal_preference_share_the_mail() {
 #[test]
 fn a_domain_without_mx_gets_mail_at_its_own_address() {
     let sink = Sink::start("127.0.0.2", &[]);
-    let dns = DnsServer::start(Zone::new().a("implicit.test", ip("127.0.0.2")));
-    let mut baton = baton_for(&dns, sink.addr.port(), &[], "");
-    let mut smtp = baton.connect();
-    smtp.ehlo("client.test");
+    let dns = DnsServer::start(Zone::new().a("implicit.test", ipv4("127.0.0.2")));
+    let mut baton = mx_baton(&dns, sink.addr.port(), &[], "");
     let body = "Subject: implicit\r\nX-Test: implicit-mx\r\n\r\nhello\r\n";
-    let reply = smtp.send_message("alice@sender.test", &["bob@implicit.test"], body);
-    let id = queued_id(&reply);
+    let id = baton.submit("alice@sender.test", &["bob@implicit.test"], body);
     baton.wait_until("the message at 127.0.0.2", || sink.count() >= 1);
-    let messages = sink.messages();
-    assert_eq!(messages.len(), 1);
-    assert!(
-        messages[0].contains("X-Test: implicit-mx\r\n"),
-        "{}",
-        messages[0]
-    );
+    let message = sink.only_message();
+    assert!(message.contains("X-Test: implicit-mx\r\n"), "{message}");
     baton.wait_for("bob@implicit.test delivered", |b| {
         recipient(b, &id, 0)["status"] == "delivered"
     });
@@ -239,7 +195,7 @@ fn a_domain_without_mx_gets_mail_at_its_own_address() {
 struct BounceSetup {
     baton: Baton,
     sender_mx: Sink,
-    events: tempfile::TempDir,
+    events: EventLog,
 }
 
 impl BounceSetup {
@@ -248,18 +204,14 @@ impl BounceSetup {
         let sender_mx = Sink::start("127.0.0.2", &[]);
         let dns = DnsServer::start(
             zone.mx("sender.test", 10, "mx.sender.test")
-                .a("mx.sender.test", ip("127.0.0.2")),
+                .a("mx.sender.test", ipv4("127.0.0.2")),
         );
-        let events = tempfile::tempdir().expect("temp dir");
-        let log = format!(
-            "[log]\nevents = \"{}\"\n",
-            events.path().join("events.jsonl").display()
-        );
-        let baton = baton_with(
+        let events = EventLog::new();
+        let baton = mx_baton_with(
             &dns_toml(&dns, dns_timeout),
             sender_mx.addr.port(),
             &[&format!("retry_schedule = {retry_schedule}")],
-            &log,
+            &events.toml(),
         );
         let setup = BounceSetup {
             baton,
@@ -271,10 +223,8 @@ impl BounceSetup {
 
     /// Sends one message from alice@sender.test to `to`; its queue id.
     fn send(&self, to: &str) -> String {
-        let mut smtp = self.baton.connect();
-        smtp.ehlo("client.test");
         let body = "Subject: to fail\r\nX-Test: original\r\n\r\nhello\r\n";
-        queued_id(&smtp.send_message("alice@sender.test", &[to], body))
+        self.baton.submit("alice@sender.test", &[to], body)
     }
 
     /// Checks that `to` of message `id` failed on its first attempt, for
@@ -313,15 +263,15 @@ impl BounceSetup {
 
         // One attempt, and no other: the event log has exactly one
         // outcome for the recipient, and nothing waits for a retry.
-        let log = self.events.path().join("events.jsonl");
+        let log = &self.events;
         let bounced =
             |event: &serde_json::Value| event["event"] == "bounce" && event["queue_id"] == id;
         self.baton
             .wait_until("the failure and the bounce in the event log", || {
-                let events = events(&log);
+                let events = log.events();
                 events.iter().any(|e| e["recipient"] == to) && events.iter().any(bounced)
             });
-        let all = events(&log);
+        let all = log.events();
         let outcomes: Vec<_> = all.iter().filter(|e| e["recipient"] == to).collect();
         assert_eq!(outcomes.len(), 1, "{outcomes:?}");
         assert_eq!(outcomes[0]["event"], "failed", "{outcomes:?}");
@@ -350,18 +300,6 @@ impl BounceSetup {
             .any(|d| d["destination"] == domain && d["scheduled"] != 0);
         assert!(!waiting, "{to} is scheduled for a retry: {queue}");
     }
-}
-
-/// The delivery events (JSON lines) in the log at `path` so far.
-fn events(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    // The writer flushes whole lines; a test may still read a file it is
-    // writing, so only complete lines count.
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect()
 }
 
 #[test]

@@ -5,11 +5,10 @@
 //! server keeps: each writer's open segment and the one prepared for it,
 //! and the spares.
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
-use baton_tests::sink::{loadgen_bin, Sink};
+use baton_tests::delivery::{at, route, send_sized, wait_queue_empty};
+use baton_tests::sink::Sink;
 use baton_tests::{free_port, Baton, TestConfig, TEST_SEGMENT_BYTES};
 
 const MESSAGES: u64 = 3000;
@@ -44,42 +43,21 @@ fn spool_segments(dir: &Path) -> (u64, u64) {
     (count, bytes)
 }
 
-fn send(server: &Baton, report: &Path) -> serde_json::Value {
-    let output = Command::new(loadgen_bin())
-        .arg("send")
-        .arg(server.smtp.to_string())
-        .args(["--quiet", "--seed", "7", "--size", MESSAGE_SIZE])
-        .args(["--count", &MESSAGES.to_string(), "--connections", "10"])
-        .args(["--domains", "reclaim.test", "--report"])
-        .arg(report)
-        .output()
-        .expect("run loadgen send");
-    assert!(
-        output.status.success(),
-        "loadgen send failed ({}):\n{}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = std::fs::read_to_string(report).expect("send report");
-    serde_json::from_str(&text).expect("send report JSON")
-}
-
 #[test]
 fn the_spool_directory_shrinks_back_once_a_burst_is_delivered() {
     // Nothing listens there until the burst is queued.
-    let next_hop: SocketAddr = format!("127.0.0.2:{}", free_port("127.0.0.2"))
-        .parse()
-        .expect("address");
+    let next_hop = at("127.0.0.2", free_port("127.0.0.2"));
     let mut server = Baton::start_with(TestConfig {
         deliver: true,
         delivery: vec!["retry_schedule = [\"1h\"]".into()],
-        extra_toml: format!("[[route]]\ndomain = \"*\"\nnext_hop = \"{next_hop}\"\n"),
+        extra_toml: route("*", next_hop),
         ..TestConfig::default()
     });
     let spool = server.dir.path().join("spool");
     let reports = tempfile::tempdir().expect("report directory");
-    let sent = send(&server, &reports.path().join("send.json"));
+    let count = MESSAGES.to_string();
+    let args = ["-n", &count, "-c", "10", "--domains", "reclaim.test"];
+    let sent = send_sized(server.smtp, MESSAGE_SIZE, &args, reports.path()).report;
     assert_eq!(sent["messages_accepted"], MESSAGES, "{sent}");
     assert_eq!(server.queued_recipients(), MESSAGES);
     let (peak_count, peak_bytes) = spool_segments(&spool);
@@ -95,7 +73,7 @@ fn the_spool_directory_shrinks_back_once_a_burst_is_delivered() {
     server.wait_until("every message at the sink", || {
         sink.count() >= MESSAGES as usize
     });
-    server.wait_for("an empty queue", |s| s.queued_recipients() == 0);
+    wait_queue_empty(&mut server);
 
     let kept_max = SHARDS * SEGMENTS_PER_WRITER + SPARES_MAX + SEGMENTS_SLACK;
     let mut now = (peak_count, peak_bytes);

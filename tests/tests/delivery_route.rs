@@ -2,6 +2,7 @@
 //! one next hop, a real `loadgen sink`; each message arrives exactly once,
 //! as it was stored.
 
+use baton_tests::delivery::{route, wait_queue_empty};
 use baton_tests::sink::Sink;
 use baton_tests::{Baton, TestConfig};
 
@@ -10,7 +11,7 @@ fn every_message_reaches_the_next_hop_once_and_the_queue_empties() {
     let sink = Sink::start("127.0.0.2", &[]);
     let mut server = Baton::start_with(TestConfig {
         deliver: true,
-        extra_toml: format!("[[route]]\ndomain = \"*\"\nnext_hop = \"{}\"\n", sink.addr),
+        extra_toml: route("*", sink.addr),
         ..TestConfig::default()
     });
     let mut smtp = server.connect();
@@ -26,7 +27,7 @@ fn every_message_reaches_the_next_hop_once_and_the_queue_empties() {
         assert_eq!(reply.code, 250, "{reply:?}");
     }
     server.wait_until("20 messages at the sink", || sink.count() >= 20);
-    server.wait_for("an empty queue", queue_empty);
+    wait_queue_empty(&mut server);
     let messages = sink.messages();
     assert_eq!(messages.len(), 20);
     for i in 0..20 {
@@ -49,10 +50,4 @@ fn every_message_reaches_the_next_hop_once_and_the_queue_empties() {
     }
     let report = sink.stop();
     assert_eq!(report["messages_accepted"], 20, "{report}");
-}
-
-fn queue_empty(server: &Baton) -> bool {
-    let (_, body) = server.admin_request("GET", "/queue");
-    let value: serde_json::Value = serde_json::from_str(&body).expect("queue JSON");
-    value["recipients"] == 0
 }

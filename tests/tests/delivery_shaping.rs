@@ -7,13 +7,15 @@
 //! sink's `--verify` counts what was lost or duplicated.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use baton_tests::delivery::{get_json, metric, queue_empty, recipient, send, unix_ms, SendRun};
+use baton_tests::delivery::{
+    get_json, metric, recipient, route, send, send_report, unix_ms, wait_queue_empty, SendRun,
+};
 use baton_tests::sink::Sink;
-use baton_tests::{queued_id, Baton, TestConfig, STARTUP_TIMEOUT};
+use baton_tests::{Baton, TestConfig, STARTUP_TIMEOUT};
 
 /// Baton routing a.test to `sink`, with `delivery` lines in `[delivery]`
 /// and `toml` added to the file.
@@ -21,17 +23,9 @@ fn baton_to(sink: &Sink, delivery: &[&str], toml: &str) -> Baton {
     Baton::start_with(TestConfig {
         deliver: true,
         delivery: delivery.iter().map(|line| line.to_string()).collect(),
-        extra_toml: format!(
-            "[[route]]\ndomain = \"a.test\"\nnext_hop = \"{}\"\n\n{toml}",
-            sink.addr
-        ),
+        extra_toml: format!("{}\n{toml}", route("a.test", sink.addr)),
         ..TestConfig::default()
     })
-}
-
-/// Where `loadgen send` writes its report in `dir`, for `--verify`.
-fn send_report(dir: &Path) -> PathBuf {
-    dir.join("send.json")
 }
 
 /// A sink on 127.0.0.2 that checks, when stopped, what arrived against
@@ -73,7 +67,7 @@ fn collect(baton: &mut Baton, sink: Sink, count: usize) -> serde_json::Value {
     baton.wait_until(&format!("{count} messages at the sink"), || {
         sink.count() >= count
     });
-    baton.wait_for("an empty queue", queue_empty);
+    wait_queue_empty(baton);
     let report = sink.stop();
     assert_exactly_once(baton, &report, count);
     report
@@ -152,11 +146,9 @@ fn five_recipients_go_in_three_transactions_of_at_most_two() {
     );
     let recipients: Vec<String> = (1..=5).map(|i| format!("user{i}@a.test")).collect();
     let to: Vec<&str> = recipients.iter().map(String::as_str).collect();
-    let mut smtp = baton.connect();
-    smtp.ehlo("client.test");
     // A loadgen id, so that the sink counts deliveries per recipient.
     let body = "Subject: five\r\nX-Loadgen-Id: 00000000000000ab-1\r\n\r\nhello\r\n";
-    let id = queued_id(&smtp.send_message("alice@sender.test", &to, body));
+    let id = baton.submit("alice@sender.test", &to, body);
     baton.wait_for("all five delivered", |b| {
         (0..5).all(|i| recipient(b, &id, i)["status"] == "delivered")
     });

@@ -5,9 +5,9 @@
 //! `engine/src/delivery/events.rs` documents for it and none of those that
 //! do not apply (left out, never `null`).
 
-use std::net::SocketAddr;
 use std::path::Path;
 
+use baton_tests::delivery::{route, wait_queue_empty, wait_status, EventLog};
 use baton_tests::sink::Sink;
 use baton_tests::{queued_id, Baton, TestConfig};
 
@@ -59,10 +59,6 @@ const BOUNCE_FIELDS: [&str; 6] = [
     "size",
 ];
 
-fn route(domain: &str, next_hop: SocketAddr) -> String {
-    format!("[[route]]\ndomain = \"{domain}\"\nnext_hop = \"{next_hop}\"\n")
-}
-
 /// Every line of the log, each parsed on its own as a JSON object.
 fn read_log(path: &Path) -> Vec<Object> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -85,6 +81,29 @@ fn of<'a>(lines: &'a [Object], kind: &str, id: &str) -> Vec<&'a Object> {
         .iter()
         .filter(|l| l["event"] == kind && l["queue_id"] == id)
         .collect()
+}
+
+/// The one `kind` line about message `id`, checked: its `recipient`, the
+/// destination (the recipient's domain), its `attempt`, how its reply starts.
+#[track_caller]
+fn outcome<'a>(
+    lines: &'a [Object],
+    kind: &str,
+    id: &str,
+    recipient: &str,
+    attempt: u64,
+    reply: &str,
+) -> &'a Object {
+    let found = of(lines, kind, id);
+    assert_eq!(found.len(), 1, "{lines:#?}");
+    let line = found[0];
+    let domain = recipient.rsplit('@').next().expect("a domain");
+    assert_eq!(line["recipient"], recipient, "{line:?}");
+    assert_eq!(line["destination"], domain, "{line:?}");
+    assert_eq!(line["attempt"], attempt, "{line:?}");
+    let said = line["reply"].as_str().unwrap_or_default();
+    assert!(said.starts_with(reply), "{line:?}");
+    line
 }
 
 /// `2026-11-22T18:00:17.123Z`: RFC 3339, UTC, with milliseconds.
@@ -134,33 +153,19 @@ fn check_fields(line: &Object, required: &[&str], optional: &[&str], problems: &
     }
 }
 
-/// Waits until `address` of message `id` has `status` (GET /queue/<id>).
-fn wait_status(server: &mut Baton, id: &str, address: &str, status: &str) {
-    server.wait_for(&format!("{address} of {id} {status}"), |s| {
-        let (code, body) = s.admin_request("GET", &format!("/queue/{id}"));
-        assert_eq!(code, 200, "GET /queue/{id}: {body}");
-        let message: serde_json::Value = serde_json::from_str(&body).expect("message JSON");
-        message["recipients"]
-            .as_array()
-            .expect("recipients")
-            .iter()
-            .any(|r| r["address"] == address && r["status"] == status)
-    });
-}
-
 #[test]
 fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     let tempfailing = Sink::start("127.0.0.2", &["--message-tempfail", "1"]);
     let senders = Sink::start("127.0.0.3", &[]);
-    let logs = tempfile::tempdir().expect("event log directory");
-    let path = logs.path().join("events.jsonl");
+    let log = EventLog::new();
+    let path = log.path();
     let mut server = Baton::start_with(TestConfig {
         deliver: true,
         // Retried only when the operator says so.
         delivery: vec!["retry_schedule = [\"1h\"]".into()],
         extra_toml: route("dest.test", tempfailing.addr)
             + &route("sender.test", senders.addr)
-            + &format!("[log]\nevents = \"{}\"\n", path.display()),
+            + &log.toml(),
         ..TestConfig::default()
     });
     let mut smtp = server.connect();
@@ -180,14 +185,14 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     let (ok, stdout, stderr) = server.cli(&["queue", "flush"]);
     assert!(ok, "baton queue flush: {stdout}{stderr}");
     wait_status(&mut server, &later, "bob@dest.test", "delivered");
-    server.wait_for("an empty queue", |s| s.queued_recipients() == 0);
+    wait_queue_empty(&mut server);
     // The notification was delivered too: its line and the last one.
     server.wait_until("every delivered line", || {
-        let lines = read_log(&path);
+        let lines = read_log(path);
         lines.iter().filter(|l| l["event"] == "delivered").count() == 2
     });
 
-    let lines = read_log(&path);
+    let lines = read_log(path);
     let mut problems = Vec::new();
     for id in [&later, &never] {
         let received = of(&lines, "received", id);
@@ -198,14 +203,7 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
         check_fields(received, &RECEIVED_FIELDS, &[], &mut problems);
     }
 
-    let deferred = of(&lines, "deferred", &later);
-    assert_eq!(deferred.len(), 1, "{lines:#?}");
-    let deferred = deferred[0];
-    assert_eq!(deferred["recipient"], "bob@dest.test", "{deferred:?}");
-    assert_eq!(deferred["destination"], "dest.test", "{deferred:?}");
-    assert_eq!(deferred["attempt"], 1, "{deferred:?}");
-    let reply = deferred["reply"].as_str().unwrap_or_default();
-    assert!(reply.starts_with("451 4.3.0 "), "{deferred:?}");
+    let deferred = outcome(&lines, "deferred", &later, "bob@dest.test", 1, "451 4.3.0 ");
     let host = deferred["host"].as_str().unwrap_or_default();
     // `name [address]:port`; a route's next hop is named by its address.
     let expected_host = format!("{0} [{0}]:{1}", addr.ip(), addr.port());
@@ -220,24 +218,11 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
         problems.push(format!("deferred: no \"next_attempt\" in {deferred:?}"));
     }
 
-    let delivered = of(&lines, "delivered", &later);
-    assert_eq!(delivered.len(), 1, "{lines:#?}");
-    let delivered = delivered[0];
-    assert_eq!(delivered["recipient"], "bob@dest.test", "{delivered:?}");
-    assert_eq!(delivered["destination"], "dest.test", "{delivered:?}");
-    assert_eq!(delivered["attempt"], 2, "{delivered:?}");
-    let reply = delivered["reply"].as_str().unwrap_or_default();
-    assert!(reply.starts_with("250 "), "{delivered:?}");
+    let delivered = outcome(&lines, "delivered", &later, "bob@dest.test", 2, "250 ");
     check_fields(delivered, &OUTCOME_FIELDS, &[], &mut problems);
 
-    let failed = of(&lines, "failed", &never);
-    assert_eq!(failed.len(), 1, "{lines:#?}");
-    let failed = failed[0];
-    assert_eq!(failed["recipient"], "bounce-carol@dest.test", "{failed:?}");
-    assert_eq!(failed["destination"], "dest.test", "{failed:?}");
-    assert_eq!(failed["attempt"], 1, "{failed:?}");
-    let reply = failed["reply"].as_str().unwrap_or_default();
-    assert!(reply.starts_with("550 5.1.1 "), "{failed:?}");
+    let recipient = "bounce-carol@dest.test";
+    let failed = outcome(&lines, "failed", &never, recipient, 1, "550 5.1.1 ");
     // No `reason`: that is for expiry.
     check_fields(failed, &OUTCOME_FIELDS, &[], &mut problems);
 
@@ -255,12 +240,14 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     // The notification is a message of its own, delivered like any.
     let bounce_id = bounce["bounce_queue_id"].as_str().expect("bounce_queue_id");
     assert_ne!(bounce_id, never);
-    let notification = of(&lines, "delivered", bounce_id);
-    assert_eq!(notification.len(), 1, "{lines:#?}");
-    let notification = notification[0];
-    assert_eq!(notification["recipient"], "alice@sender.test");
-    assert_eq!(notification["destination"], "sender.test");
-    assert_eq!(notification["attempt"], 1);
+    let notification = outcome(
+        &lines,
+        "delivered",
+        bounce_id,
+        "alice@sender.test",
+        1,
+        "250 ",
+    );
     check_fields(notification, &OUTCOME_FIELDS, &[], &mut problems);
 
     assert!(

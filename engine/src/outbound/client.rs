@@ -245,6 +245,19 @@ impl Client {
         }
     }
 
+    /// The reply awaited did not come in time: whatever is not final is
+    /// deferred with a reply that says so.
+    pub fn timed_out(&mut self) {
+        match self.state {
+            State::Closed => {}
+            State::Quitting => self.close(CloseReason::Quit),
+            _ => {
+                let awaiting = self.awaiting().unwrap_or(Awaiting::Dot);
+                self.close(CloseReason::TimedOut(awaiting));
+            }
+        }
+    }
+
     /// Bytes held waiting for the rest of a reply.
     #[cfg(test)]
     pub(super) fn input_len(&self) -> usize {

@@ -165,8 +165,11 @@ pub enum CloseReason {
     UnexpectedReply(Reply),
     /// The server's bytes are not a reply within the limits.
     Malformed(ReplyError),
-    /// The shard saw the socket end (EOF, error or timeout).
+    /// The shard saw the socket end (EOF or error).
     ConnectionLost,
+    /// The reply awaited did not come within its timeout (RFC 5321
+    /// §4.5.3.2); the shard closes the socket.
+    TimedOut(Awaiting),
     /// QUIT answered (or the socket ended after QUIT).
     Quit,
 }
@@ -186,6 +189,11 @@ impl CloseReason {
                 451,
                 Some((4, 5, 0)),
                 format!("bad reply from server: {error}"),
+            ),
+            CloseReason::TimedOut(awaiting) => Reply::new(
+                421,
+                Some((4, 4, 2)),
+                format!("timed out waiting for the {}", awaiting.reply_name()),
             ),
             CloseReason::GreetingRefused(_)
             | CloseReason::HelloRefused(_)
@@ -211,6 +219,24 @@ pub enum Awaiting {
     /// The reply to the final `.`.
     Dot,
     Quit,
+}
+
+impl Awaiting {
+    /// What is awaited, for a deferral reply: "timed out waiting for the
+    /// reply to DATA".
+    pub fn reply_name(self) -> &'static str {
+        match self {
+            Awaiting::Greeting => "greeting",
+            Awaiting::Ehlo => "reply to EHLO",
+            Awaiting::Helo => "reply to HELO",
+            Awaiting::Rset => "reply to RSET",
+            Awaiting::Mail => "reply to MAIL",
+            Awaiting::Rcpt(_) => "reply to RCPT",
+            Awaiting::Data => "reply to DATA",
+            Awaiting::Dot => "reply to the end of data",
+            Awaiting::Quit => "reply to QUIT",
+        }
+    }
 }
 
 /// Why [`Client::send_message`] did not take an envelope.

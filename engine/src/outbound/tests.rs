@@ -709,3 +709,25 @@ fn no_next_envelope_without_pipelining_or_before_the_dot() {
     client.send_message(envelope(&["b@y.example"])).unwrap();
     assert!(!client.takes_next(), "the body is not out yet");
 }
+
+#[test]
+fn a_timeout_defers_with_a_reply_that_says_what_was_awaited() {
+    let mut client = ready(EHLO_PIPELINING);
+    client.send_message(envelope(&["b@y.example"])).unwrap();
+    sent(&mut client);
+    client.timed_out();
+    let events = take_events(&mut client);
+    assert_eq!(done(&events), vec![('t', 421)]);
+    let Some(Event::TransactionDone { per_recipient }) = events.first() else {
+        panic!("{events:?}");
+    };
+    assert_eq!(
+        per_recipient[0].reply().lines,
+        ["timed out waiting for the reply to MAIL"]
+    );
+    assert_eq!(
+        closed(&events),
+        Some(&CloseReason::TimedOut(Awaiting::Mail))
+    );
+    assert!(client.is_closed());
+}

@@ -750,7 +750,7 @@ impl Shard {
                 );
                 After::NextHop
             }
-            CloseReason::ConnectionLost if before_ready => {
+            CloseReason::ConnectionLost | CloseReason::TimedOut(_) if before_ready => {
                 conn.last_error = format!(
                     "{}: {}",
                     conn.host_label().unwrap_or_default(),
@@ -1204,7 +1204,7 @@ impl Shard {
                 Stage::Smtp => {
                     conn.last_error = "timed out waiting for the server".into();
                     if let Some(client) = conn.client.as_mut() {
-                        client.connection_lost();
+                        client.timed_out();
                     }
                     self.out_progress(key);
                 }
