@@ -9,14 +9,19 @@
 //!   kernel spreads connections over the shards.
 //! - `event_loop`: the completion-driven loop: inbound sessions, spool.
 //! - `outbound`: delivery connections, driven by the same loop.
+//! - `settle`: what an attempt's outcomes become: spool records,
+//!   deferrals, logs, notifications.
+//! - `operator`: queue flush, delete and bounce for the admin API.
 //! - `queue_id`: queue id generation.
 
 mod conn;
 mod event_loop;
 mod listener;
+mod operator;
 mod outbound;
 pub mod queue_id;
 mod ring;
+mod settle;
 mod token;
 
 use std::io;
