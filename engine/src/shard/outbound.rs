@@ -284,11 +284,11 @@ impl Shard {
                 self.destination_down(key, Outcome::Failed(reply));
             }
             Resolution::NoSuchDomain(why) => {
-                let reply = Reply::new(550, Some((5, 1, 2)), format!("{domain}: {why}"));
+                let reply = Reply::new(550, Some((5, 1, 2)), about(&domain, why));
                 self.destination_down(key, Outcome::Failed(reply));
             }
             Resolution::TempFail(why) => {
-                let reply = Reply::new(451, Some((4, 4, 3)), format!("{domain}: {why}"));
+                let reply = Reply::new(451, Some((4, 4, 3)), about(&domain, why));
                 self.destination_down(key, Outcome::Deferred(reply));
             }
         }
@@ -927,6 +927,15 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+/// The resolver's text, prefixed with the domain unless it names it.
+fn about(domain: &str, why: String) -> String {
+    if why.contains(domain) {
+        why
+    } else {
+        format!("{domain}: {why}")
     }
 }
 
