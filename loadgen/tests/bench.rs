@@ -73,6 +73,10 @@ fn bench_writes_a_table_and_json_with_a_sane_direct_row() {
     for row in &rows[1..] {
         check_relay_row(row);
     }
+    // baton relays: everything it accepted reaches the sink, once.
+    if let Some(row) = rows.iter().find(|row| row["path"] == "baton") {
+        assert_eq!(row["messages_delivered"], MESSAGES, "{row:#}");
+    }
 }
 
 /// A relay row either delivered (and then has a rate and a ratio), or

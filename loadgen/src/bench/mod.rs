@@ -8,7 +8,7 @@
 //! not grown for `--settle`, or `--drain-timeout` has passed), stops the
 //! sink and checks what arrived against `send`'s report: lost and
 //! duplicated. A relay that delivered nothing gets no figures, and a note
-//! that says so (baton has no delivery yet).
+//! that says so.
 //!
 //! # Layout
 //!
@@ -250,14 +250,7 @@ async fn run_path(
                 .replace("the server", path.name())
         ));
     } else if delivered == 0 {
-        let why = match path {
-            PathKind::Baton => ": baton has no delivery yet",
-            _ => "",
-        };
-        notes.push(format!(
-            "relay delivered 0 of {}{why}",
-            report.messages_accepted
-        ));
+        notes.push(format!("relay delivered 0 of {}", report.messages_accepted));
     }
     let delivered_per_second = match last_delivery {
         Some(last) if delivered > 0 => {
