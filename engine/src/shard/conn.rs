@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::inbound::Session;
@@ -19,7 +20,9 @@ pub(crate) const RECV_BUFFER_BYTES: usize = 64 << 10;
 pub(crate) struct Conn {
     pub key: ConnKey,
     fd: OwnedFd,
-    pub peer: SocketAddr,
+    /// The client's address as text, for the spool record and the log line
+    /// of each message it sends.
+    pub peer_text: Arc<str>,
     pub session: Session,
     /// Borrowed by the kernel while `recv_in_flight`.
     pub recv_buf: Box<[u8]>,
@@ -49,7 +52,7 @@ impl Conn {
         Conn {
             key,
             fd,
-            peer,
+            peer_text: peer.to_string().into(),
             session,
             recv_buf: vec![0; RECV_BUFFER_BYTES].into_boxed_slice(),
             recv_in_flight: false,

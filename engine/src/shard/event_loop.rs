@@ -80,7 +80,8 @@ pub(super) struct PendingStore {
     pub recipients: Vec<(Destination, u32)>,
     pub size: usize,
     pub sender: String,
-    pub peer: Option<SocketAddr>,
+    /// The client's address as text (made once per connection).
+    pub peer: Option<Arc<str>>,
 }
 
 #[derive(Clone, Copy)]
@@ -570,7 +571,7 @@ impl Shard {
             let Some(message) = conn.session.take_message() else {
                 return;
             };
-            let peer = conn.peer;
+            let peer = conn.peer_text.clone();
             let Err(err) = self.append(key, peer, message) else {
                 return; // the session waits for the datasync
             };
@@ -585,7 +586,7 @@ impl Shard {
     fn append(
         &mut self,
         key: ConnKey,
-        peer: SocketAddr,
+        peer: Arc<str>,
         message: ReceivedMessage,
     ) -> Result<(), StoreError> {
         let recipients: Vec<NewRecipient<'_>> = message
@@ -597,14 +598,13 @@ impl Shard {
                 status: Status::Pending,
             })
             .collect();
-        let peer_text = peer.to_string();
         let record = NewMessage {
             queue_id: message.queue_id,
             arrival_ms: unix_ms(),
             reverse_path: &message.reverse_path,
             mail_params: &message.mail_params,
             identity: b"",
-            peer: peer_text.as_bytes(),
+            peer: peer.as_bytes(),
             recipients: &recipients,
             body: &message.body,
         };
@@ -798,7 +798,7 @@ impl Shard {
             size = store.size,
             from = %store.sender,
             recipients = store.recipients.len(),
-            client = %store.peer.map(|p| p.to_string()).unwrap_or_default(),
+            client = store.peer.as_deref().unwrap_or(""),
             "accepted"
         );
     }
