@@ -51,3 +51,63 @@ fn every_message_reaches_the_next_hop_once_and_the_queue_empties() {
     let report = sink.stop();
     assert_eq!(report["messages_accepted"], 20, "{report}");
 }
+
+/// A next hop named by its host name is found through DNS (its A record),
+/// not through MX: the smart host has no MX at all.
+#[test]
+fn a_next_hop_named_by_host_is_resolved_and_used() {
+    use baton_tests::delivery::{dns_toml, ipv4};
+    use baton_tests::dns::{DnsServer, Zone};
+
+    let sink = Sink::start("127.0.0.3", &[]);
+    let dns = DnsServer::start(Zone::new().a("smarthost.test", ipv4("127.0.0.3")));
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: format!(
+            "{}[[route]]\ndomain = \"*\"\nnext_hop = \"smarthost.test:{}\"\n",
+            dns_toml(&dns, "2s"),
+            sink.addr.port()
+        ),
+        ..TestConfig::default()
+    });
+    let id = server.submit(
+        "alice@sender.test",
+        &["bob@anywhere.test"],
+        "Subject: by name\r\n\r\nhi\r\n",
+    );
+    server.wait_until("the message at the smart host", || sink.count() >= 1);
+    wait_queue_empty(&mut server);
+    assert_eq!(sink.count(), 1, "{id} arrived more than once");
+    assert!(sink.messages()[0].contains("Subject: by name\r\n"));
+    assert!(dns.queries() >= 1, "the name was never looked up");
+}
+
+/// A next hop that announces a SIZE smaller than the message never gets
+/// it (RFC 1870): the recipient fails at once with 552 5.3.4, and the
+/// sender (routed elsewhere) is told.
+#[test]
+fn a_message_larger_than_the_next_hops_size_fails_without_being_sent() {
+    use baton_tests::delivery::{recipient, wait_status};
+
+    let small = Sink::start("127.0.0.2", &["--max-size", "1000"]);
+    let sender = Sink::start("127.0.0.3", &[]);
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: route("dest.test", small.addr) + &route("*", sender.addr),
+        ..TestConfig::default()
+    });
+    let line = format!("{}\r\n", "x".repeat(75));
+    let big = format!("Subject: big\r\n\r\n{}", line.repeat(40));
+    let id = server.submit("alice@sender.test", &["bob@dest.test"], &big);
+    wait_status(&mut server, &id, "bob@dest.test", "failed");
+    server.wait_until("the notification", || sender.count() >= 1);
+    assert_eq!(small.count(), 0, "the big message was sent");
+    let messages = sender.messages();
+    assert_eq!(messages.len(), 1, "one notification");
+    assert!(messages[0].contains("Status: 5.3.4"), "{}", messages[0]);
+    assert!(
+        !messages[0].contains(&"x".repeat(3000)),
+        "the big body was sent"
+    );
+    assert_eq!(recipient(&server, &id, 0)["status"], "failed");
+}
