@@ -122,7 +122,14 @@ fn literal_host(name: &str, ip: IpAddr) -> Resolution {
 /// from ever being applied (a domain "example.com" must not become
 /// "example.com.corp.local").
 fn absolute(name: &str) -> Option<Name> {
-    let mut name = Name::from_ascii(name).ok()?;
+    // An internationalised domain (SMTPUTF8 mail, RFC 6531) is looked up
+    // by its A-labels (IDNA, RFC 5891): "bücher.example" is asked as
+    // "xn--bcher-kva.example".
+    let mut name = if name.is_ascii() {
+        Name::from_ascii(name).ok()?
+    } else {
+        Name::from_utf8(name).ok()?
+    };
     name.set_fqdn(true);
     Some(name)
 }
@@ -396,6 +403,10 @@ mod tests {
         assert_eq!(plain_name(&absolute("mx.example.").unwrap()), "mx.example");
         assert_eq!(plain_name(&Name::root()), "");
         assert!(absolute(&"a".repeat(64)).is_none(), "label over 63 octets");
+        assert_eq!(
+            plain_name(&absolute("bücher.example").unwrap()),
+            "xn--bcher-kva.example"
+        );
     }
 
     #[test]
