@@ -95,3 +95,52 @@ fn kill_9_during_delivery_loses_nothing_and_duplicates_only_what_was_in_flight()
         server.log()
     );
 }
+
+/// A recipient recorded as delivered is never delivered again: once the
+/// API shows every message delivered (outcomes are applied only when
+/// durable), `kill -9` and a restart find nothing to send, and the next
+/// message (which takes the queue in order after anything recovered)
+/// arrives alone.
+#[test]
+fn a_delivered_recipient_is_not_sent_again_after_kill_9() {
+    use baton_tests::delivery::wait_status;
+
+    let sink = Sink::start("127.0.0.2", &[]);
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: route("*", sink.addr),
+        ..TestConfig::default()
+    });
+    let ids: Vec<String> = (0..30)
+        .map(|i| {
+            let body = format!("Subject: before {i}\r\n\r\nbefore\r\n");
+            server.submit("alice@sender.test", &["bob@dest.test"], &body)
+        })
+        .collect();
+    for id in &ids {
+        wait_status(&mut server, id, "bob@dest.test", "delivered");
+    }
+    assert_eq!(sink.count(), 30);
+    server.kill9();
+    let log_before = server.log().len();
+    server.spawn();
+    let restarted = server.log()[log_before..].to_string();
+    assert!(
+        restarted.contains("queue recovered recipients=0"),
+        "delivered recipients came back as pending:\n{restarted}"
+    );
+    server.submit(
+        "alice@sender.test",
+        &["bob@dest.test"],
+        "Subject: after\r\n\r\nafter\r\n",
+    );
+    server.wait_until("the message sent after the restart", || sink.count() >= 31);
+    wait_queue_empty(&mut server);
+    let messages = sink.messages();
+    assert_eq!(messages.len(), 31, "something was delivered twice");
+    assert!(
+        messages[30].contains("Subject: after\r\n"),
+        "{}",
+        messages[30]
+    );
+}
