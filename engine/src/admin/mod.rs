@@ -18,6 +18,8 @@
 //!
 //! `baton queue ...` is a client of this API ([`get`], [`post`]).
 
+#![forbid(unsafe_code)]
+
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

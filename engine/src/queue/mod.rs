@@ -14,6 +14,8 @@
 //! never does I/O: it answers with what the caller should do — open a
 //! connection, wake an idle one on some shard — and the shards act.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 

@@ -7,6 +7,8 @@
 //! the configured port, unless a route in the config names a next hop for
 //! the domain, or for every domain (`*`, smart-host mode).
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::fmt;
 

@@ -3,6 +3,8 @@
 //! spool writer. The admin thread waits for the answer, which the shard
 //! sends once those outcomes are durable (`event_loop.rs`).
 
+#![forbid(unsafe_code)]
+
 use baton_spool::Status;
 
 use crate::admin::{AdminReply, AdminRequest};

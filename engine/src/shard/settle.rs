@@ -4,6 +4,8 @@
 //! the logs (tracing and the JSON event log), and for failures one RFC 3464
 //! notification to the sender, queued like any message.
 
+#![forbid(unsafe_code)]
+
 use std::sync::atomic::Ordering;
 
 use baton_spool::{NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId, Record, Status};
