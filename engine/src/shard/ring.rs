@@ -40,6 +40,16 @@ impl Ring {
         if sqpoll {
             // Idle time before the kernel's poll thread sleeps.
             builder.setup_sqpoll(SQPOLL_IDLE_MS);
+        } else {
+            // One thread submits to this ring (its shard), and completion
+            // work may wait for the shard's next system call instead of
+            // interrupting it (Linux 6.0 and 5.19); older kernels refuse
+            // the flags, and the ring is built without them.
+            let mut tuned = IoUring::builder();
+            tuned.setup_single_issuer().setup_coop_taskrun();
+            if let Ok(ring) = tuned.build(entries) {
+                return Ok(Ring { ring });
+            }
         }
         Ok(Ring {
             ring: builder.build(entries)?,
