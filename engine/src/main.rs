@@ -291,5 +291,8 @@ fn print_message(m: &MessageReport) {
             ),
             None => println!("  <{}> {}", r.address, r.status),
         }
+        if let Some(reply) = &r.last_reply {
+            println!("      {reply}");
+        }
     }
 }

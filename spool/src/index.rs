@@ -42,6 +42,9 @@ pub(crate) struct RecipientState {
     /// Where the outcome record that set `status` lives; `None` when the
     /// status came with the message record itself.
     pub outcome: Option<SegmentId>,
+    /// The outcome record itself, for its reply (`baton queue show`); `None`
+    /// as for `outcome`.
+    pub outcome_at: Option<RecordRef>,
 }
 
 /// Per segment: what keeps it on disk.
@@ -132,6 +135,7 @@ impl Index {
             .map(|&status| RecipientState {
                 status,
                 outcome: None,
+                outcome_at: None,
             })
             .collect();
         let live = recipients.iter().filter(|r| !r.status.is_final()).count() as u32;
@@ -151,7 +155,7 @@ impl Index {
         );
     }
 
-    /// Applies an outcome recorded in segment `at`. Returns `false` when the
+    /// Applies the outcome record at `at`. Returns `false` when the
     /// message is unknown (already reclaimed) or the recipient index is out
     /// of range.
     pub fn apply_outcome(
@@ -159,7 +163,7 @@ impl Index {
         queue_id: QueueId,
         recipient: u32,
         status: Status,
-        at: SegmentId,
+        at: RecordRef,
     ) -> bool {
         self.merge_status(queue_id, recipient, status, Some(at))
     }
@@ -169,8 +173,9 @@ impl Index {
         queue_id: QueueId,
         recipient: u32,
         status: Status,
-        at: Option<SegmentId>,
+        record: Option<RecordRef>,
     ) -> bool {
+        let at = record.map(|r| r.segment);
         let Some(m) = self.messages.get_mut(&queue_id) else {
             return false;
         };
@@ -186,6 +191,7 @@ impl Index {
         }
         let became_final = merged.is_final() && !r.status.is_final();
         let old_outcome = std::mem::replace(&mut r.outcome, at);
+        r.outcome_at = record;
         r.status = merged;
         if became_final {
             m.live -= 1;
@@ -231,6 +237,7 @@ impl Index {
             let old = r.outcome;
             if folded_here {
                 r.outcome = None;
+                r.outcome_at = None;
             }
             moves.push((old, r.outcome));
         }
@@ -271,6 +278,9 @@ impl Index {
             return;
         }
         r.outcome = Some(to);
+        // The copy's place in `to` is not known here: its reply is no
+        // longer shown.
+        r.outcome_at = None;
         unpin(&mut self.segments, Some(from), body);
         pin(&mut self.segments, Some(to), body);
     }
@@ -395,13 +405,13 @@ mod tests {
         index.add_segment(SegmentId(1));
         index.add_segment(SegmentId(2));
         index.insert_message(QueueId(1), at(1), &[Status::Pending, Status::Pending]);
-        assert!(index.apply_outcome(QueueId(1), 0, Status::Delivered, SegmentId(2)));
+        assert!(index.apply_outcome(QueueId(1), 0, Status::Delivered, at(2)));
         let all_sealed = |_| true;
         assert!(
             index.deletable(all_sealed).is_empty(),
             "1 has a live rcpt, 2 is pinned"
         );
-        index.apply_outcome(QueueId(1), 1, Status::Failed, SegmentId(2));
+        index.apply_outcome(QueueId(1), 1, Status::Failed, at(2));
         assert_eq!(index.deletable(all_sealed), vec![SegmentId(1)]);
         index.remove_segment(SegmentId(1));
         assert_eq!(index.deletable(all_sealed), vec![SegmentId(2)]);
@@ -416,12 +426,12 @@ mod tests {
             attempts: n,
             next_attempt_ms: 0,
         };
-        index.apply_outcome(QueueId(1), 0, deferred(1), SegmentId(2));
-        index.apply_outcome(QueueId(1), 0, deferred(2), SegmentId(3));
+        index.apply_outcome(QueueId(1), 0, deferred(1), at(2));
+        index.apply_outcome(QueueId(1), 0, deferred(2), at(3));
         assert_eq!(index.segment(SegmentId(2)).unwrap().pins, 0);
         assert_eq!(index.segment(SegmentId(3)).unwrap().pins, 1);
         // An older outcome arriving late changes nothing.
-        index.apply_outcome(QueueId(1), 0, deferred(1), SegmentId(4));
+        index.apply_outcome(QueueId(1), 0, deferred(1), at(4));
         assert_eq!(index.segment(SegmentId(3)).unwrap().pins, 1);
     }
 
@@ -433,7 +443,7 @@ mod tests {
             attempts: 1,
             next_attempt_ms: 0,
         };
-        index.apply_outcome(QueueId(1), 0, d1, SegmentId(2));
+        index.apply_outcome(QueueId(1), 0, d1, at(2));
         let folded: Vec<_> = index
             .message(QueueId(1))
             .unwrap()
@@ -442,7 +452,7 @@ mod tests {
             .map(|r| r.outcome)
             .collect();
         // A newer outcome lands after the copy was taken.
-        index.apply_outcome(QueueId(1), 1, Status::Delivered, SegmentId(3));
+        index.apply_outcome(QueueId(1), 1, Status::Delivered, at(3));
         index.relocate(QueueId(1), SegmentId(1), at(5), &folded, true);
         assert_eq!(index.segment(SegmentId(1)).unwrap().live_recipients, 0);
         assert_eq!(index.segment(SegmentId(5)).unwrap().live_recipients, 1);

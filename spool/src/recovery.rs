@@ -294,7 +294,7 @@ struct Scan {
 fn scan(
     segment: &Segment,
     index: &mut crate::index::Index,
-    outcomes: &mut Vec<(QueueId, u32, Status, SegmentId)>,
+    outcomes: &mut Vec<(QueueId, u32, Status, RecordRef)>,
     queue_id_max: &mut QueueId,
     report: &mut RecoveryReport,
 ) -> Scan {
@@ -335,7 +335,7 @@ fn scan(
                 // not be handed out again, or the outcome would apply to the
                 // new message at the next recovery.
                 *queue_id_max = (*queue_id_max).max(o.queue_id);
-                outcomes.push((o.queue_id, o.recipient, o.status, id));
+                outcomes.push((o.queue_id, o.recipient, o.status, at));
                 report.outcomes += 1;
             }),
         };

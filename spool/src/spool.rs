@@ -280,6 +280,11 @@ impl Record {
 pub struct MessageState {
     pub body: RecordRef,
     pub statuses: Vec<Status>,
+    /// Per recipient, the durable outcome record that set its status, for
+    /// its reply; `None` when the status came with the message record, or
+    /// after compaction folded or moved the outcome. Read it with
+    /// [`Spool::read`] and check that it is this message's and recipient's.
+    pub outcomes: Vec<Option<RecordRef>>,
 }
 
 /// Sizes, for reports and metrics.
@@ -341,6 +346,7 @@ impl Spool {
         index.message(id).map(|m| MessageState {
             body: m.body,
             statuses: m.recipients.iter().map(|r| r.status).collect(),
+            outcomes: m.recipients.iter().map(|r| r.outcome_at).collect(),
         })
     }
 

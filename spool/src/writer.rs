@@ -27,7 +27,7 @@ use crossbeam_channel::Receiver;
 use crate::config::SyncMode;
 use crate::error::{Error, Result};
 use crate::record::{encode_frame, frame_len, NewMessage, Outcome, RecordType, Status};
-use crate::segment::{Segment, SegmentId, SEGMENT_HEADER_BYTES};
+use crate::segment::{Segment, SEGMENT_HEADER_BYTES};
 use crate::spool::Shared;
 use crate::{QueueId, RecordRef, Ticket};
 
@@ -141,7 +141,7 @@ pub struct Writer {
     sealing: VecDeque<(Arc<Segment>, u64)>,
     /// Outcomes appended and not yet durable, with their tickets, applied to
     /// the index once `durable` reaches them.
-    outcomes_undurable: VecDeque<(u64, QueueId, u32, Status, SegmentId)>,
+    outcomes_undurable: VecDeque<(u64, QueueId, u32, Status, RecordRef)>,
     next_op: u64,
     last_ticket: u64,
     written: u64,
@@ -255,7 +255,7 @@ impl Writer {
             outcome.queue_id,
             outcome.recipient,
             outcome.status,
-            appended.at.segment,
+            appended.at,
         ));
         Ok(appended)
     }

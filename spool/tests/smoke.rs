@@ -83,3 +83,45 @@ fn a_spool_directory_is_opened_by_one_spool_at_a_time() {
     drop(first);
     Spool::open(config).unwrap();
 }
+
+/// The latest outcome of each recipient can be read back, for its reply,
+/// while the writer runs and after a reopen.
+#[test]
+fn the_latest_outcome_of_a_recipient_is_found_with_its_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig::new(dir.path());
+    let rcpts = [recipient(b"a@x.org"), recipient(b"b@y.org")];
+    let reply_of = |spool: &Spool, recipient: usize| {
+        let state = spool.message(QueueId(7)).unwrap();
+        let at = state.outcomes[recipient]?;
+        let record = spool.read(at).unwrap();
+        let outcome = record.outcome().unwrap();
+        assert_eq!(outcome.queue_id, QueueId(7));
+        assert_eq!(outcome.recipient as usize, recipient);
+        Some(String::from_utf8(outcome.reply.to_vec()).unwrap())
+    };
+    {
+        let (spool, _) = Spool::open(config.clone()).unwrap();
+        let mut w = BlockingWriter::new(spool.writer(0).unwrap());
+        w.append_message(&message(7, 1000, &rcpts, b"body\r\n"))
+            .unwrap();
+        let first = Status::Deferred {
+            attempts: 1,
+            next_attempt_ms: 10,
+        };
+        let second = Status::Deferred {
+            attempts: 2,
+            next_attempt_ms: 20,
+        };
+        w.append_outcome(&outcome(7, 1, first, 5, b"451 first"))
+            .unwrap();
+        let last = w
+            .append_outcome(&outcome(7, 1, second, 6, b"451 second"))
+            .unwrap();
+        w.wait(last.ticket).unwrap();
+        assert_eq!(reply_of(&spool, 0), None, "no outcome yet");
+        assert_eq!(reply_of(&spool, 1).as_deref(), Some("451 second"));
+    }
+    let (spool, _) = Spool::open(config).unwrap();
+    assert_eq!(reply_of(&spool, 1).as_deref(), Some("451 second"));
+}

@@ -8,7 +8,8 @@
 //! earns one (RFC 5321 §6.1, RFC 3464 §1).
 
 use baton_tests::delivery::{
-    field, get_json, metric, route, wait_queue_empty, wait_status, EventLog, Fields, Notification,
+    field, get_json, metric, recipient_named, route, wait_queue_empty, wait_status, EventLog,
+    Fields, Notification,
 };
 use baton_tests::sink::Sink;
 use baton_tests::{Baton, TestConfig};
@@ -132,6 +133,13 @@ fn a_recipient_refused_with_550_bounces_to_the_sender_with_its_reply_and_the_ori
     );
     wait_status(&mut setup.server, &id, "ok@dest.test", "delivered");
     wait_status(&mut setup.server, &id, "bounce-bob@dest.test", "failed");
+    // `baton queue show` says why each ended as it did.
+    let failed = recipient_named(&setup.server, &id, "bounce-bob@dest.test");
+    let reply = failed["last_reply"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("550 5.1.1"), "{failed}");
+    let delivered = recipient_named(&setup.server, &id, "ok@dest.test");
+    let reply = delivered["last_reply"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("250"), "{delivered}");
     setup.wait_notified("a notification at the sender's domain");
 
     let delivered = setup.dest.messages();

@@ -104,6 +104,14 @@ fn a_message_whose_next_hop_refused_the_connection_is_delivered_once_it_listens(
         .and_then(|e| e["reply"].as_str())
         .unwrap_or_else(|| panic!("a deferred event with a reply: {deferred:?}"));
     assert!(reply.starts_with("451 4.4.1"), "{reply}");
+    // The operator sees why in `baton queue show`, once it is durable.
+    server.wait_for("the deferral's reply in the queue", |b| {
+        recipient_named(b, &id, "bob@dest.test")["last_reply"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("451 4.4.1") && r.contains("Connection refused"))
+    });
+    let (ok, shown, _) = server.cli(&["queue", "show", &id]);
+    assert!(ok && shown.contains("Connection refused"), "{shown}");
 
     let sink = Sink::start_on(addr, &[]);
     server.wait_until("the message at the sink", || sink.count() >= 1);

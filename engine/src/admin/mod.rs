@@ -74,6 +74,10 @@ pub struct RecipientReport {
     /// Attempts so far while the recipient is queued; `None` once final.
     pub attempts: Option<u32>,
     pub next_attempt_ms: Option<u64>,
+    /// The reply of its latest attempt ("451 4.4.1 no host answered: ..."),
+    /// when the spool still has that outcome record.
+    #[serde(default)]
+    pub last_reply: Option<String>,
 }
 
 /// An operator's request that changes the queue. The admin thread hands it
@@ -360,10 +364,19 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
     let record = server.spool.read(state.body).ok()?;
     let message = record.message().ok()?;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let last_reply = |index: usize| {
+        let at = state.outcomes.get(index).copied().flatten()?;
+        let record = server.spool.read(at).ok()?;
+        let outcome = record.outcome().ok()?;
+        // A reference may outlive its segment's reuse: only this message's
+        // and this recipient's outcome counts.
+        (outcome.queue_id == id && outcome.recipient as usize == index).then(|| text(outcome.reply))
+    };
     let recipients = message
         .recipients()
         .zip(&state.statuses)
-        .map(|(r, status)| {
+        .enumerate()
+        .map(|(index, (r, status))| {
             // The spool's final records keep the outcome, not the count of
             // attempts: a final recipient shows none (the event log has the
             // attempt of every outcome).
@@ -382,6 +395,7 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
                 status: name.into(),
                 attempts,
                 next_attempt_ms: next,
+                last_reply: last_reply(index),
             }
         })
         .collect();
