@@ -158,6 +158,16 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     memmem::find(haystack, needle.as_bytes()).is_some()
 }
 
+/// One local failure of a@example.org with `reply`: what most tests need.
+fn one_failure(reply: &Reply) -> [FailedRecipient<'_>; 1] {
+    [FailedRecipient {
+        address: b"a@example.org",
+        params: b"",
+        reply,
+        remote_host: None,
+    }]
+}
+
 #[test]
 fn three_parts_in_order_with_the_headers() {
     let reply = Reply::new(550, Some((5, 1, 1)), "user unknown");
@@ -206,12 +216,7 @@ fn three_parts_in_order_with_the_headers() {
 #[test]
 fn headers_only_by_default_and_stuffed_once() {
     let reply = Reply::new(550, None, "no");
-    let failed = [FailedRecipient {
-        address: b"a@example.org",
-        params: b"",
-        reply: &reply,
-        remote_host: None,
-    }];
+    let failed = one_failure(&reply);
     let original = original();
     for params in [&b""[..], b"RET=HDRS", b"BODY=8BITMIME"] {
         let wire = build(&bounce(&original, params, &failed));
@@ -231,12 +236,7 @@ fn headers_only_by_default_and_stuffed_once() {
 #[test]
 fn ret_full_returns_the_whole_message() {
     let reply = Reply::new(550, None, "no");
-    let failed = [FailedRecipient {
-        address: b"a@example.org",
-        params: b"",
-        reply: &reply,
-        remote_host: None,
-    }];
+    let failed = one_failure(&reply);
     let original = original();
     let wire = build(&bounce(&original, b"ret=full ENVID=x", &failed));
     let parsed = parse(&wire);
@@ -409,12 +409,7 @@ fn long_lines_are_cut_and_folded() {
 #[test]
 fn a_huge_original_is_cut_at_a_line() {
     let reply = Reply::new(550, None, "no");
-    let failed = [FailedRecipient {
-        address: b"a@example.org",
-        params: b"",
-        reply: &reply,
-        remote_host: None,
-    }];
+    let failed = one_failure(&reply);
     let mut raw = Vec::new();
     for n in 0..10_000 {
         raw.extend_from_slice(format!("X-Header-{n}: some value here\r\n").as_bytes());
@@ -433,12 +428,7 @@ fn a_huge_original_is_cut_at_a_line() {
 #[test]
 fn boundary_avoids_the_content() {
     let reply = Reply::new(550, None, "no");
-    let failed = [FailedRecipient {
-        address: b"a@example.org",
-        params: b"",
-        reply: &reply,
-        remote_host: None,
-    }];
+    let failed = one_failure(&reply);
     let raw = b"Subject: x\r\n\r\n--=_baton-dsn-q2\r\n--=_baton-dsn-q2.0--\r\n";
     let original = dot_stuff(raw);
     let parsed = parse(&build(&bounce(&original, b"RET=FULL", &failed)));
