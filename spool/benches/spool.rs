@@ -164,7 +164,7 @@ impl Shard {
             let outcome = Outcome {
                 queue_id: QueueId(queue_id),
                 recipient: 0,
-                status: Status::Delivered,
+                status: Status::Delivered { attempts: 1 },
                 time_ms: 0,
                 reply: b"250 2.0.0 Ok",
             };

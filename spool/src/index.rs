@@ -405,13 +405,13 @@ mod tests {
         index.add_segment(SegmentId(1));
         index.add_segment(SegmentId(2));
         index.insert_message(QueueId(1), at(1), &[Status::Pending, Status::Pending]);
-        assert!(index.apply_outcome(QueueId(1), 0, Status::Delivered, at(2)));
+        assert!(index.apply_outcome(QueueId(1), 0, Status::Delivered { attempts: 1 }, at(2)));
         let all_sealed = |_| true;
         assert!(
             index.deletable(all_sealed).is_empty(),
             "1 has a live rcpt, 2 is pinned"
         );
-        index.apply_outcome(QueueId(1), 1, Status::Failed, at(2));
+        index.apply_outcome(QueueId(1), 1, Status::Failed { attempts: 1 }, at(2));
         assert_eq!(index.deletable(all_sealed), vec![SegmentId(1)]);
         index.remove_segment(SegmentId(1));
         assert_eq!(index.deletable(all_sealed), vec![SegmentId(2)]);
@@ -452,7 +452,7 @@ mod tests {
             .map(|r| r.outcome)
             .collect();
         // A newer outcome lands after the copy was taken.
-        index.apply_outcome(QueueId(1), 1, Status::Delivered, at(3));
+        index.apply_outcome(QueueId(1), 1, Status::Delivered { attempts: 1 }, at(3));
         index.relocate(QueueId(1), SegmentId(1), at(5), &folded, true);
         assert_eq!(index.segment(SegmentId(1)).unwrap().live_recipients, 0);
         assert_eq!(index.segment(SegmentId(5)).unwrap().live_recipients, 1);

@@ -154,10 +154,11 @@ pub enum Status {
     Pending,
     /// Tried `attempts` times; try again at `next_attempt_ms` (Unix ms).
     Deferred { attempts: u32, next_attempt_ms: u64 },
-    /// Accepted by the next hop. Final.
-    Delivered,
-    /// Refused permanently, or expired. Final.
-    Failed,
+    /// Accepted by the next hop on attempt `attempts`. Final.
+    Delivered { attempts: u32 },
+    /// Refused permanently on attempt `attempts`, or expired. Final.
+    /// (Records written before the count was kept read as attempt 0.)
+    Failed { attempts: u32 },
     /// Removed by the operator without a notification. Final.
     Removed,
 }
@@ -165,7 +166,10 @@ pub enum Status {
 impl Status {
     /// Whether nothing more will happen to the recipient.
     pub fn is_final(self) -> bool {
-        matches!(self, Status::Delivered | Status::Failed | Status::Removed)
+        matches!(
+            self,
+            Status::Delivered { .. } | Status::Failed { .. } | Status::Removed
+        )
     }
 
     /// Outcomes are merged by rank, so that applying them in any order, and
@@ -180,7 +184,7 @@ impl Status {
                 attempts,
                 next_attempt_ms,
             } => (1, attempts, next_attempt_ms),
-            Status::Delivered | Status::Failed | Status::Removed => (2, 0, 0),
+            Status::Delivered { .. } | Status::Failed { .. } | Status::Removed => (2, 0, 0),
         }
     }
 
@@ -200,8 +204,8 @@ impl Status {
                 attempts,
                 next_attempt_ms,
             } => (1, attempts, next_attempt_ms),
-            Status::Delivered => (2, 0, 0),
-            Status::Failed => (3, 0, 0),
+            Status::Delivered { attempts } => (2, attempts, 0),
+            Status::Failed { attempts } => (3, attempts, 0),
             Status::Removed => (4, 0, 0),
         };
         out.push(code);
@@ -219,8 +223,8 @@ impl Status {
                 attempts,
                 next_attempt_ms,
             },
-            2 => Status::Delivered,
-            3 => Status::Failed,
+            2 => Status::Delivered { attempts },
+            3 => Status::Failed { attempts },
             4 => Status::Removed,
             _ => return Err(malformed("status", "unknown status code")),
         })
@@ -525,7 +529,7 @@ mod tests {
         let outcome = Outcome {
             queue_id: QueueId(1),
             recipient: 0,
-            status: Status::Delivered,
+            status: Status::Delivered { attempts: 1 },
             time_ms: 5,
             reply: b"250 ok",
         };
@@ -546,7 +550,7 @@ mod tests {
         let outcome = Outcome {
             queue_id: QueueId(1),
             recipient: 0,
-            status: Status::Failed,
+            status: Status::Failed { attempts: 1 },
             time_ms: 5,
             reply: b"550 no such user",
         };
@@ -592,14 +596,16 @@ mod tests {
                 attempts: 2,
                 next_attempt_ms: 5,
             },
-            Status::Delivered,
+            Status::Delivered { attempts: 1 },
         ];
         for a in states {
             for b in states {
                 assert_eq!(a.merge(b).rank(), b.merge(a).rank());
             }
         }
-        assert!(Status::Pending.merge(Status::Failed).is_final());
+        assert!(Status::Pending
+            .merge(Status::Failed { attempts: 1 })
+            .is_final());
     }
 
     proptest::proptest! {

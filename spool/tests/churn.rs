@@ -148,8 +148,8 @@ impl Traffic {
     fn outcome(&mut self, queue_id: u64, recipient: u32, next: Next) {
         let now = self.now();
         let status = match next {
-            Next::Deliver => Status::Delivered,
-            Next::Fail => Status::Failed,
+            Next::Deliver => Status::Delivered { attempts: 1 },
+            Next::Fail => Status::Failed { attempts: 1 },
             Next::Defer {
                 attempts,
                 retry_ms,

@@ -408,14 +408,14 @@ fn planned_outcomes(id: u64, rcpt: u32) -> Vec<Status> {
         next_attempt_ms: id * 1000 + u64::from(attempts),
     };
     if (id / DELIVERED_RUN).is_multiple_of(2) {
-        return vec![Status::Delivered];
+        return vec![Status::Delivered { attempts: 1 }];
     }
     match (id + u64::from(rcpt)) % 5 {
         0 => vec![],
-        1 => vec![Status::Delivered],
+        1 => vec![Status::Delivered { attempts: 1 }],
         2 => vec![deferred(1)],
         3 => vec![deferred(1), deferred(2)],
-        _ => vec![deferred(1), Status::Failed],
+        _ => vec![deferred(1), Status::Failed { attempts: 1 }],
     }
 }
 

@@ -190,8 +190,8 @@ fn build() -> Pristine {
                 let recipient = rng.range(0, u64::from(recipients)) as u32;
                 attempts += 1;
                 let status = match rng.range(0, 4) {
-                    0 => Status::Delivered,
-                    1 => Status::Failed,
+                    0 => Status::Delivered { attempts: 1 },
+                    1 => Status::Failed { attempts: 1 },
                     _ => Status::Deferred {
                         attempts,
                         next_attempt_ms: 1000,
@@ -594,7 +594,13 @@ fn build_recycled() -> (tempfile::TempDir, Vec<(u64, RecordRef)>) {
     for queue_id in 1..=40 {
         append(&mut writer, queue_id);
         writer
-            .append_outcome(&outcome(queue_id, 0, Status::Delivered, 0, b"250 ok"))
+            .append_outcome(&outcome(
+                queue_id,
+                0,
+                Status::Delivered { attempts: 1 },
+                0,
+                b"250 ok",
+            ))
             .unwrap();
     }
     writer.flush().unwrap();

@@ -426,7 +426,7 @@ impl Model {
         writer.flush().unwrap();
         for p in recovered.pending.iter().filter(is_chosen) {
             if let Some(statuses) = self.messages.get_mut(&p.queue_id.0) {
-                statuses[p.recipient as usize] = Some(Status::Delivered);
+                statuses[p.recipient as usize] = Some(Status::Delivered { attempts: 1 });
             }
         }
         // Runs of delivered messages pin one another's segments through
@@ -642,10 +642,10 @@ fn config(dir: &Path) -> SpoolConfig {
 /// the messages stay.
 fn planned_outcome(id: u64, rcpt: u32) -> Option<Status> {
     if (id >> 10) % 2 == 1 {
-        return Some(Status::Delivered);
+        return Some(Status::Delivered { attempts: 1 });
     }
     match rcpt {
-        0 if id.is_multiple_of(3) => Some(Status::Delivered),
+        0 if id.is_multiple_of(3) => Some(Status::Delivered { attempts: 1 }),
         1 if id.is_multiple_of(5) => Some(Status::Deferred {
             attempts: 1,
             next_attempt_ms: id,
@@ -688,5 +688,11 @@ fn message<'a>(id: u64, rcpts: &'a [NewRecipient<'a>], body: &'a [u8]) -> NewMes
 }
 
 fn delivered(id: u64, rcpt: u32) -> Outcome<'static> {
-    outcome(id, rcpt, Status::Delivered, 1, b"250 2.0.0 ok")
+    outcome(
+        id,
+        rcpt,
+        Status::Delivered { attempts: 1 },
+        1,
+        b"250 2.0.0 ok",
+    )
 }

@@ -79,8 +79,8 @@ enum Op {
 
 fn status() -> impl Strategy<Value = Status> {
     prop_oneof![
-        3 => Just(Status::Delivered),
-        1 => Just(Status::Failed),
+        3 => Just(Status::Delivered { attempts: 1 }),
+        1 => Just(Status::Failed { attempts: 1 }),
         3 => (1u32..5, 0u64..4).prop_map(|(attempts, next)| Status::Deferred {
             attempts,
             next_attempt_ms: next * 1000,

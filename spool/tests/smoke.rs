@@ -30,10 +30,22 @@ fn appended_messages_survive_a_reopen_and_delivered_ones_do_not_return() {
             let rec = spool.read(last.unwrap().at).unwrap();
             assert_eq!(rec.message().unwrap().body, &body[..]);
             for id in 1..=100 {
-                w.append_outcome(&outcome(id, 0, Status::Delivered, 5, b"250 ok"))
-                    .unwrap();
-                w.append_outcome(&outcome(id, 1, Status::Failed, 5, b"550 no"))
-                    .unwrap();
+                w.append_outcome(&outcome(
+                    id,
+                    0,
+                    Status::Delivered { attempts: 1 },
+                    5,
+                    b"250 ok",
+                ))
+                .unwrap();
+                w.append_outcome(&outcome(
+                    id,
+                    1,
+                    Status::Failed { attempts: 1 },
+                    5,
+                    b"550 no",
+                ))
+                .unwrap();
             }
             let deferred = Status::Deferred {
                 attempts: 2,

@@ -310,9 +310,9 @@ fn a_null_mx_fails_at_once_and_bounces_to_the_sender() {
     setup.assert_failed_at_once_with_bounce(&id, "bob@nullmx.test", "5.1.10");
 }
 
-/// `GET /queue/<id>` shows a recipient that failed as final: no attempt
-/// count (the spool keeps the outcome, not the count; the event log has
-/// the attempt) and no next attempt.
+/// `GET /queue/<id>` shows a recipient that failed as final: the attempt
+/// that decided it (a null MX fails on the first), no next attempt, and
+/// the reason.
 #[test]
 fn the_api_shows_a_failed_recipient_as_final() {
     let zone = Zone::new().mx("nullmx.test", 0, ".");
@@ -322,11 +322,13 @@ fn the_api_shows_a_failed_recipient_as_final() {
         recipient(b, &id, 0)["status"] == "failed"
     });
     let shown = recipient(&setup.baton, &id, 0);
-    assert!(shown["attempts"].is_null(), "GET /queue/{id}: {shown}");
+    assert_eq!(shown["attempts"], 1, "GET /queue/{id}: {shown}");
     assert!(
         shown["next_attempt_ms"].is_null(),
         "GET /queue/{id}: {shown}"
     );
+    let reply = shown["last_reply"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("556 5.1.10"), "GET /queue/{id}: {shown}");
 }
 
 #[test]

@@ -71,7 +71,8 @@ pub struct MessageReport {
 pub struct RecipientReport {
     pub address: String,
     pub status: String,
-    /// Attempts so far while the recipient is queued; `None` once final.
+    /// Attempts so far; for a final recipient, the attempt that decided
+    /// it. `None` when removed by the operator (or unknown).
     pub attempts: Option<u32>,
     pub next_attempt_ms: Option<u64>,
     /// The reply of its latest attempt ("451 4.4.1 no host answered: ..."),
@@ -377,17 +378,17 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
         .zip(&state.statuses)
         .enumerate()
         .map(|(index, (r, status))| {
-            // The spool's final records keep the outcome, not the count of
-            // attempts: a final recipient shows none (the event log has the
-            // attempt of every outcome).
+            // Records from before the spool kept the count on final
+            // outcomes say 0: shown as unknown.
+            let known = |attempts: u32| (attempts > 0).then_some(attempts);
             let (name, attempts, next) = match *status {
                 Status::Pending => ("pending", Some(0), None),
                 Status::Deferred {
                     attempts,
                     next_attempt_ms,
                 } => ("deferred", Some(attempts), Some(next_attempt_ms)),
-                Status::Delivered => ("delivered", None, None),
-                Status::Failed => ("failed", None, None),
+                Status::Delivered { attempts } => ("delivered", known(attempts), None),
+                Status::Failed { attempts } => ("failed", known(attempts), None),
                 Status::Removed => ("removed", None, None),
             };
             RecipientReport {

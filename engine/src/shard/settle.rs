@@ -106,7 +106,8 @@ impl Shard {
             match outcome {
                 Outcome::Delivered(reply) => {
                     let text = reply_text(&reply);
-                    self.record_outcome(&item, Status::Delivered, &text, now_ms);
+                    let status = Status::Delivered { attempts };
+                    self.record_outcome(&item, status, &text, now_ms);
                     metrics.recipients_delivered.fetch_add(1, Ordering::Relaxed);
                     self.note(&note, &reply, &text, now_ms);
                 }
@@ -156,7 +157,10 @@ impl Shard {
         for failure in &failed {
             let item = &failure.item;
             let text = reply_text(&failure.reply);
-            self.record_outcome(item, Status::Failed, &text, now_ms);
+            let status = Status::Failed {
+                attempts: item.attempts,
+            };
+            self.record_outcome(item, status, &text, now_ms);
             metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
             let note = Note {
                 kind: EventKind::Failed,

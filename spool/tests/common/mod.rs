@@ -164,7 +164,7 @@ pub fn rank(status: Status) -> (u8, u32, u64) {
             attempts,
             next_attempt_ms,
         } => (1, attempts, next_attempt_ms),
-        Status::Delivered | Status::Failed | Status::Removed => (2, 0, 0),
+        Status::Delivered { .. } | Status::Failed { .. } | Status::Removed => (2, 0, 0),
     }
 }
 
