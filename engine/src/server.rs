@@ -190,7 +190,6 @@ pub fn start(config: Config) -> Result<Running> {
         let item = QueuedRecipient {
             queue_id: pending.queue_id,
             recipient: pending.recipient,
-            message: pending.message,
             attempts: 0,
         };
         queues.restore(&destination_of(rcpt.address), item, pending.status);

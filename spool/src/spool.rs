@@ -280,11 +280,6 @@ impl Record {
 pub struct MessageState {
     pub body: RecordRef,
     pub statuses: Vec<Status>,
-    /// Per recipient, the durable outcome record that set its status, for
-    /// its reply; `None` when the status came with the message record, or
-    /// after compaction folded or moved the outcome. Read it with
-    /// [`Spool::read`] and check that it is this message's and recipient's.
-    pub outcomes: Vec<Option<RecordRef>>,
 }
 
 /// Sizes, for reports and metrics.
@@ -346,8 +341,20 @@ impl Spool {
         index.message(id).map(|m| MessageState {
             body: m.body,
             statuses: m.recipients.iter().map(|r| r.status).collect(),
-            outcomes: m.recipients.iter().map(|r| r.outcome_at).collect(),
         })
+    }
+
+    /// Per recipient of a message, the durable outcome record that set its
+    /// status, for its reply; `None` when the status came with the message
+    /// record, or after compaction folded or moved the outcome. Read it
+    /// with [`Spool::read`] and check that it is this message's and
+    /// recipient's. (Apart from [`Spool::message`], which delivery calls
+    /// for every message and which needs none of this.)
+    pub fn latest_outcomes(&self, id: QueueId) -> Option<Vec<Option<RecordRef>>> {
+        let index = self.shared.index.lock().expect("index lock");
+        index
+            .message(id)
+            .map(|m| m.recipients.iter().map(|r| r.outcome_at).collect())
     }
 
     pub fn stats(&self) -> SpoolStats {

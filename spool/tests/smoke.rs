@@ -104,8 +104,7 @@ fn the_latest_outcome_of_a_recipient_is_found_with_its_reply() {
     let config = SpoolConfig::new(dir.path());
     let rcpts = [recipient(b"a@x.org"), recipient(b"b@y.org")];
     let reply_of = |spool: &Spool, recipient: usize| {
-        let state = spool.message(QueueId(7)).unwrap();
-        let at = state.outcomes[recipient]?;
+        let at = spool.latest_outcomes(QueueId(7)).unwrap()[recipient]?;
         let record = spool.read(at).unwrap();
         let outcome = record.outcome().unwrap();
         assert_eq!(outcome.queue_id, QueueId(7));

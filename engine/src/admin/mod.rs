@@ -365,8 +365,9 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
     let record = server.spool.read(state.body).ok()?;
     let message = record.message().ok()?;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let outcomes = server.spool.latest_outcomes(id).unwrap_or_default();
     let last_reply = |index: usize| {
-        let at = state.outcomes.get(index).copied().flatten()?;
+        let at = outcomes.get(index).copied().flatten()?;
         let record = server.spool.read(at).ok()?;
         let outcome = record.outcome().ok()?;
         // A reference may outlive its segment's reuse: only this message's

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use baton_spool::{QueueId, RecordRef, Status};
+use baton_spool::{QueueId, Status};
 
 use crate::route::Destination;
 
@@ -29,9 +29,6 @@ pub struct QueuedRecipient {
     pub queue_id: QueueId,
     /// Index in the message's RCPT order.
     pub recipient: u32,
-    /// The message record in the spool when queued. Compaction may move
-    /// it; delivery looks the message up by queue id.
-    pub message: RecordRef,
     /// Attempts so far.
     pub attempts: u32,
 }
@@ -468,7 +465,6 @@ impl Queues {
 
 #[cfg(test)]
 mod tests {
-    use baton_spool::SegmentId;
 
     use super::*;
     use crate::route::destination_of;
@@ -477,11 +473,6 @@ mod tests {
         QueuedRecipient {
             queue_id: QueueId(id),
             recipient,
-            message: RecordRef {
-                segment: SegmentId(1),
-                offset: 64,
-                len: 128,
-            },
             attempts: 0,
         }
     }

@@ -14,9 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_spool::{
-    Io, NewMessage, NewRecipient, QueueId, RecordRef, Status, SyncOp, Ticket, WriteOp, Writer,
-};
+use baton_spool::{Io, NewMessage, NewRecipient, QueueId, Status, SyncOp, Ticket, WriteOp, Writer};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::admin::AdminReply;
@@ -76,7 +74,6 @@ pub(super) struct PendingStore {
     /// wrote itself.
     pub conn: Option<ConnKey>,
     pub queue_id: QueueId,
-    pub at: RecordRef,
     pub recipients: Vec<(Destination, u32)>,
     pub size: usize,
     pub sender: String,
@@ -614,7 +611,6 @@ impl Shard {
                     ticket: appended.ticket,
                     conn: Some(key),
                     queue_id: message.queue_id,
-                    at: appended.at,
                     recipients: message
                         .recipients
                         .iter()
@@ -751,23 +747,19 @@ impl Shard {
         let now_ms = unix_ms();
         // Recipients are pushed per destination, in RCPT order, so that a
         // message's recipients of one domain make one transaction.
-        let mut done = vec![false; store.recipients.len()];
-        for (i, (destination, _)) in store.recipients.iter().enumerate() {
-            if done[i] {
-                continue;
+        let mut groups: Vec<(&Destination, Vec<QueuedRecipient>)> = Vec::new();
+        for (destination, recipient) in &store.recipients {
+            let item = QueuedRecipient {
+                queue_id: store.queue_id,
+                recipient: *recipient,
+                attempts: 0,
+            };
+            match groups.iter_mut().find(|(d, _)| *d == destination) {
+                Some((_, items)) => items.push(item),
+                None => groups.push((destination, vec![item])),
             }
-            let mut items = Vec::new();
-            for (j, (other, recipient)) in store.recipients.iter().enumerate().skip(i) {
-                if !done[j] && other == destination {
-                    done[j] = true;
-                    items.push(QueuedRecipient {
-                        queue_id: store.queue_id,
-                        recipient: *recipient,
-                        message: store.at,
-                        attempts: 0,
-                    });
-                }
-            }
+        }
+        for (destination, items) in groups {
             let actions = self
                 .server
                 .queues

@@ -35,8 +35,7 @@ impl Shard {
             }
             AdminRequest::Delete(queue_id) | AdminRequest::Bounce(queue_id) => {
                 let bounce = matches!(request, AdminRequest::Bounce(_));
-                let at = self.server.spool.message(queue_id).map(|m| m.body);
-                let (Some(at), Some((record, statuses))) = (at, self.load(queue_id)) else {
+                let Some((record, statuses)) = self.load(queue_id) else {
                     return AdminReply {
                         ok: false,
                         recipients: 0,
@@ -62,7 +61,6 @@ impl Shard {
                         .unwrap_or(QueuedRecipient {
                             queue_id,
                             recipient,
-                            message: at,
                             attempts: 0,
                         })
                 };

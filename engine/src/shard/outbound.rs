@@ -134,6 +134,8 @@ pub(super) struct OutConn {
     current: Option<Current>,
     /// The transaction sent behind `current`'s end of data (pipelining).
     next: Option<Current>,
+    /// The destination's `messages_per_connection_max`.
+    messages_max: usize,
     /// Transactions started on this connection.
     transactions: usize,
     /// The client got to `Ready` on this address at least once.
@@ -200,9 +202,15 @@ impl Shard {
             Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port),
             Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port),
         };
+        let messages_max = self
+            .server
+            .queues
+            .shaping(&destination)
+            .messages_per_connection_max;
         self.outs.insert(OutConn {
             key,
             destination,
+            messages_max,
             stage: Stage::Resolving,
             port,
             fd: None,
@@ -592,8 +600,7 @@ impl Shard {
         if !client.is_idle() && !behind {
             return;
         }
-        let shaping = self.server.queues.shaping(&conn.destination);
-        if draining || conn.transactions >= shaping.messages_per_connection_max {
+        if draining || conn.transactions >= conn.messages_max {
             if !behind {
                 client.quit();
             }

@@ -288,7 +288,6 @@ impl Shard {
                     ticket: appended.ticket,
                     conn: None,
                     queue_id,
-                    at: appended.at,
                     recipients: vec![(destination_of(view.reverse_path), 0)],
                     size: body.len(),
                     sender: String::new(),
