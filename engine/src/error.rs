@@ -11,6 +11,8 @@ pub enum Error {
     Spool(baton_spool::Error),
     #[error("cannot listen: {0}")]
     Listen(io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("admin request failed: {0}")]
     Admin(String),
 }

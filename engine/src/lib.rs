@@ -20,6 +20,8 @@
 //!   bounces (RFC 3464 notifications) and the delivery event log. The
 //!   delivery connections themselves run on the shards
 //!   (`shard/outbound.rs`).
+//! - [`tls`]: certificates and keys, the rustls configurations the shards
+//!   share, and their replacement on SIGHUP.
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`admin`]: the HTTP admin API (queue, metrics, health) and its client.
 //! - [`server`]: what the shards share; start and graceful stop.
@@ -37,3 +39,4 @@ pub mod route;
 pub mod server;
 pub mod shard;
 pub mod smtp;
+pub mod tls;

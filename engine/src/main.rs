@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use baton::admin::{self, AdminReply, MessageReport, QueueSummary};
 use baton::config::{Config, DEFAULT_CONFIG};
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -98,18 +98,50 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
     let config = load(config_path)?;
     // Flushes the log writer when `run` returns.
     let _log = init_logging(&config.log.level);
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|e| e.to_string())?;
+    // SIGHUP is caught from here on: its default action would end the
+    // process, and logrotate's `postrotate kill -HUP` must never do that.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| e.to_string())?;
     let running = baton::server::start(config).map_err(|e| e.to_string())?;
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            reload(&running, config_path);
+            continue;
+        }
         tracing::info!(
             signal,
             "shutting down: no new connections; finishing sessions"
         );
+        break;
     }
     running.shut_down();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the configuration file again and replaces the TLS
+/// certificates, so renewed ones take effect without a restart; new
+/// handshakes use them. A file that fails to load or check changes
+/// nothing. Other settings take effect at the next start.
+fn reload(running: &baton::server::Running, config_path: Option<&Path>) {
+    let Some(path) = config_path else {
+        tracing::info!("SIGHUP: running on built-in defaults; nothing to reload");
+        return;
+    };
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!(%err, "SIGHUP: configuration refused; nothing changed");
+            return;
+        }
+    };
+    match running.server.reload_certificates(&config.tls) {
+        Ok(count) => tracing::info!(
+            certificates = count,
+            "SIGHUP: certificates reloaded; other changes need a restart"
+        ),
+        Err(err) => tracing::error!(%err, "SIGHUP: certificates not reloaded; the old ones stay"),
+    }
 }
 
 /// Logs go to stderr through a writer thread: a shard formats its line and
@@ -168,7 +200,23 @@ impl tracing_subscriber::fmt::time::FormatTime for LogTime {
 }
 
 fn check_config(file: &Path) -> Result<(), String> {
-    Config::load(file).map_err(|e| e.to_string())?;
+    let config = Config::load(file).map_err(|e| e.to_string())?;
+    // The files the configuration names must load too: a certificate that
+    // does not match its key, or has expired, is found now, not at start.
+    let certificates = baton::tls::check(&config.tls).map_err(|e| e.to_string())?;
+    if let Some(ca) = &config.delivery.tls_ca {
+        baton::tls::ClientTls::load(Some(ca)).map_err(|e| e.to_string())?;
+    }
+    for c in &certificates {
+        println!(
+            "{}: {} ({}), expires {} (in {} days)",
+            c.path.display(),
+            c.subject,
+            c.names.join(", "),
+            c.not_after,
+            c.remaining_secs / 86_400
+        );
+    }
     println!("{}: ok", file.display());
     Ok(())
 }

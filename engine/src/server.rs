@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
-use crate::config::{BareLineEndingsSetting, Config};
+use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls, TlsConfig};
 use crate::delivery::events::EventLog;
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
@@ -22,6 +22,7 @@ use crate::outbound::{ClientConfig, ClientLimits};
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
 use crate::shard::{self, ShardHandle, ShardLink};
+use crate::tls::{ClientTls, ServerTls, TlsError};
 
 /// Counters, exported by the admin API.
 #[derive(Debug, Default)]
@@ -38,12 +39,29 @@ pub struct Metrics {
     pub recipients_deferred: AtomicU64,
     pub recipients_failed: AtomicU64,
     pub bounces_generated: AtomicU64,
+    /// Inbound TLS handshakes completed, and failed (or timed out).
+    pub tls_handshakes_in: AtomicU64,
+    pub tls_handshake_failures_in: AtomicU64,
+    /// Delivery connections that completed a TLS handshake, and those
+    /// whose handshake failed.
+    pub tls_handshakes_out: AtomicU64,
+    pub tls_handshake_failures_out: AtomicU64,
 }
 
 /// What all shards share.
 pub struct Server {
     pub config: Config,
-    pub session_config: Arc<SessionConfig>,
+    /// One per `[[listener]]`, in order: what its sessions offer.
+    pub session_configs: Vec<Arc<SessionConfig>>,
+    /// The listeners' TLS, `auto` resolved, in order.
+    pub listener_tls: Vec<ListenerTls>,
+    /// The server's certificates; `None` without `[tls] certificate`.
+    pub server_tls: Option<ServerTls>,
+    /// Delivery connections' TLS configurations.
+    pub client_tls: ClientTls,
+    /// Next-hop addresses whose opportunistic TLS handshake failed, until
+    /// when (unix ms) they get plain text.
+    broken_tls: Mutex<HashMap<SocketAddr, u64>>,
     pub spool: Spool,
     pub queues: Queues,
     pub routes: Routes,
@@ -61,6 +79,34 @@ pub struct Server {
 }
 
 impl Server {
+    /// Remembers that `addr`'s TLS handshake failed: opportunistic
+    /// delivery to it goes in plain text for `delivery.remember_broken_tls`.
+    pub fn tls_broken(&self, addr: SocketAddr, now_ms: u64) {
+        let until = now_ms + self.config.delivery.remember_broken_tls.as_millis() as u64;
+        let mut broken = self.broken_tls.lock().expect("broken-tls lock");
+        // Bounded by the hosts baton delivers to; expired entries go here.
+        broken.retain(|_, until| *until > now_ms);
+        broken.insert(addr, until);
+    }
+
+    /// Whether `addr`'s TLS is remembered as broken.
+    pub fn is_tls_broken(&self, addr: SocketAddr, now_ms: u64) -> bool {
+        let broken = self.broken_tls.lock().expect("broken-tls lock");
+        broken.get(&addr).is_some_and(|until| *until > now_ms)
+    }
+
+    /// Reads `tls`'s certificate files again and makes them those of every
+    /// new handshake (SIGHUP). On error the certificates in force stay.
+    pub fn reload_certificates(&self, tls: &TlsConfig) -> Result<usize> {
+        match &self.server_tls {
+            Some(server_tls) => Ok(server_tls.reload(tls)?.len()),
+            None if tls.certificate.is_none() => Ok(0),
+            None => Err(Error::Tls(TlsError::Config(
+                "TLS was off at start; turning it on needs a restart".into(),
+            ))),
+        }
+    }
+
     /// Counts a connection from `ip`; `false` if that is one too many.
     pub fn count_connection(&self, ip: IpAddr) -> bool {
         let mut counts = self.connections_per_ip.lock().expect("per-ip lock");
@@ -202,7 +248,21 @@ pub fn start(config: Config) -> Result<Running> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "queue recovered"
     );
-    let session_config = Arc::new(session_config(&config));
+    let server_tls = ServerTls::load(&config.tls)?;
+    let client_tls = ClientTls::load(config.delivery.tls_ca.as_deref())?;
+    if client_tls.roots == 0 {
+        tracing::warn!("no trusted root certificates: tls = \"required-verified\" will defer every delivery (set delivery.tls_ca)");
+    }
+    let listener_tls: Vec<ListenerTls> = config
+        .listeners
+        .iter()
+        .map(|l| l.tls_mode(&config.tls))
+        .collect();
+    let session_configs = config
+        .listeners
+        .iter()
+        .map(|l| Arc::new(session_config(&config, l)))
+        .collect();
     let resolver = Resolver::start(resolver_config(&config)).map_err(Error::Listen)?;
     let events = match &config.log.events {
         Some(path) => EventLog::open(path).map_err(|err| {
@@ -221,7 +281,11 @@ pub fn start(config: Config) -> Result<Running> {
         inboxes.push(inbox);
     }
     let server = Arc::new(Server {
-        session_config,
+        session_configs,
+        listener_tls,
+        server_tls,
+        client_tls,
+        broken_tls: Mutex::new(HashMap::new()),
         spool,
         queues,
         routes: routes(&config),
@@ -246,8 +310,8 @@ pub fn start(config: Config) -> Result<Running> {
         })?;
     }
     let housekeeper = start_housekeeper(server.clone()).map_err(Error::Listen)?;
-    for l in &server.config.listeners {
-        tracing::info!(address = %l.address, shards = shards.len(), "accepting SMTP");
+    for (l, tls) in server.config.listeners.iter().zip(&server.listener_tls) {
+        tracing::info!(address = %l.address, shards = shards.len(), tls = ?tls, "accepting SMTP");
     }
     Ok(Running {
         server,
@@ -330,7 +394,7 @@ fn client_config(config: &Config) -> ClientConfig {
     }
 }
 
-fn session_config(config: &Config) -> SessionConfig {
+fn session_config(config: &Config, listener: &ListenerConfig) -> SessionConfig {
     let l = &config.limits;
     SessionConfig {
         hostname: config.server.hostname.clone(),
@@ -347,6 +411,8 @@ fn session_config(config: &Config) -> SessionConfig {
             BareLineEndingsSetting::Normalize => BareLineEndings::Normalize,
         },
         chunking: config.smtp.chunking,
+        starttls: listener.tls_mode(&config.tls) == ListenerTls::StartTls,
+        tls_required: listener.tls_required,
     }
 }
 

@@ -4,6 +4,7 @@
 //! destination domain ([`Config::route_for`], [`Config::shaping_for`]).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +30,15 @@ pub struct DeliveryConfig {
     /// Age (since arrival) past which a message fails and bounces.
     #[serde(deserialize_with = "de::duration")]
     pub max_age: Duration,
+    /// CA certificates (PEM) that `required-verified` trusts; `None`: the
+    /// system's roots.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub tls_ca: Option<PathBuf>,
+    /// How long a host whose opportunistic TLS handshake failed gets plain
+    /// text (KumoMTA's `remember_broken_tls`), so that one bad certificate
+    /// does not defer a domain's mail for days.
+    #[serde(deserialize_with = "de::duration")]
+    pub remember_broken_tls: Duration,
     // The client's timeouts, each over 0; RFC 5321 §4.5.3.2 gives the
     // minimums a client should allow, which are the defaults.
     /// Wait for the TCP connection to open.
@@ -96,6 +106,43 @@ pub struct Shaping {
     pub recipients_per_transaction_max: usize,
     /// Messages started per second, across all shards; 0 = no limit.
     pub message_rate_max: u32,
+    /// STARTTLS to the destination's hosts.
+    pub tls: TlsPolicy,
+}
+
+/// Whether and how delivery connections use STARTTLS (RFC 3207).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsPolicy {
+    /// When the host offers it, without checking its certificate; a failed
+    /// handshake retries in plain text (Postfix's `may`).
+    #[default]
+    Opportunistic,
+    /// Always, without checking the certificate (Postfix's `encrypt`); a
+    /// host without TLS defers.
+    Required,
+    /// Always, with the chain checked against the trusted roots and the
+    /// host name against the certificate (Postfix's `secure`).
+    RequiredVerified,
+    /// Never.
+    Disabled,
+}
+
+impl TlsPolicy {
+    /// As the configuration writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsPolicy::Opportunistic => "opportunistic",
+            TlsPolicy::Required => "required",
+            TlsPolicy::RequiredVerified => "required-verified",
+            TlsPolicy::Disabled => "disabled",
+        }
+    }
+
+    /// Whether a host without TLS must not get the mail.
+    pub fn is_required(self) -> bool {
+        matches!(self, TlsPolicy::Required | TlsPolicy::RequiredVerified)
+    }
 }
 
 /// `[[route]]`: where mail for a domain goes instead of its MX hosts.
@@ -108,6 +155,9 @@ pub struct RouteConfig {
     pub domain: String,
     #[serde(deserialize_with = "de::next_hop")]
     pub next_hop: NextHop,
+    /// Overrides `[shaping] tls` for this route.
+    #[serde(default)]
+    pub tls: Option<TlsPolicy>,
 }
 
 /// A host and port to deliver to: `"smtp.example.net:587"`,
@@ -149,6 +199,7 @@ pub struct DestinationConfig {
     pub messages_per_connection_max: Option<usize>,
     pub recipients_per_transaction_max: Option<usize>,
     pub message_rate_max: Option<u32>,
+    pub tls: Option<TlsPolicy>,
 }
 
 impl Config {
@@ -184,7 +235,25 @@ impl Config {
                 .recipients_per_transaction_max
                 .unwrap_or(base.recipients_per_transaction_max),
             message_rate_max: over.message_rate_max.unwrap_or(base.message_rate_max),
+            tls: over.tls.unwrap_or(base.tls),
         }
+    }
+
+    /// The TLS policy for a destination domain: its `[[destination]]`
+    /// `tls`, else its route's, else `[shaping] tls`.
+    pub fn tls_policy_for(&self, domain: &str) -> TlsPolicy {
+        let destination = self
+            .destinations
+            .iter()
+            .find(|destination| destination.domain.eq_ignore_ascii_case(domain))
+            .and_then(|destination| destination.tls);
+        let route = self
+            .routes
+            .iter()
+            .find(|route| route.domain.eq_ignore_ascii_case(domain))
+            .or_else(|| self.routes.iter().find(|route| route.domain == "*"))
+            .and_then(|route| route.tls);
+        destination.or(route).unwrap_or(self.shaping.tls)
     }
 }
 
@@ -252,6 +321,7 @@ recipients_per_transaction_max = 10
             messages_per_connection_max: 1000,
             recipients_per_transaction_max: 100,
             message_rate_max: 0,
+            tls: TlsPolicy::Opportunistic,
         };
         assert_eq!(c.shaping, base);
         assert_eq!(c.shaping_for("example.org"), base);

@@ -35,7 +35,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::de::DeTable;
 
-pub use delivery::{DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Shaping};
+pub use delivery::{
+    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Shaping, TlsPolicy,
+};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
 
@@ -67,6 +69,7 @@ pub struct Config {
     /// `[[destination]]` tables; none by default. See [`Config::shaping_for`].
     #[serde(rename = "destination", default)]
     pub destinations: Vec<DestinationConfig>,
+    pub tls: TlsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -94,6 +97,71 @@ pub struct ServerConfig {
 pub struct ListenerConfig {
     #[serde(deserialize_with = "de::socket_addr")]
     pub address: SocketAddr,
+    /// A file's `[[listener]]` replaces the default one whole, so the keys
+    /// an operator leaves out take their defaults here.
+    #[serde(default)]
+    pub tls: ListenerTls,
+    /// Refuse MAIL before STARTTLS (`530 5.7.0`, RFC 3207 §4).
+    #[serde(default)]
+    pub tls_required: bool,
+}
+
+impl ListenerConfig {
+    /// What this listener does about TLS, `auto` resolved: STARTTLS when
+    /// `[tls]` has a certificate.
+    pub fn tls_mode(&self, tls: &TlsConfig) -> ListenerTls {
+        match self.tls {
+            ListenerTls::Auto if tls.certificate.is_some() => ListenerTls::StartTls,
+            ListenerTls::Auto => ListenerTls::None,
+            mode => mode,
+        }
+    }
+}
+
+/// `[[listener]] tls`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// STARTTLS when `[tls]` has a certificate, else none.
+    #[default]
+    Auto,
+    /// Plain text only; STARTTLS is not offered.
+    None,
+    /// STARTTLS offered (RFC 3207).
+    #[serde(rename = "starttls")]
+    StartTls,
+    /// The TLS handshake comes before the greeting (RFC 8314, port 465).
+    Implicit,
+}
+
+/// `[tls]`: the server's certificates (one place owns them: `crate::tls`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first; `None` = no TLS (`""`).
+    #[serde(deserialize_with = "de::optional_path")]
+    pub certificate: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `certificate`.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub key: Option<PathBuf>,
+    /// Longest a client may take over the handshake, inbound and out.
+    #[serde(deserialize_with = "de::duration")]
+    pub handshake_timeout: Duration,
+    /// `[[tls.sni]]`: other certificates, chosen by the name the client
+    /// asks for (SNI, RFC 6066 §3).
+    #[serde(default)]
+    pub sni: Vec<SniCertificate>,
+}
+
+/// `[[tls.sni]]`: one name's certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// Lowercased host name.
+    #[serde(deserialize_with = "de::lowercase")]
+    pub name: String,
+    pub certificate: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[spool]`: where and how messages are stored before delivery.
@@ -284,9 +352,16 @@ mod tests {
         assert_eq!(
             c.listeners,
             [ListenerConfig {
-                address: "127.0.0.1:2525".parse().unwrap()
+                address: "127.0.0.1:2525".parse().unwrap(),
+                tls: ListenerTls::Auto,
+                tls_required: false,
             }]
         );
+        assert_eq!(c.listeners[0].tls_mode(&c.tls), ListenerTls::None);
+        assert_eq!(c.tls.certificate, None);
+        assert_eq!(c.tls.key, None);
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(10));
+        assert!(c.tls.sni.is_empty());
         assert_eq!(c.spool.path, PathBuf::from("./baton-spool"));
         assert_eq!(c.spool.segment_bytes, 64 << 20);
         assert_eq!(c.spool.sync, SyncMode::Group);
@@ -333,8 +408,12 @@ mod tests {
                 messages_per_connection_max: 1000,
                 recipients_per_transaction_max: 100,
                 message_rate_max: 0,
+                tls: TlsPolicy::Opportunistic,
             }
         );
+        assert_eq!(d.tls_ca, None);
+        assert_eq!(d.remember_broken_tls, Duration::from_secs(3600));
+        assert_eq!(c.tls_policy_for("example.org"), TlsPolicy::Opportunistic);
         assert!(c.routes.is_empty());
         assert!(c.destinations.is_empty());
         assert_eq!(c.route_for("example.org"), None);
@@ -347,7 +426,7 @@ mod tests {
     /// The arrays of tables that are empty by default, so `DEFAULT_CONFIG`
     /// shows them only as commented-out examples; the only fields with a
     /// serde default (and, in `[[destination]]`, the optional keys).
-    const COMMENTED_ARRAY_TABLES: [&str; 2] = ["route", "destination"];
+    const COMMENTED_ARRAY_TABLES: [&str; 3] = ["tls.sni", "route", "destination"];
 
     /// Deserialized without the merge, so a key missing from
     /// `DEFAULT_CONFIG` fails here (no field has a serde default but
@@ -392,6 +471,7 @@ mod tests {
                     host: "smtp.example.net".into(),
                     port: 587
                 },
+                tls: Some(TlsPolicy::RequiredVerified),
             }]
         );
         let destination = commented_example("destination");
@@ -404,6 +484,17 @@ mod tests {
                 messages_per_connection_max: Some(100),
                 recipients_per_transaction_max: Some(100),
                 message_rate_max: Some(50),
+                tls: Some(TlsPolicy::Required),
+            }]
+        );
+        let sni = commented_example("tls.sni");
+        let c = parse(&sni).unwrap();
+        assert_eq!(
+            c.tls.sni,
+            [SniCertificate {
+                name: "mx.example.org".into(),
+                certificate: "/etc/baton/mx.example.org.pem".into(),
+                key: "/etc/baton/mx.example.org.key".into(),
             }]
         );
         // Nothing else in the file is an example of an array of tables.
@@ -445,6 +536,11 @@ mod tests {
             "server.ring_entries",
             "server.sqpoll",
             "listener.address",
+            "listener.tls",
+            "listener.tls_required",
+            "tls.certificate",
+            "tls.key",
+            "tls.handshake_timeout",
             "spool.path",
             "spool.segment_bytes",
             "spool.sync",
@@ -467,6 +563,8 @@ mod tests {
             "delivery.mx_port",
             "delivery.retry_schedule",
             "delivery.max_age",
+            "delivery.tls_ca",
+            "delivery.remember_broken_tls",
             "delivery.connect_timeout",
             "delivery.greeting_timeout",
             "delivery.helo_timeout",
@@ -485,6 +583,7 @@ mod tests {
             "shaping.messages_per_connection_max",
             "shaping.recipients_per_transaction_max",
             "shaping.message_rate_max",
+            "shaping.tls",
             "admin.address",
             "log.level",
             "log.events",

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use super::{
-    Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, RouteConfig, ServerConfig,
-    Shaping, SpoolSettings,
+    Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, ListenerTls, RouteConfig,
+    ServerConfig, Shaping, SpoolSettings, TlsConfig,
 };
 
 /// A rule `key` breaks. `also` is the other key of a rule between two
@@ -95,6 +95,7 @@ pub(super) const DNS_ATTEMPTS_MAX: usize = 16;
 pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     server(&config.server)?;
     listeners(config)?;
+    tls(&config.tls)?;
     spool(&config.spool)?;
     limits(&config.limits)?;
     delivery(&config.delivery)?;
@@ -174,6 +175,36 @@ fn domain(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `[tls]`: a certificate goes with its key. Whether the files load, match
+/// and are in date is `crate::tls`'s check, which `check-config` runs too.
+fn tls(tls: &TlsConfig) -> Result<(), Invalid> {
+    match (&tls.certificate, &tls.key) {
+        (Some(_), None) => return Err(invalid("tls.key", "a certificate needs its key")),
+        (None, Some(_)) => return Err(invalid("tls.certificate", "a key needs its certificate")),
+        _ => {}
+    }
+    if !tls.sni.is_empty() && tls.certificate.is_none() {
+        return Err(invalid(
+            "tls.certificate",
+            "[[tls.sni]] certificates need a default [tls] certificate",
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, sni) in tls.sni.iter().enumerate() {
+        hostname(&sni.name).map_err(|message| invalid(format!("tls.sni[{i}].name"), message))?;
+        if !names.insert(sni.name.as_str()) {
+            return Err(invalid(
+                format!("tls.sni[{i}].name"),
+                format!("{} has a certificate already", sni.name),
+            ));
+        }
+    }
+    if tls.handshake_timeout.is_zero() {
+        return Err(invalid("tls.handshake_timeout", "must be over 0"));
+    }
+    Ok(())
+}
+
 fn listeners(config: &Config) -> Result<(), Invalid> {
     if config.listeners.is_empty() {
         return Err(invalid("listener", "at least one [[listener]] is needed"));
@@ -184,6 +215,19 @@ fn listeners(config: &Config) -> Result<(), Invalid> {
             return Err(invalid(
                 format!("listener[{i}].address"),
                 format!("{} is already a listener", listener.address),
+            ));
+        }
+        let explicit = matches!(listener.tls, ListenerTls::StartTls | ListenerTls::Implicit);
+        if explicit && config.tls.certificate.is_none() {
+            return Err(invalid(
+                format!("listener[{i}].tls"),
+                "TLS needs a certificate: set [tls] certificate and key",
+            ));
+        }
+        if listener.tls_required && listener.tls_mode(&config.tls) == ListenerTls::None {
+            return Err(invalid(
+                format!("listener[{i}].tls_required"),
+                "this listener offers no TLS: set [tls] certificate and key, and tls",
             ));
         }
     }
@@ -484,6 +528,54 @@ mod tests {
             error.to_string().starts_with(&format!("test.toml:{line}:")),
             "{error}"
         );
+    }
+
+    #[test]
+    fn tls_listeners_need_a_certificate() {
+        rejects(
+            "[[listener]]\naddress = \"127.0.0.1:465\"\ntls = \"implicit\"\n",
+            "listener[0].tls",
+            3,
+            "needs a certificate",
+        );
+        rejects(
+            "[[listener]]\naddress = \"127.0.0.1:587\"\ntls_required = true\n",
+            "listener[0].tls_required",
+            3,
+            "offers no TLS",
+        );
+        rejects(
+            "[tls]\ncertificate = \"/c.pem\"\n",
+            "tls.key",
+            1,
+            "needs its key",
+        );
+        rejects(
+            "[tls]\ncertificate = \"/c.pem\"\nkey = \"/k.pem\"\n\
+             [[tls.sni]]\nname = \"bad name\"\ncertificate = \"/c\"\nkey = \"/k\"\n",
+            "tls.sni[0].name",
+            5,
+            "not a domain name",
+        );
+        rejects(
+            "[[listener]]\naddress = \"127.0.0.1:25\"\ntls = \"sometimes\"\n",
+            "listener[0].tls",
+            3,
+            "unknown variant",
+        );
+        rejects(
+            "[shaping]\ntls = \"maybe\"\n",
+            "shaping.tls",
+            2,
+            "unknown variant",
+        );
+        let c = Config::parse(
+            "[tls]\ncertificate = \"/c.pem\"\nkey = \"/k.pem\"\n\
+             [[listener]]\naddress = \"127.0.0.1:587\"\ntls_required = true\n",
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(c.listeners[0].tls_mode(&c.tls), ListenerTls::StartTls);
     }
 
     #[test]

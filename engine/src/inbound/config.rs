@@ -36,16 +36,22 @@ pub struct SessionConfig {
     pub bare_line_endings: BareLineEndings,
     /// Offer and accept BDAT (RFC 3030).
     pub chunking: bool,
+    /// Offer STARTTLS (RFC 3207): the listener has a certificate.
+    pub starttls: bool,
+    /// Refuse MAIL until the connection is encrypted (`530 5.7.0`).
+    pub tls_required: bool,
 }
 
 impl SessionConfig {
-    /// Default limits, bare line endings refused, CHUNKING on.
+    /// Default limits, bare line endings refused, CHUNKING on, no TLS.
     pub fn new(hostname: impl Into<String>) -> SessionConfig {
         SessionConfig {
             hostname: hostname.into(),
             limits: SessionLimits::default(),
             bare_line_endings: BareLineEndings::Reject,
             chunking: true,
+            starttls: false,
+            tls_required: false,
         }
     }
 

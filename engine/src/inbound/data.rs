@@ -63,6 +63,7 @@ impl Session {
             body: body.wire,
             peer: self.peer,
             helo: self.helo_name().unwrap_or_default().to_owned(),
+            tls: self.tls_info().cloned(),
         };
         self.state = State::AwaitingStore(Some(message));
     }

@@ -1,7 +1,7 @@
 //! EHLO and HELO (RFC 5321 §4.1.1.1).
 
 use super::replies;
-use super::session::{Greeting, Session};
+use super::session::{Greeting, Session, Tls};
 use crate::smtp::command;
 use crate::smtp::reply::Reply;
 
@@ -47,8 +47,11 @@ impl Session {
             "SMTPUTF8".to_owned(),   // RFC 6531
             "ENHANCEDSTATUSCODES".to_owned(), // RFC 2034
         ];
-        // STARTTLS (RFC 3207) is offered here while the connection is
-        // plain, and AUTH (RFC 4954) once it is not; both come later.
+        // STARTTLS (RFC 3207 §4.2) only while the connection is plain; AUTH
+        // (RFC 4954) will join once it is not.
+        if self.config.starttls && matches!(self.tls, Tls::Plain) {
+            lines.push("STARTTLS".to_owned());
+        }
         if self.config.chunking {
             lines.push("CHUNKING".to_owned()); // RFC 3030
         }

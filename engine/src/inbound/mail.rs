@@ -13,6 +13,9 @@ impl Session {
             return self.refuse(replies::SEND_HELO_FIRST);
         };
         let extended = greeting.extended;
+        if self.config.tls_required && self.tls_info().is_none() {
+            return self.refuse(replies::TLS_REQUIRED);
+        }
         if self.transaction.is_some() {
             return self.refuse(replies::NESTED_MAIL);
         }

@@ -23,8 +23,9 @@
 //! - `session.rs`: [`Session`], its states, the input loop, dispatch.
 //! - One file per verb: `ehlo.rs` (EHLO, HELO), `mail.rs`, `rcpt.rs`,
 //!   `data.rs` (DATA and the end of every message), `bdat.rs`, `basic.rs`
-//!   (RSET, NOOP, QUIT, VRFY, EXPN, HELP), and `starttls.rs`, `auth.rs`,
-//!   where STARTTLS and AUTH will live.
+//!   (RSET, NOOP, QUIT, VRFY, EXPN, HELP), `starttls.rs` (STARTTLS: the
+//!   session asks the shard for the handshake and is told its result), and
+//!   `auth.rs`, where AUTH will live.
 //! - `transaction.rs`: the envelope being built.
 //! - `received.rs`: the `Received:` header (RFC 5321 §4.4).
 //! - `replies.rs`: every reply text, in one table.
@@ -36,6 +37,8 @@ use std::net::SocketAddr;
 
 use baton_spool::QueueId;
 use thiserror::Error;
+
+use crate::tls::TlsInfo;
 
 mod auth;
 mod basic;
@@ -85,6 +88,8 @@ pub struct ReceivedMessage {
     pub peer: SocketAddr,
     /// The EHLO/HELO argument.
     pub helo: String,
+    /// How the message arrived over TLS; `None` in plain text.
+    pub tls: Option<TlsInfo>,
 }
 
 /// One recipient the session answered `250` to.

@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! Received: from <helo> (<peer address literal>)
-//!     by <hostname> (baton) with ESMTP id <queue id>;
+//!     (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))
+//!     by <hostname> (baton) with ESMTPS id <queue id>;
 //!     <date>
 //! ```
+//!
+//! The `using` line only over TLS, as Postfix writes it.
 //!
 //! (each continuation line starts with a tab: RFC 5322 §2.2.3 folding).
 
@@ -23,8 +26,12 @@ impl Session {
         // EHLO/HELO names passed the domain grammar, so they hold no
         // spaces, parentheses or line breaks to confuse the header.
         let helo = self.helo_name().unwrap_or("unknown");
+        let tls = match &self.tls {
+            Tls::Established(info) => format!("\t(using {info})\r\n"),
+            Tls::Plain | Tls::Starting => String::new(),
+        };
         let header = format!(
-            "Received: from {helo} ({peer})\r\n\tby {host} (baton) with {protocol} id {queue_id};\r\n\t{date}\r\n",
+            "Received: from {helo} ({peer})\r\n{tls}\tby {host} (baton) with {protocol} id {queue_id};\r\n\t{date}\r\n",
             peer = address_literal(self.peer.ip()),
             host = self.config.hostname,
             protocol = self.protocol(),
@@ -41,10 +48,14 @@ impl Session {
             .greeting
             .as_ref()
             .is_some_and(|greeting| greeting.extended);
-        match (extended, self.tls, self.auth) {
-            (false, Tls::Plain, Auth::Anonymous) => "SMTP",
-            (true, Tls::Plain, Auth::Anonymous) if self.smtputf8() => "UTF8SMTP",
-            (true, Tls::Plain, Auth::Anonymous) => "ESMTP",
+        let tls = matches!(self.tls, Tls::Established(_));
+        match (extended, tls, self.auth) {
+            (false, _, Auth::Anonymous) => "SMTP",
+            (true, false, Auth::Anonymous) if self.smtputf8() => "UTF8SMTP",
+            (true, false, Auth::Anonymous) => "ESMTP",
+            // RFC 6531 §3.7.3 has UTF8SMTPS for SMTPUTF8 over TLS.
+            (true, true, Auth::Anonymous) if self.smtputf8() => "UTF8SMTPS",
+            (true, true, Auth::Anonymous) => "ESMTPS",
         }
     }
 }

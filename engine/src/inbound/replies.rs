@@ -33,6 +33,12 @@ pub(super) const INVALID_CHARACTER: &str = "500 5.5.2 Error: invalid character i
 pub(super) const PIPELINED_INPUT_OVERFLOW: &str = "500 5.5.2 Error: too much pipelined input\r\n";
 pub(super) const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented\r\n";
 
+// STARTTLS (RFC 3207 §4, §4.1; Postfix's texts).
+pub(super) const READY_TO_START_TLS: &str = "220 2.0.0 Ready to start TLS\r\n";
+pub(super) const STARTTLS_SYNTAX: &str = "501 5.5.4 Syntax: STARTTLS\r\n";
+pub(super) const TLS_ALREADY_ACTIVE: &str = "503 5.5.1 Error: TLS already active\r\n";
+pub(super) const TLS_REQUIRED: &str = "530 5.7.0 Must issue a STARTTLS command first\r\n";
+
 // Greeting.
 pub(super) const EHLO_SYNTAX: &str = "501 5.5.4 Syntax: EHLO hostname\r\n";
 pub(super) const HELO_SYNTAX: &str = "501 5.5.4 Syntax: HELO hostname\r\n";

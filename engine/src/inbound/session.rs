@@ -13,6 +13,7 @@ use super::transaction::Transaction;
 use super::{ReceivedMessage, SessionContext, StoreError};
 use crate::smtp::command::{self, Verb};
 use crate::smtp::data::DataReader;
+use crate::tls::TlsInfo;
 
 /// What the session is doing, for the shard to choose a timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +26,9 @@ pub enum Phase {
     AwaitingStore,
     /// Send the remaining output, then close.
     Closing,
+    /// `220 Ready to start TLS` is queued: send it, then run the TLS
+    /// handshake; the session reads nothing until it is done.
+    StartTls,
 }
 
 /// The input loop's state.
@@ -39,6 +43,9 @@ pub(super) enum State {
     Chunk(Chunk),
     /// A complete message, until `take_message` (then None) and `stored`.
     AwaitingStore(Option<ReceivedMessage>),
+    /// STARTTLS accepted: until [`Session::tls_established`], input is
+    /// discarded (RFC 3207 §4.2, CVE-2011-0411).
+    StartTls,
     Closing,
 }
 
@@ -74,12 +81,15 @@ pub(super) struct Greeting {
     pub extended: bool,
 }
 
-/// Where the connection stands on TLS. STARTTLS (RFC 3207) will add
-/// `Handshaking` (rustls' sans-IO connection drives the bytes) and
-/// `Established`; see `starttls.rs`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the connection stands on TLS; see `starttls.rs`. The handshake
+/// itself is rustls' sans-IO connection, beside the session in the shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Tls {
     Plain,
+    /// STARTTLS accepted, or an implicit-TLS listener: the handshake is
+    /// under way.
+    Starting,
+    Established(Box<TlsInfo>),
 }
 
 /// Who the client is. AUTH (RFC 4954) will add `Authenticated { user }`,
@@ -164,8 +174,9 @@ impl Session {
     /// [`take_message`](Self::take_message)); what follows stays buffered.
     pub fn receive(&mut self, input: &[u8], ctx: &mut dyn SessionContext) {
         match self.state {
-            // RFC 5321 §4.1.1.10: after QUIT (or a 421) nothing is read.
-            State::Closing => return,
+            // RFC 5321 §4.1.1.10: after QUIT (or a 421) nothing is read;
+            // RFC 3207 §4.2: nothing sent before the handshake is kept.
+            State::Closing | State::StartTls => return,
             State::AwaitingStore(_) => return self.keep(input),
             _ => {}
         }
@@ -182,7 +193,10 @@ impl Session {
         }
         // Over the bound outside a wait for the spool: nothing parsable
         // made room, so the client is not speaking SMTP.
-        let waiting = matches!(self.state, State::AwaitingStore(_) | State::Closing);
+        let waiting = matches!(
+            self.state,
+            State::AwaitingStore(_) | State::Closing | State::StartTls
+        );
         if self.input_overflow && !waiting {
             self.close(replies::PIPELINED_INPUT_OVERFLOW);
         }
@@ -251,6 +265,7 @@ impl Session {
             State::Data(_) | State::Chunk(_) => Phase::Data,
             State::AwaitingStore(_) => Phase::AwaitingStore,
             State::Closing => Phase::Closing,
+            State::StartTls => Phase::StartTls,
         }
     }
 
@@ -278,6 +293,14 @@ impl Session {
 
     pub fn local(&self) -> SocketAddr {
         self.local
+    }
+
+    /// What the TLS handshake negotiated, once it is done.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        match &self.tls {
+            Tls::Established(info) => Some(info),
+            Tls::Plain | Tls::Starting => None,
+        }
     }
 
     /// The client's EHLO/HELO argument, once given.
@@ -312,7 +335,7 @@ impl Session {
     /// Buffers unprocessed input, up to the bound; past it, the rest is
     /// dropped and the session will close.
     fn keep(&mut self, rest: &[u8]) {
-        if matches!(self.state, State::Closing) {
+        if matches!(self.state, State::Closing | State::StartTls) {
             return;
         }
         let room = PIPELINED_INPUT_BYTES_MAX.saturating_sub(self.input.len());
@@ -335,7 +358,7 @@ impl Session {
     /// wait for more input (or for the spool).
     fn step(&mut self, rest: &[u8], ctx: &mut dyn SessionContext) -> Option<usize> {
         match &mut self.state {
-            State::Closing | State::AwaitingStore(_) => None,
+            State::Closing | State::AwaitingStore(_) | State::StartTls => None,
             // BDAT 0, or a chunk just completed: no input needed.
             State::Chunk(chunk) if chunk.remaining == 0 => {
                 self.chunk_complete();

@@ -1,16 +1,22 @@
 //! Connection slots.
 //!
-//! A slot owns a client connection: its socket, its SMTP session, and the
-//! buffers that receive and send operations borrow. A slot is freed only
-//! once no operation on it is in flight (see `ring.rs`); its generation
-//! changes when it is reused.
+//! A slot owns a client connection: its socket, its SMTP session, the TLS
+//! connection beside it (rustls' sans-IO `ServerConnection`, once STARTTLS
+//! or an implicit-TLS listener asks for it), and the buffers that receive
+//! and send operations borrow. The ring moves ciphertext; the session sees
+//! plaintext. A slot is freed only once no operation on it is in flight
+//! (see `ring.rs`); its generation changes when it is reused.
 
+use std::io::{BufRead as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::inbound::Session;
+use rustls::ServerConnection;
+
+use crate::inbound::{Session, SessionContext};
+use crate::tls::TlsInfo;
 
 use super::token::{ConnKey, SLOTS_MAX};
 
@@ -39,6 +45,26 @@ pub(crate) struct Conn {
     pub deadline: Instant,
     /// The session was told it timed out; the next sweep ends it hard.
     pub timed_out: bool,
+    /// TLS, once started: every byte on the socket goes through it.
+    pub tls: Option<Box<ServerConnection>>,
+    /// The end of the handshake was reported to the session.
+    pub tls_reported: bool,
+    /// TLS failed: send what rustls queued (its alert), then close.
+    pub tls_failed: bool,
+    close_notify_sent: bool,
+}
+
+/// What feeding TLS bytes did.
+#[derive(Debug)]
+pub(crate) enum TlsStep {
+    /// Bytes were taken; nothing new.
+    Continue,
+    /// The handshake completed.
+    Established,
+    /// The peer ended TLS (close_notify).
+    Closed,
+    /// A TLS error: the alert is queued; the connection closes.
+    Failed(rustls::Error),
 }
 
 impl Conn {
@@ -64,7 +90,115 @@ impl Conn {
             counted_ip: None,
             deadline,
             timed_out: false,
+            tls: None,
+            tls_reported: false,
+            tls_failed: false,
+            close_notify_sent: false,
         }
+    }
+
+    /// Whether a TLS handshake is under way.
+    pub fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// Feeds `n` received bytes of ciphertext to rustls and the plaintext
+    /// to the session; tells the session when the handshake completes.
+    pub fn receive_tls(&mut self, n: usize, ctx: &mut dyn SessionContext) -> TlsStep {
+        let Conn {
+            tls,
+            session,
+            recv_buf,
+            tls_reported,
+            tls_failed,
+            ..
+        } = self;
+        let tls = tls.as_mut().expect("a TLS connection");
+        let mut input = &recv_buf[..n];
+        let mut step = TlsStep::Continue;
+        while !input.is_empty() {
+            if let Err(err) = tls.read_tls(&mut input) {
+                *tls_failed = true;
+                return TlsStep::Failed(rustls::Error::General(err.to_string()));
+            }
+            if let Err(err) = tls.process_new_packets() {
+                *tls_failed = true;
+                return TlsStep::Failed(err);
+            }
+            if !*tls_reported && !tls.is_handshaking() {
+                *tls_reported = true;
+                let info = TlsInfo::of(tls, false).expect("the handshake is done");
+                session.tls_established(info);
+                step = TlsStep::Established;
+            }
+            loop {
+                let mut reader = tls.reader();
+                match reader.fill_buf() {
+                    Ok([]) => return TlsStep::Closed,
+                    Ok(plain) => {
+                        let len = plain.len();
+                        session.receive(plain, ctx);
+                        reader.consume(len);
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => return TlsStep::Closed,
+                }
+            }
+        }
+        step
+    }
+
+    /// Moves the session's output into `send_buf` (once it is empty):
+    /// through rustls when TLS is on, with a close_notify when the
+    /// session closes.
+    pub fn fill_send_buf(&mut self) {
+        if !self.send_buf.is_empty() {
+            return;
+        }
+        let Some(tls) = self.tls.as_mut() else {
+            let output = self.session.output();
+            if !output.is_empty() {
+                self.send_buf.extend_from_slice(output);
+                let n = output.len();
+                self.session.consume_output(n);
+            }
+            return;
+        };
+        if !self.tls_failed {
+            let output = self.session.output();
+            if !output.is_empty() {
+                // rustls takes up to its buffer limit; the rest waits for
+                // the next send.
+                let n = tls.writer().write(output).unwrap_or(0);
+                self.session.consume_output(n);
+            }
+            if self.session.is_closing()
+                && self.session.output().is_empty()
+                && !self.close_notify_sent
+            {
+                self.close_notify_sent = true;
+                tls.send_close_notify();
+            }
+        }
+        while tls.wants_write() {
+            if tls.write_tls(&mut self.send_buf).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Whether the connection has nothing more to say once its output is
+    /// sent.
+    pub fn closing(&self) -> bool {
+        self.tls_failed || self.session.is_closing()
+    }
+
+    /// Whether to keep a receive armed.
+    pub fn wants_input(&self) -> bool {
+        if self.tls_failed {
+            return false;
+        }
+        self.handshaking() || self.session.wants_input()
     }
 
     pub fn fd(&self) -> RawFd {

@@ -18,13 +18,15 @@ use baton_spool::{Io, NewMessage, NewRecipient, QueueId, Status, SyncOp, Ticket,
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::admin::AdminReply;
+use crate::config::ListenerTls;
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::{unix_ms, Server};
+use crate::tls::TLS_BUFFER_BYTES_MAX;
 
-use super::conn::{Conn, Slots, RECV_BUFFER_BYTES};
+use super::conn::{Conn, Slots, TlsStep, RECV_BUFFER_BYTES};
 use super::listener;
 use super::outbound::OutConn;
 use super::queue_id::QueueIdGen;
@@ -354,11 +356,11 @@ impl Shard {
         }
         // SAFETY: a successful accept returns a new descriptor we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
-        self.open(fd);
+        self.open(fd, index);
         Ok(())
     }
 
-    fn open(&mut self, fd: OwnedFd) {
+    fn open(&mut self, fd: OwnedFd, listener: usize) {
         let socket = socket2::SockRef::from(&fd);
         let (Some(peer), Some(local)) = (
             socket.peer_addr().ok().and_then(|a| a.as_socket()),
@@ -375,7 +377,8 @@ impl Shard {
         };
         let server = self.server.clone();
         let limits = &server.config.limits;
-        let config = server.session_config.clone();
+        let config = server.session_configs[listener].clone();
+        let implicit_tls = server.listener_tls[listener] == ListenerTls::Implicit;
         let mut counted_ip = None;
         let session = if self.conns.len() >= limits.connections_per_shard_max {
             server
@@ -399,6 +402,16 @@ impl Shard {
         };
         let deadline = Instant::now() + limits.command_timeout;
         let mut conn = Conn::new(key, fd, peer, session, deadline);
+        if implicit_tls && counted_ip.is_some() {
+            // RFC 8314 §3.3: the handshake first; the greeting waits in
+            // rustls until it is done.
+            let Some(tls) = new_tls(&server) else {
+                return;
+            };
+            conn.tls = Some(tls);
+            conn.session.tls_started();
+            conn.deadline = Instant::now() + server.config.tls.handshake_timeout;
+        }
         conn.counted_ip = counted_ip;
         self.conns.insert(conn);
         self.progress(key);
@@ -414,8 +427,36 @@ impl Shard {
         let mut ctx = Ctx {
             queue_ids: &mut self.queue_ids,
         };
-        conn.session.receive(&conn.recv_buf[..n], &mut ctx);
-        conn.deadline = Instant::now() + timeout_of(&self.server, conn.session.phase());
+        if conn.tls.is_none() {
+            conn.session.receive(&conn.recv_buf[..n], &mut ctx);
+        } else {
+            let metrics = &self.server.metrics;
+            match conn.receive_tls(n, &mut ctx) {
+                TlsStep::Continue => {}
+                TlsStep::Established => {
+                    metrics.tls_handshakes_in.fetch_add(1, Ordering::Relaxed);
+                }
+                TlsStep::Failed(err) => {
+                    if !conn.tls_reported {
+                        metrics
+                            .tls_handshake_failures_in
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(client = %conn.peer_text, %err, "TLS failed");
+                }
+                TlsStep::Closed => {
+                    self.kill(key);
+                    return Ok(());
+                }
+            }
+        }
+        let conn = self.conns.get_mut(key).expect("settled connections live");
+        conn.deadline = Instant::now()
+            + if conn.handshaking() {
+                self.server.config.tls.handshake_timeout
+            } else {
+                timeout_of(&self.server, conn.session.phase())
+            };
         self.progress(key);
         Ok(())
     }
@@ -472,13 +513,18 @@ impl Shard {
             conn.session.shut_down();
         }
         if !conn.send_in_flight {
-            if conn.send_buf.is_empty() {
-                let output = conn.session.output();
-                if !output.is_empty() {
-                    conn.send_buf.extend_from_slice(output);
-                    let n = output.len();
-                    conn.session.consume_output(n);
-                }
+            conn.fill_send_buf();
+            if conn.tls.is_none()
+                && conn.session.starttls_requested()
+                && conn.session.output().is_empty()
+            {
+                // The `220 Ready to start TLS` is in `send_buf`, in plain
+                // text; every byte after it goes through TLS.
+                let Some(tls) = new_tls(&self.server) else {
+                    return self.kill(key);
+                };
+                conn.tls = Some(tls);
+                conn.deadline = Instant::now() + self.server.config.tls.handshake_timeout;
             }
             if conn.send_done < conn.send_buf.len() {
                 let pending = &conn.send_buf[conn.send_done..];
@@ -498,13 +544,13 @@ impl Shard {
                 conn.send_in_flight = true;
             }
         }
-        if conn.session.is_closing() {
+        if conn.closing() {
             if !conn.send_in_flight {
                 self.kill(key);
             }
             return;
         }
-        if conn.session.wants_input() && !conn.recv_in_flight {
+        if conn.wants_input() && !conn.recv_in_flight {
             // SAFETY: as for the send above, with `recv_buf`.
             let submitted = unsafe {
                 self.ring.recv(
@@ -806,6 +852,16 @@ impl Shard {
             if conn.dead || now < conn.deadline || conn.session.phase() == Phase::AwaitingStore {
                 continue;
             }
+            if conn.handshaking() {
+                // No reply can be sent in the middle of a handshake.
+                self.server
+                    .metrics
+                    .tls_handshake_failures_in
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = %conn.peer_text, "TLS handshake timed out");
+                self.kill(key);
+                continue;
+            }
             if conn.timed_out {
                 // Told once; the client does not even read: end it.
                 self.kill(key);
@@ -853,9 +909,25 @@ impl Shard {
     }
 }
 
+/// A server-side TLS connection from the certificates in force.
+fn new_tls(server: &Server) -> Option<Box<rustls::ServerConnection>> {
+    let config = server.server_tls.as_ref()?.config();
+    match rustls::ServerConnection::new(config) {
+        Ok(mut tls) => {
+            tls.set_buffer_limit(Some(TLS_BUFFER_BYTES_MAX));
+            Some(Box::new(tls))
+        }
+        Err(err) => {
+            tracing::error!(%err, "cannot start TLS");
+            None
+        }
+    }
+}
+
 fn timeout_of(server: &Server, phase: Phase) -> Duration {
     match phase {
         Phase::Data => server.config.limits.data_timeout,
+        Phase::StartTls => server.config.tls.handshake_timeout,
         _ => server.config.limits.command_timeout,
     }
 }

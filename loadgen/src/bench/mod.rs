@@ -1,6 +1,8 @@
 //! `loadgen bench`: one scenario, one table: the direct path (send → sink,
 //! the machine's limit) and the same load through a relay under test
-//! (send → relay → sink), for baton and, with `--postfix`, for Postfix.
+//! (send → relay → sink), for baton and, with `--postfix`, for Postfix,
+//! and with `--kumomta BIN` for KumoMTA (twice: on its default durability
+//! and with every message synced).
 //!
 //! Each path gets a fresh sink in this process ([`EmbeddedSink`]) and a
 //! fresh relay. `send` runs to its end; then the bench waits for the
@@ -10,11 +12,23 @@
 //! duplicated. A relay that delivered nothing gets no figures, and a note
 //! that says so.
 //!
+//! Without `--tls` every hop is plain text: the sink does not offer
+//! STARTTLS, so that a relay that uses it opportunistically (baton, kumod)
+//! still delivers in plain text. With `--tls` every hop is STARTTLS: `send`
+//! requires it and checks the certificate against the bench's CA, every
+//! relay offers it and requires it towards the sink, and a row whose
+//! messages reached the sink without TLS says so.
+//!
 //! # Layout
 //!
-//! - [`relay`]: starting and stopping baton and Postfix.
+//! - [`relay`]: starting and stopping baton, Postfix and kumod.
+//! - [`config`]: what each relay is told (configuration text, arguments,
+//!   environment), as pure functions.
+//! - [`certs`]: the CA and server certificate of a `--tls` run.
 //! - [`table`]: the rows, as a table and as JSON under `bench/results/`.
 
+pub mod certs;
+pub mod config;
 pub mod relay;
 pub mod table;
 
@@ -25,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::Parser as _;
 
+use self::certs::CertFiles;
 use self::table::{BenchResult, Row, Scenario};
 use crate::ids::unix_micros_now;
 use crate::send::{self, SendArgs};
@@ -68,6 +83,18 @@ pub struct BenchArgs {
     /// this work tree).
     #[arg(long, value_name = "SCRIPT")]
     pub postfix_script: Option<PathBuf>,
+    /// Also bench KumoMTA with this kumod binary: two rows, `kumomta` (its
+    /// default durability) and `kumomta-sync` (every message synced before
+    /// its 250).
+    #[arg(long, value_name = "BIN")]
+    pub kumomta: Option<PathBuf>,
+    /// kumod's policy (default: bench/kumomta-relay.lua of this work tree).
+    #[arg(long, value_name = "LUA", requires = "kumomta")]
+    pub kumomta_policy: Option<PathBuf>,
+    /// STARTTLS on every hop: send → relay and relay → sink (and send →
+    /// sink on the direct path), with a certificate the bench generates.
+    #[arg(long)]
+    pub tls: bool,
     /// After `send`, a relay is done when the sink's count has not grown
     /// for this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -90,6 +117,12 @@ enum PathKind {
     Direct,
     Baton,
     Postfix,
+    /// kumod on KumoMTA's default durability: spooled, not synced, before
+    /// the 250.
+    Kumomta,
+    /// kumod with every message synced before the 250, as baton and
+    /// Postfix do.
+    KumomtaSync,
 }
 
 impl PathKind {
@@ -98,6 +131,8 @@ impl PathKind {
             PathKind::Direct => "direct",
             PathKind::Baton => "baton",
             PathKind::Postfix => "postfix",
+            PathKind::Kumomta => "kumomta",
+            PathKind::KumomtaSync => "kumomta-sync",
         }
     }
 }
@@ -128,12 +163,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .context("cannot find bench/postfix-relay.sh; give --postfix-script")?,
         ),
     };
+    let kumomta = match &args.kumomta {
+        None => None,
+        Some(binary) => {
+            if !binary.is_file() {
+                bail!("no kumod at {}", binary.display());
+            }
+            let policy = match (&args.kumomta_policy, &bench_dir) {
+                (Some(policy), _) => policy.clone(),
+                (None, Some(dir)) => dir.join("kumomta-relay.lua"),
+                (None, None) => bail!("cannot find bench/kumomta-relay.lua; give --kumomta-policy"),
+            };
+            if !policy.is_file() {
+                bail!("no kumod policy at {}", policy.display());
+            }
+            Some((binary.clone(), policy))
+        }
+    };
     let results_dir = match (&args.results_dir, &bench_dir) {
         (Some(dir), _) => dir.clone(),
         (None, Some(dir)) => dir.join("results"),
         (None, None) => PathBuf::from("bench/results"),
     };
     let work = WorkDir::create()?;
+    let certs = if args.tls {
+        Some(CertFiles::create(&work.path.join("certs"))?)
+    } else {
+        None
+    };
     let started_unix = unix_micros_now() / 1_000_000;
     let mut result = BenchResult {
         started: format!("{}Z", baton::smtp::date::rfc3339_seconds(started_unix)),
@@ -147,6 +204,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             duration_seconds: args.duration.map(|d| d.as_secs_f64()),
             size: args.size.clone(),
             rcpts: args.rcpts,
+            tls: args.tls,
         },
         rows: Vec::new(),
     };
@@ -156,6 +214,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if postfix_script.is_some() {
         paths.push(PathKind::Postfix);
+    }
+    if kumomta.is_some() {
+        paths.extend([PathKind::Kumomta, PathKind::KumomtaSync]);
     }
     for path in paths {
         eprintln!("loadgen bench: {} ...", path.name());
@@ -168,8 +229,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             PathKind::Postfix => {
                 RelayChoice::Postfix(postfix_script.as_deref().expect("postfix chosen"))
             }
+            PathKind::Kumomta | PathKind::KumomtaSync => {
+                let (binary, policy) = kumomta.as_ref().expect("kumomta chosen");
+                RelayChoice::Kumod(relay::Kumod {
+                    binary,
+                    policy,
+                    force_sync: path == PathKind::KumomtaSync,
+                })
+            }
         };
-        let mut row = run_path(&args, &result.scenario, path, relay, &dir).await?;
+        let hop = Hop {
+            dir: &dir,
+            certs: certs.as_ref(),
+        };
+        let mut row = run_path(&args, &result.scenario, path, relay, hop).await?;
         // The direct path is the first row: its ratio is 1.
         let direct = result
             .rows
@@ -192,6 +265,14 @@ enum RelayChoice<'a> {
     None,
     Baton(&'a Path),
     Postfix(&'a Path),
+    Kumod(relay::Kumod<'a>),
+}
+
+/// Where a path keeps its files, and the certificates when it runs TLS.
+#[derive(Clone, Copy)]
+struct Hop<'a> {
+    dir: &'a Path,
+    certs: Option<&'a CertFiles>,
 }
 
 /// One path: sink, relay, send, wait for delivery, verify.
@@ -200,17 +281,21 @@ async fn run_path(
     scenario: &Scenario,
     path: PathKind,
     relay: RelayChoice<'_>,
-    dir: &Path,
+    hop: Hop<'_>,
 ) -> anyhow::Result<Row> {
+    let Hop { dir, certs } = hop;
     let send_report_path = dir.join("send.json");
-    let sink = EmbeddedSink::start(sink_args(&send_report_path)).await?;
+    let sink = EmbeddedSink::start(sink_args(&send_report_path, certs)).await?;
     let started = match relay {
         RelayChoice::None => None,
         RelayChoice::Baton(binary) => Some(tokio::task::block_in_place(|| {
-            relay::Relay::start_baton(binary, dir, sink.addr)
+            relay::Relay::start_baton(binary, dir, sink.addr, certs)
         })?),
         RelayChoice::Postfix(script) => Some(tokio::task::block_in_place(|| {
-            relay::Relay::start_postfix(script, &dir.join("postfix"), sink.addr)
+            relay::Relay::start_postfix(script, &dir.join("postfix"), sink.addr, certs)
+        })?),
+        RelayChoice::Kumod(kumod) => Some(tokio::task::block_in_place(|| {
+            relay::Relay::start_kumod(&kumod, dir, sink.addr, certs)
         })?),
     };
     let target = started.as_ref().map_or(sink.addr, |s| s.addr);
@@ -219,7 +304,7 @@ async fn run_path(
         .map(|s| s.notes.clone())
         .unwrap_or_default();
     let send_started = Instant::now();
-    let sent = send::run(send_args(args, scenario, target)?).await;
+    let sent = send::run(send_args(args, scenario, target, certs)?).await;
     let report = match sent {
         Ok(report) => report,
         Err(e) => {
@@ -251,6 +336,13 @@ async fn run_path(
         ));
     } else if delivered == 0 {
         notes.push(format!("relay delivered 0 of {}", report.messages_accepted));
+    }
+    if let Some(note) = tls_note(
+        scenario.tls,
+        summary.messages_accepted,
+        summary.messages_tls,
+    ) {
+        notes.push(note);
     }
     let delivered_per_second = match last_delivery {
         Some(last) if delivered > 0 => {
@@ -298,22 +390,41 @@ async fn wait_for_delivery(args: &BenchArgs, sink: &EmbeddedSink, expected: u64)
     }
 }
 
-/// The sink's options, parsed as `loadgen sink` would parse them.
-fn sink_args(send_report: &Path) -> SinkArgs {
+/// What a TLS row must say when messages reached the sink in plain text:
+/// the relay fell back, and its figures are not those of TLS.
+fn tls_note(tls: bool, messages: u64, messages_tls: u64) -> Option<String> {
+    (tls && messages_tls < messages).then(|| {
+        format!(
+            "{} of {messages} messages reached the sink without TLS",
+            messages - messages_tls
+        )
+    })
+}
+
+/// The sink's options, parsed as `loadgen sink` would parse them: STARTTLS
+/// with the bench's certificate, or not offered at all.
+fn sink_args(send_report: &Path, certs: Option<&CertFiles>) -> SinkArgs {
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
         args: SinkArgs,
     }
-    let report = send_report.to_string_lossy();
-    let argv = [
-        "sink",
-        "--listen",
-        "127.0.0.1:0",
-        "--no-starttls",
-        "--verify",
-        &report,
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "sink".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--verify".into(),
+        send_report.into(),
     ];
+    match certs {
+        None => argv.push("--no-starttls".into()),
+        Some(files) => argv.extend([
+            "--tls-cert".into(),
+            files.chain.clone().into(),
+            "--tls-key".into(),
+            files.key.clone().into(),
+        ]),
+    }
     Cli::parse_from(argv).args
 }
 
@@ -322,6 +433,7 @@ fn send_args(
     args: &BenchArgs,
     scenario: &Scenario,
     target: SocketAddr,
+    certs: Option<&CertFiles>,
 ) -> anyhow::Result<SendArgs> {
     #[derive(clap::Parser)]
     struct Cli {
@@ -344,6 +456,10 @@ fn send_args(
             argv.extend(["--duration".into(), format!("{}ms", duration.as_millis())])
         }
         (None, None) => {}
+    }
+    if let Some(files) = certs {
+        argv.extend(["--starttls".into(), "--tls-ca".into()]);
+        argv.push(files.ca.to_string_lossy().into_owned());
     }
     if !args.progress {
         argv.push("--quiet".into());
@@ -415,5 +531,20 @@ impl WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_row_says_how_many_messages_came_without_tls() {
+        assert_eq!(tls_note(true, 100, 100), None);
+        assert_eq!(
+            tls_note(true, 100, 40).as_deref(),
+            Some("60 of 100 messages reached the sink without TLS")
+        );
+        assert_eq!(tls_note(false, 100, 0), None, "plain rows are plain");
     }
 }

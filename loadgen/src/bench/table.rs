@@ -15,6 +15,10 @@ pub struct Scenario {
     pub duration_seconds: Option<f64>,
     pub size: String,
     pub rcpts: u16,
+    /// STARTTLS on every hop (`bench --tls`); absent in results written
+    /// before the option existed, which were all plain text.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// One path: `direct` (send → sink), or a relay (send → relay → sink).
@@ -63,9 +67,14 @@ impl BenchResult {
             (None, Some(seconds)) => format!("{seconds} s"),
             (None, None) => String::new(),
         };
+        let transport = if scenario.tls {
+            "tls: true, STARTTLS on every hop"
+        } else {
+            "tls: false"
+        };
         let _ = writeln!(
             out,
-            "loadgen bench: {amount} of {}, {} recipient(s), {} connections ({}, {} cpus, {})",
+            "loadgen bench: {amount} of {}, {} recipient(s), {} connections, {transport} ({}, {} cpus, {})",
             scenario.size, scenario.rcpts, scenario.connections, self.host, self.cpus, self.started
         );
         let _ = writeln!(
@@ -129,5 +138,42 @@ mod tests {
             ..Row::default()
         };
         assert_eq!(row.text(), "| baton | 1234 | - | - | - | - | - | - |");
+    }
+
+    #[test]
+    fn the_header_says_whether_the_run_was_tls() {
+        let mut result = BenchResult {
+            started: "2026-12-06T10:00:00Z".into(),
+            host: "h".into(),
+            cpus: 2,
+            scenario: Scenario {
+                connections: 50,
+                count: Some(2000),
+                size: "5KiB".into(),
+                rcpts: 1,
+                ..Scenario::default()
+            },
+            rows: Vec::new(),
+        };
+        let plain = result.text();
+        assert!(
+            plain.starts_with(
+                "loadgen bench: 2000 messages of 5KiB, 1 recipient(s), 50 connections, \
+                 tls: false (h, 2 cpus, 2026-12-06T10:00:00Z)\n"
+            ),
+            "{plain}"
+        );
+        result.scenario.tls = true;
+        assert!(result
+            .text()
+            .contains(", tls: true, STARTTLS on every hop ("));
+    }
+
+    #[test]
+    fn results_written_before_tls_existed_read_as_plain() {
+        let old =
+            r#"{"connections":50,"count":100,"duration_seconds":null,"size":"5KiB","rcpts":1}"#;
+        let scenario: Scenario = serde_json::from_str(old).expect("old scenario");
+        assert!(!scenario.tls);
     }
 }

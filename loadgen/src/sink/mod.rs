@@ -147,6 +147,9 @@ pub struct SinkStats {
     pub peak: AtomicU64,
     pub over_limit: AtomicU64,
     pub messages: AtomicU64,
+    /// Of `messages`, those that came over a connection after STARTTLS:
+    /// how `bench --tls` knows a relay really encrypted its deliveries.
+    pub messages_tls: AtomicU64,
     pub recipients: AtomicU64,
     pub bytes: AtomicU64,
     pub messages_refused: AtomicU64,
@@ -479,6 +482,7 @@ fn summarize(args: &SinkArgs, ctx: &SinkContext, listen: String, elapsed: Durati
         connections_peak: load(&stats.peak),
         connections_over_limit: load(&stats.over_limit),
         messages_accepted: load(&stats.messages),
+        messages_tls: load(&stats.messages_tls),
         recipients_accepted: load(&stats.recipients),
         bytes_accepted: load(&stats.bytes),
         messages_refused: load(&stats.messages_refused),

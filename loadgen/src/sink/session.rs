@@ -478,6 +478,9 @@ impl Session {
         ctx.note_message_time();
         let stats = &ctx.stats;
         let number = stats.messages.fetch_add(1, Ordering::Relaxed);
+        if self.stream.is_tls() {
+            stats.messages_tls.fetch_add(1, Ordering::Relaxed);
+        }
         stats
             .recipients
             .fetch_add(recipients.len() as u64, Ordering::Relaxed);

@@ -31,6 +31,9 @@ pub struct SinkSummary {
     /// Turned away with 421 past --max-connections.
     pub connections_over_limit: u64,
     pub messages_accepted: u64,
+    /// Of those, the messages that came after STARTTLS.
+    #[serde(default)]
+    pub messages_tls: u64,
     pub recipients_accepted: u64,
     pub bytes_accepted: u64,
     /// Messages answered with an error after their content.
@@ -76,6 +79,13 @@ impl SinkSummary {
             self.messages_per_second,
             self.messages_per_second_peak
         );
+        if self.messages_tls > 0 {
+            let _ = writeln!(
+                out,
+                "  tls          {} messages after STARTTLS",
+                self.messages_tls
+            );
+        }
         let _ = writeln!(
             out,
             "  recipients   {} accepted, {} refused",
