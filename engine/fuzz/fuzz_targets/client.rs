@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         helo_name: "relay.example".into(),
         limits: ClientLimits::default(),
     });
-    let mut client = Client::new(config);
+    let mut client = Client::new(config, baton::outbound::TlsMode::Opportunistic);
     // Recipient counts of the envelopes taken, oldest first.
     let mut taken: std::collections::VecDeque<usize> = Default::default();
     let mut rest = data;

@@ -477,6 +477,26 @@ fn metrics(server: &Server) -> String {
             "Delivery status notifications generated.",
             load(&m.bounces_generated),
         ),
+        (
+            "baton_tls_handshakes_inbound_total",
+            "TLS handshakes completed with clients (STARTTLS or implicit).",
+            load(&m.tls_handshakes_in),
+        ),
+        (
+            "baton_tls_handshake_failures_inbound_total",
+            "TLS handshakes with clients that failed or timed out.",
+            load(&m.tls_handshake_failures_in),
+        ),
+        (
+            "baton_tls_handshakes_outbound_total",
+            "TLS handshakes completed with next hops.",
+            load(&m.tls_handshakes_out),
+        ),
+        (
+            "baton_tls_handshake_failures_outbound_total",
+            "TLS handshakes with next hops that failed or timed out.",
+            load(&m.tls_handshake_failures_out),
+        ),
     ];
     let gauges = [
         (

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::tls::TlsInfo;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde::{Serialize, Serializer};
 
@@ -87,6 +88,10 @@ pub struct Event<'a> {
     /// The remote host, `name [address]:port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<&'a str>,
+    /// How the connection was encrypted: `{"version", "cipher", "bits",
+    /// "verified"}`; absent in plain text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'a TlsInfo>,
     /// The reply that decided the outcome, written on one line
     /// ([`reply_line`]).
     #[serde(
@@ -132,6 +137,7 @@ impl<'a> Event<'a> {
             recipient: None,
             destination: None,
             host: None,
+            tls: None,
             reply: None,
             attempt: None,
             next_attempt_unix_ms: None,

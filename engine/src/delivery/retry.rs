@@ -72,7 +72,7 @@ impl Timeouts {
     pub fn for_reply(&self, awaiting: Awaiting) -> Duration {
         match awaiting {
             Awaiting::Greeting => self.greeting,
-            Awaiting::Ehlo | Awaiting::Helo => self.helo,
+            Awaiting::Ehlo | Awaiting::Helo | Awaiting::StartTls => self.helo,
             Awaiting::Rset | Awaiting::Mail | Awaiting::Quit => self.mail,
             Awaiting::Rcpt(_) => self.rcpt,
             Awaiting::Data => self.data,

@@ -10,12 +10,29 @@ use crate::smtp::reply::{parse_reply, Reply, ReplyLimits};
 use super::transaction::{Body, Step, Transaction};
 use super::{Awaiting, ClientConfig, CloseReason, Envelope, Event, Extensions, SendError};
 
+/// Whether this connection upgrades with STARTTLS (RFC 3207). The shard
+/// decides from the destination's policy and what it knows of the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Never: plain text.
+    Off,
+    /// When the server offers it.
+    Opportunistic,
+    /// Always; a server that does not offer it, or refuses it, is not
+    /// given the mail.
+    Required,
+}
+
 /// Where the connection stands.
 enum State {
     /// Connected; the greeting has not come yet.
     Greeting,
     /// EHLO or HELO sent.
     Hello,
+    /// STARTTLS sent.
+    StartTls,
+    /// `220` to STARTTLS: the shard runs the handshake.
+    Handshake,
     /// Takes an envelope.
     Idle,
     Transaction(Box<Transaction>),
@@ -52,11 +69,14 @@ pub struct Client {
     /// The last transaction ended before its end of data.
     rset_needed: bool,
     quit_requested: bool,
+    tls_mode: TlsMode,
+    /// The TLS handshake is done: the connection is encrypted.
+    tls_active: bool,
 }
 
 impl Client {
     /// A client for a freshly connected socket: it awaits the greeting.
-    pub fn new(config: Arc<ClientConfig>) -> Client {
+    pub fn new(config: Arc<ClientConfig>, tls_mode: TlsMode) -> Client {
         let reply_limits = ReplyLimits {
             line_bytes_max: config.limits.reply_line_bytes_max.max(1),
             lines_max: config.limits.reply_lines_max.max(1),
@@ -73,6 +93,8 @@ impl Client {
             next: None,
             rset_needed: false,
             quit_requested: false,
+            tls_mode,
+            tls_active: false,
         }
     }
 
@@ -82,7 +104,7 @@ impl Client {
             .reply_limits
             .line_bytes_max
             .saturating_mul(self.reply_limits.lines_max);
-        while !bytes.is_empty() && !self.is_closed() {
+        while !bytes.is_empty() && !self.is_closed() && !self.in_handshake() {
             // parse_reply refuses a reply before it reaches this size, so
             // there is always room; the bound keeps one call from growing
             // the buffer by whatever the socket delivered.
@@ -100,10 +122,46 @@ impl Client {
                 Ok(Some((reply, used))) => {
                     self.input.drain(..used);
                     self.handle(reply);
+                    if self.in_handshake() {
+                        // RFC 3207 §4.2: nothing that came in plain text
+                        // after the `220` may be taken as a reply.
+                        self.input.clear();
+                        return;
+                    }
                 }
                 Ok(None) => return,
                 Err(error) => return self.close(CloseReason::Malformed(error)),
             }
+        }
+    }
+
+    /// Whether the shard is to run (or is running) the TLS handshake.
+    pub fn in_handshake(&self) -> bool {
+        matches!(self.state, State::Handshake)
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    /// The handshake is done: EHLO again, over TLS (RFC 3207 §4.2: the
+    /// client must discard what it knew of the server).
+    pub fn tls_established(&mut self) {
+        if !self.in_handshake() {
+            return;
+        }
+        self.tls_active = true;
+        self.extensions = Extensions::default();
+        let ehlo = Command::Ehlo(self.config.helo_name.clone());
+        self.send(Awaiting::Ehlo, &ehlo.to_bytes());
+        self.state = State::Hello;
+    }
+
+    /// The handshake failed: the connection is over.
+    pub fn tls_failed(&mut self, why: String) {
+        if !self.is_closed() {
+            self.close(CloseReason::TlsFailed(why));
         }
     }
 
@@ -290,6 +348,7 @@ impl Client {
             _ if reply.code == 421 => self.close(CloseReason::ServiceClosing(reply)),
             Awaiting::Ehlo => self.on_ehlo(reply),
             Awaiting::Helo => self.on_helo(reply),
+            Awaiting::StartTls => self.on_starttls(reply),
             Awaiting::Rset
             | Awaiting::Mail
             | Awaiting::Rcpt(_)
@@ -317,7 +376,13 @@ impl Client {
         match reply.class() {
             2 => {
                 self.extensions = Extensions::from_ehlo(&reply);
-                self.ready();
+                let wanted = self.tls_mode != TlsMode::Off && !self.tls_active;
+                if wanted && self.extensions.starttls {
+                    self.send(Awaiting::StartTls, b"STARTTLS\r\n");
+                    self.state = State::StartTls;
+                    return;
+                }
+                self.ready_unless_tls_missing("did not offer STARTTLS");
             }
             // RFC 5321 §3.2: a server that does not know EHLO answers 5xx;
             // the client falls back to HELO.
@@ -332,10 +397,33 @@ impl Client {
     fn on_helo(&mut self, reply: Reply) {
         if reply.class() == 2 {
             self.extensions = Extensions::default();
-            self.ready();
+            self.ready_unless_tls_missing("did not offer STARTTLS (no EHLO)");
         } else {
             self.refuse_hello(reply);
         }
+    }
+
+    fn on_starttls(&mut self, reply: Reply) {
+        if reply.code == 220 {
+            self.state = State::Handshake;
+            self.events.push_back(Event::StartTls);
+            return;
+        }
+        // RFC 3207 §4: 454 (TLS not available now) or 501; the session
+        // goes on in plain text, if that is allowed.
+        let why = format!("refused STARTTLS: {}", reply_summary(&reply));
+        self.ready_unless_tls_missing(&why);
+    }
+
+    /// Ready, unless TLS is required and the connection is still plain:
+    /// then the server gets QUIT and not the mail.
+    fn ready_unless_tls_missing(&mut self, why: &str) {
+        if self.tls_mode == TlsMode::Required && !self.tls_active {
+            self.close(CloseReason::TlsUnavailable(why.to_owned()));
+            self.output.extend_from_slice(&Command::Quit.to_bytes());
+            return;
+        }
+        self.ready();
     }
 
     fn refuse_hello(&mut self, reply: Reply) {
@@ -361,9 +449,11 @@ impl Client {
             Awaiting::Rcpt(index) => transaction.on_rcpt(index, reply, &mut self.events),
             Awaiting::Data => transaction.on_data(reply),
             Awaiting::Dot => transaction.on_dot(reply),
-            Awaiting::Greeting | Awaiting::Ehlo | Awaiting::Helo | Awaiting::Quit => {
-                Step::Unexpected(reply)
-            }
+            Awaiting::Greeting
+            | Awaiting::Ehlo
+            | Awaiting::Helo
+            | Awaiting::StartTls
+            | Awaiting::Quit => Step::Unexpected(reply),
         };
         self.step(step);
     }
@@ -437,4 +527,17 @@ impl Client {
         self.output.clear();
         self.events.push_back(Event::Closed { reason });
     }
+}
+
+/// `454 4.7.0 TLS not available`, on one line.
+fn reply_summary(reply: &Reply) -> String {
+    let mut text = reply.code.to_string();
+    if let Some((a, b, c)) = reply.enhanced {
+        text.push_str(&format!(" {a}.{b}.{c}"));
+    }
+    if let Some(line) = reply.lines.first() {
+        text.push(' ');
+        text.extend(line.chars().filter(|c| !c.is_control()));
+    }
+    text
 }

@@ -13,7 +13,13 @@
 //! 1. Greeting: `220` goes on to EHLO; anything else (a `421`, a `554`)
 //!    ends in [`Event::Closed`] so the caller tries the next MX host.
 //! 2. EHLO, or HELO when EHLO gets a `5xx` (RFC 5321 §3.2). The EHLO
-//!    keywords become [`Extensions`]; then [`Event::Ready`].
+//!    keywords become [`Extensions`]. When the server offers STARTTLS and
+//!    the [`TlsMode`] wants it, STARTTLS; after `220` the shard runs the
+//!    handshake ([`Event::StartTls`]), the client discards any bytes that
+//!    followed the `220` and, once told [`Client::tls_established`], sends
+//!    EHLO again (RFC 3207 §4.2). A required TLS that is not offered or
+//!    is refused ends the connection ([`CloseReason::TlsUnavailable`]).
+//!    Then [`Event::Ready`].
 //! 3. [`Client::send_message`] takes one [`Envelope`]. With PIPELINING
 //!    (RFC 2920) `MAIL`, every `RCPT` and `DATA` go out in one write
 //!    (preceded by `RSET` when the previous transaction ended early);
@@ -60,7 +66,7 @@ mod transaction;
 #[cfg(test)]
 mod tests;
 
-pub use client::Client;
+pub use client::{Client, TlsMode};
 pub use extensions::Extensions;
 
 use thiserror::Error;
@@ -121,6 +127,12 @@ pub enum Event {
     /// Greeting and EHLO/HELO done; [`Client::extensions`] is known and
     /// the client takes an envelope.
     Ready,
+    /// The server said `220` to STARTTLS: the shard runs the TLS handshake
+    /// on the socket and reports [`Client::tls_established`] or
+    /// [`Client::tls_failed`]. Bytes that came after the `220` were
+    /// discarded: they were not protected by TLS (RFC 3207 §4.2, response
+    /// injection).
+    StartTls,
     /// The server's reply to the RCPT of `recipients[index]`, as it comes.
     /// Informative: [`Event::TransactionDone`] has the final word.
     RecipientResult { index: usize, reply: Reply },
@@ -172,6 +184,11 @@ pub enum CloseReason {
     TimedOut(Awaiting),
     /// QUIT answered (or the socket ended after QUIT).
     Quit,
+    /// TLS is required and the server did not offer STARTTLS, or refused
+    /// it; the text says which.
+    TlsUnavailable(String),
+    /// The TLS handshake failed (the shard's report).
+    TlsFailed(String),
 }
 
 impl CloseReason {
@@ -195,6 +212,10 @@ impl CloseReason {
                 Some((4, 4, 2)),
                 format!("timed out waiting for the {}", awaiting.reply_name()),
             ),
+            // RFC 3463 X.7.5: a cryptographic failure.
+            CloseReason::TlsUnavailable(why) | CloseReason::TlsFailed(why) => {
+                Reply::new(451, Some((4, 7, 5)), why.clone())
+            }
             CloseReason::GreetingRefused(_)
             | CloseReason::HelloRefused(_)
             | CloseReason::ConnectionLost
@@ -211,6 +232,8 @@ pub enum Awaiting {
     Greeting,
     Ehlo,
     Helo,
+    /// The reply to STARTTLS (RFC 3207).
+    StartTls,
     Rset,
     Mail,
     /// The RCPT of `recipients[index]`.
@@ -229,6 +252,7 @@ impl Awaiting {
             Awaiting::Greeting => "greeting",
             Awaiting::Ehlo => "reply to EHLO",
             Awaiting::Helo => "reply to HELO",
+            Awaiting::StartTls => "reply to STARTTLS",
             Awaiting::Rset => "reply to RSET",
             Awaiting::Mail => "reply to MAIL",
             Awaiting::Rcpt(_) => "reply to RCPT",

@@ -39,7 +39,7 @@ fn take_events(client: &mut Client) -> Vec<Event> {
 
 /// A client past greeting and EHLO with `ehlo` as the reply.
 fn ready(ehlo: &[u8]) -> Client {
-    let mut client = Client::new(config());
+    let mut client = Client::new(config(), TlsMode::Off);
     assert_eq!(client.awaiting(), Some(Awaiting::Greeting));
     client.receive(b"220 mx.example ESMTP\r\n");
     assert_eq!(sent(&mut client), "EHLO relay.example\r\n");
@@ -256,7 +256,7 @@ fn data_and_dot_replies_apply_to_accepted_recipients() {
 
 #[test]
 fn greeting_refused_closes() {
-    let mut client = Client::new(config());
+    let mut client = Client::new(config(), TlsMode::Off);
     client.receive(b"421 4.3.2 busy\r\n");
     let events = take_events(&mut client);
     assert!(matches!(closed(&events), Some(CloseReason::GreetingRefused(r)) if r.code == 421));
@@ -265,7 +265,7 @@ fn greeting_refused_closes() {
     client.receive(b"220 too late\r\n");
     assert_eq!(client.poll_event(), None);
 
-    let mut client = Client::new(config());
+    let mut client = Client::new(config(), TlsMode::Off);
     client.receive(b"554 go away\r\n");
     assert!(matches!(
         closed(&take_events(&mut client)),
@@ -307,7 +307,7 @@ fn service_closing_after_the_body() {
 
 #[test]
 fn ehlo_refused_falls_back_to_helo() {
-    let mut client = Client::new(config());
+    let mut client = Client::new(config(), TlsMode::Off);
     client.receive(b"220 old.example\r\n");
     assert_eq!(sent(&mut client), "EHLO relay.example\r\n");
     client.receive(b"502 command not implemented\r\n");
@@ -321,7 +321,7 @@ fn ehlo_refused_falls_back_to_helo() {
 
 #[test]
 fn helo_refused_too_closes() {
-    let mut client = Client::new(config());
+    let mut client = Client::new(config(), TlsMode::Off);
     client.receive(b"220 x\r\n500 what\r\n550 no\r\n");
     assert!(matches!(
         closed(&take_events(&mut client)),
@@ -376,7 +376,7 @@ fn an_invalid_recipient_fails_alone() {
 
 #[test]
 fn send_message_refusals() {
-    let mut client = Client::new(config());
+    let mut client = Client::new(config(), TlsMode::Off);
     assert_eq!(
         client.send_message(envelope(&["b@y"])),
         Err(SendError::NotReady)
@@ -483,7 +483,7 @@ fn unexpected_and_malformed_replies_close() {
 /// transcript). Returns what the client sent and reported; the body is
 /// written when the client wants it.
 fn run_chunked(cuts: &[usize]) -> (String, Vec<Event>) {
-    let mut client = Client::new(config());
+    let mut client = Client::new(config(), TlsMode::Off);
     let mut log = String::new();
     let mut events = Vec::new();
     let mut turn_start = 0;
@@ -578,7 +578,7 @@ proptest! {
 /// outcome per recipient, nothing after Closed, bounded buffers.
 fn drive(chunks: &[Vec<u8>]) {
     let limits = ClientLimits::default();
-    let mut client = Client::new(config());
+    let mut client = Client::new(config(), TlsMode::Off);
     let mut is_closed = false;
     for chunk in chunks {
         client.receive(chunk);
@@ -730,4 +730,93 @@ fn a_timeout_defers_with_a_reply_that_says_what_was_awaited() {
         Some(&CloseReason::TimedOut(Awaiting::Mail))
     );
     assert!(client.is_closed());
+}
+
+const EHLO_STARTTLS: &[u8] = b"250-mx.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
+
+/// A client past the greeting, its EHLO answered with `ehlo`.
+fn greeted(mode: TlsMode, ehlo: &[u8]) -> Client {
+    let mut client = Client::new(config(), mode);
+    client.receive(b"220 mx.example ESMTP\r\n");
+    assert_eq!(sent(&mut client), "EHLO relay.example\r\n");
+    client.receive(ehlo);
+    client
+}
+
+#[test]
+fn starttls_when_offered_then_ehlo_again() {
+    let mut client = greeted(TlsMode::Opportunistic, EHLO_STARTTLS);
+    assert_eq!(sent(&mut client), "STARTTLS\r\n");
+    assert_eq!(client.awaiting(), Some(Awaiting::StartTls));
+    // Response injection: a hostile server puts a reply behind the 220 in
+    // the same packet; it must not be taken as the reply to anything.
+    client.receive(b"220 2.0.0 Ready to start TLS\r\n250-mx.example\r\n250 PIPELINING\r\n");
+    assert_eq!(take_events(&mut client), vec![Event::StartTls]);
+    assert!(client.in_handshake());
+    assert_eq!(client.input_len(), 0);
+    assert_eq!(sent(&mut client), "");
+    client.tls_established();
+    assert!(client.tls_active());
+    assert_eq!(sent(&mut client), "EHLO relay.example\r\n");
+    // Over TLS the offer of STARTTLS is not taken up again.
+    client.receive(EHLO_STARTTLS);
+    assert_eq!(take_events(&mut client), vec![Event::Ready]);
+    assert_eq!(sent(&mut client), "");
+    assert!(client.extensions().pipelining);
+}
+
+#[test]
+fn opportunistic_goes_plain_when_not_offered_or_refused() {
+    let mut client = greeted(TlsMode::Opportunistic, EHLO_PIPELINING);
+    assert_eq!(take_events(&mut client), vec![Event::Ready]);
+    assert!(!client.tls_active());
+
+    let mut client = greeted(TlsMode::Opportunistic, EHLO_STARTTLS);
+    assert_eq!(sent(&mut client), "STARTTLS\r\n");
+    client.receive(b"454 4.7.0 TLS not available due to local problem\r\n");
+    assert_eq!(take_events(&mut client), vec![Event::Ready]);
+
+    let mut client = greeted(TlsMode::Off, EHLO_STARTTLS);
+    assert_eq!(take_events(&mut client), vec![Event::Ready]);
+    assert_eq!(sent(&mut client), "");
+}
+
+#[test]
+fn required_tls_refuses_a_plain_server() {
+    let mut client = greeted(TlsMode::Required, EHLO_PIPELINING);
+    let events = take_events(&mut client);
+    assert_eq!(
+        events,
+        vec![Event::Closed {
+            reason: CloseReason::TlsUnavailable("did not offer STARTTLS".into())
+        }]
+    );
+    assert_eq!(sent(&mut client), "QUIT\r\n");
+
+    let mut client = greeted(TlsMode::Required, EHLO_STARTTLS);
+    sent(&mut client);
+    client.receive(b"454 4.7.0 TLS not available\r\n");
+    let Some(Event::Closed {
+        reason: CloseReason::TlsUnavailable(why),
+    }) = client.poll_event()
+    else {
+        panic!("closed for want of TLS");
+    };
+    assert_eq!(why, "refused STARTTLS: 454 4.7.0 TLS not available");
+
+    let mut client = greeted(TlsMode::Required, EHLO_STARTTLS);
+    sent(&mut client);
+    client.receive(b"220 go ahead\r\n");
+    assert_eq!(take_events(&mut client), vec![Event::StartTls]);
+    client.tls_failed("invalid peer certificate: UnknownIssuer".into());
+    let events = take_events(&mut client);
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Closed {
+                reason: CloseReason::TlsFailed(_)
+            }]
+        ),
+        "{events:?}"
+    );
 }

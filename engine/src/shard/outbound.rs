@@ -25,18 +25,22 @@ use std::time::{Duration, Instant};
 use baton_spool::{Record, Status};
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use crate::config::TlsPolicy;
 use crate::dns::{Query, Resolution};
-use crate::outbound::{Client, CloseReason, Envelope, Event, Outcome};
+use crate::outbound::{Client, CloseReason, Envelope, Event, Outcome, TlsMode};
 use crate::queue::{Action, QueuedRecipient, Take, Waiter};
 use crate::route::{Destination, Route};
 use crate::server::unix_ms;
 use crate::smtp::reply::Reply;
+use crate::tls::TlsInfo;
 
 use super::conn::{Slotted, RECV_BUFFER_BYTES};
 use super::event_loop::Shard;
 use super::settle::reply_text;
 use super::token::{ConnKey, Token};
 use super::ShardMsg;
+
+mod tls;
 
 /// Addresses tried per connection before the destination counts as down
 /// (Postfix: `smtp_mx_address_limit` = 5; we allow a few more for
@@ -47,6 +51,9 @@ const HOPS_MAX: usize = 10;
 #[derive(Clone, Debug)]
 struct Hop {
     addr: SocketAddr,
+    /// The host's name (MX exchange, route host, or the literal), for TLS
+    /// verification (SNI and the certificate's names).
+    name: Arc<str>,
     /// `name [ip]:port`, for logs, events and notifications; made once,
     /// not per message.
     label: Arc<str>,
@@ -57,6 +64,7 @@ impl Hop {
         let label = format!("{name} [{}]:{}", addr.ip(), addr.port());
         Hop {
             addr,
+            name: name.into(),
             label: label.into(),
         }
     }
@@ -83,6 +91,9 @@ enum Stage {
 enum After {
     /// Try the next address (connect failed, greeting refused).
     NextHop,
+    /// Try the same address again, in plain text (opportunistic TLS
+    /// failed in the handshake).
+    SameHop,
     /// Free the connection.
     Close,
 }
@@ -149,6 +160,19 @@ pub(super) struct OutConn {
     cancels_sent: bool,
     /// Why the last address failed, for the deferral reply.
     last_error: String,
+    /// The destination's STARTTLS policy.
+    tls_policy: TlsPolicy,
+    /// TLS, once the client asked for it: every byte goes through it.
+    tls: Option<Box<rustls::ClientConnection>>,
+    /// The certificate is being verified (`required-verified`).
+    tls_verify: bool,
+    /// What the handshake negotiated, once done.
+    tls_info: Option<TlsInfo>,
+    /// The last address failed for want of TLS: the deferral says 4.7.5.
+    tls_error: bool,
+    /// Retry this address in plain text (its opportunistic handshake
+    /// failed), whatever the broken-TLS memory says.
+    plain_retry: bool,
 }
 
 impl Slotted for OutConn {
@@ -207,6 +231,7 @@ impl Shard {
             .queues
             .shaping(&destination)
             .messages_per_connection_max;
+        let tls_policy = self.server.config.tls_policy_for(destination.as_str());
         self.outs.insert(OutConn {
             key,
             destination,
@@ -244,6 +269,12 @@ impl Shard {
             after: None,
             cancels_sent: false,
             last_error: String::new(),
+            tls_policy,
+            tls: None,
+            tls_verify: false,
+            tls_info: None,
+            tls_error: false,
+            plain_retry: false,
         });
         self.server
             .metrics
@@ -309,11 +340,20 @@ impl Shard {
             return;
         };
         let Some(hop) = conn.hops.get(conn.next_hop).cloned() else {
-            let reply = Reply::new(
-                451,
-                Some((4, 4, 1)),
-                format!("no host answered: {}", conn.last_error),
-            );
+            let reply = if conn.tls_error {
+                // RFC 3463 X.7.5: the TLS the policy requires failed.
+                Reply::new(
+                    451,
+                    Some((4, 7, 5)),
+                    format!("TLS is required, but {}", conn.last_error),
+                )
+            } else {
+                Reply::new(
+                    451,
+                    Some((4, 4, 1)),
+                    format!("no host answered: {}", conn.last_error),
+                )
+            };
             self.server
                 .metrics
                 .connections_failed
@@ -323,6 +363,9 @@ impl Shard {
         conn.next_hop += 1;
         conn.stage = Stage::Connecting;
         conn.client = None;
+        conn.tls = None;
+        conn.tls_info = None;
+        conn.tls_error = false;
         conn.ready_seen = false;
         conn.after = None;
         conn.cancels_sent = false;
@@ -383,7 +426,16 @@ impl Shard {
             return self.connect_next(key);
         }
         conn.stage = Stage::Smtp;
-        conn.client = Some(Client::new(self.server.client_config.clone()));
+        let addr = conn.hop.as_ref().map(|hop| hop.addr);
+        let broken = addr.is_some_and(|addr| self.server.is_tls_broken(addr, unix_ms()));
+        let mode = match conn.tls_policy {
+            TlsPolicy::Disabled => TlsMode::Off,
+            TlsPolicy::Opportunistic if conn.plain_retry || broken => TlsMode::Off,
+            TlsPolicy::Opportunistic => TlsMode::Opportunistic,
+            TlsPolicy::Required | TlsPolicy::RequiredVerified => TlsMode::Required,
+        };
+        conn.plain_retry = false;
+        conn.client = Some(Client::new(self.server.client_config.clone(), mode));
         self.out_progress(key);
     }
 
@@ -398,11 +450,17 @@ impl Shard {
         let Some(client) = conn.client.as_mut() else {
             return;
         };
+        let handshaking = conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking());
+        if result <= 0 && handshaking {
+            return self.out_tls_failed(key, "the server closed the connection".into());
+        }
         if result <= 0 {
             if conn.last_error.is_empty() || conn.ready_seen {
                 conn.last_error = "connection closed by the server".into();
             }
             client.connection_lost();
+        } else if conn.tls.is_some() {
+            return self.out_received_tls(key, result as usize);
         } else {
             client.receive(&conn.recv_buf[..result as usize]);
         }
@@ -468,6 +526,7 @@ impl Shard {
                     conn.ready_seen = true;
                     self.out_next_transaction(key);
                 }
+                Event::StartTls => self.out_start_tls(key),
                 Event::RecipientResult { .. } => {}
                 Event::TransactionDone { per_recipient } => {
                     self.transaction_done(key, per_recipient);
@@ -499,7 +558,31 @@ impl Shard {
             self.out_next_transaction(key);
             return self.out_progress(key);
         }
-        if !conn.send_in_flight {
+        if !conn.send_in_flight && conn.tls.is_some() {
+            conn.fill_tls();
+            if conn.send_done < conn.send_buf.len() {
+                let fd = conn.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+                let pending = &conn.send_buf[conn.send_done..];
+                // SAFETY: `send_buf` belongs to the slot, which is not
+                // freed, and is not touched, while `send_in_flight`.
+                let submitted = unsafe {
+                    self.ring.send(
+                        fd,
+                        pending.as_ptr(),
+                        pending.len().min(u32::MAX as usize) as u32,
+                        Token::OutSend(key).encode(),
+                    )
+                };
+                if submitted.is_err() {
+                    let client = conn.client.as_mut().expect("checked above");
+                    client.connection_lost();
+                    return self.out_progress(key);
+                }
+                conn.send_in_flight = true;
+            }
+        }
+        let client = conn.client.as_mut().expect("checked above");
+        if !conn.send_in_flight && conn.tls.is_none() {
             let output = client.output();
             if !output.is_empty() {
                 conn.send_buf.extend_from_slice(output);
@@ -575,7 +658,9 @@ impl Shard {
             conn.recv_in_flight = true;
         }
         if !conn.idle && !conn.rate_wait {
+            let handshaking = conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking());
             let wait = match client.awaiting() {
+                _ if handshaking => self.server.config.tls.handshake_timeout,
                 Some(awaiting) => timeouts.for_reply(awaiting),
                 None => timeouts.data_block,
             };
@@ -718,8 +803,15 @@ impl Shard {
         {
             self.server.queues.succeeded(&destination);
         }
+        let tls = conn.tls_info.clone();
         let results = current.sent.into_iter().zip(per_recipient).collect();
-        self.settle_message(&destination, &current.record, results, host.as_deref());
+        self.settle_message(
+            &destination,
+            &current.record,
+            results,
+            host.as_deref(),
+            tls.as_ref(),
+        );
     }
 
     /// The connection ended, as the client saw it.
@@ -753,6 +845,14 @@ impl Shard {
                 );
                 After::NextHop
             }
+            CloseReason::TlsUnavailable(why) => {
+                conn.last_error = format!("{} {why}", conn.host_label().unwrap_or_default());
+                conn.tls_error = true;
+                After::NextHop
+            }
+            // `out_tls_failed` said why, and whether to retry in plain.
+            CloseReason::TlsFailed(_) if conn.plain_retry => After::SameHop,
+            CloseReason::TlsFailed(_) => After::NextHop,
             CloseReason::ServiceClosing(_) => {
                 // The server is overloaded or going away: slow down.
                 self.server
@@ -794,18 +894,30 @@ impl Shard {
             // Ended mid-transaction without the client's word: later.
             let destination = self.outs.get_mut(key).expect("present").destination.clone();
             let host = self.outs.get_mut(key).expect("present").host_label();
+            let tls = self.outs.get_mut(key).expect("present").tls_info.clone();
             let reply = Reply::new(421, Some((4, 4, 2)), "connection lost");
             let results = current
                 .sent
                 .into_iter()
                 .map(|item| (item, Outcome::Deferred(reply.clone())))
                 .collect();
-            self.settle_message(&destination, &current.record, results, host.as_deref());
+            self.settle_message(
+                &destination,
+                &current.record,
+                results,
+                host.as_deref(),
+                tls.as_ref(),
+            );
         }
         let conn = self.outs.get_mut(key).expect("present");
         conn.fd = None;
+        conn.tls = None;
         match conn.after.take() {
             Some(After::NextHop) if self.draining.is_none() => self.connect_next(key),
+            Some(After::SameHop) if self.draining.is_none() => {
+                conn.next_hop = conn.next_hop.saturating_sub(1);
+                self.connect_next(key);
+            }
             _ => self.out_free(key),
         }
     }
@@ -891,6 +1003,9 @@ impl Shard {
                             .ring
                             .cancel(Token::Connect(key).encode(), Token::Cancel.encode());
                     }
+                }
+                Stage::Smtp if conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) => {
+                    self.out_tls_failed(key, "the handshake timed out".into());
                 }
                 Stage::Smtp => {
                     conn.last_error = "timed out waiting for the server".into();

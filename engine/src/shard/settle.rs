@@ -18,6 +18,7 @@ use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::unix_ms;
 use crate::smtp::reply::Reply;
+use crate::tls::TlsInfo;
 
 use super::event_loop::{PendingStore, Shard};
 
@@ -60,7 +61,7 @@ impl Shard {
                     })
                     .map(|i| (*i, outcome.clone()))
                     .collect();
-                self.settle_message(destination, &record, results, None);
+                self.settle_message(destination, &record, results, None, None);
             }
             start = end;
         }
@@ -75,6 +76,7 @@ impl Shard {
         record: &Record,
         results: Vec<(QueuedRecipient, Outcome)>,
         host: Option<&str>,
+        tls: Option<&TlsInfo>,
     ) {
         let now_ms = unix_ms();
         let Ok(view) = record.message() else {
@@ -99,6 +101,7 @@ impl Shard {
                 recipient: address(&item),
                 attempt: attempts,
                 host,
+                tls,
                 next_attempt_ms: None,
                 reason: None,
                 size: view.body.len() as u64,
@@ -107,7 +110,7 @@ impl Shard {
                 Outcome::Delivered(reply) => {
                     let text = reply_text(&reply);
                     let status = Status::Delivered { attempts };
-                    self.record_outcome(&item, status, &text, now_ms);
+                    self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
                     metrics.recipients_delivered.fetch_add(1, Ordering::Relaxed);
                     self.note(&note, &reply, &text, now_ms);
                 }
@@ -122,7 +125,7 @@ impl Shard {
                                 next_attempt_ms,
                             };
                             let text = reply_text(&reply);
-                            self.record_outcome(&item, status, &text, now_ms);
+                            self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
                             metrics.recipients_deferred.fetch_add(1, Ordering::Relaxed);
                             note.kind = EventKind::Deferred;
                             note.next_attempt_ms = Some(next_attempt_ms);
@@ -160,7 +163,7 @@ impl Shard {
             let status = Status::Failed {
                 attempts: item.attempts,
             };
-            self.record_outcome(item, status, &text, now_ms);
+            self.record_outcome(item, status, &with_tls(&text, tls), now_ms);
             metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
             let note = Note {
                 kind: EventKind::Failed,
@@ -169,6 +172,7 @@ impl Shard {
                 recipient: address(item),
                 attempt: item.attempts,
                 host,
+                tls,
                 next_attempt_ms: None,
                 reason: failure.expired.then_some("expired"),
                 size: view.body.len() as u64,
@@ -189,6 +193,7 @@ impl Shard {
             event.recipient = Some(note.recipient);
             event.destination = Some(note.destination.as_str());
             event.host = note.host;
+            event.tls = note.tls;
             event.reply = Some(reply);
             event.attempt = Some(note.attempt);
             event.next_attempt_unix_ms = note.next_attempt_ms;
@@ -201,6 +206,7 @@ impl Shard {
             to = %String::from_utf8_lossy(note.recipient),
             destination = %note.destination,
             host = note.host.unwrap_or("-"),
+            tls = %note.tls.map_or_else(|| "none".to_owned(), ToString::to_string),
             attempt = note.attempt,
             reply = text,
             next_attempt_ms = note.next_attempt_ms,
@@ -361,10 +367,29 @@ struct Note<'a> {
     recipient: &'a [u8],
     attempt: u32,
     host: Option<&'a str>,
+    /// How the connection was encrypted, if it was.
+    tls: Option<&'a TlsInfo>,
     next_attempt_ms: Option<u64>,
     reason: Option<&'static str>,
     /// Of the message, wire form.
     size: u64,
+}
+
+/// The reply as recorded for `queue show`: with how the connection was
+/// encrypted, `250 2.0.0 Ok (TLSv1.3 with cipher TLS_AES_256_GCM_SHA384
+/// (256/256 bits), certificate verified)`.
+fn with_tls(text: &str, tls: Option<&TlsInfo>) -> String {
+    match tls {
+        None => text.to_owned(),
+        Some(tls) => format!(
+            "{text} ({tls}, certificate {})",
+            if tls.verified {
+                "verified"
+            } else {
+                "not verified"
+            }
+        ),
+    }
 }
 
 /// A reply on one line: `550 5.1.1 No such user`.

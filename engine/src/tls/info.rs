@@ -7,7 +7,7 @@ use rustls::{CommonState, ProtocolVersion};
 /// The protocol and cipher of a TLS connection, and whether the peer's
 /// certificate was verified. Shown as Postfix shows it in `Received:`:
 /// `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct TlsInfo {
     /// `TLSv1.3`, `TLSv1.2`.
     pub version: &'static str,
