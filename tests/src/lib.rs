@@ -10,6 +10,7 @@
 pub mod delivery;
 pub mod dns;
 pub mod sink;
+pub mod tls;
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -301,6 +302,23 @@ impl Baton {
         let mut child = self.child.take().expect("baton runs");
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
+    }
+
+    /// Sends `signal` (`"HUP"`, ...) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("baton runs");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("wait").is_none())
     }
 
     /// SIGTERM, then wait for the exit status.

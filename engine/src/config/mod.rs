@@ -488,7 +488,10 @@ mod tests {
             }]
         );
         let sni = commented_example("tls.sni");
-        let c = parse(&sni).unwrap();
+        let c = parse(&format!(
+            "[tls]\ncertificate = \"/c.pem\"\nkey = \"/k.pem\"\n{sni}"
+        ))
+        .unwrap();
         assert_eq!(
             c.tls.sni,
             [SniCertificate {
