@@ -24,7 +24,7 @@ use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::{unix_ms, Server};
-use crate::tls::TLS_BUFFER_BYTES_MAX;
+use crate::tls::{TlsInfo, TLS_BUFFER_BYTES_MAX};
 
 use super::conn::{Conn, Slots, TlsStep, RECV_BUFFER_BYTES};
 use super::listener;
@@ -81,6 +81,8 @@ pub(super) struct PendingStore {
     pub sender: String,
     /// The client's address as text (made once per connection).
     pub peer: Option<Arc<str>>,
+    /// How the message arrived over TLS, if it did.
+    pub tls: Option<TlsInfo>,
 }
 
 #[derive(Clone, Copy)]
@@ -666,6 +668,7 @@ impl Shard {
                     size: message.body.len(),
                     sender: String::from_utf8_lossy(&message.reverse_path).into_owned(),
                     peer: Some(peer),
+                    tls: message.tls,
                 });
                 Ok(())
             }
@@ -821,6 +824,7 @@ impl Shard {
             let mut event = LogEvent::new(EventKind::Received, now_ms, &queue_id);
             event.sender = Some(store.sender.as_bytes());
             event.size = Some(store.size as u64);
+            event.tls = store.tls.as_ref();
             events.record(&event);
         }
         let metrics = &self.server.metrics;

@@ -298,6 +298,7 @@ impl Shard {
                     size: body.len(),
                     sender: String::new(),
                     peer: None,
+                    tls: None,
                 });
                 self.server
                     .metrics
