@@ -14,7 +14,8 @@ use baton_tests::{queued_id, Baton, TestConfig};
 type Object = serde_json::Map<String, serde_json::Value>;
 
 /// Every field a line may have.
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
+    "tls",
     "time",
     "event",
     "queue_id",
@@ -200,7 +201,7 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
         let received = received[0];
         assert_eq!(received["sender"], "alice@sender.test", "{received:?}");
         assert!(received["size"].as_u64().unwrap_or(0) > 0, "{received:?}");
-        check_fields(received, &RECEIVED_FIELDS, &[], &mut problems);
+        check_fields(received, &RECEIVED_FIELDS, &["tls"], &mut problems);
     }
 
     let deferred = outcome(&lines, "deferred", &later, "bob@dest.test", 1, "451 4.3.0 ");
@@ -213,18 +214,29 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
         deferred["next_attempt"].as_str() > deferred["time"].as_str(),
         "{deferred:?}"
     );
-    check_fields(deferred, &OUTCOME_FIELDS, &["next_attempt"], &mut problems);
+    check_fields(
+        deferred,
+        &OUTCOME_FIELDS,
+        &["next_attempt", "tls"],
+        &mut problems,
+    );
     if !deferred.contains_key("next_attempt") {
         problems.push(format!("deferred: no \"next_attempt\" in {deferred:?}"));
     }
 
     let delivered = outcome(&lines, "delivered", &later, "bob@dest.test", 2, "250 ");
-    check_fields(delivered, &OUTCOME_FIELDS, &[], &mut problems);
+    // `tls`: the sink offers STARTTLS, so baton delivers encrypted.
+    check_fields(delivered, &OUTCOME_FIELDS, &["tls"], &mut problems);
+    if delivered.get("tls").is_none() {
+        problems.push(format!(
+            "delivered: no \"tls\" over STARTTLS in {delivered:?}"
+        ));
+    }
 
     let recipient = "bounce-carol@dest.test";
     let failed = outcome(&lines, "failed", &never, recipient, 1, "550 5.1.1 ");
     // No `reason`: that is for expiry.
-    check_fields(failed, &OUTCOME_FIELDS, &[], &mut problems);
+    check_fields(failed, &OUTCOME_FIELDS, &["tls"], &mut problems);
 
     let bounce = of(&lines, "bounce", &never);
     assert_eq!(bounce.len(), 1, "{lines:#?}");
@@ -248,7 +260,7 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
         1,
         "250 ",
     );
-    check_fields(notification, &OUTCOME_FIELDS, &[], &mut problems);
+    check_fields(notification, &OUTCOME_FIELDS, &["tls"], &mut problems);
 
     assert!(
         problems.is_empty(),

@@ -7,7 +7,10 @@
 //!
 //! Fields that do not apply to an event are left out rather than written
 //! as `null`: a `delivered` line has no `next_attempt` key. An expiry is a
-//! `failed` event with `"reason":"expired"`.
+//! `failed` event with `"reason":"expired"`. Over TLS, `received` and
+//! outcome lines carry
+//! `"tls":{"version":"TLSv1.3","cipher":"TLS_AES_256_GCM_SHA384","bits":256,"verified":false}`
+//! (`verified`: the next hop's chain and name were checked).
 //!
 //! Shards must never wait on a disk: [`EventLog::record`] serialises on the
 //! caller's thread and hands the line to a writer thread through a
