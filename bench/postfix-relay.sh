@@ -5,7 +5,7 @@
 # DIR; nothing of the system's Postfix is used or touched (no service is
 # started, /etc/postfix is left alone).
 #
-#   bench/postfix-relay.sh start PORT SINKPORT DIR    # installs Postfix if missing
+#   bench/postfix-relay.sh start PORT SINKPORT DIR [CERT KEY]   # installs Postfix if missing
 #   bench/postfix-relay.sh stop DIR
 #
 # Relay settings (issue 4): inet_interfaces = 127.0.0.1, empty mydestination,
@@ -13,11 +13,37 @@
 # = 0, the queue on Postfix's default durable settings, chroot off. The log
 # goes to DIR/maillog (there is no syslog here). Needs root: the master
 # process starts as root and drops to mail_owner.
+#
+# TLS (`loadgen bench --tls`): with CERT (a PEM chain) and KEY (PEM), smtpd
+# offers STARTTLS with them (smtpd_tls_security_level = may) and smtp
+# requires TLS to the sink without checking its certificate
+# (smtp_tls_security_level = encrypt), like baton's `[shaping] tls =
+# "required"`. Without them both sides are plain text (security level none,
+# said explicitly, so that the plain row stays plain whatever the defaults).
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 start PORT SINKPORT DIR | stop DIR" >&2
+    echo "usage: $0 start PORT SINKPORT DIR [CERT KEY] | stop DIR" >&2
     exit 2
+}
+
+# The TLS lines of main.cf: STARTTLS in and required out with a certificate
+# and key (copied under DIR/etc), plain text both ways without.
+tls_settings() {
+    local dir=$1 cert=${2:-} key=${3:-}
+    if [ -z "$cert" ]; then
+        printf '%s\n' "smtpd_tls_security_level = none" "smtp_tls_security_level = none"
+        return
+    fi
+    install -m 0644 "$cert" "$dir/etc/tls-chain.pem"
+    install -m 0600 "$key" "$dir/etc/tls-key.pem"
+    printf '%s\n' \
+        "smtpd_tls_security_level = may" \
+        "smtpd_tls_cert_file = $dir/etc/tls-chain.pem" \
+        "smtpd_tls_key_file = $dir/etc/tls-key.pem" \
+        "smtp_tls_security_level = encrypt" \
+        "smtp_tls_loglevel = 0" \
+        "smtpd_tls_loglevel = 0"
 }
 
 install_postfix() {
@@ -28,7 +54,7 @@ install_postfix() {
 }
 
 start() {
-    local port=$1 sink_port=$2 dir=$3
+    local port=$1 sink_port=$2 dir=$3 cert=${4:-} key=${5:-}
     install_postfix
     export PATH="$PATH:/usr/sbin:/usr/lib/postfix/sbin"
     mkdir -p "$dir/etc" "$dir/queue" "$dir/data"
@@ -38,6 +64,8 @@ start() {
     daemon_dir=$(postconf -h -d daemon_directory)
     meta_dir=$(postconf -h -d meta_directory)
     shlib_dir=$(postconf -h -d shlib_directory)
+    local tls_lines
+    tls_lines=$(tls_settings "$dir" "$cert" "$key")
     cat > "$dir/etc/main.cf" <<EOF
 compatibility_level = 3.6
 config_directory = $dir/etc
@@ -61,9 +89,8 @@ mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 relayhost = [127.0.0.1]:$sink_port
 in_flow_delay = 0
-smtpd_tls_security_level = none
-smtp_tls_security_level = none
 smtp_dns_support_level = disabled
+$tls_lines
 EOF
     # The package's master.cf with chroot off (column 5) and smtpd moved
     # from port 25 to PORT.
@@ -103,7 +130,7 @@ stop() {
 }
 
 case "${1:-}" in
-    start) [ $# -eq 4 ] || usage; start "$2" "$3" "$4" ;;
+    start) [ $# -eq 4 ] || [ $# -eq 6 ] || usage; start "$2" "$3" "$4" "${5:-}" "${6:-}" ;;
     stop) [ $# -eq 2 ] || usage; stop "$2" ;;
     *) usage ;;
 esac

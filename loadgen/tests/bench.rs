@@ -94,3 +94,36 @@ fn check_relay_row(row: &Value) {
         assert_eq!(row["duplicated_deliveries"], 0, "{row:#}");
     }
 }
+
+/// `--tls` on the direct path: send verifies the sink's certificate against
+/// the bench's CA, every message arrives over TLS (no note says otherwise),
+/// and the results say the run was TLS.
+#[test]
+fn bench_tls_runs_the_direct_path_over_starttls() {
+    let results = tempfile::tempdir().expect("temp dir");
+    let mut command = Command::new(loadgen());
+    command
+        .args(["bench", "--tls", "--no-baton", "-n", &MESSAGES.to_string()])
+        .args(["-c", "5", "--results-dir"])
+        .arg(results.path());
+    let output = run_with_deadline(&mut command, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "loadgen bench --tls failed");
+    assert!(stdout.contains("tls: true"), "the header says TLS");
+
+    let files: Vec<_> = std::fs::read_dir(results.path())
+        .expect("results dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one JSON file: {files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("bench-tls-"), "{name}");
+    let result = read_json(&files[0]);
+    assert_eq!(result["scenario"]["tls"], true, "{result:#}");
+    let direct = &result["rows"][0];
+    assert_eq!(direct["path"], "direct");
+    assert_eq!(direct["messages_delivered"], MESSAGES, "{direct:#}");
+    assert_eq!(direct["messages_lost"], 0, "{direct:#}");
+    assert_eq!(direct["notes"], Value::Array(Vec::new()), "{direct:#}");
+}

@@ -467,14 +467,17 @@ fn send_args(
     Ok(Cli::try_parse_from(argv)?.args)
 }
 
-/// Writes `bench-<timestamp>.json`; returns its path.
+/// Writes `bench-<timestamp>.json` (`bench-tls-<timestamp>.json` for a
+/// `--tls` run, so that a plain run and a TLS run started in the same
+/// second keep their files); returns its path.
 fn write_results(dir: &Path, result: &BenchResult, unix: u64) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let stamp: String = baton::smtp::date::rfc3339_seconds(unix)
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
-    let file = dir.join(format!("bench-{stamp}Z.json"));
+    let kind = if result.scenario.tls { "tls-" } else { "" };
+    let file = dir.join(format!("bench-{kind}{stamp}Z.json"));
     let encoded = serde_json::to_string_pretty(result).context("encode the results")?;
     std::fs::write(&file, format!("{encoded}\n"))
         .with_context(|| format!("cannot write {}", file.display()))?;
@@ -487,8 +490,9 @@ fn next_to_loadgen(name: &str) -> anyhow::Result<PathBuf> {
     Ok(exe.with_file_name(name))
 }
 
-/// The work tree's `bench/`: under the current directory, or two levels
-/// above `loadgen` (target/release/loadgen).
+/// The work tree's `bench/`: under the current directory, two levels
+/// above `loadgen` (target/release/loadgen), or in the source tree
+/// `loadgen` was built from (when the target directory is elsewhere).
 fn bench_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok();
     let from_exe = exe.as_ref().and_then(|e| {
@@ -497,7 +501,8 @@ fn bench_dir() -> Option<PathBuf> {
             .parent()
             .map(|root| root.join("bench"))
     });
-    [Some(PathBuf::from("bench")), from_exe]
+    let from_source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
+    [Some(PathBuf::from("bench")), from_exe, Some(from_source)]
         .into_iter()
         .flatten()
         .find(|dir| dir.join("postfix-relay.sh").is_file())
