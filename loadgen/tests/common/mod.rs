@@ -76,6 +76,11 @@ impl Sink {
         }
     }
 
+    /// The sink's process id (for tools that read /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn target(&self) -> String {
         self.addr.to_string()
     }
