@@ -238,11 +238,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 })
             }
         };
-        let hop = Hop {
+        let files = PathFiles {
             dir: &dir,
             certs: certs.as_ref(),
         };
-        let mut row = run_path(&args, &result.scenario, path, relay, hop).await?;
+        let mut row = run_path(&args, &result.scenario, path, relay, files).await?;
         // The direct path is the first row: its ratio is 1.
         let direct = result
             .rows
@@ -270,7 +270,7 @@ enum RelayChoice<'a> {
 
 /// Where a path keeps its files, and the certificates when it runs TLS.
 #[derive(Clone, Copy)]
-struct Hop<'a> {
+struct PathFiles<'a> {
     dir: &'a Path,
     certs: Option<&'a CertFiles>,
 }
@@ -281,9 +281,9 @@ async fn run_path(
     scenario: &Scenario,
     path: PathKind,
     relay: RelayChoice<'_>,
-    hop: Hop<'_>,
+    files: PathFiles<'_>,
 ) -> anyhow::Result<Row> {
-    let Hop { dir, certs } = hop;
+    let PathFiles { dir, certs } = files;
     let send_report_path = dir.join("send.json");
     let sink = EmbeddedSink::start(sink_args(&send_report_path, certs)).await?;
     let started = match relay {
