@@ -117,9 +117,13 @@ impl Conn {
         let mut input = &recv_buf[..n];
         let mut step = TlsStep::Continue;
         while !input.is_empty() {
-            if let Err(err) = tls.read_tls(&mut input) {
-                *tls_failed = true;
-                return TlsStep::Failed(rustls::Error::General(err.to_string()));
+            match tls.read_tls(&mut input) {
+                Ok(0) => break, // rustls takes no more: what is left is dropped
+                Ok(_) => {}
+                Err(err) => {
+                    *tls_failed = true;
+                    return TlsStep::Failed(rustls::Error::General(err.to_string()));
+                }
             }
             if let Err(err) = tls.process_new_packets() {
                 *tls_failed = true;

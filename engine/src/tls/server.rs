@@ -57,6 +57,10 @@ impl ServerTls {
             .map_err(|err| TlsError::Config(err.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Resolver(certificates.clone())));
+        let mut config = config;
+        // The server's order of cipher suites (rustls': AEADs with forward
+        // secrecy, AES-256-GCM first), not whatever a client lists first.
+        config.ignore_client_order = true;
         Ok(Some(ServerTls {
             certificates,
             config: Arc::new(config),

@@ -79,9 +79,13 @@ impl Shard {
         let mut input = &recv_buf[..n];
         let mut failure = None;
         'input: while !input.is_empty() {
-            if let Err(err) = tls.read_tls(&mut input) {
-                failure = Some(err.to_string());
-                break;
+            match tls.read_tls(&mut input) {
+                Ok(0) => break, // rustls takes no more: what is left is dropped
+                Ok(_) => {}
+                Err(err) => {
+                    failure = Some(err.to_string());
+                    break;
+                }
             }
             if let Err(err) = tls.process_new_packets() {
                 failure = Some(err.to_string());
