@@ -22,7 +22,11 @@ use crate::outbound::{ClientConfig, ClientLimits};
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
 use crate::shard::{self, ShardHandle, ShardLink};
+use crate::tls::mta_sts::{MtaSts, MtaStsConfig};
 use crate::tls::{ClientTls, ServerTls, TlsError};
+
+/// MTA-STS policies kept across restarts, in the spool directory.
+const MTA_STS_CACHE_FILE: &str = "mta-sts-cache.json";
 
 /// Counters, exported by the admin API.
 #[derive(Debug, Default)]
@@ -59,6 +63,8 @@ pub struct Server {
     pub server_tls: Option<ServerTls>,
     /// Delivery connections' TLS configurations.
     pub client_tls: ClientTls,
+    /// The MTA-STS policy thread.
+    pub mta_sts: MtaSts,
     /// Next-hop addresses whose opportunistic TLS handshake failed, until
     /// when (unix ms) they get plain text.
     broken_tls: Mutex<HashMap<SocketAddr, u64>>,
@@ -253,6 +259,13 @@ pub fn start(config: Config) -> Result<Running> {
     if client_tls.roots == 0 {
         tracing::warn!("no trusted root certificates: tls = \"required-verified\" will defer every delivery (set delivery.tls_ca)");
     }
+    let mta_sts = MtaSts::start(MtaStsConfig {
+        dns: resolver_config(&config),
+        port: config.delivery.mta_sts_port,
+        tls: client_tls.verified.clone(),
+        cache_path: config.spool.path.join(MTA_STS_CACHE_FILE),
+    })
+    .map_err(Error::Listen)?;
     let listener_tls: Vec<ListenerTls> = config
         .listeners
         .iter()
@@ -285,6 +298,7 @@ pub fn start(config: Config) -> Result<Running> {
         listener_tls,
         server_tls,
         client_tls,
+        mta_sts,
         broken_tls: Mutex::new(HashMap::new()),
         spool,
         queues,

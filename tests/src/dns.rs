@@ -96,6 +96,14 @@ impl Zone {
         self.record(name, RData::AAAA(AAAA(ip)))
     }
 
+    /// A TXT record of one string (`v=STSv1; id=1;` for MTA-STS).
+    pub fn txt(self, name: &str, text: &str) -> Zone {
+        self.record(
+            name,
+            RData::TXT(hickory_proto::rr::rdata::TXT::new(vec![text.to_owned()])),
+        )
+    }
+
     /// Every query for the name gets SERVFAIL.
     pub fn servfail(mut self, name: &str) -> Zone {
         self.node(name).behaviour = Behaviour::ServFail;

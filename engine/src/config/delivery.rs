@@ -39,6 +39,9 @@ pub struct DeliveryConfig {
     /// does not defer a domain's mail for days.
     #[serde(deserialize_with = "de::duration")]
     pub remember_broken_tls: Duration,
+    /// HTTPS port of `mta-sts.<domain>` policy hosts: 443 (RFC 8461
+    /// §3.3) but in tests.
+    pub mta_sts_port: u16,
     // The client's timeouts, each over 0; RFC 5321 §4.5.3.2 gives the
     // minimums a client should allow, which are the defaults.
     /// Wait for the TCP connection to open.
@@ -108,6 +111,9 @@ pub struct Shaping {
     pub message_rate_max: u32,
     /// STARTTLS to the destination's hosts.
     pub tls: TlsPolicy,
+    /// Look up and apply the domain's MTA-STS policy (RFC 8461) when
+    /// delivering by MX.
+    pub mta_sts: bool,
 }
 
 /// Whether and how delivery connections use STARTTLS (RFC 3207).
@@ -200,6 +206,7 @@ pub struct DestinationConfig {
     pub recipients_per_transaction_max: Option<usize>,
     pub message_rate_max: Option<u32>,
     pub tls: Option<TlsPolicy>,
+    pub mta_sts: Option<bool>,
 }
 
 impl Config {
@@ -236,6 +243,7 @@ impl Config {
                 .unwrap_or(base.recipients_per_transaction_max),
             message_rate_max: over.message_rate_max.unwrap_or(base.message_rate_max),
             tls: over.tls.unwrap_or(base.tls),
+            mta_sts: over.mta_sts.unwrap_or(base.mta_sts),
         }
     }
 
@@ -322,6 +330,7 @@ recipients_per_transaction_max = 10
             recipients_per_transaction_max: 100,
             message_rate_max: 0,
             tls: TlsPolicy::Opportunistic,
+            mta_sts: true,
         };
         assert_eq!(c.shaping, base);
         assert_eq!(c.shaping_for("example.org"), base);

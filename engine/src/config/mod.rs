@@ -409,8 +409,10 @@ mod tests {
                 recipients_per_transaction_max: 100,
                 message_rate_max: 0,
                 tls: TlsPolicy::Opportunistic,
+                mta_sts: true,
             }
         );
+        assert_eq!(d.mta_sts_port, 443);
         assert_eq!(d.tls_ca, None);
         assert_eq!(d.remember_broken_tls, Duration::from_secs(3600));
         assert_eq!(c.tls_policy_for("example.org"), TlsPolicy::Opportunistic);
@@ -485,6 +487,7 @@ mod tests {
                 recipients_per_transaction_max: Some(100),
                 message_rate_max: Some(50),
                 tls: Some(TlsPolicy::Required),
+                mta_sts: Some(false),
             }]
         );
         let sni = commented_example("tls.sni");
@@ -568,6 +571,7 @@ mod tests {
             "delivery.max_age",
             "delivery.tls_ca",
             "delivery.remember_broken_tls",
+            "delivery.mta_sts_port",
             "delivery.connect_timeout",
             "delivery.greeting_timeout",
             "delivery.helo_timeout",
@@ -587,6 +591,7 @@ mod tests {
             "shaping.recipients_per_transaction_max",
             "shaping.message_rate_max",
             "shaping.tls",
+            "shaping.mta_sts",
             "admin.address",
             "log.level",
             "log.events",

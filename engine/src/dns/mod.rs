@@ -259,7 +259,7 @@ impl Drop for Resolver {
 }
 
 /// hickory's resolver, set up for mail (see the module doc on caching).
-fn build_resolver(config: &ResolverConfig) -> io::Result<TokioResolver> {
+pub(crate) fn build_resolver(config: &ResolverConfig) -> io::Result<TokioResolver> {
     let mut builder = if config.nameservers.is_empty() {
         match TokioResolver::builder_tokio() {
             Ok(builder) => builder,

@@ -315,6 +315,9 @@ impl Shard {
                     self.resolved(ConnKey::from_u64(conn), resolution);
                 }
                 ShardMsg::Work { conn } => self.out_work(ConnKey::from_u64(conn)),
+                ShardMsg::Policy { conn, policy } => {
+                    self.out_policy(ConnKey::from_u64(conn), policy);
+                }
                 ShardMsg::Admin(request, reply) => {
                     // Answered once what it recorded is durable: "deleted"
                     // must survive a crash.

@@ -40,6 +40,11 @@ pub(crate) use ring::EventFd;
 pub enum ShardMsg {
     /// The resolver's answer for an outbound connection of this shard.
     Resolved { conn: u64, resolution: Resolution },
+    /// The MTA-STS policy for an outbound connection of this shard.
+    Policy {
+        conn: u64,
+        policy: Option<Arc<crate::tls::mta_sts::Policy>>,
+    },
     /// An idle connection of this shard has work in its ready queue.
     Work { conn: u64 },
     /// An operator's request (delete, bounce, flush) that needs a spool

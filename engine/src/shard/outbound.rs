@@ -32,6 +32,7 @@ use crate::queue::{Action, QueuedRecipient, Take, Waiter};
 use crate::route::{Destination, Route};
 use crate::server::unix_ms;
 use crate::smtp::reply::Reply;
+use crate::tls::mta_sts::{Mode, Policy};
 use crate::tls::TlsInfo;
 
 use super::conn::{Slotted, RECV_BUFFER_BYTES};
@@ -173,6 +174,12 @@ pub(super) struct OutConn {
     /// Retry this address in plain text (its opportunistic handshake
     /// failed), whatever the broken-TLS memory says.
     plain_retry: bool,
+    /// The destination's MTA-STS policy, when it has one in force.
+    sts: Option<Arc<Policy>>,
+    /// The MTA-STS policy was asked for and has not come yet.
+    sts_pending: bool,
+    /// The MX answer, held until the policy comes.
+    resolution: Option<Resolution>,
 }
 
 impl Slotted for OutConn {
@@ -226,6 +233,11 @@ impl Shard {
             Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port),
             Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port),
         };
+        // RFC 8461 applies to MX delivery only: a route is the operator's
+        // own choice of next hop.
+        let sts_domain = (matches!(query, Query::Mx(_))
+            && self.server.config.shaping_for(destination.as_str()).mta_sts)
+            .then(|| destination.as_str().to_owned());
         let messages_max = self
             .server
             .queues
@@ -275,11 +287,32 @@ impl Shard {
             tls_info: None,
             tls_error: false,
             plain_retry: false,
+            sts: None,
+            sts_pending: false,
+            resolution: None,
         });
         self.server
             .metrics
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
+        let server = self.server.clone();
+        let shard = self.id;
+        let conn = key.to_u64();
+        if let Some(domain) = sts_domain {
+            // Asked beside the MX lookup; the hosts wait for the policy,
+            // which decides which of them may be tried.
+            self.outs.get_mut(key).expect("just inserted").sts_pending = true;
+            self.server.mta_sts.policy(
+                &domain,
+                Box::new(move |policy| {
+                    server.links[shard].send(ShardMsg::Policy { conn, policy });
+                }),
+            );
+        }
+        self.resolve_out(key, query);
+    }
+
+    fn resolve_out(&mut self, key: ConnKey, query: Query) {
         let server = self.server.clone();
         let shard = self.id;
         let conn = key.to_u64();
@@ -291,6 +324,26 @@ impl Shard {
         );
     }
 
+    /// The destination's MTA-STS policy (RFC 8461) is known: in `enforce`
+    /// mode TLS must be verified against the MX host's name; the MX
+    /// answer, if it came first, is taken now.
+    pub(super) fn out_policy(&mut self, key: ConnKey, policy: Option<Arc<Policy>>) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        if !conn.sts_pending {
+            return;
+        }
+        conn.sts_pending = false;
+        if policy.as_ref().is_some_and(|p| p.mode == Mode::Enforce) {
+            conn.tls_policy = TlsPolicy::RequiredVerified;
+        }
+        conn.sts = policy;
+        if let Some(resolution) = conn.resolution.take() {
+            self.resolved(key, resolution);
+        }
+    }
+
     pub(super) fn resolved(&mut self, key: ConnKey, resolution: Resolution) {
         let Some(conn) = self.outs.get_mut(key) else {
             return;
@@ -298,9 +351,41 @@ impl Shard {
         if conn.stage != Stage::Resolving || conn.after.is_some() {
             return;
         }
+        if conn.sts_pending {
+            conn.resolution = Some(resolution);
+            return;
+        }
         let domain = conn.destination.to_string();
         match resolution {
-            Resolution::Hosts(hosts) => {
+            Resolution::Hosts(mut hosts) => {
+                if let Some(policy) = conn.sts.clone() {
+                    let refused: Vec<String> = hosts
+                        .iter()
+                        .filter(|h| !policy.matches(&h.name))
+                        .map(|h| h.name.clone())
+                        .collect();
+                    if !refused.is_empty() && policy.mode == Mode::Testing {
+                        tracing::warn!(
+                            destination = %domain,
+                            hosts = ?refused,
+                            "MTA-STS testing: these MX hosts are not in the policy; enforce would refuse them"
+                        );
+                    }
+                    if policy.mode == Mode::Enforce {
+                        hosts.retain(|h| policy.matches(&h.name));
+                        if hosts.is_empty() {
+                            let reply = Reply::new(
+                                451,
+                                Some((4, 7, 5)),
+                                format!(
+                                    "MTA-STS policy of {domain} (enforce) names none of its MX hosts: {}",
+                                    refused.join(", ")
+                                ),
+                            );
+                            return self.destination_down(key, Outcome::Deferred(reply));
+                        }
+                    }
+                }
                 let port = conn.port;
                 conn.hops = hosts
                     .iter()

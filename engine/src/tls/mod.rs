@@ -25,6 +25,7 @@
 mod certificate;
 mod client;
 mod info;
+pub mod mta_sts;
 mod server;
 
 pub use certificate::{check, CertificateSummary};
