@@ -327,6 +327,9 @@ fn print_message(m: &MessageReport) {
     println!("arrival:   {} (unix ms)", m.arrival_ms);
     println!("sender:    <{}> {}", m.sender, m.mail_params);
     println!("client:    {}", m.peer);
+    if let Some(tls) = &m.tls {
+        println!("tls:       {tls}");
+    }
     println!("size:      {} bytes", m.size);
     for r in &m.recipients {
         match r.next_attempt_ms {

@@ -136,6 +136,7 @@ impl Shard {
             mail_params: b"BODY=8BITMIME",
             identity: b"",
             peer: b"192.0.2.1:40000",
+            transport: b"",
             recipients: &rcpt,
             body,
         };

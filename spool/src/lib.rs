@@ -44,6 +44,7 @@
 //!     mail_params: b"",
 //!     identity: b"",
 //!     peer: b"127.0.0.1:40000",
+//!     transport: b"",
 //!     recipients: &rcpt,
 //!     body: b"Subject: hi\r\n\r\nhello\r\n",
 //! })?;

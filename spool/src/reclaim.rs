@@ -179,6 +179,7 @@ impl Spool {
                 mail_params: view.mail_params,
                 identity: view.identity,
                 peer: view.peer,
+                transport: view.transport,
                 recipients: &recipients,
                 body: view.body,
             };

@@ -33,10 +33,14 @@ pub const FRAME_ALIGN: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RecordType {
-    /// A message: envelope, per-recipient state, body.
+    /// A message as the first version wrote it: envelope, per-recipient
+    /// state, body. Still read; no longer written.
     Message = 1,
     /// The outcome of one delivery attempt for one recipient.
     Outcome = 2,
+    /// A message with the `transport` field (how it arrived, e.g. over
+    /// which TLS): what [`NewMessage`] writes.
+    MessageV2 = 3,
 }
 
 impl RecordType {
@@ -44,8 +48,14 @@ impl RecordType {
         match byte {
             1 => Some(RecordType::Message),
             2 => Some(RecordType::Outcome),
+            3 => Some(RecordType::MessageV2),
             _ => None,
         }
+    }
+
+    /// Either version of a message record.
+    pub fn is_message(self) -> bool {
+        matches!(self, RecordType::Message | RecordType::MessageV2)
     }
 }
 
@@ -256,6 +266,9 @@ pub struct NewMessage<'a> {
     pub identity: &'a [u8],
     /// The client's address, e.g. `127.0.0.1:50122`.
     pub peer: &'a [u8],
+    /// How the message arrived, as the engine describes it (the TLS
+    /// protocol and cipher); empty in plain text. Opaque to the spool.
+    pub transport: &'a [u8],
     pub recipients: &'a [NewRecipient<'a>],
     /// The message in wire form: CRLF line ends, dot-stuffed, without the
     /// final `.` line.
@@ -275,6 +288,8 @@ impl NewMessage<'_> {
             + self.mail_params.len()
             + self.identity.len()
             + self.peer.len()
+            + 4
+            + self.transport.len()
             + rcpts
             + self.body.len()
     }
@@ -288,6 +303,7 @@ impl NewMessage<'_> {
         put_bytes(out, self.mail_params);
         put_bytes(out, self.identity);
         put_bytes(out, self.peer);
+        put_bytes(out, self.transport);
         for rcpt in self.recipients {
             put_bytes(out, rcpt.address);
             put_bytes(out, rcpt.params);
@@ -311,14 +327,21 @@ pub struct MessageView<'a> {
     pub mail_params: &'a [u8],
     pub identity: &'a [u8],
     pub peer: &'a [u8],
+    /// Empty in plain text, and in records of the first version.
+    pub transport: &'a [u8],
     recipient_count: u32,
     recipients: &'a [u8],
     pub body: &'a [u8],
 }
 
 impl<'a> MessageView<'a> {
-    /// Decodes a message payload.
+    /// Decodes a message payload of the first version (no `transport`).
     pub fn decode(payload: &'a [u8]) -> Result<MessageView<'a>> {
+        MessageView::decode_kind(RecordType::Message, payload)
+    }
+
+    /// Decodes the payload of a message record of either version.
+    pub fn decode_kind(kind: RecordType, payload: &'a [u8]) -> Result<MessageView<'a>> {
         let mut r = Reader(payload);
         let queue_id = QueueId(r.u64()?);
         let arrival_ms = r.u64()?;
@@ -327,6 +350,10 @@ impl<'a> MessageView<'a> {
         let mail_params = r.bytes()?;
         let identity = r.bytes()?;
         let peer = r.bytes()?;
+        let transport = match kind {
+            RecordType::MessageV2 => r.bytes()?,
+            _ => &[],
+        };
         let recipients_start = r.0;
         for _ in 0..recipient_count {
             r.bytes()?;
@@ -348,6 +375,7 @@ impl<'a> MessageView<'a> {
             mail_params,
             identity,
             peer,
+            transport,
             recipient_count,
             recipients,
             body: r.0,
@@ -483,6 +511,7 @@ mod tests {
             mail_params: b"SIZE=10",
             identity: b"",
             peer: b"127.0.0.1:4000",
+            transport: b"",
             recipients: rcpts,
             body: b"Subject: hi\r\n\r\nhello\r\n",
         }
@@ -507,15 +536,15 @@ mod tests {
         ];
         let msg = sample(&rcpts);
         let mut out = Vec::new();
-        let len = encode_frame(&mut out, SegmentId(7), 1, RecordType::Message, |o| {
+        let len = encode_frame(&mut out, SegmentId(7), 1, RecordType::MessageV2, |o| {
             msg.encode(o)
         });
         assert_eq!(len, out.len());
         assert_eq!(len % FRAME_ALIGN, 0);
         assert_eq!(len, frame_len(msg.payload_len()));
         let frame = decode_frame(&out, SegmentId(7)).unwrap();
-        assert_eq!(frame.kind, RecordType::Message);
-        let view = MessageView::decode(frame.payload).unwrap();
+        assert_eq!(frame.kind, RecordType::MessageV2);
+        let view = MessageView::decode_kind(frame.kind, frame.payload).unwrap();
         assert_eq!(view.queue_id, QueueId(42));
         assert_eq!(view.body, msg.body);
         let got: Vec<_> = view.recipients().collect();
@@ -580,8 +609,57 @@ mod tests {
         let mut payload = Vec::new();
         sample(&rcpts).encode(&mut payload);
         for cut in 0..payload.len() {
-            assert!(MessageView::decode(&payload[..cut]).is_err());
+            let cut = &payload[..cut];
+            assert!(MessageView::decode_kind(RecordType::MessageV2, cut).is_err());
         }
+    }
+
+    /// Spools written before the `transport` field still load: a message
+    /// record of the first version decodes, with no transport.
+    #[test]
+    fn first_version_messages_still_decode() {
+        let rcpts = [NewRecipient {
+            address: b"b@example.org",
+            params: b"",
+            status: Status::Pending,
+        }];
+        let message = sample(&rcpts);
+        assert!(message.transport.is_empty());
+        let mut v2 = Vec::new();
+        message.encode(&mut v2);
+        // The first version is the same without the transport's (empty)
+        // length prefix, which follows the peer.
+        let at = 8
+            + 8
+            + 4
+            + 4
+            + message.reverse_path.len()
+            + 4
+            + message.mail_params.len()
+            + 4
+            + message.identity.len()
+            + 4
+            + message.peer.len();
+        assert_eq!(&v2[at..at + 4], &[0, 0, 0, 0]);
+        let mut v1 = v2.clone();
+        v1.drain(at..at + 4);
+        let old = MessageView::decode(&v1).unwrap();
+        let new = MessageView::decode_kind(RecordType::MessageV2, &v2).unwrap();
+        assert_eq!(old.body, new.body);
+        assert_eq!(old.peer, new.peer);
+        assert!(old.transport.is_empty());
+        assert_eq!(
+            old.recipients().map(|r| r.address).collect::<Vec<_>>(),
+            new.recipients().map(|r| r.address).collect::<Vec<_>>()
+        );
+        let with_tls = NewMessage {
+            transport: b"TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)",
+            ..sample(&rcpts)
+        };
+        let mut payload = Vec::new();
+        with_tls.encode(&mut payload);
+        let view = MessageView::decode_kind(RecordType::MessageV2, &payload).unwrap();
+        assert_eq!(view.transport, with_tls.transport);
     }
 
     #[test]
@@ -636,9 +714,9 @@ mod tests {
                 .collect();
             let msg = NewMessage { reverse_path: &reverse_path, recipients: &rcpts, body: &body, ..sample(&rcpts) };
             let mut out = Vec::new();
-            encode_frame(&mut out, SegmentId(3), 9, RecordType::Message, |o| msg.encode(o));
+            encode_frame(&mut out, SegmentId(3), 9, RecordType::MessageV2, |o| msg.encode(o));
             let frame = decode_frame(&out, SegmentId(3)).unwrap();
-            let view = MessageView::decode(frame.payload).unwrap();
+            let view = MessageView::decode_kind(frame.kind, frame.payload).unwrap();
             proptest::prop_assert_eq!(view.reverse_path, &reverse_path[..]);
             proptest::prop_assert_eq!(view.body, &body[..]);
             let got: Vec<_> = view.recipients().map(|r| r.address.to_vec()).collect();

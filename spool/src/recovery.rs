@@ -324,12 +324,14 @@ fn scan(
             len: frame.len as u32,
         };
         let applied = match frame.kind {
-            RecordType::Message => MessageView::decode(frame.payload).map(|m| {
-                let statuses: Vec<Status> = m.recipients().map(|r| r.status).collect();
-                *queue_id_max = (*queue_id_max).max(m.queue_id);
-                index.insert_message(m.queue_id, at, &statuses);
-                report.messages += 1;
-            }),
+            RecordType::Message | RecordType::MessageV2 => {
+                MessageView::decode_kind(frame.kind, frame.payload).map(|m| {
+                    let statuses: Vec<Status> = m.recipients().map(|r| r.status).collect();
+                    *queue_id_max = (*queue_id_max).max(m.queue_id);
+                    index.insert_message(m.queue_id, at, &statuses);
+                    report.messages += 1;
+                })
+            }
             RecordType::Outcome => Outcome::decode(frame.payload).map(|o| {
                 // An outcome can outlive its message (reclaimed): its id must
                 // not be handed out again, or the outcome would apply to the

@@ -254,13 +254,13 @@ impl Record {
 
     /// Decodes a message record.
     pub fn message(&self) -> Result<MessageView<'_>> {
-        if self.kind != RecordType::Message {
+        if !self.kind.is_message() {
             return Err(Error::Malformed {
                 what: "message",
                 why: "the record is not a message",
             });
         }
-        MessageView::decode(self.payload())
+        MessageView::decode_kind(self.kind, self.payload())
     }
 
     /// Decodes an outcome record.

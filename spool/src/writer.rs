@@ -220,7 +220,7 @@ impl Writer {
     /// Appends a message record and registers it as queued.
     pub fn append_message(&mut self, message: &NewMessage<'_>) -> Result<Appended> {
         let statuses: Vec<Status> = message.recipients.iter().map(|r| r.status).collect();
-        let appended = self.append(RecordType::Message, message.payload_len(), |out| {
+        let appended = self.append(RecordType::MessageV2, message.payload_len(), |out| {
             message.encode(out)
         })?;
         self.shared
@@ -266,7 +266,7 @@ impl Writer {
         &mut self,
         message: &NewMessage<'_>,
     ) -> Result<Appended> {
-        self.append(RecordType::Message, message.payload_len(), |out| {
+        self.append(RecordType::MessageV2, message.payload_len(), |out| {
             message.encode(out)
         })
     }
@@ -295,7 +295,7 @@ impl Writer {
             });
         }
         if self.append_offset + len > self.active.capacity() {
-            self.roll_over(len, kind == RecordType::Message)?;
+            self.roll_over(len, kind.is_message())?;
         }
         let offset = self.append_offset;
         let staging = match &mut self.staging {

@@ -453,6 +453,7 @@ fn body(id: u64) -> Vec<u8> {
 fn message<'a>(id: u64, rcpts: &'a [NewRecipient<'a>], body: &'a [u8]) -> NewMessage<'a> {
     NewMessage {
         peer: b"[::1]:2525",
+        transport: b"",
         ..common::message(id, id, rcpts, body)
     }
 }

@@ -683,6 +683,7 @@ fn message<'a>(id: u64, rcpts: &'a [NewRecipient<'a>], body: &'a [u8]) -> NewMes
     NewMessage {
         mail_params: b"BODY=8BITMIME",
         peer: b"127.0.0.1:2525",
+        transport: b"",
         ..common::message(id, id, rcpts, body)
     }
 }

@@ -257,6 +257,15 @@ fn swaks_sends_over_starttls() {
     assert!(text.contains("~> MAIL FROM:<a@example.com>"), "{text}");
     assert!(text.contains("<~  250 2.0.0 Ok: queued as "), "{text}");
     assert_eq!(t.baton.queued_messages(), 1);
+    // The spool record says how the message arrived; `queue show` shows it.
+    let id = text
+        .split("Ok: queued as ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a queue id");
+    let shown = t.baton.show(id);
+    let tls = shown["tls"].as_str().unwrap_or_default();
+    assert!(tls.starts_with("TLSv1.3 with cipher TLS_"), "{shown}");
 }
 
 #[test]

@@ -63,6 +63,10 @@ pub struct MessageReport {
     pub sender: String,
     pub mail_params: String,
     pub peer: String,
+    /// How it arrived over TLS ("TLSv1.3 with cipher ... (256/256
+    /// bits)"); absent in plain text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     pub size: usize,
     pub recipients: Vec<RecipientReport>,
 }
@@ -407,6 +411,7 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
         sender: text(message.reverse_path),
         mail_params: text(message.mail_params),
         peer: text(message.peer),
+        tls: (!message.transport.is_empty()).then(|| text(message.transport)),
         size: message.body.len(),
         recipients,
     })

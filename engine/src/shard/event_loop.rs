@@ -646,6 +646,11 @@ impl Shard {
                 status: Status::Pending,
             })
             .collect();
+        let transport = message
+            .tls
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let record = NewMessage {
             queue_id: message.queue_id,
             arrival_ms: unix_ms(),
@@ -653,6 +658,7 @@ impl Shard {
             mail_params: &message.mail_params,
             identity: b"",
             peer: peer.as_bytes(),
+            transport: transport.as_bytes(),
             recipients: &recipients,
             body: &message.body,
         };

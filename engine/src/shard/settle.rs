@@ -284,6 +284,7 @@ impl Shard {
             mail_params: &mail_params,
             identity: b"",
             peer: b"",
+            transport: b"",
             recipients: &rcpt,
             body: &body,
         };

@@ -13,6 +13,9 @@ use baton_spool::SegmentId;
 use libfuzzer_sys::fuzz_target;
 
 fn decode_payload(payload: &[u8]) {
+    if let Ok(message) = MessageView::decode_kind(RecordType::MessageV2, payload) {
+        let _ = message.recipients().count();
+    }
     if let Ok(message) = MessageView::decode(payload) {
         assert_eq!(
             message.recipients().count(),

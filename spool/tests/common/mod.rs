@@ -100,6 +100,7 @@ pub fn message<'a>(
         mail_params: b"",
         identity: b"",
         peer: b"127.0.0.1:1",
+        transport: b"",
         recipients: rcpts,
         body,
     }
