@@ -17,7 +17,10 @@
 //! still delivers in plain text. With `--tls` every hop is STARTTLS: `send`
 //! requires it and checks the certificate against the bench's CA, every
 //! relay offers it and requires it towards the sink, and a row whose
-//! messages reached the sink without TLS says so.
+//! messages reached the sink without TLS says so. With `--tls both` each
+//! path runs twice, plain text and then TLS (a fresh sink and relay each
+//! time), as rows `baton` and `baton+tls` of one table, with each path's
+//! TLS rate over its plain rate under it.
 //!
 //! # Layout
 //!
@@ -40,6 +43,7 @@ use anyhow::{bail, Context as _};
 use clap::Parser as _;
 
 use self::certs::CertFiles;
+pub use self::table::TlsMode;
 use self::table::{BenchResult, Row, Scenario};
 use crate::ids::unix_micros_now;
 use crate::send::{self, SendArgs};
@@ -93,8 +97,17 @@ pub struct BenchArgs {
     pub kumomta_policy: Option<PathBuf>,
     /// STARTTLS on every hop: send → relay and relay → sink (and send →
     /// sink on the direct path), with a certificate the bench generates.
-    #[arg(long)]
-    pub tls: bool,
+    /// `--tls` alone is `--tls on`; `--tls both` gives each path a plain
+    /// row and a TLS row (`baton`, `baton+tls`) in one table.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        num_args = 0..=1,
+        default_value_t = TlsMode::Off,
+        default_missing_value = "on"
+    )]
+    pub tls: TlsMode,
     /// After `send`, a relay is done when the sink's count has not grown
     /// for this long.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -186,7 +199,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         (None, None) => PathBuf::from("bench/results"),
     };
     let work = WorkDir::create()?;
-    let certs = if args.tls {
+    let certs = if args.tls != TlsMode::Off {
         Some(CertFiles::create(&work.path.join("certs"))?)
     } else {
         None
@@ -204,7 +217,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             duration_seconds: args.duration.map(|d| d.as_secs_f64()),
             size: args.size.clone(),
             rcpts: args.rcpts,
-            tls: args.tls,
+            tls: args.tls == TlsMode::On,
+            tls_mode: args.tls,
         },
         rows: Vec::new(),
     };
@@ -218,9 +232,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if kumomta.is_some() {
         paths.extend([PathKind::Kumomta, PathKind::KumomtaSync]);
     }
-    for path in paths {
-        eprintln!("loadgen bench: {} ...", path.name());
-        let dir = work.path.join(path.name());
+    let runs = paths
+        .into_iter()
+        .flat_map(|path| args.tls.passes().iter().map(move |&tls| (path, tls)));
+    for (path, tls) in runs {
+        let label = path_label(path, tls);
+        eprintln!("loadgen bench: {label} ...");
+        let dir = work.path.join(&label);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let relay = match path {
@@ -240,24 +258,50 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         };
         let files = PathFiles {
             dir: &dir,
-            certs: certs.as_ref(),
+            certs: if tls { certs.as_ref() } else { None },
         };
         let mut row = run_path(&args, &result.scenario, path, relay, files).await?;
-        // The direct path is the first row: its ratio is 1.
-        let direct = result
-            .rows
-            .first()
-            .map_or(row.delivered_per_second, |r| r.delivered_per_second);
-        row.ratio = row
-            .delivered_per_second
-            .zip(direct)
-            .map(|(rate, direct)| rate / direct);
+        relate(&mut row, &result.rows);
         result.rows.push(row);
     }
     print!("{}", result.text());
     let file = write_results(&results_dir, &result, started_unix)?;
     eprintln!("loadgen bench: results in {}", file.display());
     Ok(())
+}
+
+/// A path's name in the table and its directory: `baton`, `baton+tls`.
+fn path_label(path: PathKind, tls: bool) -> String {
+    Row {
+        path: path.name().to_string(),
+        tls,
+        ..Row::default()
+    }
+    .label()
+}
+
+/// Sets a new row's figures relative to the rows before it: `ratio` over
+/// the first row's rate (the direct path, plain in a `--tls both` run:
+/// the first row's own ratio is 1), and for a TLS row whose path has a
+/// plain row, `tls_over_plain`.
+fn relate(row: &mut Row, before: &[Row]) {
+    let direct = before
+        .first()
+        .map_or(row.delivered_per_second, |r| r.delivered_per_second);
+    row.ratio = row
+        .delivered_per_second
+        .zip(direct)
+        .map(|(rate, direct)| rate / direct);
+    if row.tls {
+        let plain = before
+            .iter()
+            .find(|r| !r.tls && r.path == row.path)
+            .and_then(|r| r.delivered_per_second);
+        row.tls_over_plain = row
+            .delivered_per_second
+            .zip(plain)
+            .map(|(tls, plain)| tls / plain);
+    }
 }
 
 /// Which relay to start for a path.
@@ -268,7 +312,8 @@ enum RelayChoice<'a> {
     Kumod(relay::Kumod<'a>),
 }
 
-/// Where a path keeps its files, and the certificates when it runs TLS.
+/// Where a path keeps its files, and the certificates when it runs TLS
+/// (then every hop is STARTTLS, and the row is a TLS row).
 #[derive(Clone, Copy)]
 struct PathFiles<'a> {
     dir: &'a Path,
@@ -284,6 +329,7 @@ async fn run_path(
     files: PathFiles<'_>,
 ) -> anyhow::Result<Row> {
     let PathFiles { dir, certs } = files;
+    let tls = certs.is_some();
     let send_report_path = dir.join("send.json");
     let sink = EmbeddedSink::start(sink_args(&send_report_path, certs)).await?;
     let started = match relay {
@@ -310,7 +356,7 @@ async fn run_path(
         Err(e) => {
             stop_relay(started.map(|s| s.relay));
             let _ = sink.stop().await;
-            return Err(e.context(format!("{}: send failed", path.name())));
+            return Err(e.context(format!("{}: send failed", path_label(path, tls))));
         }
     };
     let encoded = serde_json::to_vec(&report).context("encode the send report")?;
@@ -337,11 +383,7 @@ async fn run_path(
     } else if delivered == 0 {
         notes.push(format!("relay delivered 0 of {}", report.messages_accepted));
     }
-    if let Some(note) = tls_note(
-        scenario.tls,
-        summary.messages_accepted,
-        summary.messages_tls,
-    ) {
+    if let Some(note) = tls_note(tls, summary.messages_accepted, summary.messages_tls) {
         notes.push(note);
     }
     let delivered_per_second = match last_delivery {
@@ -353,11 +395,13 @@ async fn run_path(
     };
     Ok(Row {
         path: path.name().to_string(),
+        tls,
         messages_sent: report.messages_accepted,
         sent_per_second: report.messages_per_second,
         messages_delivered: delivered,
         delivered_per_second,
         ratio: None,
+        tls_over_plain: None,
         latency_end_to_end: summary.latency_end_to_end.clone(),
         messages_lost: verify.filter(|_| delivered > 0).map(|v| v.messages_lost),
         duplicated_deliveries: summary.ids.duplicated_deliveries,
@@ -468,15 +512,20 @@ fn send_args(
 }
 
 /// Writes `bench-<timestamp>.json` (`bench-tls-<timestamp>.json` for a
-/// `--tls` run, so that a plain run and a TLS run started in the same
-/// second keep their files); returns its path.
+/// `--tls` run, `bench-tls-both-<timestamp>.json` for `--tls both`, so
+/// that runs of each kind started in the same second keep their files);
+/// returns its path.
 fn write_results(dir: &Path, result: &BenchResult, unix: u64) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let stamp: String = baton::smtp::date::rfc3339_seconds(unix)
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
-    let kind = if result.scenario.tls { "tls-" } else { "" };
+    let kind = match result.scenario.tls_mode {
+        TlsMode::Off => "",
+        TlsMode::On => "tls-",
+        TlsMode::Both => "tls-both-",
+    };
     let file = dir.join(format!("bench-{kind}{stamp}Z.json"));
     let encoded = serde_json::to_string_pretty(result).context("encode the results")?;
     std::fs::write(&file, format!("{encoded}\n"))
@@ -551,5 +600,80 @@ mod tests {
             Some("60 of 100 messages reached the sink without TLS")
         );
         assert_eq!(tls_note(false, 100, 0), None, "plain rows are plain");
+    }
+
+    fn parse(argv: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        let argv = std::iter::once("bench").chain(argv.iter().copied());
+        Cli::try_parse_from(argv).expect("bench arguments").args
+    }
+
+    #[test]
+    fn tls_alone_means_every_row_over_tls_and_both_means_plain_and_tls() {
+        assert_eq!(parse(&[]).tls, TlsMode::Off);
+        assert_eq!(parse(&["--tls"]).tls, TlsMode::On);
+        assert_eq!(parse(&["--tls", "-n", "5"]).tls, TlsMode::On);
+        assert_eq!(parse(&["-n", "5", "--tls"]).count, Some(5));
+        assert_eq!(parse(&["--tls", "both", "-n", "5"]).tls, TlsMode::Both);
+        assert_eq!(parse(&["--tls=both"]).tls, TlsMode::Both);
+        assert_eq!(parse(&["--tls", "on"]).tls, TlsMode::On);
+        assert_eq!(parse(&["--tls", "off"]).tls, TlsMode::Off);
+        assert_eq!(TlsMode::Both.passes(), [false, true]);
+        assert_eq!(path_label(PathKind::KumomtaSync, true), "kumomta-sync+tls");
+        assert_eq!(path_label(PathKind::Baton, false), "baton");
+    }
+
+    fn rated(path: PathKind, tls: bool, rate: Option<f64>) -> Row {
+        Row {
+            path: path.name().to_string(),
+            tls,
+            delivered_per_second: rate,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn ratios_are_over_the_plain_direct_row_and_tls_rows_over_their_own_plain_row() {
+        let mut rows: Vec<Row> = Vec::new();
+        for (path, tls, rate) in [
+            (PathKind::Direct, false, Some(100.0)),
+            (PathKind::Direct, true, Some(80.0)),
+            (PathKind::Baton, false, Some(20.0)),
+            (PathKind::Baton, true, Some(15.0)),
+            (PathKind::Postfix, false, None),
+            (PathKind::Postfix, true, Some(1.0)),
+        ] {
+            let mut row = rated(path, tls, rate);
+            relate(&mut row, &rows);
+            rows.push(row);
+        }
+        let ratios: Vec<Option<f64>> = rows.iter().map(|r| r.ratio).collect();
+        assert_eq!(
+            ratios,
+            [
+                Some(1.0),
+                Some(0.8),
+                Some(0.2),
+                Some(0.15),
+                None,
+                Some(0.01)
+            ]
+        );
+        let fractions: Vec<Option<f64>> = rows.iter().map(|r| r.tls_over_plain).collect();
+        assert_eq!(fractions, [None, Some(0.8), None, Some(0.75), None, None]);
+    }
+
+    #[test]
+    fn a_tls_only_run_has_no_fractions() {
+        let mut direct = rated(PathKind::Direct, true, Some(80.0));
+        relate(&mut direct, &[]);
+        let mut baton = rated(PathKind::Baton, true, Some(16.0));
+        relate(&mut baton, std::slice::from_ref(&direct));
+        assert_eq!((direct.ratio, baton.ratio), (Some(1.0), Some(0.2)));
+        assert_eq!((direct.tls_over_plain, baton.tls_over_plain), (None, None));
     }
 }
