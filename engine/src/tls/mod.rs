@@ -65,9 +65,22 @@ pub enum TlsError {
     Config(String),
 }
 
-/// The cryptography every configuration uses: rustls on `ring`.
+/// The cryptography every configuration uses: rustls on `ring`, with
+/// AES-128-GCM preferred (the server picks by its own order, and baton's
+/// client offers it first): as secure for mail as AES-256-GCM and about a
+/// third cheaper per byte, for baton and for the peers at both ends of
+/// its hops. TLS 1.3 suites before TLS 1.2 ones, as rustls orders them.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| {
+        let tls12 = matches!(suite, rustls::SupportedCipherSuite::Tls12(_));
+        let aes128 = suite
+            .suite()
+            .as_str()
+            .is_some_and(|name| name.contains("AES_128"));
+        (tls12, !aes128)
+    });
+    Arc::new(provider)
 }
 
 /// TLS 1.2 and 1.3, nothing older (RFC 8996 deprecates 1.0 and 1.1).
