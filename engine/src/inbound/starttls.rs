@@ -78,12 +78,7 @@ mod tests {
     use crate::tls::TlsInfo;
 
     fn info() -> TlsInfo {
-        TlsInfo {
-            version: "TLSv1.3",
-            cipher: "TLS_AES_256_GCM_SHA384",
-            bits: 256,
-            verified: false,
-        }
+        TlsInfo::new("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, false)
     }
 
     fn session(starttls: bool, tls_required: bool) -> Session {

@@ -646,11 +646,7 @@ impl Shard {
                 status: Status::Pending,
             })
             .collect();
-        let transport = message
-            .tls
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let transport = message.tls.as_ref().map(|tls| tls.label().clone());
         let record = NewMessage {
             queue_id: message.queue_id,
             arrival_ms: unix_ms(),
@@ -658,7 +654,7 @@ impl Shard {
             mail_params: &message.mail_params,
             identity: b"",
             peer: peer.as_bytes(),
-            transport: transport.as_bytes(),
+            transport: transport.as_deref().map_or(b"", str::as_bytes),
             recipients: &recipients,
             body: &message.body,
         };

@@ -206,7 +206,7 @@ impl Shard {
             to = %String::from_utf8_lossy(note.recipient),
             destination = %note.destination,
             host = note.host.unwrap_or("-"),
-            tls = %note.tls.map_or_else(|| "none".to_owned(), ToString::to_string),
+            tls = note.tls.map_or("none", |tls| &**tls.label()),
             attempt = note.attempt,
             reply = text,
             next_attempt_ms = note.next_attempt_ms,

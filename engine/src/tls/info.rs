@@ -1,6 +1,7 @@
 //! [`TlsInfo`]: what a finished handshake negotiated.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rustls::{CommonState, ProtocolVersion};
 
@@ -18,9 +19,29 @@ pub struct TlsInfo {
     /// The peer's chain and name were checked (outbound
     /// `required-verified`; inbound clients present no certificate).
     pub verified: bool,
+    /// The `Display` text, made once per connection: logs, records and
+    /// headers of every message over it share it.
+    #[serde(skip)]
+    label: Arc<str>,
 }
 
 impl TlsInfo {
+    pub fn new(version: &'static str, cipher: &'static str, bits: u16, verified: bool) -> TlsInfo {
+        let label = format!("{version} with cipher {cipher} ({bits}/{bits} bits)").into();
+        TlsInfo {
+            version,
+            cipher,
+            bits,
+            verified,
+            label,
+        }
+    }
+
+    /// As `Received:` writes it: `TLSv1.3 with cipher TLS_AES_128_GCM_SHA256 (128/128 bits)`.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
     /// What `state` negotiated; `None` while it is still handshaking.
     pub fn of(state: &CommonState, verified: bool) -> Option<TlsInfo> {
         if state.is_handshaking() {
@@ -33,22 +54,13 @@ impl TlsInfo {
         };
         let suite = state.negotiated_cipher_suite()?.suite();
         let cipher = iana_name(suite.as_str().unwrap_or("unknown"));
-        Some(TlsInfo {
-            version,
-            cipher,
-            bits: key_bits(cipher),
-            verified,
-        })
+        Some(TlsInfo::new(version, cipher, key_bits(cipher), verified))
     }
 }
 
 impl fmt::Display for TlsInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} with cipher {} ({}/{} bits)",
-            self.version, self.cipher, self.bits, self.bits
-        )
+        f.write_str(&self.label)
     }
 }
 
@@ -77,12 +89,12 @@ mod tests {
 
     #[test]
     fn shown_as_postfix_shows_it() {
-        let info = TlsInfo {
-            version: "TLSv1.3",
-            cipher: iana_name("TLS13_AES_256_GCM_SHA384"),
-            bits: key_bits("TLS_AES_256_GCM_SHA384"),
-            verified: false,
-        };
+        let info = TlsInfo::new(
+            "TLSv1.3",
+            iana_name("TLS13_AES_256_GCM_SHA384"),
+            key_bits("TLS_AES_256_GCM_SHA384"),
+            false,
+        );
         assert_eq!(
             info.to_string(),
             "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
