@@ -1,6 +1,7 @@
 //! The SMTP client against an arbitrary server: the input is split into
 //! chunks of server bytes interleaved with the client's own actions (send
-//! an envelope, the body written, QUIT, connection lost). Never panics, and
+//! an envelope, the body written, QUIT, connection lost, a STARTTLS
+//! handshake done or failed, under each TLS mode). Never panics, and
 //! every envelope it takes ends in exactly one `TransactionDone` with one
 //! outcome per recipient, in order, by the time the connection is over.
 
@@ -8,7 +9,7 @@
 
 use std::sync::Arc;
 
-use baton::outbound::{Client, ClientConfig, ClientLimits, Envelope, Event};
+use baton::outbound::{Client, ClientConfig, ClientLimits, Envelope, Event, TlsMode};
 use libfuzzer_sys::fuzz_target;
 
 fn envelope(recipients: usize) -> Envelope {
@@ -27,7 +28,15 @@ fuzz_target!(|data: &[u8]| {
         helo_name: "relay.example".into(),
         limits: ClientLimits::default(),
     });
-    let mut client = Client::new(config, baton::outbound::TlsMode::Opportunistic);
+    let [mode, data @ ..] = data else {
+        return;
+    };
+    let mode = match mode % 3 {
+        0 => TlsMode::Off,
+        1 => TlsMode::Opportunistic,
+        _ => TlsMode::Required,
+    };
+    let mut client = Client::new(config, mode);
     // Recipient counts of the envelopes taken, oldest first.
     let mut taken: std::collections::VecDeque<usize> = Default::default();
     let mut rest = data;
@@ -35,8 +44,11 @@ fuzz_target!(|data: &[u8]| {
         let n = usize::from(*len).min(tail.len());
         let (chunk, after) = tail.split_at(n);
         rest = after;
-        match op % 6 {
+        match op % 8 {
             0 | 1 => client.receive(chunk),
+            // The shard's report of a STARTTLS handshake.
+            6 => client.tls_established(),
+            7 => client.tls_failed("handshake failed".into()),
             2 => {
                 let count = usize::from(*len % 4) + 1;
                 if client.send_message(envelope(count)).is_ok() {
@@ -49,13 +61,16 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             4 => client.quit(),
-            _ => client.connection_lost(),
+            5 => client.connection_lost(),
+            _ => unreachable!(),
         }
         let output = client.output().len();
         client.consume_output(output);
         while let Some(event) = client.poll_event() {
             if let Event::TransactionDone { per_recipient } = event {
-                let expected = taken.pop_front().expect("a TransactionDone without an envelope");
+                let expected = taken
+                    .pop_front()
+                    .expect("a TransactionDone without an envelope");
                 assert_eq!(per_recipient.len(), expected);
             }
         }
@@ -63,7 +78,9 @@ fuzz_target!(|data: &[u8]| {
     client.connection_lost();
     while let Some(event) = client.poll_event() {
         if let Event::TransactionDone { per_recipient } = event {
-            let expected = taken.pop_front().expect("a TransactionDone without an envelope");
+            let expected = taken
+                .pop_front()
+                .expect("a TransactionDone without an envelope");
             assert_eq!(per_recipient.len(), expected);
         }
     }

@@ -1,4 +1,5 @@
-//! An inbound `Session` fed arbitrary bytes, in fuzzer-chosen chunk sizes,
+//! An inbound `Session` fed arbitrary bytes, in fuzzer-chosen chunk sizes
+//! (STARTTLS offered or not, its handshake reported as the shard would),
 //! with a tiny deterministic `SessionContext` (as `inbound/testing.rs`
 //! builds for the unit tests): it must never panic, whatever the client
 //! sends, the limits, or the spool's answers.
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use baton::inbound::{
     BareLineEndings, Session, SessionConfig, SessionContext, SessionLimits, StoreError,
 };
+use baton::tls::TlsInfo;
 use baton_spool::QueueId;
 use libfuzzer_sys::fuzz_target;
 
@@ -49,12 +51,16 @@ fuzz_target!(|data: &[u8]| {
             errors_per_session_max: 4,
         };
     }
+    // STARTTLS offered, and required before MAIL, by the chunk byte's top
+    // bits; the rest is the chunk size.
+    config.starttls = chunk & 0x80 != 0;
+    config.tls_required = config.starttls && chunk & 0x40 != 0;
     let relay_allowed = flags & 8 == 0;
     let peer = "192.0.2.7:40000".parse().unwrap();
     let local = "192.0.2.1:25".parse().unwrap();
     let mut session = Session::new(Arc::new(config), peer, local, relay_allowed);
     let mut ctx = Context { last_id: 0 };
-    let chunk = usize::from(*chunk).max(1);
+    let chunk = usize::from(*chunk & 0x3f).max(1);
     let mut stores = 0u32;
     let mut drain = |session: &mut Session, ctx: &mut Context| {
         loop {
@@ -76,6 +82,15 @@ fuzz_target!(|data: &[u8]| {
     for piece in rest.chunks(chunk) {
         session.receive(piece, &mut ctx);
         drain(&mut session, &mut ctx);
+        if session.starttls_requested() {
+            // The shard's part: the handshake succeeded.
+            session.tls_established(TlsInfo::new(
+                "TLSv1.3",
+                "TLS_AES_128_GCM_SHA256",
+                128,
+                false,
+            ));
+        }
         if session.is_closing() {
             break;
         }
