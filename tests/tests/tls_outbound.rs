@@ -264,3 +264,34 @@ fn replies_injected_after_220_are_not_taken_as_protected() {
     );
     assert!(!baton.log().contains("injected"), "{}", baton.log());
 }
+
+#[test]
+fn large_messages_go_through_tls_in_pieces_intact() {
+    // 300 KiB bodies cross rustls in 64 KiB pieces, the last one in the
+    // same record as the dot and the next envelope.
+    let sink = Sink::start("127.0.0.1", &[]);
+    let events = EventLog::new();
+    let mut baton = relay(sink.addr, "required", None, &events);
+    let dir = tempfile::tempdir().unwrap();
+    let run = baton_tests::delivery::send_sized(
+        baton.smtp,
+        "300KiB",
+        &["-n", "12", "-c", "3"],
+        dir.path(),
+    );
+    assert_eq!(run.report["messages_accepted"], 12);
+    baton.wait_for("all delivered", |_| sink.messages().len() == 12);
+    let sent: std::collections::BTreeSet<String> = run.accepted_ids().into_iter().collect();
+    let mut arrived = std::collections::BTreeSet::new();
+    for message in sink.messages() {
+        assert!(message.len() >= 300 * 1024, "{} bytes", message.len());
+        let id = baton_tests::delivery::header(&message, "X-Loadgen-Id").expect("an id");
+        arrived.insert(id.trim().to_owned());
+    }
+    assert_eq!(arrived, sent);
+    assert!(events
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "delivered")
+        .all(|e| e["tls"]["version"] == "TLSv1.3"));
+}

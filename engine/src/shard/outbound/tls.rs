@@ -13,7 +13,7 @@
 //! Postfix's plain-text fallback); a required TLS moves on to the next
 //! address and, when none is left, defers with `4.7.5` naming the error.
 
-use std::io::{BufRead as _, Write as _};
+use std::io::{BufRead as _, IoSlice, Write as _};
 use std::sync::atomic::Ordering;
 
 use rustls::pki_types::ServerName;
@@ -188,25 +188,38 @@ impl OutConn {
             return;
         };
         if !tls.is_handshaking() {
-            let mut budget = TLS_SEND_CHUNK_BYTES;
-            let mut body_pending = false;
-            if let Some(current) = self
+            let budget = TLS_SEND_CHUNK_BYTES;
+            let body = self
                 .current
                 .as_mut()
-                .filter(|c| c.body_due && c.body_done < c.body_len)
-            {
-                let start = current.body_start + current.body_done;
-                let end = current.body_start + current.body_len;
-                let piece = &current.record.payload()[start..end.min(start + budget)];
-                let n = tls.writer().write(piece).unwrap_or(0);
-                current.body_done += n;
-                budget -= n;
-                body_pending = current.body_done < current.body_len;
-            }
-            let output = client.output();
-            if !body_pending && budget > 0 && !output.is_empty() {
-                let n = tls.writer().write(output).unwrap_or(0);
-                client.consume_output(n);
+                .filter(|c| c.body_due && c.body_done < c.body_len);
+            match body {
+                Some(current) => {
+                    let start = current.body_start + current.body_done;
+                    let end = current.body_start + current.body_len;
+                    let piece = &current.record.payload()[start..end.min(start + budget)];
+                    let last = start + piece.len() == end;
+                    let output = client.output();
+                    // The body's last piece and the commands behind it (the
+                    // dot, the next envelope) in one write: one TLS record
+                    // instead of two for a small message.
+                    let n = if last && !output.is_empty() {
+                        let parts = [IoSlice::new(piece), IoSlice::new(output)];
+                        tls.writer().write_vectored(&parts).unwrap_or(0)
+                    } else {
+                        tls.writer().write(piece).unwrap_or(0)
+                    };
+                    let body_n = n.min(piece.len());
+                    current.body_done += body_n;
+                    client.consume_output(n - body_n);
+                }
+                None => {
+                    let output = client.output();
+                    if !output.is_empty() {
+                        let n = tls.writer().write(output).unwrap_or(0);
+                        client.consume_output(n);
+                    }
+                }
             }
         }
         while tls.wants_write() {
