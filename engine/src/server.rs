@@ -419,6 +419,7 @@ fn session_config(config: &Config, listener: &ListenerConfig) -> SessionConfig {
             recipients_per_message_max: l.recipients_per_message_max,
             commands_per_session_max: l.commands_per_session_max,
             errors_per_session_max: l.errors_per_session_max,
+            received_headers_max: l.received_headers_max,
         },
         bare_line_endings: match config.smtp.bare_line_endings {
             BareLineEndingsSetting::Reject => BareLineEndings::Reject,

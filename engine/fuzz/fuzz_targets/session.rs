@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
             recipients_per_message_max: 2,
             commands_per_session_max: 24,
             errors_per_session_max: 4,
+            received_headers_max: 3,
         };
     }
     // STARTTLS offered, and required before MAIL, by the chunk byte's top

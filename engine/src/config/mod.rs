@@ -192,6 +192,8 @@ pub struct Limits {
     pub recipients_per_message_max: usize,
     pub commands_per_session_max: u32,
     pub errors_per_session_max: u32,
+    /// `Received:` headers a message may carry (RFC 5321 §6.3: loops).
+    pub received_headers_max: usize,
     pub connections_per_shard_max: usize,
     pub connections_per_ip_max: usize,
     #[serde(deserialize_with = "de::duration")]
@@ -373,6 +375,7 @@ mod tests {
         assert_eq!(l.recipients_per_message_max, 1000);
         assert_eq!(l.commands_per_session_max, 10_000);
         assert_eq!(l.errors_per_session_max, 20);
+        assert_eq!(l.received_headers_max, 50);
         assert_eq!(l.connections_per_shard_max, 10_000);
         assert_eq!(l.connections_per_ip_max, 500);
         assert_eq!(l.command_timeout, Duration::from_secs(300));
@@ -557,6 +560,7 @@ mod tests {
             "limits.recipients_per_message_max",
             "limits.commands_per_session_max",
             "limits.errors_per_session_max",
+            "limits.received_headers_max",
             "limits.connections_per_shard_max",
             "limits.connections_per_ip_max",
             "limits.command_timeout",

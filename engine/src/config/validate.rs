@@ -320,6 +320,12 @@ fn limits(limits: &Limits) -> Result<(), Invalid> {
         "",
     )?;
     at_least(
+        "limits.received_headers_max",
+        limits.received_headers_max,
+        1,
+        " (baton's own Received: header counts)",
+    )?;
+    at_least(
         "limits.connections_per_shard_max",
         limits.connections_per_shard_max,
         1,

@@ -14,6 +14,8 @@ pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 50 * 1024 * 1024;
 pub const RECIPIENTS_PER_MESSAGE_MAX_DEFAULT: usize = 1000;
 pub const COMMANDS_PER_SESSION_MAX_DEFAULT: u32 = 10_000;
 pub const ERRORS_PER_SESSION_MAX_DEFAULT: u32 = 20;
+/// Postfix's `hopcount_limit`.
+pub const RECEIVED_HEADERS_MAX_DEFAULT: usize = 50;
 /// Unprocessed input a session holds while it waits for the spool (the
 /// only time input piles up: commands are parsed as they arrive and
 /// message content streams into the body). A pipelining client may send
@@ -78,6 +80,9 @@ pub struct SessionLimits {
     pub commands_per_session_max: u32,
     /// Replies refusing something the client got wrong.
     pub errors_per_session_max: u32,
+    /// `Received:` headers in a message, baton's own included; past it the
+    /// message loops (RFC 5321 §6.3) and is refused with `554 5.4.6`.
+    pub received_headers_max: usize,
 }
 
 impl Default for SessionLimits {
@@ -89,6 +94,7 @@ impl Default for SessionLimits {
             recipients_per_message_max: RECIPIENTS_PER_MESSAGE_MAX_DEFAULT,
             commands_per_session_max: COMMANDS_PER_SESSION_MAX_DEFAULT,
             errors_per_session_max: ERRORS_PER_SESSION_MAX_DEFAULT,
+            received_headers_max: RECEIVED_HEADERS_MAX_DEFAULT,
         }
     }
 }

@@ -55,6 +55,9 @@ impl Session {
         if let Some(violation) = body.violation {
             return self.refuse(replies::body_violation(violation));
         }
+        if received_headers(&body.wire) > self.config.limits.received_headers_max {
+            return self.refuse(replies::TOO_MANY_HOPS);
+        }
         let message = ReceivedMessage {
             queue_id,
             reverse_path: transaction.reverse_path,
@@ -67,6 +70,25 @@ impl Session {
         };
         self.state = State::AwaitingStore(Some(message));
     }
+}
+
+/// `Received:` fields in the header section of a message in wire form
+/// (each one a line that starts the field; folded lines continue it).
+fn received_headers(wire: &[u8]) -> usize {
+    const NAME: &[u8] = b"received:";
+    let mut count = 0;
+    let mut rest = wire;
+    while let Some(lf) = memchr::memchr(b'\n', rest) {
+        let line = &rest[..lf];
+        if line == b"\r" || line.is_empty() {
+            break; // the end of the header section
+        }
+        if line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME) {
+            count += 1;
+        }
+        rest = &rest[lf + 1..];
+    }
+    count
 }
 
 #[cfg(test)]
@@ -97,6 +119,39 @@ mod tests {
         assert_eq!(message.peer, "192.0.2.7:40000".parse().unwrap());
         let expected = format!("{}Subject: hi\r\n\r\n..dot\r\n", received("ESMTP", 1));
         assert_eq!(String::from_utf8_lossy(&message.body), expected);
+    }
+
+    /// A mail loop (RFC 5321 §6.3): past `received_headers_max`
+    /// `Received:` fields (baton's own counted), the message is refused;
+    /// a folded field counts once, and `Received:` in the body not at all.
+    #[test]
+    fn too_many_hops_is_a_loop() {
+        let mut config = SessionConfig::new("mx.example.net");
+        config.limits.received_headers_max = 3;
+        let hops = |n: usize| "Received: from a\r\n\tby b; x\r\n".repeat(n);
+        let mut driver = Driver::with_config(config.clone(), true);
+        driver.feed(
+            format!(
+                "{ENVELOPE}DATA\r\n{}Subject: x\r\n\r\nReceived: body\r\n.\r\n",
+                hops(2)
+            )
+            .as_bytes(),
+        );
+        assert_eq!(driver.messages.len(), 1, "{}", driver.output());
+        let mut driver = Driver::with_config(config, true);
+        driver.feed(format!("{ENVELOPE}DATA\r\n{}\r\nx\r\n.\r\n", hops(3)).as_bytes());
+        assert!(driver.messages.is_empty());
+        assert!(
+            driver
+                .output()
+                .ends_with("354 End data with <CR><LF>.<CR><LF>\r\n554 5.4.6 Too many hops\r\n"),
+            "{}",
+            driver.output()
+        );
+        assert_eq!(
+            super::received_headers(b"RECEIVED: a\r\nreceived:b\r\n\r\nReceived: c\r\n"),
+            2
+        );
     }
 
     #[test]

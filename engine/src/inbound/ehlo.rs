@@ -69,6 +69,17 @@ mod tests {
     use crate::inbound::SessionConfig;
 
     #[test]
+    fn names_over_255_octets_are_refused() {
+        let long = "a".repeat(256);
+        assert_eq!(
+            transcript(format!("EHLO {long}\r\n").as_bytes()),
+            "501 5.5.4 Syntax: EHLO hostname\r\n"
+        );
+        let fits = "a".repeat(255);
+        assert!(transcript(format!("HELO {fits}\r\n").as_bytes()).starts_with("250 "));
+    }
+
+    #[test]
     fn ehlo_lists_extensions() {
         assert_eq!(transcript(b"EHLO client.example\r\n"), EHLO_REPLY);
         assert_eq!(transcript(b"ehlo [192.0.2.1]\r\n"), EHLO_REPLY);

@@ -55,6 +55,9 @@ pub(super) const PARAM_SYNTAX: &str = "501 5.5.4 Error: bad parameter syntax\r\n
 pub(super) const MESSAGE_TOO_BIG: &str =
     "552 5.3.4 Message size exceeds fixed maximum message size\r\n";
 
+/// RFC 5321 §6.3: a message that has crossed too many relays is looping.
+pub(super) const TOO_MANY_HOPS: &str = "554 5.4.6 Too many hops\r\n";
+
 // RCPT (RFC 5321 §4.1.1.3, §4.5.3.1.10).
 pub(super) const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command\r\n";
 pub(super) const RCPT_SYNTAX: &str = "501 5.5.4 Syntax: RCPT TO:<address>\r\n";

@@ -387,6 +387,24 @@ impl Shard {
                     }
                 }
                 let port = conn.port;
+                // A next hop that is baton itself is a loop (a route or MX
+                // pointing back here): the mail would circle until its
+                // Received: headers ran out.
+                let listeners = &self.server.config.listeners;
+                let all = hosts.iter().map(|h| h.addresses.len()).sum::<usize>();
+                hosts.iter_mut().for_each(|h| {
+                    h.addresses
+                        .retain(|ip| !is_own_listener(listeners, SocketAddr::new(*ip, port)))
+                });
+                hosts.retain(|h| !h.addresses.is_empty());
+                if all > 0 && hosts.is_empty() {
+                    let reply = Reply::new(
+                        554,
+                        Some((5, 4, 6)),
+                        format!("mail for {domain} loops back to myself"),
+                    );
+                    return self.destination_down(key, Outcome::Failed(reply));
+                }
                 conn.hops = hosts
                     .iter()
                     .flat_map(|h| {
@@ -1135,6 +1153,16 @@ impl Shard {
             }
         }
     }
+}
+
+/// Whether `addr` is where one of baton's own listeners accepts mail (a
+/// wildcard listener answers on loopback too).
+fn is_own_listener(listeners: &[crate::config::ListenerConfig], addr: SocketAddr) -> bool {
+    listeners.iter().any(|l| {
+        let ip = l.address.ip();
+        l.address.port() == addr.port()
+            && (ip == addr.ip() || (ip.is_unspecified() && addr.ip().is_loopback()))
+    })
 }
 
 /// The resolver's text, prefixed with the domain unless it names it.

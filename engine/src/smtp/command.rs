@@ -278,6 +278,9 @@ pub fn split_verb(line: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// EHLO/HELO argument: a domain or an address literal (RFC 5321 §4.1.1.1).
+/// The longest EHLO/HELO name taken (RFC 5321 §4.5.3.1.2: 255 octets).
+pub const HELLO_NAME_BYTES_MAX: usize = 255;
+
 pub fn parse_hello(args: &[u8]) -> Result<String, CommandError> {
     // RFC 5321 asks for a domain or an address literal, but applications,
     // printers and Windows hosts send names like `MY_PC` or `localhost`,
@@ -287,7 +290,9 @@ pub fn parse_hello(args: &[u8]) -> Result<String, CommandError> {
         .split(|&b| b == b' ')
         .find(|w| !w.is_empty())
         .ok_or(CommandError::Syntax)?;
-    if !name.iter().all(|b| b.is_ascii_graphic()) {
+    // RFC 5321 §4.5.3.1.2: a domain is at most 255 octets; longer names
+    // would make `Received:` lines no header should have (RFC 5322 §2.1.1).
+    if name.len() > HELLO_NAME_BYTES_MAX || !name.iter().all(|b| b.is_ascii_graphic()) {
         return Err(CommandError::Syntax);
     }
     Ok(String::from_utf8_lossy(name).into_owned())
