@@ -207,6 +207,14 @@ fn check_config(file: &Path) -> Result<(), String> {
     if let Some(ca) = &config.delivery.tls_ca {
         baton::tls::ClientTls::load(Some(ca)).map_err(|e| e.to_string())?;
     }
+    let (limit, wanted) = baton::server::check_descriptors(&config);
+    if limit < wanted {
+        println!(
+            "warning: {wanted} open descriptors wanted (limits.connections_per_shard_max x shards, \
+             and {} for the rest), {limit} allowed here (the hard RLIMIT_NOFILE)",
+            baton::server::DESCRIPTORS_RESERVE
+        );
+    }
     for c in &certificates {
         println!(
             "{}: {} ({}), expires {} (in {} days)",

@@ -221,9 +221,40 @@ fn sleep_unless_stopping(server: &Server, total: Duration) {
     }
 }
 
+/// Descriptors kept for what is not an inbound connection: rings, eventfds,
+/// spool segments, resolver and policy sockets, delivery connections.
+pub const DESCRIPTORS_RESERVE: u64 = 1024;
+
+/// Descriptors the inbound connection limits can take at once, with
+/// [`DESCRIPTORS_RESERVE`].
+pub fn descriptors_wanted(config: &Config) -> u64 {
+    let shards = config.shard_count() as u64;
+    let per_shard = config.limits.connections_per_shard_max as u64 + config.listeners.len() as u64;
+    shards * per_shard + DESCRIPTORS_RESERVE
+}
+
+/// Raises the descriptor limit to its hard limit and says whether the
+/// connection limits fit in it: a shard whose accepts fail for want of
+/// descriptors backs off, but clients are refused.
+pub fn check_descriptors(config: &Config) -> (u64, u64) {
+    let limit = shard::raise_descriptor_limit().unwrap_or(0);
+    (limit, descriptors_wanted(config))
+}
+
 /// Opens the spool (recovering the queue) and starts the shards.
 pub fn start(config: Config) -> Result<Running> {
     let started = Instant::now();
+    let (limit, wanted) = check_descriptors(&config);
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            "open descriptors: the hard limit is below what limits.connections_per_shard_max \
+             allows across the shards (plus a reserve); raise LimitNOFILE or lower the limit"
+        );
+    } else {
+        tracing::debug!(limit, wanted, "open descriptors");
+    }
     let mut spool_config = SpoolConfig::new(&config.spool.path);
     spool_config.segment_bytes = config.spool.segment_bytes;
     spool_config.sync = config.spool.sync;

@@ -129,6 +129,9 @@ pub struct TestConfig {
     pub delivery: Vec<String>,
     /// Appended to the configuration file as it is, e.g. `[[route]]` tables.
     pub extra_toml: String,
+    /// Run baton with at most this many open descriptors (soft and hard
+    /// `RLIMIT_NOFILE`, set by the shell's `ulimit -n`).
+    pub descriptor_limit: Option<u64>,
 }
 
 /// A running (or stopped) baton process with its own directory.
@@ -205,7 +208,17 @@ impl Baton {
     }
 
     fn launch(&mut self) {
-        let mut child = Command::new(baton_bin())
+        let mut command = match self.test.descriptor_limit {
+            None => Command::new(baton_bin()),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(baton_bin());
+                sh
+            }
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")

@@ -39,6 +39,11 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Rounds of reaping and submitting between two waits; bounds the time
 /// before timeouts and shutdown are looked at.
 const ROUNDS_PER_WAIT_MAX: usize = 64;
+/// How long a listener stops accepting after running out of descriptors.
+/// The sweep resumes it, so the pause lasts up to one sweep longer.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// At most one log line per this interval about failed accepts.
+const ACCEPT_FAILURES_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a shutting-down shard waits for sessions to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -95,6 +100,8 @@ struct Listener {
     fd: Option<OwnedFd>,
     address: SocketAddr,
     armed: bool,
+    /// Accepting paused (descriptors or memory ran out) until then.
+    paused_until: Option<Instant>,
 }
 
 pub(super) struct Shard {
@@ -121,6 +128,9 @@ pub(super) struct Shard {
     admin_waits: VecDeque<(Ticket, Sender<AdminReply>, AdminReply)>,
     pub(super) draining: Option<Instant>,
     completions: Vec<Completion>,
+    /// Accepts that failed since the last log line about them.
+    accept_failures: u64,
+    accept_failures_logged: Option<Instant>,
 }
 
 /// What the session sees of the shard: the clock and queue ids.
@@ -164,6 +174,7 @@ impl Shard {
                 fd: Some(fd),
                 address: l.address,
                 armed: false,
+                paused_until: None,
             });
         }
         let writer = server
@@ -191,6 +202,8 @@ impl Shard {
             admin_waits: VecDeque::new(),
             draining: None,
             completions: Vec::with_capacity(1024),
+            accept_failures: 0,
+            accept_failures_logged: None,
         };
         for index in 0..shard.listeners.len() {
             shard.arm_accept(index)?;
@@ -344,24 +357,71 @@ impl Shard {
     }
 
     fn accepted(&mut self, index: usize, c: Completion) -> io::Result<()> {
+        // Out of descriptors or memory: accepting again at once would fail
+        // again at once (a spin, and a log line each time); pause, and let
+        // the sweep start accepting again.
+        let exhausted =
+            [-libc::EMFILE, -libc::ENFILE, -libc::ENOBUFS, -libc::ENOMEM].contains(&c.result);
+        if exhausted {
+            let listener = &mut self.listeners[index];
+            listener.paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+            if c.more() && listener.armed {
+                self.ring
+                    .cancel(Token::Accept(index).encode(), Token::Cancel.encode())?;
+            }
+        }
         if !c.more() {
-            self.listeners[index].armed = false;
+            let listener = &mut self.listeners[index];
+            listener.armed = false;
             if self.draining.is_some() {
-                self.listeners[index].fd = None;
-            } else {
+                listener.fd = None;
+            } else if listener.paused_until.is_none() {
                 self.arm_accept(index)?;
             }
         }
         if c.result < 0 {
-            let err = io::Error::from_raw_os_error(-c.result);
             if c.result != -libc::ECANCELED {
-                tracing::warn!(shard = self.id, %err, "accept failed");
+                self.accept_failed(io::Error::from_raw_os_error(-c.result));
             }
             return Ok(());
         }
         // SAFETY: a successful accept returns a new descriptor we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
         self.open(fd, index);
+        Ok(())
+    }
+
+    /// Logs a failed accept: the first at once, the rest as one line with
+    /// their count per [`ACCEPT_FAILURES_LOG_INTERVAL`].
+    fn accept_failed(&mut self, err: io::Error) {
+        self.accept_failures += 1;
+        let due = self
+            .accept_failures_logged
+            .is_none_or(|at| at.elapsed() >= ACCEPT_FAILURES_LOG_INTERVAL);
+        if due {
+            tracing::warn!(
+                shard = self.id,
+                %err,
+                failures = self.accept_failures,
+                "accept failed; accepting paused for {ACCEPT_PAUSE:?} when out of descriptors"
+            );
+            self.accept_failures = 0;
+            self.accept_failures_logged = Some(Instant::now());
+        }
+    }
+
+    /// Starts accepting again on listeners whose pause is over.
+    fn resume_accepts(&mut self, now: Instant) -> io::Result<()> {
+        for index in 0..self.listeners.len() {
+            let listener = &mut self.listeners[index];
+            let over = listener.paused_until.is_some_and(|until| now >= until);
+            if over {
+                listener.paused_until = None;
+                if !listener.armed && self.draining.is_none() {
+                    self.arm_accept(index)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -854,6 +914,7 @@ impl Shard {
 
     fn sweep(&mut self) -> io::Result<()> {
         let now = Instant::now();
+        self.resume_accepts(now)?;
         for key in self.conns.keys() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;

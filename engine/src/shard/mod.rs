@@ -34,6 +34,7 @@ use crate::admin::{AdminReply, AdminRequest};
 use crate::dns::Resolution;
 use crate::server::Server;
 
+pub use ring::raise_descriptor_limit;
 pub(crate) use ring::EventFd;
 
 /// What other threads tell a shard.
