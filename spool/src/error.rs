@@ -56,6 +56,22 @@ pub enum Error {
     WriterInUse(u16),
 }
 
+impl Error {
+    /// Whether the disk (or a quota) is out of space, or the spool at its
+    /// `size_bytes_max`: the engine answers these with `452 4.3.1`, a
+    /// condition that passes, not a failure of the system.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            Error::Full { .. } => true,
+            Error::Io { source, .. } | Error::WriterFailed { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Short for `Result<T, spool::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -66,4 +82,34 @@ pub(crate) fn io_err(
 ) -> impl FnOnce(io::Error) -> Error {
     let path = path.into();
     move |source| Error::Io { op, path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_space_is_told_from_other_failures() {
+        let io = |kind: io::ErrorKind| Error::Io {
+            op: "zero-fill",
+            path: PathBuf::from("/spool/tmp-1.seg"),
+            source: io::Error::from(kind),
+        };
+        assert!(io(io::ErrorKind::StorageFull).is_out_of_space());
+        assert!(io(io::ErrorKind::QuotaExceeded).is_out_of_space());
+        assert!(!io(io::ErrorKind::PermissionDenied).is_out_of_space());
+        let enospc = io::Error::from_raw_os_error(28);
+        assert!(Error::WriterFailed {
+            writer: 0,
+            what: "write",
+            source: enospc,
+        }
+        .is_out_of_space());
+        assert!(Error::Full {
+            used_bytes: 2,
+            limit_bytes: 1
+        }
+        .is_out_of_space());
+        assert!(!Error::Config("x".into()).is_out_of_space());
+    }
 }

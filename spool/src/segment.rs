@@ -154,23 +154,32 @@ impl Segment {
             .mode(0o600)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
-        let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
-        let mut written = 0u64;
-        let mut writer = &file;
-        while written < header.capacity {
-            let n = (header.capacity - written).min(ZERO_CHUNK_BYTES as u64) as usize;
-            writer
-                .write_all(&zeroes[..n])
-                .map_err(io_err("zero-fill", &tmp))?;
-            written += n as u64;
-            if written.is_multiple_of(ZERO_SYNC_BYTES) {
-                file.sync_data().map_err(io_err("fdatasync", &tmp))?;
+        let filled = (|| {
+            let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
+            let mut written = 0u64;
+            let mut writer = &file;
+            while written < header.capacity {
+                let n = (header.capacity - written).min(ZERO_CHUNK_BYTES as u64) as usize;
+                writer
+                    .write_all(&zeroes[..n])
+                    .map_err(io_err("zero-fill", &tmp))?;
+                written += n as u64;
+                if written.is_multiple_of(ZERO_SYNC_BYTES) {
+                    file.sync_data().map_err(io_err("fdatasync", &tmp))?;
+                }
             }
+            file.write_all_at(&header.encode(false), 0)
+                .map_err(io_err("write header", &tmp))?;
+            file.sync_all().map_err(io_err("fsync", &tmp))?;
+            fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+        })();
+        if let Err(err) = filled {
+            // A half-made file holds space the disk may be out of, and a
+            // retry makes another: it goes (issue 10: 20,184 of them in
+            // 2 s on a full disk).
+            let _ = fs::remove_file(&tmp);
+            return Err(err);
         }
-        file.write_all_at(&header.encode(false), 0)
-            .map_err(io_err("write header", &tmp))?;
-        file.sync_all().map_err(io_err("fsync", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
         Segment::from_file(file, path, header, false)
     }
 
@@ -384,5 +393,40 @@ mod tests {
             .all(|&b| b == 0));
         let reopened = Segment::open(seg.path()).unwrap().unwrap();
         assert_eq!(reopened.header, header);
+    }
+
+    /// Issue 10: on a full disk a failed creation left its temporary file
+    /// behind, and every retry another. Needs root (a 512 KiB tmpfs).
+    #[test]
+    fn a_failed_creation_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "baton-test"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !mounted {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return;
+        }
+        let header = SegmentHeader {
+            id: SegmentId(1),
+            writer: 0,
+            seq: 1,
+            capacity: 2 << 20,
+            created_ms: 0,
+        };
+        let error = Segment::create(dir.path(), header).err();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        let error = error.expect("no room for a 2 MiB segment in 512 KiB");
+        assert!(error.to_string().contains("zero-fill"), "{error}");
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 }

@@ -129,6 +129,9 @@ pub struct TestConfig {
     pub delivery: Vec<String>,
     /// Appended to the configuration file as it is, e.g. `[[route]]` tables.
     pub extra_toml: String,
+    /// The spool directory, instead of `spool` in the test's directory
+    /// (a small tmpfs, for the tests of a full disk).
+    pub spool_path: Option<PathBuf>,
     /// Run baton with at most this many open descriptors (soft and hard
     /// `RLIMIT_NOFILE`, set by the shell's `ulimit -n`).
     pub descriptor_limit: Option<u64>,
@@ -502,7 +505,8 @@ fn config_text(test: &TestConfig, dir: &Path, smtp: SocketAddr, admin: SocketAdd
         "[server]\nhostname = \"baton.test\"\nshards = {shards}\n"
     );
     let _ = writeln!(text, "[[listener]]\naddress = \"{smtp}\"\n");
-    let _ = writeln!(text, "[spool]\npath = \"{}\"", dir.join("spool").display());
+    let spool = test.spool_path.clone().unwrap_or_else(|| dir.join("spool"));
+    let _ = writeln!(text, "[spool]\npath = \"{}\"", spool.display());
     if !test
         .spool
         .iter()

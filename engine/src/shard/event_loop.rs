@@ -753,6 +753,14 @@ impl Shard {
                     .fetch_add(1, Ordering::Relaxed);
                 Err(StoreError::Full)
             }
+            Err(err) if err.is_out_of_space() => {
+                tracing::warn!(shard = self.id, %err, "spool out of space: refusing a message with 452");
+                self.server
+                    .metrics
+                    .store_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Full)
+            }
             Err(err) => {
                 tracing::error!(shard = self.id, %err, "spool append failed: refusing a message with 451");
                 self.server
@@ -823,7 +831,14 @@ impl Shard {
     /// their recipients.
     fn finish_stores(&mut self) {
         let durable = self.writer.durable();
-        let failed = self.writer.failure().is_some();
+        let failure = self.writer.failure();
+        let failed = failure.is_some();
+        // ENOSPC on a write: 452 4.3.1, the condition of a full disk.
+        let failed_as = if failure.is_some_and(|err| err.is_out_of_space()) {
+            StoreError::Full
+        } else {
+            StoreError::Failed
+        };
         while let Some((ticket, _, _)) = self.admin_waits.front() {
             if *ticket > durable && !failed {
                 break;
@@ -844,7 +859,7 @@ impl Shard {
                 self.queue(&store);
                 Ok(store.queue_id)
             } else {
-                Err(StoreError::Failed)
+                Err(failed_as)
             };
             if let Some(conn) = store.conn.and_then(|key| self.conns.get_mut(key)) {
                 let mut ctx = Ctx {
