@@ -63,7 +63,10 @@ fn a_full_disk_refuses_with_452_4_3_1_and_recovers_when_room_returns() {
         ..TestConfig::default()
     });
     let filler = fill(tmpfs.0.path());
-    let body = format!("Subject: big\r\n\r\n{}", format!("{}\r\n", "x".repeat(998)).repeat(200));
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        format!("{}\r\n", "x".repeat(998)).repeat(200)
+    );
     let mut smtp = baton.connect();
     smtp.ehlo("client.test");
     let mut refused = None;
