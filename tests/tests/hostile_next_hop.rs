@@ -47,6 +47,17 @@ fn endless_ehlo(stream: &mut std::net::TcpStream) {
     while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
 }
 
+/// A greeting that never ends, one byte every half second: each byte is
+/// progress on the socket, none on the reply.
+fn dripping_greeting(stream: &mut std::net::TcpStream) {
+    for byte in b"220-slow.test\r\n".iter().cycle().take(10_000) {
+        if stream.write_all(&[*byte]).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn check(script: fn(&mut std::net::TcpStream), expected: &str) {
     let (addr, connections) = hostile(script);
     let mut baton = Baton::start_with(TestConfig {
@@ -54,7 +65,7 @@ fn check(script: fn(&mut std::net::TcpStream), expected: &str) {
         delivery: vec![
             "retry_schedule = [\"1h\"]".into(),
             "pause = \"1s\"".into(),
-            "greeting_timeout = \"5s\"".into(),
+            "greeting_timeout = \"3s\"".into(),
         ],
         extra_toml: route("*", addr),
         ..TestConfig::default()
@@ -80,6 +91,13 @@ fn check(script: fn(&mut std::net::TcpStream), expected: &str) {
         count <= 2,
         "{count} connections to a host that does not speak SMTP"
     );
+}
+
+#[test]
+fn a_greeting_dripped_a_byte_at_a_time_times_out_as_a_whole() {
+    // greeting_timeout is 3 s; the old deadline, renewed by every byte,
+    // never came.
+    check(dripping_greeting, "timed out waiting for the server");
 }
 
 #[test]

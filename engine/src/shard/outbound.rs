@@ -27,7 +27,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::config::TlsPolicy;
 use crate::dns::{Query, Resolution};
-use crate::outbound::{Client, CloseReason, Envelope, Event, Outcome, TlsMode};
+use crate::outbound::{Awaiting, Client, CloseReason, Envelope, Event, Outcome, TlsMode};
 use crate::queue::{Action, QueuedRecipient, Take, Waiter};
 use crate::route::{Destination, Route};
 use crate::server::unix_ms;
@@ -85,6 +85,17 @@ enum Stage {
     Connecting,
     /// Connected; the client speaks.
     Smtp,
+}
+
+/// What a delivery connection's deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// The TLS handshake.
+    Handshake,
+    /// One reply, from when it became due.
+    Reply(Awaiting),
+    /// The next block of the body to be sent.
+    Block,
 }
 
 /// What to do once nothing is in flight any more.
@@ -156,6 +167,9 @@ pub(super) struct OutConn {
     idle: bool,
     /// Waiting for the destination's message rate.
     rate_wait: bool,
+    /// What `deadline` is running for, while the client waits on the
+    /// server.
+    wait: Option<Wait>,
     deadline: Instant,
     after: Option<After>,
     cancels_sent: bool,
@@ -277,6 +291,7 @@ impl Shard {
             ready_seen: false,
             idle: false,
             rate_wait: false,
+            wait: None,
             deadline: Instant::now() + self.server.delivery.timeouts.connect,
             after: None,
             cancels_sent: false,
@@ -464,6 +479,7 @@ impl Shard {
             return self.destination_down(key, Outcome::Deferred(reply));
         };
         conn.next_hop += 1;
+        conn.wait = None;
         conn.stage = Stage::Connecting;
         conn.client = None;
         conn.tls = None;
@@ -767,12 +783,21 @@ impl Shard {
         }
         if !conn.idle && !conn.rate_wait {
             let handshaking = conn.tls.as_ref().is_some_and(|tls| tls.is_handshaking());
-            let wait = match client.awaiting() {
-                _ if handshaking => self.server.config.tls.handshake_timeout,
-                Some(awaiting) => timeouts.for_reply(awaiting),
-                None => timeouts.data_block,
+            let (wait, duration) = match client.awaiting() {
+                _ if handshaking => (Wait::Handshake, self.server.config.tls.handshake_timeout),
+                Some(awaiting) => (Wait::Reply(awaiting), timeouts.for_reply(awaiting)),
+                None => (Wait::Block, timeouts.data_block),
             };
-            conn.deadline = Instant::now() + wait;
+            // A reply's timeout runs from when it became due, not from the
+            // last byte: a server dripping its greeting a byte at a time
+            // must not hold the attempt for ever (issue 10). A block of
+            // the body is the unit of progress while sending it.
+            if conn.wait != Some(wait) || wait == Wait::Block {
+                conn.wait = Some(wait);
+                conn.deadline = Instant::now() + duration;
+            }
+        } else {
+            conn.wait = None;
         }
     }
 
