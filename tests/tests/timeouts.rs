@@ -149,3 +149,32 @@ fn a_client_that_never_reads_is_disconnected() {
     let mut smtp = baton.connect();
     smtp.cmd("NOOP").assert_is(250, "2.0.0");
 }
+
+/// Issue 10: a client dribbling a command a byte at a time outlived
+/// `command_timeout`, which each byte renewed. It runs for the whole
+/// command now, from the last reply.
+#[test]
+fn a_command_dribbled_a_byte_at_a_time_times_out_as_a_whole() {
+    let baton = short_timeouts();
+    let mut smtp = baton.connect();
+    let since = Instant::now();
+    let mut writer = smtp.stream().try_clone().unwrap();
+    let dribbler = std::thread::spawn(move || {
+        // Never a whole line: "NOOPNOOP..." one byte every 200 ms, for at
+        // most the time the test allows.
+        for byte in b"NOOP".iter().cycle().take(50) {
+            if writer.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    times_out(&mut smtp, since, COMMAND_TIMED_OUT);
+    assert!(
+        since.elapsed() < COMMAND_TIMEOUT * 4,
+        "{:?}",
+        since.elapsed()
+    );
+    drop(smtp);
+    dribbler.join().unwrap();
+}

@@ -492,6 +492,9 @@ impl Shard {
         let mut ctx = Ctx {
             queue_ids: &mut self.queue_ids,
         };
+        let output_before = conn.session.output().len();
+        let phase_before = conn.session.phase();
+        let mut established = false;
         if conn.tls.is_none() {
             conn.session.receive(&conn.recv_buf[..n], &mut ctx);
         } else {
@@ -500,6 +503,7 @@ impl Shard {
                 TlsStep::Continue => {}
                 TlsStep::Established => {
                     metrics.tls_handshakes_in.fetch_add(1, Ordering::Relaxed);
+                    established = true;
                 }
                 TlsStep::Failed(err) => {
                     if !conn.tls_reported {
@@ -516,12 +520,18 @@ impl Shard {
             }
         }
         let conn = self.conns.get_mut(key).expect("settled connections live");
-        conn.deadline = Instant::now()
-            + if conn.handshaking() {
-                self.server.config.tls.handshake_timeout
-            } else {
-                timeout_of(&self.server, conn.session.phase())
-            };
+        // The command timeout runs for a whole command, from the last
+        // reply: a client dribbling a command a byte at a time must not
+        // outlive it (issue 10). Message data restarts it with each read
+        // (RFC 5321 §4.5.3.2.5: per block); a TLS handshake has its own,
+        // set when it began.
+        let phase = conn.session.phase();
+        let replied = conn.session.output().len() > output_before;
+        let restart = !conn.handshaking()
+            && (established || replied || phase != phase_before || phase == Phase::Data);
+        if restart {
+            conn.deadline = Instant::now() + timeout_of(&self.server, phase);
+        }
         self.progress(key);
         Ok(())
     }
