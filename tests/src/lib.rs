@@ -452,7 +452,8 @@ impl Baton {
             .expect("timeout");
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
         )
         .expect("send the request");
         let mut response = String::new();

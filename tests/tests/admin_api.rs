@@ -16,7 +16,7 @@ fn get_at(admin: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(admin).expect("connect to the admin API");
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -153,4 +153,62 @@ fn operator_actions_answer_with_a_reply_and_a_status() {
 
     // The API still serves after all that.
     assert!(get(&baton, "/health").ends_with("ok\n"));
+}
+
+/// One raw request with the given headers: `(status, body)`.
+fn raw(admin: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).expect("connect to the admin API");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// Issue 10: a browser on the host could POST to the API (a page's
+/// cross-origin request, or a DNS name rebound to 127.0.0.1), and ten idle
+/// connections held `/health` up for 51 s.
+#[test]
+fn foreign_hosts_and_origins_are_refused_and_idle_clients_block_nobody() {
+    let baton = Baton::start();
+    let admin = baton.admin;
+    let (status, body) = raw(
+        admin,
+        &format!(
+            "POST /queue/flush HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = raw(
+        admin,
+        &format!(
+            "POST /queue/flush HTTP/1.1\r\nHost: rebound.example:{}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+            admin.port()
+        ),
+    );
+    assert_eq!(status, 403, "{body}");
+    // Ten clients that connect and say nothing.
+    let idle: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(admin).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    let (status, body) = raw(
+        admin,
+        &format!("GET /health HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"),
+    );
+    assert_eq!((status, body.trim()), (200, "ok"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
 }

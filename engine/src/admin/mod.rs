@@ -1,5 +1,6 @@
-//! The admin API: HTTP/1.1 on a loopback listener, on a thread of its own,
-//! off the shards' hot path.
+//! The admin API: HTTP/1.1 (hyper, [`http`]) on a loopback listener, on a
+//! thread of its own, off the shards' hot path. Requests must name the
+//! admin address in `Host` and come from no other origin (see [`http`]).
 //!
 //! - `GET /health`: `ok`.
 //! - `GET /queue`: per destination counts of ready and scheduled
@@ -16,13 +17,15 @@
 //! the shard that carries them out does not answer in time. A known path
 //! with the other method answers 405.
 //!
-//! `baton queue ...` is a client of this API ([`get`], [`post`]).
+//! `baton queue ...` is a client of this API ([`get`], [`post`], with ureq).
 
 #![forbid(unsafe_code)]
 
+mod http;
+
 use std::fmt::Write as _;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -36,13 +39,10 @@ use crate::queue::DestinationSummary;
 use crate::server::Server;
 use crate::shard::ShardMsg;
 
-/// Longest request head accepted.
-const REQUEST_BYTES_MAX: usize = 8 << 10;
 /// A client that sends nothing for this long is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the admin thread waits for a shard to carry out an operator's
-/// request before it answers 503. The thread serves one request at a time,
-/// so this also bounds how long the API stays busy.
+/// How long the admin API waits for a shard to carry out an operator's
+/// request before it answers 503.
 const SHARD_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest domain (RFC 5321 §4.5.3.1.2).
 const DOMAIN_BYTES_MAX: usize = 255;
@@ -106,17 +106,17 @@ pub struct AdminReply {
     pub message: String,
 }
 
-/// Starts the admin listener thread.
+/// Starts the admin listener: bound here (a bad address fails the start),
+/// served by hyper on a thread of its own ([`http`]).
 pub fn start(address: SocketAddr, server: Arc<Server>) -> io::Result<()> {
     let listener = TcpListener::bind(address)?;
-    thread::Builder::new().name("admin".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            if let Err(err) = serve(stream, &server) {
-                tracing::debug!(%err, "admin request failed");
-            }
-        }
-    })?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || runtime.block_on(http::serve(listener, server)))?;
     Ok(())
 }
 
@@ -157,54 +157,6 @@ impl Response {
         };
         Response::json(status, &reply)
     }
-}
-
-fn serve(stream: TcpStream, server: &Server) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?).take(REQUEST_BYTES_MAX as u64);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Of the headers only the body's length matters, to skip the body.
-    let mut body_bytes: u64 = 0;
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                body_bytes = value.trim().parse().unwrap_or(0);
-            }
-        }
-        line.clear();
-    }
-    // Nothing here takes a body, but one left unread would make closing
-    // reset the connection, which can discard the response before the
-    // client reads it. Still within REQUEST_BYTES_MAX.
-    let _ = io::copy(&mut (&mut reader).take(body_bytes), &mut io::sink());
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let response = route(method, path, server);
-    let reason = match response.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let allow = response
-        .allow
-        .map(|methods| format!("Allow: {methods}\r\n"))
-        .unwrap_or_default();
-    let mut out = stream;
-    write!(
-        out,
-        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\n{allow}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
-        response.status,
-        response.content_type,
-        response.body.len(),
-        response.body
-    )?;
-    out.flush()
 }
 
 /// What a path names; the method is checked apart, so that a known path
@@ -598,29 +550,30 @@ pub fn post(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
     request(address, "POST", path, SHARD_REPLY_TIMEOUT + IO_TIMEOUT)
 }
 
+/// One request with ureq; every status is an answer, not an error.
 fn request(
     address: SocketAddr,
     method: &str,
     path: &str,
-    read_timeout: Duration,
+    timeout: Duration,
 ) -> io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address, IO_TIMEOUT)?;
-    stream.set_read_timeout(Some(read_timeout))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| io::Error::other("malformed HTTP response"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::other("malformed HTTP status line"))?;
-    Ok((status, body.to_string()))
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{address}{path}");
+    let response = match method {
+        "POST" => agent.post(&url).send_empty(),
+        _ => agent.get(&url).call(),
+    };
+    let mut response = response.map_err(io::Error::other)?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(io::Error::other)?;
+    Ok((status, body))
 }
 
 #[cfg(test)]
