@@ -178,3 +178,41 @@ fn a_command_dribbled_a_byte_at_a_time_times_out_as_a_whole() {
     drop(smtp);
     dribbler.join().unwrap();
 }
+
+/// Issue 10: message data trickled in small pieces restarted
+/// `data_timeout` with each read; `data_rate_min` ends it.
+#[test]
+fn message_data_below_the_minimum_rate_gets_421() {
+    let baton = Baton::start_with(TestConfig {
+        limits: vec![
+            format!("data_timeout = \"{}s\"", DATA_TIMEOUT.as_secs()),
+            "data_rate_min = 1000".into(),
+        ],
+        ..TestConfig::default()
+    });
+    let mut smtp = baton.connect();
+    smtp.ehlo("client.test");
+    smtp.cmd("MAIL FROM:<a@example.com>")
+        .assert_is(250, "2.1.0");
+    smtp.cmd("RCPT TO:<b@example.org>").assert_is(250, "2.1.5");
+    assert_eq!(smtp.cmd("DATA").code, 354);
+    let since = Instant::now();
+    let mut writer = smtp.stream().try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        // 40 bytes every 500 ms: 80 bytes/s, each read well inside
+        // data_timeout, for at most 30 s.
+        for _ in 0..60 {
+            if writer.write_all(&[b'x'; 38]).is_err() || writer.write_all(b"\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    smtp.expect(421, "4.4.2");
+    let waited = since.elapsed();
+    assert!(waited >= Duration::from_secs(9), "421 after {waited:?}");
+    assert!(waited < Duration::from_secs(20), "421 after {waited:?}");
+    drop(smtp);
+    trickle.join().unwrap();
+    assert_eq!(baton.queued_messages(), 0);
+}

@@ -200,6 +200,10 @@ pub struct Limits {
     pub command_timeout: Duration,
     #[serde(deserialize_with = "de::duration")]
     pub data_timeout: Duration,
+    /// Message data slower than this (bytes per second, averaged from the
+    /// start of the message once it has taken `DATA_RATE_GRACE`) ends the
+    /// session with `421 4.4.2`; 0 = no minimum.
+    pub data_rate_min: u64,
 }
 
 /// `[smtp]`: protocol behaviour.
@@ -380,6 +384,7 @@ mod tests {
         assert_eq!(l.connections_per_ip_max, 500);
         assert_eq!(l.command_timeout, Duration::from_secs(300));
         assert_eq!(l.data_timeout, Duration::from_secs(180));
+        assert_eq!(l.data_rate_min, 256);
         assert_eq!(c.smtp.bare_line_endings, BareLineEndingsSetting::Reject);
         assert!(c.smtp.chunking);
         let networks: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
@@ -565,6 +570,7 @@ mod tests {
             "limits.connections_per_ip_max",
             "limits.command_timeout",
             "limits.data_timeout",
+            "limits.data_rate_min",
             "smtp.bare_line_endings",
             "smtp.chunking",
             "relay.networks",

@@ -45,6 +45,10 @@ pub(crate) struct Conn {
     pub deadline: Instant,
     /// The session was told it timed out; the next sweep ends it hard.
     pub timed_out: bool,
+    /// When the message being received started, and its bytes so far:
+    /// the data rate `limits.data_rate_min` judges.
+    pub data_since: Option<Instant>,
+    pub data_bytes: u64,
     /// TLS, once started: every byte on the socket goes through it.
     pub tls: Option<Box<ServerConnection>>,
     /// The end of the handshake was reported to the session.
@@ -90,6 +94,8 @@ impl Conn {
             counted_ip: None,
             deadline,
             timed_out: false,
+            data_since: None,
+            data_bytes: 0,
             tls: None,
             tls_reported: false,
             tls_failed: false,

@@ -39,6 +39,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 /// Rounds of reaping and submitting between two waits; bounds the time
 /// before timeouts and shutdown are looked at.
 const ROUNDS_PER_WAIT_MAX: usize = 64;
+/// Message data is judged against `limits.data_rate_min` once the message
+/// has taken this long: a slow start (a client's first packets, a
+/// congested link for a moment) is not a slow client.
+const DATA_RATE_GRACE: Duration = Duration::from_secs(10);
 /// How long a listener stops accepting after running out of descriptors.
 /// The sweep resumes it, so the pause lasts up to one sweep longer.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -526,6 +530,14 @@ impl Shard {
         // (RFC 5321 §4.5.3.2.5: per block); a TLS handshake has its own,
         // set when it began.
         let phase = conn.session.phase();
+        match (phase_before, phase) {
+            (Phase::Data, Phase::Data) => conn.data_bytes += n as u64,
+            (_, Phase::Data) => {
+                conn.data_since = Some(Instant::now());
+                conn.data_bytes = 0;
+            }
+            _ => conn.data_since = None,
+        }
         let replied = conn.session.output().len() > output_before;
         let restart = !conn.handshaking()
             && (established || replied || phase != phase_before || phase == Phase::Data);
@@ -944,6 +956,26 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
+            let rate_min = self.server.config.limits.data_rate_min;
+            let too_slow = rate_min > 0
+                && !conn.dead
+                && conn.session.phase() == Phase::Data
+                && conn.data_since.is_some_and(|since| {
+                    let took = now.duration_since(since);
+                    took >= DATA_RATE_GRACE
+                        && (conn.data_bytes as f64) < rate_min as f64 * took.as_secs_f64()
+                });
+            if too_slow && !conn.timed_out {
+                // A client trickling message data (issue 10): each read
+                // restarts data_timeout, so the rate is what ends it.
+                tracing::info!(client = %conn.peer_text, bytes = conn.data_bytes, "message data below limits.data_rate_min");
+                conn.data_since = None;
+                conn.timed_out = true;
+                conn.session.timed_out();
+                conn.deadline = now + timeout_of(&self.server, Phase::Command);
+                self.progress(key);
+                continue;
+            }
             if conn.dead || now < conn.deadline || conn.session.phase() == Phase::AwaitingStore {
                 continue;
             }
