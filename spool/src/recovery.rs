@@ -95,8 +95,10 @@ pub struct Recovered {
 struct Found {
     segments: Vec<Segment>,
     spares: Vec<PathBuf>,
-    /// Files with no valid segment header.
+    /// Files with no valid segment header, and no frame to rebuild it from.
     unreadable: Vec<PathBuf>,
+    /// Segments rebuilt around their first frame: their header was damaged.
+    headless: Vec<SegmentId>,
     segment_id_max: u64,
     writer_seqs: HashMap<u16, u64>,
 }
@@ -150,7 +152,19 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
                 &mut report,
             )
         };
-        let segment = if !scan.damage.is_empty() {
+        let headless = found.headless.contains(&segment.id());
+        if headless {
+            tracing::error!(
+                path = %segment.path().display(),
+                "damaged spool segment header; recovering its records and quarantining it"
+            );
+            report.damaged.push(Damage {
+                path: segment.path().to_path_buf(),
+                offset: 0,
+                bytes: crate::segment::SEGMENT_HEADER_BYTES,
+            });
+        }
+        let segment = if headless || !scan.damage.is_empty() {
             for &(offset, bytes) in &scan.damage {
                 tracing::error!(
                     path = %segment.path().display(), offset, bytes,
@@ -231,6 +245,7 @@ fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
         segments: Vec::new(),
         spares: Vec::new(),
         unreadable: Vec::new(),
+        headless: Vec::new(),
         segment_id_max: 0,
         writer_seqs: HashMap::new(),
     };
@@ -264,7 +279,16 @@ fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
                     found.segment_id_max = found.segment_id_max.max(segment.id().0);
                     found.segments.push(segment);
                 }
-                None => found.unreadable.push(path),
+                None => match Segment::open_headless(&path, writer, seq)? {
+                    // Its frames are recovered like any, then it is
+                    // copied forward and quarantined as damaged.
+                    Some(segment) => {
+                        found.segment_id_max = found.segment_id_max.max(segment.id().0);
+                        found.headless.push(segment.id());
+                        found.segments.push(segment);
+                    }
+                    None => found.unreadable.push(path),
+                },
             }
         }
     }

@@ -256,6 +256,42 @@ impl Segment {
         Segment::from_file(file, path.to_path_buf(), header, recycled).map(Some)
     }
 
+    /// Opens a segment whose header does not check out (issue 10: its
+    /// intact frames were lost with it). The first frame of a segment's
+    /// life sits right after the header and carries the segment id: if
+    /// that frame checks out, the segment is rebuilt around it from what
+    /// its file name says (writer, seq); otherwise `None`. Taken as
+    /// recycled, so that bytes past its last frame are not taken for a
+    /// torn tail: the caller copies its records out and quarantines it.
+    pub fn open_headless(path: &Path, writer: u16, seq: u64) -> Result<Option<Segment>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err("open", path))?;
+        let len = file.metadata().map_err(io_err("stat", path))?.len();
+        let first = SEGMENT_HEADER_BYTES;
+        let mut head = [0u8; crate::record::FRAME_HEADER_BYTES];
+        if len < first + head.len() as u64 || file.read_exact_at(&mut head, first).is_err() {
+            return Ok(None);
+        }
+        if u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) != crate::record::FRAME_MAGIC
+        {
+            return Ok(None);
+        }
+        let id = SegmentId(u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")));
+        let header = SegmentHeader {
+            id,
+            writer,
+            seq,
+            capacity: len,
+            created_ms: 0,
+        };
+        let segment = Segment::from_file(file, path.to_path_buf(), header, true)?;
+        let frame_ok = crate::record::decode_frame(&segment.bytes()[first as usize..], id).is_ok();
+        Ok(frame_ok.then_some(segment))
+    }
+
     #[allow(unsafe_code)] // the mapping: see `map_read_only`
     fn from_file(
         file: File,
