@@ -1,4 +1,4 @@
-//! Time, through one seam (STYLE.md §7): monotonic instants for measuring,
+//! Time, through one seam (so runs can be replayed): monotonic instants for measuring,
 //! and the wall-clock time that goes into messages, tied together once at
 //! the start of a run so that every stamp is consistent with the
 //! measurements (an `Instant` due time always maps to the same stamp).

@@ -1,5 +1,5 @@
 //! Seeded randomness: every random choice of a run comes from here, so a
-//! run reproduces from the seed its report prints (STYLE.md §7).
+//! run reproduces from the seed its report prints.
 //!
 //! xoshiro256++ seeded through SplitMix64: fast, small, and good enough
 //! for picking sizes, domains and injected failures; not for secrets.

@@ -162,7 +162,7 @@ impl Resolver {
 
     /// [`Resolver::start`] with the seed of the one random source (the
     /// order of equal-preference MX hosts) fixed, so a test's sequence of
-    /// answers repeats exactly (STYLE.md item 7).
+    /// answers repeats exactly (time and randomness through one seam).
     pub fn start_seeded(config: ResolverConfig, seed: u64) -> io::Result<Resolver> {
         if config.attempts == 0 || config.timeout.is_zero() {
             return Err(io::Error::new(
@@ -171,49 +171,15 @@ impl Resolver {
             ));
         }
         let (requests, receiver) = mpsc::channel(QUERIES_QUEUED_MAX);
-        let (ready, started) = std::sync::mpsc::sync_channel(1);
-        let thread = thread::Builder::new()
-            .name("baton-dns".to_string())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready.send(Err(error));
-                        return;
-                    }
-                };
-                let resolver = {
-                    let _context = runtime.enter();
-                    match build_resolver(&config) {
-                        Ok(resolver) => resolver,
-                        Err(error) => {
-                            let _ = ready.send(Err(error));
-                            return;
-                        }
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                runtime.block_on(serve(Arc::new(resolver), receiver, Rng::new(seed)));
-                // Dropping the runtime drops the lookups still running;
-                // their `InFlight` guards answer their callers.
-            })?;
-        match started.recv() {
-            Ok(Ok(())) => Ok(Resolver {
-                requests: Some(requests),
-                thread: Some(thread),
-            }),
-            Ok(Err(error)) => {
-                let _ = thread.join();
-                Err(error)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(io::Error::other("dns: the resolver thread died starting"))
-            }
-        }
+        let thread = spawn_resolver_thread("baton-dns", config, move |resolver| {
+            // Dropping the runtime drops the lookups still running; their
+            // `InFlight` guards answer their callers.
+            serve(resolver, receiver, Rng::new(seed))
+        })?;
+        Ok(Resolver {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
     }
 
     /// Asks; never blocks the caller. `done` runs exactly once, with the
@@ -258,8 +224,63 @@ impl Drop for Resolver {
     }
 }
 
+/// Starts a thread running a current-thread tokio runtime with a hickory
+/// resolver built from `config`, and `serve` on it; returns once the
+/// resolver is built, or with the error that kept it from starting. The
+/// resolver thread and the MTA-STS policy thread both start this way.
+pub(crate) fn spawn_resolver_thread<F, Fut>(
+    name: &str,
+    config: ResolverConfig,
+    serve: F,
+) -> io::Result<JoinHandle<()>>
+where
+    F: FnOnce(Arc<TokioResolver>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (ready, started) = std::sync::mpsc::sync_channel(1);
+    let thread = thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready.send(Err(error));
+                    return;
+                }
+            };
+            let resolver = {
+                let _context = runtime.enter();
+                match build_resolver(&config) {
+                    Ok(resolver) => Arc::new(resolver),
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                        return;
+                    }
+                }
+            };
+            let _ = ready.send(Ok(()));
+            runtime.block_on(serve(resolver));
+        })?;
+    match started.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(error)) => {
+            let _ = thread.join();
+            Err(error)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other(format!(
+                "{name}: the thread died starting"
+            )))
+        }
+    }
+}
+
 /// hickory's resolver, set up for mail (see the module doc on caching).
-pub(crate) fn build_resolver(config: &ResolverConfig) -> io::Result<TokioResolver> {
+fn build_resolver(config: &ResolverConfig) -> io::Result<TokioResolver> {
     let mut builder = if config.nameservers.is_empty() {
         match TokioResolver::builder_tokio() {
             Ok(builder) => builder,

@@ -71,7 +71,7 @@ fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
     }
 }
 
-/// The resolver's one source of randomness (STYLE.md item 7): xorshift64*,
+/// The resolver's one source of randomness (one seam, so runs replay): xorshift64*,
 /// seeded once. Spreading load over MX hosts needs an even spread, not
 /// secrecy, so no crate is worth it.
 #[derive(Clone, Debug)]

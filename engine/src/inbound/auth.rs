@@ -1,7 +1,7 @@
 //! AUTH (RFC 4954). Not enabled yet.
 //!
 //! When it lands: EHLO advertises AUTH only over TLS (unless a listener
-//! says otherwise, DESIGN.md), the exchange runs as its own session state
+//! says otherwise), the exchange runs as its own session state
 //! (334 challenges, `*` to cancel), success moves `Auth::Anonymous` to
 //! `Authenticated`, which allows relaying and makes `Received:` say
 //! ESMTPA/ESMTPSA (RFC 3848); repeated failures slow down, then close.

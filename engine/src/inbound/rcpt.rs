@@ -37,7 +37,7 @@ impl Session {
             // another transaction. Normal flow control, not an error.
             return self.reply(replies::TOO_MANY_RECIPIENTS);
         }
-        // No open relay (DESIGN.md): baton has no local domains yet, so
+        // No open relay: baton has no local domains yet, so
         // every recipient is relayed, and only for allowed clients.
         if !self.relay_allowed {
             return self.refuse(&replies::relay_denied(&path.address()));

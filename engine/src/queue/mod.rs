@@ -10,7 +10,7 @@
 //! Shards push accepted recipients here once their message is durable, and
 //! recovery pushes what the spool returned. Every connection to a
 //! destination, on whichever shard, pulls from its one ready queue, so work
-//! balances itself (DESIGN.md, "Routing, queues, delivery"). The table
+//! balances itself (docs/architecture.md, "The path of one recipient out"). The table
 //! never does I/O: it answers with what the caller should do — open a
 //! connection, wake an idle one on some shard — and the shards act.
 

@@ -97,48 +97,13 @@ impl MtaSts {
             tls: config.tls,
         });
         let (requests, receiver) = mpsc::channel(POLICY_REQUESTS_QUEUED_MAX);
-        let (ready, started) = std::sync::mpsc::sync_channel(1);
-        let dns = config.dns;
-        let thread = thread::Builder::new()
-            .name("baton-mta-sts".to_string())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(error) => {
-                        let _ = ready.send(Err(error));
-                        return;
-                    }
-                };
-                let resolver = {
-                    let _context = runtime.enter();
-                    match crate::dns::build_resolver(&dns) {
-                        Ok(resolver) => Arc::new(resolver),
-                        Err(error) => {
-                            let _ = ready.send(Err(error));
-                            return;
-                        }
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                runtime.block_on(serve(resolver, receiver, state));
-            })?;
-        match started.recv() {
-            Ok(Ok(())) => Ok(MtaSts {
-                requests: Some(requests),
-                thread: Some(thread),
-            }),
-            Ok(Err(error)) => {
-                let _ = thread.join();
-                Err(error)
-            }
-            Err(_) => {
-                let _ = thread.join();
-                Err(io::Error::other("mta-sts: the policy thread died starting"))
-            }
-        }
+        let thread = crate::dns::spawn_resolver_thread("baton-mta-sts", config.dns, |resolver| {
+            serve(resolver, receiver, state)
+        })?;
+        Ok(MtaSts {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
     }
 
     /// The policy of `domain` (`None`: no policy, or `mode: none`). `done`
