@@ -41,6 +41,11 @@ pub enum RecordType {
     /// A message with the `transport` field (how it arrived, e.g. over
     /// which TLS): what [`NewMessage`] writes.
     MessageV2 = 3,
+    /// The first frame of a writer's segment: which segment the writer
+    /// filled before this one, and how many frames that one holds. It is
+    /// what tells a torn tail (only at the end of a writer's newest
+    /// segment) from a sealed segment that lost its end. See [`Link`].
+    Link = 4,
 }
 
 impl RecordType {
@@ -49,6 +54,7 @@ impl RecordType {
             1 => Some(RecordType::Message),
             2 => Some(RecordType::Outcome),
             3 => Some(RecordType::MessageV2),
+            4 => Some(RecordType::Link),
             _ => None,
         }
     }
@@ -56,6 +62,48 @@ impl RecordType {
     /// Either version of a message record.
     pub fn is_message(self) -> bool {
         matches!(self, RecordType::Message | RecordType::MessageV2)
+    }
+}
+
+/// What a [`RecordType::Link`] frame says: the writer's previous segment
+/// ended with the frame numbered `last_seq` (frames are numbered from 1,
+/// so it held that many).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub previous: SegmentId,
+    /// The previous segment's creation time from its header: segment ids
+    /// are unique only among files that exist, so an id alone could name a
+    /// later segment that reused it.
+    pub previous_created_ms: u64,
+    pub last_seq: u64,
+}
+
+impl Link {
+    /// Payload bytes of a link.
+    pub const PAYLOAD_BYTES: usize = 24;
+
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.previous.0.to_le_bytes());
+        out.extend_from_slice(&self.previous_created_ms.to_le_bytes());
+        out.extend_from_slice(&self.last_seq.to_le_bytes());
+    }
+
+    /// Decodes a link payload.
+    pub fn decode(payload: &[u8]) -> Result<Link> {
+        let bad = Error::Malformed {
+            what: "link",
+            why: "a link payload is 24 bytes",
+        };
+        if payload.len() != Link::PAYLOAD_BYTES {
+            return Err(bad);
+        }
+        let u64_at =
+            |at: usize| u64::from_le_bytes(payload[at..at + 8].try_into().expect("8 bytes"));
+        Ok(Link {
+            previous: SegmentId(u64_at(0)),
+            previous_created_ms: u64_at(8),
+            last_seq: u64_at(16),
+        })
     }
 }
 

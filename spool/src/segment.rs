@@ -23,7 +23,13 @@ use crate::error::{io_err, Result};
 
 /// `b"BATONSEG"`.
 const SEGMENT_MAGIC: [u8; 8] = *b"BATONSEG";
-const SEGMENT_VERSION: u32 = 1;
+/// Version 2 segments start with a link frame when their writer filled a
+/// segment before them, and have their header's capacity rewritten when
+/// recovery cuts a torn tail: so a file shorter than its header says, or a
+/// linked segment missing frames, is damage. Version 1 files are still read.
+const SEGMENT_VERSION: u32 = 2;
+/// The first version, still read: no links, cut tails not recorded.
+const SEGMENT_VERSION_V1: u32 = 1;
 /// Bytes at the start of a segment before its first record.
 pub const SEGMENT_HEADER_BYTES: u64 = 64;
 /// Zeroes are written in chunks of this size when a segment is created.
@@ -64,6 +70,15 @@ pub struct SegmentHeader {
     pub created_ms: u64,
 }
 
+/// What recovery learns of a segment's header beyond its fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderState {
+    /// Written by a version that links segments and records cuts.
+    pub linked_version: bool,
+    /// The file is shorter than its header says: something cut it.
+    pub truncated: bool,
+}
+
 impl SegmentHeader {
     fn encode(&self, recycled: bool) -> [u8; SEGMENT_HEADER_BYTES as usize] {
         let mut out = [0u8; SEGMENT_HEADER_BYTES as usize];
@@ -85,8 +100,9 @@ impl SegmentHeader {
         let bytes = bytes.get(..SEGMENT_HEADER_BYTES as usize)?;
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+        let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if bytes[0..8] != SEGMENT_MAGIC
-            || u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != SEGMENT_VERSION
+            || !(version == SEGMENT_VERSION || version == SEGMENT_VERSION_V1)
             || crc32c::crc32c(&bytes[16..]) != crc
         {
             return None;
@@ -129,6 +145,7 @@ pub struct Segment {
     sealed: AtomicBool,
     /// The file had earlier lives; see `HEADER_RECYCLED_AT`.
     recycled: bool,
+    state: HeaderState,
 }
 
 impl fmt::Debug for Segment {
@@ -180,7 +197,16 @@ impl Segment {
             let _ = fs::remove_file(&tmp);
             return Err(err);
         }
-        Segment::from_file(file, path, header, false)
+        Segment::from_file(
+            file,
+            path,
+            header,
+            false,
+            HeaderState {
+                linked_version: true,
+                truncated: false,
+            },
+        )
     }
 
     /// Gives a spare file a new life under a new header. Frames of its old
@@ -205,7 +231,16 @@ impl Segment {
             .map_err(io_err("write header", spare))?;
         file.sync_data().map_err(io_err("fdatasync", spare))?;
         fs::rename(spare, &path).map_err(io_err("rename", &path))?;
-        let segment = Segment::from_file(file, path, header, true)?;
+        let segment = Segment::from_file(
+            file,
+            path,
+            header,
+            true,
+            HeaderState {
+                linked_version: true,
+                truncated: false,
+            },
+        )?;
         // A spare's pages may have left the page cache while it waited. An
         // append rarely covers whole pages, and writing part of a page that
         // is not cached first reads that page from the disk, synchronously,
@@ -247,13 +282,20 @@ impl Segment {
         if len < SEGMENT_HEADER_BYTES {
             return Ok(None);
         }
-        // A cut tail makes the file shorter than its capacity.
+        // A cut tail makes the file shorter than its capacity. A version 2
+        // file says so in its header when recovery cut it; shorter than
+        // that, something else did.
+        let state = HeaderState {
+            linked_version: u32::from_le_bytes(first[8..12].try_into().expect("4 bytes"))
+                == SEGMENT_VERSION,
+            truncated: len < header.capacity,
+        };
         let header = SegmentHeader {
             capacity: len.min(header.capacity),
             ..header
         };
         let recycled = first[HEADER_RECYCLED_AT] != 0;
-        Segment::from_file(file, path.to_path_buf(), header, recycled).map(Some)
+        Segment::from_file(file, path.to_path_buf(), header, recycled, state).map(Some)
     }
 
     /// Opens a segment whose header does not check out (issue 10: its
@@ -287,7 +329,12 @@ impl Segment {
             capacity: len,
             created_ms: 0,
         };
-        let segment = Segment::from_file(file, path.to_path_buf(), header, true)?;
+        // Whether it was linked or cut, the header no longer says.
+        let state = HeaderState {
+            linked_version: false,
+            truncated: false,
+        };
+        let segment = Segment::from_file(file, path.to_path_buf(), header, true, state)?;
         let frame_ok = crate::record::decode_frame(&segment.bytes()[first as usize..], id).is_ok();
         Ok(frame_ok.then_some(segment))
     }
@@ -298,6 +345,7 @@ impl Segment {
         path: PathBuf,
         header: SegmentHeader,
         recycled: bool,
+        state: HeaderState,
     ) -> Result<Segment> {
         // SAFETY: the file is a segment: bytes are only ever added to it by
         // positional writes at offsets past every record handed out, and it
@@ -312,6 +360,7 @@ impl Segment {
             map,
             sealed: AtomicBool::new(false),
             recycled,
+            state,
         })
     }
 
@@ -342,6 +391,11 @@ impl Segment {
         self.recycled
     }
 
+    /// What the header said beyond its fields.
+    pub fn header_state(&self) -> HeaderState {
+        self.state
+    }
+
     pub fn is_sealed(&self) -> bool {
         self.sealed.load(Ordering::Acquire)
     }
@@ -352,10 +406,22 @@ impl Segment {
 
     /// Cuts the file at `len` and syncs. Only recovery calls this, before any
     /// slice of the cut range has been handed out.
+    /// The header is rewritten with the new length as its capacity, so a
+    /// later recovery knows the file was cut on purpose: a version 2 file
+    /// shorter than its header says was cut by something else.
     pub(crate) fn cut(&self, len: u64) -> Result<()> {
         self.file
             .set_len(len)
             .map_err(io_err("truncate", &self.path))?;
+        if self.state.linked_version {
+            let header = SegmentHeader {
+                capacity: len,
+                ..self.header
+            };
+            self.file
+                .write_all_at(&header.encode(self.recycled), 0)
+                .map_err(io_err("write header", &self.path))?;
+        }
         self.file.sync_all().map_err(io_err("fsync", &self.path))
     }
 }

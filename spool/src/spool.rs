@@ -14,7 +14,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use crate::config::SpoolConfig;
 use crate::error::{io_err, Error, Result};
 use crate::index::{Index, IndexCounts};
-use crate::record::{decode_frame, MessageView, Outcome, RecordType, Status};
+use crate::record::{decode_frame, Link, MessageView, Outcome, RecordType, Status};
 use crate::recovery::{self, Recovered};
 use crate::segment::{sync_dir, Segment, SegmentHeader, SegmentId, SEGMENT_HEADER_BYTES};
 use crate::writer::Writer;
@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     /// Per writer id, the next seq for its file names.
     writer_seqs: Mutex<HashMap<u16, u64>>,
     open_writers: Mutex<HashSet<u16>>,
+    /// Per writer id, the last segment it (or the run before) filled and
+    /// its last frame's seq: the writer's next segment links to it.
+    writer_tails: Mutex<HashMap<u16, Link>>,
     pub spares: Arc<Mutex<Vec<PathBuf>>>,
     /// `None` only while dropping, to stop the preparer.
     prepare_tx: Option<Sender<PrepareRequest>>,
@@ -74,6 +77,7 @@ impl Shared {
             next_segment_id: AtomicU64::new(next_segment_id),
             writer_seqs: Mutex::new(writer_seqs),
             open_writers: Mutex::new(HashSet::new()),
+            writer_tails: Mutex::new(HashMap::new()),
             spares,
             prepare_tx: Some(prepare_tx),
             preparer: Some(preparer),
@@ -149,6 +153,22 @@ impl Shared {
             });
         }
         Ok(())
+    }
+
+    /// Remembers the last segment a writer id filled; see `writer_tails`.
+    pub(crate) fn set_writer_tail(&self, writer: u16, link: Link) {
+        self.writer_tails
+            .lock()
+            .expect("tails lock")
+            .insert(writer, link);
+    }
+
+    /// What a new writer with this id links its first segment to.
+    pub(crate) fn take_writer_tail(&self, writer: u16) -> Option<Link> {
+        self.writer_tails
+            .lock()
+            .expect("tails lock")
+            .remove(&writer)
     }
 
     pub(crate) fn claim_writer(&self, id: u16) -> Result<()> {

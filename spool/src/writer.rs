@@ -26,7 +26,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::SyncMode;
 use crate::error::{Error, Result};
-use crate::record::{encode_frame, frame_len, NewMessage, Outcome, RecordType, Status};
+use crate::record::{encode_frame, frame_len, Link, NewMessage, Outcome, RecordType, Status};
 use crate::segment::{Segment, SEGMENT_HEADER_BYTES};
 use crate::spool::Shared;
 use crate::{QueueId, RecordRef, Ticket};
@@ -159,7 +159,8 @@ impl Writer {
             .map_err(|_| Error::Config("the segment preparer has stopped".into()))??;
         shared.activate(&first);
         let next_segment = shared.prepare(id, seq + 1, shared.config.segment_bytes);
-        Ok(Writer {
+        let tail = shared.take_writer_tail(id);
+        let mut writer = Writer {
             mode: shared.config.sync,
             shared,
             id,
@@ -183,7 +184,21 @@ impl Writer {
             durable: 0,
             buffers: Vec::new(),
             failed: None,
+        };
+        if let Some(link) = tail {
+            writer.append_link(link)?;
+        }
+        Ok(writer)
+    }
+
+    /// Starts the active segment with a link to the one before it; see
+    /// [`RecordType::Link`]. Nothing waits on its ticket: the next commit
+    /// covers it with whatever follows.
+    fn append_link(&mut self, link: Link) -> Result<()> {
+        self.append(RecordType::Link, Link::PAYLOAD_BYTES, |out| {
+            link.encode(out)
         })
+        .map(|_| ())
     }
 
     /// This writer's id.
@@ -346,7 +361,8 @@ impl Writer {
     /// records the engine's size limits normally rule out).
     fn roll_over(&mut self, len: u64, is_message: bool) -> Result<()> {
         let segment_bytes = self.shared.config.segment_bytes;
-        let capacity = (SEGMENT_HEADER_BYTES + len)
+        let link_len = frame_len(Link::PAYLOAD_BYTES) as u64;
+        let capacity = (SEGMENT_HEADER_BYTES + link_len + len)
             .next_multiple_of(4096)
             .max(segment_bytes);
         if is_message {
@@ -367,11 +383,16 @@ impl Writer {
         self.close_staging();
         let old = std::mem::replace(&mut self.active, next);
         self.shared.activate(&self.active);
+        let link = Link {
+            previous: old.id(),
+            previous_created_ms: old.header.created_ms,
+            last_seq: self.frame_seq,
+        };
         self.sealing.push_back((old, self.last_ticket));
         self.append_offset = SEGMENT_HEADER_BYTES;
         self.frame_seq = 0;
         self.seal_durable();
-        Ok(())
+        self.append_link(link)
     }
 
     /// The next operation to submit, if any. Call until it returns `None`
@@ -550,6 +571,16 @@ impl Drop for Writer {
     fn drop(&mut self) {
         if self.failed.is_none() && self.durable == self.last_ticket && self.inflight.is_empty() {
             self.active.seal();
+        }
+        if self.frame_seq > 0 {
+            self.shared.set_writer_tail(
+                self.id,
+                Link {
+                    previous: self.active.id(),
+                    previous_created_ms: self.active.header.created_ms,
+                    last_seq: self.frame_seq,
+                },
+            );
         }
         // The prepared segment exists on disk: index it, empty and sealed,
         // so reclamation recycles it.

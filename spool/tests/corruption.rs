@@ -337,7 +337,7 @@ fn an_undamaged_spool_recovers_everything() {
 }
 
 #[test]
-fn a_truncated_last_segment_loses_only_the_cut_records() {
+fn a_truncated_last_segment_is_damage_and_loses_only_the_cut_records() {
     let pristine = build();
     let last = *pristine.segments().last().unwrap();
     let records = pristine.records_in(last);
@@ -379,17 +379,21 @@ fn a_truncated_last_segment_loses_only_the_cut_records() {
             .filter(|(_, r)| r.at.offset + u64::from(r.at.len) > cut)
             .map(|&(i, _)| i)
             .collect();
-        let on_boundary = records
-            .iter()
-            .any(|(_, r)| r.at.offset == cut || r.at.offset + u64::from(r.at.len) == cut);
+        // A crash never shortens a preallocated file: even the writer's
+        // newest segment, cut short, is damage, not a torn tail.
         let recovered = open_and_check(&pristine, dir.path(), &lost, &case);
         let report = &recovered.report;
-        assert!(report.damaged.is_empty(), "{case}: {:?}", report.damaged);
-        assert_eq!(
-            report.torn_tails.len(),
-            usize::from(!on_boundary),
+        assert!(
+            report.torn_tails.is_empty(),
             "{case}: {:?}",
             report.torn_tails
+        );
+        assert_eq!(report.damaged.len(), 1, "{case}: {:?}", report.damaged);
+        assert_eq!(
+            report.quarantined.len(),
+            1,
+            "{case}: {:?}",
+            report.quarantined
         );
         reopen_clean(&pristine, dir.path(), &lost, &case);
     }
@@ -503,6 +507,85 @@ fn damage_in_the_middle_of_a_segment_quarantines_it_and_keeps_every_other_record
                 "{case}: {name} in the spool"
             );
         }
+        reopen_clean(&pristine, dir.path(), &lost, &case);
+    }
+}
+
+/// Issue 10: truncating a sealed segment (one its writer moved on from)
+/// lost its records with a WARN "torn tail", and the file stayed. A crash
+/// tears only the end of a writer's newest segment; the next segment's link
+/// says how many frames this one held, so the loss is counted, logged as
+/// damage, the rest copied forward and the file quarantined.
+#[test]
+fn a_truncated_or_tail_damaged_sealed_segment_is_damage_with_its_loss_counted() {
+    let pristine = build();
+    let segments = pristine.segments();
+    assert!(segments.len() >= 3, "the build fills several segments");
+    for seed in seeds() {
+        let mut rng = Rng(seed);
+        let dir = pristine.copy();
+        // Any segment but the last: sealed, its successor links it.
+        let segment = segments[rng.range(0, segments.len() as u64 - 1) as usize];
+        let records = pristine.records_in(segment);
+        let name = &pristine.files[&segment];
+        let path = dir.path().join(name);
+        let last = records.last().unwrap().1;
+        let records_end = last.at.offset + u64::from(last.at.len);
+        let (lost, case): (HashSet<usize>, String) = if seed % 2 == 0 {
+            // Cut from just after the link frame to the end of the records.
+            let cut = rng.range(records[0].1.at.offset, records_end);
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let lost = records
+                .iter()
+                .filter(|(_, r)| r.at.offset + u64::from(r.at.len) > cut)
+                .map(|&(i, _)| i)
+                .collect();
+            (lost, format!("seed {seed}: segment {segment} cut at {cut}"))
+        } else {
+            // Bytes flipped in the last record: the tail of a sealed segment.
+            let flips: Vec<(u64, u8)> = (0..rng.range(1, FLIPS_MAX + 1))
+                .map(|_| (rng.range(last.at.offset, last.covered_end), rng.flip()))
+                .collect();
+            flip_bytes(&path, &flips);
+            let lost = hit(&records, &flips);
+            (
+                lost,
+                format!("seed {seed}: segment {segment} flips {flips:?}"),
+            )
+        };
+        let recovered = open_and_check(&pristine, dir.path(), &lost, &case);
+        let report = &recovered.report;
+        assert!(
+            report.torn_tails.is_empty(),
+            "{case}: {:?}",
+            report.torn_tails
+        );
+        if lost.is_empty() {
+            // A cut through zeroes after the last record loses nothing.
+            assert!(report.damaged.is_empty(), "{case}: {:?}", report.damaged);
+            continue;
+        }
+        let damage: Vec<_> = report
+            .damaged
+            .iter()
+            .filter(|d| d.path.ends_with(name))
+            .collect();
+        assert_eq!(damage.len(), 1, "{case}: {:?}", report.damaged);
+        assert_eq!(
+            damage[0].records_lost,
+            Some(lost.len() as u64),
+            "{case}: the loss is counted"
+        );
+        assert!(
+            dir.path().join("quarantine").join(name).exists(),
+            "{case}: {name} in quarantine/"
+        );
+        assert!(!path.exists(), "{case}: {name} left the spool");
         reopen_clean(&pristine, dir.path(), &lost, &case);
     }
 }

@@ -27,7 +27,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use baton_spool::{
-    BlockingWriter, Io, QueueId, RecordRef, Spool, SpoolConfig, Status, SyncOp, Ticket, Writer,
+    record::{decode_frame, Link},
+    BlockingWriter, Io, QueueId, RecordRef, RecordType, SegmentId, Spool, SpoolConfig, Status,
+    SyncOp, Ticket, Writer,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -380,6 +382,28 @@ impl Harness {
         let open = self.open.take().expect("spool is open");
         drop(open);
         let paths = segment_paths(&self.config.path);
+        // The writer starts each segment it moves to with a link to the one
+        // it filled. Appended after that one's last record, the link is
+        // lost too when any record of it was.
+        let torn: std::collections::HashSet<u64> =
+            self.unconfirmed.iter().map(|u| u.at.segment.0).collect();
+        for (&id, path) in &paths {
+            let mut bytes = vec![0u8; 128];
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .unwrap();
+            file.read_exact_at(&mut bytes, 64).unwrap();
+            let Ok(frame) = decode_frame(&bytes, SegmentId(id)) else {
+                continue;
+            };
+            if frame.kind == RecordType::Link
+                && torn.contains(&Link::decode(frame.payload).unwrap().previous.0)
+            {
+                file.write_all_at(&vec![0; frame.len], 64).unwrap();
+            }
+        }
         for u in std::mem::take(&mut self.unconfirmed) {
             let path = paths
                 .get(&u.at.segment.0)
