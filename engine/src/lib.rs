@@ -33,6 +33,7 @@ pub mod delivery;
 pub mod dns;
 pub mod error;
 pub mod inbound;
+pub mod log_limit;
 pub mod outbound;
 pub mod queue;
 pub mod route;

@@ -259,6 +259,27 @@ pub fn start(config: Config) -> Result<Running> {
     spool_config.segment_bytes = config.spool.segment_bytes;
     spool_config.sync = config.spool.sync;
     spool_config.size_bytes_max = config.spool.size_bytes_max;
+    spool_config.free_bytes_min = config.spool.free_bytes_min;
+    spool_config.reserve_segments = config.spool.reserve_segments;
+    // Each shard's writer takes a segment at start and one after; with
+    // less, a start on a full disk cannot open every writer, and a margin
+    // smaller than a segment per writer lets the disk fill before it acts.
+    let writers = config.shard_count() as u64 + 1;
+    if (config.spool.reserve_segments as u64) < writers {
+        tracing::warn!(
+            reserve_segments = config.spool.reserve_segments,
+            shards = writers - 1,
+            "spool.reserve_segments is below shards + 1: a start on a full disk may fail"
+        );
+    }
+    if config.spool.free_bytes_min != 0
+        && config.spool.free_bytes_min < writers * config.spool.segment_bytes
+    {
+        tracing::warn!(
+            free_bytes_min = config.spool.free_bytes_min,
+            "spool.free_bytes_min is below (shards + 1) segments: the disk can fill before new mail is held back"
+        );
+    }
     if config.spool.sync == baton_spool::SyncMode::None {
         tracing::warn!("spool sync = \"none\": acknowledged mail is LOST on power failure; for benchmarks only");
     }

@@ -64,6 +64,10 @@ pub const SPARES_MAX_DEFAULT: usize = 4;
 pub const COMPACT_LIVE_RATIO_DEFAULT: f64 = 0.25;
 /// Default age of a segment before it may be compacted: 10 minutes.
 pub const COMPACT_AGE_MS_MIN_DEFAULT: u64 = 10 * 60 * 1000;
+/// Default spares kept on hand for outcomes: a writer's first segment and
+/// the one prepared after it, so a spool restarted on a full disk can
+/// record deliveries.
+pub const RESERVE_SEGMENTS_DEFAULT: usize = 2;
 /// Smallest segment we accept: header plus a useful amount of records.
 const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 
@@ -87,6 +91,15 @@ pub struct SpoolConfig {
     pub compact_live_ratio: f64,
     /// ... once it is at least this old (`compact_age_ms_min`).
     pub compact_age_ms_min: u64,
+    /// New messages are refused ([`crate::Error::LowDisk`]) while the
+    /// filesystem has fewer bytes available than this, counting spares
+    /// beyond the reserve (`free_bytes_min`). Outcomes are never refused:
+    /// this margin is their room. 0: no margin.
+    pub free_bytes_min: u64,
+    /// Spares the spool keeps ready, making them while there is room, so
+    /// that outcomes can still roll over to a new segment, and a restart
+    /// can open its writers, on a full disk (`reserve_segments`).
+    pub reserve_segments: usize,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -101,6 +114,8 @@ impl fmt::Debug for SpoolConfig {
             .field("spares_max", &self.spares_max)
             .field("compact_live_ratio", &self.compact_live_ratio)
             .field("compact_age_ms_min", &self.compact_age_ms_min)
+            .field("free_bytes_min", &self.free_bytes_min)
+            .field("reserve_segments", &self.reserve_segments)
             .finish_non_exhaustive()
     }
 }
@@ -117,6 +132,8 @@ impl SpoolConfig {
             spares_max: SPARES_MAX_DEFAULT,
             compact_live_ratio: COMPACT_LIVE_RATIO_DEFAULT,
             compact_age_ms_min: COMPACT_AGE_MS_MIN_DEFAULT,
+            free_bytes_min: 0,
+            reserve_segments: RESERVE_SEGMENTS_DEFAULT,
             clock: Arc::new(SystemClock),
         }
     }

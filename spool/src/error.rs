@@ -33,6 +33,14 @@ pub enum Error {
     /// Appending would take the spool past `size_bytes_max`.
     #[error("spool is full: {used_bytes} bytes in use, limit {limit_bytes}")]
     Full { used_bytes: u64, limit_bytes: u64 },
+    /// The spool's filesystem has less room than `free_bytes_min`: new
+    /// messages wait, so that outcomes (which free space) always find
+    /// room.
+    #[error("spool filesystem low on space: {available_bytes} bytes available, {min_bytes} kept free for outcomes")]
+    LowDisk {
+        available_bytes: u64,
+        min_bytes: u64,
+    },
     /// A record is larger than `record_bytes_max`.
     #[error("record of {len} bytes is larger than the limit of {limit} bytes")]
     RecordTooLarge { len: u64, limit: u64 },
@@ -62,7 +70,7 @@ impl Error {
     /// condition that passes, not a failure of the system.
     pub fn is_out_of_space(&self) -> bool {
         match self {
-            Error::Full { .. } => true,
+            Error::Full { .. } | Error::LowDisk { .. } => true,
             Error::Io { source, .. } | Error::WriterFailed { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded

@@ -55,6 +55,9 @@ impl Spool {
                 index.deletable(|id| segments.get(&id).is_some_and(|s| s.is_sealed()))
             };
             if deletable.is_empty() {
+                if report.segments_deleted > 0 {
+                    shared.refresh_space();
+                }
                 return Ok(report);
             }
             for &id in &deletable {
@@ -70,7 +73,7 @@ impl Spool {
                 let path = segment.path().to_path_buf();
                 let mut spares = shared.spares.lock().expect("spares lock");
                 let recyclable = segment.capacity() == shared.config.segment_bytes
-                    && spares.len() < shared.config.spares_max
+                    && spares.len() < shared.spares_cap()
                     && Arc::strong_count(&segment) == 1;
                 if recyclable {
                     let spare = shared.config.path.join(spare_file_name(id));

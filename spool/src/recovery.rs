@@ -311,6 +311,12 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
     }
 
     report.segments_reclaimed = spool.reclaim()?.segments_deleted;
+    // The reserve lets outcomes, and the next start, find a segment on a
+    // full disk; failing to fill it now is no reason not to start.
+    if let Err(err) = spool.shared.refill_reserve() {
+        tracing::warn!(%err, "cannot fill the spool's outcome reserve; trying again when there is room");
+    }
+    spool.shared.refresh_space();
     let pending = pending(&spool);
     report.elapsed = started.elapsed();
     tracing::info!(

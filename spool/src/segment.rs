@@ -162,41 +162,8 @@ impl Segment {
     /// Creates a zero-filled segment, synced, under a temporary name, then
     /// renames it into place. The caller syncs the directory.
     pub fn create(dir: &Path, header: SegmentHeader) -> Result<Segment> {
-        let tmp = dir.join(format!("tmp-{:016x}.seg", header.id.0));
         let path = dir.join(segment_file_name(header.writer, header.seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        let filled = (|| {
-            let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
-            let mut written = 0u64;
-            let mut writer = &file;
-            while written < header.capacity {
-                let n = (header.capacity - written).min(ZERO_CHUNK_BYTES as u64) as usize;
-                writer
-                    .write_all(&zeroes[..n])
-                    .map_err(io_err("zero-fill", &tmp))?;
-                written += n as u64;
-                if written.is_multiple_of(ZERO_SYNC_BYTES) {
-                    file.sync_data().map_err(io_err("fdatasync", &tmp))?;
-                }
-            }
-            file.write_all_at(&header.encode(false), 0)
-                .map_err(io_err("write header", &tmp))?;
-            file.sync_all().map_err(io_err("fsync", &tmp))?;
-            fs::rename(&tmp, &path).map_err(io_err("rename", &path))
-        })();
-        if let Err(err) = filled {
-            // A half-made file holds space the disk may be out of, and a
-            // retry makes another: it goes (issue 10: 20,184 of them in
-            // 2 s on a full disk).
-            let _ = fs::remove_file(&tmp);
-            return Err(err);
-        }
+        let file = make_file(dir, &header, &path)?;
         Segment::from_file(
             file,
             path,
@@ -207,6 +174,16 @@ impl Segment {
                 truncated: false,
             },
         )
+    }
+
+    /// Creates a spare: a zero-filled file kept for a later segment (the
+    /// outcome reserve). Its header names a fresh id, so that no segment
+    /// reuses that id while the file exists. The caller syncs the
+    /// directory.
+    pub fn create_spare(dir: &Path, header: SegmentHeader) -> Result<PathBuf> {
+        let path = dir.join(spare_file_name(header.id));
+        make_file(dir, &header, &path)?;
+        Ok(path)
     }
 
     /// Gives a spare file a new life under a new header. Frames of its old
@@ -424,6 +401,46 @@ impl Segment {
         }
         self.file.sync_all().map_err(io_err("fsync", &self.path))
     }
+}
+
+/// Makes a zero-filled, synced file with `header` under a temporary name
+/// and renames it to `path`.
+fn make_file(dir: &Path, header: &SegmentHeader, path: &Path) -> Result<File> {
+    let tmp = dir.join(format!("tmp-{:016x}.seg", header.id.0));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
+    let filled = (|| {
+        let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
+        let mut written = 0u64;
+        let mut writer = &file;
+        while written < header.capacity {
+            let n = (header.capacity - written).min(ZERO_CHUNK_BYTES as u64) as usize;
+            writer
+                .write_all(&zeroes[..n])
+                .map_err(io_err("zero-fill", &tmp))?;
+            written += n as u64;
+            if written.is_multiple_of(ZERO_SYNC_BYTES) {
+                file.sync_data().map_err(io_err("fdatasync", &tmp))?;
+            }
+        }
+        file.write_all_at(&header.encode(false), 0)
+            .map_err(io_err("write header", &tmp))?;
+        file.sync_all().map_err(io_err("fsync", &tmp))?;
+        fs::rename(&tmp, path).map_err(io_err("rename", path))
+    })();
+    if let Err(err) = filled {
+        // A half-made file holds space the disk may be out of, and a
+        // retry makes another: it goes (issue 10: 20,184 of them in 2 s
+        // on a full disk).
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
+    Ok(file)
 }
 
 /// Maps a whole file read-only.

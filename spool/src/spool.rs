@@ -5,11 +5,12 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::config::SpoolConfig;
 use crate::error::{io_err, Error, Result};
@@ -30,7 +31,9 @@ pub(crate) struct Shared {
     pub index: Mutex<Index>,
     /// Capacity of every segment in the table.
     pub used_bytes: AtomicU64,
-    next_segment_id: AtomicU64,
+    next_segment_id: Arc<AtomicU64>,
+    /// Whether new messages wait for room; see [`SpaceWatch`].
+    pub(crate) space: Arc<SpaceWatch>,
     /// Per writer id, the next seq for its file names.
     writer_seqs: Mutex<HashMap<u16, u64>>,
     open_writers: Mutex<HashSet<u16>>,
@@ -62,19 +65,33 @@ impl Shared {
     ) -> Arc<Shared> {
         let (prepare_tx, prepare_rx) = unbounded();
         let spares = Arc::new(Mutex::new(spares));
-        let dir = config.path.clone();
-        let segment_bytes = config.segment_bytes;
-        let thread_spares = spares.clone();
+        let next_segment_id = Arc::new(AtomicU64::new(next_segment_id));
+        let space = Arc::new(SpaceWatch {
+            low: AtomicBool::new(false),
+            available: AtomicU64::new(0),
+        });
+        let preparer = Preparer {
+            dir: config.path.clone(),
+            segment_bytes: config.segment_bytes,
+            reserve: config.reserve_segments,
+            free_bytes_min: config.free_bytes_min,
+            spares: spares.clone(),
+            next_segment_id: next_segment_id.clone(),
+            space: space.clone(),
+            clock: config.clock.clone(),
+            reserve_failed: false,
+        };
         let preparer = thread::Builder::new()
             .name("spool-prepare".into())
-            .spawn(move || run_preparer(&dir, segment_bytes, &thread_spares, prepare_rx))
+            .spawn(move || preparer.run(prepare_rx))
             .expect("spawn the segment preparer");
         Arc::new(Shared {
             config,
             segments: RwLock::new(HashMap::new()),
             index: Mutex::new(Index::default()),
             used_bytes: AtomicU64::new(0),
-            next_segment_id: AtomicU64::new(next_segment_id),
+            next_segment_id,
+            space,
             writer_seqs: Mutex::new(writer_seqs),
             open_writers: Mutex::new(HashSet::new()),
             writer_tails: Mutex::new(HashMap::new()),
@@ -84,6 +101,46 @@ impl Shared {
             reclaim_lock: Mutex::new(()),
             _dir_lock: dir_lock,
         })
+    }
+
+    /// Most spares kept: `spares_max` for reuse, plus the reserve.
+    pub(crate) fn spares_cap(&self) -> usize {
+        self.config.spares_max + self.config.reserve_segments
+    }
+
+    /// Measures the room left and says whether new messages must wait.
+    pub(crate) fn refresh_space(&self) -> bool {
+        let spares = self.spares.lock().expect("spares lock").len();
+        self.space.refresh(
+            &self.config.path,
+            self.config.free_bytes_min,
+            spares.saturating_sub(self.config.reserve_segments) as u64 * self.config.segment_bytes,
+        )
+    }
+
+    /// Fills the reserve of spares now, on the caller's thread: recovery
+    /// does, so that the first start does not make them while it takes
+    /// traffic.
+    pub(crate) fn refill_reserve(&self) -> Result<()> {
+        refill_reserve(
+            &self.config.path,
+            self.config.segment_bytes,
+            self.config.reserve_segments,
+            &self.spares,
+            &self.next_segment_id,
+            &*self.config.clock,
+        )
+    }
+
+    /// Fails while the filesystem is below `free_bytes_min`.
+    pub(crate) fn check_room_for_messages(&self) -> Result<()> {
+        if self.space.low.load(Ordering::Relaxed) {
+            return Err(Error::LowDisk {
+                available_bytes: self.space.available.load(Ordering::Relaxed),
+                min_bytes: self.config.free_bytes_min,
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn next_writer_seq(&self, writer: u16) -> u64 {
@@ -141,18 +198,22 @@ impl Shared {
             .fetch_add(segment.capacity(), Ordering::Relaxed);
     }
 
+    /// Whether a message may take a new segment of `capacity` bytes:
+    /// within `size_bytes_max`, and with the filesystem above
+    /// `free_bytes_min` (measured now: a writer rolls over once per
+    /// segment).
     pub(crate) fn check_space(&self, capacity: u64) -> Result<()> {
-        let Some(limit_bytes) = self.config.size_bytes_max else {
-            return Ok(());
-        };
-        let used_bytes = self.used_bytes.load(Ordering::Relaxed);
-        if used_bytes + capacity > limit_bytes {
-            return Err(Error::Full {
-                used_bytes,
-                limit_bytes,
-            });
+        if let Some(limit_bytes) = self.config.size_bytes_max {
+            let used_bytes = self.used_bytes.load(Ordering::Relaxed);
+            if used_bytes + capacity > limit_bytes {
+                return Err(Error::Full {
+                    used_bytes,
+                    limit_bytes,
+                });
+            }
         }
-        Ok(())
+        self.refresh_space();
+        self.check_room_for_messages()
     }
 
     /// Remembers the last segment a writer id filled; see `writer_tails`.
@@ -222,28 +283,179 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<fs::File> {
     }
 }
 
-fn run_preparer(
-    dir: &Path,
+/// How often the preparer, when idle, refills the reserve and measures the
+/// room left: space comes back when segments are deleted, or when the
+/// operator frees some, with nothing else to say so.
+const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The room left on the spool's filesystem, as the preparer and
+/// reclamation last measured it.
+pub(crate) struct SpaceWatch {
+    /// Below `free_bytes_min`: new messages wait.
+    pub low: AtomicBool,
+    /// Bytes available when last measured, spares beyond the reserve
+    /// included.
+    pub available: AtomicU64,
+}
+
+impl SpaceWatch {
+    /// Measures with `statvfs`; returns whether space is low. Logs each
+    /// change of state once.
+    pub fn refresh(&self, dir: &Path, free_bytes_min: u64, spare_bytes: u64) -> bool {
+        let Some(available) = available_bytes(dir) else {
+            return self.low.load(Ordering::Relaxed);
+        };
+        let available = available + spare_bytes;
+        self.available.store(available, Ordering::Relaxed);
+        let low = free_bytes_min > 0 && available < free_bytes_min;
+        let was = self.low.swap(low, Ordering::Relaxed);
+        if low && !was {
+            tracing::warn!(
+                available_bytes = available,
+                free_bytes_min,
+                dir = %dir.display(),
+                "spool filesystem low on space: new messages get 452 4.3.1; deliveries and their outcomes go on"
+            );
+        } else if was && !low {
+            tracing::info!(
+                available_bytes = available,
+                "spool filesystem has room again: taking new messages"
+            );
+        }
+        low
+    }
+}
+
+/// Bytes an unprivileged process may still write on `dir`'s filesystem.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The thread that makes segment files ahead of the writers, and keeps the
+/// reserve of spares.
+struct Preparer {
+    dir: PathBuf,
     segment_bytes: u64,
-    spares: &Mutex<Vec<PathBuf>>,
-    requests: Receiver<PrepareRequest>,
-) {
-    for PrepareRequest { header, reply } in requests {
-        let spare = (header.capacity == segment_bytes)
-            .then(|| spares.lock().expect("spares lock").pop())
-            .flatten();
-        let made = match spare {
-            Some(spare) => Segment::recycle(dir, &spare, header).or_else(|err| {
+    reserve: usize,
+    free_bytes_min: u64,
+    spares: Arc<Mutex<Vec<PathBuf>>>,
+    next_segment_id: Arc<AtomicU64>,
+    space: Arc<SpaceWatch>,
+    clock: Arc<dyn crate::config::Clock>,
+    /// The last attempt to refill the reserve failed (logged once).
+    reserve_failed: bool,
+}
+
+impl Preparer {
+    fn run(mut self, requests: Receiver<PrepareRequest>) {
+        loop {
+            match requests.recv_timeout(SPACE_CHECK_INTERVAL) {
+                Ok(request) => self.prepare(request),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if requests.is_empty() {
+                self.refill_reserve();
+                self.refresh();
+            }
+        }
+    }
+
+    fn refresh(&self) {
+        let spares = self.spares.lock().expect("spares lock").len();
+        self.space.refresh(
+            &self.dir,
+            self.free_bytes_min,
+            spares.saturating_sub(self.reserve) as u64 * self.segment_bytes,
+        );
+    }
+
+    /// A spare beyond the reserve is recycled first (no zero-fill); the
+    /// reserve only when no new file can be made, so that outcomes, and a
+    /// restart, still find a segment on a full disk.
+    fn prepare(&mut self, PrepareRequest { header, reply }: PrepareRequest) {
+        let take_spare = |beyond_reserve: bool| {
+            let mut spares = self.spares.lock().expect("spares lock");
+            (header.capacity == self.segment_bytes
+                && (!beyond_reserve || spares.len() > self.reserve))
+                .then(|| spares.pop())
+                .flatten()
+        };
+        let dir = &self.dir;
+        let recycle = |spare: PathBuf| {
+            Segment::recycle(dir, &spare, header).or_else(|err| {
                 tracing::warn!(%err, spare = %spare.display(), "could not recycle a spare segment; creating one");
                 let _ = fs::remove_file(&spare);
                 Segment::create(dir, header)
+            })
+        };
+        let made = match take_spare(true) {
+            Some(spare) => recycle(spare),
+            None => Segment::create(dir, header).or_else(|err| match take_spare(false) {
+                Some(spare) if err.is_out_of_space() => {
+                    tracing::warn!(%err, "no room for a new segment: using the reserve");
+                    recycle(spare)
+                }
+                _ => Err(err),
             }),
-            None => Segment::create(dir, header),
         };
         let made = made.and_then(|segment| sync_dir(dir).map(|()| Arc::new(segment)));
+        if made.as_ref().is_err_and(|err| err.is_out_of_space()) {
+            self.refresh();
+        }
         // The writer may be gone; then the file is picked up at recovery.
         let _ = reply.send(made);
     }
+
+    /// Makes spares until the reserve is full, while there is room.
+    fn refill_reserve(&mut self) {
+        let made = refill_reserve(
+            &self.dir,
+            self.segment_bytes,
+            self.reserve,
+            &self.spares,
+            &self.next_segment_id,
+            &*self.clock,
+        );
+        match made {
+            Ok(()) => self.reserve_failed = false,
+            Err(err) => {
+                if !self.reserve_failed {
+                    tracing::warn!(%err, "cannot refill the spool's outcome reserve; trying again when there is room");
+                    self.reserve_failed = true;
+                }
+            }
+        }
+    }
+}
+
+/// Makes spares until there are `reserve` of them, while the filesystem
+/// has room for one more.
+fn refill_reserve(
+    dir: &Path,
+    segment_bytes: u64,
+    reserve: usize,
+    spares: &Mutex<Vec<PathBuf>>,
+    next_segment_id: &AtomicU64,
+    clock: &dyn crate::config::Clock,
+) -> Result<()> {
+    while spares.lock().expect("spares lock").len() < reserve {
+        if available_bytes(dir).is_some_and(|n| n < segment_bytes) {
+            return Ok(());
+        }
+        let header = SegmentHeader {
+            id: SegmentId(next_segment_id.fetch_add(1, Ordering::Relaxed)),
+            writer: COMPACTION_WRITER,
+            seq: 0,
+            capacity: segment_bytes,
+            created_ms: clock.now_ms(),
+        };
+        let path = Segment::create_spare(dir, header)?;
+        sync_dir(dir)?;
+        spares.lock().expect("spares lock").push(path);
+    }
+    Ok(())
 }
 
 /// A handle on the spool; cheap to clone and share between threads.

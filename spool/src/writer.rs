@@ -233,7 +233,9 @@ impl Writer {
     }
 
     /// Appends a message record and registers it as queued.
+    /// Refused while the filesystem is below `free_bytes_min`.
     pub fn append_message(&mut self, message: &NewMessage<'_>) -> Result<Appended> {
+        self.shared.check_room_for_messages()?;
         let statuses: Vec<Status> = message.recipients.iter().map(|r| r.status).collect();
         let appended = self.append(RecordType::MessageV2, message.payload_len(), |out| {
             message.encode(out)

@@ -232,8 +232,10 @@ fn hours_of_churn_stay_within_a_bound_set_by_live_data() {
     config.compact_live_ratio = COMPACT_LIVE_RATIO;
     config.compact_age_ms_min = COMPACT_AGE_MS_MIN;
     config.clock = Arc::new(clock.clone());
-    // Fixed segments: active and prepared per writer, and the spares.
-    let fixed_bytes = (WRITERS * 2 + SPARES_MAX as u64) * SEGMENT_BYTES;
+    // Fixed segments: active and prepared per writer, the spares, and the
+    // outcome reserve (spares too).
+    let fixed_bytes =
+        (WRITERS * 2 + SPARES_MAX as u64 + config.reserve_segments as u64) * SEGMENT_BYTES;
 
     let (spool, recovered) = Spool::open(config.clone()).unwrap();
     assert!(recovered.pending.is_empty());

@@ -136,3 +136,49 @@ fn the_latest_outcome_of_a_recipient_is_found_with_its_reply() {
     let (spool, _) = Spool::open(config).unwrap();
     assert_eq!(reply_of(&spool, 1).as_deref(), Some("451 second"));
 }
+
+/// Issue 10: below `free_bytes_min`, new messages wait (an error the engine
+/// answers with `452 4.3.1`) while outcomes, which free space, are still
+/// recorded; and the outcome reserve is on disk from the first open.
+#[test]
+fn below_the_free_space_margin_messages_wait_and_outcomes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SpoolConfig::new(dir.path());
+    config.segment_bytes = 256 << 10;
+    let rcpts = [recipient(b"a@x.org")];
+    {
+        let (spool, _) = Spool::open(config.clone()).unwrap();
+        assert_eq!(
+            spool.stats().spares,
+            config.reserve_segments as u64,
+            "the reserve is made at open"
+        );
+        let mut w = BlockingWriter::new(spool.writer(0).unwrap());
+        let appended = w.append_message(&message(1, 1000, &rcpts, b"hi")).unwrap();
+        w.wait(appended.ticket).unwrap();
+    }
+    // No filesystem has an exabyte free: every message is now refused.
+    config.free_bytes_min = 1 << 60;
+    let (spool, recovered) = Spool::open(config).unwrap();
+    assert_eq!(recovered.pending.len(), 1);
+    let mut w = BlockingWriter::new(spool.writer(0).unwrap());
+    let err = w
+        .append_message(&message(2, 1001, &rcpts, b"hi"))
+        .unwrap_err();
+    assert!(err.is_out_of_space(), "{err}");
+    assert!(matches!(err, baton_spool::Error::LowDisk { .. }), "{err}");
+    let done = w
+        .append_outcome(&outcome(
+            1,
+            0,
+            Status::Delivered { attempts: 1 },
+            5,
+            b"250 ok",
+        ))
+        .unwrap();
+    w.wait(done.ticket).unwrap();
+    assert_eq!(
+        spool.message(QueueId(1)).unwrap().statuses,
+        vec![Status::Delivered { attempts: 1 }]
+    );
+}

@@ -176,6 +176,10 @@ pub struct SpoolSettings {
     /// `None`: no limit (`0` in the file).
     #[serde(deserialize_with = "de::zero_is_none")]
     pub size_bytes_max: Option<u64>,
+    /// New messages wait while the filesystem has less room; 0: off.
+    pub free_bytes_min: u64,
+    /// Spare segment files kept for outcomes on a full disk.
+    pub reserve_segments: usize,
 }
 
 /// `[limits]`: every per-session and per-connection bound.
@@ -559,6 +563,8 @@ mod tests {
             "spool.segment_bytes",
             "spool.sync",
             "spool.size_bytes_max",
+            "spool.free_bytes_min",
+            "spool.reserve_segments",
             "limits.command_line_bytes_max",
             "limits.text_line_bytes_max",
             "limits.message_bytes_max",

@@ -68,6 +68,8 @@ pub(super) const RING_ENTRIES_MAX: u32 = 32768;
 pub(super) const SEGMENT_ALIGN_BYTES: u64 = 4096;
 pub(super) const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 pub(super) const SEGMENT_BYTES_MAX: u64 = 4 << 30;
+/// More spare segments than this is a typo, not a reserve.
+pub(super) const RESERVE_SEGMENTS_MAX: u64 = 1024;
 /// RFC 5321 §4.5.3.1.4: a server must accept command lines of 512 octets.
 pub(super) const COMMAND_LINE_BYTES_MIN: usize = 512;
 /// RFC 5321 §4.5.3.1.6: a server must accept text lines of 1000 octets.
@@ -263,6 +265,17 @@ fn spool(spool: &SpoolSettings) -> Result<(), Invalid> {
             " (one segment), or 0 for no limit",
         )?;
     }
+    at_least(
+        "spool.reserve_segments",
+        spool.reserve_segments as u64,
+        1,
+        " (outcomes need room on a full disk)",
+    )?;
+    at_most(
+        "spool.reserve_segments",
+        spool.reserve_segments as u64,
+        RESERVE_SEGMENTS_MAX,
+    )?;
     Ok(())
 }
 

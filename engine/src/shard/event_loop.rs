@@ -21,6 +21,7 @@ use crate::admin::AdminReply;
 use crate::config::ListenerTls;
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
+use crate::log_limit::LogLimit;
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::{unix_ms, Server};
@@ -47,7 +48,6 @@ const DATA_RATE_GRACE: Duration = Duration::from_secs(10);
 /// The sweep resumes it, so the pause lasts up to one sweep longer.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// At most one log line per this interval about failed accepts.
-const ACCEPT_FAILURES_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a shutting-down shard waits for sessions to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,6 +108,17 @@ struct Listener {
     paused_until: Option<Instant>,
 }
 
+/// The shard's repeated log lines, each limited to one per interval.
+#[derive(Debug, Default)]
+pub(super) struct ShardLogs {
+    pub accept: LogLimit,
+    pub store_full: LogLimit,
+    pub store_failed: LogLimit,
+    pub outcome_failed: LogLimit,
+    pub bounce_failed: LogLimit,
+    pub read_failed: LogLimit,
+}
+
 pub(super) struct Shard {
     pub(super) id: usize,
     pub(super) server: Arc<Server>,
@@ -133,8 +144,8 @@ pub(super) struct Shard {
     pub(super) draining: Option<Instant>,
     completions: Vec<Completion>,
     /// Accepts that failed since the last log line about them.
-    accept_failures: u64,
-    accept_failures_logged: Option<Instant>,
+    /// Repeated log lines, one per interval each.
+    pub(super) logs: ShardLogs,
 }
 
 /// What the session sees of the shard: the clock and queue ids.
@@ -206,8 +217,7 @@ impl Shard {
             admin_waits: VecDeque::new(),
             draining: None,
             completions: Vec::with_capacity(1024),
-            accept_failures: 0,
-            accept_failures_logged: None,
+            logs: ShardLogs::default(),
         };
         for index in 0..shard.listeners.len() {
             shard.arm_accept(index)?;
@@ -396,21 +406,15 @@ impl Shard {
     }
 
     /// Logs a failed accept: the first at once, the rest as one line with
-    /// their count per [`ACCEPT_FAILURES_LOG_INTERVAL`].
+    /// their count per [`crate::log_limit::LOG_INTERVAL`].
     fn accept_failed(&mut self, err: io::Error) {
-        self.accept_failures += 1;
-        let due = self
-            .accept_failures_logged
-            .is_none_or(|at| at.elapsed() >= ACCEPT_FAILURES_LOG_INTERVAL);
-        if due {
+        if let Some(failures) = self.logs.accept.hit() {
             tracing::warn!(
                 shard = self.id,
                 %err,
-                failures = self.accept_failures,
+                failures,
                 "accept failed; accepting paused for {ACCEPT_PAUSE:?} when out of descriptors"
             );
-            self.accept_failures = 0;
-            self.accept_failures_logged = Some(Instant::now());
         }
     }
 
@@ -763,12 +767,15 @@ impl Shard {
                 used_bytes,
                 limit_bytes,
             }) => {
-                tracing::warn!(
-                    shard = self.id,
-                    used_bytes,
-                    limit_bytes,
-                    "spool full: refusing a message with 452"
-                );
+                if let Some(refused) = self.logs.store_full.hit() {
+                    tracing::warn!(
+                        shard = self.id,
+                        used_bytes,
+                        limit_bytes,
+                        refused,
+                        "spool full: refusing messages with 452"
+                    );
+                }
                 self.server
                     .metrics
                     .store_failures
@@ -776,7 +783,9 @@ impl Shard {
                 Err(StoreError::Full)
             }
             Err(err) if err.is_out_of_space() => {
-                tracing::warn!(shard = self.id, %err, "spool out of space: refusing a message with 452");
+                if let Some(refused) = self.logs.store_full.hit() {
+                    tracing::warn!(shard = self.id, %err, refused, "spool out of space: refusing messages with 452");
+                }
                 self.server
                     .metrics
                     .store_failures
@@ -784,7 +793,9 @@ impl Shard {
                 Err(StoreError::Full)
             }
             Err(err) => {
-                tracing::error!(shard = self.id, %err, "spool append failed: refusing a message with 451");
+                if let Some(refused) = self.logs.store_failed.hit() {
+                    tracing::error!(shard = self.id, %err, refused, "spool append failed: refusing messages with 451");
+                }
                 self.server
                     .metrics
                     .store_failures

@@ -25,12 +25,14 @@ use super::event_loop::{PendingStore, Shard};
 impl Shard {
     /// The message's current record and recipient states, or `None` when
     /// it is gone from the spool.
-    pub(super) fn load(&self, queue_id: QueueId) -> Option<(Record, Vec<Status>)> {
+    pub(super) fn load(&mut self, queue_id: QueueId) -> Option<(Record, Vec<Status>)> {
         let state = self.server.spool.message(queue_id)?;
         match self.server.spool.read(state.body) {
             Ok(record) => Some((record, state.statuses)),
             Err(err) => {
-                tracing::error!(%queue_id, %err, "delivery: cannot read a queued message");
+                if let Some(times) = self.logs.read_failed.hit() {
+                    tracing::error!(%queue_id, %err, times, "delivery: cannot read a queued message");
+                }
                 None
             }
         }
@@ -325,7 +327,9 @@ impl Shard {
             }
             Err(err) => {
                 // The failures are recorded; only the notice is lost.
-                tracing::error!(queue_id = %original_id, %err, "spool: cannot queue a bounce");
+                if let Some(times) = self.logs.bounce_failed.hit() {
+                    tracing::error!(queue_id = %original_id, %err, times, "spool: cannot queue a bounce");
+                }
             }
         }
     }
@@ -347,7 +351,9 @@ impl Shard {
         match self.writer.append_outcome(&outcome) {
             Ok(appended) => self.last_ticket = self.last_ticket.max(appended.ticket),
             Err(err) => {
-                tracing::error!(queue_id = %item.queue_id, %err, "spool: cannot record an outcome");
+                if let Some(times) = self.logs.outcome_failed.hit() {
+                    tracing::error!(queue_id = %item.queue_id, %err, times, "spool: cannot record an outcome");
+                }
             }
         }
     }
