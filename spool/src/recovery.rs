@@ -220,6 +220,7 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
     }
 
     report.segments_reclaimed = spool.reclaim()?.segments_deleted;
+    spool.resettle();
     let pending = pending(&spool);
     report.elapsed = started.elapsed();
     tracing::info!(
