@@ -181,8 +181,8 @@ impl Shard {
 
     /// Settles recipients the operator removes (`baton queue delete`): no
     /// notification for them, but if they were the last of the message, the
-    /// one for its earlier failures is made now. Returns before their
-    /// outcomes are appended, as `settle_message` does, for the same reason.
+    /// one for its earlier failures is made now. Call it before appending
+    /// their outcomes, for the reason `settle_message` gives.
     pub(super) fn settle_removed(&mut self, record: &Record, recipients: &[u32]) {
         let now_ms = unix_ms();
         let Ok(view) = record.message() else {
