@@ -34,6 +34,12 @@ pub(crate) struct MessageState {
     pub recipients: Box<[RecipientState]>,
     /// Recipients not yet final.
     pub live: u32,
+    /// Recipients not yet settled (see [`RecipientState::settled`]).
+    pub unsettled: u32,
+    /// Failure replies of the recipients settled as failed, kept until the
+    /// last recipient settles (`Spool::settle`). Empty, hence no allocation,
+    /// for a message without failures.
+    pub failures: Vec<(u32, Vec<u8>)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +51,10 @@ pub(crate) struct RecipientState {
     /// The outcome record itself, for its reply (`baton queue show`); `None`
     /// as for `outcome`.
     pub outcome_at: Option<RecordRef>,
+    /// Final as far as the notification is concerned: its final outcome is
+    /// appended (`Spool::settle`), durable or not yet. `status` follows
+    /// durability instead, and lags behind.
+    pub settled: bool,
 }
 
 /// Per segment: what keeps it on disk.
@@ -136,6 +146,7 @@ impl Index {
                 status,
                 outcome: None,
                 outcome_at: None,
+                settled: status.is_final(),
             })
             .collect();
         let live = recipients.iter().filter(|r| !r.status.is_final()).count() as u32;
@@ -151,8 +162,71 @@ impl Index {
                 body,
                 recipients,
                 live,
+                unsettled: live,
+                failures: Vec::new(),
             },
         );
+    }
+
+    /// Marks a recipient settled, keeping its failure reply if it failed.
+    /// Returns whether this call settled the message's last unsettled
+    /// recipient: true once per message at most, because a recipient
+    /// already settled (by another shard, an operator, or a repeated call)
+    /// changes nothing.
+    pub fn settle(&mut self, queue_id: QueueId, recipient: u32, failure: Option<&[u8]>) -> bool {
+        let Some(m) = self.messages.get_mut(&queue_id) else {
+            return false;
+        };
+        let Some(r) = m.recipients.get_mut(recipient as usize) else {
+            return false;
+        };
+        if r.settled {
+            return false;
+        }
+        r.settled = true;
+        if let Some(reply) = failure {
+            m.failures.push((recipient, reply.to_vec()));
+        }
+        m.unsettled -= 1;
+        m.unsettled == 0
+    }
+
+    /// Takes the failure replies kept for a message, in recipient order.
+    pub fn take_failures(&mut self, queue_id: QueueId) -> Vec<(u32, Vec<u8>)> {
+        let Some(m) = self.messages.get_mut(&queue_id) else {
+            return Vec::new();
+        };
+        let mut failures = std::mem::take(&mut m.failures);
+        failures.sort_by_key(|f| f.0);
+        failures
+    }
+
+    /// After recovery: settled is what is durably final, and nothing is
+    /// kept. Returns the failed recipients of the messages still live, with
+    /// their outcome records, whose replies the caller reads and hands to
+    /// [`Index::keep_failure`]. A message with every recipient final needs
+    /// none: its notification, if it had one, was appended before its last
+    /// outcome, so it is on disk too.
+    pub fn resettle(&mut self) -> Vec<(QueueId, u32, Option<RecordRef>)> {
+        let mut failed = Vec::new();
+        for (&queue_id, m) in self.messages.iter_mut() {
+            m.unsettled = m.live;
+            m.failures = Vec::new();
+            for (i, r) in m.recipients.iter_mut().enumerate() {
+                r.settled = r.status.is_final();
+                if m.live > 0 && matches!(r.status, Status::Failed { .. }) {
+                    failed.push((queue_id, i as u32, r.outcome_at));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Keeps a failure reply for a message not yet settled.
+    pub fn keep_failure(&mut self, queue_id: QueueId, recipient: u32, reply: Vec<u8>) {
+        if let Some(m) = self.messages.get_mut(&queue_id).filter(|m| m.unsettled > 0) {
+            m.failures.push((recipient, reply));
+        }
     }
 
     /// Applies the outcome record at `at`. Returns `false` when the

@@ -26,6 +26,8 @@
 //! - [`reclaim`]: deleting and recycling segments, compaction.
 //! - [`spool`]: [`Spool`], the shared handle: the segment table, reads,
 //!   the segment preparer thread.
+//! - `settle`: [`Spool::settle`], which tells the one caller that settles
+//!   a message's last recipient what failed, for one notification.
 //! - [`config`]: [`SpoolConfig`], [`SyncMode`], the [`Clock`] seam.
 //!
 //! # Use
@@ -66,6 +68,7 @@ pub mod reclaim;
 pub mod record;
 pub mod recovery;
 pub mod segment;
+mod settle;
 pub mod spool;
 pub mod writer;
 

@@ -311,6 +311,7 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
     }
 
     report.segments_reclaimed = spool.reclaim()?.segments_deleted;
+    spool.resettle();
     // The reserve lets outcomes, and the next start, find a segment on a
     // full disk; failing to fill it now is no reason not to start.
     if let Err(err) = spool.shared.refill_reserve() {

@@ -1,6 +1,7 @@
 //! A recipient the next hop refuses with `5xx` fails at once, and the
-//! sender gets one delivery status notification (RFC 3464) per message and
-//! attempt, listing every recipient that failed in it: from the null
+//! sender gets one delivery status notification (RFC 3464) per message,
+//! once all its recipients are final, listing every one that failed (see
+//! `one_notification.rs` for failures on different attempts): from the null
 //! reverse path, `multipart/report` with a human part, a
 //! `message/delivery-status` part and the original's header section. It
 //! is queued and delivered like any message, here to the sink that stands

@@ -97,6 +97,7 @@ impl Shard {
                     let results = by_destination.into_iter().flat_map(|(_, r)| r).collect();
                     self.settle_message(&destination, &record, results, None, None);
                 } else {
+                    self.settle_removed(&record, &open);
                     let reply = Reply::new(250, None, "removed by the administrator");
                     for &recipient in &open {
                         let text = reply_text(&reply);

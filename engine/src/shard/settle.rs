@@ -1,23 +1,25 @@
 //! What becomes of recipients once an attempt is over: an outcome record
 //! per recipient in the spool (group commit, like messages), deferrals to
 //! the scheduled queue along the retry schedule (failures past `max_age`),
-//! the logs (tracing and the JSON event log), and for failures one RFC 3464
-//! notification to the sender, queued like any message.
+//! the logs (tracing and the JSON event log), and once every recipient of a
+//! message is final, one RFC 3464 notification to the sender listing all
+//! that failed, queued like any message.
 
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
 use baton_spool::{NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId, Record, Status};
 
 use crate::delivery::dsn::{self, Bounce, FailedRecipient};
 use crate::delivery::events::{Event as LogEvent, EventKind};
-use crate::delivery::retry::Retry;
+use crate::delivery::retry::{DeliverySettings, Retry};
 use crate::outbound::Outcome;
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::unix_ms;
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{parse_reply, Reply, ReplyLimits};
 use crate::tls::TlsInfo;
 
 use super::event_loop::{PendingStore, Shard};
@@ -70,8 +72,18 @@ impl Shard {
     }
 
     /// Records what became of each recipient of one message: the outcome
-    /// goes to the spool, deferred recipients to the scheduled queue,
-    /// failed ones into one notification to the sender.
+    /// goes to the spool, deferred recipients to the scheduled queue. When
+    /// this batch makes the message's last recipient final, the sender gets
+    /// one notification listing every recipient of the message that failed,
+    /// in this batch or an earlier one, on any shard.
+    ///
+    /// The order of appends is what makes that notification survive a
+    /// crash: the spool settles the final recipients first (only one
+    /// caller learns the message is done), the notification is appended
+    /// next, and the outcomes after it, to the same writer. A writer makes a
+    /// prefix of its appends durable, so a final outcome on disk means the
+    /// notification is too; a crash between the two leaves the recipient to
+    /// be tried again, and at worst a second notification.
     pub(super) fn settle_message(
         &mut self,
         destination: &Destination,
@@ -84,6 +96,25 @@ impl Shard {
         let Ok(view) = record.message() else {
             return;
         };
+        let server = self.server.clone();
+        let (delivery, arrival_ms) = (&server.delivery, view.arrival_ms);
+        // Delivered recipients settle without a reply, so a message that
+        // only succeeds costs no allocation here; deferred ones are not
+        // final, and a batch of deferrals alone does not take the lock.
+        let failures = server.spool.settle(
+            view.queue_id,
+            results.iter().filter_map(|(item, outcome)| {
+                match fate(delivery, arrival_ms, now_ms, item.attempts + 1, outcome).1 {
+                    Fate::Deferred { .. } => None,
+                    Fate::Delivered(_) => Some((item.recipient, None)),
+                    Fate::Failed { reply, .. } => {
+                        Some((item.recipient, Some(failure_note(&reply, host))))
+                    }
+                }
+            }),
+        );
+        let notice = failures.and_then(|failures| self.notify(&view, &failures, now_ms));
+
         let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
         let address = |item: &QueuedRecipient| -> &[u8] {
             addresses
@@ -91,16 +122,15 @@ impl Shard {
                 .copied()
                 .unwrap_or_default()
         };
-        let server = self.server.clone();
         let metrics = &server.metrics;
-        let mut failed: Vec<Failure> = Vec::new();
-        for (item, outcome) in results {
-            let attempts = item.attempts + 1;
+        for (item, outcome) in &results {
+            let (attempts, decided) =
+                fate(delivery, arrival_ms, now_ms, item.attempts + 1, outcome);
             let mut note = Note {
                 kind: EventKind::Delivered,
                 destination,
                 queue_id: item.queue_id,
-                recipient: address(&item),
+                recipient: address(item),
                 attempt: attempts,
                 host,
                 tls,
@@ -108,81 +138,64 @@ impl Shard {
                 reason: None,
                 size: view.body.len() as u64,
             };
-            match outcome {
-                Outcome::Delivered(reply) => {
-                    let text = reply_text(&reply);
+            let item = QueuedRecipient { attempts, ..*item };
+            match decided {
+                Fate::Delivered(reply) => {
+                    let text = reply_text(reply);
                     let status = Status::Delivered { attempts };
                     self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
                     metrics.recipients_delivered.fetch_add(1, Ordering::Relaxed);
+                    self.note(&note, reply, &text, now_ms);
+                }
+                Fate::Deferred {
+                    reply,
+                    next_attempt_ms,
+                } => {
+                    let status = Status::Deferred {
+                        attempts,
+                        next_attempt_ms,
+                    };
+                    let text = reply_text(reply);
+                    self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
+                    metrics.recipients_deferred.fetch_add(1, Ordering::Relaxed);
+                    note.kind = EventKind::Deferred;
+                    note.next_attempt_ms = Some(next_attempt_ms);
+                    self.note(&note, reply, &text, now_ms);
+                    self.server
+                        .queues
+                        .schedule(destination, item, next_attempt_ms);
+                }
+                Fate::Failed { reply, expired } => {
+                    let text = reply_text(&reply);
+                    let status = Status::Failed { attempts };
+                    self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
+                    metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
+                    note.kind = EventKind::Failed;
+                    note.reason = expired.then_some("expired");
                     self.note(&note, &reply, &text, now_ms);
                 }
-                Outcome::Deferred(reply) => {
-                    match server.delivery.retry(attempts, view.arrival_ms, now_ms) {
-                        Retry::At {
-                            attempts,
-                            next_attempt_ms,
-                        } => {
-                            let status = Status::Deferred {
-                                attempts,
-                                next_attempt_ms,
-                            };
-                            let text = reply_text(&reply);
-                            self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
-                            metrics.recipients_deferred.fetch_add(1, Ordering::Relaxed);
-                            note.kind = EventKind::Deferred;
-                            note.next_attempt_ms = Some(next_attempt_ms);
-                            self.note(&note, &reply, &text, now_ms);
-                            let item = QueuedRecipient { attempts, ..item };
-                            self.server
-                                .queues
-                                .schedule(destination, item, next_attempt_ms);
-                        }
-                        Retry::Expired { attempts } => {
-                            // RFC 3463 X.4.7: delivery time expired.
-                            let class = if reply.class() == 5 { 5 } else { 4 };
-                            let text = format!(
-                                "delivery time expired after {attempts} attempts; last reply: {}",
-                                reply_text(&reply)
-                            );
-                            failed.push(Failure {
-                                item: QueuedRecipient { attempts, ..item },
-                                reply: Reply::new(reply.code.max(400), Some((class, 4, 7)), text),
-                                expired: true,
-                            });
-                        }
-                    }
-                }
-                Outcome::Failed(reply) => failed.push(Failure {
-                    item: QueuedRecipient { attempts, ..item },
-                    reply,
-                    expired: false,
-                }),
             }
         }
-        for failure in &failed {
-            let item = &failure.item;
-            let text = reply_text(&failure.reply);
-            let status = Status::Failed {
-                attempts: item.attempts,
-            };
-            self.record_outcome(item, status, &with_tls(&text, tls), now_ms);
-            metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
-            let note = Note {
-                kind: EventKind::Failed,
-                destination,
-                queue_id: item.queue_id,
-                recipient: address(item),
-                attempt: item.attempts,
-                host,
-                tls,
-                next_attempt_ms: None,
-                reason: failure.expired.then_some("expired"),
-                size: view.body.len() as u64,
-            };
-            self.note(&note, &failure.reply, &text, now_ms);
+        if let Some(notice) = notice {
+            self.note_bounce(&view, &notice, now_ms);
         }
-        if !failed.is_empty() {
-            self.bounce(&view, &failed, host, now_ms);
+    }
+
+    /// Settles recipients the operator removes (`baton queue delete`): no
+    /// notification for them, but if they were the last of the message, the
+    /// one for its earlier failures is made now. Call it before appending
+    /// their outcomes, for the reason `settle_message` gives.
+    pub(super) fn settle_removed(&mut self, record: &Record, recipients: &[u32]) {
+        let now_ms = unix_ms();
+        let Ok(view) = record.message() else {
+            return;
+        };
+        let removed = recipients.iter().map(|&r| (r, None::<&[u8]>));
+        let Some(failures) = self.server.spool.settle(view.queue_id, removed) else {
+            return;
+        };
+        if let Some(notice) = self.notify(&view, &failures, now_ms) {
+            self.note_bounce(&view, &notice, now_ms);
         }
     }
 
@@ -221,32 +234,36 @@ impl Shard {
         );
     }
 
-    /// Queues one notification (RFC 3464) to the sender listing every
-    /// recipient of the message that failed here, unless the sender is
-    /// the null path (never a bounce for a bounce) or the recipients asked
-    /// for none (NOTIFY).
-    fn bounce(
+    /// Appends one notification (RFC 3464) to the sender listing the
+    /// failures of a settled message (as `Spool::settle` returns them),
+    /// unless the sender is the null path (never a bounce for a bounce) or
+    /// none of the failed recipients asked for one (NOTIFY).
+    fn notify(
         &mut self,
         view: &baton_spool::MessageView<'_>,
-        failed: &[Failure],
-        host: Option<&str>,
+        failures: &[(u32, Vec<u8>)],
         now_ms: u64,
-    ) {
+    ) -> Option<Notice> {
         let recipients: Vec<_> = view.recipients().collect();
-        let listed: Vec<FailedRecipient<'_>> = failed
+        let parsed: Vec<_> = failures
             .iter()
-            .filter_map(|f| {
-                let r = recipients.get(f.item.recipient as usize)?;
-                dsn::wants_notification(view.reverse_path, r.params).then_some(FailedRecipient {
-                    address: r.address,
-                    params: r.params,
-                    reply: &f.reply,
-                    remote_host: host,
-                })
+            .filter_map(|(i, note)| {
+                let r = recipients.get(*i as usize)?;
+                dsn::wants_notification(view.reverse_path, r.params)
+                    .then(|| (r, parse_failure_note(note)))
+            })
+            .collect();
+        let listed: Vec<FailedRecipient<'_>> = parsed
+            .iter()
+            .map(|(r, (reply, host))| FailedRecipient {
+                address: r.address,
+                params: r.params,
+                reply,
+                remote_host: *host,
             })
             .collect();
         if listed.is_empty() {
-            return;
+            return None;
         }
         let original_id = view.queue_id.to_string();
         let queue_id = self.queue_ids.next(now_ms);
@@ -307,31 +324,42 @@ impl Shard {
                     .metrics
                     .bounces_generated
                     .fetch_add(1, Ordering::Relaxed);
-                let events = &self.server.events;
-                if events.is_enabled() {
-                    // The original message's sender, to whom the notice goes.
-                    let mut event = LogEvent::new(EventKind::Bounce, now_ms, &original_id);
-                    event.sender = Some(view.reverse_path);
-                    event.recipient = Some(view.reverse_path);
-                    event.bounce_queue_id = Some(&unique);
-                    event.size = Some(body.len() as u64);
-                    events.record(&event);
-                }
-                tracing::info!(
-                    queue_id = %original_id,
-                    bounce = %unique,
-                    to = %String::from_utf8_lossy(view.reverse_path),
-                    recipients = listed.len(),
-                    "bounce generated"
-                );
+                Some(Notice {
+                    unique,
+                    recipients: listed.len(),
+                    size: body.len() as u64,
+                })
             }
             Err(err) => {
                 // The failures are recorded; only the notice is lost.
                 if let Some(times) = self.logs.bounce_failed.hit() {
                     tracing::error!(queue_id = %original_id, %err, times, "spool: cannot queue a bounce");
                 }
+                None
             }
         }
+    }
+
+    /// Logs a notification made, after the outcomes that led to it.
+    fn note_bounce(&self, view: &baton_spool::MessageView<'_>, notice: &Notice, now_ms: u64) {
+        let original_id = view.queue_id.to_string();
+        let events = &self.server.events;
+        if events.is_enabled() {
+            // The original message's sender, to whom the notice goes.
+            let mut event = LogEvent::new(EventKind::Bounce, now_ms, &original_id);
+            event.sender = Some(view.reverse_path);
+            event.recipient = Some(view.reverse_path);
+            event.bounce_queue_id = Some(&notice.unique);
+            event.size = Some(notice.size);
+            events.record(&event);
+        }
+        tracing::info!(
+            queue_id = %original_id,
+            bounce = %notice.unique,
+            to = %String::from_utf8_lossy(view.reverse_path),
+            recipients = notice.recipients,
+            "bounce generated"
+        );
     }
 
     pub(super) fn record_outcome(
@@ -359,12 +387,122 @@ impl Shard {
     }
 }
 
-/// A recipient that failed, for the notification.
-struct Failure {
-    item: QueuedRecipient,
-    reply: Reply,
-    /// Failed because it waited longer than `max_age`.
-    expired: bool,
+/// What an attempt's outcome makes of a recipient.
+enum Fate<'r> {
+    Delivered(&'r Reply),
+    Deferred {
+        reply: &'r Reply,
+        next_attempt_ms: u64,
+    },
+    /// Refused, or deferred past `max_age` (`expired`, with a reply of
+    /// baton's own that quotes the last one).
+    Failed {
+        reply: Cow<'r, Reply>,
+        expired: bool,
+    },
+}
+
+/// The fate of a recipient on its `attempts`-th attempt, and the attempt
+/// count to record. The same inputs give the same fate: `settle_message`
+/// asks twice rather than keep a list.
+fn fate<'r>(
+    delivery: &DeliverySettings,
+    arrival_ms: u64,
+    now_ms: u64,
+    attempts: u32,
+    outcome: &'r Outcome,
+) -> (u32, Fate<'r>) {
+    match outcome {
+        Outcome::Delivered(reply) => (attempts, Fate::Delivered(reply)),
+        Outcome::Failed(reply) => (
+            attempts,
+            Fate::Failed {
+                reply: Cow::Borrowed(reply),
+                expired: false,
+            },
+        ),
+        Outcome::Deferred(reply) => match delivery.retry(attempts, arrival_ms, now_ms) {
+            Retry::At {
+                attempts,
+                next_attempt_ms,
+            } => (
+                attempts,
+                Fate::Deferred {
+                    reply,
+                    next_attempt_ms,
+                },
+            ),
+            Retry::Expired { attempts } => {
+                // RFC 3463 X.4.7: delivery time expired.
+                let class = if reply.class() == 5 { 5 } else { 4 };
+                let text = format!(
+                    "delivery time expired after {attempts} attempts; last reply: {}",
+                    reply_text(reply)
+                );
+                let reply = Reply::new(reply.code.max(400), Some((class, 4, 7)), text);
+                (
+                    attempts,
+                    Fate::Failed {
+                        reply: Cow::Owned(reply),
+                        expired: true,
+                    },
+                )
+            }
+        },
+    }
+}
+
+/// Separates the reply from the remote host in a failure note.
+const NOTE_HOST_SEPARATOR: char = '\0';
+
+/// What the spool keeps of a failure until the message is settled: the
+/// reply as [`reply_text`] writes it, then, when a remote host gave it, a
+/// NUL and the host's label. (`reply_text` turns control characters into
+/// spaces, so the NUL is unambiguous.) After a restart the spool rebuilds
+/// the note from the outcome record, which holds the reply alone (with
+/// [`with_tls`]'s addition), or nothing when compaction took the record.
+fn failure_note(reply: &Reply, host: Option<&str>) -> String {
+    let mut note = reply_text(reply);
+    if let Some(host) = host {
+        note.push(NOTE_HOST_SEPARATOR);
+        note.push_str(host);
+    }
+    note
+}
+
+/// The reply and remote host of a failure note. A note without a reply
+/// (its record compacted away before a restart) or one that does not read
+/// as a reply gives a generic permanent failure, so the recipient is still
+/// listed.
+fn parse_failure_note(note: &[u8]) -> (Reply, Option<&str>) {
+    let note = std::str::from_utf8(note).unwrap_or_default();
+    let (text, host) = match note.split_once(NOTE_HOST_SEPARATOR) {
+        Some((text, host)) => (text, Some(host).filter(|h| !h.is_empty())),
+        None => (note, None),
+    };
+    let line = format!("{text}\r\n");
+    let limits = ReplyLimits {
+        line_bytes_max: line.len() + 1,
+        lines_max: 1,
+    };
+    let reply = match parse_reply(line.as_bytes(), &limits) {
+        Ok(Some((reply, _))) if reply.code >= 400 => reply,
+        _ if text.is_empty() => Reply::new(
+            550,
+            Some((5, 0, 0)),
+            "delivery failed (the reply was not kept across a restart)",
+        ),
+        _ => Reply::new(550, Some((5, 0, 0)), text),
+    };
+    (reply, host)
+}
+
+/// A notification appended, for the log.
+struct Notice {
+    /// Its queue id.
+    unique: String,
+    recipients: usize,
+    size: u64,
 }
 
 /// What the log says about one outcome.
@@ -427,5 +565,39 @@ mod tests {
             lines: vec!["No such\r\nuser".into(), "here".into()],
         };
         assert_eq!(reply_text(&reply), "550 5.1.1 No such  user here");
+    }
+
+    #[test]
+    fn a_failure_note_gives_back_its_reply_and_host() {
+        let reply = Reply::new(550, Some((5, 1, 1)), "no such user");
+        let note = failure_note(&reply, Some("mx1.example.org [192.0.2.1]"));
+        let (parsed, host) = parse_failure_note(note.as_bytes());
+        assert_eq!(parsed, reply);
+        assert_eq!(host, Some("mx1.example.org [192.0.2.1]"));
+        // As rebuilt after a restart: the outcome record's reply alone,
+        // with how the connection was encrypted.
+        let (parsed, host) = parse_failure_note(b"554 5.7.1 denied (TLSv1.3 with cipher X)");
+        assert_eq!(parsed.code, 554);
+        assert_eq!(parsed.enhanced, Some((5, 7, 1)));
+        assert_eq!(parsed.lines, ["denied (TLSv1.3 with cipher X)"]);
+        assert_eq!(host, None);
+        // An expiry, which quotes the last temporary reply.
+        let expired = Reply::new(
+            451,
+            Some((4, 4, 7)),
+            "delivery time expired after 3 attempts; last reply: 451 4.3.0 busy",
+        );
+        let (parsed, _) = parse_failure_note(failure_note(&expired, None).as_bytes());
+        assert_eq!(parsed, expired);
+    }
+
+    #[test]
+    fn a_failure_note_without_a_reply_still_lists_the_recipient() {
+        for note in [&b""[..], b"garbage", b"\xff\xfe"] {
+            let (parsed, host) = parse_failure_note(note);
+            assert_eq!(parsed.code, 550, "{note:?}");
+            assert_eq!(parsed.enhanced, Some((5, 0, 0)), "{note:?}");
+            assert_eq!(host, None);
+        }
     }
 }
