@@ -17,7 +17,7 @@ use crate::delivery::events::EventLog;
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
-use crate::inbound::{BareLineEndings, SessionConfig, SessionLimits};
+use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
 use crate::outbound::{ClientConfig, ClientLimits};
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
@@ -302,10 +302,12 @@ pub fn start(config: Config) -> Result<Running> {
         .iter()
         .map(|l| l.tls_mode(&config.tls))
         .collect();
+    // One budget for every listener's sessions: the memory is the server's.
+    let data_budget = DataBudget::new(config.limits.data_in_flight_max);
     let session_configs = config
         .listeners
         .iter()
-        .map(|l| Arc::new(session_config(&config, l)))
+        .map(|l| Arc::new(session_config(&config, l, &data_budget)))
         .collect();
     let resolver = Resolver::start(resolver_config(&config)).map_err(Error::Listen)?;
     let events = match &config.log.events {
@@ -439,7 +441,11 @@ fn client_config(config: &Config) -> ClientConfig {
     }
 }
 
-fn session_config(config: &Config, listener: &ListenerConfig) -> SessionConfig {
+fn session_config(
+    config: &Config,
+    listener: &ListenerConfig,
+    data_budget: &Arc<DataBudget>,
+) -> SessionConfig {
     let l = &config.limits;
     SessionConfig {
         hostname: config.server.hostname.clone(),
@@ -459,6 +465,7 @@ fn session_config(config: &Config, listener: &ListenerConfig) -> SessionConfig {
         chunking: config.smtp.chunking,
         starttls: listener.tls_mode(&config.tls) == ListenerTls::StartTls,
         tls_required: listener.tls_required,
+        data_budget: data_budget.clone(),
     }
 }
 

@@ -20,7 +20,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::admin::AdminReply;
 use crate::config::ListenerTls;
 use crate::delivery::events::{Event as LogEvent, EventKind};
-use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
+use crate::inbound::{
+    Phase, ReceivedMessage, Session, SessionContext, StoreError, IDLE_BUFFER_KEEP_BYTES,
+};
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::{unix_ms, Server};
@@ -635,6 +637,11 @@ impl Shard {
         if conn.send_done == conn.send_buf.len() {
             conn.send_buf.clear();
             conn.send_done = 0;
+            // A TLS handshake flight or a burst of replies is not kept
+            // by a connection that may now sit idle.
+            if conn.send_buf.capacity() > IDLE_BUFFER_KEEP_BYTES {
+                conn.send_buf = Vec::new();
+            }
         }
         self.progress(key);
         Ok(())
