@@ -57,6 +57,8 @@ pub struct Server {
     pub config: Config,
     /// One per `[[listener]]`, in order: what its sessions offer.
     pub session_configs: Vec<Arc<SessionConfig>>,
+    /// Message data all sessions hold, shared by every listener's sessions.
+    pub data_budget: Arc<DataBudget>,
     /// The listeners' TLS, `auto` resolved, in order.
     pub listener_tls: Vec<ListenerTls>,
     /// The server's certificates; `None` without `[tls] certificate`.
@@ -328,6 +330,7 @@ pub fn start(config: Config) -> Result<Running> {
     }
     let server = Arc::new(Server {
         session_configs,
+        data_budget,
         listener_tls,
         server_tls,
         client_tls,

@@ -70,6 +70,18 @@ fn past_the_cap_messages_get_452_and_sessions_go_on() {
         b.queued_messages() == queued
     });
     assert!(baton.is_running());
+    // The operator sees the refusals, and every reservation came back.
+    let (status, metrics) = baton.admin_request("GET", "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        format!("baton_data_in_flight_refusals_total {refused}"),
+        "baton_data_in_flight_bytes 0".to_string(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
     assert!(
         baton.log().contains("accepted"),
         "accepted messages are logged\n{}",

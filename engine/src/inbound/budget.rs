@@ -17,6 +17,8 @@ use std::sync::Arc;
 pub struct DataBudget {
     held: AtomicU64,
     limit: u64,
+    /// Messages dropped because their buffer did not fit.
+    refused: AtomicU64,
 }
 
 impl DataBudget {
@@ -24,6 +26,7 @@ impl DataBudget {
         Arc::new(DataBudget {
             held: AtomicU64::new(0),
             limit,
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -39,6 +42,11 @@ impl DataBudget {
 
     pub fn limit(&self) -> u64 {
         self.limit
+    }
+
+    /// Messages refused so far because they did not fit.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Takes `bytes` if they fit under the limit.
@@ -87,6 +95,7 @@ impl Held {
         if bytes > self.bytes {
             if !self.budget.take(bytes - self.bytes) {
                 self.release();
+                self.budget.refused.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
         } else {
@@ -119,6 +128,7 @@ mod tests {
         assert!(a.resize(60));
         assert!(!b.resize(50), "over the limit");
         assert_eq!(budget.held(), 60);
+        assert_eq!(budget.refused(), 1);
         assert!(b.resize(40));
         assert!(a.resize(10));
         assert_eq!(budget.held(), 50);
