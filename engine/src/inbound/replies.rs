@@ -84,6 +84,10 @@ pub(super) const TEXT_LINE_TOO_LONG: &str = "500 5.5.2 Error: message line too l
 
 // The spool's answer (RFC 5321 §4.2.2).
 pub(super) const STORE_FULL: &str = "452 4.3.1 Insufficient system storage\r\n";
+/// Too much message data held in memory across all sessions
+/// (`[limits] data_in_flight_max`).
+pub(super) const DATA_IN_FLIGHT_FULL: &str =
+    "452 4.3.1 Insufficient system storage: too much mail in transit, try again later\r\n";
 pub(super) const STORE_FAILED: &str = "451 4.3.0 Error: queue file write error\r\n";
 
 // Later extensions.
@@ -233,6 +237,7 @@ mod tests {
             TEXT_LINE_TOO_LONG,
             STORE_FULL,
             STORE_FAILED,
+            DATA_IN_FLIGHT_FULL,
             AUTH_NOT_ENABLED,
         ];
         let host = "mx.example";
