@@ -15,6 +15,8 @@ pub enum Error {
     Tls(#[from] crate::tls::TlsError),
     #[error("admin request failed: {0}")]
     Admin(String),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

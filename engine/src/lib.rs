@@ -28,6 +28,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod dns;

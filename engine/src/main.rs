@@ -135,6 +135,10 @@ fn reload(running: &baton::server::Running, config_path: Option<&Path>) {
             return;
         }
     };
+    match running.server.reload_users(&config.auth) {
+        Ok(count) => tracing::info!(users = count, "SIGHUP: AUTH users reloaded"),
+        Err(err) => tracing::error!(%err, "SIGHUP: AUTH users not reloaded; the old ones stay"),
+    }
     match running.server.reload_certificates(&config.tls) {
         Ok(count) => tracing::info!(
             certificates = count,

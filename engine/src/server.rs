@@ -1,5 +1,9 @@
 //! The running server: what every shard shares, and how it starts and stops.
 
+use crate::auth::users::Users;
+use crate::auth::verify::Verifier;
+use crate::config::{AuthConfig, ListenerAuth};
+use crate::inbound::AuthSettings;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +41,10 @@ pub struct Metrics {
     pub recipients_accepted: AtomicU64,
     pub bytes_accepted: AtomicU64,
     pub store_failures: AtomicU64,
+    /// SMTP AUTH exchanges that succeeded, and that failed (wrong
+    /// credentials, throttled, cut off).
+    pub auth_successes: AtomicU64,
+    pub auth_failures: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_failed: AtomicU64,
     pub recipients_delivered: AtomicU64,
@@ -82,6 +90,9 @@ pub struct Server {
     pub queue_id_floor: QueueId,
     pub metrics: Metrics,
     connections_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// SMTP AUTH: the users and the verification threads; `None` without
+    /// `[auth] users`.
+    pub verifier: Option<Verifier>,
 }
 
 impl Server {
@@ -102,6 +113,18 @@ impl Server {
     }
 
     /// Reads `tls`'s certificate files again and makes them those of every
+    /// Reads the users file again (SIGHUP); on error the users in force
+    /// stay. Returns how many users there are now.
+    pub fn reload_users(&self, auth: &AuthConfig) -> Result<usize> {
+        let (Some(verifier), Some(path)) = (&self.verifier, &auth.users) else {
+            return Ok(0);
+        };
+        let users = Users::load(path).map_err(|err| Error::Auth(err.to_string()))?;
+        let count = users.len();
+        verifier.replace_users(users);
+        Ok(count)
+    }
+
     /// new handshake (SIGHUP). On error the certificates in force stay.
     pub fn reload_certificates(&self, tls: &TlsConfig) -> Result<usize> {
         match &self.server_tls {
@@ -323,6 +346,14 @@ pub fn start(config: Config) -> Result<Running> {
         .iter()
         .map(|l| l.tls_mode(&config.tls))
         .collect();
+    let verifier = match &config.auth.users {
+        Some(path) => {
+            let users = Users::load(path).map_err(|err| Error::Auth(err.to_string()))?;
+            tracing::info!(users = users.len(), file = %path.display(), "SMTP AUTH users loaded");
+            Some(Verifier::start(users, &config.auth))
+        }
+        None => None,
+    };
     let session_configs = config
         .listeners
         .iter()
@@ -364,6 +395,7 @@ pub fn start(config: Config) -> Result<Running> {
         queue_id_floor: recovered.queue_id_max,
         metrics: Metrics::default(),
         connections_per_ip: Mutex::new(HashMap::new()),
+        verifier,
         config,
     });
     let shards = shard::start(&server, inboxes).map_err(Error::Listen)?;
@@ -480,6 +512,11 @@ fn session_config(config: &Config, listener: &ListenerConfig) -> SessionConfig {
         chunking: config.smtp.chunking,
         starttls: listener.tls_mode(&config.tls) == ListenerTls::StartTls,
         tls_required: listener.tls_required,
+        auth: AuthSettings {
+            available: config.auth.users.is_some() && listener.auth != ListenerAuth::Off,
+            required: listener.auth == ListenerAuth::Required,
+            plaintext: listener.auth_plaintext,
+        },
     }
 }
 

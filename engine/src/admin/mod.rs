@@ -405,6 +405,16 @@ fn metrics(server: &Server) -> String {
             load(&m.store_failures),
         ),
         (
+            "baton_auth_successes_total",
+            "SMTP AUTH exchanges that succeeded.",
+            load(&m.auth_successes),
+        ),
+        (
+            "baton_auth_failures_total",
+            "SMTP AUTH exchanges that failed: wrong credentials, throttled or cut off.",
+            load(&m.auth_failures),
+        ),
+        (
             "baton_connections_opened_total",
             "Delivery connections started to a destination.",
             load(&m.connections_opened),

@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod auth;
 mod de;
 mod delivery;
 mod duration;
@@ -35,6 +36,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::de::DeTable;
 
+pub use auth::{AuthConfig, ListenerAuth};
 pub use delivery::{
     DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Shaping, TlsPolicy,
 };
@@ -71,6 +73,7 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -104,6 +107,12 @@ pub struct ListenerConfig {
     /// Refuse MAIL before STARTTLS (`530 5.7.0`, RFC 3207 §4).
     #[serde(default)]
     pub tls_required: bool,
+    /// SMTP AUTH on this listener.
+    #[serde(default)]
+    pub auth: ListenerAuth,
+    /// Offer AUTH over connections without TLS (tests, trusted networks).
+    #[serde(default)]
+    pub auth_plaintext: bool,
 }
 
 impl ListenerConfig {
@@ -365,8 +374,12 @@ mod tests {
                 address: "127.0.0.1:2525".parse().unwrap(),
                 tls: ListenerTls::Auto,
                 tls_required: false,
+                auth: ListenerAuth::Optional,
+                auth_plaintext: false,
             }]
         );
+        assert_eq!(c.auth.users, None);
+        assert_eq!(c.auth.verify_threads, 2);
         assert_eq!(c.listeners[0].tls_mode(&c.tls), ListenerTls::None);
         assert_eq!(c.tls.certificate, None);
         assert_eq!(c.tls.key, None);
@@ -556,9 +569,18 @@ mod tests {
             "listener.address",
             "listener.tls",
             "listener.tls_required",
+            "listener.auth",
+            "listener.auth_plaintext",
             "tls.certificate",
             "tls.key",
             "tls.handshake_timeout",
+            "auth.users",
+            "auth.verify_threads",
+            "auth.cache_ttl",
+            "auth.failures_before_delay",
+            "auth.failure_delay",
+            "auth.failures_max",
+            "auth.failure_window",
             "spool.path",
             "spool.segment_bytes",
             "spool.sync",

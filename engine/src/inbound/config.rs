@@ -42,6 +42,18 @@ pub struct SessionConfig {
     pub starttls: bool,
     /// Refuse MAIL until the connection is encrypted (`530 5.7.0`).
     pub tls_required: bool,
+    pub auth: AuthSettings,
+}
+
+/// What a listener does about AUTH (RFC 4954).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// AUTH can be offered: the listener allows it and there are users.
+    pub available: bool,
+    /// MAIL before AUTH gets `530 5.7.0` (a submission port).
+    pub required: bool,
+    /// Offer it without TLS too.
+    pub plaintext: bool,
 }
 
 impl SessionConfig {
@@ -54,6 +66,7 @@ impl SessionConfig {
             chunking: true,
             starttls: false,
             tls_required: false,
+            auth: AuthSettings::default(),
         }
     }
 
