@@ -21,7 +21,7 @@ use crate::delivery::events::EventLog;
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
-use crate::inbound::{BareLineEndings, SessionConfig, SessionLimits};
+use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
 use crate::outbound::{ClientConfig, ClientLimits};
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
@@ -65,6 +65,8 @@ pub struct Server {
     pub config: Config,
     /// One per `[[listener]]`, in order: what its sessions offer.
     pub session_configs: Vec<Arc<SessionConfig>>,
+    /// Message data all sessions hold, shared by every listener's sessions.
+    pub data_budget: Arc<DataBudget>,
     /// The listeners' TLS, `auto` resolved, in order.
     pub listener_tls: Vec<ListenerTls>,
     /// The server's certificates; `None` without `[tls] certificate`.
@@ -354,10 +356,12 @@ pub fn start(config: Config) -> Result<Running> {
         }
         None => None,
     };
+    // One budget for every listener's sessions: the memory is the server's.
+    let data_budget = DataBudget::new(config.limits.data_in_flight_max);
     let session_configs = config
         .listeners
         .iter()
-        .map(|l| Arc::new(session_config(&config, l)))
+        .map(|l| Arc::new(session_config(&config, l, &data_budget)))
         .collect();
     let resolver = Resolver::start(resolver_config(&config)).map_err(Error::Listen)?;
     let events = match &config.log.events {
@@ -378,6 +382,7 @@ pub fn start(config: Config) -> Result<Running> {
     }
     let server = Arc::new(Server {
         session_configs,
+        data_budget,
         listener_tls,
         server_tls,
         client_tls,
@@ -492,7 +497,11 @@ fn client_config(config: &Config) -> ClientConfig {
     }
 }
 
-fn session_config(config: &Config, listener: &ListenerConfig) -> SessionConfig {
+fn session_config(
+    config: &Config,
+    listener: &ListenerConfig,
+    data_budget: &Arc<DataBudget>,
+) -> SessionConfig {
     let l = &config.limits;
     SessionConfig {
         hostname: config.server.hostname.clone(),
@@ -517,6 +526,7 @@ fn session_config(config: &Config, listener: &ListenerConfig) -> SessionConfig {
             required: listener.auth == ListenerAuth::Required,
             plaintext: listener.auth_plaintext,
         },
+        data_budget: data_budget.clone(),
     }
 }
 

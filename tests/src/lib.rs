@@ -135,6 +135,8 @@ pub struct TestConfig {
     /// Run baton with at most this many open descriptors (soft and hard
     /// `RLIMIT_NOFILE`, set by the shell's `ulimit -n`).
     pub descriptor_limit: Option<u64>,
+    /// Environment variables for the baton process, besides `RUST_LOG`.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running (or stopped) baton process with its own directory.
@@ -225,6 +227,7 @@ impl Baton {
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env("RUST_LOG", "info")
+            .envs(self.test.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -328,6 +331,22 @@ impl Baton {
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// The process id of the running baton.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("baton runs").id()
+    }
+
+    /// Its resident memory (`VmRSS` of `/proc/<pid>/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
     }
 
     /// Whether the process is still running.

@@ -193,14 +193,24 @@ fn swaks_authenticates_over_starttls() {
     let (baton, _certs) = tls_baton(&users, None, "");
     let out = Command::new("swaks")
         .args(["--server", &baton.smtp.to_string(), "--tls"])
-        .args(["--auth", "PLAIN", "--auth-user", "app", "--auth-password", PASSWORD])
+        .args([
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "app",
+            "--auth-password",
+            PASSWORD,
+        ])
         .args(["--from", "a@example.com", "--to", "b@example.org"])
         .args(["--helo", "client.test", "--timeout", "20"])
         .output()
         .expect("run swaks");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("<~  235 2.7.0 Authentication successful"), "{text}");
+    assert!(
+        text.contains("<~  235 2.7.0 Authentication successful"),
+        "{text}"
+    );
     assert!(text.contains("<~  250 2.0.0 Ok: queued as"), "{text}");
 }
 
@@ -227,17 +237,28 @@ fn a_submission_listener_refuses_mail_before_auth() {
     let mut smtp = baton_tests::Smtp::connect(([127, 0, 0, 1], port).into());
     smtp.reply();
     let ehlo = smtp.ehlo("client.test");
-    assert!(ehlo.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"), "{ehlo:?}");
-    smtp.cmd("MAIL FROM:<a@example.com>").assert_is(530, "5.7.0");
-    smtp.cmd(&format!("AUTH PLAIN {PLAIN_APP}")).assert_is(235, "2.7.0");
-    smtp.cmd("MAIL FROM:<a@example.com>").assert_is(250, "2.1.0");
+    assert!(
+        ehlo.lines.iter().any(|l| l == "AUTH PLAIN LOGIN"),
+        "{ehlo:?}"
+    );
+    smtp.cmd("MAIL FROM:<a@example.com>")
+        .assert_is(530, "5.7.0");
+    smtp.cmd(&format!("AUTH PLAIN {PLAIN_APP}"))
+        .assert_is(235, "2.7.0");
+    smtp.cmd("MAIL FROM:<a@example.com>")
+        .assert_is(250, "2.1.0");
     smtp.cmd("RCPT TO:<b@example.org>").assert_is(250, "2.1.5");
     // The harness's own listener is not a submission port, and without
     // TLS it offers no AUTH.
     let mut other = baton.connect();
     let ehlo = other.ehlo("client.test");
-    assert!(!ehlo.lines.iter().any(|l| l.starts_with("AUTH")), "{ehlo:?}");
-    other.cmd("MAIL FROM:<a@example.com>").assert_is(250, "2.1.0");
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+        "{ehlo:?}"
+    );
+    other
+        .cmd("MAIL FROM:<a@example.com>")
+        .assert_is(250, "2.1.0");
     other.cmd("RCPT TO:<b@example.org>").assert_is(554, "5.7.1");
 }
 
@@ -271,14 +292,16 @@ fn the_user_policy_limits_sender_domains_recipients_and_messages_per_hour() {
     );
     reply.assert_is(550, "5.7.1");
     // Two recipients at most per message.
-    smtp.cmd("MAIL FROM:<a@allowed.test>").assert_is(250, "2.1.0");
+    smtp.cmd("MAIL FROM:<a@allowed.test>")
+        .assert_is(250, "2.1.0");
     smtp.cmd("RCPT TO:<b@example.org>").assert_is(250, "2.1.5");
     smtp.cmd("RCPT TO:<c@example.org>").assert_is(250, "2.1.5");
     smtp.cmd("RCPT TO:<d@example.org>").assert_is(452, "4.5.3");
     smtp.cmd("RSET").assert_is(250, "2.0.0");
     // Two messages an hour: the two MAILs that passed the domain check
     // took them; the next one waits.
-    smtp.cmd("MAIL FROM:<a@allowed.test>").assert_is(450, "4.7.1");
+    smtp.cmd("MAIL FROM:<a@allowed.test>")
+        .assert_is(450, "4.7.1");
 }
 
 #[test]
@@ -312,7 +335,8 @@ fn a_brute_force_burst_is_slowed_then_cut_off_while_other_clients_are_served() {
             let mut good = baton_tests::Smtp::connect_from("127.0.0.6".parse().unwrap(), target);
             good.reply();
             good.ehlo("good.test");
-            good.cmd(&format!("AUTH PLAIN {PLAIN_APP}")).assert_is(235, "2.7.0");
+            good.cmd(&format!("AUTH PLAIN {PLAIN_APP}"))
+                .assert_is(235, "2.7.0");
             assert!(
                 started.elapsed() < Duration::from_secs(2),
                 "another client waited {:?}",

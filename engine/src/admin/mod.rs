@@ -415,6 +415,11 @@ fn metrics(server: &Server) -> String {
             load(&m.auth_failures),
         ),
         (
+            "baton_data_in_flight_refusals_total",
+            "Messages refused because limits.data_in_flight_max was reached.",
+            server.data_budget.refused(),
+        ),
+        (
             "baton_connections_opened_total",
             "Delivery connections started to a destination.",
             load(&m.connections_opened),
@@ -475,6 +480,11 @@ fn metrics(server: &Server) -> String {
             "baton_queue_recipients",
             "Recipients still to deliver.",
             stats.counts.live_recipients,
+        ),
+        (
+            "baton_data_in_flight_bytes",
+            "Bytes of message data sessions hold in memory, not yet in the spool.",
+            server.data_budget.held(),
         ),
         (
             "baton_spool_segments",

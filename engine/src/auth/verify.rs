@@ -20,8 +20,8 @@
 //!
 //! The users come from an [`ArcSwap`], replaced whole on reload.
 
-use std::collections::{BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -251,11 +251,15 @@ impl Verifier {
         if rates.len() >= RATE_ENTRIES_MAX && !rates.contains_key(&identity.name) {
             rates.retain(|_, w| now.duration_since(w.since) < RATE_WINDOW);
         }
-        let window = rates
-            .entry(identity.name.clone())
-            .or_insert(RateWindow { count: 0, since: now });
+        let window = rates.entry(identity.name.clone()).or_insert(RateWindow {
+            count: 0,
+            since: now,
+        });
         if now.duration_since(window.since) >= RATE_WINDOW {
-            *window = RateWindow { count: 0, since: now };
+            *window = RateWindow {
+                count: 0,
+                since: now,
+            };
         }
         if window.count >= limit {
             return false;
@@ -278,7 +282,8 @@ impl Shared {
             {
                 return Some(Verdict::CutOff);
             }
-            if current(guard.users.get(&credentials.user), now, window) >= self.limits.failures_max {
+            if current(guard.users.get(&credentials.user), now, window) >= self.limits.failures_max
+            {
                 return Some(Verdict::Throttled);
             }
         }
@@ -382,8 +387,9 @@ impl Shared {
     /// A keyed digest of a user's password for the cache.
     fn digest(&self, user: &str, password: &[u8]) -> [u8; 32] {
         use blake2::digest::{KeyInit, Mac};
-        let mut mac = blake2::Blake2bMac::<blake2::digest::consts::U32>::new_from_slice(&self.cache_key)
-            .expect("a 32-byte key fits Blake2b");
+        let mut mac =
+            blake2::Blake2bMac::<blake2::digest::consts::U32>::new_from_slice(&self.cache_key)
+                .expect("a 32-byte key fits Blake2b");
         mac.update(user.as_bytes());
         mac.update(&[0]);
         mac.update(password);
@@ -409,14 +415,24 @@ fn fail<K: std::hash::Hash + Eq + Clone>(
     if map.len() >= GUARD_ENTRIES_MAX && !map.contains_key(&key) {
         map.retain(|_, f| now.duration_since(f.since) < window);
         if map.len() >= GUARD_ENTRIES_MAX {
-            if let Some(oldest) = map.iter().min_by_key(|(_, f)| f.since).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, f)| f.since)
+                .map(|(k, _)| k.clone())
+            {
                 map.remove(&oldest);
             }
         }
     }
-    let entry = map.entry(key).or_insert(Failures { count: 0, since: now });
+    let entry = map.entry(key).or_insert(Failures {
+        count: 0,
+        since: now,
+    });
     if now.duration_since(entry.since) >= window {
-        *entry = Failures { count: 0, since: now };
+        *entry = Failures {
+            count: 0,
+            since: now,
+        };
     }
     entry.count += 1;
     entry.count
@@ -432,9 +448,9 @@ fn run_delays(rx: Receiver<Delayed>) {
             let Reverse(d) = heap.pop().expect("peeked");
             (d.reply)(d.verdict);
         }
-        let wait = heap
-            .peek()
-            .map_or(Duration::from_secs(3600), |Reverse(d)| d.at.saturating_duration_since(now));
+        let wait = heap.peek().map_or(Duration::from_secs(3600), |Reverse(d)| {
+            d.at.saturating_duration_since(now)
+        });
         match rx.recv_timeout(wait) {
             Ok(mut delayed) => {
                 seq += 1;

@@ -217,6 +217,9 @@ pub struct Limits {
     /// start of the message once it has taken `DATA_RATE_GRACE`) ends the
     /// session with `421 4.4.2`; 0 = no minimum.
     pub data_rate_min: u64,
+    /// Bytes of message data all sessions may hold in memory at once (the
+    /// buffers of messages not yet in the spool); past it, `452 4.3.1`.
+    pub data_in_flight_max: u64,
 }
 
 /// `[smtp]`: protocol behaviour.
@@ -402,6 +405,10 @@ mod tests {
         assert_eq!(l.command_timeout, Duration::from_secs(300));
         assert_eq!(l.data_timeout, Duration::from_secs(180));
         assert_eq!(l.data_rate_min, 256);
+        assert_eq!(
+            l.data_in_flight_max,
+            crate::inbound::DATA_IN_FLIGHT_MAX_DEFAULT
+        );
         assert_eq!(c.smtp.bare_line_endings, BareLineEndingsSetting::Reject);
         assert!(c.smtp.chunking);
         let networks: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
@@ -599,6 +606,7 @@ mod tests {
             "limits.command_timeout",
             "limits.data_timeout",
             "limits.data_rate_min",
+            "limits.data_in_flight_max",
             "smtp.bare_line_endings",
             "smtp.chunking",
             "relay.networks",

@@ -84,6 +84,10 @@ pub(super) const MESSAGE_BYTES_MAX: u64 = baton_spool::config::RECORD_BYTES_MAX_
 pub(super) const RECIPIENTS_PER_MESSAGE_MIN: usize = 100;
 /// Recipients are held in memory for the whole transaction; bound them.
 pub(super) const RECIPIENTS_PER_MESSAGE_MAX: usize = 100_000;
+/// Smallest `limits.data_in_flight_max`: a message's buffer starts with
+/// baton's `Received:` header and grows by doubling, so less would refuse
+/// even small messages.
+pub(super) const DATA_IN_FLIGHT_MAX_MIN: u64 = 64 * 1024;
 /// RFC 1035 §2.3.4: 255 octets on the wire leave 253 characters of name.
 const HOSTNAME_BYTES_MAX: usize = 253;
 const HOSTNAME_LABEL_BYTES_MAX: usize = 63;
@@ -349,6 +353,12 @@ fn limits(limits: &Limits) -> Result<(), Invalid> {
         limits.connections_per_ip_max,
         1,
         "",
+    )?;
+    at_least(
+        "limits.data_in_flight_max",
+        limits.data_in_flight_max,
+        DATA_IN_FLIGHT_MAX_MIN,
+        " (below it, not even a small message could be received)",
     )?;
     for (key, timeout) in [
         ("limits.command_timeout", limits.command_timeout),
@@ -755,6 +765,12 @@ mod tests {
                 "at least 1",
             );
         }
+        rejects(
+            "[limits]\ndata_in_flight_max = 4096\n",
+            "limits.data_in_flight_max",
+            2,
+            "at least 65536",
+        );
     }
 
     #[test]

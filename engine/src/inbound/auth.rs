@@ -222,10 +222,16 @@ mod tests {
         let credentials = d.session.take_credentials().expect("credentials");
         assert_eq!(credentials.user, "app");
         assert_eq!(credentials.password, b"secret");
-        assert_eq!(d.verdict(accepted()), "235 2.7.0 Authentication successful\r\n");
+        assert_eq!(
+            d.verdict(accepted()),
+            "235 2.7.0 Authentication successful\r\n"
+        );
         let out = d.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@elsewhere.test>\r\n");
         assert_eq!(out, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n");
-        assert_eq!(d.send(b"AUTH PLAIN AGFwcABzZWNyZXQ=\r\n").get(..3), Some("503"));
+        assert_eq!(
+            d.send(b"AUTH PLAIN AGFwcABzZWNyZXQ=\r\n").get(..3),
+            Some("503")
+        );
     }
 
     #[test]
@@ -236,7 +242,10 @@ mod tests {
         assert_eq!(d.send(b"YXBw\r\n"), "334 UGFzc3dvcmQ6\r\n");
         assert_eq!(d.send(b"c2VjcmV0\r\n"), "");
         let credentials = d.session.take_credentials().expect("credentials");
-        assert_eq!((credentials.user.as_str(), &credentials.password[..]), ("app", &b"secret"[..]));
+        assert_eq!(
+            (credentials.user.as_str(), &credentials.password[..]),
+            ("app", &b"secret"[..])
+        );
         assert_eq!(
             d.verdict(Verdict::Refused),
             "535 5.7.8 Authentication credentials invalid\r\n"
@@ -250,7 +259,10 @@ mod tests {
         assert_eq!(d.send(b"AUTH PLAIN\r\n"), "334 \r\n");
         assert_eq!(d.send(b"*\r\n"), "501 5.7.0 Authentication cancelled\r\n");
         assert_eq!(d.send(b"AUTH PLAIN\r\n"), "334 \r\n");
-        assert_eq!(d.send(b"%%%\r\n"), "501 5.5.2 Cannot decode the response\r\n");
+        assert_eq!(
+            d.send(b"%%%\r\n"),
+            "501 5.5.2 Cannot decode the response\r\n"
+        );
     }
 
     #[test]
@@ -269,7 +281,10 @@ mod tests {
             d.send(b"AUTH LOGIN\r\n"),
             "503 5.5.1 AUTH not permitted during a mail transaction\r\n"
         );
-        assert_eq!(d.send(b"RSET\r\nAUTH CRAM-MD5\r\n"), "250 2.0.0 Ok\r\n504 5.5.4 Unrecognized authentication mechanism\r\n");
+        assert_eq!(
+            d.send(b"RSET\r\nAUTH CRAM-MD5\r\n"),
+            "250 2.0.0 Ok\r\n504 5.5.4 Unrecognized authentication mechanism\r\n"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::mem;
 
+use super::budget::Held;
 use super::replies;
 use super::session::{Chunk, ChunkRefusal, Session, State};
 use super::transaction::ChunkedBody;
@@ -75,8 +76,14 @@ impl Session {
         let queue_id = ctx.next_queue_id();
         let wire = self.received_header(queue_id, ctx.now_unix_secs());
         let stuffer = DotStuffer::new(self.config.body_limits(), wire);
+        let mut body = ChunkedBody {
+            queue_id,
+            stuffer,
+            held: Held::new(&self.config.data_budget),
+        };
+        body.account();
         if let Some(transaction) = self.transaction.as_mut() {
-            transaction.chunks = Some(ChunkedBody { queue_id, stuffer });
+            transaction.chunks = Some(body);
         }
     }
 
@@ -91,6 +98,7 @@ impl Session {
             let body = self.transaction.as_mut().and_then(|t| t.chunks.as_mut());
             if let Some(body) = body {
                 body.stuffer.feed(&rest[..take]);
+                body.account();
             }
         }
         take
@@ -119,6 +127,18 @@ impl Session {
             self.transaction = None;
             return self.refuse(replies::body_violation(violation));
         }
+        let discarded = self
+            .transaction
+            .as_ref()
+            .and_then(|t| t.chunks.as_ref())
+            .is_some_and(|body| body.stuffer.is_discarded());
+        if discarded {
+            // No room in the server's data budget: the message is dropped
+            // now (RFC 3030 §2: a failed chunk ends the transaction) and
+            // its memory released; a later try may fit.
+            self.transaction = None;
+            return self.reply(replies::DATA_IN_FLIGHT_FULL);
+        }
         if !chunk.last {
             return self.reply(&replies::chunk_received(chunk.size));
         }
@@ -126,8 +146,12 @@ impl Session {
             return;
         };
         if let Some(body) = transaction.chunks.take() {
-            let queue_id = body.queue_id;
-            self.message_complete(transaction, queue_id, body.stuffer.finish());
+            let ChunkedBody {
+                queue_id,
+                stuffer,
+                held,
+            } = body;
+            self.message_complete(transaction, queue_id, stuffer.finish(), held);
         }
     }
 }
@@ -225,6 +249,32 @@ mod tests {
         assert!(driver
             .output()
             .ends_with("552 5.3.4 Message size exceeds fixed maximum message size\r\n"));
+    }
+
+    /// Past the server's data budget, the chunk is read to its end, then
+    /// refused with 452 4.3.1, ending the transaction.
+    #[test]
+    fn data_budget_refuses_the_chunk() {
+        let budget = crate::inbound::DataBudget::new(64 * 1024);
+        let mut config = SessionConfig::new("mx.example.net");
+        config.data_budget = budget.clone();
+        let mut driver = Driver::with_config(config, true);
+        let chunk = "y".repeat(98) + "\r\n";
+        let chunk = chunk.repeat(1000);
+        driver.feed(format!("{ENVELOPE}BDAT {}\r\n{chunk}", chunk.len()).as_bytes());
+        assert_eq!(budget.held(), 0);
+        driver.feed(b"BDAT 0 LAST\r\nRSET\r\n");
+        assert!(
+            driver.output().ends_with(
+                "452 4.3.1 Insufficient system storage: too much mail in transit, try again later\r\n\
+                 503 5.5.1 Error: need MAIL command\r\n250 2.0.0 Ok\r\n"
+            ),
+            "{}",
+            driver.output()
+        );
+        driver.feed(format!("{ENVELOPE}BDAT 5 LAST\r\nsmall").as_bytes());
+        assert_eq!(driver.messages.len(), 1);
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

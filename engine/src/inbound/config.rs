@@ -1,6 +1,9 @@
 //! What a session needs to know: the host name it speaks for and every
 //! limit a peer can reach. Defaults are named constants, qualifier last.
 
+use std::sync::Arc;
+
+use super::DataBudget;
 use crate::smtp::data::{BareLineEndings, BodyLimits};
 
 /// RFC 5321 §4.5.3.1.4 sets 512 octets; extensions make lines longer
@@ -13,6 +16,10 @@ pub const MESSAGE_BYTES_MAX_DEFAULT: u64 = 50 * 1024 * 1024;
 /// RFC 5321 §4.5.3.1.8 asks for at least 100; bulk senders batch more.
 pub const RECIPIENTS_PER_MESSAGE_MAX_DEFAULT: usize = 1000;
 pub const COMMANDS_PER_SESSION_MAX_DEFAULT: u32 = 10_000;
+/// 256 MiB of message data held by all sessions at once: a few messages
+/// of the largest size (a 50 MiB body grows a buffer of 64 MiB) beside
+/// thousands of ordinary ones, on a host that has a few GiB for baton.
+pub const DATA_IN_FLIGHT_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
 pub const ERRORS_PER_SESSION_MAX_DEFAULT: u32 = 20;
 /// Postfix's `hopcount_limit`.
 pub const RECEIVED_HEADERS_MAX_DEFAULT: usize = 50;
@@ -28,6 +35,11 @@ pub const PIPELINED_INPUT_BYTES_MAX: usize = 256 * 1024;
 /// says it must not send more than a window ahead) stops being read past
 /// this, instead of making the server buffer without end.
 pub const PENDING_OUTPUT_BYTES_MAX: usize = 64 * 1024;
+/// Capacity an emptied input or output buffer keeps. Replies to a few
+/// pipelined commands fit, so a busy session does not reallocate; more (a
+/// burst of pipelined input, a long EHLO reply queue) is freed once sent
+/// or processed, so an idle session does not keep it.
+pub const IDLE_BUFFER_KEEP_BYTES: usize = 1024;
 
 /// One listener's session settings, shared by its sessions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +54,9 @@ pub struct SessionConfig {
     pub starttls: bool,
     /// Refuse MAIL until the connection is encrypted (`530 5.7.0`).
     pub tls_required: bool,
+    /// Message data held by all sessions of the server (`[limits]
+    /// data_in_flight_max`): past it a message is refused with `452 4.3.1`.
+    pub data_budget: Arc<DataBudget>,
     pub auth: AuthSettings,
 }
 
@@ -67,6 +82,7 @@ impl SessionConfig {
             starttls: false,
             tls_required: false,
             auth: AuthSettings::default(),
+            data_budget: DataBudget::unlimited(),
         }
     }
 

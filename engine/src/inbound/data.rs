@@ -5,6 +5,7 @@ use std::mem;
 
 use baton_spool::QueueId;
 
+use super::budget::Held;
 use super::replies;
 use super::session::{DataBody, Session, State};
 use super::transaction::Transaction;
@@ -29,7 +30,13 @@ impl Session {
         let queue_id = ctx.next_queue_id();
         let wire = self.received_header(queue_id, ctx.now_unix_secs());
         let reader = DataReader::new(self.config.body_limits(), wire);
-        self.state = State::Data(Box::new(DataBody { queue_id, reader }));
+        let mut body = DataBody {
+            queue_id,
+            reader,
+            held: Held::new(&self.config.data_budget),
+        };
+        body.account();
+        self.state = State::Data(Box::new(body));
         self.reply(replies::START_DATA);
     }
 
@@ -38,9 +45,14 @@ impl Session {
         let State::Data(data) = mem::replace(&mut self.state, State::Command) else {
             return;
         };
-        let body = data.reader.finish();
+        let DataBody {
+            queue_id,
+            reader,
+            held,
+        } = *data;
+        let body = reader.finish();
         if let Some(transaction) = self.transaction.take() {
-            self.message_complete(transaction, data.queue_id, body);
+            self.message_complete(transaction, queue_id, body, held);
         }
     }
 
@@ -51,9 +63,15 @@ impl Session {
         transaction: Transaction,
         queue_id: QueueId,
         body: Body,
+        held: Held,
     ) {
         if let Some(violation) = body.violation {
             return self.refuse(replies::body_violation(violation));
+        }
+        if body.discarded {
+            // The server's data budget had no room for it: not the
+            // client's error, and worth another try later.
+            return self.reply(replies::DATA_IN_FLIGHT_FULL);
         }
         if received_headers(&body.wire) > self.config.limits.received_headers_max {
             return self.refuse(replies::TOO_MANY_HOPS);
@@ -78,6 +96,7 @@ impl Session {
             identity: self.identity().cloned(),
         };
         self.state = State::AwaitingStore(Some(message));
+        self.message_held = Some(held);
     }
 }
 
@@ -413,6 +432,39 @@ mod tests {
             "{out}"
         );
         assert_eq!(driver.messages.len(), 1);
+    }
+
+    /// Past the server's data budget a message is read to its end and
+    /// refused with 452 4.3.1; its memory comes back, the session goes on,
+    /// and a message that fits is taken.
+    #[test]
+    fn data_budget_refuses_with_452() {
+        let budget = crate::inbound::DataBudget::new(64 * 1024);
+        let mut config = SessionConfig::new("mx.example.net");
+        config.data_budget = budget.clone();
+        let mut driver = Driver::with_config(config, true);
+        driver.auto_store = false;
+        let big = "x".repeat(998) + "\r\n";
+        driver.feed(format!("{ENVELOPE}DATA\r\n").as_bytes());
+        for _ in 0..100 {
+            driver.feed(big.as_bytes());
+        }
+        assert_eq!(budget.held(), 0, "the body was dropped when it did not fit");
+        driver.feed(b".\r\nRSET\r\n");
+        assert!(
+            driver.output().ends_with(
+                "354 End data with <CR><LF>.<CR><LF>\r\n\
+                 452 4.3.1 Insufficient system storage: too much mail in transit, try again later\r\n\
+                 250 2.0.0 Ok\r\n"
+            ),
+            "{}",
+            driver.output()
+        );
+        assert!(driver.messages.is_empty());
+        driver.feed(format!("{ENVELOPE}DATA\r\nsmall\r\n.\r\n").as_bytes());
+        assert!(budget.held() > 0, "held until the shard takes it");
+        assert!(driver.session.take_message().is_some());
+        assert_eq!(budget.held(), 0);
     }
 
     #[test]

@@ -46,6 +46,7 @@ use crate::tls::TlsInfo;
 mod auth;
 mod basic;
 mod bdat;
+mod budget;
 mod config;
 mod data;
 mod ehlo;
@@ -60,11 +61,13 @@ mod testing;
 mod transaction;
 
 pub use crate::smtp::data::BareLineEndings;
+pub use budget::DataBudget;
 pub use config::{AuthSettings, SessionConfig, SessionLimits};
 pub use config::{
-    COMMANDS_PER_SESSION_MAX_DEFAULT, COMMAND_LINE_BYTES_MAX_DEFAULT,
-    ERRORS_PER_SESSION_MAX_DEFAULT, MESSAGE_BYTES_MAX_DEFAULT, PENDING_OUTPUT_BYTES_MAX,
-    PIPELINED_INPUT_BYTES_MAX, RECIPIENTS_PER_MESSAGE_MAX_DEFAULT, TEXT_LINE_BYTES_MAX_DEFAULT,
+    COMMANDS_PER_SESSION_MAX_DEFAULT, COMMAND_LINE_BYTES_MAX_DEFAULT, DATA_IN_FLIGHT_MAX_DEFAULT,
+    ERRORS_PER_SESSION_MAX_DEFAULT, IDLE_BUFFER_KEEP_BYTES, MESSAGE_BYTES_MAX_DEFAULT,
+    PENDING_OUTPUT_BYTES_MAX, PIPELINED_INPUT_BYTES_MAX, RECIPIENTS_PER_MESSAGE_MAX_DEFAULT,
+    TEXT_LINE_BYTES_MAX_DEFAULT,
 };
 pub use session::{Phase, Session};
 

@@ -84,6 +84,10 @@ pub(super) const TEXT_LINE_TOO_LONG: &str = "500 5.5.2 Error: message line too l
 
 // The spool's answer (RFC 5321 §4.2.2).
 pub(super) const STORE_FULL: &str = "452 4.3.1 Insufficient system storage\r\n";
+/// Too much message data held in memory across all sessions
+/// (`[limits] data_in_flight_max`).
+pub(super) const DATA_IN_FLIGHT_FULL: &str =
+    "452 4.3.1 Insufficient system storage: too much mail in transit, try again later\r\n";
 pub(super) const STORE_FAILED: &str = "451 4.3.0 Error: queue file write error\r\n";
 
 // AUTH (RFC 4954 §4, §6) and what a user may do.
@@ -106,8 +110,7 @@ pub(super) const AUTH_REQUIRED: &str = "530 5.7.0 Authentication required\r\n";
 pub(super) const SEND_EHLO_FIRST: &str = "503 5.5.1 Error: send EHLO first\r\n";
 pub(super) const USER_RATE_REACHED: &str =
     "450 4.7.1 Message rate limit of this user reached, try again later\r\n";
-pub(super) const USER_TOO_MANY_RECIPIENTS: &str =
-    "452 4.5.3 Too many recipients for this user\r\n";
+pub(super) const USER_TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Too many recipients for this user\r\n";
 pub(super) const FROM_NOT_ALLOWED: &str =
     "550 5.7.1 The From: header's domain is not one this user may send from\r\n";
 
@@ -264,6 +267,7 @@ mod tests {
             TEXT_LINE_TOO_LONG,
             STORE_FULL,
             STORE_FAILED,
+            DATA_IN_FLIGHT_FULL,
             AUTH_NOT_ENABLED,
             AUTH_OK,
             AUTH_FAILED,

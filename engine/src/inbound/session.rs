@@ -7,14 +7,17 @@ use std::sync::Arc;
 
 use baton_spool::QueueId;
 
-use super::config::{SessionConfig, PENDING_OUTPUT_BYTES_MAX, PIPELINED_INPUT_BYTES_MAX};
 use super::auth::Sasl;
+use super::budget::Held;
+use super::config::{
+    SessionConfig, IDLE_BUFFER_KEEP_BYTES, PENDING_OUTPUT_BYTES_MAX, PIPELINED_INPUT_BYTES_MAX,
+};
 use super::replies::{self, closing};
 use super::transaction::Transaction;
 use super::{ReceivedMessage, SessionContext, StoreError};
+use crate::auth::verify::{Credentials, Identity};
 use crate::smtp::command::{self, Verb};
 use crate::smtp::data::DataReader;
-use crate::auth::verify::{Credentials, Identity};
 use crate::tls::TlsInfo;
 
 /// What the session is doing, for the shard to choose a timeout.
@@ -62,6 +65,20 @@ pub(super) enum State {
 pub(super) struct DataBody {
     pub queue_id: QueueId,
     pub reader: DataReader,
+    /// What the reader's buffer holds of the server's data budget.
+    pub held: Held,
+}
+
+impl DataBody {
+    /// Reserves what the body's buffer grew to; when the server's data
+    /// budget has no room, the body is dropped (the rest of the data is
+    /// still read) and the message will be refused with `452 4.3.1`.
+    pub fn account(&mut self) {
+        let bytes = self.reader.held_bytes() as u64;
+        if !self.reader.is_discarded() && !self.held.resize(bytes) {
+            self.reader.discard();
+        }
+    }
 }
 
 /// One BDAT chunk being read. RFC 3030 §2: its octets follow the command
@@ -134,6 +151,9 @@ pub struct Session {
     /// More input arrived than [`PIPELINED_INPUT_BYTES_MAX`] allows.
     input_overflow: bool,
     pending_close: Option<PendingClose>,
+    /// What a complete message's body holds of the data budget, until the
+    /// shard takes the message.
+    pub(super) message_held: Option<Held>,
 }
 
 impl Session {
@@ -162,6 +182,7 @@ impl Session {
             errors: 0,
             input_overflow: false,
             pending_close: None,
+            message_held: None,
         };
         session.reply(&greeting);
         session
@@ -220,13 +241,21 @@ impl Session {
     /// `n` bytes of [`output`](Self::output) were sent.
     pub fn consume_output(&mut self, n: usize) {
         self.output.drain(..n.min(self.output.len()));
+        if self.output.is_empty() && self.output.capacity() > IDLE_BUFFER_KEEP_BYTES {
+            self.output = Vec::new();
+        }
     }
 
     /// A complete message to store durably. Until [`stored`](Self::stored)
     /// is called, the session processes no input and sends no reply.
     pub fn take_message(&mut self) -> Option<ReceivedMessage> {
         match &mut self.state {
-            State::AwaitingStore(message) => message.take(),
+            State::AwaitingStore(message) => {
+                // The shard copies the body into the spool's buffers and
+                // drops it at once.
+                self.message_held = None;
+                message.take()
+            }
             _ => None,
         }
     }
@@ -375,10 +404,9 @@ impl Session {
     /// wait for more input (or for the spool).
     fn step(&mut self, rest: &[u8], ctx: &mut dyn SessionContext) -> Option<usize> {
         match &mut self.state {
-            State::Closing
-            | State::AwaitingStore(_)
-            | State::AwaitingAuth(_)
-            | State::StartTls => None,
+            State::Closing | State::AwaitingStore(_) | State::AwaitingAuth(_) | State::StartTls => {
+                None
+            }
             // BDAT 0, or a chunk just completed: no input needed.
             State::Chunk(chunk) if chunk.remaining == 0 => {
                 self.chunk_complete();
@@ -389,6 +417,7 @@ impl Session {
             State::DiscardLine => Some(self.discard_step(rest)),
             State::Data(body) => {
                 let used = body.reader.feed(rest);
+                body.account();
                 if body.reader.is_done() {
                     self.end_of_data();
                 }

@@ -3,6 +3,7 @@
 
 use baton_spool::QueueId;
 
+use super::budget::Held;
 use super::AcceptedRecipient;
 use crate::smtp::data::DotStuffer;
 
@@ -23,6 +24,19 @@ pub(super) struct Transaction {
 pub(super) struct ChunkedBody {
     pub queue_id: QueueId,
     pub stuffer: DotStuffer,
+    /// What the stuffer's buffer holds of the server's data budget.
+    pub held: Held,
+}
+
+impl ChunkedBody {
+    /// As `DataBody::account`: past the data budget the body is dropped
+    /// and the message refused with `452 4.3.1` at the end of the chunk.
+    pub fn account(&mut self) {
+        let bytes = self.stuffer.held_bytes() as u64;
+        if !self.stuffer.is_discarded() && !self.held.resize(bytes) {
+            self.stuffer.discard();
+        }
+    }
 }
 
 impl Transaction {

@@ -20,9 +20,6 @@ use crate::tls::TlsInfo;
 
 use super::token::{ConnKey, SLOTS_MAX};
 
-/// Bytes one receive can bring in.
-pub(crate) const RECV_BUFFER_BYTES: usize = 64 << 10;
-
 pub(crate) struct Conn {
     pub key: ConnKey,
     fd: OwnedFd,
@@ -30,9 +27,12 @@ pub(crate) struct Conn {
     /// of each message it sends.
     pub peer_text: Arc<str>,
     pub session: Session,
-    /// Borrowed by the kernel while `recv_in_flight`.
-    pub recv_buf: Box<[u8]>,
+    /// A receive is armed; its buffer comes from the shard's buffer ring
+    /// when data arrives, so a connection holds none while it waits.
     pub recv_in_flight: bool,
+    /// The last receive found the buffer ring empty: it is armed again
+    /// once buffers have come back.
+    pub recv_starved: bool,
     /// Borrowed by the kernel while `send_in_flight`: `send_buf[send_done..]`.
     pub send_buf: Vec<u8>,
     pub send_done: usize,
@@ -84,8 +84,8 @@ impl Conn {
             fd,
             peer_text: peer.to_string().into(),
             session,
-            recv_buf: vec![0; RECV_BUFFER_BYTES].into_boxed_slice(),
             recv_in_flight: false,
+            recv_starved: false,
             send_buf: Vec::new(),
             send_done: 0,
             send_in_flight: false,
@@ -108,19 +108,18 @@ impl Conn {
         self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
     }
 
-    /// Feeds `n` received bytes of ciphertext to rustls and the plaintext
-    /// to the session; tells the session when the handshake completes.
-    pub fn receive_tls(&mut self, n: usize, ctx: &mut dyn SessionContext) -> TlsStep {
+    /// Feeds received ciphertext to rustls (which copies what it needs)
+    /// and the plaintext to the session; tells the session when the
+    /// handshake completes.
+    pub fn receive_tls(&mut self, mut input: &[u8], ctx: &mut dyn SessionContext) -> TlsStep {
         let Conn {
             tls,
             session,
-            recv_buf,
             tls_reported,
             tls_failed,
             ..
         } = self;
         let tls = tls.as_mut().expect("a TLS connection");
-        let mut input = &recv_buf[..n];
         let mut step = TlsStep::Continue;
         while !input.is_empty() {
             match tls.read_tls(&mut input) {

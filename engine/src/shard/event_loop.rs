@@ -21,18 +21,20 @@ use crate::admin::AdminReply;
 use crate::auth::verify::{Identity, Verdict};
 use crate::config::ListenerTls;
 use crate::delivery::events::{Event as LogEvent, EventKind};
-use crate::inbound::{Phase, ReceivedMessage, Session, SessionContext, StoreError};
+use crate::inbound::{
+    Phase, ReceivedMessage, Session, SessionContext, StoreError, IDLE_BUFFER_KEEP_BYTES,
+};
 use crate::log_limit::LogLimit;
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::{unix_ms, Server};
 use crate::tls::{TlsInfo, TLS_BUFFER_BYTES_MAX};
 
-use super::conn::{Conn, Slots, TlsStep, RECV_BUFFER_BYTES};
+use super::conn::{Conn, Slots, TlsStep};
 use super::listener;
 use super::outbound::OutConn;
 use super::queue_id::QueueIdGen;
-use super::ring::{pin_to_cpu, Completion, EventFd, Ring};
+use super::ring::{pin_to_cpu, BufRing, Completion, EventFd, LentBuf, Ring};
 use super::token::{ConnKey, Token};
 use super::ShardMsg;
 
@@ -127,6 +129,13 @@ pub(super) struct Shard {
     pub(super) id: usize,
     pub(super) server: Arc<Server>,
     pub(super) ring: Ring,
+    /// Receive buffers, lent per completion (`ring.rs`).
+    pub(super) bufs: BufRing,
+    /// Receives that found `bufs` empty, to arm again once buffers are
+    /// back: `Token::Recv` and `Token::OutRecv`.
+    pub(super) starved: Vec<Token>,
+    /// A buffer went back to `bufs` since `starved` was last retried.
+    bufs_returned: bool,
     pub(super) writer: Writer,
     listeners: Vec<Listener>,
     waker: Arc<EventFd>,
@@ -193,6 +202,12 @@ impl Shard {
             server.config.server.ring_entries,
             server.config.server.sqpoll,
         )?;
+        let bufs = BufRing::new(&ring).map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("provided buffer ring (Linux 5.19 or later): {err}"),
+            )
+        })?;
         let mut listeners = Vec::new();
         for l in &server.config.listeners {
             let fd = listener::bind(l.address).map_err(|err| {
@@ -214,6 +229,9 @@ impl Shard {
             id,
             server,
             ring,
+            bufs,
+            starved: Vec::new(),
+            bufs_returned: false,
             writer,
             listeners,
             waker,
@@ -262,6 +280,9 @@ impl Shard {
                     self.complete(c)?;
                 }
                 self.completions = completions;
+                if self.bufs_returned {
+                    self.retry_starved();
+                }
                 if !reaped {
                     break;
                 }
@@ -327,7 +348,12 @@ impl Shard {
                 }
                 Ok(())
             }
-            Some(Token::Recv(key)) => self.received(key, c.result),
+            Some(Token::Recv(key)) => {
+                let buf = self.lend(&c);
+                let result = self.received(key, c.result, buf.as_deref());
+                self.give_back(buf);
+                result
+            }
             Some(Token::Send(key)) => self.sent(key, c.result),
             Some(Token::Cancel) | None => Ok(()),
             Some(Token::Spool(seq)) => self.spool_done(seq, c.result),
@@ -336,12 +362,53 @@ impl Shard {
                 Ok(())
             }
             Some(Token::OutRecv(key)) => {
-                self.out_received(key, c.result);
+                let buf = self.lend(&c);
+                self.out_received(key, c.result, buf.as_deref());
+                self.give_back(buf);
                 Ok(())
             }
             Some(Token::OutSend(key)) => {
                 self.out_sent(key, c.result);
                 Ok(())
+            }
+        }
+    }
+
+    /// The receive buffer a completion filled, if it names one. It goes
+    /// back to the ring with [`Shard::give_back`] once the completion has
+    /// been handled: what a session keeps of it, it copies.
+    fn lend(&self, c: &Completion) -> Option<LentBuf> {
+        let bid = c.buffer()?;
+        Some(self.bufs.lend(bid, c.result.max(0) as usize))
+    }
+
+    fn give_back(&mut self, buf: Option<LentBuf>) {
+        if let Some(buf) = buf {
+            self.bufs.give_back(buf);
+            self.bufs_returned = true;
+        }
+    }
+
+    /// A receive failed with `ENOBUFS`: the buffer ring was empty. Armed
+    /// again once buffers are back ([`Shard::retry_starved`]), not at
+    /// once, which would fail again at once.
+    pub(super) fn starve(&mut self, token: Token) {
+        self.starved.push(token);
+    }
+
+    /// Arms again the receives that found the buffer ring empty.
+    fn retry_starved(&mut self) {
+        self.bufs_returned = false;
+        for token in std::mem::take(&mut self.starved) {
+            match token {
+                Token::Recv(key) => {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.recv_starved = false;
+                        self.progress(key);
+                    }
+                }
+                Token::OutRecv(key) => self.out_unstarve(key),
+                _ => {}
             }
         }
     }
@@ -508,8 +575,21 @@ impl Shard {
 
     // --- one connection --------------------------------------------------
 
-    fn received(&mut self, key: ConnKey, result: i32) -> io::Result<()> {
+    fn received(&mut self, key: ConnKey, result: i32, data: Option<&[u8]>) -> io::Result<()> {
+        if result == -libc::ENOBUFS {
+            if let Some(conn) = self.conns.get_mut(key).filter(|conn| !conn.dead) {
+                conn.recv_in_flight = false;
+                conn.recv_starved = true;
+                self.starve(Token::Recv(key));
+                return Ok(());
+            }
+        }
         let Some(n) = self.settle(key, result, Direction::Recv) else {
+            return Ok(());
+        };
+        // A receive with data always names its buffer.
+        let Some(data) = data.filter(|data| data.len() == n) else {
+            self.kill(key);
             return Ok(());
         };
         let conn = self.conns.get_mut(key).expect("settled connections live");
@@ -521,10 +601,10 @@ impl Shard {
         let phase_before = conn.session.phase();
         let mut established = false;
         if conn.tls.is_none() {
-            conn.session.receive(&conn.recv_buf[..n], &mut ctx);
+            conn.session.receive(data, &mut ctx);
         } else {
             let metrics = &self.server.metrics;
-            match conn.receive_tls(n, &mut ctx) {
+            match conn.receive_tls(data, &mut ctx) {
                 TlsStep::Continue => {}
                 TlsStep::Established => {
                     metrics.tls_handshakes_in.fetch_add(1, Ordering::Relaxed);
@@ -578,6 +658,11 @@ impl Shard {
         if conn.send_done == conn.send_buf.len() {
             conn.send_buf.clear();
             conn.send_done = 0;
+            // A TLS handshake flight or a burst of replies is not kept
+            // by a connection that may now sit idle.
+            if conn.send_buf.capacity() > IDLE_BUFFER_KEEP_BYTES {
+                conn.send_buf = Vec::new();
+            }
         }
         self.progress(key);
         Ok(())
@@ -659,16 +744,8 @@ impl Shard {
             }
             return;
         }
-        if conn.wants_input() && !conn.recv_in_flight {
-            // SAFETY: as for the send above, with `recv_buf`.
-            let submitted = unsafe {
-                self.ring.recv(
-                    conn.fd(),
-                    conn.recv_buf.as_mut_ptr(),
-                    RECV_BUFFER_BYTES as u32,
-                    Token::Recv(key).encode(),
-                )
-            };
+        if conn.wants_input() && !conn.recv_in_flight && !conn.recv_starved {
+            let submitted = self.ring.recv_select(conn.fd(), Token::Recv(key).encode());
             if submitted.is_err() {
                 return self.kill(key);
             }
@@ -1040,6 +1117,11 @@ impl Shard {
     fn sweep(&mut self) -> io::Result<()> {
         let now = Instant::now();
         self.resume_accepts(now)?;
+        // Buffers come back with every receive handled; this is for a
+        // shard whose starved receives saw none come back.
+        if !self.starved.is_empty() {
+            self.retry_starved();
+        }
         for key in self.conns.keys() {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;

@@ -35,7 +35,7 @@ use crate::smtp::reply::Reply;
 use crate::tls::mta_sts::{Mode, Policy};
 use crate::tls::TlsInfo;
 
-use super::conn::{Slotted, RECV_BUFFER_BYTES};
+use super::conn::Slotted;
 use super::event_loop::Shard;
 use super::settle::reply_text;
 use super::token::{ConnKey, Token};
@@ -136,9 +136,11 @@ pub(super) struct OutConn {
     addr: Box<SockAddr>,
     connect_in_flight: bool,
     client: Option<Client>,
-    /// Borrowed by the kernel while `recv_in_flight`.
-    recv_buf: Box<[u8]>,
+    /// A receive is armed; its buffer comes from the shard's buffer ring
+    /// when data arrives, so an idle pooled connection holds none.
     recv_in_flight: bool,
+    /// The last receive found the buffer ring empty (`Shard::starve`).
+    recv_starved: bool,
     /// Borrowed by the kernel while `send_in_flight` (unless the send is
     /// the body, which the mapping in `current` holds).
     send_buf: Vec<u8>,
@@ -271,8 +273,8 @@ impl Shard {
             addr: Box::new(SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)))),
             connect_in_flight: false,
             client: None,
-            recv_buf: vec![0; RECV_BUFFER_BYTES].into_boxed_slice(),
             recv_in_flight: false,
+            recv_starved: false,
             send_buf: Vec::new(),
             send_done: 0,
             send_in_flight: false,
@@ -513,6 +515,7 @@ impl Shard {
             )
         };
         conn.fd = Some(fd);
+        conn.recv_starved = false;
         conn.hop = Some(hop);
         match submitted {
             Ok(()) => conn.connect_in_flight = true,
@@ -558,13 +561,19 @@ impl Shard {
         self.out_progress(key);
     }
 
-    pub(super) fn out_received(&mut self, key: ConnKey, result: i32) {
+    /// A receive completed, with what it brought in `data` (a buffer of
+    /// the shard's ring, given back once this returns).
+    pub(super) fn out_received(&mut self, key: ConnKey, result: i32, data: Option<&[u8]>) {
         let Some(conn) = self.outs.get_mut(key) else {
             return;
         };
         conn.recv_in_flight = false;
         if conn.after.is_some() {
             return self.out_settle(key);
+        }
+        if result == -libc::ENOBUFS {
+            conn.recv_starved = true;
+            return self.starve(Token::OutRecv(key));
         }
         let Some(client) = conn.client.as_mut() else {
             return;
@@ -583,12 +592,28 @@ impl Shard {
                 None => "the server closed the connection".into(),
             };
             client.connection_lost();
-        } else if conn.tls.is_some() {
-            return self.out_received_tls(key, result as usize);
+        } else if let Some(data) = data.filter(|data| data.len() == result as usize) {
+            if conn.tls.is_some() {
+                return self.out_received_tls(key, data);
+            }
+            client.receive(data);
         } else {
-            client.receive(&conn.recv_buf[..result as usize]);
+            // Data without a buffer named: cannot happen with a receive
+            // from the ring; treated as a lost connection, not a panic.
+            conn.last_error = "a receive without its buffer".into();
+            client.connection_lost();
         }
         self.out_progress(key);
+    }
+
+    /// Arms again a receive that found the buffer ring empty.
+    pub(super) fn out_unstarve(&mut self, key: ConnKey) {
+        let Some(conn) = self.outs.get_mut(key) else {
+            return;
+        };
+        if std::mem::take(&mut conn.recv_starved) && conn.after.is_none() {
+            self.out_progress(key);
+        }
     }
 
     pub(super) fn out_sent(&mut self, key: ConnKey, result: i32) {
@@ -764,17 +789,9 @@ impl Shard {
                 None => {}
             }
         }
-        if !conn.recv_in_flight && !client.is_closed() {
+        if !conn.recv_in_flight && !conn.recv_starved && !client.is_closed() {
             let fd = conn.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd());
-            // SAFETY: as for the send above, with `recv_buf`.
-            let submitted = unsafe {
-                self.ring.recv(
-                    fd,
-                    conn.recv_buf.as_mut_ptr(),
-                    RECV_BUFFER_BYTES as u32,
-                    Token::OutRecv(key).encode(),
-                )
-            };
+            let submitted = self.ring.recv_select(fd, Token::OutRecv(key).encode());
             if submitted.is_err() {
                 client.connection_lost();
                 return self.out_progress(key);

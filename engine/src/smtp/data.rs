@@ -85,6 +85,9 @@ pub struct Body {
     /// Wire-form octets, counted even after storing stopped.
     pub message_bytes: u64,
     pub violation: Option<BodyViolation>,
+    /// The content was dropped on the caller's word (`discard`): `wire`
+    /// is empty.
+    pub discarded: bool,
 }
 
 /// Appends wire form to a buffer, enforcing the limits.
@@ -100,6 +103,9 @@ struct WireWriter {
     bare: bool,
     too_big: bool,
     long_line: bool,
+    /// The caller dropped the stored content (no memory for it): scanning
+    /// goes on, storing does not.
+    discarded: bool,
 }
 
 impl WireWriter {
@@ -113,7 +119,13 @@ impl WireWriter {
             bare: false,
             too_big: false,
             long_line: false,
+            discarded: false,
         }
+    }
+
+    fn discard(&mut self) {
+        self.discarded = true;
+        self.wire = Vec::new();
     }
 
     fn violation(&self) -> Option<BodyViolation> {
@@ -143,6 +155,9 @@ impl WireWriter {
         if self.message_bytes > self.limits.message_bytes_max {
             self.too_big = true;
         }
+        if self.discarded {
+            return;
+        }
         if self.violation().is_none() {
             self.wire.extend_from_slice(bytes);
         } else if self.wire.len() > self.prefix_bytes {
@@ -169,6 +184,7 @@ impl WireWriter {
             violation: self.violation(),
             wire: self.wire,
             message_bytes: self.message_bytes,
+            discarded: self.discarded,
         }
     }
 }
@@ -321,6 +337,22 @@ impl DataReader {
         self.scan == Scan::Done
     }
 
+    /// Bytes of memory the stored content takes (the buffer's capacity).
+    pub fn held_bytes(&self) -> usize {
+        self.out.wire.capacity()
+    }
+
+    /// Drops what was stored and stores nothing more, while the input is
+    /// still scanned to its end: the caller has no memory for it.
+    pub fn discard(&mut self) {
+        self.out.discard();
+    }
+
+    /// Whether [`discard`](Self::discard) was called.
+    pub fn is_discarded(&self) -> bool {
+        self.out.discarded
+    }
+
     /// The violation that will refuse the message, if one occurred so far.
     pub fn violation(&self) -> Option<BodyViolation> {
         self.out.violation()
@@ -397,6 +429,22 @@ impl DotStuffer {
     /// Wire-form octets so far.
     pub fn message_bytes(&self) -> u64 {
         self.out.message_bytes
+    }
+
+    /// Bytes of memory the stored content takes (the buffer's capacity).
+    pub fn held_bytes(&self) -> usize {
+        self.out.wire.capacity()
+    }
+
+    /// Drops what was stored and stores nothing more, while the input is
+    /// still scanned to its end: the caller has no memory for it.
+    pub fn discard(&mut self) {
+        self.out.discard();
+    }
+
+    /// Whether [`discard`](Self::discard) was called.
+    pub fn is_discarded(&self) -> bool {
+        self.out.discarded
     }
 
     /// The violation that will refuse the message, if one occurred so far.

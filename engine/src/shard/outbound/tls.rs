@@ -59,15 +59,14 @@ impl Shard {
         }
     }
 
-    /// `n` bytes of ciphertext arrived.
-    pub(super) fn out_received_tls(&mut self, key: ConnKey, n: usize) {
+    /// Ciphertext arrived (rustls copies what it keeps).
+    pub(super) fn out_received_tls(&mut self, key: ConnKey, mut input: &[u8]) {
         let Some(conn) = self.outs.get_mut(key) else {
             return;
         };
         let OutConn {
             tls,
             client,
-            recv_buf,
             tls_info,
             tls_verify,
             last_error,
@@ -76,7 +75,6 @@ impl Shard {
         let (Some(tls), Some(client)) = (tls.as_mut(), client.as_mut()) else {
             return;
         };
-        let mut input = &recv_buf[..n];
         let mut failure = None;
         'input: while !input.is_empty() {
             match tls.read_tls(&mut input) {
