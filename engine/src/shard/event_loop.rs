@@ -117,6 +117,11 @@ pub(super) struct ShardLogs {
     pub outcome_failed: LogLimit,
     pub bounce_failed: LogLimit,
     pub read_failed: LogLimit,
+    /// A next hop refused the route's credentials (a wrong password
+    /// repeats on every connection until the operator fixes it).
+    pub auth_failed: LogLimit,
+    /// Credentials withheld (no TLS) or no mechanism offered.
+    pub auth_unavailable: LogLimit,
 }
 
 pub(super) struct Shard {
