@@ -404,9 +404,17 @@ fn routes(config: &Config) -> Routes {
     let routes = config.routes.iter().map(|r| {
         // The configuration checked that a user comes with a password
         // (and read it from its file).
-        let auth = r.auth_user.as_ref().zip(r.auth_password.as_ref()).map(|(user, password)| {
-            Arc::new(Credentials::new(user.clone(), password.expose(), r.auth_plaintext))
-        });
+        let auth = r
+            .auth_user
+            .as_ref()
+            .zip(r.auth_password.as_ref())
+            .map(|(user, password)| {
+                Arc::new(Credentials::new(
+                    user.clone(),
+                    password.expose(),
+                    r.auth_plaintext,
+                ))
+            });
         let hop = NextHop {
             host: r.next_hop.host.clone(),
             port: r.next_hop.port,

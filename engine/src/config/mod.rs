@@ -36,8 +36,7 @@ use serde::Deserialize;
 use toml::de::DeTable;
 
 pub use delivery::{
-    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Secret, Shaping,
-    TlsPolicy,
+    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Secret, Shaping, TlsPolicy,
 };
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};

@@ -526,10 +526,7 @@ fn route_auth(i: usize, route: &RouteConfig) -> Result<(), Invalid> {
         return Err(invalid(key("auth_user"), "must not be empty"));
     }
     if user.contains(['\0', '\r', '\n']) {
-        return Err(invalid(
-            key("auth_user"),
-            "must not contain NUL, CR or LF",
-        ));
+        return Err(invalid(key("auth_user"), "must not contain NUL, CR or LF"));
     }
     match (password, file) {
         (None, None) => Err(invalid(
@@ -576,8 +573,12 @@ pub(super) fn read_password_files(config: &mut Config) -> Result<(), Invalid> {
             .strip_suffix('\n')
             .map(|t| t.strip_suffix('\r').unwrap_or(t))
             .unwrap_or(&text);
-        password_text(&key, password)
-            .map_err(|e| invalid(&key, format!("{}: the password {}", path.display(), e.message)))?;
+        password_text(&key, password).map_err(|e| {
+            invalid(
+                &key,
+                format!("{}: the password {}", path.display(), e.message),
+            )
+        })?;
         route.auth_password = Some(super::Secret::new(password));
     }
     Ok(())
@@ -1049,10 +1050,26 @@ mod tests {
 
     #[test]
     fn route_credentials_need_a_user_and_one_password() {
-        let route = |extra: &str| format!("[[route]]\ndomain = \"*\"\nnext_hop = \"relay:587\"\n{extra}");
-        rejects(&route("auth_user = \"u\"\n"), "route[0].auth_user", 4, "needs auth_password");
-        rejects(&route("auth_password = \"p\"\n"), "route[0].auth_password", 4, "needs auth_user");
-        rejects(&route("auth_plaintext = true\n"), "route[0].auth_plaintext", 4, "needs auth_user");
+        let route =
+            |extra: &str| format!("[[route]]\ndomain = \"*\"\nnext_hop = \"relay:587\"\n{extra}");
+        rejects(
+            &route("auth_user = \"u\"\n"),
+            "route[0].auth_user",
+            4,
+            "needs auth_password",
+        );
+        rejects(
+            &route("auth_password = \"p\"\n"),
+            "route[0].auth_password",
+            4,
+            "needs auth_user",
+        );
+        rejects(
+            &route("auth_plaintext = true\n"),
+            "route[0].auth_plaintext",
+            4,
+            "needs auth_user",
+        );
         rejects(
             &route("auth_user = \"\"\nauth_password = \"p\"\n"),
             "route[0].auth_user",
@@ -1087,7 +1104,10 @@ mod tests {
             path.display()
         );
         let c = Config::parse(&text, "t").unwrap();
-        assert_eq!(c.routes[0].auth_password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(
+            c.routes[0].auth_password.as_ref().unwrap().expose(),
+            "s3cret"
+        );
         // Debug output (logs, errors) never shows it.
         assert!(!format!("{c:?}").contains("s3cret"));
         let missing = text.replace("password\"", "missing\"");

@@ -474,9 +474,8 @@ impl Client {
         } else if extensions.auth_login {
             (b"AUTH LOGIN\r\n".to_vec(), AuthStep::LoginUser)
         } else if extensions.auth {
-            return self.refuse_auth(
-                "the server offers neither AUTH PLAIN nor AUTH LOGIN".to_owned(),
-            );
+            return self
+                .refuse_auth("the server offers neither AUTH PLAIN nor AUTH LOGIN".to_owned());
         } else {
             return self.refuse_auth("the server does not offer AUTH".to_owned());
         };

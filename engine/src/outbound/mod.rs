@@ -251,10 +251,7 @@ impl CloseReason {
             CloseReason::AuthRefused(reply) => Reply::new(
                 454,
                 Some((4, 7, 8)),
-                format!(
-                    "authentication failed: {}",
-                    client::reply_summary(reply)
-                ),
+                format!("authentication failed: {}", client::reply_summary(reply)),
             ),
             CloseReason::GreetingRefused(_)
             | CloseReason::HelloRefused(_)
