@@ -1039,7 +1039,6 @@ impl Shard {
                     tracing::error!(
                         destination = %conn.destination,
                         host = %host,
-                        user = %conn.auth.as_ref().map(|a| a.user.as_str()).unwrap_or_default(),
                         reply = %reply_text(reply),
                         times,
                         "delivery: the next hop refused the route's credentials; mail is deferred until auth_user/auth_password are fixed"
