@@ -22,7 +22,7 @@ use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
-use crate::outbound::{ClientConfig, ClientLimits};
+use crate::outbound::{ClientConfig, ClientLimits, Credentials};
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
 use crate::shard::{self, ShardHandle, ShardLink};
@@ -439,9 +439,23 @@ fn shaping_for(config: &Config) -> Box<dyn Fn(&Destination) -> Shaping + Send + 
 
 fn routes(config: &Config) -> Routes {
     let routes = config.routes.iter().map(|r| {
+        // The configuration checked that a user comes with a password
+        // (and read it from its file).
+        let auth = r
+            .auth_user
+            .as_ref()
+            .zip(r.auth_password.as_ref())
+            .map(|(user, password)| {
+                Arc::new(Credentials::new(
+                    user.clone(),
+                    password.expose(),
+                    r.auth_plaintext,
+                ))
+            });
         let hop = NextHop {
             host: r.next_hop.host.clone(),
             port: r.next_hop.port,
+            auth,
         };
         (r.domain.clone(), hop)
     });

@@ -38,7 +38,7 @@ use toml::de::DeTable;
 
 pub use auth::{AuthConfig, ListenerAuth};
 pub use delivery::{
-    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Shaping, TlsPolicy,
+    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Secret, Shaping, TlsPolicy,
 };
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
@@ -315,6 +315,8 @@ impl Config {
             .map_err(|e| ConfigError::deserialize(origin, text, file.get_ref(), &e))?;
         validate::validate(&config)
             .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
+        validate::read_password_files(&mut config)
+            .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
         if config.server.hostname.is_empty() {
             config.server.hostname = machine_hostname();
         }
@@ -506,6 +508,10 @@ mod tests {
                     port: 587
                 },
                 tls: Some(TlsPolicy::RequiredVerified),
+                auth_user: Some("relay@example.org".into()),
+                auth_password: Some(Secret::new("change me")),
+                auth_password_file: None,
+                auth_plaintext: false,
             }]
         );
         let destination = commented_example("destination");

@@ -508,6 +508,88 @@ fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
         if hop.port == 0 {
             return Err(invalid(key, format!("{hop}: port 0 is not a port")));
         }
+        route_auth(i, route)?;
+    }
+    Ok(())
+}
+
+/// A route's credentials: a user with exactly one source of password,
+/// and nothing that SASL PLAIN (RFC 4616 §2: NUL separates the fields)
+/// could not carry. Messages never quote the password.
+fn route_auth(i: usize, route: &RouteConfig) -> Result<(), Invalid> {
+    let key = |name: &str| format!("route[{i}].{name}");
+    let password = route.auth_password.as_ref();
+    let file = route.auth_password_file.as_ref();
+    let Some(user) = &route.auth_user else {
+        for (name, set) in [
+            ("auth_password", password.is_some()),
+            ("auth_password_file", file.is_some()),
+            ("auth_plaintext", route.auth_plaintext),
+        ] {
+            if set {
+                return Err(invalid(key(name), "needs auth_user"));
+            }
+        }
+        return Ok(());
+    };
+    if user.is_empty() {
+        return Err(invalid(key("auth_user"), "must not be empty"));
+    }
+    if user.contains(['\0', '\r', '\n']) {
+        return Err(invalid(key("auth_user"), "must not contain NUL, CR or LF"));
+    }
+    match (password, file) {
+        (None, None) => Err(invalid(
+            key("auth_user"),
+            "needs auth_password or auth_password_file",
+        )),
+        (Some(_), Some(_)) => Err(invalid_pair(
+            &key("auth_password_file"),
+            &key("auth_password"),
+            "give auth_password or auth_password_file, not both",
+        )),
+        (Some(password), None) => password_text(&key("auth_password"), password.expose()),
+        (None, Some(path)) if path.as_os_str().is_empty() => {
+            Err(invalid(key("auth_password_file"), "must not be empty"))
+        }
+        (None, Some(_)) => Ok(()),
+    }
+}
+
+/// A password SASL PLAIN can carry; the message does not show it.
+fn password_text(key: &str, password: &str) -> Result<(), Invalid> {
+    if password.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if password.contains('\0') {
+        return Err(invalid(key, "must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// Reads each route's `auth_password_file` into its `auth_password`, after
+/// [`validate`]: the file's one trailing newline (`echo pw > file`) is not
+/// part of the password. An error names the key and the file, never the
+/// contents.
+pub(super) fn read_password_files(config: &mut Config) -> Result<(), Invalid> {
+    for (i, route) in config.routes.iter_mut().enumerate() {
+        let Some(path) = &route.auth_password_file else {
+            continue;
+        };
+        let key = format!("route[{i}].auth_password_file");
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(&key, format!("cannot read {}: {e}", path.display())))?;
+        let password = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text);
+        password_text(&key, password).map_err(|e| {
+            invalid(
+                &key,
+                format!("{}: the password {}", path.display(), e.message),
+            )
+        })?;
+        route.auth_password = Some(super::Secret::new(password));
     }
     Ok(())
 }
@@ -980,6 +1062,74 @@ mod tests {
         let literal = route("[192.0.2.1]", "[::1]:25");
         let c = Config::parse(&literal, "t").unwrap();
         assert_eq!(c.route_for("[192.0.2.1]").unwrap().port, 25);
+    }
+
+    #[test]
+    fn route_credentials_need_a_user_and_one_password() {
+        let route =
+            |extra: &str| format!("[[route]]\ndomain = \"*\"\nnext_hop = \"relay:587\"\n{extra}");
+        rejects(
+            &route("auth_user = \"u\"\n"),
+            "route[0].auth_user",
+            4,
+            "needs auth_password",
+        );
+        rejects(
+            &route("auth_password = \"p\"\n"),
+            "route[0].auth_password",
+            4,
+            "needs auth_user",
+        );
+        rejects(
+            &route("auth_plaintext = true\n"),
+            "route[0].auth_plaintext",
+            4,
+            "needs auth_user",
+        );
+        rejects(
+            &route("auth_user = \"\"\nauth_password = \"p\"\n"),
+            "route[0].auth_user",
+            4,
+            "empty",
+        );
+        rejects(
+            &route("auth_user = \"u\"\nauth_password = \"p\"\nauth_password_file = \"/f\"\n"),
+            "route[0].auth_password_file",
+            6,
+            "not both",
+        );
+        let error = Config::parse(
+            &route("auth_user = \"u\"\nauth_password = \"sec\\u0000ret\"\n"),
+            "test.toml",
+        )
+        .unwrap_err();
+        assert_eq!(error.key(), "route[0].auth_password", "{error}");
+        assert!(!error.to_string().contains("sec"), "never quoted: {error}");
+        let c = Config::parse(&route("auth_user = \"u\"\nauth_password = \"p\"\n"), "t").unwrap();
+        assert_eq!(c.routes[0].auth_password.as_ref().unwrap().expose(), "p");
+        assert!(!c.routes[0].auth_plaintext);
+    }
+
+    #[test]
+    fn a_password_file_is_read_at_load_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let text = format!(
+            "[[route]]\ndomain = \"*\"\nnext_hop = \"relay:587\"\nauth_user = \"u\"\nauth_password_file = \"{}\"\n",
+            path.display()
+        );
+        let c = Config::parse(&text, "t").unwrap();
+        assert_eq!(
+            c.routes[0].auth_password.as_ref().unwrap().expose(),
+            "s3cret"
+        );
+        // Debug output (logs, errors) never shows it.
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let missing = text.replace("password\"", "missing\"");
+        rejects(&missing, "route[0].auth_password_file", 5, "cannot read");
+        std::fs::write(&path, "\n").unwrap();
+        rejects(&text, "route[0].auth_password_file", 5, "empty");
     }
 
     #[test]

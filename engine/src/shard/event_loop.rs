@@ -122,7 +122,13 @@ pub(super) struct ShardLogs {
     pub outcome_failed: LogLimit,
     pub bounce_failed: LogLimit,
     pub read_failed: LogLimit,
+    /// A next hop refused the route's credentials (a wrong password
+    /// repeats on every connection until the operator fixes it).
     pub auth_failed: LogLimit,
+    /// Credentials withheld (no TLS) or no mechanism offered.
+    pub auth_unavailable: LogLimit,
+    /// Clients whose AUTH failed (SMTP AUTH in).
+    pub auth_in_failed: LogLimit,
 }
 
 pub(super) struct Shard {
@@ -824,7 +830,7 @@ impl Shard {
             }
             Verdict::Refused | Verdict::Throttled | Verdict::CutOff => {
                 metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                if let Some(failures) = self.logs.auth_failed.hit() {
+                if let Some(failures) = self.logs.auth_in_failed.hit() {
                     tracing::warn!(client = %conn.peer_text, verdict = ?verdict, failures, "AUTH failed");
                 }
             }
