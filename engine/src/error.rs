@@ -17,6 +17,9 @@ pub enum Error {
     Admin(String),
     #[error("auth: {0}")]
     Auth(String),
+    /// `[admin] token_file` cannot be used, or is missing off loopback.
+    #[error("{0}")]
+    AdminToken(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

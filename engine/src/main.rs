@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use baton::admin::{self, AdminReply, MessageReport, QueueSummary};
+use baton::admin::{self, AdminReply, AdminToken, MessageReport, QueueSummary};
 use baton::config::{Config, DEFAULT_CONFIG};
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -95,9 +95,15 @@ fn load(path: Option<&Path>) -> Result<Config, String> {
 }
 
 fn run(config_path: Option<&Path>) -> Result<(), String> {
-    let config = load(config_path)?;
+    let (config, warnings) = match config_path {
+        Some(path) => Config::load_with_warnings(path).map_err(|e| e.to_string())?,
+        None => (Config::default(), Vec::new()),
+    };
     // Flushes the log writer when `run` returns.
     let _log = init_logging(&config.log.level);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     // SIGHUP is caught from here on: its default action would end the
     // process, and logrotate's `postrotate kill -HUP` must never do that.
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -204,12 +210,22 @@ impl tracing_subscriber::fmt::time::FormatTime for LogTime {
 }
 
 fn check_config(file: &Path) -> Result<(), String> {
-    let config = Config::load(file).map_err(|e| e.to_string())?;
+    let (config, warnings) = Config::load_with_warnings(file).map_err(|e| e.to_string())?;
     // The files the configuration names must load too: a certificate that
     // does not match its key, or has expired, is found now, not at start.
     let certificates = baton::tls::check(&config.tls).map_err(|e| e.to_string())?;
     if let Some(ca) = &config.delivery.tls_ca {
         baton::tls::ClientTls::load(Some(ca)).map_err(|e| e.to_string())?;
+    }
+    // So is the admin token, which `baton run` would refuse.
+    if let Some(path) = &config.admin.token_file {
+        AdminToken::load(path).map_err(|e| format!("{}: {e}", file.display()))?;
+        if let Some(warning) = admin::permission_warning(path) {
+            println!("warning: {}: {warning}", file.display());
+        }
+    }
+    for warning in &warnings {
+        println!("warning: {warning}");
     }
     let (limit, wanted) = baton::server::check_descriptors(&config);
     if limit < wanted {
@@ -239,19 +255,28 @@ fn queue(
     admin: Option<SocketAddr>,
     json: bool,
 ) -> Result<(), String> {
+    // The configuration gives the token even when --admin gives the address.
+    let settings = load(config)?.admin;
     let address = match admin {
         Some(address) => address,
-        None => load(config)?
-            .admin
+        None => settings
             .address
             .ok_or("the admin API is disabled in the configuration")?,
+    };
+    let token = match &settings.token_file {
+        Some(path) => Some(AdminToken::load(path)?),
+        None => None,
+    };
+    let api = Api {
+        address,
+        token: token.as_ref(),
     };
     let queue_id = |id: &str| {
         admin::parse_queue_id(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))
     };
     match action {
         QueueAction::List => {
-            let body = read(address, "/queue")?;
+            let body = api.read("/queue")?;
             if json {
                 print!("{body}");
             } else {
@@ -259,60 +284,89 @@ fn queue(
             }
         }
         QueueAction::Show { id } => {
-            let body = read(address, &format!("/queue/{}", queue_id(&id)?))?;
+            let body = api.read(&format!("/queue/{}", queue_id(&id)?))?;
             if json {
                 print!("{body}");
             } else {
                 print_message(&serde_json::from_str(&body).map_err(|e| e.to_string())?);
             }
         }
-        QueueAction::Flush { domain: None } => act(address, "/queue/flush", json)?,
+        QueueAction::Flush { domain: None } => api.act("/queue/flush", json)?,
         QueueAction::Flush {
             domain: Some(domain),
         } => {
             if !admin::is_destination(&domain) {
                 return Err(format!("{domain:?} is not a domain"));
             }
-            act(address, &format!("/queue/flush/{domain}"), json)?;
+            api.act(&format!("/queue/flush/{domain}"), json)?;
         }
         QueueAction::Delete { id } => {
-            act(address, &format!("/queue/{}/delete", queue_id(&id)?), json)?
+            api.act(&format!("/queue/{}/delete", queue_id(&id)?), json)?
         }
         QueueAction::Bounce { id } => {
-            act(address, &format!("/queue/{}/bounce", queue_id(&id)?), json)?
+            api.act(&format!("/queue/{}/bounce", queue_id(&id)?), json)?
         }
     }
     Ok(())
 }
 
-fn unreachable(address: SocketAddr, err: std::io::Error) -> String {
-    format!("cannot reach the admin API at {address}: {err}")
+/// A running server's admin API, and the token to show it.
+struct Api<'t> {
+    address: SocketAddr,
+    token: Option<&'t AdminToken>,
 }
 
-/// GETs `path`; the body of a 200, or the server's answer as the error.
-fn read(address: SocketAddr, path: &str) -> Result<String, String> {
-    let (status, body) = admin::get(address, path).map_err(|e| unreachable(address, e))?;
-    if status != 200 {
-        return Err(body.trim().to_string());
+impl Api<'_> {
+    fn unreachable(&self, err: std::io::Error) -> String {
+        format!("cannot reach the admin API at {}: {err}", self.address)
     }
-    Ok(body)
-}
 
-/// POSTs `path` and prints the [`AdminReply`]; an error when the request
-/// was not carried out.
-fn act(address: SocketAddr, path: &str, json: bool) -> Result<(), String> {
-    let (status, body) = admin::post(address, path).map_err(|e| unreachable(address, e))?;
-    let reply: AdminReply = serde_json::from_str(&body)
-        .map_err(|_| format!("the admin API answered {status}: {}", body.trim()))?;
-    if json {
-        print!("{body}");
-    } else if reply.ok {
-        println!("{}", reply.message);
+    /// A 401 said in the operator's terms: where the token comes from.
+    fn refused(&self) -> String {
+        let address = self.address;
+        match self.token {
+            None => format!(
+                "the admin API at {address} needs the token in [admin] token_file: \
+                 give baton queue the server's configuration with --config"
+            ),
+            Some(_) => format!(
+                "the admin API at {address} refused the token in [admin] token_file: \
+                 is it the server's?"
+            ),
+        }
     }
-    if !reply.ok {
-        return Err(reply.message);
+
+    /// GETs `path`; the body of a 200, or the server's answer as the error.
+    fn read(&self, path: &str) -> Result<String, String> {
+        let (status, body) =
+            admin::get(self.address, path, self.token).map_err(|e| self.unreachable(e))?;
+        match status {
+            200 => Ok(body),
+            401 => Err(self.refused()),
+            _ => Err(body.trim().to_string()),
+        }
     }
-    Ok(())
+
+    /// POSTs `path` and prints the [`AdminReply`]; an error when the request
+    /// was not carried out.
+    fn act(&self, path: &str, json: bool) -> Result<(), String> {
+        let (status, body) =
+            admin::post(self.address, path, self.token).map_err(|e| self.unreachable(e))?;
+        if status == 401 {
+            return Err(self.refused());
+        }
+        let reply: AdminReply = serde_json::from_str(&body)
+            .map_err(|_| format!("the admin API answered {status}: {}", body.trim()))?;
+        if json {
+            print!("{body}");
+        } else if reply.ok {
+            println!("{}", reply.message);
+        }
+        if !reply.ok {
+            return Err(reply.message);
+        }
+        Ok(())
+    }
 }
 
 fn print_summary(summary: &QueueSummary) {

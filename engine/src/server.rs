@@ -269,6 +269,16 @@ pub fn check_descriptors(config: &Config) -> (u64, u64) {
 /// Opens the spool (recovering the queue) and starts the shards.
 pub fn start(config: Config) -> Result<Running> {
     let started = Instant::now();
+    // Before the spool's recovery: a bad token file fails the start at once.
+    let admin_token = crate::admin::load_token(&config.admin).map_err(Error::AdminToken)?;
+    if let Some(warning) = config
+        .admin
+        .token_file
+        .as_deref()
+        .and_then(crate::admin::permission_warning)
+    {
+        tracing::warn!("{warning}");
+    }
     let (limit, wanted) = check_descriptors(&config);
     if limit < wanted {
         tracing::warn!(
@@ -405,7 +415,7 @@ pub fn start(config: Config) -> Result<Running> {
     });
     let shards = shard::start(&server, inboxes).map_err(Error::Listen)?;
     if let Some(address) = server.config.admin.address {
-        crate::admin::start(address, server.clone()).map_err(|err| {
+        crate::admin::start(address, server.clone(), admin_token).map_err(|err| {
             Error::Listen(io::Error::new(
                 err.kind(),
                 format!("admin listener {address}: {err}"),

@@ -17,11 +17,18 @@
 //! the shard that carries them out does not answer in time. A known path
 //! with the other method answers 405.
 //!
+//! With `[admin] token_file`, every request but `GET /health` needs
+//! `Authorization: Bearer <token>` ([`token`]); without one, the address
+//! must be loopback.
+//!
 //! `baton queue ...` is a client of this API ([`get`], [`post`], with ureq).
 
 #![forbid(unsafe_code)]
 
 mod http;
+mod token;
+
+pub use token::{load_token, permission_warning, AdminToken, TOKEN_CHARS_MIN};
 
 use std::fmt::Write as _;
 use std::io;
@@ -107,8 +114,13 @@ pub struct AdminReply {
 }
 
 /// Starts the admin listener: bound here (a bad address fails the start),
-/// served by hyper on a thread of its own ([`http`]).
-pub fn start(address: SocketAddr, server: Arc<Server>) -> io::Result<()> {
+/// served by hyper on a thread of its own ([`http`]). With `token`, every
+/// request but `GET /health` must carry it.
+pub fn start(
+    address: SocketAddr,
+    server: Arc<Server>,
+    token: Option<AdminToken>,
+) -> io::Result<()> {
     let listener = TcpListener::bind(address)?;
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -116,7 +128,7 @@ pub fn start(address: SocketAddr, server: Arc<Server>) -> io::Result<()> {
         .build()?;
     thread::Builder::new()
         .name("admin".into())
-        .spawn(move || runtime.block_on(http::serve(listener, server)))?;
+        .spawn(move || runtime.block_on(http::serve(listener, server, token)))?;
     Ok(())
 }
 
@@ -127,6 +139,8 @@ struct Response {
     body: String,
     /// The `Allow` header of a 405.
     allow: Option<&'static str>,
+    /// The `WWW-Authenticate` header of a 401.
+    authenticate: Option<&'static str>,
 }
 
 impl Response {
@@ -136,6 +150,7 @@ impl Response {
             content_type: "text/plain",
             body: body.into(),
             allow: None,
+            authenticate: None,
         }
     }
 
@@ -145,6 +160,7 @@ impl Response {
             content_type: "application/json",
             body: to_json(value),
             allow: None,
+            authenticate: None,
         }
     }
 
@@ -559,15 +575,30 @@ fn escape_label_value(value: &str) -> String {
     out
 }
 
-/// A GET against a running server's admin API: `(status, body)`.
-pub fn get(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    request(address, "GET", path, IO_TIMEOUT)
+/// A GET against a running server's admin API: `(status, body)`. With
+/// `token`, it is sent as `Authorization: Bearer`.
+pub fn get(
+    address: SocketAddr,
+    path: &str,
+    token: Option<&AdminToken>,
+) -> io::Result<(u16, String)> {
+    request(address, "GET", path, token, IO_TIMEOUT)
 }
 
 /// A POST (without a body) against a running server's admin API:
 /// `(status, body)`. It waits as long as the server may wait for a shard.
-pub fn post(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    request(address, "POST", path, SHARD_REPLY_TIMEOUT + IO_TIMEOUT)
+pub fn post(
+    address: SocketAddr,
+    path: &str,
+    token: Option<&AdminToken>,
+) -> io::Result<(u16, String)> {
+    request(
+        address,
+        "POST",
+        path,
+        token,
+        SHARD_REPLY_TIMEOUT + IO_TIMEOUT,
+    )
 }
 
 /// One request with ureq; every status is an answer, not an error.
@@ -575,6 +606,7 @@ fn request(
     address: SocketAddr,
     method: &str,
     path: &str,
+    token: Option<&AdminToken>,
     timeout: Duration,
 ) -> io::Result<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -583,9 +615,22 @@ fn request(
         .build()
         .into();
     let url = format!("http://{address}{path}");
+    let authorization = token.map(|token| format!("Bearer {}", token.as_str()));
     let response = match method {
-        "POST" => agent.post(&url).send_empty(),
-        _ => agent.get(&url).call(),
+        "POST" => {
+            let mut request = agent.post(&url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.send_empty()
+        }
+        _ => {
+            let mut request = agent.get(&url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call()
+        }
     };
     let mut response = response.map_err(io::Error::other)?;
     let status = response.status().as_u16();

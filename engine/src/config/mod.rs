@@ -273,6 +273,11 @@ pub struct AdminConfig {
     /// `None`: no admin listener (`""` in the file).
     #[serde(deserialize_with = "de::optional_socket_addr")]
     pub address: Option<SocketAddr>,
+    /// A file holding the bearer token every request but `GET /health`
+    /// must carry; `None` (`""`): no token, allowed on loopback only. Read
+    /// by `crate::admin::AdminToken::load`, at start and by `check-config`.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[log]`.
@@ -297,15 +302,32 @@ impl Default for Config {
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_warnings(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], and the file's warnings as in
+    /// [`Config::parse_with_warnings`].
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
         let origin = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(&origin, &e))?;
-        Config::parse(&text, &origin)
+        Config::parse_with_warnings(&text, &origin)
     }
 
     /// Parses and validates `text`, laid over the defaults; `origin` (a file
     /// name) starts every error message.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_warnings(text, origin).map(|(config, _)| config)
+    }
+
+    /// [`Config::parse`], and what the file allows but most likely should
+    /// not (an open relay, passwords in clear text), each as a
+    /// [`ConfigError`] naming the key and its line, for `check-config` to
+    /// print and `baton run` to log.
+    pub fn parse_with_warnings(
+        text: &str,
+        origin: &str,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigError> {
         let file = DeTable::parse(text).map_err(|e| ConfigError::syntax(origin, text, &e))?;
         let mut merged = DeTable::parse(DEFAULT_CONFIG).expect("the default config is TOML");
         de::merge(merged.get_mut(), file.get_ref().clone());
@@ -317,13 +339,17 @@ impl Config {
             .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
         validate::read_password_files(&mut config)
             .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
+        let warnings = validate::warnings(&config)
+            .into_iter()
+            .map(|warning| ConfigError::invalid(origin, text, file.get_ref(), warning))
+            .collect();
         if config.server.hostname.is_empty() {
             config.server.hostname = machine_hostname();
         }
         if config.delivery.helo_name.is_empty() {
             config.delivery.helo_name = config.server.hostname.clone();
         }
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// Shard threads to run: `server.shards`, or one per available core if
@@ -645,6 +671,7 @@ mod tests {
             "shaping.tls",
             "shaping.mta_sts",
             "admin.address",
+            "admin.token_file",
             "log.level",
             "log.events",
         ];

@@ -2,12 +2,14 @@
 //! the key at fault; [`super::Config::parse`] adds the line.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use ipnet::{IpNet, Ipv4Net};
+
 use super::{
-    Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, ListenerTls, RouteConfig,
-    ServerConfig, Shaping, SpoolSettings, TlsConfig,
+    Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, ListenerConfig, ListenerTls,
+    RouteConfig, ServerConfig, Shaping, SpoolSettings, TlsConfig,
 };
 
 /// A rule `key` breaks. `also` is the other key of a rule between two
@@ -244,8 +246,26 @@ fn listeners(config: &Config) -> Result<(), Invalid> {
                 format!("{admin} is also an SMTP listener"),
             ));
         }
+        // The API deletes and bounces mail: reachable from other hosts, it
+        // must not be open to whoever connects.
+        if !is_loopback(admin.ip()) && config.admin.token_file.is_none() {
+            return Err(invalid_pair(
+                "admin.address",
+                "admin.token_file",
+                format!(
+                    "{admin} is not a loopback address, so the admin API needs a token: \
+                     set admin.token_file, or listen on 127.0.0.1 or [::1]"
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// Loopback, IPv4-mapped loopback (`::ffff:127.0.0.1`) included. The
+/// unspecified addresses (`0.0.0.0`, `::`) are every interface: not loopback.
+pub(super) fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 fn spool(spool: &SpoolSettings) -> Result<(), Invalid> {
@@ -622,6 +642,104 @@ fn destinations(destinations: &[DestinationConfig]) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Networks of this host or of a private network, whose clients may
+/// reasonably relay: loopback, RFC 1918, shared address space (RFC 6598),
+/// link-local, and IPv6 unique local (RFC 4193).
+const PRIVATE_NETWORKS: [&str; 9] = [
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// Whether every address of `net` is in a [`PRIVATE_NETWORKS`] range. An
+/// IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is judged as the IPv4
+/// network it carries, since [`super::RelayConfig::allows`] matches it so.
+fn is_private(net: &IpNet) -> bool {
+    let net = match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).unwrap_or_default()),
+            None => *net,
+        },
+        _ => *net,
+    };
+    PRIVATE_NETWORKS
+        .iter()
+        .filter_map(|private| private.parse::<IpNet>().ok())
+        .any(|private| private.contains(&net))
+}
+
+/// What a configuration may do but most likely should not. `check-config`
+/// prints these and `baton run` logs them; neither refuses the file, since
+/// each has a legitimate use (a relay behind a firewall, a test rig).
+pub(super) fn warnings(config: &Config) -> Vec<Invalid> {
+    let mut warnings = open_relay(config);
+    for (i, listener) in config.listeners.iter().enumerate() {
+        warnings.extend(clear_text_auth(
+            i,
+            listener,
+            listener.auth_plaintext,
+            config,
+        ));
+    }
+    warnings
+}
+
+/// `relay.networks` wider than private ranges while a listener takes
+/// connections from other hosts: anyone in those networks may relay. One
+/// warning per network, at its line.
+fn open_relay(config: &Config) -> Vec<Invalid> {
+    let Some((i, exposed)) = config
+        .listeners
+        .iter()
+        .enumerate()
+        .find(|(_, l)| !is_loopback(l.address.ip()))
+    else {
+        return Vec::new();
+    };
+    config
+        .relay
+        .networks
+        .iter()
+        .enumerate()
+        .filter(|(_, net)| !is_private(net))
+        .map(|(n, net)| {
+            invalid_pair(
+                &format!("relay.networks[{n}]"),
+                "relay.networks",
+                format!(
+                    "{net} reaches beyond loopback and private networks, and listener[{i}] \
+                     ({}) is not on loopback: anyone there may relay mail (an open relay)",
+                    exposed.address
+                ),
+            )
+        })
+        .collect()
+}
+
+/// AUTH over a connection without TLS sends the password readable by
+/// anyone on the path. `auth_plaintext` is the listener's setting; an
+/// implicit-TLS listener has no such connection, so it is no risk there.
+fn clear_text_auth(
+    i: usize,
+    listener: &ListenerConfig,
+    auth_plaintext: bool,
+    config: &Config,
+) -> Option<Invalid> {
+    let implicit = listener.tls_mode(&config.tls) == ListenerTls::Implicit;
+    (auth_plaintext && !implicit).then(|| {
+        invalid(
+            format!("listener[{i}].auth_plaintext"),
+            "AUTH is offered without TLS: passwords cross the network in clear text",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Config;
@@ -892,6 +1010,96 @@ mod tests {
             2,
             "also an SMTP listener",
         );
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        for address in [
+            "0.0.0.0:8025",
+            "[::]:8025",
+            "192.0.2.1:8025",
+            "[2001:db8::1]:8025",
+        ] {
+            rejects(
+                &format!("[admin]\n\naddress = \"{address}\"\n"),
+                "admin.address",
+                3,
+                "set admin.token_file",
+            );
+        }
+        rejects(
+            "[admin]\naddress = \"0.0.0.0:8025\"\ntoken_file = \"\"\n",
+            "admin.address",
+            2,
+            "needs a token",
+        );
+        for address in ["127.0.0.1:8025", "127.0.0.2:8025", "[::1]:8025", ""] {
+            Config::parse(&format!("admin.address = \"{address}\""), "t").unwrap();
+        }
+        let c = Config::parse(
+            "[admin]\naddress = \"0.0.0.0:8025\"\ntoken_file = \"/etc/baton/admin.token\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin.token_file.as_deref(),
+            Some(std::path::Path::new("/etc/baton/admin.token"))
+        );
+    }
+
+    /// The warnings of `text`, as `(key, line, message)`.
+    fn warnings(text: &str) -> Vec<(String, Option<usize>, String)> {
+        let (_, warnings) = Config::parse_with_warnings(text, "test.toml").expect(text);
+        warnings
+            .iter()
+            .map(|w| (w.key().to_owned(), w.line(), w.message().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_open_relay_is_warned_about_at_its_network() {
+        let public = "[[listener]]\naddress = \"0.0.0.0:25\"\n\n[relay]\n";
+        let found = warnings(&format!(
+            "{public}networks = [\"10.0.0.0/8\",\n  \"0.0.0.0/0\"]\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (key, line, message) = &found[0];
+        assert_eq!((key.as_str(), *line), ("relay.networks[1]", Some(6)));
+        assert!(message.contains("open relay"), "{message}");
+        assert!(message.contains("0.0.0.0:25"), "{message}");
+        for wide in [
+            "192.0.2.0/24",
+            "::/0",
+            "2001:db8::/32",
+            "::ffff:0.0.0.0/96",
+            "8.8.8.8",
+        ] {
+            let found = warnings(&format!("{public}networks = [\"{wide}\"]\n"));
+            assert_eq!(found.len(), 1, "{wide}: {found:?}");
+        }
+        // Private ranges, and a public network whose listeners are all on
+        // loopback, are no open relay.
+        let private = "[\"127.0.0.0/8\", \"10.1.0.0/16\", \"172.16.0.0/12\", \"192.168.1.0/24\", \
+                       \"100.64.0.0/10\", \"169.254.0.0/16\", \"::1\", \"fd00::/8\", \"fe80::/64\", \
+                       \"::ffff:10.0.0.0/104\"]";
+        assert_eq!(warnings(&format!("{public}networks = {private}\n")), []);
+        assert_eq!(warnings("[relay]\nnetworks = [\"0.0.0.0/0\"]\n"), []);
+        assert_eq!(warnings(""), []);
+    }
+
+    #[test]
+    fn auth_in_clear_text_is_warned_about() {
+        let found = warnings(
+            "[[listener]]\naddress = \"127.0.0.1:587\"\n\
+             [[listener]]\naddress = \"127.0.0.1:2587\"\nauth_plaintext = true\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (key, line, message) = &found[0];
+        assert_eq!(
+            (key.as_str(), *line),
+            ("listener[1].auth_plaintext", Some(5))
+        );
+        assert!(message.contains("clear text"), "{message}");
     }
 
     #[test]
