@@ -23,9 +23,8 @@ use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, Value};
 use super::users::{User, Users};
 
 /// What a new users file starts with.
-const HEADER: &str = "# baton users for SMTP AUTH: one [[user]] table each. Managed with \
-                      `baton user add|passwd|remove|list`;\n# hand edits and comments are kept. \
-                      Reloaded on SIGHUP.\n";
+const HEADER: &str = "# baton users for SMTP AUTH, one [[user]] table each; reloaded on SIGHUP.\n\
+                      # Managed with `baton user add|passwd|remove|list`, which keep hand edits.\n";
 
 /// Mode of a users file `baton user add` creates.
 const NEW_FILE_MODE: u32 = 0o600;
