@@ -1,10 +1,13 @@
 //! The `baton` binary: the server and its command-line tools.
 
+use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use baton::admin::{self, AdminReply, AdminToken, MessageReport, QueueSummary};
+use baton::auth::edit::{self, Change};
+use baton::auth::{User, UserPolicy, Users};
 use baton::config::{Config, DEFAULT_CONFIG};
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -46,6 +49,41 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Manage the users who may AUTH, in the file `[auth] users` names.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        /// The configuration that names the users file (`[auth] users`).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `baton user`. The password of `add` and `passwd` is asked for twice
+/// without echo on a terminal, or read as one line from standard input
+/// when that is not a terminal (scripts: `printf '%s\n' "$pw" | baton user add app1`).
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user; creates the users file (mode 0600) if there is none.
+    Add {
+        name: String,
+        /// A domain the user may send from (MAIL FROM and From:), ".example.com" for its
+        /// subdomains; repeat for more. None: any domain.
+        #[arg(long = "sender-domain", value_name = "DOMAIN")]
+        sender_domains: Vec<String>,
+        /// Messages the user may send per hour. None: no limit.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        messages_per_hour: Option<u32>,
+        /// Recipients per message. None: [limits] recipients_per_message_max.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        recipients_per_message_max: Option<u32>,
+    },
+    /// Set a user's password.
+    Passwd { name: String },
+    /// Remove a user.
+    Remove { name: String },
+    /// The users and their policy (never the password hashes).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +115,7 @@ fn main() -> ExitCode {
             admin,
             json,
         } => queue(action, config.as_deref(), admin, json),
+        Command::User { action, config } => user(action, config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -235,6 +274,21 @@ fn check_config(file: &Path) -> Result<(), String> {
             baton::server::DESCRIPTORS_RESERVE
         );
     }
+    if let Some(path) = &config.auth.users {
+        let users = baton::auth::Users::load(path).map_err(|e| e.to_string())?;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
+            if mode & 0o007 != 0 {
+                println!(
+                    "warning: {} is readable by every account (mode {:o}); its hashes are what \
+                     an offline guessing attack needs: chmod o-rwx",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        println!("{}: {}", path.display(), plural(users.len() as u64, "user"));
+    }
     for c in &certificates {
         println!(
             "{}: {} ({}), expires {} (in {} days)",
@@ -310,6 +364,162 @@ fn queue(
     Ok(())
 }
 
+fn user(action: UserAction, config_path: Option<&Path>) -> Result<(), String> {
+    let config = load(config_path)?;
+    let path = config.auth.users.ok_or_else(|| {
+        format!(
+            "no users file: [auth] users is empty in {}; set it and pass --config FILE",
+            config_path.map_or("the built-in defaults".into(), |p| p.display().to_string())
+        )
+    })?;
+    match action {
+        UserAction::Add {
+            name,
+            sender_domains,
+            messages_per_hour,
+            recipients_per_message_max,
+        } => {
+            baton::auth::users::check_name(&name).map_err(|e| format!("user name: {e}"))?;
+            let sender_domains: Vec<String> = sender_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect();
+            for domain in &sender_domains {
+                baton::auth::users::check_sender_domain(domain)
+                    .map_err(|e| format!("--sender-domain: {e}"))?;
+            }
+            // Refused before the password is asked for: a duplicate is
+            // checked again, under the lock, when the file is written.
+            if path.exists() && Users::load(&path).is_ok_and(|u| u.get(&name).is_some()) {
+                return Err(format!(
+                    "user {name:?} already exists in {}",
+                    path.display()
+                ));
+            }
+            let password = read_password(&name)?;
+            let user = User {
+                name,
+                password: baton::auth::hash_password(&password),
+                policy: UserPolicy {
+                    sender_domains,
+                    messages_per_hour,
+                    recipients_per_message_max,
+                },
+            };
+            let users = edit::apply(&path, Change::Add(&user))?;
+            println!(
+                "added {:?} to {} ({}); a running server takes it on SIGHUP",
+                user.name,
+                path.display(),
+                plural(users.len() as u64, "user")
+            );
+        }
+        UserAction::Passwd { name } => {
+            let users = Users::load(&path).map_err(|e| e.to_string())?;
+            if users.get(&name).is_none() {
+                return Err(format!("no user {name:?} in {}", path.display()));
+            }
+            let hash = baton::auth::hash_password(&read_password(&name)?);
+            edit::apply(
+                &path,
+                Change::Passwd {
+                    name: &name,
+                    password: &hash,
+                },
+            )?;
+            println!(
+                "password of {name:?} changed in {}; a running server takes it on SIGHUP",
+                path.display()
+            );
+        }
+        UserAction::Remove { name } => {
+            let users = edit::apply(&path, Change::Remove(&name))?;
+            println!(
+                "removed {name:?} from {} ({} left); a running server takes it on SIGHUP",
+                path.display(),
+                plural(users.len() as u64, "user")
+            );
+        }
+        UserAction::List => print_users(&Users::load(&path).map_err(|e| e.to_string())?),
+    }
+    Ok(())
+}
+
+/// A new password: twice without echo from the terminal, or one line of
+/// standard input (its line ending stripped) when that is not a terminal.
+fn read_password(name: &str) -> Result<Vec<u8>, String> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let ask = |prompt: String| {
+            rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))
+        };
+        let first = ask(format!("Password for {name}: "))?;
+        if first != ask("Again: ".into())? {
+            return Err("the two passwords differ; nothing changed".into());
+        }
+        first.into_bytes()
+    } else {
+        let mut line = Vec::new();
+        stdin
+            .lock()
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        if line.ends_with(b"\n") {
+            line.pop();
+            if line.ends_with(b"\r") {
+                line.pop();
+            }
+        }
+        line
+    };
+    if password.is_empty() {
+        return Err("empty password refused; nothing changed".into());
+    }
+    // SASL PLAIN separates its fields with NUL: such a password could
+    // never be sent.
+    if password.contains(&0) {
+        return Err("a password with a NUL byte cannot be sent with AUTH PLAIN; refused".into());
+    }
+    Ok(password)
+}
+
+fn print_users(users: &Users) {
+    let width = users
+        .iter()
+        .map(|u| u.name.chars().count())
+        .chain([4])
+        .max()
+        .unwrap_or(4);
+    println!(
+        "{:<width$}  {:<30}  {:>13}  {:>18}",
+        "NAME", "SENDER DOMAINS", "MESSAGES/HOUR", "RECIPIENTS/MESSAGE"
+    );
+    for user in users.iter() {
+        let policy = &user.policy;
+        let domains = if policy.sender_domains.is_empty() {
+            "any".to_owned()
+        } else {
+            policy.sender_domains.join(",")
+        };
+        let per_hour = policy
+            .messages_per_hour
+            .map_or("no limit".to_owned(), |n| n.to_string());
+        let recipients = policy
+            .recipients_per_message_max
+            .map_or("[limits]".to_owned(), |n| n.to_string());
+        println!(
+            "{:<width$}  {domains:<30}  {per_hour:>13}  {recipients:>18}",
+            user.name
+        );
+    }
+    println!("{}", plural(users.len() as u64, "user"));
+}
+
+/// `1 user`, `2 users`.
+fn plural(n: u64, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
 /// A running server's admin API, and the token to show it.
 struct Api<'t> {
     address: SocketAddr,
@@ -380,7 +590,6 @@ fn print_summary(summary: &QueueSummary) {
             d.destination, d.ready, d.scheduled, d.connections
         );
     }
-    let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     println!(
         "{}, {} queued",
         plural(summary.messages, "message"),

@@ -1,4 +1,8 @@
-//! `[auth]`: SMTP AUTH's users and the limits of verifying them.
+//! `[auth]`: SMTP AUTH (RFC 4954) for clients that submit with a user name
+//! and password. The users themselves live in their own file
+//! (`crate::auth::Users`), so `baton user` can rewrite it without touching
+//! the configuration, and so the hashes can be kept readable by fewer
+//! accounts than the configuration is.
 
 use std::path::PathBuf;
 use std::time::Duration;

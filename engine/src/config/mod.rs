@@ -10,6 +10,9 @@
 //! Unknown keys are errors, so a typo cannot silently leave a default in
 //! place.
 //!
+//! - `auth`: `[auth]`, SMTP AUTH; the users file it names is read by
+//!   `crate::auth`, which reports its errors as this module does
+//!   ([`parse_toml`]).
 //! - `delivery`: the sections delivery reads (`[delivery]`, `[dns]`,
 //!   `[shaping]`, `[[route]]`, `[[destination]]`) and the per-domain
 //!   lookups over them.
@@ -33,6 +36,7 @@ use std::time::Duration;
 
 use baton_spool::SyncMode;
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::de::DeTable;
 
@@ -362,6 +366,36 @@ impl Config {
     }
 }
 
+/// Parses `text`, a TOML file other than the configuration (the users
+/// file), into `T`, with errors as the configuration's: file, line, column
+/// and key. `check` holds the rules beyond types; it names the key at fault
+/// as a path (`user[2].name`, `user[0].sender_domains[1]`) so the error can
+/// point at the line that writes it.
+pub(crate) fn parse_toml<T: DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    check: impl FnOnce(&T) -> Result<(), (String, String)>,
+) -> Result<T, ConfigError> {
+    let file = DeTable::parse(text).map_err(|e| ConfigError::syntax(origin, text, &e))?;
+    let value = T::deserialize(toml::de::Deserializer::from(file.clone()))
+        .map_err(|e| ConfigError::deserialize(origin, text, file.get_ref(), &e))?;
+    check(&value).map_err(|(key, message)| {
+        let invalid = validate::Invalid {
+            key,
+            message,
+            also: None,
+        };
+        ConfigError::invalid(origin, text, file.get_ref(), invalid)
+    })?;
+    Ok(value)
+}
+
+/// [`ConfigError`] for a file that cannot be read, for [`parse_toml`]'s
+/// callers.
+pub(crate) fn unreadable(origin: &str, error: &std::io::Error) -> ConfigError {
+    ConfigError::unreadable(origin, error)
+}
+
 /// The kernel's hostname, or `localhost` if it cannot be read.
 fn machine_hostname() -> String {
     std::fs::read_to_string(HOSTNAME_PATH)
@@ -441,6 +475,7 @@ mod tests {
         assert!(c.smtp.chunking);
         let networks: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
         assert_eq!(c.relay.networks, networks);
+        assert_eq!(c.auth.users, None);
         let d = &c.delivery;
         assert_eq!(d.helo_name, c.server.hostname);
         assert_eq!(d.mx_port, 25);

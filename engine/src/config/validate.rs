@@ -8,8 +8,8 @@ use std::time::Duration;
 use ipnet::{IpNet, Ipv4Net};
 
 use super::{
-    Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, ListenerConfig, ListenerTls,
-    RouteConfig, ServerConfig, Shaping, SpoolSettings, TlsConfig,
+    AuthConfig, Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, ListenerConfig,
+    ListenerTls, RouteConfig, ServerConfig, Shaping, SpoolSettings, TlsConfig,
 };
 
 /// A rule `key` breaks. `also` is the other key of a rule between two
@@ -106,6 +106,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     tls(&config.tls)?;
     spool(&config.spool)?;
     limits(&config.limits)?;
+    auth(&config.auth)?;
     delivery(&config.delivery)?;
     dns(&config.dns)?;
     shaping(&config.shaping)?;
@@ -116,6 +117,23 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
             "log.level",
             format!("not a tracing filter directive: {error}"),
         ));
+    }
+    Ok(())
+}
+
+/// `[auth]`. The users file itself is read by `check-config` and at start
+/// (`crate::auth::Users::load`), not here: parsing the configuration reads
+/// no other file.
+fn auth(auth: &AuthConfig) -> Result<(), Invalid> {
+    if let Some(users) = &auth.users {
+        // `baton user add` writes the file by renaming a new one over it,
+        // so the path must name a file, not a directory.
+        if users.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            return Err(invalid(
+                "auth.users",
+                "names a directory; give the path of the users file",
+            ));
+        }
     }
     Ok(())
 }
@@ -757,6 +775,19 @@ mod tests {
             error.to_string().starts_with(&format!("test.toml:{line}:")),
             "{error}"
         );
+    }
+
+    #[test]
+    fn auth_users_names_a_file() {
+        let c = Config::parse("[auth]\nusers = \"/etc/baton/users.toml\"\n", "test.toml").unwrap();
+        assert_eq!(c.auth.users, Some("/etc/baton/users.toml".into()));
+        rejects(
+            "\n[auth]\nusers = \"/etc/baton/\"\n",
+            "auth.users",
+            3,
+            "directory",
+        );
+        rejects("[auth]\nuser = \"u.toml\"\n", "auth.user", 2, "unknown key");
     }
 
     #[test]
