@@ -49,6 +49,16 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Have a running server reread its configuration file (AUTH users, TLS
+    /// certificates), as SIGHUP does, through its admin API.
+    Reload {
+        /// The server's configuration, to find its admin address and token.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin address, overriding the configuration.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
     /// Manage the users who may AUTH, in the file `[auth] users` names.
     User {
         #[command(subcommand)]
@@ -109,6 +119,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Run { config } => run(config.as_deref()),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Reload { config, admin } => reload_command(config.as_deref(), admin),
         Command::Queue {
             action,
             config,
@@ -148,9 +159,16 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| e.to_string())?;
     let running = baton::server::start(config).map_err(|e| e.to_string())?;
+    // `baton reload` (POST /reload on the admin API) does what SIGHUP does.
+    let weak = std::sync::Arc::downgrade(&running.server);
+    let path = config_path.map(Path::to_path_buf);
+    let _ = running.server.reload_hook.set(Box::new(move || {
+        let server = weak.upgrade().ok_or("the server is stopping")?;
+        reload(&server, path.as_deref(), "reload")
+    }));
     for signal in signals.forever() {
         if signal == SIGHUP {
-            reload(&running, config_path);
+            let _ = reload(&running.server, config_path, "SIGHUP");
             continue;
         }
         tracing::info!(
@@ -164,33 +182,46 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP: reads the configuration file again and replaces the TLS
-/// certificates, so renewed ones take effect without a restart; new
-/// handshakes use them. A file that fails to load or check changes
-/// nothing. Other settings take effect at the next start.
-fn reload(running: &baton::server::Running, config_path: Option<&Path>) {
+/// SIGHUP and `baton reload`: reads the configuration file again and
+/// replaces the AUTH users and the TLS certificates, so new users, changed
+/// passwords and renewed certificates take effect without a restart (new
+/// sessions and handshakes use them). A file that fails to load or check
+/// changes nothing. Other settings take effect at the next start. Returns
+/// what was done, or why not, for `baton reload`.
+fn reload(
+    server: &baton::server::Server,
+    config_path: Option<&Path>,
+    by: &str,
+) -> Result<String, String> {
     let Some(path) = config_path else {
-        tracing::info!("SIGHUP: running on built-in defaults; nothing to reload");
-        return;
+        tracing::info!(by, "running on built-in defaults; nothing to reload");
+        return Err("running on built-in defaults: there is no file to reload".into());
     };
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(err) => {
-            tracing::error!(%err, "SIGHUP: configuration refused; nothing changed");
-            return;
+            tracing::error!(by, %err, "configuration refused; nothing changed");
+            return Err(format!("configuration refused, nothing changed: {err}"));
         }
     };
-    match running.server.reload_users(&config.auth) {
-        Ok(count) => tracing::info!(users = count, "SIGHUP: AUTH users reloaded"),
-        Err(err) => tracing::error!(%err, "SIGHUP: AUTH users not reloaded; the old ones stay"),
-    }
-    match running.server.reload_certificates(&config.tls) {
-        Ok(count) => tracing::info!(
-            certificates = count,
-            "SIGHUP: certificates reloaded; other changes need a restart"
-        ),
-        Err(err) => tracing::error!(%err, "SIGHUP: certificates not reloaded; the old ones stay"),
-    }
+    let users = server.reload_users(&config.auth).map_err(|err| {
+        tracing::error!(by, %err, "AUTH users not reloaded; the old ones stay");
+        format!("AUTH users not reloaded, the old ones stay: {err}")
+    })?;
+    tracing::info!(by, users, "AUTH users reloaded");
+    let certificates = server.reload_certificates(&config.tls).map_err(|err| {
+        tracing::error!(by, %err, "certificates not reloaded; the old ones stay");
+        format!("certificates not reloaded, the old ones stay: {err}")
+    })?;
+    tracing::info!(
+        by,
+        certificates,
+        "certificates reloaded; other changes need a restart"
+    );
+    Ok(format!(
+        "reloaded {}: {users} AUTH users, {certificates} certificates; other changes need a restart",
+        path.display()
+    ))
 }
 
 /// Logs go to stderr through a writer thread: a shard formats its line and
@@ -301,6 +332,26 @@ fn check_config(file: &Path) -> Result<(), String> {
     }
     println!("{}: ok", file.display());
     Ok(())
+}
+
+/// `baton reload`: POST /reload on the server's admin API.
+fn reload_command(config: Option<&Path>, admin: Option<SocketAddr>) -> Result<(), String> {
+    let settings = load(config)?.admin;
+    let address = match admin {
+        Some(address) => address,
+        None => settings
+            .address
+            .ok_or("the admin API is disabled in the configuration")?,
+    };
+    let token = match &settings.token_file {
+        Some(path) => Some(AdminToken::load(path)?),
+        None => None,
+    };
+    let api = Api {
+        address,
+        token: token.as_ref(),
+    };
+    api.act("/reload", false)
 }
 
 fn queue(

@@ -95,7 +95,13 @@ pub struct Server {
     /// SMTP AUTH: the users and the verification threads; `None` without
     /// `[auth] users`.
     pub verifier: Option<Verifier>,
+    /// What `POST /reload` runs (SIGHUP's reload); set by whoever started
+    /// the server and knows its configuration file.
+    pub reload_hook: std::sync::OnceLock<ReloadHook>,
 }
+
+/// See [`Server::reload_hook`]: what was reloaded, or why not.
+pub type ReloadHook = Box<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
 
 impl Server {
     /// Remembers that `addr`'s TLS handshake failed: opportunistic
@@ -411,6 +417,7 @@ pub fn start(config: Config) -> Result<Running> {
         metrics: Metrics::default(),
         connections_per_ip: Mutex::new(HashMap::new()),
         verifier,
+        reload_hook: std::sync::OnceLock::new(),
         config,
     });
     let shards = shard::start(&server, inboxes).map_err(Error::Listen)?;

@@ -133,17 +133,11 @@ assert code == 538, (code, msg)\n\
 s.starttls(context=ctx)\n\
 s.ehlo('client.test')\n\
 assert s.esmtp_features['auth'].split() == ['PLAIN', 'LOGIN'], s.esmtp_features\n\
-try:\n\
-    s.sendmail('a@example.com', ['b@example.org'], 'Subject: x\\r\\n\\r\\nx\\r\\n')\n\
-    raise SystemExit('relayed before AUTH')\n\
-except smtplib.SMTPRecipientsRefused as e:\n\
-    print('refused before auth', e.recipients['b@example.org'][0])\n\
+try:\n    s.sendmail('a@example.com', ['b@example.org'], 'Subject: x\\r\\n\\r\\nx\\r\\n')\n    raise SystemExit('relayed before AUTH')\n\
+except smtplib.SMTPRecipientsRefused as e:\n    print('refused before auth', e.recipients['b@example.org'][0])\n\
 s.rset()\n\
-try:\n\
-    s.login('app', 'wrong')\n\
-    raise SystemExit('a wrong password logged in')\n\
-except smtplib.SMTPAuthenticationError as e:\n\
-    print('wrong', e.smtp_code, e.smtp_error.decode())\n\
+try:\n    s.login('app', 'wrong')\n    raise SystemExit('a wrong password logged in')\n\
+except smtplib.SMTPAuthenticationError as e:\n    print('wrong', e.smtp_code, e.smtp_error.decode())\n\
 code, resp = s.login('app', '{PASSWORD}')\n\
 print('plain', code)\n\
 s.sendmail('a@example.com', ['b@example.org'], 'Subject: one\\r\\n\\r\\nplain\\r\\n')\n\
@@ -277,7 +271,7 @@ fn the_user_policy_limits_sender_domains_recipients_and_messages_per_hour() {
             "2",
         ],
     );
-    let (baton, port) = plaintext_baton(&users, "", "");
+    let (_baton, port) = plaintext_baton(&users, "", "");
     let mut smtp = baton_tests::Smtp::connect(([127, 0, 0, 1], port).into());
     smtp.reply();
     smtp.ehlo("client.test");
@@ -311,9 +305,31 @@ fn a_brute_force_burst_is_slowed_then_cut_off_while_other_clients_are_served() {
     let (baton, port) = plaintext_baton(
         &users,
         "",
-        "failures_before_delay = 3\nfailure_delay = \"200ms\"\nfailures_max = 8\n",
+        "failures_before_delay = 3\nfailure_delay = \"500ms\"\nfailures_max = 6\n",
     );
-    let target = ([127, 0, 0, 1], port).into();
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // Another client logs in again and again meanwhile, from another
+    // address, and times each login.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let mut good =
+                    baton_tests::Smtp::connect_from("127.0.0.6".parse().unwrap(), target);
+                good.reply();
+                good.ehlo("good.test");
+                // The user under attack keeps logging in with its password.
+                good.cmd(&format!("AUTH PLAIN {PLAIN_APP}"))
+                    .assert_is(235, "2.7.0");
+                latencies.push(started.elapsed());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            latencies
+        })
+    };
     let attacker: IpAddr = "127.0.0.5".parse().unwrap();
     let mut smtp = baton_tests::Smtp::connect_from(attacker, target);
     smtp.reply();
@@ -329,31 +345,35 @@ fn a_brute_force_burst_is_slowed_then_cut_off_while_other_clients_are_served() {
             break;
         }
         reply.assert_is(535, "5.7.8");
-        // Meanwhile another client logs in at once.
-        if times.len() == 5 {
-            let started = Instant::now();
-            let mut good = baton_tests::Smtp::connect_from("127.0.0.6".parse().unwrap(), target);
-            good.reply();
-            good.ehlo("good.test");
-            good.cmd(&format!("AUTH PLAIN {PLAIN_APP}"))
-                .assert_is(235, "2.7.0");
-            assert!(
-                started.elapsed() < Duration::from_secs(2),
-                "another client waited {:?}",
-                started.elapsed()
-            );
-        }
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let latencies = other.join().unwrap();
     let closed_with = closed_with.expect("the attacker is cut off");
     closed_with.assert_is(421, "4.7.0");
-    assert_eq!(times.len(), 8, "cut off at failures_max: {times:?}");
+    assert_eq!(times.len(), 6, "cut off at failures_max: {times:?}");
     assert!(smtp.closed(), "the connection closes after 421");
-    // The first failures are answered at once, the later ones slower and
-    // slower.
-    assert!(times[0] < Duration::from_millis(150), "{times:?}");
-    assert!(times[4] >= Duration::from_millis(350), "{times:?}");
-    assert!(times[6] > times[4], "{times:?}");
-    // A new connection from the same address is cut off at its first try.
+    // The first failures cost a hash; then each waits, twice as long as
+    // the one before.
+    assert!(times[0] < Duration::from_millis(500), "{times:?}");
+    assert!(times[3] >= Duration::from_millis(500), "{times:?}");
+    assert!(times[4] >= Duration::from_millis(1000), "{times:?}");
+    assert!(times[5] >= Duration::from_millis(2000), "{times:?}");
+    // Guesses at the user from elsewhere now get a temporary failure.
+    let mut elsewhere = baton_tests::Smtp::connect_from("127.0.0.7".parse().unwrap(), target);
+    elsewhere.reply();
+    elsewhere.ehlo("elsewhere.test");
+    elsewhere
+        .cmd(&format!("AUTH PLAIN {PLAIN_APP_WRONG}"))
+        .assert_is(454, "4.7.0");
+    // The other client was served at once all along.
+    assert!(latencies.len() >= 5, "{latencies:?}");
+    let slowest = latencies.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_millis(1000),
+        "another client waited {slowest:?}: {latencies:?}"
+    );
+    // A new connection from the same address is cut off at its first try,
+    // before any hash.
     let mut again = baton_tests::Smtp::connect_from(attacker, target);
     again.reply();
     again.ehlo("attacker.test");
@@ -364,7 +384,7 @@ fn a_brute_force_burst_is_slowed_then_cut_off_while_other_clients_are_served() {
 }
 
 #[test]
-fn users_added_while_running_can_log_in_after_sighup() {
+fn users_added_while_running_can_log_in_after_sighup_and_baton_reload() {
     let users = UsersFile::new();
     users.add("app", PASSWORD, &[]);
     let (baton, port) = plaintext_baton(&users, "", "");
@@ -382,4 +402,18 @@ fn users_added_while_running_can_log_in_after_sighup() {
         login(PLAIN_LIMITED) == 235
     });
     assert_eq!(login(PLAIN_APP), 235);
+
+    // `baton reload` does the same through the admin API, and says what
+    // it did; a broken users file is refused and the users stay.
+    std::fs::write(users.path(), "[[user]]\nname = \"x\"\n").unwrap();
+    let (ok, out, err) = baton.cli(&["reload"]);
+    assert!(!ok, "a broken users file is refused: {out}{err}");
+    assert!(err.contains("AUTH users not reloaded"), "{err}");
+    assert_eq!(login(PLAIN_APP), 235, "the old users stay");
+    std::fs::remove_file(users.path()).unwrap();
+    users.add("app", PASSWORD, &[]);
+    let (ok, out, err) = baton.cli(&["reload"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("1 AUTH users"), "{out}");
+    assert_eq!(login(PLAIN_LIMITED), 535, "removed with the file");
 }

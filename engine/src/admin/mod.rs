@@ -11,6 +11,8 @@
 //!   recipients now, of every destination or of one.
 //! - `POST /queue/<id>/delete`: drop a message's undelivered recipients.
 //! - `POST /queue/<id>/bounce`: fail them, with a notification.
+//! - `POST /reload`: reread the configuration file (AUTH users, TLS
+//!   certificates), as SIGHUP does; 422 with the reason when it is refused.
 //!
 //! The POSTs answer an [`AdminReply`] as JSON: 200 when done, 404 when the
 //! message is not in the queue, 400 for a malformed id or domain, 503 when
@@ -190,6 +192,8 @@ enum Endpoint<'a> {
     Delete(&'a str),
     /// `/queue/<id>/bounce`.
     Bounce(&'a str),
+    /// `/reload`: reread the configuration file, as SIGHUP does.
+    Reload,
 }
 
 impl Endpoint<'_> {
@@ -199,6 +203,7 @@ impl Endpoint<'_> {
             "/metrics" => Endpoint::Metrics,
             "/queue" => Endpoint::Queue,
             "/queue/flush" => Endpoint::Flush(None),
+            "/reload" => Endpoint::Reload,
             _ => {
                 let rest = path.strip_prefix("/queue/")?;
                 if let Some(domain) = rest.strip_prefix("flush/") {
@@ -218,7 +223,9 @@ impl Endpoint<'_> {
     fn method(&self) -> &'static str {
         match self {
             Endpoint::Health | Endpoint::Metrics | Endpoint::Queue | Endpoint::Message(_) => "GET",
-            Endpoint::Flush(_) | Endpoint::Delete(_) | Endpoint::Bounce(_) => "POST",
+            Endpoint::Flush(_) | Endpoint::Delete(_) | Endpoint::Bounce(_) | Endpoint::Reload => {
+                "POST"
+            }
         }
     }
 }
@@ -257,6 +264,20 @@ fn route(method: &str, path: &str, server: &Server) -> Response {
         }
         Endpoint::Delete(id) => act_on_message(server, path, id, AdminRequest::Delete),
         Endpoint::Bounce(id) => act_on_message(server, path, id, AdminRequest::Bounce),
+        Endpoint::Reload => {
+            tracing::info!(path, "admin request");
+            let result = match server.reload_hook.get() {
+                Some(reload) => reload(),
+                None => Err("this server cannot reload".to_owned()),
+            };
+            let ok = result.is_ok();
+            let reply = AdminReply {
+                ok,
+                recipients: 0,
+                message: result.unwrap_or_else(|err| err),
+            };
+            Response::json(if ok { 200 } else { 422 }, &reply)
+        }
     }
 }
 

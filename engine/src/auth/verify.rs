@@ -7,8 +7,9 @@
 //!
 //! - the guard: failures are counted per client address and per user name
 //!   over `failure_window`; past `failures_before_delay` each failure is
-//!   answered after a delay that doubles, past `failures_max` the client is
-//!   cut off. The delays are kept by one timer thread, so a client being
+//!   answered after a delay that doubles; past `failures_max` the client is
+//!   cut off, and wrong guesses at a user name past it get `454` (the right
+//!   password still logs in: an attacker cannot lock an account out). The delays are kept by one timer thread, so a client being
 //!   slowed holds no verification thread and others are served at once.
 //! - the cache: a successful verification is remembered for `cache_ttl`
 //!   as a keyed digest of the password (never the password), tied to the
@@ -62,8 +63,8 @@ pub enum Verdict {
     Accepted(Arc<Identity>),
     /// `535 5.7.8`, after the guard's delay.
     Refused,
-    /// `454 4.7.0`: too many recent failures for this user name; the
-    /// password was not even tried.
+    /// `454 4.7.0`: a wrong password for a user name with too many
+    /// recent failures (from anywhere): a guess at an account under attack.
     Throttled,
     /// Too many failures from this client: `421 4.7.0`, and the
     /// connection closes.
@@ -216,11 +217,6 @@ impl Verifier {
         Verifier { jobs, shared }
     }
 
-    /// Whether any user exists: AUTH is offered only then.
-    pub fn has_users(&self) -> bool {
-        self.shared.users.load().len() > 0
-    }
-
     /// Replaces the users (a reload). Cached verifications of a user whose
     /// hash changed no longer match.
     pub fn replace_users(&self, users: Users) {
@@ -277,14 +273,13 @@ impl Shared {
         {
             let guard = self.guard.lock().expect("guard lock");
             let window = self.limits.failure_window;
+            // A user name under attack is not locked: its owner, with the
+            // right password, still gets in; wrong guesses at it are
+            // slowed and told 454 (see `run`).
             if current(guard.clients.get(&credentials.client), now, window)
                 >= self.limits.failures_max
             {
                 return Some(Verdict::CutOff);
-            }
-            if current(guard.users.get(&credentials.user), now, window) >= self.limits.failures_max
-            {
-                return Some(Verdict::Throttled);
             }
         }
         if self.limits.cache_ttl.is_zero() {
@@ -353,6 +348,8 @@ impl Shared {
         let delay = self.delay_after(by_client.max(by_user));
         let verdict = if by_client >= self.limits.failures_max {
             Verdict::CutOff
+        } else if by_user >= self.limits.failures_max {
+            Verdict::Throttled
         } else {
             Verdict::Refused
         };
@@ -466,5 +463,102 @@ fn run_delays(rx: Receiver<Delayed>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::hash::hash_password;
+
+    fn config(cache_ttl: Duration) -> AuthConfig {
+        AuthConfig {
+            users: None,
+            verify_threads: 1,
+            cache_ttl,
+            failures_before_delay: 3,
+            failure_delay: Duration::from_millis(10),
+            failures_max: 5,
+            failure_window: Duration::from_secs(60),
+        }
+    }
+
+    fn users(password: &str) -> Users {
+        let text = format!(
+            "[[user]]\nname = \"app\"\npassword = \"{}\"\n",
+            hash_password(password.as_bytes())
+        );
+        Users::parse(&text, "users.toml").unwrap()
+    }
+
+    fn check(verifier: &Verifier, user: &str, password: &str) -> Verdict {
+        let (tx, rx) = std::sync::mpsc::channel();
+        verifier.verify(
+            Credentials {
+                user: user.into(),
+                password: password.as_bytes().to_vec(),
+                client: IpAddr::from([192, 0, 2, 1]),
+            },
+            move |v| {
+                let _ = tx.send(v);
+            },
+        );
+        rx.recv_timeout(Duration::from_secs(30)).expect("a verdict")
+    }
+
+    #[test]
+    fn a_success_is_cached_until_the_password_changes() {
+        let verifier = Verifier::start(users("one"), &config(Duration::from_secs(60)));
+        assert!(matches!(
+            check(&verifier, "app", "one"),
+            Verdict::Accepted(_)
+        ));
+        assert!(verifier.shared.cache.lock().unwrap().contains_key("app"));
+        // Answered from the cache: no job reaches the pool.
+        let (tx, rx) = std::sync::mpsc::channel();
+        verifier.verify(
+            Credentials {
+                user: "app".into(),
+                password: b"one".to_vec(),
+                client: IpAddr::from([192, 0, 2, 1]),
+            },
+            move |v| {
+                let _ = tx.send(v);
+            },
+        );
+        assert!(matches!(rx.try_recv(), Ok(Verdict::Accepted(_))));
+        assert!(matches!(check(&verifier, "app", "two"), Verdict::Refused));
+        verifier.replace_users(users("two"));
+        assert!(matches!(check(&verifier, "app", "one"), Verdict::Refused));
+        assert!(matches!(
+            check(&verifier, "app", "two"),
+            Verdict::Accepted(_)
+        ));
+    }
+
+    #[test]
+    fn an_unknown_user_and_a_wrong_password_get_the_same_verdict() {
+        let verifier = Verifier::start(users("one"), &config(Duration::ZERO));
+        assert!(matches!(
+            check(&verifier, "nobody", "one"),
+            Verdict::Refused
+        ));
+        assert!(matches!(check(&verifier, "app", "wrong"), Verdict::Refused));
+        assert!(verifier.shared.cache.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_message_rate_of_a_user_is_counted_per_hour() {
+        let verifier = Verifier::start(Users::empty(), &config(Duration::ZERO));
+        let identity = Identity {
+            name: "app".into(),
+            policy: UserPolicy {
+                messages_per_hour: Some(2),
+                ..UserPolicy::default()
+            },
+        };
+        assert!(verifier.take_message(&identity));
+        assert!(verifier.take_message(&identity));
+        assert!(!verifier.take_message(&identity));
     }
 }
