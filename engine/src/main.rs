@@ -194,29 +194,28 @@ fn reload(
     by: &str,
 ) -> Result<String, String> {
     let Some(path) = config_path else {
-        tracing::info!(by, "running on built-in defaults; nothing to reload");
+        tracing::info!("{by}: running on built-in defaults; nothing to reload");
         return Err("running on built-in defaults: there is no file to reload".into());
     };
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(err) => {
-            tracing::error!(by, %err, "configuration refused; nothing changed");
+            tracing::error!(%err, "{by}: configuration refused; nothing changed");
             return Err(format!("configuration refused, nothing changed: {err}"));
         }
     };
     let users = server.reload_users(&config.auth).map_err(|err| {
-        tracing::error!(by, %err, "AUTH users not reloaded; the old ones stay");
+        tracing::error!(%err, "{by}: AUTH users not reloaded; the old ones stay");
         format!("AUTH users not reloaded, the old ones stay: {err}")
     })?;
-    tracing::info!(by, users, "AUTH users reloaded");
+    tracing::info!(users, "{by}: AUTH users reloaded");
     let certificates = server.reload_certificates(&config.tls).map_err(|err| {
-        tracing::error!(by, %err, "certificates not reloaded; the old ones stay");
+        tracing::error!(%err, "{by}: certificates not reloaded; the old ones stay");
         format!("certificates not reloaded, the old ones stay: {err}")
     })?;
     tracing::info!(
-        by,
         certificates,
-        "certificates reloaded; other changes need a restart"
+        "{by}: certificates reloaded; other changes need a restart"
     );
     Ok(format!(
         "reloaded {}: {users} AUTH users, {certificates} certificates; other changes need a restart",
