@@ -15,6 +15,11 @@ pub enum Error {
     Tls(#[from] crate::tls::TlsError),
     #[error("admin request failed: {0}")]
     Admin(String),
+    #[error("auth: {0}")]
+    Auth(String),
+    /// `[admin] token_file` cannot be used, or is missing off loopback.
+    #[error("{0}")]
+    AdminToken(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -20,6 +20,8 @@
 //!   bounces (RFC 3464 notifications) and the delivery event log. The
 //!   delivery connections themselves run on the shards
 //!   (`shard/outbound.rs`).
+//! - [`auth`]: SMTP AUTH's users file, password hashes and per-user
+//!   policy.
 //! - [`tls`]: certificates and keys, the rustls configurations the shards
 //!   share, and their replacement on SIGHUP.
 //! - [`config`]: the TOML configuration, its defaults and validation.
@@ -28,6 +30,7 @@
 //! - [`error`]: the crate's error type.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod delivery;
 pub mod dns;

@@ -1,10 +1,13 @@
 //! The `baton` binary: the server and its command-line tools.
 
+use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use baton::admin::{self, AdminReply, MessageReport, QueueSummary};
+use baton::admin::{self, AdminReply, AdminToken, MessageReport, QueueSummary};
+use baton::auth::edit::{self, Change};
+use baton::auth::{User, UserPolicy, Users};
 use baton::config::{Config, DEFAULT_CONFIG};
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -46,6 +49,51 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Have a running server reread its configuration file (AUTH users, TLS
+    /// certificates), as SIGHUP does, through its admin API.
+    Reload {
+        /// The server's configuration, to find its admin address and token.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin address, overriding the configuration.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
+    /// Manage the users who may AUTH, in the file `[auth] users` names.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+        /// The configuration that names the users file (`[auth] users`).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `baton user`. The password of `add` and `passwd` is asked for twice
+/// without echo on a terminal, or read as one line from standard input
+/// when that is not a terminal (scripts: `printf '%s\n' "$pw" | baton user add app1`).
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add a user; creates the users file (mode 0600) if there is none.
+    Add {
+        name: String,
+        /// A domain the user may send from (MAIL FROM and From:), ".example.com" for its
+        /// subdomains; repeat for more. None: any domain.
+        #[arg(long = "sender-domain", value_name = "DOMAIN")]
+        sender_domains: Vec<String>,
+        /// Messages the user may send per hour. None: no limit.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        messages_per_hour: Option<u32>,
+        /// Recipients per message. None: [limits] recipients_per_message_max.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        recipients_per_message_max: Option<u32>,
+    },
+    /// Set a user's password.
+    Passwd { name: String },
+    /// Remove a user.
+    Remove { name: String },
+    /// The users and their policy (never the password hashes).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -71,12 +119,14 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Run { config } => run(config.as_deref()),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Reload { config, admin } => reload_command(config.as_deref(), admin),
         Command::Queue {
             action,
             config,
             admin,
             json,
         } => queue(action, config.as_deref(), admin, json),
+        Command::User { action, config } => user(action, config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,17 +145,30 @@ fn load(path: Option<&Path>) -> Result<Config, String> {
 }
 
 fn run(config_path: Option<&Path>) -> Result<(), String> {
-    let config = load(config_path)?;
+    let (config, warnings) = match config_path {
+        Some(path) => Config::load_with_warnings(path).map_err(|e| e.to_string())?,
+        None => (Config::default(), Vec::new()),
+    };
     // Flushes the log writer when `run` returns.
     let _log = init_logging(&config.log.level);
+    for warning in &warnings {
+        tracing::warn!("{warning}");
+    }
     // SIGHUP is caught from here on: its default action would end the
     // process, and logrotate's `postrotate kill -HUP` must never do that.
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| e.to_string())?;
     let running = baton::server::start(config).map_err(|e| e.to_string())?;
+    // `baton reload` (POST /reload on the admin API) does what SIGHUP does.
+    let weak = std::sync::Arc::downgrade(&running.server);
+    let path = config_path.map(Path::to_path_buf);
+    let _ = running.server.reload_hook.set(Box::new(move || {
+        let server = weak.upgrade().ok_or("the server is stopping")?;
+        reload(&server, path.as_deref(), "reload")
+    }));
     for signal in signals.forever() {
         if signal == SIGHUP {
-            reload(&running, config_path);
+            let _ = reload(&running.server, config_path, "SIGHUP");
             continue;
         }
         tracing::info!(
@@ -119,29 +182,45 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP: reads the configuration file again and replaces the TLS
-/// certificates, so renewed ones take effect without a restart; new
-/// handshakes use them. A file that fails to load or check changes
-/// nothing. Other settings take effect at the next start.
-fn reload(running: &baton::server::Running, config_path: Option<&Path>) {
+/// SIGHUP and `baton reload`: reads the configuration file again and
+/// replaces the AUTH users and the TLS certificates, so new users, changed
+/// passwords and renewed certificates take effect without a restart (new
+/// sessions and handshakes use them). A file that fails to load or check
+/// changes nothing. Other settings take effect at the next start. Returns
+/// what was done, or why not, for `baton reload`.
+fn reload(
+    server: &baton::server::Server,
+    config_path: Option<&Path>,
+    by: &str,
+) -> Result<String, String> {
     let Some(path) = config_path else {
-        tracing::info!("SIGHUP: running on built-in defaults; nothing to reload");
-        return;
+        tracing::info!("{by}: running on built-in defaults; nothing to reload");
+        return Err("running on built-in defaults: there is no file to reload".into());
     };
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(err) => {
-            tracing::error!(%err, "SIGHUP: configuration refused; nothing changed");
-            return;
+            tracing::error!(%err, "{by}: configuration refused; nothing changed");
+            return Err(format!("configuration refused, nothing changed: {err}"));
         }
     };
-    match running.server.reload_certificates(&config.tls) {
-        Ok(count) => tracing::info!(
-            certificates = count,
-            "SIGHUP: certificates reloaded; other changes need a restart"
-        ),
-        Err(err) => tracing::error!(%err, "SIGHUP: certificates not reloaded; the old ones stay"),
-    }
+    let users = server.reload_users(&config.auth).map_err(|err| {
+        tracing::error!(%err, "{by}: AUTH users not reloaded; the old ones stay");
+        format!("AUTH users not reloaded, the old ones stay: {err}")
+    })?;
+    tracing::info!(users, "{by}: AUTH users reloaded");
+    let certificates = server.reload_certificates(&config.tls).map_err(|err| {
+        tracing::error!(%err, "{by}: certificates not reloaded; the old ones stay");
+        format!("certificates not reloaded, the old ones stay: {err}")
+    })?;
+    tracing::info!(
+        certificates,
+        "{by}: certificates reloaded; other changes need a restart"
+    );
+    Ok(format!(
+        "reloaded {}: {users} AUTH users, {certificates} certificates; other changes need a restart",
+        path.display()
+    ))
 }
 
 /// Logs go to stderr through a writer thread: a shard formats its line and
@@ -200,12 +279,22 @@ impl tracing_subscriber::fmt::time::FormatTime for LogTime {
 }
 
 fn check_config(file: &Path) -> Result<(), String> {
-    let config = Config::load(file).map_err(|e| e.to_string())?;
+    let (config, warnings) = Config::load_with_warnings(file).map_err(|e| e.to_string())?;
     // The files the configuration names must load too: a certificate that
     // does not match its key, or has expired, is found now, not at start.
     let certificates = baton::tls::check(&config.tls).map_err(|e| e.to_string())?;
     if let Some(ca) = &config.delivery.tls_ca {
         baton::tls::ClientTls::load(Some(ca)).map_err(|e| e.to_string())?;
+    }
+    // So is the admin token, which `baton run` would refuse.
+    if let Some(path) = &config.admin.token_file {
+        AdminToken::load(path).map_err(|e| format!("{}: {e}", file.display()))?;
+        if let Some(warning) = admin::permission_warning(path) {
+            println!("warning: {}: {warning}", file.display());
+        }
+    }
+    for warning in &warnings {
+        println!("warning: {warning}");
     }
     let (limit, wanted) = baton::server::check_descriptors(&config);
     if limit < wanted {
@@ -214,6 +303,21 @@ fn check_config(file: &Path) -> Result<(), String> {
              and {} for the rest), {limit} allowed here (the hard RLIMIT_NOFILE)",
             baton::server::DESCRIPTORS_RESERVE
         );
+    }
+    if let Some(path) = &config.auth.users {
+        let users = baton::auth::Users::load(path).map_err(|e| e.to_string())?;
+        if let Ok(metadata) = std::fs::metadata(path) {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions());
+            if mode & 0o007 != 0 {
+                println!(
+                    "warning: {} is readable by every account (mode {:o}); its hashes are what \
+                     an offline guessing attack needs: chmod o-rwx",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        println!("{}: {}", path.display(), plural(users.len() as u64, "user"));
     }
     for c in &certificates {
         println!(
@@ -229,25 +333,54 @@ fn check_config(file: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// `baton reload`: POST /reload on the server's admin API.
+fn reload_command(config: Option<&Path>, admin: Option<SocketAddr>) -> Result<(), String> {
+    let settings = load(config)?.admin;
+    let address = match admin {
+        Some(address) => address,
+        None => settings
+            .address
+            .ok_or("the admin API is disabled in the configuration")?,
+    };
+    let token = match &settings.token_file {
+        Some(path) => Some(AdminToken::load(path)?),
+        None => None,
+    };
+    let api = Api {
+        address,
+        token: token.as_ref(),
+    };
+    api.act("/reload", false)
+}
+
 fn queue(
     action: QueueAction,
     config: Option<&Path>,
     admin: Option<SocketAddr>,
     json: bool,
 ) -> Result<(), String> {
+    // The configuration gives the token even when --admin gives the address.
+    let settings = load(config)?.admin;
     let address = match admin {
         Some(address) => address,
-        None => load(config)?
-            .admin
+        None => settings
             .address
             .ok_or("the admin API is disabled in the configuration")?,
+    };
+    let token = match &settings.token_file {
+        Some(path) => Some(AdminToken::load(path)?),
+        None => None,
+    };
+    let api = Api {
+        address,
+        token: token.as_ref(),
     };
     let queue_id = |id: &str| {
         admin::parse_queue_id(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))
     };
     match action {
         QueueAction::List => {
-            let body = read(address, "/queue")?;
+            let body = api.read("/queue")?;
             if json {
                 print!("{body}");
             } else {
@@ -255,60 +388,245 @@ fn queue(
             }
         }
         QueueAction::Show { id } => {
-            let body = read(address, &format!("/queue/{}", queue_id(&id)?))?;
+            let body = api.read(&format!("/queue/{}", queue_id(&id)?))?;
             if json {
                 print!("{body}");
             } else {
                 print_message(&serde_json::from_str(&body).map_err(|e| e.to_string())?);
             }
         }
-        QueueAction::Flush { domain: None } => act(address, "/queue/flush", json)?,
+        QueueAction::Flush { domain: None } => api.act("/queue/flush", json)?,
         QueueAction::Flush {
             domain: Some(domain),
         } => {
             if !admin::is_destination(&domain) {
                 return Err(format!("{domain:?} is not a domain"));
             }
-            act(address, &format!("/queue/flush/{domain}"), json)?;
+            api.act(&format!("/queue/flush/{domain}"), json)?;
         }
         QueueAction::Delete { id } => {
-            act(address, &format!("/queue/{}/delete", queue_id(&id)?), json)?
+            api.act(&format!("/queue/{}/delete", queue_id(&id)?), json)?
         }
         QueueAction::Bounce { id } => {
-            act(address, &format!("/queue/{}/bounce", queue_id(&id)?), json)?
+            api.act(&format!("/queue/{}/bounce", queue_id(&id)?), json)?
         }
     }
     Ok(())
 }
 
-fn unreachable(address: SocketAddr, err: std::io::Error) -> String {
-    format!("cannot reach the admin API at {address}: {err}")
-}
-
-/// GETs `path`; the body of a 200, or the server's answer as the error.
-fn read(address: SocketAddr, path: &str) -> Result<String, String> {
-    let (status, body) = admin::get(address, path).map_err(|e| unreachable(address, e))?;
-    if status != 200 {
-        return Err(body.trim().to_string());
-    }
-    Ok(body)
-}
-
-/// POSTs `path` and prints the [`AdminReply`]; an error when the request
-/// was not carried out.
-fn act(address: SocketAddr, path: &str, json: bool) -> Result<(), String> {
-    let (status, body) = admin::post(address, path).map_err(|e| unreachable(address, e))?;
-    let reply: AdminReply = serde_json::from_str(&body)
-        .map_err(|_| format!("the admin API answered {status}: {}", body.trim()))?;
-    if json {
-        print!("{body}");
-    } else if reply.ok {
-        println!("{}", reply.message);
-    }
-    if !reply.ok {
-        return Err(reply.message);
+fn user(action: UserAction, config_path: Option<&Path>) -> Result<(), String> {
+    let config = load(config_path)?;
+    let path = config.auth.users.ok_or_else(|| {
+        format!(
+            "no users file: [auth] users is empty in {}; set it and pass --config FILE",
+            config_path.map_or("the built-in defaults".into(), |p| p.display().to_string())
+        )
+    })?;
+    match action {
+        UserAction::Add {
+            name,
+            sender_domains,
+            messages_per_hour,
+            recipients_per_message_max,
+        } => {
+            baton::auth::users::check_name(&name).map_err(|e| format!("user name: {e}"))?;
+            let sender_domains: Vec<String> = sender_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect();
+            for domain in &sender_domains {
+                baton::auth::users::check_sender_domain(domain)
+                    .map_err(|e| format!("--sender-domain: {e}"))?;
+            }
+            // Refused before the password is asked for: a duplicate is
+            // checked again, under the lock, when the file is written.
+            if path.exists() && Users::load(&path).is_ok_and(|u| u.get(&name).is_some()) {
+                return Err(format!(
+                    "user {name:?} already exists in {}",
+                    path.display()
+                ));
+            }
+            let password = read_password(&name)?;
+            let user = User {
+                name,
+                password: baton::auth::hash_password(&password),
+                policy: UserPolicy {
+                    sender_domains,
+                    messages_per_hour,
+                    recipients_per_message_max,
+                },
+            };
+            let users = edit::apply(&path, Change::Add(&user))?;
+            println!(
+                "added {:?} to {} ({}); a running server takes it on SIGHUP",
+                user.name,
+                path.display(),
+                plural(users.len() as u64, "user")
+            );
+        }
+        UserAction::Passwd { name } => {
+            let users = Users::load(&path).map_err(|e| e.to_string())?;
+            if users.get(&name).is_none() {
+                return Err(format!("no user {name:?} in {}", path.display()));
+            }
+            let hash = baton::auth::hash_password(&read_password(&name)?);
+            edit::apply(
+                &path,
+                Change::Passwd {
+                    name: &name,
+                    password: &hash,
+                },
+            )?;
+            println!(
+                "password of {name:?} changed in {}; a running server takes it on SIGHUP",
+                path.display()
+            );
+        }
+        UserAction::Remove { name } => {
+            let users = edit::apply(&path, Change::Remove(&name))?;
+            println!(
+                "removed {name:?} from {} ({} left); a running server takes it on SIGHUP",
+                path.display(),
+                plural(users.len() as u64, "user")
+            );
+        }
+        UserAction::List => print_users(&Users::load(&path).map_err(|e| e.to_string())?),
     }
     Ok(())
+}
+
+/// A new password: twice without echo from the terminal, or one line of
+/// standard input (its line ending stripped) when that is not a terminal.
+fn read_password(name: &str) -> Result<Vec<u8>, String> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let ask = |prompt: String| {
+            rpassword::prompt_password(prompt).map_err(|e| format!("cannot read the password: {e}"))
+        };
+        let first = ask(format!("Password for {name}: "))?;
+        if first != ask("Again: ".into())? {
+            return Err("the two passwords differ; nothing changed".into());
+        }
+        first.into_bytes()
+    } else {
+        let mut line = Vec::new();
+        stdin
+            .lock()
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        if line.ends_with(b"\n") {
+            line.pop();
+            if line.ends_with(b"\r") {
+                line.pop();
+            }
+        }
+        line
+    };
+    if password.is_empty() {
+        return Err("empty password refused; nothing changed".into());
+    }
+    // SASL PLAIN separates its fields with NUL: such a password could
+    // never be sent.
+    if password.contains(&0) {
+        return Err("a password with a NUL byte cannot be sent with AUTH PLAIN; refused".into());
+    }
+    Ok(password)
+}
+
+fn print_users(users: &Users) {
+    let width = users
+        .iter()
+        .map(|u| u.name.chars().count())
+        .chain([4])
+        .max()
+        .unwrap_or(4);
+    println!(
+        "{:<width$}  {:<30}  {:>13}  {:>18}",
+        "NAME", "SENDER DOMAINS", "MESSAGES/HOUR", "RECIPIENTS/MESSAGE"
+    );
+    for user in users.iter() {
+        let policy = &user.policy;
+        let domains = if policy.sender_domains.is_empty() {
+            "any".to_owned()
+        } else {
+            policy.sender_domains.join(",")
+        };
+        let per_hour = policy
+            .messages_per_hour
+            .map_or("no limit".to_owned(), |n| n.to_string());
+        let recipients = policy
+            .recipients_per_message_max
+            .map_or("[limits]".to_owned(), |n| n.to_string());
+        println!(
+            "{:<width$}  {domains:<30}  {per_hour:>13}  {recipients:>18}",
+            user.name
+        );
+    }
+    println!("{}", plural(users.len() as u64, "user"));
+}
+
+/// `1 user`, `2 users`.
+fn plural(n: u64, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A running server's admin API, and the token to show it.
+struct Api<'t> {
+    address: SocketAddr,
+    token: Option<&'t AdminToken>,
+}
+
+impl Api<'_> {
+    fn unreachable(&self, err: std::io::Error) -> String {
+        format!("cannot reach the admin API at {}: {err}", self.address)
+    }
+
+    /// A 401 said in the operator's terms: where the token comes from.
+    fn refused(&self) -> String {
+        let address = self.address;
+        match self.token {
+            None => format!(
+                "the admin API at {address} needs the token in [admin] token_file: \
+                 give baton queue the server's configuration with --config"
+            ),
+            Some(_) => format!(
+                "the admin API at {address} refused the token in [admin] token_file: \
+                 is it the server's?"
+            ),
+        }
+    }
+
+    /// GETs `path`; the body of a 200, or the server's answer as the error.
+    fn read(&self, path: &str) -> Result<String, String> {
+        let (status, body) =
+            admin::get(self.address, path, self.token).map_err(|e| self.unreachable(e))?;
+        match status {
+            200 => Ok(body),
+            401 => Err(self.refused()),
+            _ => Err(body.trim().to_string()),
+        }
+    }
+
+    /// POSTs `path` and prints the [`AdminReply`]; an error when the request
+    /// was not carried out.
+    fn act(&self, path: &str, json: bool) -> Result<(), String> {
+        let (status, body) =
+            admin::post(self.address, path, self.token).map_err(|e| self.unreachable(e))?;
+        if status == 401 {
+            return Err(self.refused());
+        }
+        let reply: AdminReply = serde_json::from_str(&body)
+            .map_err(|_| format!("the admin API answered {status}: {}", body.trim()))?;
+        if json {
+            print!("{body}");
+        } else if reply.ok {
+            println!("{}", reply.message);
+        }
+        if !reply.ok {
+            return Err(reply.message);
+        }
+        Ok(())
+    }
 }
 
 fn print_summary(summary: &QueueSummary) {
@@ -322,7 +640,6 @@ fn print_summary(summary: &QueueSummary) {
             d.destination, d.ready, d.scheduled, d.connections
         );
     }
-    let plural = |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     println!(
         "{}, {} queued",
         plural(summary.messages, "message"),

@@ -1,5 +1,9 @@
 //! The running server: what every shard shares, and how it starts and stops.
 
+use crate::auth::users::Users;
+use crate::auth::verify::Verifier;
+use crate::config::{AuthConfig, ListenerAuth};
+use crate::inbound::AuthSettings;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +22,7 @@ use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
-use crate::outbound::{ClientConfig, ClientLimits};
+use crate::outbound::{ClientConfig, ClientLimits, Credentials};
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
 use crate::shard::{self, ShardHandle, ShardLink};
@@ -37,6 +41,10 @@ pub struct Metrics {
     pub recipients_accepted: AtomicU64,
     pub bytes_accepted: AtomicU64,
     pub store_failures: AtomicU64,
+    /// SMTP AUTH exchanges that succeeded, and that failed (wrong
+    /// credentials, throttled, cut off).
+    pub auth_successes: AtomicU64,
+    pub auth_failures: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_failed: AtomicU64,
     pub recipients_delivered: AtomicU64,
@@ -84,7 +92,16 @@ pub struct Server {
     pub queue_id_floor: QueueId,
     pub metrics: Metrics,
     connections_per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// SMTP AUTH: the users and the verification threads; `None` without
+    /// `[auth] users`.
+    pub verifier: Option<Verifier>,
+    /// What `POST /reload` runs (SIGHUP's reload); set by whoever started
+    /// the server and knows its configuration file.
+    pub reload_hook: std::sync::OnceLock<ReloadHook>,
 }
+
+/// See [`Server::reload_hook`]: what was reloaded, or why not.
+pub type ReloadHook = Box<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
 
 impl Server {
     /// Remembers that `addr`'s TLS handshake failed: opportunistic
@@ -104,6 +121,18 @@ impl Server {
     }
 
     /// Reads `tls`'s certificate files again and makes them those of every
+    /// Reads the users file again (SIGHUP); on error the users in force
+    /// stay. Returns how many users there are now.
+    pub fn reload_users(&self, auth: &AuthConfig) -> Result<usize> {
+        let (Some(verifier), Some(path)) = (&self.verifier, &auth.users) else {
+            return Ok(0);
+        };
+        let users = Users::load(path).map_err(|err| Error::Auth(err.to_string()))?;
+        let count = users.len();
+        verifier.replace_users(users);
+        Ok(count)
+    }
+
     /// new handshake (SIGHUP). On error the certificates in force stay.
     pub fn reload_certificates(&self, tls: &TlsConfig) -> Result<usize> {
         match &self.server_tls {
@@ -246,6 +275,16 @@ pub fn check_descriptors(config: &Config) -> (u64, u64) {
 /// Opens the spool (recovering the queue) and starts the shards.
 pub fn start(config: Config) -> Result<Running> {
     let started = Instant::now();
+    // Before the spool's recovery: a bad token file fails the start at once.
+    let admin_token = crate::admin::load_token(&config.admin).map_err(Error::AdminToken)?;
+    if let Some(warning) = config
+        .admin
+        .token_file
+        .as_deref()
+        .and_then(crate::admin::permission_warning)
+    {
+        tracing::warn!("{warning}");
+    }
     let (limit, wanted) = check_descriptors(&config);
     if limit < wanted {
         tracing::warn!(
@@ -325,6 +364,14 @@ pub fn start(config: Config) -> Result<Running> {
         .iter()
         .map(|l| l.tls_mode(&config.tls))
         .collect();
+    let verifier = match &config.auth.users {
+        Some(path) => {
+            let users = Users::load(path).map_err(|err| Error::Auth(err.to_string()))?;
+            tracing::info!(users = users.len(), file = %path.display(), "SMTP AUTH users loaded");
+            Some(Verifier::start(users, &config.auth))
+        }
+        None => None,
+    };
     // One budget for every listener's sessions: the memory is the server's.
     let data_budget = DataBudget::new(config.limits.data_in_flight_max);
     let session_configs = config
@@ -369,11 +416,13 @@ pub fn start(config: Config) -> Result<Running> {
         queue_id_floor: recovered.queue_id_max,
         metrics: Metrics::default(),
         connections_per_ip: Mutex::new(HashMap::new()),
+        verifier,
+        reload_hook: std::sync::OnceLock::new(),
         config,
     });
     let shards = shard::start(&server, inboxes).map_err(Error::Listen)?;
     if let Some(address) = server.config.admin.address {
-        crate::admin::start(address, server.clone()).map_err(|err| {
+        crate::admin::start(address, server.clone(), admin_token).map_err(|err| {
             Error::Listen(io::Error::new(
                 err.kind(),
                 format!("admin listener {address}: {err}"),
@@ -407,9 +456,23 @@ fn shaping_for(config: &Config) -> Box<dyn Fn(&Destination) -> Shaping + Send + 
 
 fn routes(config: &Config) -> Routes {
     let routes = config.routes.iter().map(|r| {
+        // The configuration checked that a user comes with a password
+        // (and read it from its file).
+        let auth = r
+            .auth_user
+            .as_ref()
+            .zip(r.auth_password.as_ref())
+            .map(|(user, password)| {
+                Arc::new(Credentials::new(
+                    user.clone(),
+                    password.expose(),
+                    r.auth_plaintext,
+                ))
+            });
         let hop = NextHop {
             host: r.next_hop.host.clone(),
             port: r.next_hop.port,
+            auth,
         };
         (r.domain.clone(), hop)
     });
@@ -489,6 +552,11 @@ fn session_config(
         chunking: config.smtp.chunking,
         starttls: listener.tls_mode(&config.tls) == ListenerTls::StartTls,
         tls_required: listener.tls_required,
+        auth: AuthSettings {
+            available: config.auth.users.is_some() && listener.auth != ListenerAuth::Off,
+            required: listener.auth == ListenerAuth::Required,
+            plaintext: listener.auth_plaintext,
+        },
         data_budget: data_budget.clone(),
     }
 }

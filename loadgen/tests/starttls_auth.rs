@@ -135,3 +135,63 @@ fn nothing_listening_is_a_clear_error() {
         Some(true)
     );
 }
+
+#[test]
+fn auth_in_one_argument_and_the_sinks_counts() {
+    let sink = Sink::start(&["--auth", "dave:p:w"]);
+    let run = sink.send(&[
+        "-n",
+        "6",
+        "-c",
+        "2",
+        "--starttls",
+        "--tls-no-verify",
+        "--auth",
+        "dave:p:w",
+        "--auth-mech",
+        "login",
+    ]);
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(replies(&run.report, "AUTH", 235), 2);
+    let got = sink.stop();
+    assert_eq!(num(&got, "/messages_accepted"), 6);
+    assert_eq!(num(&got, "/auth_attempts"), 2);
+    assert_eq!(num(&got, "/auth_successes"), 2);
+    assert_eq!(num(&got, "/auth_failures"), 0);
+}
+
+#[test]
+fn a_sink_with_tls_takes_credentials_only_after_starttls() {
+    let sink = Sink::start(&["--auth", "erin:pw"]);
+    let target = sink.target();
+    let report = sink.send_report();
+    // Not offered in plain text, so send says it cannot authenticate.
+    let run = send(&target, &report, &["-n", "1", "--auth", "erin:pw"]);
+    assert_clear_failure(&run, "server offers neither AUTH PLAIN nor AUTH LOGIN");
+    // Forced: refused with 538 (RFC 4954 §4), never checked.
+    let run = send(
+        &target,
+        &report,
+        &["-n", "1", "--auth", "erin:pw", "--auth-mech", "plain"],
+    );
+    assert_clear_failure(&run, "authentication failed: 538 5.7.11");
+    let run = send(
+        &target,
+        &report,
+        &[
+            "-n",
+            "1",
+            "--auth",
+            "erin:wrong",
+            "--starttls",
+            "--tls-no-verify",
+        ],
+    );
+    assert_clear_failure(&run, "authentication failed: 535 5.7.8");
+    let got = sink.stop();
+    assert_eq!(num(&got, "/messages_accepted"), 0);
+    // Each of send's connections tried before the run stopped.
+    assert!(num(&got, "/auth_attempts") >= 2, "{got}");
+    assert_eq!(num(&got, "/auth_successes"), 0);
+    assert_eq!(num(&got, "/auth_failures"), num(&got, "/auth_attempts"));
+}

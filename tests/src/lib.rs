@@ -129,6 +129,9 @@ pub struct TestConfig {
     pub delivery: Vec<String>,
     /// Appended to the configuration file as it is, e.g. `[[route]]` tables.
     pub extra_toml: String,
+    /// Lines for `[admin]` besides `address`, e.g. `token_file = "..."`:
+    /// `[admin]` is written once, so `extra_toml` cannot add to it.
+    pub admin: Vec<String>,
     /// The spool directory, instead of `spool` in the test's directory
     /// (a small tmpfs, for the tests of a full disk).
     pub spool_path: Option<PathBuf>,
@@ -539,7 +542,11 @@ fn config_text(test: &TestConfig, dir: &Path, smtp: SocketAddr, admin: SocketAdd
     for line in &test.spool {
         let _ = writeln!(text, "{line}");
     }
-    let _ = writeln!(text, "\n[admin]\naddress = \"{admin}\"\n");
+    let _ = writeln!(text, "\n[admin]\naddress = \"{admin}\"");
+    for line in &test.admin {
+        let _ = writeln!(text, "{line}");
+    }
+    let _ = writeln!(text);
     let _ = writeln!(text, "[limits]");
     for line in &test.limits {
         let _ = writeln!(text, "{line}");

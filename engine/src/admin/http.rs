@@ -9,10 +9,17 @@
 //! address in `Host` by IP literal or `localhost` (a DNS name there is a
 //! rebinding attack), and a request with an `Origin` (a browser's) must
 //! come from that same origin.
+//!
+//! With `[admin] token_file`, every request but `GET /health` must carry
+//! `Authorization: Bearer <token>`, or it is answered 401 (RFC 6750 §3).
+//! `/health` stays open because load balancers' health checks send no
+//! token, and it tells nothing but that baton is up. The token, not the
+//! `Host` rule, then keeps a browser out (a rebound page has no token), so
+//! `Host` may name the API by any name: an operator's DNS name for it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -21,7 +28,8 @@ use hyper::{Request, Response as HttpResponse, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Semaphore;
 
-use super::{route, Response, IO_TIMEOUT, SHARD_REPLY_TIMEOUT};
+use super::{route, AdminToken, Response, IO_TIMEOUT, SHARD_REPLY_TIMEOUT};
+use crate::log_limit::LogLimit;
 use crate::server::Server;
 
 /// Connections served at once; past this, new ones are closed at once.
@@ -29,9 +37,27 @@ const ADMIN_CONNECTIONS_MAX: usize = 64;
 /// The longest a connection may live, whatever it does.
 const ADMIN_CONNECTION_TIME_MAX: Duration = Duration::from_secs(60);
 
+/// The realm of the `WWW-Authenticate` challenge.
+const CHALLENGE: &str = "Bearer realm=\"baton admin\"";
+/// The challenge to a token that is not the one (RFC 6750 §3.1).
+const CHALLENGE_INVALID: &str = "Bearer realm=\"baton admin\", error=\"invalid_token\"";
+
+/// What every connection's requests are checked against.
+struct Guard {
+    address: SocketAddr,
+    token: Option<AdminToken>,
+    /// Refused tokens are logged, but a client guessing tokens must not
+    /// flood the log.
+    refusals: Mutex<LogLimit>,
+}
+
 /// Serves `listener` (bound by the caller, so that a bad address fails
-/// the start) until the process ends.
-pub(super) async fn serve(listener: std::net::TcpListener, server: Arc<Server>) {
+/// the start) until the process ends. With `token`, requests must carry it.
+pub(super) async fn serve(
+    listener: std::net::TcpListener,
+    server: Arc<Server>,
+    token: Option<AdminToken>,
+) {
     let address = match listener.local_addr() {
         Ok(address) => address,
         Err(_) => return,
@@ -43,19 +69,26 @@ pub(super) async fn serve(listener: std::net::TcpListener, server: Arc<Server>) 
             return;
         }
     };
+    let guard = Arc::new(Guard {
+        address,
+        token,
+        refusals: Mutex::new(LogLimit::default()),
+    });
     let permits = Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue; // dropping the stream closes it
         };
         let server = server.clone();
+        let guard = guard.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let server = server.clone();
-                async move { Ok::<_, Infallible>(answer(request, server, address).await) }
+                let guard = guard.clone();
+                async move { Ok::<_, Infallible>(answer(request, server, &guard, peer).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -70,10 +103,18 @@ pub(super) async fn serve(listener: std::net::TcpListener, server: Arc<Server>) 
 async fn answer(
     request: Request<Incoming>,
     server: Arc<Server>,
-    address: SocketAddr,
+    guard: &Guard,
+    peer: SocketAddr,
 ) -> HttpResponse<Full<Bytes>> {
-    if let Err(why) = allowed(&request, address) {
+    if let Err(why) = allowed(&request, guard.address, guard.token.is_some()) {
         return into_http(Response::text(403, format!("{why}\n")));
+    }
+    if let Err(refused) = authorized(&request, guard.token.as_ref()) {
+        let count = guard.refusals.lock().ok().and_then(|mut limit| limit.hit());
+        if let Some(count) = count {
+            tracing::warn!(%peer, count, "admin API: request without the right token refused");
+        }
+        return into_http(refused);
     }
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
@@ -85,14 +126,19 @@ async fn answer(
     into_http(response)
 }
 
-/// The `Host` and `Origin` rules of the module docs.
-fn allowed<B>(request: &Request<B>, address: SocketAddr) -> Result<(), &'static str> {
+/// The `Host` and `Origin` rules of the module docs; with a token, `Host`
+/// may be any name.
+fn allowed<B>(
+    request: &Request<B>,
+    address: SocketAddr,
+    token_required: bool,
+) -> Result<(), &'static str> {
     let host = request
         .headers()
         .get(hyper::header::HOST)
         .and_then(|value| value.to_str().ok())
         .ok_or("a Host header is required")?;
-    if !host_is_admin(host, address) {
+    if !token_required && !host_is_admin(host, address) {
         return Err("the Host header must name the admin address by IP or localhost");
     }
     if let Some(origin) = request.headers().get(hyper::header::ORIGIN) {
@@ -106,6 +152,45 @@ fn allowed<B>(request: &Request<B>, address: SocketAddr) -> Result<(), &'static 
         }
     }
     Ok(())
+}
+
+/// The token rule of the module docs: `Ok` without a token configured,
+/// for `/health`, and for a request that carries the token; else the 401.
+/// Its body says what is missing, and never repeats what was sent.
+fn authorized<B>(request: &Request<B>, token: Option<&AdminToken>) -> Result<(), Response> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    if request.uri().path() == "/health" {
+        return Ok(());
+    }
+    let presented = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|value| bearer(value.as_bytes()));
+    let (challenge, message) = match presented {
+        Some(presented) if token.matches(presented) => return Ok(()),
+        Some(_) => (CHALLENGE_INVALID, "the bearer token is not the admin API's"),
+        None => (
+            CHALLENGE,
+            "the admin API needs Authorization: Bearer <the token in [admin] token_file>",
+        ),
+    };
+    Err(Response {
+        authenticate: Some(challenge),
+        ..Response::refused(401, message.to_owned())
+    })
+}
+
+/// The credentials of `Bearer <token>`; the scheme is case-insensitive
+/// (RFC 7235 §2.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    Some(rest.trim_ascii())
 }
 
 /// `127.0.0.1:8025`, `[::1]:8025`, `localhost:8025`: an IP literal or
@@ -128,6 +213,9 @@ fn into_http(response: Response) -> HttpResponse<Full<Bytes>> {
     if let Some(allow) = response.allow {
         builder = builder.header(hyper::header::ALLOW, allow);
     }
+    if let Some(challenge) = response.authenticate {
+        builder = builder.header(hyper::header::WWW_AUTHENTICATE, challenge);
+    }
     builder
         .body(Full::new(Bytes::from(response.body)))
         .unwrap_or_else(|_| HttpResponse::new(Full::new(Bytes::new())))
@@ -136,6 +224,8 @@ fn into_http(response: Response) -> HttpResponse<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123";
 
     fn request(host: Option<&str>, origin: Option<&str>) -> Request<()> {
         let mut builder = Request::post("/queue/flush");
@@ -148,27 +238,74 @@ mod tests {
         builder.body(()).unwrap()
     }
 
+    fn allowed_<B>(request: &Request<B>, address: SocketAddr) -> Result<(), &'static str> {
+        allowed(request, address, false)
+    }
+
     #[test]
     fn only_the_admin_address_and_its_own_origin_are_served() {
         let address: SocketAddr = "127.0.0.1:8025".parse().unwrap();
-        assert!(allowed(&request(Some("127.0.0.1:8025"), None), address).is_ok());
-        assert!(allowed(&request(Some("localhost:8025"), None), address).is_ok());
-        assert!(allowed(&request(Some("[::1]:8025"), None), address).is_ok());
-        assert!(allowed(
+        assert!(allowed_(&request(Some("127.0.0.1:8025"), None), address).is_ok());
+        assert!(allowed_(&request(Some("localhost:8025"), None), address).is_ok());
+        assert!(allowed_(&request(Some("[::1]:8025"), None), address).is_ok());
+        assert!(allowed_(
             &request(Some("127.0.0.1:8025"), Some("http://127.0.0.1:8025")),
             address
         )
         .is_ok());
         // DNS rebinding: a name that resolves to 127.0.0.1 for the browser.
-        assert!(allowed(&request(Some("evil.example:8025"), None), address).is_err());
-        assert!(allowed(&request(Some("127.0.0.1:9999"), None), address).is_err());
-        assert!(allowed(&request(None, None), address).is_err());
+        assert!(allowed_(&request(Some("evil.example:8025"), None), address).is_err());
+        assert!(allowed_(&request(Some("127.0.0.1:9999"), None), address).is_err());
+        assert!(allowed_(&request(None, None), address).is_err());
         // A page elsewhere posting to the API.
-        assert!(allowed(
+        assert!(allowed_(
             &request(Some("127.0.0.1:8025"), Some("http://evil.example")),
             address
         )
         .is_err());
-        assert!(allowed(&request(Some("127.0.0.1:8025"), Some("null")), address).is_err());
+        assert!(allowed_(&request(Some("127.0.0.1:8025"), Some("null")), address).is_err());
+    }
+
+    #[test]
+    fn with_a_token_any_host_name_will_do_but_not_another_origin() {
+        let address: SocketAddr = "0.0.0.0:8025".parse().unwrap();
+        assert!(allowed(&request(Some("admin.example:8025"), None), address, true).is_ok());
+        let foreign = request(Some("admin.example:8025"), Some("http://evil.example"));
+        assert!(allowed(&foreign, address, true).is_err());
+        assert!(allowed(&request(None, None), address, true).is_err());
+    }
+
+    fn with_authorization(path: &str, authorization: Option<&str>) -> Request<()> {
+        let mut builder = Request::get(path).header("host", "127.0.0.1:8025");
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn the_token_is_required_except_for_health() {
+        let token = AdminToken::parse(TOKEN).unwrap();
+        let ok = |path: &str, authorization: Option<&str>| {
+            authorized(&with_authorization(path, authorization), Some(&token))
+        };
+        assert!(ok("/queue", Some(&format!("Bearer {TOKEN}"))).is_ok());
+        assert!(ok("/queue", Some(&format!("bearer  {TOKEN} "))).is_ok());
+        assert!(ok("/health", None).is_ok());
+        // No token configured: as before.
+        assert!(authorized(&with_authorization("/queue", None), None).is_ok());
+        for (authorization, challenge) in [
+            (None::<String>, CHALLENGE),
+            (Some("Bearer".to_string()), CHALLENGE),
+            (Some(format!("Basic {TOKEN}")), CHALLENGE),
+            (Some("Bearer wrong-token-0000000".into()), CHALLENGE_INVALID),
+            (Some(format!("Bearer {TOKEN}x")), CHALLENGE_INVALID),
+        ] {
+            let refused = ok("/queue/flush", authorization.as_deref()).unwrap_err();
+            assert_eq!(refused.status, 401, "{authorization:?}");
+            assert_eq!(refused.authenticate, Some(challenge), "{authorization:?}");
+            assert!(!refused.body.contains("wrong-token"), "{}", refused.body);
+            assert!(!refused.body.contains(TOKEN), "{}", refused.body);
+        }
     }
 }

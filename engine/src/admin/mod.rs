@@ -11,17 +11,26 @@
 //!   recipients now, of every destination or of one.
 //! - `POST /queue/<id>/delete`: drop a message's undelivered recipients.
 //! - `POST /queue/<id>/bounce`: fail them, with a notification.
+//! - `POST /reload`: reread the configuration file (AUTH users, TLS
+//!   certificates), as SIGHUP does; 422 with the reason when it is refused.
 //!
 //! The POSTs answer an [`AdminReply`] as JSON: 200 when done, 404 when the
 //! message is not in the queue, 400 for a malformed id or domain, 503 when
 //! the shard that carries them out does not answer in time. A known path
 //! with the other method answers 405.
 //!
+//! With `[admin] token_file`, every request but `GET /health` needs
+//! `Authorization: Bearer <token>` ([`token`]); without one, the address
+//! must be loopback.
+//!
 //! `baton queue ...` is a client of this API ([`get`], [`post`], with ureq).
 
 #![forbid(unsafe_code)]
 
 mod http;
+mod token;
+
+pub use token::{load_token, permission_warning, AdminToken, TOKEN_CHARS_MIN};
 
 use std::fmt::Write as _;
 use std::io;
@@ -107,8 +116,13 @@ pub struct AdminReply {
 }
 
 /// Starts the admin listener: bound here (a bad address fails the start),
-/// served by hyper on a thread of its own ([`http`]).
-pub fn start(address: SocketAddr, server: Arc<Server>) -> io::Result<()> {
+/// served by hyper on a thread of its own ([`http`]). With `token`, every
+/// request but `GET /health` must carry it.
+pub fn start(
+    address: SocketAddr,
+    server: Arc<Server>,
+    token: Option<AdminToken>,
+) -> io::Result<()> {
     let listener = TcpListener::bind(address)?;
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -116,7 +130,7 @@ pub fn start(address: SocketAddr, server: Arc<Server>) -> io::Result<()> {
         .build()?;
     thread::Builder::new()
         .name("admin".into())
-        .spawn(move || runtime.block_on(http::serve(listener, server)))?;
+        .spawn(move || runtime.block_on(http::serve(listener, server, token)))?;
     Ok(())
 }
 
@@ -127,6 +141,8 @@ struct Response {
     body: String,
     /// The `Allow` header of a 405.
     allow: Option<&'static str>,
+    /// The `WWW-Authenticate` header of a 401.
+    authenticate: Option<&'static str>,
 }
 
 impl Response {
@@ -136,6 +152,7 @@ impl Response {
             content_type: "text/plain",
             body: body.into(),
             allow: None,
+            authenticate: None,
         }
     }
 
@@ -145,6 +162,7 @@ impl Response {
             content_type: "application/json",
             body: to_json(value),
             allow: None,
+            authenticate: None,
         }
     }
 
@@ -174,6 +192,8 @@ enum Endpoint<'a> {
     Delete(&'a str),
     /// `/queue/<id>/bounce`.
     Bounce(&'a str),
+    /// `/reload`: reread the configuration file, as SIGHUP does.
+    Reload,
 }
 
 impl Endpoint<'_> {
@@ -183,6 +203,7 @@ impl Endpoint<'_> {
             "/metrics" => Endpoint::Metrics,
             "/queue" => Endpoint::Queue,
             "/queue/flush" => Endpoint::Flush(None),
+            "/reload" => Endpoint::Reload,
             _ => {
                 let rest = path.strip_prefix("/queue/")?;
                 if let Some(domain) = rest.strip_prefix("flush/") {
@@ -202,7 +223,9 @@ impl Endpoint<'_> {
     fn method(&self) -> &'static str {
         match self {
             Endpoint::Health | Endpoint::Metrics | Endpoint::Queue | Endpoint::Message(_) => "GET",
-            Endpoint::Flush(_) | Endpoint::Delete(_) | Endpoint::Bounce(_) => "POST",
+            Endpoint::Flush(_) | Endpoint::Delete(_) | Endpoint::Bounce(_) | Endpoint::Reload => {
+                "POST"
+            }
         }
     }
 }
@@ -241,6 +264,20 @@ fn route(method: &str, path: &str, server: &Server) -> Response {
         }
         Endpoint::Delete(id) => act_on_message(server, path, id, AdminRequest::Delete),
         Endpoint::Bounce(id) => act_on_message(server, path, id, AdminRequest::Bounce),
+        Endpoint::Reload => {
+            tracing::info!(path, "admin request");
+            let result = match server.reload_hook.get() {
+                Some(reload) => reload(),
+                None => Err("this server cannot reload".to_owned()),
+            };
+            let ok = result.is_ok();
+            let reply = AdminReply {
+                ok,
+                recipients: 0,
+                message: result.unwrap_or_else(|err| err),
+            };
+            Response::json(if ok { 200 } else { 422 }, &reply)
+        }
     }
 }
 
@@ -405,6 +442,16 @@ fn metrics(server: &Server) -> String {
             load(&m.store_failures),
         ),
         (
+            "baton_auth_successes_total",
+            "SMTP AUTH exchanges that succeeded.",
+            load(&m.auth_successes),
+        ),
+        (
+            "baton_auth_failures_total",
+            "SMTP AUTH exchanges that failed: wrong credentials, throttled or cut off.",
+            load(&m.auth_failures),
+        ),
+        (
             "baton_data_in_flight_refusals_total",
             "Messages refused because limits.data_in_flight_max was reached.",
             server.data_budget.refused(),
@@ -549,15 +596,30 @@ fn escape_label_value(value: &str) -> String {
     out
 }
 
-/// A GET against a running server's admin API: `(status, body)`.
-pub fn get(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    request(address, "GET", path, IO_TIMEOUT)
+/// A GET against a running server's admin API: `(status, body)`. With
+/// `token`, it is sent as `Authorization: Bearer`.
+pub fn get(
+    address: SocketAddr,
+    path: &str,
+    token: Option<&AdminToken>,
+) -> io::Result<(u16, String)> {
+    request(address, "GET", path, token, IO_TIMEOUT)
 }
 
 /// A POST (without a body) against a running server's admin API:
 /// `(status, body)`. It waits as long as the server may wait for a shard.
-pub fn post(address: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    request(address, "POST", path, SHARD_REPLY_TIMEOUT + IO_TIMEOUT)
+pub fn post(
+    address: SocketAddr,
+    path: &str,
+    token: Option<&AdminToken>,
+) -> io::Result<(u16, String)> {
+    request(
+        address,
+        "POST",
+        path,
+        token,
+        SHARD_REPLY_TIMEOUT + IO_TIMEOUT,
+    )
 }
 
 /// One request with ureq; every status is an answer, not an error.
@@ -565,6 +627,7 @@ fn request(
     address: SocketAddr,
     method: &str,
     path: &str,
+    token: Option<&AdminToken>,
     timeout: Duration,
 ) -> io::Result<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -573,9 +636,22 @@ fn request(
         .build()
         .into();
     let url = format!("http://{address}{path}");
+    let authorization = token.map(|token| format!("Bearer {}", token.as_str()));
     let response = match method {
-        "POST" => agent.post(&url).send_empty(),
-        _ => agent.get(&url).call(),
+        "POST" => {
+            let mut request = agent.post(&url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.send_empty()
+        }
+        _ => {
+            let mut request = agent.get(&url);
+            if let Some(value) = &authorization {
+                request = request.header("Authorization", value);
+            }
+            request.call()
+        }
     };
     let mut response = response.map_err(io::Error::other)?;
     let status = response.status().as_u16();

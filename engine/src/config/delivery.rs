@@ -164,6 +164,44 @@ pub struct RouteConfig {
     /// Overrides `[shaping] tls` for this route.
     #[serde(default)]
     pub tls: Option<TlsPolicy>,
+    /// SMTP AUTH (RFC 4954) to the next hop as this user, after STARTTLS.
+    #[serde(default)]
+    pub auth_user: Option<String>,
+    /// The password for `auth_user`. After [`Config::load`] this holds the
+    /// password whichever key gave it (`auth_password_file` is read then).
+    #[serde(default)]
+    pub auth_password: Option<Secret>,
+    /// A file holding the password (one trailing newline stripped), so
+    /// that the configuration itself can be world-readable.
+    #[serde(default)]
+    pub auth_password_file: Option<PathBuf>,
+    /// Send the credentials over a connection without TLS too. Off: a
+    /// next hop without STARTTLS gets no credentials and the mail waits.
+    #[serde(default)]
+    pub auth_plaintext: bool,
+}
+
+/// A value that must not be shown: its `Debug` says `"<redacted>"`, so a
+/// configuration or route printed in a log or an error never carries it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
 }
 
 /// A host and port to deliver to: `"smtp.example.net:587"`,

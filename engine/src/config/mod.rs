@@ -10,6 +10,9 @@
 //! Unknown keys are errors, so a typo cannot silently leave a default in
 //! place.
 //!
+//! - `auth`: `[auth]`, SMTP AUTH; the users file it names is read by
+//!   `crate::auth`, which reports its errors as this module does
+//!   ([`parse_toml`]).
 //! - `delivery`: the sections delivery reads (`[delivery]`, `[dns]`,
 //!   `[shaping]`, `[[route]]`, `[[destination]]`) and the per-domain
 //!   lookups over them.
@@ -20,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+mod auth;
 mod de;
 mod delivery;
 mod duration;
@@ -32,11 +36,13 @@ use std::time::Duration;
 
 use baton_spool::SyncMode;
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::de::DeTable;
 
+pub use auth::{AuthConfig, ListenerAuth};
 pub use delivery::{
-    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Shaping, TlsPolicy,
+    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Secret, Shaping, TlsPolicy,
 };
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
@@ -71,6 +77,7 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     pub tls: TlsConfig,
     pub admin: AdminConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -104,6 +111,12 @@ pub struct ListenerConfig {
     /// Refuse MAIL before STARTTLS (`530 5.7.0`, RFC 3207 §4).
     #[serde(default)]
     pub tls_required: bool,
+    /// SMTP AUTH on this listener.
+    #[serde(default)]
+    pub auth: ListenerAuth,
+    /// Offer AUTH over connections without TLS (tests, trusted networks).
+    #[serde(default)]
+    pub auth_plaintext: bool,
 }
 
 impl ListenerConfig {
@@ -264,6 +277,11 @@ pub struct AdminConfig {
     /// `None`: no admin listener (`""` in the file).
     #[serde(deserialize_with = "de::optional_socket_addr")]
     pub address: Option<SocketAddr>,
+    /// A file holding the bearer token every request but `GET /health`
+    /// must carry; `None` (`""`): no token, allowed on loopback only. Read
+    /// by `crate::admin::AdminToken::load`, at start and by `check-config`.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[log]`.
@@ -288,15 +306,32 @@ impl Default for Config {
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_warnings(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], and the file's warnings as in
+    /// [`Config::parse_with_warnings`].
+    pub fn load_with_warnings(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
         let origin = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(&origin, &e))?;
-        Config::parse(&text, &origin)
+        Config::parse_with_warnings(&text, &origin)
     }
 
     /// Parses and validates `text`, laid over the defaults; `origin` (a file
     /// name) starts every error message.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_warnings(text, origin).map(|(config, _)| config)
+    }
+
+    /// [`Config::parse`], and what the file allows but most likely should
+    /// not (an open relay, passwords in clear text), each as a
+    /// [`ConfigError`] naming the key and its line, for `check-config` to
+    /// print and `baton run` to log.
+    pub fn parse_with_warnings(
+        text: &str,
+        origin: &str,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigError> {
         let file = DeTable::parse(text).map_err(|e| ConfigError::syntax(origin, text, &e))?;
         let mut merged = DeTable::parse(DEFAULT_CONFIG).expect("the default config is TOML");
         de::merge(merged.get_mut(), file.get_ref().clone());
@@ -306,13 +341,19 @@ impl Config {
             .map_err(|e| ConfigError::deserialize(origin, text, file.get_ref(), &e))?;
         validate::validate(&config)
             .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
+        validate::read_password_files(&mut config)
+            .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
+        let warnings = validate::warnings(&config)
+            .into_iter()
+            .map(|warning| ConfigError::invalid(origin, text, file.get_ref(), warning))
+            .collect();
         if config.server.hostname.is_empty() {
             config.server.hostname = machine_hostname();
         }
         if config.delivery.helo_name.is_empty() {
             config.delivery.helo_name = config.server.hostname.clone();
         }
-        Ok(config)
+        Ok((config, warnings))
     }
 
     /// Shard threads to run: `server.shards`, or one per available core if
@@ -323,6 +364,36 @@ impl Config {
             n => n,
         }
     }
+}
+
+/// Parses `text`, a TOML file other than the configuration (the users
+/// file), into `T`, with errors as the configuration's: file, line, column
+/// and key. `check` holds the rules beyond types; it names the key at fault
+/// as a path (`user[2].name`, `user[0].sender_domains[1]`) so the error can
+/// point at the line that writes it.
+pub(crate) fn parse_toml<T: DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    check: impl FnOnce(&T) -> Result<(), (String, String)>,
+) -> Result<T, ConfigError> {
+    let file = DeTable::parse(text).map_err(|e| ConfigError::syntax(origin, text, &e))?;
+    let value = T::deserialize(toml::de::Deserializer::from(file.clone()))
+        .map_err(|e| ConfigError::deserialize(origin, text, file.get_ref(), &e))?;
+    check(&value).map_err(|(key, message)| {
+        let invalid = validate::Invalid {
+            key,
+            message,
+            also: None,
+        };
+        ConfigError::invalid(origin, text, file.get_ref(), invalid)
+    })?;
+    Ok(value)
+}
+
+/// [`ConfigError`] for a file that cannot be read, for [`parse_toml`]'s
+/// callers.
+pub(crate) fn unreadable(origin: &str, error: &std::io::Error) -> ConfigError {
+    ConfigError::unreadable(origin, error)
 }
 
 /// The kernel's hostname, or `localhost` if it cannot be read.
@@ -368,8 +439,12 @@ mod tests {
                 address: "127.0.0.1:2525".parse().unwrap(),
                 tls: ListenerTls::Auto,
                 tls_required: false,
+                auth: ListenerAuth::Optional,
+                auth_plaintext: false,
             }]
         );
+        assert_eq!(c.auth.users, None);
+        assert_eq!(c.auth.verify_threads, 2);
         assert_eq!(c.listeners[0].tls_mode(&c.tls), ListenerTls::None);
         assert_eq!(c.tls.certificate, None);
         assert_eq!(c.tls.key, None);
@@ -400,6 +475,7 @@ mod tests {
         assert!(c.smtp.chunking);
         let networks: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
         assert_eq!(c.relay.networks, networks);
+        assert_eq!(c.auth.users, None);
         let d = &c.delivery;
         assert_eq!(d.helo_name, c.server.hostname);
         assert_eq!(d.mx_port, 25);
@@ -493,6 +569,10 @@ mod tests {
                     port: 587
                 },
                 tls: Some(TlsPolicy::RequiredVerified),
+                auth_user: Some("relay@example.org".into()),
+                auth_password: Some(Secret::new("change me")),
+                auth_password_file: None,
+                auth_plaintext: false,
             }]
         );
         let destination = commented_example("destination");
@@ -563,9 +643,18 @@ mod tests {
             "listener.address",
             "listener.tls",
             "listener.tls_required",
+            "listener.auth",
+            "listener.auth_plaintext",
             "tls.certificate",
             "tls.key",
             "tls.handshake_timeout",
+            "auth.users",
+            "auth.verify_threads",
+            "auth.cache_ttl",
+            "auth.failures_before_delay",
+            "auth.failure_delay",
+            "auth.failures_max",
+            "auth.failure_window",
             "spool.path",
             "spool.segment_bytes",
             "spool.sync",
@@ -617,6 +706,7 @@ mod tests {
             "shaping.tls",
             "shaping.mta_sts",
             "admin.address",
+            "admin.token_file",
             "log.level",
             "log.events",
         ];

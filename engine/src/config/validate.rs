@@ -2,12 +2,14 @@
 //! the key at fault; [`super::Config::parse`] adds the line.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use ipnet::{IpNet, Ipv4Net};
+
 use super::{
-    Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, ListenerTls, RouteConfig,
-    ServerConfig, Shaping, SpoolSettings, TlsConfig,
+    AuthConfig, Config, DeliveryConfig, DestinationConfig, DnsConfig, Limits, ListenerConfig,
+    ListenerTls, RouteConfig, ServerConfig, Shaping, SpoolSettings, TlsConfig,
 };
 
 /// A rule `key` breaks. `also` is the other key of a rule between two
@@ -104,6 +106,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     tls(&config.tls)?;
     spool(&config.spool)?;
     limits(&config.limits)?;
+    auth(&config.auth)?;
     delivery(&config.delivery)?;
     dns(&config.dns)?;
     shaping(&config.shaping)?;
@@ -114,6 +117,23 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
             "log.level",
             format!("not a tracing filter directive: {error}"),
         ));
+    }
+    Ok(())
+}
+
+/// `[auth]`. The users file itself is read by `check-config` and at start
+/// (`crate::auth::Users::load`), not here: parsing the configuration reads
+/// no other file.
+fn auth(auth: &AuthConfig) -> Result<(), Invalid> {
+    if let Some(users) = &auth.users {
+        // `baton user add` writes the file by renaming a new one over it,
+        // so the path must name a file, not a directory.
+        if users.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            return Err(invalid(
+                "auth.users",
+                "names a directory; give the path of the users file",
+            ));
+        }
     }
     Ok(())
 }
@@ -244,8 +264,26 @@ fn listeners(config: &Config) -> Result<(), Invalid> {
                 format!("{admin} is also an SMTP listener"),
             ));
         }
+        // The API deletes and bounces mail: reachable from other hosts, it
+        // must not be open to whoever connects.
+        if !is_loopback(admin.ip()) && config.admin.token_file.is_none() {
+            return Err(invalid_pair(
+                "admin.address",
+                "admin.token_file",
+                format!(
+                    "{admin} is not a loopback address, so the admin API needs a token: \
+                     set admin.token_file, or listen on 127.0.0.1 or [::1]"
+                ),
+            ));
+        }
     }
     Ok(())
+}
+
+/// Loopback, IPv4-mapped loopback (`::ffff:127.0.0.1`) included. The
+/// unspecified addresses (`0.0.0.0`, `::`) are every interface: not loopback.
+pub(super) fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 fn spool(spool: &SpoolSettings) -> Result<(), Invalid> {
@@ -508,6 +546,88 @@ fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
         if hop.port == 0 {
             return Err(invalid(key, format!("{hop}: port 0 is not a port")));
         }
+        route_auth(i, route)?;
+    }
+    Ok(())
+}
+
+/// A route's credentials: a user with exactly one source of password,
+/// and nothing that SASL PLAIN (RFC 4616 §2: NUL separates the fields)
+/// could not carry. Messages never quote the password.
+fn route_auth(i: usize, route: &RouteConfig) -> Result<(), Invalid> {
+    let key = |name: &str| format!("route[{i}].{name}");
+    let password = route.auth_password.as_ref();
+    let file = route.auth_password_file.as_ref();
+    let Some(user) = &route.auth_user else {
+        for (name, set) in [
+            ("auth_password", password.is_some()),
+            ("auth_password_file", file.is_some()),
+            ("auth_plaintext", route.auth_plaintext),
+        ] {
+            if set {
+                return Err(invalid(key(name), "needs auth_user"));
+            }
+        }
+        return Ok(());
+    };
+    if user.is_empty() {
+        return Err(invalid(key("auth_user"), "must not be empty"));
+    }
+    if user.contains(['\0', '\r', '\n']) {
+        return Err(invalid(key("auth_user"), "must not contain NUL, CR or LF"));
+    }
+    match (password, file) {
+        (None, None) => Err(invalid(
+            key("auth_user"),
+            "needs auth_password or auth_password_file",
+        )),
+        (Some(_), Some(_)) => Err(invalid_pair(
+            &key("auth_password_file"),
+            &key("auth_password"),
+            "give auth_password or auth_password_file, not both",
+        )),
+        (Some(password), None) => password_text(&key("auth_password"), password.expose()),
+        (None, Some(path)) if path.as_os_str().is_empty() => {
+            Err(invalid(key("auth_password_file"), "must not be empty"))
+        }
+        (None, Some(_)) => Ok(()),
+    }
+}
+
+/// A password SASL PLAIN can carry; the message does not show it.
+fn password_text(key: &str, password: &str) -> Result<(), Invalid> {
+    if password.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if password.contains('\0') {
+        return Err(invalid(key, "must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// Reads each route's `auth_password_file` into its `auth_password`, after
+/// [`validate`]: the file's one trailing newline (`echo pw > file`) is not
+/// part of the password. An error names the key and the file, never the
+/// contents.
+pub(super) fn read_password_files(config: &mut Config) -> Result<(), Invalid> {
+    for (i, route) in config.routes.iter_mut().enumerate() {
+        let Some(path) = &route.auth_password_file else {
+            continue;
+        };
+        let key = format!("route[{i}].auth_password_file");
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(&key, format!("cannot read {}: {e}", path.display())))?;
+        let password = text
+            .strip_suffix('\n')
+            .map(|t| t.strip_suffix('\r').unwrap_or(t))
+            .unwrap_or(&text);
+        password_text(&key, password).map_err(|e| {
+            invalid(
+                &key,
+                format!("{}: the password {}", path.display(), e.message),
+            )
+        })?;
+        route.auth_password = Some(super::Secret::new(password));
     }
     Ok(())
 }
@@ -540,6 +660,104 @@ fn destinations(destinations: &[DestinationConfig]) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Networks of this host or of a private network, whose clients may
+/// reasonably relay: loopback, RFC 1918, shared address space (RFC 6598),
+/// link-local, and IPv6 unique local (RFC 4193).
+const PRIVATE_NETWORKS: [&str; 9] = [
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// Whether every address of `net` is in a [`PRIVATE_NETWORKS`] range. An
+/// IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) is judged as the IPv4
+/// network it carries, since [`super::RelayConfig::allows`] matches it so.
+fn is_private(net: &IpNet) -> bool {
+    let net = match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).unwrap_or_default()),
+            None => *net,
+        },
+        _ => *net,
+    };
+    PRIVATE_NETWORKS
+        .iter()
+        .filter_map(|private| private.parse::<IpNet>().ok())
+        .any(|private| private.contains(&net))
+}
+
+/// What a configuration may do but most likely should not. `check-config`
+/// prints these and `baton run` logs them; neither refuses the file, since
+/// each has a legitimate use (a relay behind a firewall, a test rig).
+pub(super) fn warnings(config: &Config) -> Vec<Invalid> {
+    let mut warnings = open_relay(config);
+    for (i, listener) in config.listeners.iter().enumerate() {
+        warnings.extend(clear_text_auth(
+            i,
+            listener,
+            listener.auth_plaintext,
+            config,
+        ));
+    }
+    warnings
+}
+
+/// `relay.networks` wider than private ranges while a listener takes
+/// connections from other hosts: anyone in those networks may relay. One
+/// warning per network, at its line.
+fn open_relay(config: &Config) -> Vec<Invalid> {
+    let Some((i, exposed)) = config
+        .listeners
+        .iter()
+        .enumerate()
+        .find(|(_, l)| !is_loopback(l.address.ip()))
+    else {
+        return Vec::new();
+    };
+    config
+        .relay
+        .networks
+        .iter()
+        .enumerate()
+        .filter(|(_, net)| !is_private(net))
+        .map(|(n, net)| {
+            invalid_pair(
+                &format!("relay.networks[{n}]"),
+                "relay.networks",
+                format!(
+                    "{net} reaches beyond loopback and private networks, and listener[{i}] \
+                     ({}) is not on loopback: anyone there may relay mail (an open relay)",
+                    exposed.address
+                ),
+            )
+        })
+        .collect()
+}
+
+/// AUTH over a connection without TLS sends the password readable by
+/// anyone on the path. `auth_plaintext` is the listener's setting; an
+/// implicit-TLS listener has no such connection, so it is no risk there.
+fn clear_text_auth(
+    i: usize,
+    listener: &ListenerConfig,
+    auth_plaintext: bool,
+    config: &Config,
+) -> Option<Invalid> {
+    let implicit = listener.tls_mode(&config.tls) == ListenerTls::Implicit;
+    (auth_plaintext && !implicit).then(|| {
+        invalid(
+            format!("listener[{i}].auth_plaintext"),
+            "AUTH is offered without TLS: passwords cross the network in clear text",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Config;
@@ -557,6 +775,19 @@ mod tests {
             error.to_string().starts_with(&format!("test.toml:{line}:")),
             "{error}"
         );
+    }
+
+    #[test]
+    fn auth_users_names_a_file() {
+        let c = Config::parse("[auth]\nusers = \"/etc/baton/users.toml\"\n", "test.toml").unwrap();
+        assert_eq!(c.auth.users, Some("/etc/baton/users.toml".into()));
+        rejects(
+            "\n[auth]\nusers = \"/etc/baton/\"\n",
+            "auth.users",
+            3,
+            "directory",
+        );
+        rejects("[auth]\nuser = \"u.toml\"\n", "auth.user", 2, "unknown key");
     }
 
     #[test]
@@ -813,6 +1044,96 @@ mod tests {
     }
 
     #[test]
+    fn admin_off_loopback_needs_a_token() {
+        for address in [
+            "0.0.0.0:8025",
+            "[::]:8025",
+            "192.0.2.1:8025",
+            "[2001:db8::1]:8025",
+        ] {
+            rejects(
+                &format!("[admin]\n\naddress = \"{address}\"\n"),
+                "admin.address",
+                3,
+                "set admin.token_file",
+            );
+        }
+        rejects(
+            "[admin]\naddress = \"0.0.0.0:8025\"\ntoken_file = \"\"\n",
+            "admin.address",
+            2,
+            "needs a token",
+        );
+        for address in ["127.0.0.1:8025", "127.0.0.2:8025", "[::1]:8025", ""] {
+            Config::parse(&format!("admin.address = \"{address}\""), "t").unwrap();
+        }
+        let c = Config::parse(
+            "[admin]\naddress = \"0.0.0.0:8025\"\ntoken_file = \"/etc/baton/admin.token\"\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.admin.token_file.as_deref(),
+            Some(std::path::Path::new("/etc/baton/admin.token"))
+        );
+    }
+
+    /// The warnings of `text`, as `(key, line, message)`.
+    fn warnings(text: &str) -> Vec<(String, Option<usize>, String)> {
+        let (_, warnings) = Config::parse_with_warnings(text, "test.toml").expect(text);
+        warnings
+            .iter()
+            .map(|w| (w.key().to_owned(), w.line(), w.message().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_open_relay_is_warned_about_at_its_network() {
+        let public = "[[listener]]\naddress = \"0.0.0.0:25\"\n\n[relay]\n";
+        let found = warnings(&format!(
+            "{public}networks = [\"10.0.0.0/8\",\n  \"0.0.0.0/0\"]\n"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (key, line, message) = &found[0];
+        assert_eq!((key.as_str(), *line), ("relay.networks[1]", Some(6)));
+        assert!(message.contains("open relay"), "{message}");
+        assert!(message.contains("0.0.0.0:25"), "{message}");
+        for wide in [
+            "192.0.2.0/24",
+            "::/0",
+            "2001:db8::/32",
+            "::ffff:0.0.0.0/96",
+            "8.8.8.8",
+        ] {
+            let found = warnings(&format!("{public}networks = [\"{wide}\"]\n"));
+            assert_eq!(found.len(), 1, "{wide}: {found:?}");
+        }
+        // Private ranges, and a public network whose listeners are all on
+        // loopback, are no open relay.
+        let private = "[\"127.0.0.0/8\", \"10.1.0.0/16\", \"172.16.0.0/12\", \"192.168.1.0/24\", \
+                       \"100.64.0.0/10\", \"169.254.0.0/16\", \"::1\", \"fd00::/8\", \"fe80::/64\", \
+                       \"::ffff:10.0.0.0/104\"]";
+        assert_eq!(warnings(&format!("{public}networks = {private}\n")), []);
+        assert_eq!(warnings("[relay]\nnetworks = [\"0.0.0.0/0\"]\n"), []);
+        assert_eq!(warnings(""), []);
+    }
+
+    #[test]
+    fn auth_in_clear_text_is_warned_about() {
+        let found = warnings(
+            "[[listener]]\naddress = \"127.0.0.1:587\"\n\
+             [[listener]]\naddress = \"127.0.0.1:2587\"\nauth_plaintext = true\n",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        let (key, line, message) = &found[0];
+        assert_eq!(
+            (key.as_str(), *line),
+            ("listener[1].auth_plaintext", Some(5))
+        );
+        assert!(message.contains("clear text"), "{message}");
+    }
+
+    #[test]
     fn delivery_rules() {
         rejects(
             "[delivery]\nmx_port = 0\n",
@@ -980,6 +1301,74 @@ mod tests {
         let literal = route("[192.0.2.1]", "[::1]:25");
         let c = Config::parse(&literal, "t").unwrap();
         assert_eq!(c.route_for("[192.0.2.1]").unwrap().port, 25);
+    }
+
+    #[test]
+    fn route_credentials_need_a_user_and_one_password() {
+        let route =
+            |extra: &str| format!("[[route]]\ndomain = \"*\"\nnext_hop = \"relay:587\"\n{extra}");
+        rejects(
+            &route("auth_user = \"u\"\n"),
+            "route[0].auth_user",
+            4,
+            "needs auth_password",
+        );
+        rejects(
+            &route("auth_password = \"p\"\n"),
+            "route[0].auth_password",
+            4,
+            "needs auth_user",
+        );
+        rejects(
+            &route("auth_plaintext = true\n"),
+            "route[0].auth_plaintext",
+            4,
+            "needs auth_user",
+        );
+        rejects(
+            &route("auth_user = \"\"\nauth_password = \"p\"\n"),
+            "route[0].auth_user",
+            4,
+            "empty",
+        );
+        rejects(
+            &route("auth_user = \"u\"\nauth_password = \"p\"\nauth_password_file = \"/f\"\n"),
+            "route[0].auth_password_file",
+            6,
+            "not both",
+        );
+        let error = Config::parse(
+            &route("auth_user = \"u\"\nauth_password = \"sec\\u0000ret\"\n"),
+            "test.toml",
+        )
+        .unwrap_err();
+        assert_eq!(error.key(), "route[0].auth_password", "{error}");
+        assert!(!error.to_string().contains("sec"), "never quoted: {error}");
+        let c = Config::parse(&route("auth_user = \"u\"\nauth_password = \"p\"\n"), "t").unwrap();
+        assert_eq!(c.routes[0].auth_password.as_ref().unwrap().expose(), "p");
+        assert!(!c.routes[0].auth_plaintext);
+    }
+
+    #[test]
+    fn a_password_file_is_read_at_load_without_its_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("password");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let text = format!(
+            "[[route]]\ndomain = \"*\"\nnext_hop = \"relay:587\"\nauth_user = \"u\"\nauth_password_file = \"{}\"\n",
+            path.display()
+        );
+        let c = Config::parse(&text, "t").unwrap();
+        assert_eq!(
+            c.routes[0].auth_password.as_ref().unwrap().expose(),
+            "s3cret"
+        );
+        // Debug output (logs, errors) never shows it.
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let missing = text.replace("password\"", "missing\"");
+        rejects(&missing, "route[0].auth_password_file", 5, "cannot read");
+        std::fs::write(&path, "\n").unwrap();
+        rejects(&text, "route[0].auth_password_file", 5, "empty");
     }
 
     #[test]

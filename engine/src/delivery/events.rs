@@ -128,6 +128,9 @@ pub struct Event<'a> {
     /// Why, when the reply does not say it all: `expired` for a `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// The user the sending client authenticated as (SMTP AUTH).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
 }
 
 impl<'a> Event<'a> {
@@ -148,6 +151,7 @@ impl<'a> Event<'a> {
             sender: None,
             bounce_queue_id: None,
             reason: None,
+            user: None,
         }
     }
 }

@@ -72,7 +72,8 @@ impl Timeouts {
     pub fn for_reply(&self, awaiting: Awaiting) -> Duration {
         match awaiting {
             Awaiting::Greeting => self.greeting,
-            Awaiting::Ehlo | Awaiting::Helo | Awaiting::StartTls => self.helo,
+            // AUTH is part of the session's opening, as EHLO is.
+            Awaiting::Ehlo | Awaiting::Helo | Awaiting::StartTls | Awaiting::Auth => self.helo,
             Awaiting::Rset | Awaiting::Mail | Awaiting::Quit => self.mail,
             Awaiting::Rcpt(_) => self.rcpt,
             Awaiting::Data => self.data,

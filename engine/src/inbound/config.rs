@@ -57,6 +57,18 @@ pub struct SessionConfig {
     /// Message data held by all sessions of the server (`[limits]
     /// data_in_flight_max`): past it a message is refused with `452 4.3.1`.
     pub data_budget: Arc<DataBudget>,
+    pub auth: AuthSettings,
+}
+
+/// What a listener does about AUTH (RFC 4954).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// AUTH can be offered: the listener allows it and there are users.
+    pub available: bool,
+    /// MAIL before AUTH gets `530 5.7.0` (a submission port).
+    pub required: bool,
+    /// Offer it without TLS too.
+    pub plaintext: bool,
 }
 
 impl SessionConfig {
@@ -69,6 +81,7 @@ impl SessionConfig {
             chunking: true,
             starttls: false,
             tls_required: false,
+            auth: AuthSettings::default(),
             data_budget: DataBudget::unlimited(),
         }
     }

@@ -76,6 +76,14 @@ impl Session {
         if received_headers(&body.wire) > self.config.limits.received_headers_max {
             return self.refuse(replies::TOO_MANY_HOPS);
         }
+        if let Some(identity) = self.identity() {
+            let allowed = from_domains(&body.wire)
+                .iter()
+                .all(|domain| identity.policy.allows_sender_domain(domain));
+            if !allowed {
+                return self.refuse(replies::FROM_NOT_ALLOWED);
+            }
+        }
         let message = ReceivedMessage {
             queue_id,
             reverse_path: transaction.reverse_path,
@@ -85,6 +93,7 @@ impl Session {
             peer: self.peer,
             helo: self.helo_name().unwrap_or_default().to_owned(),
             tls: self.tls_info().cloned(),
+            identity: self.identity().cloned(),
         };
         self.state = State::AwaitingStore(Some(message));
         self.message_held = Some(held);
@@ -110,9 +119,92 @@ fn received_headers(wire: &[u8]) -> usize {
     count
 }
 
+/// Lines of `From:` fields this long at most are read; a longer one is
+/// judged by what it holds so far (RFC 5322 allows 998 octets a line).
+const FROM_FIELD_BYTES_MAX: usize = 16 * 1024;
+
+/// The domains of the mailboxes in the message's `From:` fields (RFC 5322
+/// §3.6.2), lowercased: what an authenticated user's `sender_domains`
+/// must allow. Display names and comments are skipped, so a name such as
+/// `"ceo@bank.example" <x@allowed.example>` is judged by its address.
+fn from_domains(wire: &[u8]) -> Vec<String> {
+    let mut domains = Vec::new();
+    let mut field: Option<Vec<u8>> = None;
+    let mut rest = wire;
+    let finish = |field: Option<Vec<u8>>, domains: &mut Vec<String>| {
+        if let Some(value) = field {
+            domains.extend(mailbox_domains(&value));
+        }
+    };
+    while let Some(lf) = memchr::memchr(b'\n', rest) {
+        let line = &rest[..lf];
+        rest = &rest[lf + 1..];
+        if line == b"\r" || line.is_empty() {
+            break;
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            if let Some(value) = field.as_mut() {
+                if value.len() < FROM_FIELD_BYTES_MAX {
+                    value.extend_from_slice(line);
+                }
+            }
+            continue;
+        }
+        finish(field.take(), &mut domains);
+        if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"from:") {
+            field = Some(line[5..line.len().min(FROM_FIELD_BYTES_MAX)].to_vec());
+        }
+    }
+    finish(field, &mut domains);
+    domains
+}
+
+/// The domain after each `@` of a header value, outside quoted strings and
+/// comments.
+fn mailbox_domains(value: &[u8]) -> Vec<String> {
+    let mut plain = Vec::with_capacity(value.len());
+    let (mut quoted, mut comment, mut escaped) = (false, 0u32, false);
+    for &b in value {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match b {
+            b'\\' if quoted || comment > 0 => escaped = true,
+            b'"' if comment == 0 => quoted = !quoted,
+            b'(' if !quoted => comment += 1,
+            b')' if !quoted && comment > 0 => comment -= 1,
+            _ if quoted || comment > 0 => {}
+            _ => plain.push(b),
+        }
+    }
+    plain
+        .split(|&b| b == b'@')
+        .skip(1)
+        .map(|after| {
+            let end = after
+                .iter()
+                .position(|b| matches!(b, b'>' | b',' | b';' | b' ' | b'\t' | b'<'))
+                .unwrap_or(after.len());
+            String::from_utf8_lossy(&after[..end]).to_ascii_lowercase()
+        })
+        .filter(|domain| !domain.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use crate::inbound::testing::{received, transcript, Driver, ENVELOPE, ENVELOPE_REPLIES};
+
+    #[test]
+    fn from_domains_skip_names_and_comments_and_follow_folding() {
+        let wire = b"Received: x\r\nFrom: \"ceo@bank.example\" <Bob@Allowed.Example>,\r\n (c@d.example) ann@two.example\r\nSubject: s\r\n\r\nFrom: body@not.example\r\n";
+        assert_eq!(
+            super::from_domains(wire),
+            vec!["allowed.example".to_owned(), "two.example".to_owned()]
+        );
+    }
     use crate::inbound::{BareLineEndings, Phase, SessionConfig, StoreError};
     use baton_spool::QueueId;
 

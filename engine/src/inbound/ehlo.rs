@@ -47,10 +47,13 @@ impl Session {
             "SMTPUTF8".to_owned(),   // RFC 6531
             "ENHANCEDSTATUSCODES".to_owned(), // RFC 2034
         ];
-        // STARTTLS (RFC 3207 §4.2) only while the connection is plain; AUTH
-        // (RFC 4954) will join once it is not.
+        // STARTTLS (RFC 3207 §4.2) only while the connection is plain;
+        // AUTH (RFC 4954) over TLS, unless the listener allows plain text.
         if self.config.starttls && matches!(self.tls, Tls::Plain) {
             lines.push("STARTTLS".to_owned());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".to_owned());
         }
         if self.config.chunking {
             lines.push("CHUNKING".to_owned()); // RFC 3030

@@ -4,17 +4,21 @@
 use super::replies;
 use super::session::Session;
 use super::transaction::Transaction;
+use super::SessionContext;
 use crate::smtp::address::PathError;
 use crate::smtp::command::{self, CommandError, Param};
 
 impl Session {
-    pub(super) fn mail(&mut self, args: &[u8]) {
+    pub(super) fn mail(&mut self, args: &[u8], ctx: &mut dyn SessionContext) {
         let Some(greeting) = &self.greeting else {
             return self.refuse(replies::SEND_HELO_FIRST);
         };
         let extended = greeting.extended;
         if self.config.tls_required && self.tls_info().is_none() {
             return self.refuse(replies::TLS_REQUIRED);
+        }
+        if self.config.auth.required && self.identity().is_none() {
+            return self.refuse(replies::AUTH_REQUIRED);
         }
         if self.transaction.is_some() {
             return self.refuse(replies::NESTED_MAIL);
@@ -23,6 +27,18 @@ impl Session {
             Ok(parsed) => parsed,
             Err(error) => return self.refuse(mail_error(error)),
         };
+        if let Some(identity) = self.identity().cloned() {
+            // The user's policy: which sender domains, how many messages
+            // an hour. The null path names no domain to check.
+            let address = path.address();
+            let domain = address.rsplit_once('@').map(|(_, d)| d);
+            if domain.is_some_and(|d| !identity.policy.allows_sender_domain(d)) {
+                return self.refuse(&replies::sender_not_allowed(&address));
+            }
+            if !ctx.take_user_message(&identity) {
+                return self.reply(replies::USER_RATE_REACHED);
+            }
+        }
         let size_max = self.config.limits.message_bytes_max;
         let smtputf8 = match check_params(&params, extended, size_max) {
             Ok(smtputf8) => smtputf8,

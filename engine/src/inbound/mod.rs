@@ -25,7 +25,8 @@
 //!   `data.rs` (DATA and the end of every message), `bdat.rs`, `basic.rs`
 //!   (RSET, NOOP, QUIT, VRFY, EXPN, HELP), `starttls.rs` (STARTTLS: the
 //!   session asks the shard for the handshake and is told its result), and
-//!   `auth.rs`, where AUTH will live.
+//!   `auth.rs` (AUTH: the session hands the credentials to the shard and is
+//!   told the verdict).
 //! - `transaction.rs`: the envelope being built.
 //! - `received.rs`: the `Received:` header (RFC 5321 §4.4).
 //! - `replies.rs`: every reply text, in one table.
@@ -34,10 +35,12 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use baton_spool::QueueId;
 use thiserror::Error;
 
+use crate::auth::verify::Identity;
 use crate::tls::TlsInfo;
 
 mod auth;
@@ -59,7 +62,7 @@ mod transaction;
 
 pub use crate::smtp::data::BareLineEndings;
 pub use budget::DataBudget;
-pub use config::{SessionConfig, SessionLimits};
+pub use config::{AuthSettings, SessionConfig, SessionLimits};
 pub use config::{
     COMMANDS_PER_SESSION_MAX_DEFAULT, COMMAND_LINE_BYTES_MAX_DEFAULT, DATA_IN_FLIGHT_MAX_DEFAULT,
     ERRORS_PER_SESSION_MAX_DEFAULT, IDLE_BUFFER_KEEP_BYTES, MESSAGE_BYTES_MAX_DEFAULT,
@@ -74,6 +77,9 @@ pub trait SessionContext {
     fn now_unix_secs(&self) -> u64;
     /// A queue id never handed out before.
     fn next_queue_id(&mut self) -> QueueId;
+    /// Counts a message against the user's `messages_per_hour`; `false`
+    /// when its allowance is spent.
+    fn take_user_message(&mut self, identity: &Identity) -> bool;
 }
 
 /// A complete message to store durably before answering `250`.
@@ -93,6 +99,8 @@ pub struct ReceivedMessage {
     pub helo: String,
     /// How the message arrived over TLS; `None` in plain text.
     pub tls: Option<TlsInfo>,
+    /// Who the client authenticated as (AUTH), if it did.
+    pub identity: Option<Arc<Identity>>,
 }
 
 /// One recipient the session answered `250` to.

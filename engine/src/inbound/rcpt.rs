@@ -37,9 +37,16 @@ impl Session {
             // another transaction. Normal flow control, not an error.
             return self.reply(replies::TOO_MANY_RECIPIENTS);
         }
-        // No open relay: baton has no local domains yet, so
-        // every recipient is relayed, and only for allowed clients.
-        if !self.relay_allowed {
+        let user_max = self
+            .identity()
+            .and_then(|identity| identity.policy.recipients_per_message_max);
+        if user_max.is_some_and(|max| accepted >= max as usize) {
+            return self.reply(replies::USER_TOO_MANY_RECIPIENTS);
+        }
+        // No open relay: baton has no local domains yet, so every
+        // recipient is relayed, and only for allowed or authenticated
+        // clients.
+        if !self.relay_allowed && self.identity().is_none() {
             return self.refuse(&replies::relay_denied(&path.address()));
         }
         let recipient = AcceptedRecipient {

@@ -49,13 +49,17 @@ impl Session {
             .as_ref()
             .is_some_and(|greeting| greeting.extended);
         let tls = matches!(self.tls, Tls::Established(_));
-        match (extended, tls, self.auth) {
-            (false, _, Auth::Anonymous) => "SMTP",
-            (true, false, Auth::Anonymous) if self.smtputf8() => "UTF8SMTP",
-            (true, false, Auth::Anonymous) => "ESMTP",
+        let auth = matches!(self.auth, Auth::Authenticated(_));
+        match (extended, tls, auth) {
+            (false, _, _) => "SMTP",
+            // RFC 3848: AUTH over ESMTP, with and without TLS.
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+            (true, false, false) if self.smtputf8() => "UTF8SMTP",
+            (true, false, false) => "ESMTP",
             // RFC 6531 §3.7.3 has UTF8SMTPS for SMTPUTF8 over TLS.
-            (true, true, Auth::Anonymous) if self.smtputf8() => "UTF8SMTPS",
-            (true, true, Auth::Anonymous) => "ESMTPS",
+            (true, true, false) if self.smtputf8() => "UTF8SMTPS",
+            (true, true, false) => "ESMTPS",
         }
     }
 }

@@ -90,8 +90,34 @@ pub(super) const DATA_IN_FLIGHT_FULL: &str =
     "452 4.3.1 Insufficient system storage: too much mail in transit, try again later\r\n";
 pub(super) const STORE_FAILED: &str = "451 4.3.0 Error: queue file write error\r\n";
 
-// Later extensions.
+// AUTH (RFC 4954 §4, §6) and what a user may do.
 pub(super) const AUTH_NOT_ENABLED: &str = "503 5.5.1 Error: authentication not enabled\r\n";
+pub(super) const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";
+/// The same reply whether the user exists or not.
+pub(super) const AUTH_FAILED: &str = "535 5.7.8 Authentication credentials invalid\r\n";
+pub(super) const AUTH_THROTTLED: &str =
+    "454 4.7.0 Temporary authentication failure, try again later\r\n";
+pub(super) const AUTH_CANCELLED: &str = "501 5.7.0 Authentication cancelled\r\n";
+pub(super) const AUTH_BAD_BASE64: &str = "501 5.5.2 Cannot decode the response\r\n";
+pub(super) const AUTH_SYNTAX: &str = "501 5.5.4 Syntax: AUTH mechanism [initial-response]\r\n";
+pub(super) const AUTH_ALREADY: &str = "503 5.5.1 Already authenticated\r\n";
+pub(super) const AUTH_IN_TRANSACTION: &str =
+    "503 5.5.1 AUTH not permitted during a mail transaction\r\n";
+pub(super) const AUTH_MECHANISM: &str = "504 5.5.4 Unrecognized authentication mechanism\r\n";
+pub(super) const AUTH_ENCRYPTION_REQUIRED: &str =
+    "538 5.7.11 Encryption required for requested authentication mechanism\r\n";
+pub(super) const AUTH_REQUIRED: &str = "530 5.7.0 Authentication required\r\n";
+pub(super) const SEND_EHLO_FIRST: &str = "503 5.5.1 Error: send EHLO first\r\n";
+pub(super) const USER_RATE_REACHED: &str =
+    "450 4.7.1 Message rate limit of this user reached, try again later\r\n";
+pub(super) const USER_TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Too many recipients for this user\r\n";
+pub(super) const FROM_NOT_ALLOWED: &str =
+    "550 5.7.1 The From: header's domain is not one this user may send from\r\n";
+
+/// A MAIL FROM domain the authenticated user may not use.
+pub(super) fn sender_not_allowed(address: &str) -> String {
+    format!("550 5.7.1 Sender address <{address}> not allowed for this user\r\n")
+}
 
 pub(super) fn greeting(hostname: &str) -> String {
     format!("220 {hostname} ESMTP baton\r\n")
@@ -157,6 +183,10 @@ pub(super) mod closing {
 
     pub(in crate::inbound) fn timeout(hostname: &str) -> String {
         format!("421 4.4.2 {hostname} Error: timeout exceeded\r\n")
+    }
+
+    pub(in crate::inbound) fn auth_cut_off(hostname: &str) -> String {
+        format!("421 4.7.0 {hostname} Too many authentication failures, closing connection\r\n")
     }
 
     pub(in crate::inbound) fn shutting_down(hostname: &str) -> String {
@@ -239,6 +269,21 @@ mod tests {
             STORE_FAILED,
             DATA_IN_FLIGHT_FULL,
             AUTH_NOT_ENABLED,
+            AUTH_OK,
+            AUTH_FAILED,
+            AUTH_THROTTLED,
+            AUTH_CANCELLED,
+            AUTH_BAD_BASE64,
+            AUTH_SYNTAX,
+            AUTH_ALREADY,
+            AUTH_IN_TRANSACTION,
+            AUTH_MECHANISM,
+            AUTH_ENCRYPTION_REQUIRED,
+            AUTH_REQUIRED,
+            SEND_EHLO_FIRST,
+            USER_RATE_REACHED,
+            USER_TOO_MANY_RECIPIENTS,
+            FROM_NOT_ALLOWED,
         ];
         let host = "mx.example";
         let built = [
@@ -252,6 +297,8 @@ mod tests {
             closing::too_many_commands(host),
             closing::timeout(host),
             closing::shutting_down(host),
+            closing::auth_cut_off(host),
+            sender_not_allowed("a@b.example"),
         ];
         let all = fixed
             .iter()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use baton_spool::QueueId;
 
+use super::auth::Sasl;
 use super::budget::Held;
 use super::config::{
     SessionConfig, IDLE_BUFFER_KEEP_BYTES, PENDING_OUTPUT_BYTES_MAX, PIPELINED_INPUT_BYTES_MAX,
@@ -14,6 +15,7 @@ use super::config::{
 use super::replies::{self, closing};
 use super::transaction::Transaction;
 use super::{ReceivedMessage, SessionContext, StoreError};
+use crate::auth::verify::{Credentials, Identity};
 use crate::smtp::command::{self, Verb};
 use crate::smtp::data::DataReader;
 use crate::tls::TlsInfo;
@@ -27,6 +29,8 @@ pub enum Phase {
     Data,
     /// A complete message is with the spool; no timeout should run.
     AwaitingStore,
+    /// Credentials are being verified; no timeout should run.
+    AwaitingAuth,
     /// Send the remaining output, then close.
     Closing,
     /// `220 Ready to start TLS` is queued: send it, then run the TLS
@@ -46,6 +50,11 @@ pub(super) enum State {
     Chunk(Chunk),
     /// A complete message, until `take_message` (then None) and `stored`.
     AwaitingStore(Option<ReceivedMessage>),
+    /// A `334` challenge is out: the next line is a SASL response.
+    Sasl(Sasl),
+    /// Credentials, until `take_credentials` (then None) and
+    /// `auth_verdict`.
+    AwaitingAuth(Option<Credentials>),
     /// STARTTLS accepted: until [`Session::tls_established`], input is
     /// discarded (RFC 3207 §4.2, CVE-2011-0411).
     StartTls,
@@ -109,11 +118,11 @@ pub(super) enum Tls {
     Established(Box<TlsInfo>),
 }
 
-/// Who the client is. AUTH (RFC 4954) will add `Authenticated { user }`,
-/// which then allows relaying; see `auth.rs`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who the client is; see `auth.rs`. `Authenticated` may relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Auth {
     Anonymous,
+    Authenticated(Arc<Identity>),
 }
 
 /// Why the session must close once the spool has answered.
@@ -198,7 +207,7 @@ impl Session {
             // RFC 5321 §4.1.1.10: after QUIT (or a 421) nothing is read;
             // RFC 3207 §4.2: nothing sent before the handshake is kept.
             State::Closing | State::StartTls => return,
-            State::AwaitingStore(_) => return self.keep(input),
+            State::AwaitingStore(_) | State::AwaitingAuth(_) => return self.keep(input),
             _ => {}
         }
         if self.input.is_empty() {
@@ -216,7 +225,7 @@ impl Session {
         // made room, so the client is not speaking SMTP.
         let waiting = matches!(
             self.state,
-            State::AwaitingStore(_) | State::Closing | State::StartTls
+            State::AwaitingStore(_) | State::AwaitingAuth(_) | State::Closing | State::StartTls
         );
         if self.input_overflow && !waiting {
             self.close(replies::PIPELINED_INPUT_OVERFLOW);
@@ -264,6 +273,12 @@ impl Session {
             Err(StoreError::Full) => self.reply(replies::STORE_FULL),
             Err(StoreError::Failed) => self.reply(replies::STORE_FAILED),
         }
+        self.resume(ctx);
+    }
+
+    /// After a wait (the spool, the verifier): a close that was put off,
+    /// or the input that arrived meanwhile.
+    pub(super) fn resume(&mut self, ctx: &mut dyn SessionContext) {
         if let Some(why) = self.pending_close.take() {
             return self.close_now(why);
         }
@@ -292,7 +307,9 @@ impl Session {
             State::Command | State::DiscardLine if self.in_chunks() => Phase::Data,
             State::Command | State::DiscardLine => Phase::Command,
             State::Data(_) | State::Chunk(_) => Phase::Data,
+            State::Sasl(_) => Phase::Command,
             State::AwaitingStore(_) => Phase::AwaitingStore,
+            State::AwaitingAuth(_) => Phase::AwaitingAuth,
             State::Closing => Phase::Closing,
             State::StartTls => Phase::StartTls,
         }
@@ -304,7 +321,7 @@ impl Session {
     pub fn wants_input(&self) -> bool {
         let reading = matches!(
             self.state,
-            State::Command | State::DiscardLine | State::Data(_) | State::Chunk(_)
+            State::Command | State::DiscardLine | State::Sasl(_) | State::Data(_) | State::Chunk(_)
         );
         reading
             && self.input.len() < PIPELINED_INPUT_BYTES_MAX
@@ -348,7 +365,7 @@ impl Session {
     fn close_when_possible(&mut self, why: PendingClose) {
         match self.state {
             State::Closing => {}
-            State::AwaitingStore(_) => self.pending_close = Some(why),
+            State::AwaitingStore(_) | State::AwaitingAuth(_) => self.pending_close = Some(why),
             _ => self.close_now(why),
         }
     }
@@ -387,14 +404,16 @@ impl Session {
     /// wait for more input (or for the spool).
     fn step(&mut self, rest: &[u8], ctx: &mut dyn SessionContext) -> Option<usize> {
         match &mut self.state {
-            State::Closing | State::AwaitingStore(_) | State::StartTls => None,
+            State::Closing | State::AwaitingStore(_) | State::AwaitingAuth(_) | State::StartTls => {
+                None
+            }
             // BDAT 0, or a chunk just completed: no input needed.
             State::Chunk(chunk) if chunk.remaining == 0 => {
                 self.chunk_complete();
                 Some(0)
             }
             _ if rest.is_empty() => None,
-            State::Command => self.command_step(rest, ctx),
+            State::Command | State::Sasl(_) => self.command_step(rest, ctx),
             State::DiscardLine => Some(self.discard_step(rest)),
             State::Data(body) => {
                 let used = body.reader.feed(rest);
@@ -458,9 +477,20 @@ impl Session {
         let line = raw.strip_suffix(b"\n").unwrap_or(raw);
         // RFC 5321 §2.3.8: lines end in CRLF; a bare LF is how line-ending
         // confusion starts.
+        let sasl = match mem::replace(&mut self.state, State::Command) {
+            State::Sasl(step) => Some(step),
+            other => {
+                self.state = other;
+                None
+            }
+        };
         let Some(line) = line.strip_suffix(b"\r") else {
             return self.refuse(replies::BARE_LF_IN_COMMAND);
         };
+        if let Some(step) = sasl {
+            // A response to a challenge, not a command (RFC 4954 §4).
+            return self.sasl_line(step, line);
+        }
         if command::check_line(line).is_err() {
             return self.refuse(replies::INVALID_CHARACTER);
         }
@@ -480,7 +510,7 @@ impl Session {
         match verb {
             Verb::Ehlo => self.ehlo(args),
             Verb::Helo => self.helo(args),
-            Verb::Mail => self.mail(args),
+            Verb::Mail => self.mail(args, ctx),
             Verb::Rcpt => self.rcpt(args),
             Verb::Data => self.data(args, ctx),
             Verb::Bdat => self.bdat(args, ctx),

@@ -34,6 +34,10 @@ impl SessionContext for TestContext {
         self.last_id += 1;
         QueueId(self.last_id)
     }
+
+    fn take_user_message(&mut self, identity: &crate::auth::verify::Identity) -> bool {
+        identity.policy.messages_per_hour != Some(0)
+    }
 }
 
 /// The `Received:` header the driver's session writes for queue id `id`.
@@ -100,6 +104,21 @@ impl Driver {
 
     pub fn output(&self) -> String {
         String::from_utf8_lossy(&self.out).into_owned()
+    }
+
+    /// Feeds `input`; returns what the session answered to it.
+    pub fn send(&mut self, input: &[u8]) -> String {
+        let before = self.out.len();
+        self.feed(input);
+        String::from_utf8_lossy(&self.out[before..]).into_owned()
+    }
+
+    /// Reports the verifier's verdict; returns what the session answered.
+    pub fn verdict(&mut self, verdict: crate::auth::verify::Verdict) -> String {
+        let before = self.out.len();
+        self.session.auth_verdict(verdict, &mut self.ctx);
+        self.collect();
+        String::from_utf8_lossy(&self.out[before..]).into_owned()
     }
 }
 

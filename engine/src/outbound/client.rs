@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::smtp::command::Command;
 use crate::smtp::reply::{parse_reply, Reply, ReplyLimits};
 
+use super::auth::{AuthStep, Credentials, Mechanism};
 use super::transaction::{Body, Step, Transaction};
 use super::{Awaiting, ClientConfig, CloseReason, Envelope, Event, Extensions, SendError};
 
@@ -33,6 +34,8 @@ enum State {
     StartTls,
     /// `220` to STARTTLS: the shard runs the handshake.
     Handshake,
+    /// In the AUTH exchange.
+    Auth(AuthStep),
     /// Takes an envelope.
     Idle,
     Transaction(Box<Transaction>),
@@ -72,6 +75,8 @@ pub struct Client {
     tls_mode: TlsMode,
     /// The TLS handshake is done: the connection is encrypted.
     tls_active: bool,
+    /// AUTH before the connection is ready, when the route says so.
+    auth: Option<Arc<Credentials>>,
 }
 
 impl Client {
@@ -95,6 +100,23 @@ impl Client {
             quit_requested: false,
             tls_mode,
             tls_active: false,
+            auth: None,
+        }
+    }
+
+    /// Authenticates with `credentials` before [`Event::Ready`] (see the
+    /// [module](super) docs for when they are withheld).
+    pub fn with_auth(mut self, credentials: Option<Arc<Credentials>>) -> Client {
+        self.auth = credentials;
+        self
+    }
+
+    /// The SASL mechanism used, once chosen.
+    pub fn auth_mechanism(&self) -> Option<Mechanism> {
+        match self.state {
+            State::Auth(AuthStep::Plain) => Some(Mechanism::Plain),
+            State::Auth(_) => Some(Mechanism::Login),
+            _ => None,
         }
     }
 
@@ -349,6 +371,7 @@ impl Client {
             Awaiting::Ehlo => self.on_ehlo(reply),
             Awaiting::Helo => self.on_helo(reply),
             Awaiting::StartTls => self.on_starttls(reply),
+            Awaiting::Auth => self.on_auth(reply),
             Awaiting::Rset
             | Awaiting::Mail
             | Awaiting::Rcpt(_)
@@ -416,14 +439,83 @@ impl Client {
     }
 
     /// Ready, unless TLS is required and the connection is still plain:
-    /// then the server gets QUIT and not the mail.
+    /// then the server gets QUIT and not the mail. AUTH first when the
+    /// route has credentials.
     fn ready_unless_tls_missing(&mut self, why: &str) {
         if self.tls_mode == TlsMode::Required && !self.tls_active {
             self.close(CloseReason::TlsUnavailable(why.to_owned()));
             self.output.extend_from_slice(&Command::Quit.to_bytes());
             return;
         }
-        self.ready();
+        match self.auth.clone() {
+            Some(credentials) => self.authenticate(&credentials, why),
+            None => self.ready(),
+        }
+    }
+
+    /// Starts AUTH, or ends the connection without sending the
+    /// credentials. `why_plain` says why the connection is not encrypted,
+    /// if it is not.
+    fn authenticate(&mut self, credentials: &Credentials, why_plain: &str) {
+        // Checked before what the server offers: a server that offers
+        // AUTH in plain text must not get the password either.
+        if !self.tls_active && !credentials.plaintext {
+            let why = match self.tls_mode {
+                TlsMode::Off => "TLS is off for this connection".to_owned(),
+                _ => format!("the server {why_plain}"),
+            };
+            return self.refuse_auth(format!(
+                "credentials withheld: the connection is not encrypted ({why}) and the route does not set auth_plaintext"
+            ));
+        }
+        let extensions = self.extensions;
+        let (line, step) = if extensions.auth_plain {
+            (credentials.plain_command(), AuthStep::Plain)
+        } else if extensions.auth_login {
+            (b"AUTH LOGIN\r\n".to_vec(), AuthStep::LoginUser)
+        } else if extensions.auth {
+            return self
+                .refuse_auth("the server offers neither AUTH PLAIN nor AUTH LOGIN".to_owned());
+        } else {
+            return self.refuse_auth("the server does not offer AUTH".to_owned());
+        };
+        self.send(Awaiting::Auth, &line);
+        self.state = State::Auth(step);
+    }
+
+    fn refuse_auth(&mut self, why: String) {
+        self.close(CloseReason::AuthUnavailable(why));
+        self.output.extend_from_slice(&Command::Quit.to_bytes());
+    }
+
+    /// A reply in the AUTH exchange (RFC 4954 §4): `334` is a challenge,
+    /// `235` success, anything else a refusal.
+    fn on_auth(&mut self, reply: Reply) {
+        let (State::Auth(step), Some(credentials)) = (&self.state, self.auth.clone()) else {
+            return self.close(CloseReason::UnexpectedReply(reply));
+        };
+        match (*step, reply.code) {
+            (AuthStep::Plain | AuthStep::LoginDone, 235) => self.ready(),
+            (AuthStep::LoginUser, 334) => {
+                self.send(Awaiting::Auth, &credentials.login_user());
+                self.state = State::Auth(AuthStep::LoginPassword);
+            }
+            (AuthStep::LoginPassword, 334) => {
+                self.send(Awaiting::Auth, &credentials.login_password());
+                self.state = State::Auth(AuthStep::LoginDone);
+            }
+            // A challenge after everything was sent: the exchange went
+            // wrong; cancel it (RFC 4954 §4: `*`) rather than guess.
+            (_, 334) => {
+                self.close(CloseReason::UnexpectedReply(reply));
+                self.output.extend_from_slice(b"*\r\n");
+            }
+            (_, code) if (400..600).contains(&code) => {
+                self.close(CloseReason::AuthRefused(reply));
+                self.output.extend_from_slice(&Command::Quit.to_bytes());
+            }
+            _ => self.close(CloseReason::UnexpectedReply(reply)),
+        }
     }
 
     fn refuse_hello(&mut self, reply: Reply) {
@@ -453,6 +545,7 @@ impl Client {
             | Awaiting::Ehlo
             | Awaiting::Helo
             | Awaiting::StartTls
+            | Awaiting::Auth
             | Awaiting::Quit => Step::Unexpected(reply),
         };
         self.step(step);
@@ -530,7 +623,7 @@ impl Client {
 }
 
 /// `454 4.7.0 TLS not available`, on one line.
-fn reply_summary(reply: &Reply) -> String {
+pub(super) fn reply_summary(reply: &Reply) -> String {
     let mut text = reply.code.to_string();
     if let Some((a, b, c)) = reply.enhanced {
         text.push_str(&format!(" {a}.{b}.{c}"));

@@ -24,6 +24,12 @@ pub struct Extensions {
     pub starttls: bool,
     /// RFC 2034.
     pub enhanced_status_codes: bool,
+    /// RFC 4954: AUTH offered, with whatever mechanisms.
+    pub auth: bool,
+    /// AUTH offers PLAIN (RFC 4616).
+    pub auth_plain: bool,
+    /// AUTH offers LOGIN.
+    pub auth_login: bool,
 }
 
 impl Extensions {
@@ -35,7 +41,23 @@ impl Extensions {
             let Some(keyword) = words.next() else {
                 continue;
             };
-            match keyword.to_ascii_uppercase().as_str() {
+            let keyword = keyword.to_ascii_uppercase();
+            // Old servers (Outlook, early qmail patches) write the
+            // keyword `AUTH=LOGIN PLAIN`, as drafts of RFC 2554 did.
+            if let Some(first) = keyword.strip_prefix("AUTH=") {
+                extensions.auth = true;
+                for mechanism in std::iter::once(first).chain(words) {
+                    extensions.offer_mechanism(mechanism);
+                }
+                continue;
+            }
+            match keyword.as_str() {
+                "AUTH" => {
+                    extensions.auth = true;
+                    for mechanism in words.by_ref() {
+                        extensions.offer_mechanism(mechanism);
+                    }
+                }
                 "PIPELINING" => extensions.pipelining = true,
                 "SIZE" => {
                     extensions.size = true;
@@ -53,5 +75,13 @@ impl Extensions {
             }
         }
         extensions
+    }
+
+    fn offer_mechanism(&mut self, mechanism: &str) {
+        if mechanism.eq_ignore_ascii_case("PLAIN") {
+            self.auth_plain = true;
+        } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+            self.auth_login = true;
+        }
     }
 }

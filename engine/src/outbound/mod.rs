@@ -19,15 +19,23 @@
 //!    followed the `220` and, once told [`Client::tls_established`], sends
 //!    EHLO again (RFC 3207 §4.2). A required TLS that is not offered or
 //!    is refused ends the connection ([`CloseReason::TlsUnavailable`]).
+//! 3. AUTH (RFC 4954), when the route gives [`Credentials`]
+//!    ([`Client::with_auth`]): over TLS only, unless the credentials allow
+//!    plain text; otherwise they are withheld and the connection ends
+//!    ([`CloseReason::AuthUnavailable`]), as it does when the server
+//!    offers neither PLAIN nor LOGIN. PLAIN goes with its initial
+//!    response; LOGIN answers two `334` challenges. A refusal (`535`, any
+//!    `4xx`/`5xx`) ends the connection too ([`CloseReason::AuthRefused`]):
+//!    the shard defers, never bounces, since the fault is the route's.
 //!    Then [`Event::Ready`].
-//! 3. [`Client::send_message`] takes one [`Envelope`]. With PIPELINING
+//! 4. [`Client::send_message`] takes one [`Envelope`]. With PIPELINING
 //!    (RFC 2920) `MAIL`, every `RCPT` and `DATA` go out in one write
 //!    (preceded by `RSET` when the previous transaction ended early);
 //!    without it, one command per reply.
-//! 4. After `354` the shard writes the body exactly as stored (wire form,
+//! 5. After `354` the shard writes the body exactly as stored (wire form,
 //!    dot-stuffed, CRLF line ends) and calls [`Client::body_sent`]; the
 //!    client adds the terminating `.` CRLF.
-//! 5. [`Event::TransactionDone`] gives one [`Outcome`] per recipient, in
+//! 6. [`Event::TransactionDone`] gives one [`Outcome`] per recipient, in
 //!    the envelope's order. The client is idle again and takes the next
 //!    envelope (connection reuse) or [`Client::quit`].
 //!
@@ -56,9 +64,11 @@
 //! - `client.rs`: [`Client`], its states, reply dispatch.
 //! - `transaction.rs`: one mail transaction: the commands, the outcomes.
 //! - `extensions.rs`: the EHLO keywords.
+//! - `auth.rs`: credentials, SASL PLAIN and LOGIN.
 
 #![forbid(unsafe_code)]
 
+mod auth;
 mod client;
 mod extensions;
 mod transaction;
@@ -66,6 +76,7 @@ mod transaction;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{Credentials, Mechanism};
 pub use client::{Client, TlsMode};
 pub use extensions::Extensions;
 
@@ -124,8 +135,8 @@ pub struct Envelope {
 /// What happened, for the queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// Greeting and EHLO/HELO done; [`Client::extensions`] is known and
-    /// the client takes an envelope.
+    /// Greeting, EHLO/HELO, STARTTLS and AUTH (as configured) done;
+    /// [`Client::extensions`] is known and the client takes an envelope.
     Ready,
     /// The server said `220` to STARTTLS: the shard runs the TLS handshake
     /// on the socket and reports [`Client::tls_established`] or
@@ -189,12 +200,29 @@ pub enum CloseReason {
     TlsUnavailable(String),
     /// The TLS handshake failed (the shard's report).
     TlsFailed(String),
+    /// The credentials were not sent: the connection is not encrypted and
+    /// the route does not allow plain text, or the server offers no
+    /// mechanism the client speaks. The text says which.
+    AuthUnavailable(String),
+    /// The server refused the AUTH exchange (`535` bad credentials, `454`
+    /// temporary failure, `534` mechanism too weak ...).
+    AuthRefused(Reply),
 }
 
 impl CloseReason {
+    /// [`CloseReason::deferral_reply`], its text led by `host` (`name
+    /// [ip]:port`): for the queue and notifications, which say where.
+    pub fn deferral_reply_about(&self, host: &str) -> Reply {
+        let mut reply = self.deferral_reply();
+        if let Some(first) = reply.lines.first_mut() {
+            *first = format!("{host}: {first}");
+        }
+        reply
+    }
+
     /// What recipients still open when the connection ends are deferred
     /// with: the server's `421` itself, or a synthetic reply.
-    fn deferral_reply(&self) -> Reply {
+    pub fn deferral_reply(&self) -> Reply {
         match self {
             CloseReason::ServiceClosing(reply) => reply.clone(),
             CloseReason::UnexpectedReply(reply) => Reply::new(
@@ -216,6 +244,15 @@ impl CloseReason {
             CloseReason::TlsUnavailable(why) | CloseReason::TlsFailed(why) => {
                 Reply::new(451, Some((4, 7, 5)), why.clone())
             }
+            // Credentials are the route's business: a temporary failure
+            // whatever the server said, so that a wrong password delays
+            // the queue instead of bouncing all of it.
+            CloseReason::AuthUnavailable(why) => Reply::new(454, Some((4, 7, 0)), why.clone()),
+            CloseReason::AuthRefused(reply) => Reply::new(
+                454,
+                Some((4, 7, 8)),
+                format!("authentication failed: {}", client::reply_summary(reply)),
+            ),
             CloseReason::GreetingRefused(_)
             | CloseReason::HelloRefused(_)
             | CloseReason::ConnectionLost
@@ -234,6 +271,8 @@ pub enum Awaiting {
     Helo,
     /// The reply to STARTTLS (RFC 3207).
     StartTls,
+    /// A reply in the AUTH exchange (RFC 4954): `334` or the outcome.
+    Auth,
     Rset,
     Mail,
     /// The RCPT of `recipients[index]`.
@@ -253,6 +292,7 @@ impl Awaiting {
             Awaiting::Ehlo => "reply to EHLO",
             Awaiting::Helo => "reply to HELO",
             Awaiting::StartTls => "reply to STARTTLS",
+            Awaiting::Auth => "reply to AUTH",
             Awaiting::Rset => "reply to RSET",
             Awaiting::Mail => "reply to MAIL",
             Awaiting::Rcpt(_) => "reply to RCPT",

@@ -820,3 +820,181 @@ fn required_tls_refuses_a_plain_server() {
         "{events:?}"
     );
 }
+
+fn credentials(plaintext: bool) -> Option<Arc<Credentials>> {
+    Some(Arc::new(Credentials::new("user", "pass", plaintext)))
+}
+
+/// A client with credentials, over TLS: STARTTLS done, its second EHLO
+/// answered with `ehlo`.
+fn authenticating(ehlo: &[u8]) -> Client {
+    let mut client = Client::new(config(), TlsMode::Required).with_auth(credentials(false));
+    client.receive(b"220 mx.example ESMTP\r\n");
+    assert_eq!(sent(&mut client), "EHLO relay.example\r\n");
+    client.receive(EHLO_STARTTLS);
+    assert_eq!(sent(&mut client), "STARTTLS\r\n");
+    client.receive(b"220 go ahead\r\n");
+    assert_eq!(take_events(&mut client), vec![Event::StartTls]);
+    client.tls_established();
+    assert_eq!(sent(&mut client), "EHLO relay.example\r\n");
+    client.receive(ehlo);
+    client
+}
+
+#[test]
+fn auth_plain_goes_with_its_initial_response_after_starttls() {
+    let mut client =
+        authenticating(b"250-mx.example\r\n250-AUTH LOGIN PLAIN\r\n250 PIPELINING\r\n");
+    // base64("\0user\0pass"), RFC 4616 §2: no authorization identity.
+    assert_eq!(sent(&mut client), "AUTH PLAIN AHVzZXIAcGFzcw==\r\n");
+    assert_eq!(client.awaiting(), Some(Awaiting::Auth));
+    assert_eq!(client.auth_mechanism(), Some(Mechanism::Plain));
+    assert!(take_events(&mut client).is_empty(), "not ready before 235");
+    assert!(!client.is_idle());
+    client.receive(b"235 2.7.0 Authentication successful\r\n");
+    assert_eq!(take_events(&mut client), vec![Event::Ready]);
+    assert!(client.is_idle());
+    client.send_message(envelope(&["b@y.example"])).unwrap();
+    assert!(sent(&mut client).starts_with("MAIL FROM:<a@x.example>"));
+}
+
+#[test]
+fn auth_login_when_only_login_is_offered() {
+    // The old `AUTH=` form of the keyword counts too.
+    let mut client = authenticating(b"250-mx.example\r\n250 AUTH=LOGIN\r\n");
+    assert_eq!(sent(&mut client), "AUTH LOGIN\r\n");
+    assert_eq!(client.auth_mechanism(), Some(Mechanism::Login));
+    client.receive(b"334 VXNlcm5hbWU6\r\n");
+    assert_eq!(sent(&mut client), "dXNlcg==\r\n");
+    client.receive(b"334 UGFzc3dvcmQ6\r\n");
+    assert_eq!(sent(&mut client), "cGFzcw==\r\n");
+    assert!(take_events(&mut client).is_empty());
+    client.receive(b"235 2.7.0 ok\r\n");
+    assert_eq!(take_events(&mut client), vec![Event::Ready]);
+}
+
+#[test]
+fn auth_refused_closes_for_a_deferral_never_a_bounce() {
+    for refusal in [
+        &b"535 5.7.8 Authentication credentials invalid\r\n"[..],
+        b"454 4.7.0 Temporary authentication failure\r\n",
+    ] {
+        let mut client = authenticating(b"250-mx.example\r\n250 AUTH PLAIN\r\n");
+        sent(&mut client);
+        client.receive(refusal);
+        let events = take_events(&mut client);
+        let Some(CloseReason::AuthRefused(reply)) = closed(&events) else {
+            panic!("closed on the refusal: {events:?}");
+        };
+        let deferral = CloseReason::AuthRefused(reply.clone()).deferral_reply();
+        assert_eq!(deferral.class(), 4, "{deferral:?}");
+        assert_eq!(deferral.enhanced, Some((4, 7, 8)));
+        let text = &deferral.lines[0];
+        assert!(
+            text.contains(&reply.code.to_string()),
+            "quotes the reply: {text}"
+        );
+        assert_eq!(sent(&mut client), "QUIT\r\n");
+        assert!(client.is_closed());
+    }
+    // LOGIN refused after the password.
+    let mut client = authenticating(b"250-mx.example\r\n250 AUTH LOGIN\r\n");
+    client.receive(b"334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n535 5.7.8 no\r\n");
+    let events = take_events(&mut client);
+    assert!(matches!(closed(&events), Some(CloseReason::AuthRefused(r)) if r.code == 535));
+}
+
+#[test]
+fn auth_not_offered_closes_without_sending_credentials() {
+    for (ehlo, why) in [
+        (
+            &b"250-mx.example\r\n250 PIPELINING\r\n"[..],
+            "does not offer AUTH",
+        ),
+        (
+            b"250-mx.example\r\n250 AUTH CRAM-MD5 GSSAPI\r\n",
+            "neither AUTH PLAIN nor AUTH LOGIN",
+        ),
+    ] {
+        let mut client = authenticating(ehlo);
+        let events = take_events(&mut client);
+        let Some(CloseReason::AuthUnavailable(text)) = closed(&events) else {
+            panic!("closed: {events:?}");
+        };
+        assert!(text.contains(why), "{text}");
+        assert_eq!(sent(&mut client), "QUIT\r\n");
+        let deferral = CloseReason::AuthUnavailable(text.clone()).deferral_reply();
+        assert_eq!(deferral.class(), 4);
+    }
+}
+
+#[test]
+fn credentials_are_withheld_without_tls_unless_plaintext_is_allowed() {
+    let ehlo: &[u8] = b"250-mx.example\r\n250 AUTH PLAIN LOGIN\r\n";
+    // No STARTTLS offered (opportunistic), or TLS off for the connection.
+    for (mode, ehlo_reply, why) in [
+        (
+            TlsMode::Opportunistic,
+            ehlo,
+            "the server did not offer STARTTLS",
+        ),
+        (
+            TlsMode::Off,
+            b"250-mx.example\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n",
+            "TLS is off",
+        ),
+    ] {
+        let mut client = Client::new(config(), mode).with_auth(credentials(false));
+        client.receive(b"220 mx.example ESMTP\r\n");
+        sent(&mut client);
+        client.receive(ehlo_reply);
+        let events = take_events(&mut client);
+        let Some(CloseReason::AuthUnavailable(text)) = closed(&events) else {
+            panic!("closed: {events:?}");
+        };
+        assert!(text.starts_with("credentials withheld"), "{text}");
+        assert!(text.contains(why), "{text}");
+        assert!(text.contains("auth_plaintext"), "{text}");
+        let out = sent(&mut client);
+        assert_eq!(out, "QUIT\r\n", "no AUTH in plain text");
+        assert!(!out.contains("AUTH") && !out.contains("AHVzZXIAcGFzcw=="));
+    }
+    // auth_plaintext: the same server gets them.
+    let mut client = Client::new(config(), TlsMode::Opportunistic).with_auth(credentials(true));
+    client.receive(b"220 mx.example ESMTP\r\n");
+    sent(&mut client);
+    client.receive(ehlo);
+    assert_eq!(sent(&mut client), "AUTH PLAIN AHVzZXIAcGFzcw==\r\n");
+    client.receive(b"235 ok\r\n");
+    assert_eq!(take_events(&mut client), vec![Event::Ready]);
+}
+
+#[test]
+fn auth_timeouts_and_strange_replies_close_the_connection() {
+    let mut client = authenticating(b"250-mx.example\r\n250 AUTH PLAIN\r\n");
+    sent(&mut client);
+    client.timed_out();
+    let events = take_events(&mut client);
+    assert_eq!(
+        closed(&events),
+        Some(&CloseReason::TimedOut(Awaiting::Auth))
+    );
+    // A challenge after the whole PLAIN response: cancelled, not guessed.
+    let mut client = authenticating(b"250-mx.example\r\n250 AUTH PLAIN\r\n");
+    sent(&mut client);
+    client.receive(b"334 \r\n");
+    let events = take_events(&mut client);
+    assert!(matches!(
+        closed(&events),
+        Some(CloseReason::UnexpectedReply(_))
+    ));
+    assert_eq!(sent(&mut client), "*\r\n");
+}
+
+#[test]
+fn credentials_do_not_show_in_debug_output() {
+    let credentials = Credentials::new("user", "hunter2", false);
+    let shown = format!("{credentials:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("user"));
+}

@@ -11,6 +11,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
+
+use crate::outbound::Credentials;
 
 /// The unit of queueing and traffic shaping.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +43,8 @@ impl Destination {
 pub struct NextHop {
     pub host: String,
     pub port: u16,
+    /// SMTP AUTH to this hop, when the route gives credentials.
+    pub auth: Option<Arc<Credentials>>,
 }
 
 /// Where mail for one destination goes.
@@ -116,6 +121,7 @@ mod tests {
         let hop = |port| NextHop {
             host: "127.0.0.1".into(),
             port,
+            auth: None,
         };
         let routes = Routes::new([("Example.org".into(), hop(1)), ("*".into(), hop(2))], 25);
         let route = |d: &str| routes.route(&Destination::new(d));

@@ -18,6 +18,7 @@ use baton_spool::{Io, NewMessage, NewRecipient, QueueId, Status, SyncOp, Ticket,
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::admin::AdminReply;
+use crate::auth::verify::{Identity, Verdict};
 use crate::config::ListenerTls;
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::inbound::{
@@ -94,6 +95,8 @@ pub(super) struct PendingStore {
     pub peer: Option<Arc<str>>,
     /// How the message arrived over TLS, if it did.
     pub tls: Option<TlsInfo>,
+    /// The user the client authenticated as; empty if it did not.
+    pub user: String,
 }
 
 #[derive(Clone, Copy)]
@@ -119,6 +122,13 @@ pub(super) struct ShardLogs {
     pub outcome_failed: LogLimit,
     pub bounce_failed: LogLimit,
     pub read_failed: LogLimit,
+    /// A next hop refused the route's credentials (a wrong password
+    /// repeats on every connection until the operator fixes it).
+    pub auth_failed: LogLimit,
+    /// Credentials withheld (no TLS) or no mechanism offered.
+    pub auth_unavailable: LogLimit,
+    /// Clients whose AUTH failed (SMTP AUTH in).
+    pub auth_in_failed: LogLimit,
 }
 
 pub(super) struct Shard {
@@ -157,9 +167,11 @@ pub(super) struct Shard {
     pub(super) logs: ShardLogs,
 }
 
-/// What the session sees of the shard: the clock and queue ids.
+/// What the session sees of the shard: the clock, queue ids, and the
+/// users' message rates.
 struct Ctx<'a> {
     queue_ids: &'a mut QueueIdGen,
+    server: &'a Server,
 }
 
 impl SessionContext for Ctx<'_> {
@@ -169,6 +181,13 @@ impl SessionContext for Ctx<'_> {
 
     fn next_queue_id(&mut self) -> QueueId {
         self.queue_ids.next(unix_ms())
+    }
+
+    fn take_user_message(&mut self, identity: &Identity) -> bool {
+        self.server
+            .verifier
+            .as_ref()
+            .is_none_or(|verifier| verifier.take_message(identity))
     }
 }
 
@@ -409,6 +428,9 @@ impl Shard {
                     self.resolved(ConnKey::from_u64(conn), resolution);
                 }
                 ShardMsg::Work { conn } => self.out_work(ConnKey::from_u64(conn)),
+                ShardMsg::AuthVerdict { conn, verdict } => {
+                    self.auth_verdict(ConnKey::from_u64(conn), verdict);
+                }
                 ShardMsg::Policy { conn, policy } => {
                     self.out_policy(ConnKey::from_u64(conn), policy);
                 }
@@ -579,6 +601,7 @@ impl Shard {
         let conn = self.conns.get_mut(key).expect("settled connections live");
         let mut ctx = Ctx {
             queue_ids: &mut self.queue_ids,
+            server: &self.server,
         };
         let output_before = conn.session.output().len();
         let phase_before = conn.session.phase();
@@ -678,6 +701,7 @@ impl Shard {
     /// session completed, sends its replies, reads more, or closes.
     fn progress(&mut self, key: ConnKey) {
         self.take_messages(key);
+        self.take_credentials(key);
         let draining = self.draining.is_some();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -772,6 +796,53 @@ impl Shard {
         }
     }
 
+    // --- AUTH --------------------------------------------------------------
+
+    /// Sends a session's credentials to the verifier; the verdict comes
+    /// back through the inbox.
+    fn take_credentials(&mut self, key: ConnKey) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(credentials) = conn.session.take_credentials() else {
+            return;
+        };
+        let Some(verifier) = &self.server.verifier else {
+            // Sessions offer AUTH only when there are users.
+            return self.auth_verdict(key, Verdict::Refused);
+        };
+        let server = self.server.clone();
+        let (shard, conn) = (self.id, key.to_u64());
+        verifier.verify(credentials, move |verdict| {
+            server.links[shard].send(ShardMsg::AuthVerdict { conn, verdict });
+        });
+    }
+
+    fn auth_verdict(&mut self, key: ConnKey, verdict: Verdict) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // the client left meanwhile
+        };
+        let metrics = &self.server.metrics;
+        match &verdict {
+            Verdict::Accepted(identity) => {
+                metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client = %conn.peer_text, user = %identity.name, "authenticated");
+            }
+            Verdict::Refused | Verdict::Throttled | Verdict::CutOff => {
+                metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+                if let Some(failures) = self.logs.auth_in_failed.hit() {
+                    tracing::warn!(client = %conn.peer_text, verdict = ?verdict, failures, "AUTH failed");
+                }
+            }
+        }
+        let mut ctx = Ctx {
+            queue_ids: &mut self.queue_ids,
+            server: &self.server,
+        };
+        conn.session.auth_verdict(verdict, &mut ctx);
+        self.progress(key);
+    }
+
     // --- storing ---------------------------------------------------------
 
     fn take_messages(&mut self, key: ConnKey) {
@@ -789,6 +860,7 @@ impl Shard {
             let conn = self.conns.get_mut(key).expect("still there");
             let mut ctx = Ctx {
                 queue_ids: &mut self.queue_ids,
+                server: &self.server,
             };
             conn.session.stored(Err(err), &mut ctx);
         }
@@ -815,7 +887,10 @@ impl Shard {
             arrival_ms: unix_ms(),
             reverse_path: &message.reverse_path,
             mail_params: &message.mail_params,
-            identity: b"",
+            identity: message
+                .identity
+                .as_ref()
+                .map_or(&b""[..], |identity| identity.name.as_bytes()),
             peer: peer.as_bytes(),
             transport: transport.as_deref().map_or(b"", str::as_bytes),
             recipients: &recipients,
@@ -837,6 +912,11 @@ impl Shard {
                     sender: String::from_utf8_lossy(&message.reverse_path).into_owned(),
                     peer: Some(peer),
                     tls: message.tls,
+                    user: message
+                        .identity
+                        .as_ref()
+                        .map(|identity| identity.name.clone())
+                        .unwrap_or_default(),
                 });
                 Ok(())
             }
@@ -974,6 +1054,7 @@ impl Shard {
             if let Some(conn) = store.conn.and_then(|key| self.conns.get_mut(key)) {
                 let mut ctx = Ctx {
                     queue_ids: &mut self.queue_ids,
+                    server: &self.server,
                 };
                 conn.session.stored(result, &mut ctx);
                 let key = conn.key;
@@ -1015,6 +1096,7 @@ impl Shard {
             event.sender = Some(store.sender.as_bytes());
             event.size = Some(store.size as u64);
             event.tls = store.tls.as_ref();
+            event.user = (!store.user.is_empty()).then_some(store.user.as_str());
             events.record(&event);
         }
         let metrics = &self.server.metrics;
@@ -1031,6 +1113,7 @@ impl Shard {
             from = %store.sender,
             recipients = store.recipients.len(),
             client = store.peer.as_deref().unwrap_or(""),
+            user = store.user.as_str(),
             "accepted"
         );
     }
@@ -1069,7 +1152,11 @@ impl Shard {
                 self.progress(key);
                 continue;
             }
-            if conn.dead || now < conn.deadline || conn.session.phase() == Phase::AwaitingStore {
+            let waiting = matches!(
+                conn.session.phase(),
+                Phase::AwaitingStore | Phase::AwaitingAuth
+            );
+            if conn.dead || now < conn.deadline || waiting {
                 continue;
             }
             if conn.handshaking() {

@@ -48,6 +48,11 @@ pub enum ShardMsg {
     },
     /// An idle connection of this shard has work in its ready queue.
     Work { conn: u64 },
+    /// The verdict on an inbound session's AUTH credentials.
+    AuthVerdict {
+        conn: u64,
+        verdict: crate::auth::verify::Verdict,
+    },
     /// An operator's request (delete, bounce, flush) that needs a spool
     /// writer; the answer goes back on the channel.
     Admin(AdminRequest, Sender<AdminReply>),

@@ -27,7 +27,9 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::config::TlsPolicy;
 use crate::dns::{Query, Resolution};
-use crate::outbound::{Awaiting, Client, CloseReason, Envelope, Event, Outcome, TlsMode};
+use crate::outbound::{
+    Awaiting, Client, CloseReason, Credentials, Envelope, Event, Outcome, TlsMode,
+};
 use crate::queue::{Action, QueuedRecipient, Take, Waiter};
 use crate::route::{Destination, Route};
 use crate::server::unix_ms;
@@ -187,6 +189,10 @@ pub(super) struct OutConn {
     tls_info: Option<TlsInfo>,
     /// The last address failed for want of TLS: the deferral says 4.7.5.
     tls_error: bool,
+    /// The route's credentials for SMTP AUTH, if it has any.
+    auth: Option<Arc<Credentials>>,
+    /// The last address failed at AUTH: the deferral, said as it is.
+    auth_error: Option<Reply>,
     /// Retry this address in plain text (its opportunistic handshake
     /// failed), whatever the broken-TLS memory says.
     plain_retry: bool,
@@ -245,9 +251,9 @@ impl Shard {
         let Some(key) = self.outs.vacant() else {
             return self.server.queues.closed(&destination, None);
         };
-        let (query, port) = match self.server.routes.route(&destination) {
-            Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port),
-            Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port),
+        let (query, port, auth) = match self.server.routes.route(&destination) {
+            Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port, None),
+            Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port, hop.auth),
         };
         // RFC 8461 applies to MX delivery only: a route is the operator's
         // own choice of next hop.
@@ -303,6 +309,8 @@ impl Shard {
             tls_verify: false,
             tls_info: None,
             tls_error: false,
+            auth,
+            auth_error: None,
             plain_retry: false,
             sts: None,
             sts_pending: false,
@@ -460,7 +468,9 @@ impl Shard {
             return;
         };
         let Some(hop) = conn.hops.get(conn.next_hop).cloned() else {
-            let reply = if conn.tls_error {
+            let reply = if let Some(reply) = conn.auth_error.take() {
+                reply
+            } else if conn.tls_error {
                 // RFC 3463 X.7.5: the TLS the policy requires failed.
                 Reply::new(
                     451,
@@ -487,6 +497,7 @@ impl Shard {
         conn.tls = None;
         conn.tls_info = None;
         conn.tls_error = false;
+        conn.auth_error = None;
         conn.ready_seen = false;
         conn.after = None;
         conn.cancels_sent = false;
@@ -557,7 +568,8 @@ impl Shard {
             TlsPolicy::Required | TlsPolicy::RequiredVerified => TlsMode::Required,
         };
         conn.plain_retry = false;
-        conn.client = Some(Client::new(self.server.client_config.clone(), mode));
+        conn.client =
+            Some(Client::new(self.server.client_config.clone(), mode).with_auth(conn.auth.clone()));
         self.out_progress(key);
     }
 
@@ -1017,6 +1029,46 @@ impl Shard {
             CloseReason::TlsUnavailable(why) => {
                 conn.last_error = format!("{} {why}", conn.host_label().unwrap_or_default());
                 conn.tls_error = true;
+                After::NextHop
+            }
+            // Withheld for want of TLS, or no mechanism: another address
+            // of the hop may do better; if none does, this is the word.
+            CloseReason::AuthUnavailable(why) => {
+                let host = conn.host_label().unwrap_or_default();
+                if let Some(times) = self.logs.auth_unavailable.hit() {
+                    tracing::warn!(
+                        destination = %conn.destination,
+                        host = %host,
+                        times,
+                        "delivery: no AUTH: {why}"
+                    );
+                }
+                conn.last_error = format!("{host}: {why}");
+                conn.auth_error = Some(reason.deferral_reply_about(&host));
+                After::NextHop
+            }
+            // Refused credentials are the route's fault, not the mail's:
+            // deferred, never bounced, and loud, since every connection
+            // will fail the same way until the operator fixes the route.
+            CloseReason::AuthRefused(reply) => {
+                let host = conn.host_label().unwrap_or_default();
+                if let Some(times) = self.logs.auth_failed.hit() {
+                    tracing::error!(
+                        destination = %conn.destination,
+                        host = %host,
+                        reply = %reply_text(reply),
+                        times,
+                        "delivery: the next hop refused the route's credentials; mail is deferred until auth_user/auth_password are fixed"
+                    );
+                }
+                conn.last_error = format!("{host}: AUTH refused: {}", reply_text(reply));
+                conn.auth_error = Some(reason.deferral_reply_about(&host));
+                if reply.class() == 5 {
+                    // The other addresses of the hop would get the same
+                    // credentials: trying them only adds failed logins
+                    // (and the risk of a lockout).
+                    conn.next_hop = conn.hops.len();
+                }
                 After::NextHop
             }
             // `out_tls_failed` said why, and whether to retry in plain.

@@ -137,6 +137,9 @@ impl Shard {
                 next_attempt_ms: None,
                 reason: None,
                 size: view.body.len() as u64,
+                user: std::str::from_utf8(view.identity)
+                    .ok()
+                    .filter(|user| !user.is_empty()),
             };
             let item = QueuedRecipient { attempts, ..*item };
             match decided {
@@ -214,6 +217,7 @@ impl Shard {
             event.next_attempt_unix_ms = note.next_attempt_ms;
             event.reason = note.reason;
             event.size = Some(note.size);
+            event.user = note.user;
             events.record(&event);
         }
         tracing::info!(
@@ -319,6 +323,7 @@ impl Shard {
                     sender: String::new(),
                     peer: None,
                     tls: None,
+                    user: String::new(),
                 });
                 self.server
                     .metrics
@@ -519,6 +524,8 @@ struct Note<'a> {
     reason: Option<&'static str>,
     /// Of the message, wire form.
     size: u64,
+    /// The user the message's client authenticated as.
+    user: Option<&'a str>,
 }
 
 /// The reply as recorded for `queue show`: with how the connection was

@@ -125,13 +125,18 @@ pub struct SendArgs {
     /// Name to verify the certificate against (default: the target's host).
     #[arg(long, value_name = "NAME", requires = "starttls")]
     pub tls_server_name: Option<String>,
-    /// Authenticate as this user (AUTH PLAIN or LOGIN).
+    /// Authenticate once per connection, after EHLO (and after STARTTLS
+    /// with --starttls): `USER:PASSWORD`, split at the first colon. A
+    /// refusal (535) fails the run with the server's reply.
+    #[arg(long, value_name = "USER:PASSWORD", conflicts_with = "auth_user")]
+    pub auth: Option<String>,
+    /// Authenticate as this user (AUTH PLAIN or LOGIN); --auth in two parts.
     #[arg(long, requires = "auth_password")]
     pub auth_user: Option<String>,
     #[arg(long, requires = "auth_user")]
     pub auth_password: Option<String>,
-    /// SASL mechanism (default: PLAIN when offered, else LOGIN).
-    #[arg(long, value_enum, requires = "auth_user")]
+    /// SASL mechanism (default: PLAIN, or LOGIN when only that is offered).
+    #[arg(long, visible_alias = "auth-mech", value_enum)]
     pub auth_mechanism: Option<AuthMechanism>,
     /// How long to wait for a connection or a reply.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -294,9 +299,20 @@ async fn prepare(args: &SendArgs) -> anyhow::Result<RunContext> {
             })
         }
     };
-    let auth = args.auth_user.as_ref().map(|user| AuthPlan {
-        user: user.clone(),
-        password: args.auth_password.clone().unwrap_or_default(),
+    let credentials = match (&args.auth, &args.auth_user) {
+        (Some(pair), _) => match pair.split_once(':') {
+            Some((user, password)) => Some((user.to_owned(), password.to_owned())),
+            None => bail!("--auth takes USER:PASSWORD"),
+        },
+        (None, Some(user)) => Some((user.clone(), args.auth_password.clone().unwrap_or_default())),
+        (None, None) => None,
+    };
+    if credentials.is_none() && args.auth_mechanism.is_some() {
+        bail!("--auth-mechanism needs --auth (or --auth-user and --auth-password)");
+    }
+    let auth = credentials.map(|(user, password)| AuthPlan {
+        user,
+        password,
         mechanism: args.auth_mechanism,
     });
     let limits = Limits {

@@ -70,8 +70,9 @@ pub struct SinkArgs {
     /// Write the generated certificate here (for clients that verify).
     #[arg(long, value_name = "PEM")]
     pub tls_cert_out: Option<PathBuf>,
-    /// Offer AUTH PLAIN and LOGIN, require it for MAIL, and accept only
-    /// these credentials.
+    /// Offer AUTH PLAIN and LOGIN (after STARTTLS unless --no-starttls),
+    /// require it for MAIL (530), and accept only these credentials (535
+    /// otherwise).
     #[arg(long, value_name = "USER:PASSWORD")]
     pub auth: Option<String>,
     /// Delay before every reply but the one after the content.
@@ -155,6 +156,12 @@ pub struct SinkStats {
     pub messages_refused: AtomicU64,
     pub recipients_refused: AtomicU64,
     pub disconnects: AtomicU64,
+    /// AUTH commands received (`--auth`), whatever came of them.
+    pub auth_attempts: AtomicU64,
+    /// Of those, answered 235.
+    pub auth_successes: AtomicU64,
+    /// Of those, answered 535 (wrong credentials) or 538 (before TLS).
+    pub auth_failures: AtomicU64,
     /// Microseconds from the start to the first and the last accepted
     /// message: the busy span that rates are computed over.
     pub first_message_micros: AtomicU64,
@@ -488,6 +495,9 @@ fn summarize(args: &SinkArgs, ctx: &SinkContext, listen: String, elapsed: Durati
         messages_refused: load(&stats.messages_refused),
         recipients_refused: load(&stats.recipients_refused),
         disconnects: load(&stats.disconnects),
+        auth_attempts: load(&stats.auth_attempts),
+        auth_successes: load(&stats.auth_successes),
+        auth_failures: load(&stats.auth_failures),
         busy_seconds,
         messages_per_second: load(&stats.messages) as f64 / busy_seconds.max(1e-9),
         messages_per_second_peak: per_second.iter().map(|s| s.messages).max().unwrap_or(0),

@@ -324,7 +324,7 @@ impl Session {
         if config.tls.is_some() && !self.stream.is_tls() {
             lines.push("STARTTLS".to_string());
         }
-        if config.auth.is_some() {
+        if config.auth.is_some() && self.auth_allowed() {
             lines.push("AUTH PLAIN LOGIN".to_string());
         }
         self.delay(config.script.reply_delay).await?;
@@ -532,13 +532,28 @@ impl Session {
         Ok(())
     }
 
+    /// Whether AUTH may happen now: a sink that offers STARTTLS takes
+    /// credentials only over TLS, as a real submission server does (RFC
+    /// 4954 §4, `538`), so that a client which sends them in plain text is
+    /// caught; with `--no-starttls` it takes them in plain text.
+    fn auth_allowed(&self) -> bool {
+        self.ctx.config.tls.is_none() || self.stream.is_tls()
+    }
+
     async fn auth(&mut self, mechanism: &str, initial: Option<&str>) -> io::Result<Flow> {
         if self.ctx.config.auth.is_none() {
             self.reply(502, (5, 5, 1), "AUTH not offered").await?;
             return Ok(Flow::Continue);
         }
+        self.ctx.stats.auth_attempts.fetch_add(1, Ordering::Relaxed);
         if self.authenticated {
             self.reply(503, (5, 5, 1), "already authenticated").await?;
+            return Ok(Flow::Continue);
+        }
+        if !self.auth_allowed() {
+            self.ctx.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+            self.reply(538, (5, 7, 11), "encryption required: STARTTLS first")
+                .await?;
             return Ok(Flow::Continue);
         }
         match (mechanism.to_ascii_uppercase().as_str(), initial) {
@@ -588,11 +603,14 @@ impl Session {
             .auth
             .as_ref()
             .is_some_and(|(u, p)| u == user && p == password);
+        let stats = &self.ctx.stats;
         if good {
+            stats.auth_successes.fetch_add(1, Ordering::Relaxed);
             self.authenticated = true;
             self.reply(235, (2, 7, 0), "authentication succeeded")
                 .await?;
         } else {
+            stats.auth_failures.fetch_add(1, Ordering::Relaxed);
             self.reply(535, (5, 7, 8), "authentication credentials invalid")
                 .await?;
         }

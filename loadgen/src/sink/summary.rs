@@ -41,6 +41,15 @@ pub struct SinkSummary {
     pub recipients_refused: u64,
     /// Connections closed on purpose, without a reply.
     pub disconnects: u64,
+    /// AUTH commands received (with `--auth`).
+    #[serde(default)]
+    pub auth_attempts: u64,
+    /// AUTH exchanges answered 235.
+    #[serde(default)]
+    pub auth_successes: u64,
+    /// AUTH exchanges refused: wrong credentials, or tried before TLS.
+    #[serde(default)]
+    pub auth_failures: u64,
     /// From the first accepted message to the last.
     pub busy_seconds: f64,
     /// Over the busy span.
@@ -97,6 +106,13 @@ impl SinkSummary {
             format_bytes(self.bytes_accepted as f64)
         );
         let _ = writeln!(out, "  disconnects  {} (scripted)", self.disconnects);
+        if self.auth_attempts > 0 {
+            let _ = writeln!(
+                out,
+                "  auth         {} attempts, {} succeeded, {} failed",
+                self.auth_attempts, self.auth_successes, self.auth_failures
+            );
+        }
         let codes: Vec<String> = self
             .replies
             .iter()
