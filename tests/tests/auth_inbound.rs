@@ -237,6 +237,14 @@ fn a_submission_listener_refuses_mail_before_auth() {
     );
     smtp.cmd("MAIL FROM:<a@example.com>")
         .assert_is(530, "5.7.0");
+    // A cancelled exchange, then a LOGIN with a wrong password: still 530.
+    assert_eq!(smtp.cmd("AUTH PLAIN").code, 334);
+    smtp.cmd("*").assert_is(501, "5.7.0");
+    assert_eq!(smtp.cmd("AUTH LOGIN").code, 334);
+    assert_eq!(smtp.cmd("YXBw").code, 334);
+    smtp.cmd("d3Jvbmc=").assert_is(535, "5.7.8");
+    smtp.cmd("MAIL FROM:<a@example.com>")
+        .assert_is(530, "5.7.0");
     smtp.cmd(&format!("AUTH PLAIN {PLAIN_APP}"))
         .assert_is(235, "2.7.0");
     smtp.cmd("MAIL FROM:<a@example.com>")
