@@ -17,6 +17,8 @@ pub enum Error {
     Admin(String),
     #[error("auth: {0}")]
     Auth(String),
+    #[error("dkim: {0}")]
+    Dkim(String),
     /// `[admin] token_file` cannot be used, or is missing off loopback.
     #[error("{0}")]
     AdminToken(String),

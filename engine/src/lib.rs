@@ -42,5 +42,6 @@ pub mod queue;
 pub mod route;
 pub mod server;
 pub mod shard;
+pub mod sign;
 pub mod smtp;
 pub mod tls;

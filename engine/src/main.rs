@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
+    /// DKIM: make a signing key and print the DNS record to publish.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
     /// Manage the users who may AUTH, in the file `[auth] users` names.
     User {
         #[command(subcommand)]
@@ -110,6 +115,128 @@ enum QueueAction {
     Bounce { id: String },
 }
 
+#[derive(Subcommand)]
+enum DkimAction {
+    /// Write a new private key (PEM, mode 0600) and print the TXT record
+    /// to publish at SELECTOR._domainkey.DOMAIN.
+    Keygen {
+        domain: String,
+        selector: String,
+        /// "rsa-sha256" (made with the openssl command) or "ed25519-sha256".
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: String,
+        /// RSA key size: 1024 to 4096 (RFC 8301 wants at least 1024; 2048 is usual).
+        #[arg(long, default_value_t = 2048)]
+        bits: u32,
+        /// Where to write the key (default: DOMAIN.SELECTOR.pem here).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `baton dkim keygen`: Ed25519 keys are made here; RSA keys by the
+/// `openssl` command, which every host that runs a mail server has, rather
+/// than an RSA implementation of our own.
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: &str,
+    bits: u32,
+    out: Option<&Path>,
+) -> Result<(), String> {
+    use base64::Engine;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let domain = domain.to_ascii_lowercase();
+    let path = out.map_or_else(
+        || PathBuf::from(format!("{domain}.{selector}.pem")),
+        Path::to_path_buf,
+    );
+    if path.exists() {
+        return Err(format!("{} exists; not overwritten", path.display()));
+    }
+    let (k, public) = match algorithm {
+        "ed25519-sha256" => {
+            let der = mail_auth::common::crypto::Ed25519Key::generate_pkcs8()
+                .map_err(|e| format!("cannot make a key: {e}"))?;
+            let key = mail_auth::common::crypto::Ed25519Key::from_pkcs8_der(&der)
+                .map_err(|e| format!("cannot read the new key: {e}"))?;
+            let body = b64(&der);
+            let lines: Vec<&str> = body
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+                .collect();
+            let pem = format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                lines.join("\n")
+            );
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| f.write_all(pem.as_bytes()))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            ("ed25519", b64(&key.public_key()))
+        }
+        "rsa-sha256" => {
+            if !(1024..=4096).contains(&bits) {
+                return Err(format!("--bits {bits}: 1024 to 4096"));
+            }
+            let made = std::process::Command::new("openssl")
+                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+                .arg(format!("rsa_keygen_bits:{bits}"))
+                .arg("-out")
+                .arg(&path)
+                .output()
+                .map_err(|e| format!("cannot run openssl (needed for RSA keys): {e}"))?;
+            if !made.status.success() {
+                return Err(format!(
+                    "openssl genpkey: {}",
+                    String::from_utf8_lossy(&made.stderr)
+                ));
+            }
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let public = std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+                .arg(&path)
+                .output()
+                .map_err(|e| format!("cannot run openssl: {e}"))?;
+            if !public.status.success() {
+                return Err(format!(
+                    "openssl pkey: {}",
+                    String::from_utf8_lossy(&public.stderr)
+                ));
+            }
+            ("rsa", b64(&public.stdout))
+        }
+        other => {
+            return Err(format!(
+                "--algorithm {other:?}: \"rsa-sha256\" or \"ed25519-sha256\""
+            ))
+        }
+    };
+    let record = format!("v=DKIM1; k={k}; p={public}");
+    // A TXT string holds 255 octets: longer records go in several.
+    let strings: Vec<String> = record
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    println!("wrote {} ({algorithm})", path.display());
+    println!("publish this TXT record:");
+    println!(
+        "{selector}._domainkey.{domain}. IN TXT ( {} )",
+        strings.join(" ")
+    );
+    println!("and add to the configuration:");
+    println!("[[dkim]]\ndomain = \"{domain}\"\nselector = \"{selector}\"\nalgorithm = \"{algorithm}\"\nkey = \"{}\"", path.display());
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.print_default_config {
@@ -127,6 +254,16 @@ fn main() -> ExitCode {
             json,
         } => queue(action, config.as_deref(), admin, json),
         Command::User { action, config } => user(action, config.as_deref()),
+        Command::Dkim {
+            action:
+                DkimAction::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    bits,
+                    out,
+                },
+        } => dkim_keygen(&domain, &selector, &algorithm, bits, out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,6 +346,11 @@ fn reload(
         format!("AUTH users not reloaded, the old ones stay: {err}")
     })?;
     tracing::info!(users, "{by}: AUTH users reloaded");
+    let dkim = server.reload_dkim(&config).map_err(|err| {
+        tracing::error!(%err, "{by}: DKIM keys not reloaded; the old ones stay");
+        format!("DKIM keys not reloaded, the old ones stay: {err}")
+    })?;
+    tracing::info!(keys = dkim, "{by}: DKIM keys reloaded");
     let certificates = server.reload_certificates(&config.tls).map_err(|err| {
         tracing::error!(%err, "{by}: certificates not reloaded; the old ones stay");
         format!("certificates not reloaded, the old ones stay: {err}")
@@ -218,7 +360,7 @@ fn reload(
         "{by}: certificates reloaded; other changes need a restart"
     );
     Ok(format!(
-        "reloaded {}: {users} AUTH users, {certificates} certificates; other changes need a restart",
+        "reloaded {}: {users} AUTH users, {dkim} DKIM keys, {certificates} certificates; other changes need a restart",
         path.display()
     ))
 }
@@ -303,6 +445,11 @@ fn check_config(file: &Path) -> Result<(), String> {
              and {} for the rest), {limit} allowed here (the hard RLIMIT_NOFILE)",
             baton::server::DESCRIPTORS_RESERVE
         );
+    }
+    let keys =
+        baton::sign::Keys::load(&config.dkim, &config.dkim_defaults).map_err(|e| e.to_string())?;
+    if !keys.is_empty() {
+        println!("{} DKIM keys", keys.len());
     }
     if let Some(path) = &config.auth.users {
         let users = baton::auth::Users::load(path).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@ use crate::auth::users::Users;
 use crate::auth::verify::Verifier;
 use crate::config::{AuthConfig, ListenerAuth};
 use crate::inbound::AuthSettings;
+use crate::sign::{Keys, Signing};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -95,6 +96,8 @@ pub struct Server {
     /// SMTP AUTH: the users and the verification threads; `None` without
     /// `[auth] users`.
     pub verifier: Option<Verifier>,
+    /// DKIM keys and the threads that sign.
+    pub signing: Signing,
     /// What `POST /reload` runs (SIGHUP's reload); set by whoever started
     /// the server and knows its configuration file.
     pub reload_hook: std::sync::OnceLock<ReloadHook>,
@@ -121,6 +124,15 @@ impl Server {
     }
 
     /// Reads `tls`'s certificate files again and makes them those of every
+    /// Reads the DKIM keys again (SIGHUP); on error the keys in force stay.
+    pub fn reload_dkim(&self, config: &Config) -> Result<usize> {
+        let keys = Keys::load(&config.dkim, &config.dkim_defaults)
+            .map_err(|err| Error::Dkim(err.to_string()))?;
+        let count = keys.len();
+        self.signing.replace_keys(keys);
+        Ok(count)
+    }
+
     /// Reads the users file again (SIGHUP); on error the users in force
     /// stay. Returns how many users there are now.
     pub fn reload_users(&self, auth: &AuthConfig) -> Result<usize> {
@@ -374,6 +386,12 @@ pub fn start(config: Config) -> Result<Running> {
     };
     // One budget for every listener's sessions: the memory is the server's.
     let data_budget = DataBudget::new(config.limits.data_in_flight_max);
+    let keys = Keys::load(&config.dkim, &config.dkim_defaults)
+        .map_err(|err| Error::Dkim(err.to_string()))?;
+    if !keys.is_empty() {
+        tracing::info!(keys = keys.len(), "DKIM keys loaded");
+    }
+    let signing = Signing::start(keys, config.dkim_defaults.sign_threads);
     let session_configs = config
         .listeners
         .iter()
@@ -417,6 +435,7 @@ pub fn start(config: Config) -> Result<Running> {
         metrics: Metrics::default(),
         connections_per_ip: Mutex::new(HashMap::new()),
         verifier,
+        signing,
         reload_hook: std::sync::OnceLock::new(),
         config,
     });

@@ -104,6 +104,17 @@ impl Zone {
         )
     }
 
+    /// A TXT record of several strings: a DKIM RSA key is longer than the
+    /// 255 octets one string holds.
+    pub fn txt_strings(self, name: &str, strings: &[&str]) -> Zone {
+        self.record(
+            name,
+            RData::TXT(hickory_proto::rr::rdata::TXT::new(
+                strings.iter().map(|s| (*s).to_owned()).collect(),
+            )),
+        )
+    }
+
     /// Every query for the name gets SERVFAIL.
     pub fn servfail(mut self, name: &str) -> Zone {
         self.node(name).behaviour = Behaviour::ServFail;

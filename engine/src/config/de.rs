@@ -82,6 +82,13 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::E
     )
 }
 
+/// A duration that may be left out (`None`).
+pub(super) fn optional_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 struct ListedDuration(Duration);
 
 impl<'de> Deserialize<'de> for ListedDuration {

@@ -26,6 +26,7 @@
 mod auth;
 mod de;
 mod delivery;
+mod dkim;
 mod duration;
 mod error;
 mod validate;
@@ -44,6 +45,7 @@ pub use auth::{AuthConfig, ListenerAuth};
 pub use delivery::{
     DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Secret, Shaping, TlsPolicy,
 };
+pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
 
@@ -76,6 +78,10 @@ pub struct Config {
     #[serde(rename = "destination", default)]
     pub destinations: Vec<DestinationConfig>,
     pub tls: TlsConfig,
+    /// `[[dkim]]` keys; none by default.
+    #[serde(rename = "dkim", default)]
+    pub dkim: Vec<DkimKeyConfig>,
+    pub dkim_defaults: DkimDefaults,
     pub admin: AdminConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
@@ -523,7 +529,7 @@ mod tests {
     /// The arrays of tables that are empty by default, so `DEFAULT_CONFIG`
     /// shows them only as commented-out examples; the only fields with a
     /// serde default (and, in `[[destination]]`, the optional keys).
-    const COMMENTED_ARRAY_TABLES: [&str; 3] = ["tls.sni", "route", "destination"];
+    const COMMENTED_ARRAY_TABLES: [&str; 4] = ["tls.sni", "route", "destination", "dkim"];
 
     /// Deserialized without the merge, so a key missing from
     /// `DEFAULT_CONFIG` fails here (no field has a serde default but
@@ -602,6 +608,12 @@ mod tests {
                 key: "/etc/baton/mx.example.org.key".into(),
             }]
         );
+        let dkim = commented_example("dkim");
+        let c = parse(&dkim).unwrap();
+        assert_eq!(c.dkim.len(), 1);
+        assert_eq!(c.dkim[0].domain, "example.com");
+        assert_eq!(c.dkim[0].algorithm, Some(DkimAlgorithm::RsaSha256));
+        assert_eq!(c.dkim[0].expire, Some(Duration::from_secs(30 * 86400)));
         // Nothing else in the file is an example of an array of tables.
         let examples = DEFAULT_CONFIG
             .lines()
@@ -699,6 +711,11 @@ mod tests {
             "dns.nameservers",
             "dns.timeout",
             "dns.attempts",
+            "dkim_defaults.algorithm",
+            "dkim_defaults.headers",
+            "dkim_defaults.canonicalization",
+            "dkim_defaults.expire",
+            "dkim_defaults.sign_threads",
             "shaping.connections_max",
             "shaping.messages_per_connection_max",
             "shaping.recipients_per_transaction_max",

@@ -131,6 +131,11 @@ pub struct Event<'a> {
     /// The user the sending client authenticated as (SMTP AUTH).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
+    /// `received`: how DKIM signed it (`d=example.com s=s2026
+    /// a=rsa-sha256`), or why not (`none: no key for example.com`); absent
+    /// for clients baton does not sign for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<&'a str>,
 }
 
 impl<'a> Event<'a> {
@@ -152,6 +157,7 @@ impl<'a> Event<'a> {
             bounce_queue_id: None,
             reason: None,
             user: None,
+            dkim: None,
         }
     }
 }

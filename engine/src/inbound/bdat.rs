@@ -106,7 +106,7 @@ impl Session {
 
     /// All of a chunk's octets are in: reply, and on LAST finish the
     /// message.
-    pub(super) fn chunk_complete(&mut self) {
+    pub(super) fn chunk_complete(&mut self, ctx: &mut dyn SessionContext) {
         let State::Chunk(chunk) = mem::replace(&mut self.state, State::Command) else {
             return;
         };
@@ -151,14 +151,16 @@ impl Session {
                 stuffer,
                 held,
             } = body;
-            self.message_complete(transaction, queue_id, stuffer.finish(), held);
+            self.message_complete(transaction, queue_id, stuffer.finish(), held, ctx);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::inbound::testing::{received, transcript_with, Driver, ENVELOPE, ENVELOPE_REPLIES};
+    use crate::inbound::testing::{
+        fixups, received, transcript_with, Driver, ENVELOPE, ENVELOPE_REPLIES,
+    };
     use crate::inbound::{Phase, SessionConfig};
 
     #[test]
@@ -186,7 +188,11 @@ mod tests {
         let body = String::from_utf8_lossy(&driver.messages[0].body).into_owned();
         assert_eq!(
             body,
-            format!("{}hello\r\n..dot\r\nend\r\n", received("ESMTP", 1))
+            format!(
+                "{}{}hello\r\n..dot\r\nend\r\n",
+                received("ESMTP", 1),
+                fixups(1)
+            )
         );
     }
 
@@ -201,7 +207,10 @@ mod tests {
             "250 2.0.0 3 octets received\r\n250 2.0.0 Ok: queued as 0000000000000001\r\n221 2.0.0 Bye\r\n"
         ));
         let body = String::from_utf8_lossy(&driver.messages[0].body).into_owned();
-        assert_eq!(body, format!("{}abc\r\n", received("ESMTP", 1)));
+        assert_eq!(
+            body,
+            format!("{}{}abc\r\n", received("ESMTP", 1), fixups(1))
+        );
     }
 
     #[test]

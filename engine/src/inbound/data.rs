@@ -41,7 +41,7 @@ impl Session {
     }
 
     /// The DATA reader found the final `.` CRLF.
-    pub(super) fn end_of_data(&mut self) {
+    pub(super) fn end_of_data(&mut self, ctx: &mut dyn SessionContext) {
         let State::Data(data) = mem::replace(&mut self.state, State::Command) else {
             return;
         };
@@ -52,7 +52,7 @@ impl Session {
         } = *data;
         let body = reader.finish();
         if let Some(transaction) = self.transaction.take() {
-            self.message_complete(transaction, queue_id, body, held);
+            self.message_complete(transaction, queue_id, body, held, ctx);
         }
     }
 
@@ -64,6 +64,7 @@ impl Session {
         queue_id: QueueId,
         body: Body,
         held: Held,
+        ctx: &mut dyn SessionContext,
     ) {
         if let Some(violation) = body.violation {
             return self.refuse(replies::body_violation(violation));
@@ -84,12 +85,29 @@ impl Session {
                 return self.refuse(replies::FROM_NOT_ALLOWED);
             }
         }
+        // Clients baton trusts get their headers fixed up and their mail
+        // signed for its From: domain; others neither.
+        let trusted = self.relay_allowed || self.identity().is_some();
+        let mut wire = body.wire;
+        let sign_domain = if trusted {
+            crate::sign::fixups::fix_up(
+                &mut wire,
+                queue_id,
+                ctx.now_unix_secs(),
+                &self.config.hostname,
+            );
+            from_domains(&wire).into_iter().next()
+        } else {
+            None
+        };
         let message = ReceivedMessage {
             queue_id,
             reverse_path: transaction.reverse_path,
             mail_params: transaction.mail_params,
             recipients: transaction.recipients,
-            body: body.wire,
+            body: wire,
+            sign_domain,
+            dkim: None,
             peer: self.peer,
             helo: self.helo_name().unwrap_or_default().to_owned(),
             tls: self.tls_info().cloned(),
@@ -195,7 +213,23 @@ fn mailbox_domains(value: &[u8]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::inbound::testing::{received, transcript, Driver, ENVELOPE, ENVELOPE_REPLIES};
+    use crate::inbound::testing::{
+        fixups, received, transcript, Driver, ENVELOPE, ENVELOPE_REPLIES,
+    };
+
+    #[test]
+    fn trusted_clients_get_fix_ups_and_a_signing_domain() {
+        let body = "From: A <a@Signer.Test>\r\nSubject: s\r\n\r\nx\r\n.\r\n";
+        let mut trusted = Driver::new(true);
+        trusted.feed(format!("{ENVELOPE}DATA\r\n{body}").as_bytes());
+        let message = &trusted.messages[0];
+        assert_eq!(message.sign_domain.as_deref(), Some("signer.test"));
+        let text = String::from_utf8_lossy(&message.body);
+        assert!(
+            text.contains("\r\nDate: ") && text.contains("\r\nMessage-ID: <"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn from_domains_skip_names_and_comments_and_follow_folding() {
@@ -228,7 +262,11 @@ mod tests {
         assert_eq!(message.mail_params, b"");
         assert_eq!(message.helo, "c.example");
         assert_eq!(message.peer, "192.0.2.7:40000".parse().unwrap());
-        let expected = format!("{}Subject: hi\r\n\r\n..dot\r\n", received("ESMTP", 1));
+        let expected = format!(
+            "{}{}Subject: hi\r\n\r\n..dot\r\n",
+            received("ESMTP", 1),
+            fixups(1)
+        );
         assert_eq!(String::from_utf8_lossy(&message.body), expected);
     }
 
@@ -271,7 +309,10 @@ mod tests {
         driver.feed(b"HELO c.example\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.example>\r\nDATA\r\n.\r\n");
         let message = &driver.messages[0];
         assert_eq!(message.reverse_path, b"");
-        assert_eq!(String::from_utf8_lossy(&message.body), received("SMTP", 1));
+        assert_eq!(
+            String::from_utf8_lossy(&message.body),
+            received("SMTP", 1) + &fixups(1)
+        );
         let mut driver = Driver::new(true);
         driver.feed(
             b"EHLO c.example\r\nMAIL FROM:<a@b.example> body=8bitmime SMTPUTF8 size=10\r\n\

@@ -101,6 +101,11 @@ pub struct ReceivedMessage {
     pub tls: Option<TlsInfo>,
     /// Who the client authenticated as (AUTH), if it did.
     pub identity: Option<Arc<Identity>>,
+    /// From a trusted client: its `From:` domain, whose keys sign it.
+    pub sign_domain: Option<String>,
+    /// What DKIM signing did (`d=... s=... a=...`, or why not), for the
+    /// event; set by the signer.
+    pub dkim: Option<String>,
 }
 
 /// One recipient the session answered `250` to.

@@ -409,7 +409,7 @@ impl Session {
             }
             // BDAT 0, or a chunk just completed: no input needed.
             State::Chunk(chunk) if chunk.remaining == 0 => {
-                self.chunk_complete();
+                self.chunk_complete(ctx);
                 Some(0)
             }
             _ if rest.is_empty() => None,
@@ -419,7 +419,7 @@ impl Session {
                 let used = body.reader.feed(rest);
                 body.account();
                 if body.reader.is_done() {
-                    self.end_of_data();
+                    self.end_of_data(ctx);
                 }
                 Some(used)
             }

@@ -49,6 +49,16 @@ pub(crate) fn received(protocol: &str, id: u64) -> String {
     )
 }
 
+/// The `Date` and `Message-ID` fields the session adds, right after its
+/// `Received:`, to a message from a trusted client that has none.
+pub(crate) fn fixups(id: u64) -> String {
+    format!(
+        "Date: {}\r\nMessage-ID: <{}.{NOW}@{HOSTNAME}>\r\n",
+        rfc5322_date(NOW),
+        QueueId(id)
+    )
+}
+
 pub(crate) struct Driver {
     pub session: Session,
     pub ctx: TestContext,

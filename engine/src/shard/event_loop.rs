@@ -97,6 +97,8 @@ pub(super) struct PendingStore {
     pub tls: Option<TlsInfo>,
     /// The user the client authenticated as; empty if it did not.
     pub user: String,
+    /// What DKIM signing did, for mail from trusted clients.
+    pub dkim: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -428,6 +430,9 @@ impl Shard {
                     self.resolved(ConnKey::from_u64(conn), resolution);
                 }
                 ShardMsg::Work { conn } => self.out_work(ConnKey::from_u64(conn)),
+                ShardMsg::Signed { conn, message } => {
+                    self.signed(ConnKey::from_u64(conn), *message);
+                }
                 ShardMsg::AuthVerdict { conn, verdict } => {
                     self.auth_verdict(ConnKey::from_u64(conn), verdict);
                 }
@@ -850,19 +855,57 @@ impl Shard {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            let Some(message) = conn.session.take_message() else {
+            let Some(mut message) = conn.session.take_message() else {
                 return;
             };
+            if let Some(domain) = message.sign_domain.clone() {
+                if self.server.signing.has_key_for(&domain) {
+                    // Signed off the shard; appended when it comes back.
+                    let server = self.server.clone();
+                    let (shard, conn) = (self.id, key.to_u64());
+                    self.server.signing.sign(message, domain, move |message| {
+                        server.links[shard].send(ShardMsg::Signed {
+                            conn,
+                            message: Box::new(message),
+                        });
+                    });
+                    return;
+                }
+                message.dkim = Some(format!("none: no key for {domain}"));
+            }
             let peer = conn.peer_text.clone();
-            let Err(err) = self.append(key, peer, message) else {
+            if self.store(key, peer, message) {
                 return; // the session waits for the datasync
-            };
-            let conn = self.conns.get_mut(key).expect("still there");
+            }
+            // Refused at once: the session went on; it may have another.
+        }
+    }
+
+    /// Appends a message: `true` when the session now waits for the
+    /// datasync; `false` when it was refused, which the session is told.
+    fn store(&mut self, key: ConnKey, peer: Arc<str>, message: ReceivedMessage) -> bool {
+        let Err(err) = self.append(key, peer, message) else {
+            return true;
+        };
+        if let Some(conn) = self.conns.get_mut(key) {
             let mut ctx = Ctx {
                 queue_ids: &mut self.queue_ids,
                 server: &self.server,
             };
             conn.session.stored(Err(err), &mut ctx);
+        }
+        false
+    }
+
+    /// A message back from the signing threads.
+    fn signed(&mut self, key: ConnKey, message: ReceivedMessage) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            // The client left before its 250: nothing was promised.
+            return;
+        };
+        let peer = conn.peer_text.clone();
+        if !self.store(key, peer, message) {
+            self.progress(key);
         }
     }
 
@@ -917,6 +960,7 @@ impl Shard {
                         .as_ref()
                         .map(|identity| identity.name.clone())
                         .unwrap_or_default(),
+                    dkim: message.dkim,
                 });
                 Ok(())
             }
@@ -1097,6 +1141,7 @@ impl Shard {
             event.size = Some(store.size as u64);
             event.tls = store.tls.as_ref();
             event.user = (!store.user.is_empty()).then_some(store.user.as_str());
+            event.dkim = store.dkim.as_deref();
             events.record(&event);
         }
         let metrics = &self.server.metrics;

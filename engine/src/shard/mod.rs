@@ -48,6 +48,11 @@ pub enum ShardMsg {
     },
     /// An idle connection of this shard has work in its ready queue.
     Work { conn: u64 },
+    /// A message of an inbound session, back from the signing threads.
+    Signed {
+        conn: u64,
+        message: Box<crate::inbound::ReceivedMessage>,
+    },
     /// The verdict on an inbound session's AUTH credentials.
     AuthVerdict {
         conn: u64,

@@ -324,6 +324,7 @@ impl Shard {
                     peer: None,
                     tls: None,
                     user: String::new(),
+                    dkim: None,
                 });
                 self.server
                     .metrics

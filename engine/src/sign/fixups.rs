@@ -1,0 +1,108 @@
+//! Header fix-ups for mail from trusted clients (authenticated users and
+//! `[relay] networks`, as Postfix's `local_header_rewrite_clients`):
+//! mailbox providers want a valid `Message-ID` and `Date` (RFC 5322 §3.6:
+//! `Date` is required, `Message-ID` should be there), and a signature
+//! must cover them, so they are added before signing. Mail from other
+//! clients is never touched.
+
+use baton_spool::QueueId;
+
+use crate::smtp::date::rfc5322_date;
+
+/// Adds `Message-ID` and `Date` to the message in wire form when its
+/// header section has none, right after baton's own `Received:` field
+/// (the first field). Returns the names of the fields it added.
+pub fn fix_up(
+    wire: &mut Vec<u8>,
+    queue_id: QueueId,
+    now_unix_secs: u64,
+    hostname: &str,
+) -> Vec<&'static str> {
+    let (has_id, has_date) = present(wire);
+    let mut added = Vec::new();
+    let mut fields = String::new();
+    if !has_date {
+        fields.push_str(&format!("Date: {}\r\n", rfc5322_date(now_unix_secs)));
+        added.push("Date");
+    }
+    if !has_id {
+        // Unique: the queue id is never handed out twice by this server.
+        fields.push_str(&format!(
+            "Message-ID: <{queue_id}.{now_unix_secs}@{hostname}>\r\n"
+        ));
+        added.push("Message-ID");
+    }
+    if !fields.is_empty() {
+        let at = end_of_first_field(wire);
+        wire.splice(at..at, fields.into_bytes());
+    }
+    added
+}
+
+/// Whether the header section has a `Message-ID` and a `Date` field.
+fn present(wire: &[u8]) -> (bool, bool) {
+    let (mut id, mut date) = (false, false);
+    for line in wire.split(|&b| b == b'\n') {
+        if line == b"\r" || line.is_empty() {
+            break;
+        }
+        let name = |n: &[u8]| line.len() > n.len() && line[..n.len()].eq_ignore_ascii_case(n);
+        id |= name(b"message-id:");
+        date |= name(b"date:");
+    }
+    (id, date)
+}
+
+/// Where the first field (and its folded lines) ends.
+fn end_of_first_field(wire: &[u8]) -> usize {
+    let mut at = 0;
+    let mut first = true;
+    while let Some(lf) = memchr::memchr(b'\n', &wire[at..]) {
+        let next = at + lf + 1;
+        if !first && !matches!(wire.get(at), Some(b' ' | b'\t')) {
+            return at;
+        }
+        first = false;
+        at = next;
+        if !matches!(wire.get(at), Some(b' ' | b'\t')) {
+            return at;
+        }
+    }
+    at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECEIVED: &str = "Received: from c (x)\r\n\tby mx (baton) id 1;\r\n\tdate\r\n";
+
+    #[test]
+    fn missing_fields_go_after_the_received_field() {
+        let mut wire = format!("{RECEIVED}Subject: hi\r\n\r\nbody\r\n").into_bytes();
+        let added = fix_up(&mut wire, QueueId(7), 1_795_370_400, "mx.example");
+        assert_eq!(added, ["Date", "Message-ID"]);
+        let text = String::from_utf8(wire).unwrap();
+        assert!(text.starts_with(&format!("{RECEIVED}Date: ")), "{text}");
+        assert!(
+            text.contains(
+                "\r\nMessage-ID: <0000000000000007.1795370400@mx.example>\r\nSubject: hi\r\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn present_fields_are_left_alone_and_the_body_does_not_count() {
+        let original = format!("{RECEIVED}date: x\r\nMESSAGE-ID: <a@b>\r\n\r\nDate: y\r\n");
+        let mut wire = original.clone().into_bytes();
+        assert!(fix_up(&mut wire, QueueId(1), 0, "h").is_empty());
+        assert_eq!(wire, original.as_bytes());
+        let mut wire =
+            format!("{RECEIVED}Subject: s\r\n\r\nMessage-ID: <in@body>\r\n").into_bytes();
+        assert_eq!(
+            fix_up(&mut wire, QueueId(1), 0, "h"),
+            ["Date", "Message-ID"]
+        );
+    }
+}
