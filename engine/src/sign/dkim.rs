@@ -124,7 +124,7 @@ impl Key {
                 let bits = key.public_key().len() * 8;
                 // The DER of the public key is a little longer than the
                 // modulus: compare with slack rather than exactly.
-                if bits < RSA_BITS_MIN || bits > RSA_BITS_MAX + 512 {
+                if !(RSA_BITS_MIN..=RSA_BITS_MAX + 512).contains(&bits) {
                     return Err(error(format!(
                         "RSA keys of {RSA_BITS_MIN} to {RSA_BITS_MAX} bits only"
                     )));
