@@ -46,9 +46,7 @@ pub(crate) fn classify(error: &NetError) -> Failure {
             Failure::Temporary(response_code_text(*code))
         }
         NetError::Timeout => Failure::Temporary("timed out".to_string()),
-        NetError::NoConnections => {
-            Failure::Temporary("no nameserver could be reached".to_string())
-        }
+        NetError::NoConnections => Failure::Temporary("no nameserver could be reached".to_string()),
         other => Failure::Temporary(other.to_string()),
     }
 }

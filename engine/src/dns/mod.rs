@@ -328,7 +328,9 @@ fn build_resolver(config: &ResolverConfig) -> io::Result<TokioResolver> {
     } else {
         ResolveHosts::Never
     };
-    builder.build().map_err(|error| io::Error::other(format!("dns: {error}")))
+    builder
+        .build()
+        .map_err(|error| io::Error::other(format!("dns: {error}")))
 }
 
 /// One configured nameserver: UDP first, TCP when an answer comes back
