@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Header, Message, MessageType, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, Metadata, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record};
 
@@ -146,34 +146,35 @@ impl Zone {
 
     /// The response to one query message, or `None` to stay silent.
     fn answer(&self, request: &Message) -> Option<Message> {
-        let mut response = Message::new();
-        let mut header = Header::response_from_request(request.header());
-        header.set_authoritative(true).set_recursion_available(true);
-        response.set_header(header);
-        if request.extensions().is_some() {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        metadata.recursion_available = true;
+        let mut response = Message::new(metadata.id, metadata.message_type, metadata.op_code);
+        response.metadata = metadata;
+        if request.edns.is_some() {
             let mut edns = Edns::new();
             edns.set_max_payload(EDNS_PAYLOAD_BYTES);
             response.set_edns(edns);
         }
-        let [query] = request.queries() else {
-            response.set_response_code(ResponseCode::FormErr);
+        let [query] = request.queries.as_slice() else {
+            response.metadata.response_code = ResponseCode::FormErr;
             return Some(response);
         };
         response.add_query(query.clone());
-        if request.message_type() != MessageType::Query {
-            response.set_response_code(ResponseCode::FormErr);
+        if request.metadata.message_type != MessageType::Query {
+            response.metadata.response_code = ResponseCode::FormErr;
             return Some(response);
         }
         let name = query.name();
         match self.names.get(&key(&name.to_ascii())) {
             None => {
-                response.set_response_code(ResponseCode::NXDomain);
-                response.add_name_server(self.soa());
+                response.metadata.response_code = ResponseCode::NXDomain;
+                response.add_authority(self.soa());
             }
             Some(node) => match node.behaviour {
                 Behaviour::Silent => return None,
                 Behaviour::ServFail => {
-                    response.set_response_code(ResponseCode::ServFail);
+                    response.metadata.response_code = ResponseCode::ServFail;
                 }
                 Behaviour::Answer => {
                     let matching = node
@@ -182,8 +183,8 @@ impl Zone {
                         .filter(|(_, rdata)| rdata.record_type() == query.query_type())
                         .map(|(ttl, rdata)| Record::from_rdata(name.clone(), *ttl, rdata.clone()));
                     response.add_answers(matching);
-                    if response.answers().is_empty() {
-                        response.add_name_server(self.soa());
+                    if response.answers.is_empty() {
+                        response.add_authority(self.soa());
                     }
                 }
             },
@@ -384,16 +385,13 @@ fn serve_tcp_connection(mut stream: TcpStream, shared: &Shared) -> io::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::Query;
+    use hickory_proto::op::{OpCode, Query};
     use hickory_proto::rr::RecordType;
 
     fn ask(server: &DnsServer, name: &str, kind: RecordType) -> Message {
-        let mut request = Message::new();
-        request
-            .set_id(0x1234)
-            .set_message_type(MessageType::Query)
-            .set_recursion_desired(true)
-            .add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        let mut request = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        request.metadata.recursion_desired = true;
+        request.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -414,17 +412,17 @@ mod tests {
                 .a("mx.example.test.", Ipv4Addr::new(192, 0, 2, 1)),
         );
         let mx = ask(&server, "EXAMPLE.test.", RecordType::MX);
-        assert_eq!(mx.id(), 0x1234);
-        assert_eq!(mx.response_code(), ResponseCode::NoError);
-        assert_eq!(mx.answers().len(), 1);
+        assert_eq!(mx.metadata.id, 0x1234);
+        assert_eq!(mx.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(mx.answers.len(), 1);
 
         let nodata = ask(&server, "example.test", RecordType::A);
-        assert_eq!(nodata.response_code(), ResponseCode::NoError);
-        assert!(nodata.answers().is_empty());
-        assert_eq!(nodata.name_servers().len(), 1, "SOA for caching");
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty());
+        assert_eq!(nodata.authorities.len(), 1, "SOA for caching");
 
         let nx = ask(&server, "nowhere.test", RecordType::A);
-        assert_eq!(nx.response_code(), ResponseCode::NXDomain);
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(server.queries(), 3);
     }
 
@@ -436,7 +434,7 @@ mod tests {
         }
         let server = DnsServer::start(zone);
         let answer = ask(&server, "big.test", RecordType::A);
-        assert!(answer.truncated());
-        assert!(answer.answers().is_empty());
+        assert!(answer.metadata.truncation);
+        assert!(answer.answers.is_empty());
     }
 }

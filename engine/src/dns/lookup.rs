@@ -5,9 +5,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use hickory_resolver::lookup::Lookup;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::ProtoErrorKind;
-use hickory_resolver::{Name, ResolveError, TokioResolver};
+use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::TokioResolver;
 
 use super::literal::{self, Literal};
 use super::mx::{self, Targets};
@@ -26,24 +28,26 @@ pub(crate) enum Failure {
 
 /// Sorts a hickory error into the three outcomes that matter for mail.
 ///
-/// hickory reports every negative answer, SERVFAIL included, as
-/// `NoRecordsFound`; only its response code tells "does not exist" from
-/// "could not find out", so `is_no_records_found()` alone is not enough.
-pub(crate) fn classify(error: &ResolveError) -> Failure {
-    let Some(proto) = error.proto() else {
-        return Failure::Temporary(error.to_string());
-    };
-    match proto.kind() {
-        ProtoErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
-            ResponseCode::NXDomain => Failure::NoSuchName,
-            ResponseCode::NoError => Failure::NoData,
-            code => Failure::Temporary(response_code_text(code)),
-        },
-        ProtoErrorKind::Timeout => Failure::Temporary("timed out".to_string()),
-        ProtoErrorKind::NoConnections => {
-            Failure::Temporary("no nameserver could be reached".to_string())
+/// hickory reports an empty answer as `NoRecordsFound` and SERVFAIL,
+/// REFUSED and the like as `ResponseCode`; only the response code inside
+/// `NoRecordsFound` tells "does not exist" from "exists, but not this
+/// type", and any other code found there is still "could not find out",
+/// so `is_no_records_found()` alone is not enough.
+pub(crate) fn classify(error: &NetError) -> Failure {
+    match error {
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. })) => {
+            match *response_code {
+                ResponseCode::NXDomain => Failure::NoSuchName,
+                ResponseCode::NoError => Failure::NoData,
+                code => Failure::Temporary(response_code_text(code)),
+            }
         }
-        _ => Failure::Temporary(proto.to_string()),
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            Failure::Temporary(response_code_text(*code))
+        }
+        NetError::Timeout => Failure::Temporary("timed out".to_string()),
+        NetError::NoConnections => Failure::Temporary("no nameserver could be reached".to_string()),
+        other => Failure::Temporary(other.to_string()),
     }
 }
 
@@ -140,9 +144,11 @@ async fn mail_hosts(resolver: &Arc<TokioResolver>, domain: &str) -> Resolution {
         return Resolution::NoSuchDomain(format!("{domain}: not a valid domain name"));
     };
     let records = match resolver.mx_lookup(name.clone()).await {
-        Ok(lookup) => lookup
-            .iter()
-            .map(|mx| (mx.preference(), plain_name(mx.exchange())))
+        Ok(lookup) => answers(&lookup)
+            .filter_map(|data| match data {
+                RData::MX(mx) => Some((mx.preference, plain_name(&mx.exchange))),
+                _ => None,
+            })
             .collect::<Vec<_>>(),
         Err(error) => match classify(&error) {
             Failure::NoSuchName => {
@@ -260,15 +266,35 @@ async fn addresses(resolver: &TokioResolver, name: Name) -> Result<Vec<IpAddr>, 
         resolver.ipv6_lookup(name)
     );
     let v4 = v4
-        .map(|lookup| lookup.iter().map(|a| IpAddr::V4(a.0)).collect())
+        .map(|lookup| {
+            answers(&lookup)
+                .filter_map(|data| match data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    _ => None,
+                })
+                .collect()
+        })
         .map_err(|error| classify(&error));
     let v6 = v6
-        .map(|lookup| lookup.iter().map(|aaaa| IpAddr::V6(aaaa.0)).collect())
+        .map(|lookup| {
+            answers(&lookup)
+                .filter_map(|data| match data {
+                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                    _ => None,
+                })
+                .collect()
+        })
         .map_err(|error| classify(&error));
     combine(v4, v6).map(|mut addresses| {
         dedup_in_order(&mut addresses);
         addresses
     })
+}
+
+/// The data of a lookup's answer records. The caller keeps the type it
+/// asked for: the answer also holds the CNAMEs that led there.
+pub(crate) fn answers(lookup: &Lookup) -> impl Iterator<Item = &RData> {
+    lookup.answers().iter().map(|record| &record.data)
 }
 
 fn dedup_in_order(addresses: &mut Vec<IpAddr>) {
@@ -286,20 +312,13 @@ fn plain_name(name: &Name) -> String {
 mod tests {
     use super::*;
     use hickory_resolver::proto::op::Query as DnsQuery;
-    use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
-    use hickory_resolver::ResolveErrorKind;
 
-    fn negative(code: ResponseCode) -> ResolveError {
-        ResolveErrorKind::Proto(ProtoError::nx_error(
-            Box::new(DnsQuery::new()),
-            None,
-            None,
-            Some(60),
-            code,
-            true,
-            None,
-        ))
-        .into()
+    fn negative(code: ResponseCode) -> NetError {
+        DnsError::NoRecordsFound(NoRecords::new(DnsQuery::new(), code)).into()
+    }
+
+    fn failed(code: ResponseCode) -> NetError {
+        DnsError::ResponseCode(code).into()
     }
 
     fn temporary(why: &str) -> Failure {
@@ -325,30 +344,35 @@ mod tests {
 
     #[test]
     fn servfail_and_refused_are_temporary() {
-        // hickory reports these as NoRecordsFound too; they must not
-        // bounce mail.
+        // hickory reports these as a response code; they must not bounce
+        // mail.
+        assert_eq!(
+            classify(&failed(ResponseCode::ServFail)),
+            temporary("SERVFAIL")
+        );
+        assert_eq!(
+            classify(&failed(ResponseCode::Refused)),
+            temporary("REFUSED")
+        );
+        // Nor when one arrives as NoRecordsFound, which hickory's own
+        // server bookkeeping still looks for.
         assert!(negative(ResponseCode::ServFail).is_no_records_found());
         assert_eq!(
             classify(&negative(ResponseCode::ServFail)),
             temporary("SERVFAIL")
         );
-        assert_eq!(
-            classify(&negative(ResponseCode::Refused)),
-            temporary("REFUSED")
-        );
     }
 
     #[test]
     fn timeouts_and_other_errors_are_temporary() {
-        let timeout: ResolveError = ResolveErrorKind::Proto(ProtoErrorKind::Timeout.into()).into();
-        assert_eq!(classify(&timeout), temporary("timed out"));
-        let io: ResolveError = ResolveErrorKind::Proto(ProtoError::from(std::io::Error::other(
-            "connection refused",
-        )))
-        .into();
+        assert_eq!(classify(&NetError::Timeout), temporary("timed out"));
+        assert_eq!(
+            classify(&NetError::NoConnections),
+            temporary("no nameserver could be reached")
+        );
+        let io = NetError::from(std::io::Error::other("connection refused"));
         assert!(matches!(classify(&io), Failure::Temporary(_)));
-        let message: ResolveError = ResolveErrorKind::Message("odd").into();
-        assert_eq!(classify(&message), temporary("odd"));
+        assert_eq!(classify(&NetError::Message("odd")), temporary("odd"));
     }
 
     #[test]

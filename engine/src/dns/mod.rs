@@ -29,6 +29,7 @@ mod literal;
 mod lookup;
 mod mx;
 
+pub(crate) use lookup::answers;
 pub use mx::MX_HOSTS_MAX;
 
 use std::collections::HashMap;
@@ -39,10 +40,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as HickoryConfig, ResolverOpts,
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts,
+    ResolverConfig as HickoryConfig, ResolverOpts,
 };
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -59,7 +60,7 @@ pub const LOOKUPS_IN_FLIGHT_MAX: usize = 1_024;
 /// big provider during a slow answer). Past this, `TempFail` at once.
 pub const WAITERS_PER_LOOKUP_MAX: usize = 65_536;
 /// Entries in hickory's record cache (one per name and type).
-pub const CACHE_ENTRIES_MAX: usize = 10_000;
+pub const CACHE_ENTRIES_MAX: u64 = 10_000;
 /// No answer is trusted longer than a day, whatever its TTL says, so that
 /// a changed MX is picked up.
 pub const POSITIVE_TTL_MAX: Duration = Duration::from_secs(24 * 60 * 60);
@@ -294,19 +295,17 @@ fn build_resolver(config: &ResolverConfig) -> io::Result<TokioResolver> {
                      set [dns] nameservers; MX lookups will fail until then"
                 );
                 TokioResolver::builder_with_config(
-                    HickoryConfig::new(),
-                    TokioConnectionProvider::default(),
+                    HickoryConfig::from_name_servers(Vec::new()),
+                    TokioRuntimeProvider::default(),
                 )
             }
         }
     } else {
-        let mut servers = HickoryConfig::new();
-        for address in &config.nameservers {
-            // UDP first; TCP when an answer comes back truncated.
-            servers.add_name_server(NameServerConfig::new(*address, Protocol::Udp));
-            servers.add_name_server(NameServerConfig::new(*address, Protocol::Tcp));
-        }
-        TokioResolver::builder_with_config(servers, TokioConnectionProvider::default())
+        let servers = config.nameservers.iter().map(name_server).collect();
+        TokioResolver::builder_with_config(
+            HickoryConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
     };
     let options: &mut ResolverOpts = builder.options_mut();
     options.timeout = config.timeout;
@@ -329,7 +328,22 @@ fn build_resolver(config: &ResolverConfig) -> io::Result<TokioResolver> {
     } else {
         ResolveHosts::Never
     };
-    Ok(builder.build())
+    builder
+        .build()
+        .map_err(|error| io::Error::other(format!("dns: {error}")))
+}
+
+/// One configured nameserver: UDP first, TCP when an answer comes back
+/// truncated, both on the configured port (a test server or a local
+/// forwarder need not listen on 53).
+fn name_server(address: &SocketAddr) -> NameServerConfig {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = address.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = address.port();
+    // Negative answers are trusted: an NXDOMAIN is final, not a reason to
+    // ask the next server.
+    NameServerConfig::new(address.ip(), true, vec![udp, tcp])
 }
 
 /// Lookups in flight, by query, with everyone waiting on each.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::body::Bytes;
@@ -19,11 +20,13 @@ pub(super) async fn txt_id(resolver: &TokioResolver, domain: &str) -> Option<Str
     let name = format!("_mta-sts.{domain}.");
     let lookup = resolver.txt_lookup(name).await.ok()?;
     // §3.1: more than one STSv1 record means none.
-    let ids: Vec<String> = lookup
-        .iter()
-        .filter_map(|txt| {
+    let ids: Vec<String> = crate::dns::answers(&lookup)
+        .filter_map(|data| {
+            let RData::TXT(txt) = data else {
+                return None;
+            };
             let text: String = txt
-                .txt_data()
+                .txt_data
                 .iter()
                 .map(|part| String::from_utf8_lossy(part).into_owned())
                 .collect();
