@@ -186,11 +186,9 @@ pub fn normalize_address(address: &str) -> Result<String, String> {
 /// `global`, `domain:<domain>` (lowercased) or `user:<name>`.
 pub fn normalize_scope(scope: &str) -> Result<String, String> {
     let scope = scope.trim();
-    let bad = || {
-        format!("{scope:?} is not a scope (global, domain:<sender domain> or user:<AUTH user>)")
-    };
-    if scope.len() > SCOPE_BYTES_MAX || scope.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    let bad =
+        || format!("{scope:?} is not a scope (global, domain:<sender domain> or user:<AUTH user>)");
+    if scope.len() > SCOPE_BYTES_MAX || scope.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad());
     }
     if scope.is_empty() || scope.eq_ignore_ascii_case(GLOBAL) {
@@ -355,7 +353,9 @@ impl SuppressionList {
             replace: true,
             reply: Some(reply),
         })?;
-        answer.recv().map_err(|_| "no answer from the writer".to_owned())?
+        answer
+            .recv()
+            .map_err(|_| "no answer from the writer".to_owned())?
     }
 
     /// Adds an entry unless the address is already listed in that scope,
@@ -395,7 +395,9 @@ impl SuppressionList {
             scope,
             reply,
         })?;
-        answer.recv().map_err(|_| "no answer from the writer".to_owned())?
+        answer
+            .recv()
+            .map_err(|_| "no answer from the writer".to_owned())?
     }
 
     /// Every scope `address` is listed in.
@@ -570,7 +572,11 @@ fn apply(db: &Database, ops: &[Op]) -> Result<Vec<Change>, String> {
                     let mut added = Vec::with_capacity(entries.len());
                     for entry in entries {
                         let k = key(&entry.address, &entry.scope);
-                        if !replace && table.get(k.as_slice()).map_err(|e| e.to_string())?.is_some()
+                        if !replace
+                            && table
+                                .get(k.as_slice())
+                                .map_err(|e| e.to_string())?
+                                .is_some()
                         {
                             continue;
                         }
@@ -853,14 +859,23 @@ mod tests {
 
     #[test]
     fn addresses_and_scopes_are_normalised() {
-        assert_eq!(normalize_address("<Bob@Example.ORG>").unwrap(), "bob@example.org");
-        assert_eq!(normalize_address("Jös@Dé.example").unwrap(), "jös@dé.example");
+        assert_eq!(
+            normalize_address("<Bob@Example.ORG>").unwrap(),
+            "bob@example.org"
+        );
+        assert_eq!(
+            normalize_address("Jös@Dé.example").unwrap(),
+            "jös@dé.example"
+        );
         for bad in ["", "bob", "@example.org", "bob@", "a b@example.org"] {
             assert!(normalize_address(bad).is_err(), "{bad}");
         }
         assert_eq!(normalize_scope("").unwrap(), "global");
         assert_eq!(normalize_scope("GLOBAL").unwrap(), "global");
-        assert_eq!(normalize_scope("domain:Shop.Example").unwrap(), "domain:shop.example");
+        assert_eq!(
+            normalize_scope("domain:Shop.Example").unwrap(),
+            "domain:shop.example"
+        );
         assert_eq!(normalize_scope("user:App1").unwrap(), "user:App1");
         for bad in ["domain:", "user:", "sender:x", "domain:a b"] {
             assert!(normalize_scope(bad).is_err(), "{bad}");
@@ -892,20 +907,35 @@ mod tests {
             found(&mut reader, "shop@example.org", "SHOP.example", None).as_deref(),
             Some("domain:shop.example")
         );
-        assert_eq!(found(&mut reader, "shop@example.org", "other.example", None), None);
+        assert_eq!(
+            found(&mut reader, "shop@example.org", "other.example", None),
+            None
+        );
         assert_eq!(
             found(&mut reader, "app@example.org", "x.example", Some("app1")).as_deref(),
             Some("user:app1")
         );
-        assert_eq!(found(&mut reader, "app@example.org", "x.example", Some("app2")), None);
-        assert_eq!(found(&mut reader, "app@example.org", "x.example", None), None);
+        assert_eq!(
+            found(&mut reader, "app@example.org", "x.example", Some("app2")),
+            None
+        );
+        assert_eq!(
+            found(&mut reader, "app@example.org", "x.example", None),
+            None
+        );
         // A longer address sharing the prefix is not the same address.
-        assert_eq!(found(&mut reader, "all@example.org.uk", "x.example", None), None);
+        assert_eq!(
+            found(&mut reader, "all@example.org.uk", "x.example", None),
+            None
+        );
 
         // The reader sees a removal once committed.
         let removed = list.remove("all@EXAMPLE.org", None).unwrap();
         assert_eq!(removed.len(), 1);
-        assert_eq!(found(&mut reader, "all@example.org", "x.example", None), None);
+        assert_eq!(
+            found(&mut reader, "all@example.org", "x.example", None),
+            None
+        );
         let (event, added) = events.try_recv().unwrap();
         assert!(!added);
         assert_eq!(event.address, "all@example.org");
@@ -916,7 +946,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (list, events) = open(dir.path());
         list.add(vec![entry("a@example.org", "global")]).unwrap();
-        let bounce = Entry::new("a@example.org", "global", "550 5.1.1", 2_000, Source::Bounce);
+        let bounce = Entry::new(
+            "a@example.org",
+            "global",
+            "550 5.1.1",
+            2_000,
+            Source::Bounce,
+        );
         assert!(list.add_soon(bounce.unwrap()));
         // The writer handles operations in order: once this one is done,
         // so is the bounce.
@@ -959,7 +995,10 @@ mod tests {
         let mut csv = Vec::new();
         assert_eq!(list.export(&mut csv).unwrap(), 2);
         let text = String::from_utf8(csv).unwrap();
-        assert!(text.starts_with("address,scope,reason,time_ms,source\n"), "{text}");
+        assert!(
+            text.starts_with("address,scope,reason,time_ms,source\n"),
+            "{text}"
+        );
         let parsed = parse_csv(&text, 5).unwrap();
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[1], odd);
