@@ -491,6 +491,16 @@ fn metrics(server: &Server) -> String {
             load(&m.auth_failures),
         ),
         (
+            "baton_recipients_suppressed_total",
+            "Recipients refused or dropped at RCPT as on the suppression list.",
+            load(&m.recipients_suppressed),
+        ),
+        (
+            "baton_suppression_bounces_dropped_total",
+            "Hard bounces not added to the suppression list: its writer was too far behind.",
+            server.suppression.as_ref().map_or(0, |list| list.dropped()),
+        ),
+        (
             "baton_data_in_flight_refusals_total",
             "Messages refused because limits.data_in_flight_max was reached.",
             server.data_budget.refused(),
@@ -561,6 +571,15 @@ fn metrics(server: &Server) -> String {
             "baton_data_in_flight_bytes",
             "Bytes of message data sessions hold in memory, not yet in the spool.",
             server.data_budget.held(),
+        ),
+        (
+            "baton_suppression_entries",
+            "Entries on the suppression list (address and scope).",
+            server
+                .suppression
+                .as_ref()
+                .and_then(|list| list.len().ok())
+                .unwrap_or(0),
         ),
         (
             "baton_spool_segments",
