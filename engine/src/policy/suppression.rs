@@ -333,6 +333,8 @@ impl SuppressionList {
             seen: 0,
             table: None,
             key: Vec::with_capacity(128),
+            hit_scope: Vec::with_capacity(64),
+            hit_value: Vec::with_capacity(128),
             errors: LogLimit::default(),
         }
     }
@@ -626,9 +628,39 @@ pub struct Reader {
     /// The generation `table` was opened at; 0: none yet.
     seen: u64,
     table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
-    /// The lookup key, reused.
+    /// The lookup's bounds, reused.
     key: Vec<u8>,
+    /// The matching entry's scope and value, reused: a hit allocates
+    /// nothing once these have grown.
+    hit_scope: Vec<u8>,
+    hit_value: Vec<u8>,
     errors: LogLimit,
+}
+
+/// What [`Reader::lookup`] found: the entry that suppresses, borrowed from
+/// the reader until its next lookup.
+#[derive(Debug)]
+pub struct Hit<'r> {
+    scope: &'r [u8],
+    value: &'r [u8],
+}
+
+impl Hit<'_> {
+    /// `global`, `domain:…` or `user:…`.
+    pub fn scope(&self) -> &str {
+        std::str::from_utf8(self.scope).unwrap_or(GLOBAL)
+    }
+
+    pub fn reason(&self) -> &str {
+        self.value
+            .get(9..)
+            .and_then(|reason| std::str::from_utf8(reason).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn source(&self) -> Source {
+        Source::from_byte(self.value.get(8).copied().unwrap_or_default())
+    }
 }
 
 impl Reader {
@@ -641,9 +673,13 @@ impl Reader {
         recipient: &[u8],
         sender_domain: &[u8],
         user: Option<&str>,
-    ) -> Option<Entry> {
+    ) -> Option<Hit<'_>> {
         match self.try_lookup(recipient, sender_domain, user) {
-            Ok(found) => found,
+            Ok(true) => Some(Hit {
+                scope: &self.hit_scope,
+                value: &self.hit_value,
+            }),
+            Ok(false) => None,
             Err(err) => {
                 self.table = None;
                 if let Some(times) = self.errors.hit() {
@@ -654,15 +690,16 @@ impl Reader {
         }
     }
 
+    /// Whether an entry matched; if so it is in `hit_scope`, `hit_value`.
     fn try_lookup(
         &mut self,
         recipient: &[u8],
         sender_domain: &[u8],
         user: Option<&str>,
-    ) -> Result<Option<Entry>, redb::Error> {
+    ) -> Result<bool, redb::Error> {
         self.refresh()?;
         let Some(table) = &self.table else {
-            return Ok(None);
+            return Ok(false);
         };
         self.key.clear();
         push_lowercase(&mut self.key, recipient);
@@ -674,11 +711,10 @@ impl Reader {
         self.key.extend_from_within(..address);
         self.key.push(1);
         let (low, high) = self.key.split_at(prefix);
-        let mut best: Option<(u8, Entry)> = None;
+        let mut best: Option<u8> = None;
         for row in table.range(low..high)? {
             let (k, v) = row?;
-            let k = k.value();
-            let scope = &k[prefix..];
+            let scope = &k.value()[prefix..];
             let rank = if scope == GLOBAL.as_bytes() {
                 0
             } else if let Some(domain) = scope.strip_prefix(b"domain:") {
@@ -694,11 +730,15 @@ impl Reader {
             } else {
                 continue;
             };
-            if best.as_ref().is_none_or(|(r, _)| rank < *r) {
-                best = decode(k, v.value()).map(|entry| (rank, entry));
+            if best.is_none_or(|r| rank < r) {
+                best = Some(rank);
+                self.hit_scope.clear();
+                self.hit_scope.extend_from_slice(scope);
+                self.hit_value.clear();
+                self.hit_value.extend_from_slice(v.value());
             }
         }
-        Ok(best.map(|(_, entry)| entry))
+        Ok(best.is_some())
     }
 
     /// Takes a new snapshot if the writer committed since the last one;
@@ -897,7 +937,7 @@ mod tests {
         let found = |reader: &mut Reader, rcpt: &str, domain: &str, user| {
             reader
                 .lookup(rcpt.as_bytes(), domain.as_bytes(), user)
-                .map(|e| e.scope)
+                .map(|hit| hit.scope().to_owned())
         };
         assert_eq!(
             found(&mut reader, "ALL@example.org", "any.example", None).as_deref(),

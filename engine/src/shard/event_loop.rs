@@ -202,7 +202,7 @@ impl SessionContext for Ctx<'_> {
         sender_domain: &[u8],
         user: Option<&str>,
     ) -> Option<Suppression> {
-        let entry = self
+        let hit = self
             .suppression
             .as_mut()?
             .lookup(recipient, sender_domain, user)?;
@@ -217,15 +217,15 @@ impl SessionContext for Ctx<'_> {
                 if events.is_enabled() {
                     let mut event = LogEvent::new(EventKind::Suppressed, unix_ms(), "");
                     event.recipient = Some(recipient);
-                    event.scope = Some(&entry.scope);
-                    event.source = Some(entry.source.as_str());
-                    event.reason = Some(&entry.reason);
+                    event.scope = Some(hit.scope());
+                    event.source = Some(hit.source().as_str());
+                    event.reason = Some(hit.reason());
                     event.user = user;
                     events.record(&event);
                 }
                 tracing::info!(
                     to = %String::from_utf8_lossy(recipient),
-                    scope = %entry.scope,
+                    scope = hit.scope(),
                     user = user.unwrap_or(""),
                     "suppressed recipient dropped"
                 );
