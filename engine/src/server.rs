@@ -472,7 +472,7 @@ fn log_suppression_changes(events: Arc<EventLog>) -> crate::policy::suppression:
         };
         if events.is_enabled() {
             let mut event = LogEvent::new(kind, unix_ms(), "");
-            event.recipient = Some(entry.address.as_bytes());
+            event.address = Some(entry.address.as_bytes());
             event.scope = Some(&entry.scope);
             event.source = Some(entry.source.as_str());
             event.reason = Some(&entry.reason);

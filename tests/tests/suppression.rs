@@ -33,7 +33,11 @@ fn wait_events(
         events
             .events()
             .into_iter()
-            .filter(|e| e["event"] == kind && e["recipient"] == recipient)
+            .filter(|e| {
+                // Changes to the list name an `address`, a dropped
+                // recipient its `recipient`.
+                e["event"] == kind && (e["address"] == recipient || e["recipient"] == recipient)
+            })
             .collect()
     };
     server.wait_until(&format!("{count} {kind} events for {recipient}"), || {

@@ -72,8 +72,8 @@ pub enum EventKind {
     /// A recipient on the suppression list was accepted and dropped
     /// (`suppression.action = "drop"`): never queued, never delivered.
     Suppressed,
-    /// An address was added to the suppression list (`scope`, `source`,
-    /// `reason`).
+    /// An address was added to the suppression list (`address`, `scope`,
+    /// `source`, `reason`).
     #[serde(rename = "suppression_added")]
     SuppressionAdded,
     /// An address was removed from the suppression list.
@@ -144,6 +144,14 @@ pub struct Event<'a> {
     /// The user the sending client authenticated as (SMTP AUTH).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
+    /// The address a suppression list change is about (not `recipient`:
+    /// no message is involved, and tools that follow recipients should
+    /// not take these lines for outcomes).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_address"
+    )]
+    pub address: Option<&'a [u8]>,
     /// The suppression list's scope: `global`, `domain:…`, `user:…`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scope: Option<&'a str>,
@@ -172,6 +180,7 @@ impl<'a> Event<'a> {
             bounce_queue_id: None,
             reason: None,
             user: None,
+            address: None,
             scope: None,
             source: None,
         }
