@@ -22,6 +22,7 @@
 //!   (`shard/outbound.rs`).
 //! - [`auth`]: SMTP AUTH's users file, password hashes and per-user
 //!   policy.
+//! - [`policy`]: the suppression list (redb), checked at `RCPT`.
 //! - [`tls`]: certificates and keys, the rustls configurations the shards
 //!   share, and their replacement on SIGHUP.
 //! - [`config`]: the TOML configuration, its defaults and validation.
@@ -38,6 +39,7 @@ pub mod error;
 pub mod inbound;
 pub mod log_limit;
 pub mod outbound;
+pub mod policy;
 pub mod queue;
 pub mod route;
 pub mod server;

@@ -49,6 +49,20 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Inspect or change the suppression list of a running server (through its admin API).
+    Suppression {
+        #[command(subcommand)]
+        action: SuppressionAction,
+        /// The server's configuration, to find its admin address and token.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The admin address, overriding the configuration.
+        #[arg(long, global = true)]
+        admin: Option<SocketAddr>,
+        /// Print the raw JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Have a running server reread its configuration file (AUTH users, TLS
     /// certificates), as SIGHUP does, through its admin API.
     Reload {
@@ -237,6 +251,41 @@ fn dkim_keygen(
     Ok(())
 }
 
+/// `baton suppression`. A scope is `global` (every sender), `domain:<sender domain>`
+/// or `user:<AUTH user>`.
+#[derive(Subcommand)]
+enum SuppressionAction {
+    /// Put an address on the list.
+    Add {
+        address: String,
+        #[arg(long, default_value = "global")]
+        scope: String,
+        #[arg(long, default_value = "added by an operator")]
+        reason: String,
+    },
+    /// Take an address off the list: from one scope, or (without --scope) from all.
+    Remove {
+        address: String,
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// The scopes an address is listed in, and why.
+    Show { address: String },
+    /// The list, in address order, page by page.
+    List {
+        /// Entries per request.
+        #[arg(long, default_value_t = 1000)]
+        page: usize,
+        /// Stop after this many entries. None: all.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Add the rows of a CSV file: address[,scope[,reason[,time_ms[,source]]]].
+    Import { file: PathBuf },
+    /// Write the list as CSV, to FILE or standard output.
+    Export { file: Option<PathBuf> },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.print_default_config {
@@ -264,6 +313,12 @@ fn main() -> ExitCode {
                     out,
                 },
         } => dkim_keygen(&domain, &selector, &algorithm, bits, out.as_deref()),
+        Command::Suppression {
+            action,
+            config,
+            admin,
+            json,
+        } => suppression(action, config.as_deref(), admin, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -561,6 +616,147 @@ fn queue(
     Ok(())
 }
 
+fn suppression(
+    action: SuppressionAction,
+    config: Option<&Path>,
+    admin: Option<SocketAddr>,
+    json: bool,
+) -> Result<(), String> {
+    use baton::admin::suppression::{percent_encode, AddRequest, Page, RemoveRequest};
+    use baton::policy::suppression::Entry;
+    let settings = load(config)?.admin;
+    let address = match admin {
+        Some(address) => address,
+        None => settings
+            .address
+            .ok_or("the admin API is disabled in the configuration")?,
+    };
+    let token = match &settings.token_file {
+        Some(path) => Some(AdminToken::load(path)?),
+        None => None,
+    };
+    let api = Api {
+        address,
+        token: token.as_ref(),
+    };
+    match action {
+        SuppressionAction::Add {
+            address,
+            scope,
+            reason,
+        } => {
+            let request = AddRequest {
+                address,
+                scope: Some(scope),
+                reason: Some(reason),
+            };
+            api.send(
+                "/suppression",
+                "application/json",
+                to_json(&request).as_bytes(),
+                json,
+            )
+        }
+        SuppressionAction::Remove { address, scope } => {
+            let request = RemoveRequest { address, scope };
+            api.send(
+                "/suppression/remove",
+                "application/json",
+                to_json(&request).as_bytes(),
+                json,
+            )
+        }
+        SuppressionAction::Show { address } => {
+            let body = api.read(&format!(
+                "/suppression?address={}",
+                percent_encode(&address)
+            ))?;
+            if json {
+                print!("{body}");
+            } else {
+                let entries: Vec<Entry> = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                print_entries(&entries);
+            }
+            Ok(())
+        }
+        SuppressionAction::List { page, limit } => {
+            let mut after: Option<String> = None;
+            let mut shown = 0;
+            loop {
+                let want = limit.map_or(page, |limit| page.min(limit - shown));
+                if want == 0 {
+                    return Ok(());
+                }
+                let mut path = format!("/suppression?limit={want}");
+                if let Some(after) = &after {
+                    path.push_str(&format!("&after={}", percent_encode(after)));
+                }
+                let body = api.read(&path)?;
+                let page: Page = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                if json {
+                    for entry in &page.entries {
+                        println!("{}", to_json(entry));
+                    }
+                } else {
+                    print_entries(&page.entries);
+                }
+                shown += page.entries.len();
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => return Ok(()),
+                }
+            }
+        }
+        SuppressionAction::Import { file } => {
+            let csv = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            api.send("/suppression/import", "text/csv", &csv, json)
+        }
+        SuppressionAction::Export { file } => {
+            let (status, body) = admin::call(
+                api.address,
+                "GET",
+                "/suppression/export",
+                api.token,
+                None,
+                admin::LONG_REQUEST_TIMEOUT,
+            )
+            .map_err(|e| api.unreachable(e))?;
+            match status {
+                200 => {}
+                401 => return Err(api.refused()),
+                _ => return Err(body.trim().to_string()),
+            }
+            match file {
+                Some(file) => {
+                    std::fs::write(&file, body).map_err(|e| format!("{}: {e}", file.display()))
+                }
+                None => {
+                    use std::io::Write as _;
+                    std::io::stdout()
+                        .write_all(body.as_bytes())
+                        .map_err(|e| e.to_string())
+                }
+            }
+        }
+    }
+}
+
+/// A request or an entry as one line of JSON: plain data, always
+/// serialisable.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
+fn print_entries(entries: &[baton::policy::suppression::Entry]) {
+    for e in entries {
+        let time = baton::delivery::events::rfc3339_millis(e.time_ms);
+        println!(
+            "{:<40} {:<28} {:<24} {:<11} {}",
+            e.address, e.scope, time, e.source, e.reason
+        );
+    }
+}
+
 fn user(action: UserAction, config_path: Option<&Path>) -> Result<(), String> {
     let config = load(config_path)?;
     let path = config.auth.users.ok_or_else(|| {
@@ -754,15 +950,36 @@ impl Api<'_> {
         }
     }
 
+    /// POSTs `body` to `path` and prints the [`AdminReply`], as
+    /// [`Api::act`].
+    fn send(&self, path: &str, content_type: &str, body: &[u8], json: bool) -> Result<(), String> {
+        let (status, answer) = admin::call(
+            self.address,
+            "POST",
+            path,
+            self.token,
+            Some((content_type, body)),
+            admin::LONG_REQUEST_TIMEOUT,
+        )
+        .map_err(|e| self.unreachable(e))?;
+        self.replied(status, &answer, json)
+    }
+
     /// POSTs `path` and prints the [`AdminReply`]; an error when the request
     /// was not carried out.
     fn act(&self, path: &str, json: bool) -> Result<(), String> {
         let (status, body) =
             admin::post(self.address, path, self.token).map_err(|e| self.unreachable(e))?;
+        self.replied(status, &body, json)
+    }
+
+    /// Prints an [`AdminReply`]; an error when it says the request was not
+    /// carried out.
+    fn replied(&self, status: u16, body: &str, json: bool) -> Result<(), String> {
         if status == 401 {
             return Err(self.refused());
         }
-        let reply: AdminReply = serde_json::from_str(&body)
+        let reply: AdminReply = serde_json::from_str(body)
             .map_err(|_| format!("the admin API answered {status}: {}", body.trim()))?;
         if json {
             print!("{body}");

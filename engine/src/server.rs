@@ -18,12 +18,13 @@ use std::time::Duration;
 use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
 use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls, TlsConfig};
-use crate::delivery::events::EventLog;
+use crate::delivery::events::{Event as LogEvent, EventKind, EventLog};
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
 use crate::outbound::{ClientConfig, ClientLimits, Credentials};
+use crate::policy::suppression::{Entry, SuppressionList};
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
 use crate::shard::{self, ShardHandle, ShardLink};
@@ -46,6 +47,8 @@ pub struct Metrics {
     /// credentials, throttled, cut off).
     pub auth_successes: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// Recipients refused or dropped at `RCPT` as suppressed.
+    pub recipients_suppressed: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_failed: AtomicU64,
     pub recipients_delivered: AtomicU64,
@@ -85,7 +88,10 @@ pub struct Server {
     pub resolver: Resolver,
     pub delivery: DeliverySettings,
     pub client_config: Arc<ClientConfig>,
-    pub events: EventLog,
+    /// Shared with the suppression list's writer, which logs its changes.
+    pub events: Arc<EventLog>,
+    /// The suppression list; `None` with `suppression.enabled = false`.
+    pub suppression: Option<SuppressionList>,
     /// Every shard's inbox, by shard id.
     pub links: Vec<ShardLink>,
     pub shutting_down: AtomicBool,
@@ -407,6 +413,21 @@ pub fn start(config: Config) -> Result<Running> {
         })?,
         None => EventLog::disabled(),
     };
+    let events = Arc::new(events);
+    let suppression = if config.suppression.enabled {
+        let path = config.suppression.file(&config.spool.path);
+        let list = SuppressionList::open(&path, log_suppression_changes(events.clone()))
+            .map_err(|err| Error::Listen(io::Error::other(err)))?;
+        tracing::info!(
+            file = %path.display(),
+            entries = list.len().unwrap_or(0),
+            action = ?config.suppression.action,
+            "suppression list open"
+        );
+        Some(list)
+    } else {
+        None
+    };
     let mut links = Vec::new();
     let mut inboxes = Vec::new();
     for _ in 0..config.shard_count() {
@@ -429,6 +450,7 @@ pub fn start(config: Config) -> Result<Running> {
         delivery: delivery_settings(&config),
         client_config: Arc::new(client_config(&config)),
         events,
+        suppression,
         links,
         shutting_down: AtomicBool::new(false),
         queue_id_floor: recovered.queue_id_max,
@@ -456,6 +478,33 @@ pub fn start(config: Config) -> Result<Running> {
         server,
         shards,
         housekeeper: Some(housekeeper),
+    })
+}
+
+/// Every change to the suppression list, in the event log and the log.
+fn log_suppression_changes(events: Arc<EventLog>) -> crate::policy::suppression::Notify {
+    Box::new(move |entry: &Entry, added: bool| {
+        let kind = if added {
+            EventKind::SuppressionAdded
+        } else {
+            EventKind::SuppressionRemoved
+        };
+        if events.is_enabled() {
+            let mut event = LogEvent::new(kind, unix_ms(), "");
+            event.address = Some(entry.address.as_bytes());
+            event.scope = Some(&entry.scope);
+            event.source = Some(entry.source.as_str());
+            event.reason = Some(&entry.reason);
+            events.record_waiting(&event);
+        }
+        tracing::debug!(
+            address = %entry.address,
+            scope = %entry.scope,
+            source = %entry.source,
+            reason = %entry.reason,
+            "{}",
+            if added { "suppression added" } else { "suppression removed" }
+        );
     })
 }
 

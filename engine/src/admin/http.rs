@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response as HttpResponse, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -34,6 +34,9 @@ use crate::server::Server;
 
 /// Connections served at once; past this, new ones are closed at once.
 const ADMIN_CONNECTIONS_MAX: usize = 64;
+/// The largest request body: a suppression list import of some four
+/// million rows; larger lists are imported in several files.
+const BODY_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// The longest a connection may live, whatever it does.
 const ADMIN_CONNECTION_TIME_MAX: Duration = Duration::from_secs(60);
 
@@ -118,8 +121,30 @@ async fn answer(
     }
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
-    let routed = tokio::task::spawn_blocking(move || route(&method, &path, &server));
-    let response = match tokio::time::timeout(SHARD_REPLY_TIMEOUT + IO_TIMEOUT, routed).await {
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let import = path == "/suppression/import";
+    // Bodies are small JSON, or a suppression list import.
+    let body = match Limited::new(request.into_body(), BODY_BYTES_MAX)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return into_http(Response::text(
+                413,
+                format!("the body is unreadable or over {BODY_BYTES_MAX} bytes\n"),
+            ))
+        }
+    };
+    let routed = tokio::task::spawn_blocking(move || route(&method, &path, &query, &body, &server));
+    // An import writes and logs a line per row: it gets as long as the
+    // connection may last.
+    let limit = if import {
+        ADMIN_CONNECTION_TIME_MAX
+    } else {
+        SHARD_REPLY_TIMEOUT + IO_TIMEOUT
+    };
+    let response = match tokio::time::timeout(limit, routed).await {
         Ok(Ok(response)) => response,
         _ => Response::text(503, "no answer in time\n"),
     };

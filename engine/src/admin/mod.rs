@@ -11,6 +11,13 @@
 //!   recipients now, of every destination or of one.
 //! - `POST /queue/<id>/delete`: drop a message's undelivered recipients.
 //! - `POST /queue/<id>/bounce`: fail them, with a notification.
+//! - `GET /suppression?address=A`: the address's suppression entries;
+//!   `GET /suppression?after=CURSOR&limit=N`: a page of the list, in
+//!   address order, with the cursor of the next; `POST /suppression`
+//!   (`{"address", "scope", "reason"}`): add; `POST /suppression/remove`
+//!   (`{"address", "scope"}`, no scope: every scope): remove;
+//!   `GET /suppression/export`: the list as CSV; `POST /suppression/import`
+//!   (a CSV body): add its rows. See [`suppression`].
 //! - `POST /reload`: reread the configuration file (AUTH users, TLS
 //!   certificates), as SIGHUP does; 422 with the reason when it is refused.
 //!
@@ -28,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod http;
+pub mod suppression;
 mod token;
 
 pub use token::{load_token, permission_warning, AdminToken, TOKEN_CHARS_MIN};
@@ -194,6 +202,14 @@ enum Endpoint<'a> {
     Bounce(&'a str),
     /// `/reload`: reread the configuration file, as SIGHUP does.
     Reload,
+    /// `/suppression`: GET shows an address or lists a page, POST adds.
+    Suppression,
+    /// `/suppression/remove`.
+    SuppressionRemove,
+    /// `/suppression/export`: the list as CSV.
+    SuppressionExport,
+    /// `/suppression/import`: CSV rows to add.
+    SuppressionImport,
 }
 
 impl Endpoint<'_> {
@@ -204,6 +220,10 @@ impl Endpoint<'_> {
             "/queue" => Endpoint::Queue,
             "/queue/flush" => Endpoint::Flush(None),
             "/reload" => Endpoint::Reload,
+            "/suppression" => Endpoint::Suppression,
+            "/suppression/remove" => Endpoint::SuppressionRemove,
+            "/suppression/export" => Endpoint::SuppressionExport,
+            "/suppression/import" => Endpoint::SuppressionImport,
             _ => {
                 let rest = path.strip_prefix("/queue/")?;
                 if let Some(domain) = rest.strip_prefix("flush/") {
@@ -219,23 +239,32 @@ impl Endpoint<'_> {
         })
     }
 
-    /// Reads are GETs; whatever changes the queue is a POST.
+    /// Reads are GETs; whatever changes the queue is a POST. The methods
+    /// allowed, as an `Allow` header says them.
     fn method(&self) -> &'static str {
         match self {
-            Endpoint::Health | Endpoint::Metrics | Endpoint::Queue | Endpoint::Message(_) => "GET",
-            Endpoint::Flush(_) | Endpoint::Delete(_) | Endpoint::Bounce(_) | Endpoint::Reload => {
-                "POST"
-            }
+            Endpoint::Health
+            | Endpoint::Metrics
+            | Endpoint::Queue
+            | Endpoint::Message(_)
+            | Endpoint::SuppressionExport => "GET",
+            Endpoint::Flush(_)
+            | Endpoint::Delete(_)
+            | Endpoint::Bounce(_)
+            | Endpoint::Reload
+            | Endpoint::SuppressionRemove
+            | Endpoint::SuppressionImport => "POST",
+            Endpoint::Suppression => "GET, POST",
         }
     }
 }
 
-fn route(method: &str, path: &str, server: &Server) -> Response {
+fn route(method: &str, path: &str, query: &str, body: &[u8], server: &Server) -> Response {
     let Some(endpoint) = Endpoint::parse(path) else {
         return Response::text(404, "not found\n");
     };
     let allowed = endpoint.method();
-    if method != allowed {
+    if !allowed.split(", ").any(|m| m == method) {
         return Response {
             allow: Some(allowed),
             ..Response::text(405, format!("{path}: only {allowed}\n"))
@@ -278,6 +307,16 @@ fn route(method: &str, path: &str, server: &Server) -> Response {
             };
             Response::json(if ok { 200 } else { 422 }, &reply)
         }
+        Endpoint::Suppression
+        | Endpoint::SuppressionRemove
+        | Endpoint::SuppressionExport
+        | Endpoint::SuppressionImport => match &server.suppression {
+            Some(list) => suppression::route(&endpoint, method, query, body, list),
+            None => Response::refused(
+                404,
+                "the suppression list is off (suppression.enabled = false)".into(),
+            ),
+        },
     }
 }
 
@@ -452,6 +491,16 @@ fn metrics(server: &Server) -> String {
             load(&m.auth_failures),
         ),
         (
+            "baton_recipients_suppressed_total",
+            "Recipients refused or dropped at RCPT as on the suppression list.",
+            load(&m.recipients_suppressed),
+        ),
+        (
+            "baton_suppression_bounces_dropped_total",
+            "Hard bounces not added to the suppression list: its writer was too far behind.",
+            server.suppression.as_ref().map_or(0, |list| list.dropped()),
+        ),
+        (
             "baton_data_in_flight_refusals_total",
             "Messages refused because limits.data_in_flight_max was reached.",
             server.data_budget.refused(),
@@ -522,6 +571,15 @@ fn metrics(server: &Server) -> String {
             "baton_data_in_flight_bytes",
             "Bytes of message data sessions hold in memory, not yet in the spool.",
             server.data_budget.held(),
+        ),
+        (
+            "baton_suppression_entries",
+            "Entries on the suppression list (address and scope).",
+            server
+                .suppression
+                .as_ref()
+                .and_then(|list| list.len().ok())
+                .unwrap_or(0),
         ),
         (
             "baton_spool_segments",
@@ -603,7 +661,7 @@ pub fn get(
     path: &str,
     token: Option<&AdminToken>,
 ) -> io::Result<(u16, String)> {
-    request(address, "GET", path, token, IO_TIMEOUT)
+    call(address, "GET", path, token, None, IO_TIMEOUT)
 }
 
 /// A POST (without a body) against a running server's admin API:
@@ -613,21 +671,28 @@ pub fn post(
     path: &str,
     token: Option<&AdminToken>,
 ) -> io::Result<(u16, String)> {
-    request(
+    call(
         address,
         "POST",
         path,
         token,
+        None,
         SHARD_REPLY_TIMEOUT + IO_TIMEOUT,
     )
 }
 
-/// One request with ureq; every status is an answer, not an error.
-fn request(
+/// How long the longest request may take (a suppression list import or
+/// export): as long as the server keeps a connection.
+pub const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One request with ureq, with a body (`content type`, bytes) if given;
+/// every status is an answer, not an error.
+pub fn call(
     address: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&AdminToken>,
+    body: Option<(&str, &[u8])>,
     timeout: Duration,
 ) -> io::Result<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -643,7 +708,12 @@ fn request(
             if let Some(value) = &authorization {
                 request = request.header("Authorization", value);
             }
-            request.send_empty()
+            match body {
+                Some((content_type, bytes)) => {
+                    request.header("Content-Type", content_type).send(bytes)
+                }
+                None => request.send_empty(),
+            }
         }
         _ => {
             let mut request = agent.get(&url);
@@ -657,6 +727,8 @@ fn request(
     let status = response.status().as_u16();
     let body = response
         .body_mut()
+        .with_config()
+        .limit(u64::MAX)
         .read_to_string()
         .map_err(io::Error::other)?;
     Ok((status, body))
@@ -682,6 +754,17 @@ mod tests {
             ("/queue/00AB/bounce", Some(Endpoint::Bounce("00AB")), "POST"),
             ("/queue/00AB/requeue", None, ""),
             ("/queues", None, ""),
+            ("/suppression", Some(Endpoint::Suppression), "GET, POST"),
+            (
+                "/suppression/remove",
+                Some(Endpoint::SuppressionRemove),
+                "POST",
+            ),
+            (
+                "/suppression/export",
+                Some(Endpoint::SuppressionExport),
+                "GET",
+            ),
             ("/", None, ""),
         ];
         for (path, endpoint, method) in cases {

@@ -84,6 +84,7 @@ pub struct Config {
     pub dkim_defaults: DkimDefaults,
     pub admin: AdminConfig,
     pub auth: AuthConfig,
+    pub suppression: SuppressionConfig,
     pub log: LogConfig,
 }
 
@@ -288,6 +289,40 @@ pub struct AdminConfig {
     /// by `crate::admin::AdminToken::load`, at start and by `check-config`.
     #[serde(deserialize_with = "de::optional_path")]
     pub token_file: Option<PathBuf>,
+}
+
+/// `[suppression]`: the list of addresses not to mail
+/// (`crate::policy::suppression`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionConfig {
+    pub enabled: bool,
+    /// The database file; `None` (`""`): `suppression.redb` in the spool
+    /// directory. See [`SuppressionConfig::file`].
+    #[serde(deserialize_with = "de::optional_path")]
+    pub path: Option<PathBuf>,
+    pub action: SuppressionAction,
+    /// Hard bounces (5.1.1, 5.1.2, 5.1.10) add the address, scope global.
+    pub from_bounces: bool,
+}
+
+impl SuppressionConfig {
+    /// Where the list is kept.
+    pub fn file(&self, spool: &Path) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| spool.join("suppression.redb"))
+    }
+}
+
+/// What `RCPT` does with a suppressed recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuppressionAction {
+    /// `550 5.7.1`: the client learns it.
+    Reject,
+    /// `250`, then nothing sent, and a `suppressed` event.
+    Drop,
 }
 
 /// `[log]`.
@@ -724,6 +759,10 @@ mod tests {
             "shaping.mta_sts",
             "admin.address",
             "admin.token_file",
+            "suppression.enabled",
+            "suppression.path",
+            "suppression.action",
+            "suppression.from_bounces",
             "log.level",
             "log.events",
         ];

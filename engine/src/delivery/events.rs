@@ -69,6 +69,16 @@ pub enum EventKind {
     Failed,
     /// A delivery status notification was queued for the sender.
     Bounce,
+    /// A recipient on the suppression list was accepted and dropped
+    /// (`suppression.action = "drop"`): never queued, never delivered.
+    Suppressed,
+    /// An address was added to the suppression list (`address`, `scope`,
+    /// `source`, `reason`).
+    #[serde(rename = "suppression_added")]
+    SuppressionAdded,
+    /// An address was removed from the suppression list.
+    #[serde(rename = "suppression_removed")]
+    SuppressionRemoved,
 }
 
 /// One line of the log. Times are Unix milliseconds, written as RFC 3339
@@ -79,6 +89,9 @@ pub struct Event<'a> {
     #[serde(rename = "time", serialize_with = "serialize_time")]
     pub time_unix_ms: u64,
     pub event: EventKind,
+    /// Empty, and left out, for events about no message (the suppression
+    /// list's changes, a recipient dropped at `RCPT`).
+    #[serde(skip_serializing_if = "str::is_empty")]
     pub queue_id: &'a str,
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -136,6 +149,21 @@ pub struct Event<'a> {
     /// for clients baton does not sign for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dkim: Option<&'a str>,
+    /// The address a suppression list change is about (not `recipient`:
+    /// no message is involved, and tools that follow recipients should
+    /// not take these lines for outcomes).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_address"
+    )]
+    pub address: Option<&'a [u8]>,
+    /// The suppression list's scope: `global`, `domain:…`, `user:…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<&'a str>,
+    /// Who put the address on the suppression list: `bounce`,
+    /// `operator`, `unsubscribe`, `import`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'a str>,
 }
 
 impl<'a> Event<'a> {
@@ -158,6 +186,9 @@ impl<'a> Event<'a> {
             reason: None,
             user: None,
             dkim: None,
+            address: None,
+            scope: None,
+            source: None,
         }
     }
 }
@@ -294,6 +325,24 @@ impl EventLog {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// As [`EventLog::record`], but waits for room rather than drop the
+    /// event: for threads off the shards (the suppression list's writer,
+    /// whose imports log a line per address).
+    pub fn record_waiting(&self, event: &Event<'_>) {
+        let Some(lines) = &self.lines else {
+            return;
+        };
+        let mut line = Vec::with_capacity(LINE_BYTES_INITIAL);
+        if serde_json::to_writer(&mut line, event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        line.push(b'\n');
+        if lines.send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 

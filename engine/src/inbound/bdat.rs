@@ -49,7 +49,7 @@ impl Session {
         let Some(transaction) = &self.transaction else {
             return keep(replies::NEED_MAIL);
         };
-        if transaction.recipients.is_empty() {
+        if transaction.has_no_recipients() {
             return keep(replies::NEED_RCPT);
         }
         // The size limit holds across chunks; a chunk that would break it

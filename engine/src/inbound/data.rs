@@ -24,7 +24,7 @@ impl Session {
         if transaction.chunks.is_some() {
             return self.refuse(replies::DATA_AFTER_BDAT);
         }
-        if transaction.recipients.is_empty() {
+        if transaction.has_no_recipients() {
             return self.refuse(replies::NO_VALID_RECIPIENTS);
         }
         let queue_id = ctx.next_queue_id();
@@ -84,6 +84,11 @@ impl Session {
             if !allowed {
                 return self.refuse(replies::FROM_NOT_ALLOWED);
             }
+        }
+        if transaction.recipients.is_empty() {
+            // Every recipient was suppressed and dropped: the client is
+            // told what it would have been, and nothing is stored.
+            return self.reply(&replies::queued(queue_id));
         }
         // Clients baton trusts get their headers fixed up and their mail
         // signed for its From: domain; others neither.

@@ -80,6 +80,30 @@ pub trait SessionContext {
     /// Counts a message against the user's `messages_per_hour`; `false`
     /// when its allowance is spent.
     fn take_user_message(&mut self, identity: &Identity) -> bool;
+    /// Whether `recipient` is on the suppression list for mail from
+    /// `sender_domain` (empty for `<>`) by `user`, and what to do. Called
+    /// at every `RCPT` that would be accepted, so it must be quick: the
+    /// shard answers from its own read snapshot of the list. In drop mode
+    /// the context also records the `suppressed` event.
+    fn suppressed(
+        &mut self,
+        recipient: &[u8],
+        sender_domain: &[u8],
+        user: Option<&str>,
+    ) -> Option<Suppression> {
+        let _ = (recipient, sender_domain, user);
+        None
+    }
+}
+
+/// What `RCPT` does with a suppressed recipient
+/// (`suppression.action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suppression {
+    /// `550 5.7.1`.
+    Reject,
+    /// `250`, and the recipient is left out of the message.
+    Drop,
 }
 
 /// A complete message to store durably before answering `250`.

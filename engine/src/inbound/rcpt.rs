@@ -6,12 +6,12 @@
 
 use super::replies;
 use super::session::Session;
-use super::AcceptedRecipient;
+use super::{AcceptedRecipient, SessionContext, Suppression};
 use crate::smtp::address::{ForwardPath, PathError};
 use crate::smtp::command::{self, CommandError};
 
 impl Session {
-    pub(super) fn rcpt(&mut self, args: &[u8]) {
+    pub(super) fn rcpt(&mut self, args: &[u8], ctx: &mut dyn SessionContext) {
         let Some(transaction) = &self.transaction else {
             return self.refuse(replies::NEED_MAIL);
         };
@@ -19,7 +19,7 @@ impl Session {
         if transaction.chunks.is_some() {
             return self.refuse(replies::RCPT_AFTER_BDAT);
         }
-        let accepted = transaction.recipients.len();
+        let accepted = transaction.recipients.len() + transaction.dropped;
         let (path, params) = match command::parse_rcpt(args, transaction.smtputf8) {
             Ok(parsed) => parsed,
             Err(error) => return self.refuse(rcpt_error(error)),
@@ -49,8 +49,33 @@ impl Session {
         if !self.relay_allowed && self.identity().is_none() {
             return self.refuse(&replies::relay_denied(&path.address()));
         }
+        // After the relay check: a client that may not send here learns
+        // nothing about the list.
+        let address = path.address();
+        let sender = self
+            .transaction
+            .as_ref()
+            .map_or(&b""[..], |t| t.reverse_path.as_slice());
+        let sender_domain = sender
+            .iter()
+            .rposition(|&b| b == b'@')
+            .map_or(&b""[..], |at| &sender[at + 1..]);
+        let user = self.identity().map(|identity| identity.name.as_str());
+        match ctx.suppressed(address.as_bytes(), sender_domain, user) {
+            None => {}
+            // Not counted as the client's error: a bulk sender's list holds
+            // suppressed addresses as a matter of course, and must not be
+            // cut off for them (`limits.errors_per_session_max`).
+            Some(Suppression::Reject) => return self.reply(&replies::suppressed(&address)),
+            Some(Suppression::Drop) => {
+                if let Some(transaction) = self.transaction.as_mut() {
+                    transaction.dropped += 1;
+                }
+                return self.reply(replies::RCPT_OK);
+            }
+        }
         let recipient = AcceptedRecipient {
-            address: path.address().into_bytes(),
+            address: address.into_bytes(),
             domain: path.routing_domain(),
             params: Vec::new(),
         };
@@ -170,6 +195,56 @@ mod tests {
                 .as_bytes(),
         );
         assert!(out.ends_with("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"), "{out}");
+    }
+
+    #[test]
+    fn suppressed_recipients_are_refused_without_counting_as_errors() {
+        let mut config = SessionConfig::new("mx.example.net");
+        config.limits.errors_per_session_max = 2;
+        let out = transcript_with(
+            config,
+            format!(
+                "{START}RCPT TO:<rejected@d.example>\r\nRCPT TO:<rejected@d.example>\r\n\
+                 RCPT TO:<shop-only@d.example>\r\nRCPT TO:<c@d.example>\r\n"
+            )
+            .as_bytes(),
+        );
+        let reply = "550 5.7.1 <rejected@d.example>: Recipient address rejected: suppressed\r\n";
+        assert!(
+            out.ends_with(&format!(
+                "250 2.1.0 Ok\r\n{reply}{reply}250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n"
+            )),
+            "{out}"
+        );
+        let shop = transcript(
+            b"HELO c.example\r\nMAIL FROM:<a@shop.example>\r\nRCPT TO:<shop-only@d.example>\r\n",
+        );
+        assert!(shop.ends_with("rejected: suppressed\r\n"), "{shop}");
+    }
+
+    #[test]
+    fn dropped_recipients_are_accepted_and_left_out() {
+        let mut driver = Driver::new(true);
+        driver.feed(
+            format!("{START}RCPT TO:<dropped@d.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n.\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(driver.messages.len(), 1);
+        let addresses: Vec<_> = driver.messages[0]
+            .recipients
+            .iter()
+            .map(|r| r.address.as_slice())
+            .collect();
+        assert_eq!(addresses, [b"c@d.example".as_slice()]);
+
+        // With every recipient dropped, the message is answered as
+        // queued and never handed over.
+        let mut driver = Driver::new(true);
+        driver.feed(format!("{START}RCPT TO:<dropped@d.example>\r\nDATA\r\n.\r\n").as_bytes());
+        assert!(driver.messages.is_empty());
+        let out = driver.output();
+        assert!(out.contains("250 2.1.5 Ok\r\n354 "), "{out}");
+        assert!(out.contains("250 2.0.0 Ok: queued as "), "{out}");
     }
 
     #[test]

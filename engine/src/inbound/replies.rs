@@ -129,6 +129,13 @@ pub(super) fn helo_ok(hostname: &str) -> String {
 
 /// RFC 5321 §4.5.3.1.10 has no fixed text; the address lets a client
 /// tell which of its pipelined recipients was refused.
+/// A recipient on the suppression list (`suppression.action = "reject"`).
+/// 5.7.1: refused by policy, not unknown; the text says which policy so
+/// that a sender's tools can tell it from a bad mailbox.
+pub(super) fn suppressed(address: &str) -> String {
+    format!("550 5.7.1 <{address}>: Recipient address rejected: suppressed\r\n")
+}
+
 pub(super) fn relay_denied(address: &str) -> String {
     format!("554 5.7.1 <{address}>: Relay access denied\r\n")
 }

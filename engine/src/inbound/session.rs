@@ -511,7 +511,7 @@ impl Session {
             Verb::Ehlo => self.ehlo(args),
             Verb::Helo => self.helo(args),
             Verb::Mail => self.mail(args, ctx),
-            Verb::Rcpt => self.rcpt(args),
+            Verb::Rcpt => self.rcpt(args, ctx),
             Verb::Data => self.data(args, ctx),
             Verb::Bdat => self.bdat(args, ctx),
             Verb::Rset => self.rset(args),

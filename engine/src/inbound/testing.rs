@@ -38,6 +38,25 @@ impl SessionContext for TestContext {
     fn take_user_message(&mut self, identity: &crate::auth::verify::Identity) -> bool {
         identity.policy.messages_per_hour != Some(0)
     }
+
+    /// `rejected@…` and `dropped@…` are on the list, for every sender;
+    /// `shop-only@…` for mail from `shop.example` alone.
+    fn suppressed(
+        &mut self,
+        recipient: &[u8],
+        sender_domain: &[u8],
+        _user: Option<&str>,
+    ) -> Option<super::Suppression> {
+        if recipient.starts_with(b"rejected@")
+            || (recipient.starts_with(b"shop-only@") && sender_domain == b"shop.example")
+        {
+            Some(super::Suppression::Reject)
+        } else if recipient.starts_with(b"dropped@") {
+            Some(super::Suppression::Drop)
+        } else {
+            None
+        }
+    }
 }
 
 /// The `Received:` header the driver's session writes for queue id `id`.

@@ -16,6 +16,10 @@ pub(super) struct Transaction {
     /// RFC 6531: UTF-8 allowed in paths and commands from here on.
     pub smtputf8: bool,
     pub recipients: Vec<AcceptedRecipient>,
+    /// Recipients answered `250` but left out: suppressed, with
+    /// `suppression.action = "drop"`. They count for DATA and the
+    /// recipient limit as if accepted, so the client cannot tell.
+    pub dropped: usize,
     /// The body once a first BDAT chunk was accepted (RFC 3030).
     pub chunks: Option<ChunkedBody>,
 }
@@ -40,12 +44,18 @@ impl ChunkedBody {
 }
 
 impl Transaction {
+    /// No recipient was answered `250`: nothing to send data for.
+    pub fn has_no_recipients(&self) -> bool {
+        self.recipients.is_empty() && self.dropped == 0
+    }
+
     pub fn new(reverse_path: Vec<u8>, mail_params: Vec<u8>, smtputf8: bool) -> Transaction {
         Transaction {
             reverse_path,
             mail_params,
             smtputf8,
             recipients: Vec::new(),
+            dropped: 0,
             chunks: None,
         }
     }

@@ -20,11 +20,14 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::admin::AdminReply;
 use crate::auth::verify::{Identity, Verdict};
 use crate::config::ListenerTls;
+use crate::config::SuppressionAction;
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::inbound::{
-    Phase, ReceivedMessage, Session, SessionContext, StoreError, IDLE_BUFFER_KEEP_BYTES,
+    Phase, ReceivedMessage, Session, SessionContext, StoreError, Suppression,
+    IDLE_BUFFER_KEEP_BYTES,
 };
 use crate::log_limit::LogLimit;
+use crate::policy::suppression::Reader as SuppressionReader;
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::{unix_ms, Server};
@@ -167,6 +170,8 @@ pub(super) struct Shard {
     /// Accepts that failed since the last log line about them.
     /// Repeated log lines, one per interval each.
     pub(super) logs: ShardLogs,
+    /// This shard's snapshot of the suppression list, for `RCPT`.
+    suppression: Option<SuppressionReader>,
 }
 
 /// What the session sees of the shard: the clock, queue ids, and the
@@ -174,6 +179,7 @@ pub(super) struct Shard {
 struct Ctx<'a> {
     queue_ids: &'a mut QueueIdGen,
     server: &'a Server,
+    suppression: &'a mut Option<SuppressionReader>,
 }
 
 impl SessionContext for Ctx<'_> {
@@ -190,6 +196,44 @@ impl SessionContext for Ctx<'_> {
             .verifier
             .as_ref()
             .is_none_or(|verifier| verifier.take_message(identity))
+    }
+
+    fn suppressed(
+        &mut self,
+        recipient: &[u8],
+        sender_domain: &[u8],
+        user: Option<&str>,
+    ) -> Option<Suppression> {
+        let hit = self
+            .suppression
+            .as_mut()?
+            .lookup(recipient, sender_domain, user)?;
+        self.server
+            .metrics
+            .recipients_suppressed
+            .fetch_add(1, Ordering::Relaxed);
+        match self.server.config.suppression.action {
+            SuppressionAction::Reject => Some(Suppression::Reject),
+            SuppressionAction::Drop => {
+                let events = &self.server.events;
+                if events.is_enabled() {
+                    let mut event = LogEvent::new(EventKind::Suppressed, unix_ms(), "");
+                    event.recipient = Some(recipient);
+                    event.scope = Some(hit.scope());
+                    event.source = Some(hit.source().as_str());
+                    event.reason = Some(hit.reason());
+                    event.user = user;
+                    events.record(&event);
+                }
+                tracing::info!(
+                    to = %String::from_utf8_lossy(recipient),
+                    scope = hit.scope(),
+                    user = user.unwrap_or(""),
+                    "suppressed recipient dropped"
+                );
+                Some(Suppression::Drop)
+            }
+        }
     }
 }
 
@@ -233,6 +277,7 @@ impl Shard {
             .writer(id as u16)
             .map_err(|err| io::Error::other(format!("spool writer {id}: {err}")))?;
         let queue_ids = QueueIdGen::new(id, server.queue_id_floor);
+        let suppression = server.suppression.as_ref().map(|list| list.reader());
         let mut shard = Shard {
             id,
             server,
@@ -257,6 +302,7 @@ impl Shard {
             draining: None,
             completions: Vec::with_capacity(1024),
             logs: ShardLogs::default(),
+            suppression,
         };
         for index in 0..shard.listeners.len() {
             shard.arm_accept(index)?;
@@ -607,6 +653,7 @@ impl Shard {
         let mut ctx = Ctx {
             queue_ids: &mut self.queue_ids,
             server: &self.server,
+            suppression: &mut self.suppression,
         };
         let output_before = conn.session.output().len();
         let phase_before = conn.session.phase();
@@ -843,6 +890,7 @@ impl Shard {
         let mut ctx = Ctx {
             queue_ids: &mut self.queue_ids,
             server: &self.server,
+            suppression: &mut self.suppression,
         };
         conn.session.auth_verdict(verdict, &mut ctx);
         self.progress(key);
@@ -891,6 +939,7 @@ impl Shard {
             let mut ctx = Ctx {
                 queue_ids: &mut self.queue_ids,
                 server: &self.server,
+                suppression: &mut self.suppression,
             };
             conn.session.stored(Err(err), &mut ctx);
         }
@@ -1099,6 +1148,7 @@ impl Shard {
                 let mut ctx = Ctx {
                     queue_ids: &mut self.queue_ids,
                     server: &self.server,
+                    suppression: &mut self.suppression,
                 };
                 conn.session.stored(result, &mut ctx);
                 let key = conn.key;
@@ -1167,6 +1217,11 @@ impl Shard {
 
     fn sweep(&mut self) -> io::Result<()> {
         let now = Instant::now();
+        // A shard without RCPTs for a while would otherwise keep an old
+        // snapshot of the list open, and redb could not reuse its pages.
+        if let Some(reader) = self.suppression.as_mut() {
+            let _ = reader.refresh();
+        }
         self.resume_accepts(now)?;
         // Buffers come back with every receive handled; this is for a
         // shard whose starved receives saw none come back.

@@ -16,6 +16,7 @@ use crate::delivery::dsn::{self, Bounce, FailedRecipient};
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::delivery::retry::{DeliverySettings, Retry};
 use crate::outbound::Outcome;
+use crate::policy::suppression::{self, Entry, Source};
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::unix_ms;
@@ -176,6 +177,9 @@ impl Shard {
                     note.kind = EventKind::Failed;
                     note.reason = expired.then_some("expired");
                     self.note(&note, &reply, &text, now_ms);
+                    if !expired {
+                        self.suppress_if_hard(note.recipient, &reply, &text, now_ms);
+                    }
                 }
             }
         }
@@ -199,6 +203,30 @@ impl Shard {
         };
         if let Some(notice) = self.notify(&view, &failures, now_ms) {
             self.note_bounce(&view, &notice, now_ms);
+        }
+    }
+
+    /// A bounce that says the mailbox or its domain does not exist puts
+    /// the address on the suppression list (scope global: no sender can
+    /// reach it), so the next message to it is refused at `RCPT` instead
+    /// of bouncing again. Handed to the list's writer without waiting.
+    fn suppress_if_hard(&self, recipient: &[u8], reply: &Reply, text: &str, now_ms: u64) {
+        let Some(list) = &self.server.suppression else {
+            return;
+        };
+        if !self.server.config.suppression.from_bounces
+            || !suppression::is_hard_bounce(reply.code, reply.enhanced)
+        {
+            return;
+        }
+        let address = String::from_utf8_lossy(recipient);
+        match Entry::new(&address, suppression::GLOBAL, text, now_ms, Source::Bounce) {
+            Ok(entry) => {
+                if !list.add_soon(entry) {
+                    tracing::warn!(to = %address, "suppression list: writer behind, bounce not added");
+                }
+            }
+            Err(err) => tracing::debug!(%err, "suppression list: bounce not added"),
         }
     }
 

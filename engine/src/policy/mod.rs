@@ -1,0 +1,7 @@
+//! Sending policy that outlives a message: who must not be mailed.
+//!
+//! - [`suppression`]: the suppression list, addresses refused (or
+//!   dropped) at `RCPT`, on disk in redb, filled by hard bounces and
+//!   operators.
+
+pub mod suppression;
