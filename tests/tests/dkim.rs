@@ -91,6 +91,16 @@ fn signatures_verify_with_dkimpy_after_delivery() {
         eprintln!("skipped: python3 with dkimpy, dnspython and pynacl is needed (pip install dkimpy dnspython pynacl)");
         return;
     }
+    if !Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!(
+            "skipped: baton dkim keygen makes RSA keys with the openssl command, which is missing"
+        );
+        return;
+    }
     let keys = tempfile::tempdir().unwrap();
     let (rsa, rsa_txt) = keygen(keys.path(), "signer.test", "rsa", "rsa-sha256");
     let (ed, ed_txt) = keygen(keys.path(), "signer.test", "ed", "ed25519-sha256");
