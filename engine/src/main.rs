@@ -537,21 +537,7 @@ fn check_config(file: &Path) -> Result<(), String> {
 
 /// `baton reload`: POST /reload on the server's admin API.
 fn reload_command(config: Option<&Path>, admin: Option<SocketAddr>) -> Result<(), String> {
-    let settings = load(config)?.admin;
-    let address = match admin {
-        Some(address) => address,
-        None => settings
-            .address
-            .ok_or("the admin API is disabled in the configuration")?,
-    };
-    let token = match &settings.token_file {
-        Some(path) => Some(AdminToken::load(path)?),
-        None => None,
-    };
-    let api = Api {
-        address,
-        token: token.as_ref(),
-    };
+    let api = Api::from_config(config, admin)?;
     api.act("/reload", false)
 }
 
@@ -561,22 +547,7 @@ fn queue(
     admin: Option<SocketAddr>,
     json: bool,
 ) -> Result<(), String> {
-    // The configuration gives the token even when --admin gives the address.
-    let settings = load(config)?.admin;
-    let address = match admin {
-        Some(address) => address,
-        None => settings
-            .address
-            .ok_or("the admin API is disabled in the configuration")?,
-    };
-    let token = match &settings.token_file {
-        Some(path) => Some(AdminToken::load(path)?),
-        None => None,
-    };
-    let api = Api {
-        address,
-        token: token.as_ref(),
-    };
+    let api = Api::from_config(config, admin)?;
     let queue_id = |id: &str| {
         admin::parse_queue_id(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))
     };
@@ -624,21 +595,7 @@ fn suppression(
 ) -> Result<(), String> {
     use baton::admin::suppression::{percent_encode, AddRequest, Page, RemoveRequest};
     use baton::policy::suppression::Entry;
-    let settings = load(config)?.admin;
-    let address = match admin {
-        Some(address) => address,
-        None => settings
-            .address
-            .ok_or("the admin API is disabled in the configuration")?,
-    };
-    let token = match &settings.token_file {
-        Some(path) => Some(AdminToken::load(path)?),
-        None => None,
-    };
-    let api = Api {
-        address,
-        token: token.as_ref(),
-    };
+    let api = Api::from_config(config, admin)?;
     match action {
         SuppressionAction::Add {
             address,
@@ -716,7 +673,7 @@ fn suppression(
                 api.address,
                 "GET",
                 "/suppression/export",
-                api.token,
+                api.token.as_ref(),
                 None,
                 admin::LONG_REQUEST_TIMEOUT,
             )
@@ -914,12 +871,30 @@ fn plural(n: u64, word: &str) -> String {
 }
 
 /// A running server's admin API, and the token to show it.
-struct Api<'t> {
+struct Api {
     address: SocketAddr,
-    token: Option<&'t AdminToken>,
+    token: Option<AdminToken>,
 }
 
-impl Api<'_> {
+impl Api {
+    /// The admin address (`--admin`, or the configuration's) and the token
+    /// from the configuration, which gives it even when `--admin` gives the
+    /// address.
+    fn from_config(config: Option<&Path>, admin: Option<SocketAddr>) -> Result<Api, String> {
+        let settings = load(config)?.admin;
+        let address = match admin {
+            Some(address) => address,
+            None => settings
+                .address
+                .ok_or("the admin API is disabled in the configuration")?,
+        };
+        let token = match &settings.token_file {
+            Some(path) => Some(AdminToken::load(path)?),
+            None => None,
+        };
+        Ok(Api { address, token })
+    }
+
     fn unreachable(&self, err: std::io::Error) -> String {
         format!("cannot reach the admin API at {}: {err}", self.address)
     }
@@ -927,7 +902,7 @@ impl Api<'_> {
     /// A 401 said in the operator's terms: where the token comes from.
     fn refused(&self) -> String {
         let address = self.address;
-        match self.token {
+        match &self.token {
             None => format!(
                 "the admin API at {address} needs the token in [admin] token_file: \
                  give baton queue the server's configuration with --config"
@@ -942,7 +917,7 @@ impl Api<'_> {
     /// GETs `path`; the body of a 200, or the server's answer as the error.
     fn read(&self, path: &str) -> Result<String, String> {
         let (status, body) =
-            admin::get(self.address, path, self.token).map_err(|e| self.unreachable(e))?;
+            admin::get(self.address, path, self.token.as_ref()).map_err(|e| self.unreachable(e))?;
         match status {
             200 => Ok(body),
             401 => Err(self.refused()),
@@ -957,7 +932,7 @@ impl Api<'_> {
             self.address,
             "POST",
             path,
-            self.token,
+            self.token.as_ref(),
             Some((content_type, body)),
             admin::LONG_REQUEST_TIMEOUT,
         )
@@ -968,8 +943,8 @@ impl Api<'_> {
     /// POSTs `path` and prints the [`AdminReply`]; an error when the request
     /// was not carried out.
     fn act(&self, path: &str, json: bool) -> Result<(), String> {
-        let (status, body) =
-            admin::post(self.address, path, self.token).map_err(|e| self.unreachable(e))?;
+        let (status, body) = admin::post(self.address, path, self.token.as_ref())
+            .map_err(|e| self.unreachable(e))?;
         self.replied(status, &body, json)
     }
 

@@ -129,29 +129,13 @@ impl Key {
                         "RSA keys of {RSA_BITS_MIN} to {RSA_BITS_MAX} bits only"
                     )));
                 }
-                Signer::Rsa(configure(
-                    DkimSigner::from_key(key)
-                        .domain(&config.domain)
-                        .selector(&config.selector)
-                        .headers(headers),
-                    ch,
-                    cb,
-                    expire,
-                ))
+                Signer::Rsa(configure(key, config, &headers, (ch, cb), expire))
             }
             DkimAlgorithm::Ed25519Sha256 => {
                 let der = pem_der(&pem, "PRIVATE KEY").map_err(error)?;
                 let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(&der)
                     .map_err(|e| error(format!("not an Ed25519 PKCS#8 key: {e}")))?;
-                Signer::Ed25519(configure(
-                    DkimSigner::from_key(key)
-                        .domain(&config.domain)
-                        .selector(&config.selector)
-                        .headers(headers),
-                    ch,
-                    cb,
-                    expire,
-                ))
+                Signer::Ed25519(configure(key, config, &headers, (ch, cb), expire))
             }
         };
         Ok(Key {
@@ -174,12 +158,18 @@ impl Key {
 }
 
 fn configure<T: mail_auth::common::crypto::SigningKey>(
-    signer: DkimSigner<T, Done>,
-    ch: Canonicalization,
-    cb: Canonicalization,
+    key: T,
+    config: &DkimKeyConfig,
+    headers: &[String],
+    (ch, cb): (Canonicalization, Canonicalization),
     expire: Duration,
 ) -> DkimSigner<T, Done> {
-    let signer = signer.header_canonicalization(ch).body_canonicalization(cb);
+    let signer = DkimSigner::from_key(key)
+        .domain(&config.domain)
+        .selector(&config.selector)
+        .headers(headers.iter().cloned())
+        .header_canonicalization(ch)
+        .body_canonicalization(cb);
     if expire.is_zero() {
         signer
     } else {
