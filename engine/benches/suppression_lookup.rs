@@ -87,6 +87,9 @@ fn main() {
         bytes as f64 / (1 << 20) as f64
     );
 
+    // The writer builds the filter in front of redb at open and rebuilds
+    // it as the list grows; lookups below go through it.
+    assert!(list.filter_built(), "the suppression filter was not built");
     let mut reader = list.reader();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     for (label, listed) in [("listed", true), ("not listed", false)] {

@@ -29,6 +29,11 @@
 //! channel: shards never wait on a write (a bounce's addition is dropped
 //! when the channel is full, and comes back with the next bounce), and the
 //! writer commits what queued up meanwhile in one transaction.
+//!
+//! In front of redb sits an in-memory Bloom filter of the listed
+//! addresses ([`AddressFilter`]), built by the writer when the list opens
+//! and kept up by it: a recipient the filter has never seen is answered
+//! without touching redb, which is almost every recipient.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
+use arc_swap::ArcSwapOption;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use redb::{
     Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -46,6 +52,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::filter::AddressFilter;
 use crate::log_limit::LogLimit;
 
 /// The one table: `address NUL scope` to `time, source, reason`.
@@ -289,6 +296,8 @@ pub struct SuppressionList {
     db: Arc<Database>,
     /// Bumped after every commit; readers compare it with theirs.
     generation: Arc<AtomicU64>,
+    /// None until the writer has built it at open: lookups go to redb.
+    filter: Arc<ArcSwapOption<AddressFilter>>,
     ops: Option<Sender<Op>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Bounce additions lost to a full channel.
@@ -307,22 +316,34 @@ impl SuppressionList {
         txn.commit().map_err(|e| failed(&e))?;
         let db = Arc::new(db);
         let generation = Arc::new(AtomicU64::new(1));
+        let filter = Arc::new(ArcSwapOption::empty());
         let (ops, inbox) = crossbeam_channel::bounded(WRITES_QUEUED_MAX);
         let writer = thread::Builder::new()
             .name("suppression".into())
             .spawn({
                 let db = db.clone();
                 let generation = generation.clone();
-                move || write_loop(&db, &generation, &inbox, &notify)
+                let filter = filter.clone();
+                move || {
+                    rebuild_filter(&db, &filter);
+                    write_loop(&db, &generation, &filter, &inbox, &notify);
+                }
             })
             .map_err(|e| failed(&e))?;
         Ok(SuppressionList {
             db,
             generation,
+            filter,
             ops: Some(ops),
             writer: Mutex::new(Some(writer)),
             dropped: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the filter in front of redb is built (it is, soon after
+    /// open, unless reading the list failed).
+    pub fn filter_built(&self) -> bool {
+        self.filter.load().is_some()
     }
 
     /// A reader for one shard.
@@ -330,6 +351,7 @@ impl SuppressionList {
         Reader {
             db: self.db.clone(),
             generation: self.generation.clone(),
+            filter: self.filter.clone(),
             seen: 0,
             table: None,
             key: Vec::with_capacity(128),
@@ -502,7 +524,48 @@ fn prefix_bounds(address: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (low, high)
 }
 
-fn write_loop(db: &Database, generation: &AtomicU64, inbox: &Receiver<Op>, notify: &Notify) {
+/// Builds a filter from every address on the list, with room to grow by
+/// half, and puts it in front of redb. On a read error the lookups keep
+/// going to redb (the filter is an optimisation, never the truth).
+fn rebuild_filter(db: &Database, filter: &ArcSwapOption<AddressFilter>) {
+    let started = std::time::Instant::now();
+    let built = (|| -> Result<AddressFilter, redb::Error> {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(TABLE)?;
+        let entries = table.len()?;
+        let built = AddressFilter::with_capacity(entries + entries / 2);
+        for row in table.iter()? {
+            let (k, _) = row?;
+            let k = k.value();
+            let address = k.iter().position(|&b| b == 0).map_or(k, |nul| &k[..nul]);
+            built.insert(address);
+        }
+        Ok(built)
+    })();
+    match built {
+        Ok(built) => {
+            tracing::info!(
+                capacity = built.capacity(),
+                mib = built.bytes() >> 20,
+                ms = started.elapsed().as_millis() as u64,
+                "suppression list: filter built"
+            );
+            filter.store(Some(Arc::new(built)));
+        }
+        Err(err) => {
+            filter.store(None);
+            tracing::error!(%err, "suppression list: the filter could not be built; every lookup reads the list");
+        }
+    }
+}
+
+fn write_loop(
+    db: &Database,
+    generation: &AtomicU64,
+    filter: &ArcSwapOption<AddressFilter>,
+    inbox: &Receiver<Op>,
+    notify: &Notify,
+) {
     while let Ok(first) = inbox.recv() {
         let mut ops = vec![first];
         while ops.len() < OPS_PER_COMMIT_MAX {
@@ -511,9 +574,12 @@ fn write_loop(db: &Database, generation: &AtomicU64, inbox: &Receiver<Op>, notif
                 Err(_) => break,
             }
         }
-        match apply(db, &ops) {
-            Ok(changes) => {
+        let current = filter.load_full();
+        let mut outgrown = false;
+        match apply(db, &ops, current.as_deref()) {
+            Ok((changes, entries)) => {
                 generation.fetch_add(1, Ordering::Release);
+                outgrown = current.is_some_and(|f| entries > f.capacity());
                 for (op, change) in ops.into_iter().zip(changes) {
                     match (op, change) {
                         (Op::Add { reply, .. }, Change::Added(entries)) => {
@@ -550,6 +616,11 @@ fn write_loop(db: &Database, generation: &AtomicU64, inbox: &Receiver<Op>, notif
                 }
             }
         }
+        // After the replies: a rebuild of a big list takes seconds, and
+        // the old filter answers correctly meanwhile (only more "maybe"s).
+        if outgrown {
+            rebuild_filter(db, filter);
+        }
     }
 }
 
@@ -558,12 +629,20 @@ enum Change {
     Removed(Vec<Entry>),
 }
 
-/// One write transaction for a batch of operations, committed durably.
-fn apply(db: &Database, ops: &[Op]) -> Result<Vec<Change>, String> {
+/// One write transaction for a batch of operations, committed durably;
+/// what changed, and how many entries the list then has. Added addresses
+/// go into `filter` before the commit, so no lookup after it can miss
+/// them.
+fn apply(
+    db: &Database,
+    ops: &[Op],
+    filter: Option<&AddressFilter>,
+) -> Result<(Vec<Change>, u64), String> {
     let mut txn = db.begin_write().map_err(|e| e.to_string())?;
     txn.set_durability(Durability::Immediate)
         .map_err(|e| e.to_string())?;
     let mut changes = Vec::with_capacity(ops.len());
+    let entries;
     {
         let mut table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
         for op in ops {
@@ -581,6 +660,9 @@ fn apply(db: &Database, ops: &[Op]) -> Result<Vec<Change>, String> {
                                 .is_some()
                         {
                             continue;
+                        }
+                        if let Some(filter) = filter {
+                            filter.insert(entry.address.as_bytes());
                         }
                         table
                             .insert(k.as_slice(), value(entry).as_slice())
@@ -615,9 +697,10 @@ fn apply(db: &Database, ops: &[Op]) -> Result<Vec<Change>, String> {
                 }
             }
         }
+        entries = table.len().map_err(|e| e.to_string())?;
     }
     txn.commit().map_err(|e| e.to_string())?;
-    Ok(changes)
+    Ok((changes, entries))
 }
 
 /// A shard's view of the list: one read snapshot, renewed when the writer
@@ -625,6 +708,7 @@ fn apply(db: &Database, ops: &[Op]) -> Result<Vec<Change>, String> {
 pub struct Reader {
     db: Arc<Database>,
     generation: Arc<AtomicU64>,
+    filter: Arc<ArcSwapOption<AddressFilter>>,
     /// The generation `table` was opened at; 0: none yet.
     seen: u64,
     table: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
@@ -697,12 +781,17 @@ impl Reader {
         sender_domain: &[u8],
         user: Option<&str>,
     ) -> Result<bool, redb::Error> {
+        self.key.clear();
+        push_lowercase(&mut self.key, recipient);
+        if let Some(filter) = self.filter.load().as_deref() {
+            if !filter.may_contain(&self.key) {
+                return Ok(false);
+            }
+        }
         self.refresh()?;
         let Some(table) = &self.table else {
             return Ok(false);
         };
-        self.key.clear();
-        push_lowercase(&mut self.key, recipient);
         // `address NUL` then `address 0x01` in one buffer: the bounds of
         // every scope of the address.
         let address = self.key.len();
@@ -1022,6 +1111,75 @@ mod tests {
         assert_eq!(second[0].address, "u10@example.org");
         let (rest, more) = list.page(Some(("u19@example.org", "global")), 10).unwrap();
         assert_eq!((rest.len(), more), (5, false));
+    }
+
+    #[test]
+    fn the_filter_never_hides_a_listed_address_as_the_list_grows_shrinks_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = |i: u32| format!("Grow{i}@Example.org");
+        let wait_filter = |list: &SuppressionList| {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !list.filter_built() {
+                assert!(std::time::Instant::now() < until, "no filter");
+                thread::yield_now();
+            }
+        };
+        {
+            let (list, _) = open(dir.path());
+            wait_filter(&list);
+            let mut reader = list.reader();
+            // 20,000 in batches: past the first filter's capacity (6,144),
+            // so the writer rebuilds it while lookups go on.
+            for batch in 0..20 {
+                let entries = (batch * 1000..(batch + 1) * 1000)
+                    .map(|i| entry(&address(i), "global"))
+                    .collect();
+                list.add(entries).unwrap();
+                for i in (0..(batch + 1) * 1000).step_by(97) {
+                    assert!(
+                        reader
+                            .lookup(address(i).as_bytes(), b"s.example", None)
+                            .is_some(),
+                        "{i}"
+                    );
+                }
+            }
+            for i in 0..20_000 {
+                assert!(
+                    reader
+                        .lookup(address(i).as_bytes(), b"s.example", None)
+                        .is_some(),
+                    "{i}"
+                );
+                assert!(reader
+                    .lookup(
+                        format!("other{i}@example.org").as_bytes(),
+                        b"s.example",
+                        None
+                    )
+                    .is_none());
+            }
+            // A removed address keeps its bits but is not suppressed.
+            list.remove("grow7@example.org", None).unwrap();
+            assert!(reader
+                .lookup(b"grow7@example.org", b"s.example", None)
+                .is_none());
+        }
+        // Reopened: the filter is built from what is on disk.
+        let (list, _) = open(dir.path());
+        wait_filter(&list);
+        let mut reader = list.reader();
+        for i in (0..20_000).filter(|&i| i != 7) {
+            assert!(
+                reader
+                    .lookup(address(i).as_bytes(), b"s.example", None)
+                    .is_some(),
+                "{i}"
+            );
+        }
+        assert!(reader
+            .lookup(b"grow7@example.org", b"s.example", None)
+            .is_none());
     }
 
     #[test]
