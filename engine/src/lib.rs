@@ -36,6 +36,7 @@ pub mod config;
 pub mod delivery;
 pub mod dns;
 pub mod error;
+pub mod http;
 pub mod inbound;
 pub mod log_limit;
 pub mod outbound;

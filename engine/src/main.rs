@@ -106,6 +106,13 @@ enum UserAction {
         /// Recipients per message. None: [limits] recipients_per_message_max.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         recipients_per_message_max: Option<u32>,
+        /// A From: domain whose DKIM key may sign the user's mail, as --sender-domain;
+        /// repeat for more. None: any domain it may send from.
+        #[arg(long = "dkim-domain", value_name = "DOMAIN")]
+        dkim_domains: Vec<String>,
+        /// One-click unsubscribe links in the user's single-recipient mail ([unsubscribe]).
+        #[arg(long)]
+        unsubscribe: bool,
     },
     /// Set a user's password.
     Passwd { name: String },
@@ -490,6 +497,14 @@ fn check_config(file: &Path) -> Result<(), String> {
             println!("warning: {}: {warning}", file.display());
         }
     }
+    // And the unsubscribe secret, when a file is named (the default one is
+    // made at first start).
+    if let (Some(_), Some(path)) = (
+        config.unsubscribe.listen,
+        &config.unsubscribe.secret_file,
+    ) {
+        baton::policy::unsubscribe::check_secret(path)?;
+    }
     for warning in &warnings {
         println!("warning: {warning}");
     }
@@ -728,8 +743,18 @@ fn user(action: UserAction, config_path: Option<&Path>) -> Result<(), String> {
             sender_domains,
             messages_per_hour,
             recipients_per_message_max,
+            dkim_domains,
+            unsubscribe,
         } => {
             baton::auth::users::check_name(&name).map_err(|e| format!("user name: {e}"))?;
+            let dkim_domains: Vec<String> = dkim_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect();
+            for domain in &dkim_domains {
+                baton::auth::users::check_sender_domain(domain)
+                    .map_err(|e| format!("--dkim-domain: {e}"))?;
+            }
             let sender_domains: Vec<String> = sender_domains
                 .iter()
                 .map(|d| d.to_ascii_lowercase())
@@ -754,6 +779,8 @@ fn user(action: UserAction, config_path: Option<&Path>) -> Result<(), String> {
                     sender_domains,
                     messages_per_hour,
                     recipients_per_message_max,
+                    dkim_domains,
+                    unsubscribe,
                 },
             };
             let users = edit::apply(&path, Change::Add(&user))?;

@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
 use crate::outbound::{ClientConfig, ClientLimits, Credentials};
 use crate::policy::suppression::{Entry, SuppressionList};
+use crate::policy::unsubscribe::Unsubscribe;
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
 use crate::shard::{self, ShardHandle, ShardLink};
@@ -49,6 +50,8 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Recipients refused or dropped at `RCPT` as suppressed.
     pub recipients_suppressed: AtomicU64,
+    /// One-click unsubscribes honoured.
+    pub unsubscribes: AtomicU64,
     pub connections_opened: AtomicU64,
     pub connections_failed: AtomicU64,
     pub recipients_delivered: AtomicU64,
@@ -92,6 +95,8 @@ pub struct Server {
     pub events: Arc<EventLog>,
     /// The suppression list; `None` with `suppression.enabled = false`.
     pub suppression: Option<SuppressionList>,
+    /// One-click unsubscribe links; `None` without `[unsubscribe] listen`.
+    pub unsubscribe: Option<Unsubscribe>,
     /// Every shard's inbox, by shard id.
     pub links: Vec<ShardLink>,
     pub shutting_down: AtomicBool,
@@ -428,6 +433,22 @@ pub fn start(config: Config) -> Result<Running> {
     } else {
         None
     };
+    let unsubscribe = Unsubscribe::load(
+        &config.unsubscribe,
+        &config.server.hostname,
+        &config.spool.path,
+    )
+    .map_err(|err| Error::Listen(io::Error::other(err)))?;
+    // Bound here, before the shards start: a bad address fails the start.
+    let unsubscribe_listener = match config.unsubscribe.listen {
+        Some(address) => Some(std::net::TcpListener::bind(address).map_err(|err| {
+            Error::Listen(io::Error::new(
+                err.kind(),
+                format!("unsubscribe listener {address}: {err}"),
+            ))
+        })?),
+        None => None,
+    };
     let mut links = Vec::new();
     let mut inboxes = Vec::new();
     for _ in 0..config.shard_count() {
@@ -451,6 +472,7 @@ pub fn start(config: Config) -> Result<Running> {
         client_config: Arc::new(client_config(&config)),
         events,
         suppression,
+        unsubscribe,
         links,
         shutting_down: AtomicBool::new(false),
         queue_id_floor: recovered.queue_id_max,
@@ -469,6 +491,16 @@ pub fn start(config: Config) -> Result<Running> {
                 format!("admin listener {address}: {err}"),
             ))
         })?;
+    }
+    if let Some(listener) = unsubscribe_listener {
+        let address = listener.local_addr().map_err(Error::Listen)?;
+        crate::http::unsubscribe::start(listener, server.clone()).map_err(|err| {
+            Error::Listen(io::Error::new(
+                err.kind(),
+                format!("unsubscribe listener {address}: {err}"),
+            ))
+        })?;
+        tracing::info!(%address, url = server.unsubscribe.as_ref().map_or("", |u| u.url()), "serving one-click unsubscribe links");
     }
     let housekeeper = start_housekeeper(server.clone()).map_err(Error::Listen)?;
     for (l, tls) in server.config.listeners.iter().zip(&server.listener_tls) {

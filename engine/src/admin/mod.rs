@@ -496,6 +496,11 @@ fn metrics(server: &Server) -> String {
             load(&m.recipients_suppressed),
         ),
         (
+            "baton_unsubscribes_total",
+            "One-click unsubscribes honoured (RFC 8058 POSTs with a valid link).",
+            load(&m.unsubscribes),
+        ),
+        (
             "baton_suppression_bounces_dropped_total",
             "Hard bounces not added to the suppression list: its writer was too far behind.",
             server.suppression.as_ref().map_or(0, |list| list.dropped()),

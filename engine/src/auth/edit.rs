@@ -200,6 +200,13 @@ fn new_table(user: &User) -> Table {
     if let Some(n) = policy.recipients_per_message_max {
         table["recipients_per_message_max"] = toml_edit::value(i64::from(n));
     }
+    if !policy.dkim_domains.is_empty() {
+        let domains: Array = policy.dkim_domains.iter().map(String::as_str).collect();
+        table["dkim_domains"] = toml_edit::value(domains);
+    }
+    if policy.unsubscribe {
+        table["unsubscribe"] = toml_edit::value(true);
+    }
     table
 }
 
@@ -281,6 +288,8 @@ mod tests {
             sender_domains: vec!["example.com".into(), ".example.com".into()],
             messages_per_hour: Some(100),
             recipients_per_message_max: Some(10),
+            dkim_domains: vec!["example.com".into()],
+            unsubscribe: true,
         };
         let users = apply(&path, Change::Add(&user("app1", policy.clone()))).unwrap();
         assert_eq!(users.get("app1").unwrap().policy, policy);

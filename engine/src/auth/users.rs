@@ -8,6 +8,8 @@
 //! sender_domains = ["example.com", ".example.com"]   # optional; none = any
 //! messages_per_hour = 10000                          # optional; none = no limit
 //! recipients_per_message_max = 100                   # optional; none = [limits]
+//! dkim_domains = ["example.com"]                     # optional; none = any it may send from
+//! unsubscribe = true                                 # optional; one-click links in its mail
 //! ```
 //!
 //! Unknown keys, duplicate names and unknown hash schemes are errors naming
@@ -64,29 +66,44 @@ pub struct UserPolicy {
     pub messages_per_hour: Option<u32>,
     /// Recipients per message; `None` = `[limits] recipients_per_message_max`.
     pub recipients_per_message_max: Option<u32>,
+    /// `From:` domains baton signs the user's mail for, as
+    /// `sender_domains` is written; empty = any domain it may send from.
+    pub dkim_domains: Vec<String>,
+    /// One-click unsubscribe links in the user's single-recipient mail,
+    /// scope `user:<name>` (`[unsubscribe]` must be on).
+    pub unsubscribe: bool,
 }
 
 impl UserPolicy {
+    /// Whether the user's mail from `domain` is signed (when a key exists).
+    pub fn allows_signing_for(&self, domain: &str) -> bool {
+        domain_matches(&self.dkim_domains, domain)
+    }
+
     /// Whether the user may send from `domain` (compared without regard to
     /// ASCII case, a trailing root dot ignored). An empty `domain` (the
     /// null sender `<>`) matches no entry: the caller decides about it.
     pub fn allows_sender_domain(&self, domain: &str) -> bool {
-        if self.sender_domains.is_empty() {
-            return true;
-        }
-        let domain = domain.strip_suffix('.').unwrap_or(domain);
-        if domain.is_empty() {
-            return false;
-        }
-        let domain = domain.to_ascii_lowercase();
-        self.sender_domains
-            .iter()
-            .any(|entry| match entry.strip_prefix('.') {
-                // A subdomain: ends with ".example.com" and has a label before it.
-                Some(_) => domain.len() > entry.len() && domain.ends_with(entry.as_str()),
-                None => domain == *entry,
-            })
+        domain_matches(&self.sender_domains, domain)
     }
+}
+
+/// Whether `domain` is in `list` (empty = any), entries as in
+/// `sender_domains`.
+fn domain_matches(list: &[String], domain: &str) -> bool {
+    if list.is_empty() {
+        return true;
+    }
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    if domain.is_empty() {
+        return false;
+    }
+    let domain = domain.to_ascii_lowercase();
+    list.iter().any(|entry| match entry.strip_prefix('.') {
+        // A subdomain: ends with ".example.com" and has a label before it.
+        Some(_) => domain.len() > entry.len() && domain.ends_with(entry.as_str()),
+        None => domain == *entry,
+    })
 }
 
 /// `[[user]]` as written in the file.
@@ -101,6 +118,10 @@ struct UserEntry {
     messages_per_hour: Option<u32>,
     #[serde(default)]
     recipients_per_message_max: Option<u32>,
+    #[serde(default)]
+    dkim_domains: Vec<String>,
+    #[serde(default)]
+    unsubscribe: bool,
 }
 
 /// The whole file.
@@ -133,6 +154,12 @@ impl Users {
                     .collect(),
                 messages_per_hour: entry.messages_per_hour,
                 recipients_per_message_max: entry.recipients_per_message_max,
+                dkim_domains: entry
+                    .dkim_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                unsubscribe: entry.unsubscribe,
             };
             users.by_name.insert(entry.name.clone(), users.users.len());
             users.users.push(User {
@@ -183,6 +210,10 @@ fn check(file: &UsersFile) -> Result<(), (String, String)> {
         for (j, domain) in user.sender_domains.iter().enumerate() {
             check_sender_domain(domain)
                 .map_err(|message| (format!("user[{i}].sender_domains[{j}]"), message))?;
+        }
+        for (j, domain) in user.dkim_domains.iter().enumerate() {
+            check_sender_domain(domain)
+                .map_err(|message| (format!("user[{i}].dkim_domains[{j}]"), message))?;
         }
         let positive = "must be at least 1 (leave the key out for no limit)";
         if user.messages_per_hour == Some(0) {
@@ -246,7 +277,8 @@ mod tests {
         let users = parse(
             "# users\n\n[[user]]\nname = \"app1\"\npassword = \"HASH\"\n\
              sender_domains = [\"Example.COM\", \".example.com\"]\n\
-             messages_per_hour = 10000\nrecipients_per_message_max = 100\n\n\
+             messages_per_hour = 10000\nrecipients_per_message_max = 100\n\
+             dkim_domains = [\"Example.com\"]\nunsubscribe = true\n\n\
              [[user]]\nname = \"app2@example.org\"\npassword = \"HASH\"\n",
         )
         .unwrap();
@@ -261,6 +293,8 @@ mod tests {
                 sender_domains: vec!["example.com".into(), ".example.com".into()],
                 messages_per_hour: Some(10000),
                 recipients_per_message_max: Some(100),
+                dkim_domains: vec!["example.com".into()],
+                unsubscribe: true,
             }
         );
         assert_eq!(

@@ -162,6 +162,20 @@ pub(super) fn optional_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pa
     String::deserialize(d).map(|text| (!text.is_empty()).then(|| PathBuf::from(text)))
 }
 
+/// A string where `""` means "none".
+pub(super) fn optional_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(|text| (!text.is_empty()).then_some(text))
+}
+
+/// Strings compared without regard to case (domains), lowercased here.
+pub(super) fn lowercase_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<String>::deserialize(d).map(|list| {
+        list.into_iter()
+            .map(|text| text.to_ascii_lowercase())
+            .collect()
+    })
+}
+
 /// A string compared without regard to case (domains), lowercased once here.
 pub(super) fn lowercase<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     String::deserialize(d).map(|text| text.to_ascii_lowercase())

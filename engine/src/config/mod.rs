@@ -85,6 +85,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub auth: AuthConfig,
     pub suppression: SuppressionConfig,
+    pub unsubscribe: UnsubscribeConfig,
     pub log: LogConfig,
 }
 
@@ -313,6 +314,34 @@ impl SuppressionConfig {
             .clone()
             .unwrap_or_else(|| spool.join("suppression.redb"))
     }
+}
+
+/// `[unsubscribe]`: one-click unsubscribe links (RFC 8058,
+/// `crate::policy::unsubscribe`) and the HTTPS listener that serves them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeConfig {
+    /// The HTTPS listener; `None` (`""`): off, and no message gets links.
+    #[serde(deserialize_with = "de::optional_socket_addr")]
+    pub listen: Option<SocketAddr>,
+    /// The links' base, `https://name[:port][/prefix]`; `None` (`""`):
+    /// `https://<server.hostname>` and the listener's port unless 443.
+    #[serde(deserialize_with = "de::optional_string")]
+    pub url: Option<String>,
+    /// Envelope sender domains whose mail (from trusted clients) gets
+    /// links: `"example.com"`, `".example.com"` (subdomains), `"*"` (all).
+    #[serde(deserialize_with = "de::lowercase_list")]
+    pub domains: Vec<String>,
+    /// An address offered as a `mailto:` link too; `None` (`""`): none.
+    #[serde(deserialize_with = "de::optional_string")]
+    pub mailto: Option<String>,
+    /// How long a link works after its message was accepted.
+    #[serde(deserialize_with = "de::duration")]
+    pub token_ttl: Duration,
+    /// The HMAC secret (at least 32 bytes of text); `None` (`""`):
+    /// `unsubscribe.key` in the spool directory, made at first start.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub secret_file: Option<PathBuf>,
 }
 
 /// What `RCPT` does with a suppressed recipient.
@@ -763,6 +792,12 @@ mod tests {
             "suppression.path",
             "suppression.action",
             "suppression.from_bounces",
+            "unsubscribe.listen",
+            "unsubscribe.url",
+            "unsubscribe.domains",
+            "unsubscribe.mailto",
+            "unsubscribe.token_ttl",
+            "unsubscribe.secret_file",
             "log.level",
             "log.events",
         ];

@@ -112,11 +112,63 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     shaping(&config.shaping)?;
     routes(&config.routes)?;
     destinations(&config.destinations)?;
+    unsubscribe(config)?;
     if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(invalid(
             "log.level",
             format!("not a tracing filter directive: {error}"),
         ));
+    }
+    Ok(())
+}
+
+/// `[unsubscribe]`: its links are HTTPS, and what they do is add to the
+/// suppression list, so both must be there when the listener is on.
+fn unsubscribe(config: &Config) -> Result<(), Invalid> {
+    let u = &config.unsubscribe;
+    for entry in &u.domains {
+        let name = entry.strip_prefix('.').unwrap_or(entry);
+        if entry != "*" {
+            hostname(name).map_err(|message| invalid("unsubscribe.domains", message))?;
+        }
+    }
+    if let Some(url) = &u.url {
+        let host = url.strip_prefix("https://").unwrap_or_default();
+        if host.is_empty() || host.starts_with('/') || url.contains(char::is_whitespace) {
+            return Err(invalid(
+                "unsubscribe.url",
+                format!("{url:?} is not an https:// URL such as \"https://unsub.example.com\""),
+            ));
+        }
+    }
+    if let Some(mailto) = &u.mailto {
+        let ok = mailto
+            .split_once('@')
+            .is_some_and(|(local, domain)| !local.is_empty() && hostname(domain).is_ok())
+            && !mailto.contains(|c: char| c.is_whitespace() || "<>?,\"".contains(c));
+        if !ok {
+            return Err(invalid(
+                "unsubscribe.mailto",
+                format!("{mailto:?} is not an address such as \"unsubscribe@example.com\""),
+            ));
+        }
+    }
+    if u.token_ttl.is_zero() {
+        return Err(invalid("unsubscribe.token_ttl", "must be more than zero"));
+    }
+    if u.listen.is_some() {
+        if config.tls.certificate.is_none() {
+            return Err(invalid(
+                "unsubscribe.listen",
+                "the links are HTTPS: set [tls] certificate and key",
+            ));
+        }
+        if !config.suppression.enabled {
+            return Err(invalid(
+                "unsubscribe.listen",
+                "an unsubscribe adds to the suppression list: set [suppression] enabled = true",
+            ));
+        }
     }
     Ok(())
 }

@@ -79,6 +79,9 @@ pub enum EventKind {
     /// An address was removed from the suppression list.
     #[serde(rename = "suppression_removed")]
     SuppressionRemoved,
+    /// A recipient followed a one-click unsubscribe link (RFC 8058): the
+    /// message's queue id, `recipient`, `scope`, and the client in `host`.
+    Unsubscribed,
 }
 
 /// One line of the log. Times are Unix milliseconds, written as RFC 3339

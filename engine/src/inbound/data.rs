@@ -94,6 +94,7 @@ impl Session {
         // signed for its From: domain; others neither.
         let trusted = self.relay_allowed || self.identity().is_some();
         let mut wire = body.wire;
+        let mut dkim = None;
         let sign_domain = if trusted {
             crate::sign::fixups::fix_up(
                 &mut wire,
@@ -101,7 +102,32 @@ impl Session {
                 ctx.now_unix_secs(),
                 &self.config.hostname,
             );
-            from_domains(&wire).into_iter().next()
+            // Links only in mail to one recipient: a link names whom it
+            // unsubscribes, and one message carries one link.
+            if let [recipient] = transaction.recipients.as_slice() {
+                let sender = &transaction.reverse_path;
+                let sender_domain = sender
+                    .iter()
+                    .rposition(|&b| b == b'@')
+                    .map_or(&[][..], |at| &sender[at + 1..]);
+                let identity = self.identity().map(|i| &**i);
+                if let Some(fields) =
+                    ctx.unsubscribe_fields(&recipient.address, sender_domain, identity, queue_id)
+                {
+                    crate::sign::fixups::add_unsubscribe(&mut wire, &fields);
+                }
+            }
+            let domain = from_domains(&wire).into_iter().next();
+            match (domain, self.identity()) {
+                (Some(domain), Some(identity)) if !identity.policy.allows_signing_for(&domain) => {
+                    dkim = Some(format!(
+                        "none: user {} may not sign for {domain}",
+                        identity.name
+                    ));
+                    None
+                }
+                (domain, _) => domain,
+            }
         } else {
             None
         };
@@ -112,7 +138,7 @@ impl Session {
             recipients: transaction.recipients,
             body: wire,
             sign_domain,
-            dkim: None,
+            dkim,
             peer: self.peer,
             helo: self.helo_name().unwrap_or_default().to_owned(),
             tls: self.tls_info().cloned(),

@@ -94,6 +94,20 @@ pub trait SessionContext {
         let _ = (recipient, sender_domain, user);
         None
     }
+    /// The one-click unsubscribe fields (`List-Unsubscribe`,
+    /// `List-Unsubscribe-Post`, CRLF ended) for a message from a trusted
+    /// client to one `recipient`, when `[unsubscribe]` covers its sender
+    /// domain or user; `None`: no links.
+    fn unsubscribe_fields(
+        &mut self,
+        recipient: &[u8],
+        sender_domain: &[u8],
+        identity: Option<&Identity>,
+        queue_id: QueueId,
+    ) -> Option<String> {
+        let _ = (recipient, sender_domain, identity, queue_id);
+        None
+    }
 }
 
 /// What `RCPT` does with a suppressed recipient

@@ -235,6 +235,20 @@ impl SessionContext for Ctx<'_> {
             }
         }
     }
+
+    fn unsubscribe_fields(
+        &mut self,
+        recipient: &[u8],
+        sender_domain: &[u8],
+        identity: Option<&Identity>,
+        queue_id: QueueId,
+    ) -> Option<String> {
+        let links = self.server.unsubscribe.as_ref()?;
+        let sender_domain = std::str::from_utf8(sender_domain).ok()?;
+        let scope = links.scope_for(sender_domain, identity)?;
+        let recipient = std::str::from_utf8(recipient).ok()?;
+        Some(links.fields(recipient, &scope, queue_id, unix_ms() / 1000))
+    }
 }
 
 impl Shard {

@@ -41,16 +41,34 @@ pub fn fix_up(
 
 /// Whether the header section has a `Message-ID` and a `Date` field.
 fn present(wire: &[u8]) -> (bool, bool) {
-    let (mut id, mut date) = (false, false);
+    (has_field(wire, b"message-id:"), has_field(wire, b"date:"))
+}
+
+/// Whether the header section has a field named `name` (lowercase, with
+/// its colon).
+pub fn has_field(wire: &[u8], name: &[u8]) -> bool {
     for line in wire.split(|&b| b == b'\n') {
         if line == b"\r" || line.is_empty() {
-            break;
+            return false;
         }
-        let name = |n: &[u8]| line.len() > n.len() && line[..n.len()].eq_ignore_ascii_case(n);
-        id |= name(b"message-id:");
-        date |= name(b"date:");
+        if line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name) {
+            return true;
+        }
     }
-    (id, date)
+    false
+}
+
+/// Adds one-click unsubscribe fields (RFC 8058, made by
+/// `crate::policy::unsubscribe`) after baton's `Received:` field, unless
+/// the message has a `List-Unsubscribe` of its own: the sender's link
+/// wins. Whether they were added.
+pub fn add_unsubscribe(wire: &mut Vec<u8>, fields: &str) -> bool {
+    if has_field(wire, b"list-unsubscribe:") || has_field(wire, b"list-unsubscribe-post:") {
+        return false;
+    }
+    let at = end_of_first_field(wire);
+    wire.splice(at..at, fields.bytes());
+    true
 }
 
 /// Where the first field (and its folded lines) ends.
@@ -90,6 +108,22 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn unsubscribe_fields_are_added_unless_the_sender_has_its_own() {
+        let fields = "List-Unsubscribe: <https://u/x>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n";
+        let mut wire = format!("{RECEIVED}Subject: s\r\n\r\nbody\r\n").into_bytes();
+        assert!(add_unsubscribe(&mut wire, fields));
+        let text = String::from_utf8(wire).unwrap();
+        assert!(
+            text.starts_with(&format!("{RECEIVED}{fields}Subject: s\r\n")),
+            "{text}"
+        );
+        let own = format!("{RECEIVED}list-unsubscribe: <mailto:a@b>\r\n\r\nbody\r\n");
+        let mut wire = own.clone().into_bytes();
+        assert!(!add_unsubscribe(&mut wire, fields));
+        assert_eq!(wire, own.as_bytes());
     }
 
     #[test]
