@@ -499,10 +499,7 @@ fn check_config(file: &Path) -> Result<(), String> {
     }
     // And the unsubscribe secret, when a file is named (the default one is
     // made at first start).
-    if let (Some(_), Some(path)) = (
-        config.unsubscribe.listen,
-        &config.unsubscribe.secret_file,
-    ) {
+    if let (Some(_), Some(path)) = (config.unsubscribe.listen, &config.unsubscribe.secret_file) {
         baton::policy::unsubscribe::check_secret(path)?;
     }
     for warning in &warnings {
