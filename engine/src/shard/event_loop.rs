@@ -31,6 +31,7 @@ use crate::policy::suppression::Reader as SuppressionReader;
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::{unix_ms, Server};
+use crate::sign::Cost as SignCost;
 use crate::tls::{TlsInfo, TLS_BUFFER_BYTES_MAX};
 
 use super::conn::{Conn, Slots, TlsStep};
@@ -921,19 +922,22 @@ impl Shard {
                 return;
             };
             if let Some(domain) = message.sign_domain.clone() {
-                if self.server.signing.has_key_for(&domain) {
-                    // Signed off the shard; appended when it comes back.
-                    let server = self.server.clone();
-                    let (shard, conn) = (self.id, key.to_u64());
-                    self.server.signing.sign(message, domain, move |message| {
-                        server.links[shard].send(ShardMsg::Signed {
-                            conn,
-                            message: Box::new(message),
+                match self.server.signing.cost(&domain) {
+                    SignCost::NoKey => message.dkim = Some(format!("none: no key for {domain}")),
+                    SignCost::Cheap => message = self.server.signing.sign_now(message, &domain),
+                    SignCost::Costly => {
+                        // Signed off the shard; appended when it comes back.
+                        let server = self.server.clone();
+                        let (shard, conn) = (self.id, key.to_u64());
+                        self.server.signing.sign(message, domain, move |message| {
+                            server.links[shard].send(ShardMsg::Signed {
+                                conn,
+                                message: Box::new(message),
+                            });
                         });
-                    });
-                    return;
+                        return;
+                    }
                 }
-                message.dkim = Some(format!("none: no key for {domain}"));
             }
             let peer = conn.peer_text.clone();
             if self.store(key, peer, message) {
