@@ -179,10 +179,7 @@ fn dkim_keygen(
     }
     let (k, public) = match algorithm {
         "ed25519-sha256" => {
-            let der = mail_auth::common::crypto::Ed25519Key::generate_pkcs8()
-                .map_err(|e| format!("cannot make a key: {e}"))?;
-            let key = mail_auth::common::crypto::Ed25519Key::from_pkcs8_der(&der)
-                .map_err(|e| format!("cannot read the new key: {e}"))?;
+            let (der, public) = baton::sign::Ed25519Key::generate()?;
             let body = b64(&der);
             let lines: Vec<&str> = body
                 .as_bytes()
@@ -200,7 +197,7 @@ fn dkim_keygen(
                 .open(&path)
                 .and_then(|mut f| f.write_all(pem.as_bytes()))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
-            ("ed25519", b64(&key.public_key()))
+            ("ed25519", b64(&public))
         }
         "rsa-sha256" => {
             if !(1024..=4096).contains(&bits) {

