@@ -9,9 +9,11 @@
 # traffic saturates the same server: its p99 accept latency, against the
 # same rate on an idle server.
 # Usage: bench/dkim-e2e.sh BIN_DIR ROUNDS (BIN_DIR holds baton and loadgen)
+#        SIGN_THREADS=4 bench/dkim-e2e.sh ...   ([dkim_defaults] sign_threads)
 set -eu
 BIN=${1:-target/release}
 ROUNDS=${2:-3}
+SIGN_THREADS=${SIGN_THREADS:-2}
 D=$(mktemp -d /tmp/dkimbench.XXXXXX)
 $BIN/baton dkim keygen rsa.bench s1 --algorithm rsa-sha256 --out $D/rsa.pem >/dev/null
 $BIN/baton dkim keygen ed.bench s1 --algorithm ed25519-sha256 --out $D/ed.pem >/dev/null
@@ -28,6 +30,8 @@ address = "127.0.0.1:8136"
 connections_per_ip_max = 20000
 [log]
 level = "warn"
+[dkim_defaults]
+sign_threads = $SIGN_THREADS
 [[route]]
 domain = "*"
 next_hop = "127.0.0.3:2737"
