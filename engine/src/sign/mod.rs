@@ -43,7 +43,7 @@ pub enum Cost {
     NoKey,
     /// Ed25519 only: tens of microseconds, signed on the shard.
     Cheap,
-    /// An RSA key: about a millisecond, signed on a signing thread.
+    /// An RSA key: about 250 µs, signed on a signing thread.
     Costly,
 }
 
