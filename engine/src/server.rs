@@ -592,6 +592,7 @@ fn delivery_settings(config: &Config) -> DeliverySettings {
     DeliverySettings {
         retry_schedule: d.retry_schedule.clone(),
         max_age: d.max_age,
+        soft_bounce: d.soft_bounce,
         timeouts: Timeouts {
             connect: d.connect_timeout,
             greeting: d.greeting_timeout,

@@ -273,3 +273,49 @@ fn two_recipients_refused_in_one_transaction_make_one_notification_listing_both(
     let senders = setup.senders.stop();
     assert_eq!(senders["messages_accepted"], 1, "{senders}");
 }
+
+/// `[delivery] soft_bounce = true` (Postfix's safety net): the same `550
+/// 5.1.1` defers the recipient instead of failing it: it stays queued with
+/// the reply, the `deferred` event says `soft_bounce`, no notification is
+/// made, and the address does not go on the suppression list.
+#[test]
+fn soft_bounce_defers_a_permanent_failure_without_notifying_or_suppressing() {
+    let dest = Sink::start("127.0.0.2", &[]);
+    let senders = Sink::start("127.0.0.3", &[]);
+    let events = EventLog::new();
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        delivery: vec![
+            "soft_bounce = true".into(),
+            "retry_schedule = [\"1h\"]".into(),
+        ],
+        extra_toml: route("dest.test", dest.addr)
+            + &route("sender.test", senders.addr)
+            + &events.toml(),
+        ..TestConfig::default()
+    });
+    let id = server.submit(
+        "alice@sender.test",
+        &["bounce-bob@dest.test", "ok@dest.test"],
+        "Subject: safety net\r\n\r\nhi\r\n",
+    );
+    wait_status(&mut server, &id, "ok@dest.test", "delivered");
+    wait_status(&mut server, &id, "bounce-bob@dest.test", "deferred");
+    let deferred = recipient_named(&server, &id, "bounce-bob@dest.test");
+    let reply = deferred["last_reply"].as_str().unwrap_or_default();
+    assert!(reply.starts_with("550 5.1.1"), "{deferred}");
+    server.wait_until("the deferred event", || {
+        !events.events_of("deferred", &id).is_empty()
+    });
+    let event = &events.events_of("deferred", &id)[0];
+    assert_eq!(event["reason"], "soft_bounce", "{event}");
+    assert!(events.events_of("failed", &id).is_empty());
+    assert!(events.events_of("bounce", &id).is_empty());
+    assert_eq!(
+        senders.count(),
+        0,
+        "no notification while soft_bounce is on"
+    );
+    let (status, body) = server.admin_request("GET", "/suppression?address=bounce-bob@dest.test");
+    assert_eq!(status, 404, "not suppressed: {body}");
+}

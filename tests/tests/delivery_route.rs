@@ -52,6 +52,57 @@ fn every_message_reaches_the_next_hop_once_and_the_queue_empties() {
     assert_eq!(report["messages_accepted"], 20, "{report}");
 }
 
+/// `.example` routes take every subdomain, the longest parent wins, an
+/// exact route wins over both, and the parent domain itself is not its
+/// own subdomain (Postfix's transport maps): each message reaches the
+/// sink its route names.
+#[test]
+fn subdomain_routes_match_subdomains_longest_first() {
+    let parent = Sink::start("127.0.0.2", &[]);
+    let eu = Sink::start("127.0.0.3", &[]);
+    let exact = Sink::start("127.0.0.4", &[]);
+    let star = Sink::start("127.0.0.5", &[]);
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: route(".corp.test", parent.addr)
+            + &route(".eu.corp.test", eu.addr)
+            + &route("mail.eu.corp.test", exact.addr)
+            + &route("*", star.addr),
+        ..TestConfig::default()
+    });
+    let cases = [
+        ("a.corp.test", &parent),
+        ("x.y.corp.test", &parent),
+        ("b.eu.corp.test", &eu),
+        ("mail.eu.corp.test", &exact),
+        ("corp.test", &star),
+        ("notcorp.test", &star),
+    ];
+    for (domain, _) in &cases {
+        server.submit(
+            "alice@sender.test",
+            &[&format!("bob@{domain}")],
+            &format!("Subject: to {domain}\r\n\r\nhi\r\n"),
+        );
+    }
+    server.wait_until("six messages delivered", || {
+        parent.count() + eu.count() + exact.count() + star.count() >= 6
+    });
+    wait_queue_empty(&mut server);
+    for (domain, sink) in &cases {
+        let arrived = sink
+            .messages()
+            .iter()
+            .filter(|m| m.contains(&format!("Subject: to {domain}\r\n")))
+            .count();
+        assert_eq!(arrived, 1, "{domain} did not reach its route's next hop");
+    }
+    assert_eq!(
+        (parent.count(), eu.count(), exact.count(), star.count()),
+        (2, 1, 1, 2)
+    );
+}
+
 /// A next hop named by its host name is found through DNS (its A record),
 /// not through MX: the smart host has no MX at all.
 #[test]

@@ -27,6 +27,9 @@ pub struct DeliveryConfig {
     /// Never empty, no step 0.
     #[serde(deserialize_with = "de::durations")]
     pub retry_schedule: Vec<Duration>,
+    /// Every permanent failure is a deferral instead (Postfix's
+    /// `soft_bounce`): a safety net while a new setup is checked.
+    pub soft_bounce: bool,
     /// Age (since arrival) past which a message fails and bounces.
     #[serde(deserialize_with = "de::duration")]
     pub max_age: Duration,
@@ -249,13 +252,23 @@ pub struct DestinationConfig {
 
 impl Config {
     /// The route for a destination domain: its own `[[route]]` first, then
-    /// the `"*"` route, else `None` (deliver by MX). Case does not matter.
+    /// the longest `".parent"` route it is a subdomain of, then the `"*"`
+    /// route, else `None` (deliver by MX). Case does not matter.
     pub fn route_for(&self, domain: &str) -> Option<&NextHop> {
-        let exact = self
-            .routes
-            .iter()
-            .find(|route| route.domain.eq_ignore_ascii_case(domain));
+        let domain = domain.to_ascii_lowercase();
+        let exact = self.routes.iter().find(|route| route.domain == domain);
+        let subdomain = || {
+            self.routes
+                .iter()
+                .filter(|route| {
+                    route.domain.starts_with('.')
+                        && domain.len() > route.domain.len()
+                        && domain.ends_with(route.domain.as_str())
+                })
+                .max_by_key(|route| route.domain.len())
+        };
         exact
+            .or_else(subdomain)
             .or_else(|| self.routes.iter().find(|route| route.domain == "*"))
             .map(|route| &route.next_hop)
     }

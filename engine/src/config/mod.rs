@@ -757,6 +757,7 @@ mod tests {
             "delivery.helo_name",
             "delivery.mx_port",
             "delivery.retry_schedule",
+            "delivery.soft_bounce",
             "delivery.max_age",
             "delivery.tls_ca",
             "delivery.remember_broken_tls",

@@ -588,7 +588,15 @@ fn unique_domain<'c>(
 fn routes(routes: &[RouteConfig]) -> Result<(), Invalid> {
     let mut seen = HashMap::new();
     for (i, route) in routes.iter().enumerate() {
-        table_domain(&format!("route[{i}].domain"), &route.domain, true)?;
+        // `.example.com`: every subdomain of example.com (not itself).
+        let name = route.domain.strip_prefix('.').unwrap_or(&route.domain);
+        table_domain(&format!("route[{i}].domain"), name, true)?;
+        if route.domain.starts_with('.') && name == "*" {
+            return Err(invalid(
+                format!("route[{i}].domain"),
+                "\".*\" is not a domain; \"*\" is every domain",
+            ));
+        }
         unique_domain(&mut seen, "route", i, &route.domain)?;
         let key = format!("route[{i}].next_hop");
         let hop = &route.next_hop;

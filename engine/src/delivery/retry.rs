@@ -12,6 +12,8 @@ pub struct DeliverySettings {
     pub retry_schedule: Vec<Duration>,
     /// Undelivered this long after arrival: fail and bounce.
     pub max_age: Duration,
+    /// Permanent failures are deferred instead (`[delivery] soft_bounce`).
+    pub soft_bounce: bool,
     pub timeouts: Timeouts,
     /// How long an idle connection waits for more work before QUIT.
     pub idle_timeout: Duration,
@@ -27,6 +29,7 @@ impl Default for DeliverySettings {
         DeliverySettings {
             retry_schedule: [1, 5, 15, 30, 60, 120, 240].map(minutes).to_vec(),
             max_age: Duration::from_secs(5 * 24 * 3600),
+            soft_bounce: false,
             timeouts: Timeouts::default(),
             idle_timeout: Duration::from_secs(2),
             pause: Duration::from_secs(1),

@@ -60,6 +60,9 @@ pub enum Route {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Routes {
     exact: HashMap<String, NextHop>,
+    /// `.example.com` routes (any subdomain), longest first, so the most
+    /// specific wins.
+    subdomains: Vec<(String, NextHop)>,
     wildcard: Option<NextHop>,
     mx_port: u16,
 }
@@ -75,18 +78,32 @@ impl Routes {
         for (domain, hop) in routes {
             if domain == "*" {
                 out.wildcard = Some(hop);
+            } else if domain.starts_with('.') {
+                out.subdomains.push((domain.to_ascii_lowercase(), hop));
             } else {
                 out.exact.insert(domain.to_ascii_lowercase(), hop);
             }
         }
+        out.subdomains
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         out
     }
 
-    /// The route for a destination: its own entry, else `*`, else MX.
+    /// The route for a destination: its own entry, else the longest
+    /// `.parent` entry it is a subdomain of (as Postfix's transport maps
+    /// match `.example.com`), else `*`, else MX.
     pub fn route(&self, destination: &Destination) -> Route {
+        let name = destination.as_str();
+        let subdomain = || {
+            self.subdomains
+                .iter()
+                .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+                .map(|(_, hop)| hop)
+        };
         match self
             .exact
-            .get(destination.as_str())
+            .get(name)
+            .or_else(subdomain)
             .or(self.wildcard.as_ref())
         {
             Some(hop) => Route::NextHop(hop.clone()),
@@ -108,6 +125,39 @@ pub fn destination_of(address: &[u8]) -> Destination {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_then_the_longest_parent_then_star() {
+        let hop = |host: &str| NextHop {
+            host: host.into(),
+            port: 25,
+            auth: None,
+        };
+        let routes = Routes::new(
+            [
+                ("*".to_owned(), hop("star")),
+                (".example.com".to_owned(), hop("parent")),
+                (".eu.example.com".to_owned(), hop("eu")),
+                ("mail.eu.example.com".to_owned(), hop("exact")),
+            ],
+            25,
+        );
+        let host = |domain: &str| match routes.route(&Destination::new(domain)) {
+            Route::NextHop(hop) => hop.host,
+            Route::Mx { .. } => "mx".into(),
+        };
+        assert_eq!(host("a.example.com"), "parent");
+        assert_eq!(host("x.y.example.com"), "parent");
+        assert_eq!(host("a.eu.example.com"), "eu");
+        assert_eq!(host("mail.eu.example.com"), "exact");
+        // The parent itself is not its own subdomain.
+        assert_eq!(host("example.com"), "star");
+        assert_eq!(host("badexample.com"), "star");
+        assert_eq!(
+            Routes::new([], 25).route(&Destination::new("a.org")),
+            Route::Mx { port: 25 }
+        );
+    }
 
     #[test]
     fn the_domain_decides_and_case_does_not() {

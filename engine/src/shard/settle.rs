@@ -154,6 +154,7 @@ impl Shard {
                 Fate::Deferred {
                     reply,
                     next_attempt_ms,
+                    soft,
                 } => {
                     let status = Status::Deferred {
                         attempts,
@@ -164,6 +165,7 @@ impl Shard {
                     metrics.recipients_deferred.fetch_add(1, Ordering::Relaxed);
                     note.kind = EventKind::Deferred;
                     note.next_attempt_ms = Some(next_attempt_ms);
+                    note.reason = soft.then_some("soft_bounce");
                     self.note(&note, reply, &text, now_ms);
                     self.server
                         .queues
@@ -427,6 +429,8 @@ enum Fate<'r> {
     Deferred {
         reply: &'r Reply,
         next_attempt_ms: u64,
+        /// A permanent failure deferred by `soft_bounce`.
+        soft: bool,
     },
     /// Refused, or deferred past `max_age` (`expired`, with a reply of
     /// baton's own that quotes the last one).
@@ -448,6 +452,9 @@ fn fate<'r>(
 ) -> (u32, Fate<'r>) {
     match outcome {
         Outcome::Delivered(reply) => (attempts, Fate::Delivered(reply)),
+        Outcome::Failed(reply) if delivery.soft_bounce => {
+            deferred(delivery, arrival_ms, now_ms, attempts, reply, true)
+        }
         Outcome::Failed(reply) => (
             attempts,
             Fate::Failed {
@@ -455,34 +462,49 @@ fn fate<'r>(
                 expired: false,
             },
         ),
-        Outcome::Deferred(reply) => match delivery.retry(attempts, arrival_ms, now_ms) {
-            Retry::At {
-                attempts,
+        Outcome::Deferred(reply) => deferred(delivery, arrival_ms, now_ms, attempts, reply, false),
+    }
+}
+
+/// A deferral: tried again on the retry schedule, or failed once
+/// `max_age` has passed. `soft`: a permanent failure that `soft_bounce`
+/// turned into this.
+fn deferred<'r>(
+    delivery: &DeliverySettings,
+    arrival_ms: u64,
+    now_ms: u64,
+    attempts: u32,
+    reply: &'r Reply,
+    soft: bool,
+) -> (u32, Fate<'r>) {
+    match delivery.retry(attempts, arrival_ms, now_ms) {
+        Retry::At {
+            attempts,
+            next_attempt_ms,
+        } => (
+            attempts,
+            Fate::Deferred {
+                reply,
                 next_attempt_ms,
-            } => (
+                soft,
+            },
+        ),
+        Retry::Expired { attempts } => {
+            // RFC 3463 X.4.7: delivery time expired.
+            let class = if reply.class() == 5 { 5 } else { 4 };
+            let text = format!(
+                "delivery time expired after {attempts} attempts; last reply: {}",
+                reply_text(reply)
+            );
+            let reply = Reply::new(reply.code.max(400), Some((class, 4, 7)), text);
+            (
                 attempts,
-                Fate::Deferred {
-                    reply,
-                    next_attempt_ms,
+                Fate::Failed {
+                    reply: Cow::Owned(reply),
+                    expired: true,
                 },
-            ),
-            Retry::Expired { attempts } => {
-                // RFC 3463 X.4.7: delivery time expired.
-                let class = if reply.class() == 5 { 5 } else { 4 };
-                let text = format!(
-                    "delivery time expired after {attempts} attempts; last reply: {}",
-                    reply_text(reply)
-                );
-                let reply = Reply::new(reply.code.max(400), Some((class, 4, 7)), text);
-                (
-                    attempts,
-                    Fate::Failed {
-                        reply: Cow::Owned(reply),
-                        expired: true,
-                    },
-                )
-            }
-        },
+            )
+        }
     }
 }
 
