@@ -106,6 +106,10 @@ pub struct SinkArgs {
     /// content instead of replying.
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability, value_name = "P")]
     pub disconnect: f64,
+    /// Close each connection, without an error reply, right after the
+    /// reply to its Nth message, as some mailbox providers do (Yahoo).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub close_after: Option<u64>,
     /// Seed for the scripted failures (default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -156,6 +160,8 @@ pub struct SinkStats {
     pub messages_refused: AtomicU64,
     pub recipients_refused: AtomicU64,
     pub disconnects: AtomicU64,
+    /// Connections closed after a reply by `--close-after`.
+    pub closed_after: AtomicU64,
     /// AUTH commands received (`--auth`), whatever came of them.
     pub auth_attempts: AtomicU64,
     /// Of those, answered 235.
@@ -398,6 +404,7 @@ fn prepare(args: &SinkArgs) -> anyhow::Result<SinkContext> {
                 message_tempfail: args.message_tempfail,
                 message_reject: args.message_reject,
                 disconnect: args.disconnect,
+                close_after: args.close_after,
             },
             dump_dir: args.dump_dir.clone(),
         },
@@ -495,6 +502,7 @@ fn summarize(args: &SinkArgs, ctx: &SinkContext, listen: String, elapsed: Durati
         messages_refused: load(&stats.messages_refused),
         recipients_refused: load(&stats.recipients_refused),
         disconnects: load(&stats.disconnects),
+        closed_after: load(&stats.closed_after),
         auth_attempts: load(&stats.auth_attempts),
         auth_successes: load(&stats.auth_successes),
         auth_failures: load(&stats.auth_failures),

@@ -32,6 +32,9 @@ pub struct Script {
     pub message_reject: f64,
     /// Closing the connection after the content, before its reply.
     pub disconnect: f64,
+    /// Closing the connection, silently, after the reply to this many
+    /// messages on it.
+    pub close_after: Option<u64>,
 }
 
 /// How to greet a new connection.

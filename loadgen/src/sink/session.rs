@@ -77,6 +77,8 @@ pub struct Session {
     latency: LatencyRecorder,
     /// The last message's buffer, reused for the next.
     spare: Vec<u8>,
+    /// Messages answered on this connection (`--close-after`).
+    messages: u64,
 }
 
 /// Serves a connection to its end.
@@ -93,6 +95,7 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<SinkContext>, index: u64) {
         transaction: None,
         authenticated: false,
         spare: Vec::new(),
+        messages: 0,
         ctx,
     };
     // A failed connection is the client's business; the counts say enough.
@@ -460,6 +463,19 @@ impl Session {
         self.spare = body.wire;
         self.delay(delay).await?;
         self.push_reply(&Reply::new(code, Some(enhanced), text));
+        self.messages += 1;
+        if self
+            .ctx
+            .config
+            .script
+            .close_after
+            .is_some_and(|n| self.messages >= n)
+        {
+            // The reply goes out, then the connection closes: no 421,
+            // whatever the client pipelined behind the content.
+            self.ctx.stats.closed_after.fetch_add(1, Ordering::Relaxed);
+            return Ok(Flow::Close);
+        }
         Ok(Flow::Continue)
     }
 

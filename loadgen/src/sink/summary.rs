@@ -41,6 +41,9 @@ pub struct SinkSummary {
     pub recipients_refused: u64,
     /// Connections closed on purpose, without a reply.
     pub disconnects: u64,
+    /// Connections closed on purpose after a reply (`--close-after`).
+    #[serde(default)]
+    pub closed_after: u64,
     /// AUTH commands received (with `--auth`).
     #[serde(default)]
     pub auth_attempts: u64,
@@ -106,6 +109,9 @@ impl SinkSummary {
             format_bytes(self.bytes_accepted as f64)
         );
         let _ = writeln!(out, "  disconnects  {} (scripted)", self.disconnects);
+        if self.closed_after > 0 {
+            let _ = writeln!(out, "  closed after {} (--close-after)", self.closed_after);
+        }
         if self.auth_attempts > 0 {
             let _ = writeln!(
                 out,
