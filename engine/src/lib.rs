@@ -44,6 +44,7 @@ pub mod policy;
 pub mod queue;
 pub mod route;
 pub mod server;
+pub mod shaping;
 pub mod shard;
 pub mod sign;
 pub mod smtp;

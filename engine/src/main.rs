@@ -63,6 +63,22 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Sites' shaping state on a running server, and suspending or resuming
+    /// one (through its admin API). A site is a destination (a recipient
+    /// domain) for now.
+    Site {
+        #[command(subcommand)]
+        action: SiteAction,
+        /// The server's configuration, to find its admin address and token.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The admin address, overriding the configuration.
+        #[arg(long, global = true)]
+        admin: Option<SocketAddr>,
+        /// Print the raw JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Have a running server reread its configuration file (AUTH users, TLS
     /// certificates), as SIGHUP does, through its admin API.
     Reload {
@@ -258,6 +274,26 @@ fn dkim_keygen(
 /// `baton suppression`. A scope is `global` (every sender), `domain:<sender domain>`
 /// or `user:<AUTH user>`.
 #[derive(Subcommand)]
+enum SiteAction {
+    /// Every site: queued mail, connections and their limit, and any
+    /// suspension or throttle with its reason.
+    List,
+    /// One site.
+    Show { site: String },
+    /// Open no new connection to a site for a while (default 1h).
+    Suspend {
+        site: String,
+        /// How long: "10m", "2h".
+        #[arg(long = "for", default_value = "1h")]
+        duration: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a site's suspension and throttle: full limits again.
+    Resume { site: String },
+}
+
+#[derive(Subcommand)]
 enum SuppressionAction {
     /// Put an address on the list.
     Add {
@@ -323,6 +359,12 @@ fn main() -> ExitCode {
             admin,
             json,
         } => suppression(action, config.as_deref(), admin, json),
+        Command::Site {
+            action,
+            config,
+            admin,
+            json,
+        } => site(action, config.as_deref(), admin, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -493,6 +535,10 @@ fn check_config(file: &Path) -> Result<(), String> {
         if let Some(warning) = admin::permission_warning(path) {
             println!("warning: {}: {warning}", file.display());
         }
+    }
+    // And the operator's bounce classification rules.
+    if let Some(path) = &config.delivery.classify_rules {
+        baton::delivery::classify::Classifier::load(Some(path))?;
     }
     // And the unsubscribe secret, when a file is named (the default one is
     // made at first start).
@@ -989,6 +1035,124 @@ impl Api {
     }
 }
 
+/// `baton site`.
+fn site(
+    action: SiteAction,
+    config: Option<&Path>,
+    admin: Option<SocketAddr>,
+    json: bool,
+) -> Result<(), String> {
+    use baton::admin::sites::{ResumeRequest, SuspendRequest};
+    use baton::queue::DestinationSummary;
+    let api = Api::from_config(config, admin)?;
+    let sites = |api: &Api| -> Result<(String, Vec<DestinationSummary>), String> {
+        let body = api.read("/sites")?;
+        let sites = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        Ok((body, sites))
+    };
+    match action {
+        SiteAction::List => {
+            let (body, sites) = sites(&api)?;
+            if json {
+                print!("{body}");
+            } else {
+                print_sites(&sites);
+            }
+            Ok(())
+        }
+        SiteAction::Show { site } => {
+            let name = site.to_ascii_lowercase();
+            let (_, sites) = sites(&api)?;
+            let Some(found) = sites.into_iter().find(|s| s.destination == name) else {
+                return Err(format!(
+                    "no site {name} (nothing queued, open or suspended)"
+                ));
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?
+                );
+            } else {
+                print_sites(&[found]);
+            }
+            Ok(())
+        }
+        SiteAction::Suspend {
+            site,
+            duration,
+            reason,
+        } => {
+            let request = SuspendRequest {
+                site,
+                duration: Some(duration),
+                reason,
+            };
+            api.send(
+                "/sites/suspend",
+                "application/json",
+                to_json(&request).as_bytes(),
+                json,
+            )
+        }
+        SiteAction::Resume { site } => {
+            let request = ResumeRequest { site };
+            api.send(
+                "/sites/resume",
+                "application/json",
+                to_json(&request).as_bytes(),
+                json,
+            )
+        }
+    }
+}
+
+fn print_sites(sites: &[baton::queue::DestinationSummary]) {
+    println!(
+        "{:<32} {:>7} {:>9} {:>11}  STATE",
+        "SITE", "READY", "SCHEDULED", "CONNECTIONS"
+    );
+    let now = baton::server::unix_ms();
+    for s in sites {
+        let mut state = Vec::new();
+        if let Some(reason) = &s.suspended {
+            state.push(format!(
+                "suspended {}s more: {reason}",
+                s.paused_until_ms.saturating_sub(now) / 1000
+            ));
+        } else if s.paused_until_ms > now {
+            state.push(format!("paused {}s more", (s.paused_until_ms - now) / 1000));
+        }
+        if let Some(t) = &s.throttle {
+            let mut caps = Vec::new();
+            if let Some(n) = t.connections_max {
+                caps.push(format!("{n} connections"));
+            }
+            if let Some(r) = t.message_rate_max {
+                caps.push(format!("{r} msg/s"));
+            }
+            state.push(format!(
+                "throttled to {} for {}s: {}",
+                caps.join(", "),
+                t.until_ms.saturating_sub(now) / 1000,
+                t.reason
+            ));
+        }
+        if state.is_empty() {
+            state.push("ok".into());
+        }
+        println!(
+            "{:<32} {:>7} {:>9} {:>6} of {:<2}  {}",
+            s.destination,
+            s.ready,
+            s.scheduled,
+            s.connections,
+            s.connections_limit,
+            state.join("; ")
+        );
+    }
+}
+
 fn print_summary(summary: &QueueSummary) {
     println!(
         "{:<40} {:>10} {:>10} {:>12}",
@@ -1028,7 +1192,10 @@ fn print_message(m: &MessageReport) {
             None => println!("  <{}> {}", r.address, r.status),
         }
         if let Some(reply) = &r.last_reply {
-            println!("      {reply}");
+            match &r.category {
+                Some(category) => println!("      {reply}  [{category}]"),
+                None => println!("      {reply}"),
+            }
         }
     }
 }

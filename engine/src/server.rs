@@ -18,6 +18,7 @@ use std::time::Duration;
 use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
 use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls, TlsConfig};
+use crate::delivery::classify::Classifier;
 use crate::delivery::events::{Event as LogEvent, EventKind, EventLog};
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
@@ -28,6 +29,7 @@ use crate::policy::suppression::{Entry, SuppressionList};
 use crate::policy::unsubscribe::Unsubscribe;
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
+use crate::shaping::ShapingRules;
 use crate::shard::{self, ShardHandle, ShardLink};
 use crate::tls::mta_sts::{MtaSts, MtaStsConfig};
 use crate::tls::{ClientTls, ServerTls, TlsError};
@@ -52,6 +54,9 @@ pub struct Metrics {
     pub recipients_suppressed: AtomicU64,
     /// One-click unsubscribes honoured.
     pub unsubscribes: AtomicU64,
+    /// Deferred and failed recipients by category
+    /// (`crate::delivery::classify::Category::ALL`'s order).
+    pub recipients_by_category: [AtomicU64; 12],
     pub connections_opened: AtomicU64,
     pub connections_failed: AtomicU64,
     pub recipients_delivered: AtomicU64,
@@ -109,6 +114,10 @@ pub struct Server {
     pub verifier: Option<Verifier>,
     /// DKIM keys and the threads that sign.
     pub signing: Signing,
+    /// Bounce classification: shipped rules and the operator's.
+    pub classifier: Classifier,
+    /// What to do when a receiver says "slow down".
+    pub shaping_rules: ShapingRules,
     /// What `POST /reload` runs (SIGHUP's reload); set by whoever started
     /// the server and knows its configuration file.
     pub reload_hook: std::sync::OnceLock<ReloadHook>,
@@ -433,6 +442,11 @@ pub fn start(config: Config) -> Result<Running> {
     } else {
         None
     };
+    let classifier = Classifier::load(config.delivery.classify_rules.as_deref())
+        .map_err(|err| Error::Listen(io::Error::other(err)))?;
+    // Validation compiled them already.
+    let shaping_rules = ShapingRules::new(&config.shaping_rules)
+        .map_err(|(name, why)| Error::Listen(io::Error::other(format!("{name}: {why}"))))?;
     let unsubscribe = Unsubscribe::load(
         &config.unsubscribe,
         &config.server.hostname,
@@ -480,6 +494,8 @@ pub fn start(config: Config) -> Result<Running> {
         connections_per_ip: Mutex::new(HashMap::new()),
         verifier,
         signing,
+        classifier,
+        shaping_rules,
         reload_hook: std::sync::OnceLock::new(),
         config,
     });

@@ -194,6 +194,24 @@ fn a_recipient_refused_with_550_bounces_to_the_sender_with_its_reply_and_the_ori
     assert_eq!(notification["recipients"][0]["status"], "delivered");
     assert_eq!(metric(&setup.server, "baton_bounces_generated_total"), 1);
     assert_eq!(metric(&setup.server, "baton_recipients_failed_total"), 1);
+    // Classified: in the failed event, in `queue show`, in /metrics.
+    let failed_events = setup.wait_events("failed", 1);
+    assert_eq!(
+        failed_events[0]["category"], "invalid_recipient",
+        "{:?}",
+        failed_events[0]
+    );
+    assert_eq!(
+        recipient_named(&setup.server, &id, "bounce-bob@dest.test")["category"],
+        "invalid_recipient"
+    );
+    assert_eq!(
+        metric(
+            &setup.server,
+            "baton_recipients_classified_total{category=\"invalid_recipient\"}"
+        ),
+        1
+    );
 }
 
 #[test]

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod http;
+pub mod sites;
 pub mod suppression;
 mod token;
 
@@ -100,6 +101,9 @@ pub struct RecipientReport {
     /// when the spool still has that outcome record.
     #[serde(default)]
     pub last_reply: Option<String>,
+    /// The category of that reply, for a deferred or failed recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 /// An operator's request that changes the queue. The admin thread hands it
@@ -210,6 +214,11 @@ enum Endpoint<'a> {
     SuppressionExport,
     /// `/suppression/import`: CSV rows to add.
     SuppressionImport,
+    /// `/sites`: every site's shaping state.
+    Sites,
+    /// `/sites/suspend`, `/sites/resume`.
+    SiteSuspend,
+    SiteResume,
 }
 
 impl Endpoint<'_> {
@@ -224,6 +233,9 @@ impl Endpoint<'_> {
             "/suppression/remove" => Endpoint::SuppressionRemove,
             "/suppression/export" => Endpoint::SuppressionExport,
             "/suppression/import" => Endpoint::SuppressionImport,
+            "/sites" => Endpoint::Sites,
+            "/sites/suspend" => Endpoint::SiteSuspend,
+            "/sites/resume" => Endpoint::SiteResume,
             _ => {
                 let rest = path.strip_prefix("/queue/")?;
                 if let Some(domain) = rest.strip_prefix("flush/") {
@@ -247,13 +259,16 @@ impl Endpoint<'_> {
             | Endpoint::Metrics
             | Endpoint::Queue
             | Endpoint::Message(_)
+            | Endpoint::Sites
             | Endpoint::SuppressionExport => "GET",
             Endpoint::Flush(_)
             | Endpoint::Delete(_)
             | Endpoint::Bounce(_)
             | Endpoint::Reload
             | Endpoint::SuppressionRemove
-            | Endpoint::SuppressionImport => "POST",
+            | Endpoint::SuppressionImport
+            | Endpoint::SiteSuspend
+            | Endpoint::SiteResume => "POST",
             Endpoint::Suppression => "GET, POST",
         }
     }
@@ -277,6 +292,9 @@ fn route(method: &str, path: &str, query: &str, body: &[u8], server: &Server) ->
             ..Response::text(200, metrics(server))
         },
         Endpoint::Queue => Response::json(200, &queue_summary(server)),
+        Endpoint::Sites => Response::json(200, &sites::list(server)),
+        Endpoint::SiteSuspend => sites::suspend(server, body),
+        Endpoint::SiteResume => sites::resume(server, body),
         Endpoint::Message(id) => match parse_queue_id(id) {
             Some(id) => match message_report(server, id) {
                 Some(report) => Response::json(200, &report),
@@ -424,12 +442,19 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
                 Status::Failed { attempts } => ("failed", known(attempts), None),
                 Status::Removed => ("removed", None, None),
             };
+            let last_reply = last_reply(index);
+            let category = last_reply
+                .as_deref()
+                .filter(|_| matches!(name, "deferred" | "failed"))
+                .and_then(crate::smtp::reply::parse_reply_text)
+                .map(|reply| server.classifier.classify(&reply).as_str().to_owned());
             RecipientReport {
                 address: text(r.address),
                 status: name.into(),
                 attempts,
                 next_attempt_ms: next,
-                last_reply: last_reply(index),
+                last_reply,
+                category,
             }
         })
         .collect();
@@ -607,6 +632,15 @@ fn metrics(server: &Server) -> String {
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
+    }
+    let name = "baton_recipients_classified_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Deferred and failed recipients by the category of their reply.\n# TYPE {name} counter"
+    );
+    for category in crate::delivery::classify::Category::ALL {
+        let count = m.recipients_by_category[category.index()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{category=\"{}\"}} {count}", category.as_str());
     }
     destination_gauges(&mut out, &server.queues.summary());
     out
@@ -812,6 +846,9 @@ mod tests {
             scheduled: 2,
             connections: 1,
             paused_until_ms: 0,
+            suspended: None,
+            connections_limit: 20,
+            throttle: None,
         };
         destination_gauges(&mut out, &[destination]);
         for line in [

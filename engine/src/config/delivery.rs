@@ -27,6 +27,11 @@ pub struct DeliveryConfig {
     /// Never empty, no step 0.
     #[serde(deserialize_with = "de::durations")]
     pub retry_schedule: Vec<Duration>,
+    /// An operator's bounce classification rules (TOML `[[rule]]`s,
+    /// `crate::delivery::classify`), tried before the shipped ones;
+    /// `None` (`""`): the shipped rules alone.
+    #[serde(deserialize_with = "de::optional_path")]
+    pub classify_rules: Option<PathBuf>,
     /// Every permanent failure is a deferral instead (Postfix's
     /// `soft_bounce`): a safety net while a new setup is checked.
     pub soft_bounce: bool,
@@ -248,6 +253,40 @@ pub struct DestinationConfig {
     pub message_rate_max: Option<u32>,
     pub tls: Option<TlsPolicy>,
     pub mta_sts: Option<bool>,
+}
+
+/// `[[shaping_rule]]`: on a reply that matches, act on its destination
+/// for a while (`crate::shaping`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingRuleConfig {
+    /// A bounce classification category (`crate::delivery::classify`).
+    pub category: Option<String>,
+    /// `"421"`, `"4xx"`.
+    pub code: Option<String>,
+    /// `"4.7.28"`, `"*"` for a group.
+    pub enhanced: Option<String>,
+    /// An expression on the reply's text, case-insensitive.
+    pub text: Option<String>,
+    /// One destination, `.parent` for its subdomains; `None`: any.
+    pub destination: Option<String>,
+    pub action: ShapingAction,
+    #[serde(deserialize_with = "de::duration")]
+    pub duration: Duration,
+    pub connections_max: Option<usize>,
+    pub message_rate_max: Option<u32>,
+}
+
+/// What a shaping rule does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShapingAction {
+    /// No new connection for the duration; then one, growing.
+    Suspend,
+    /// At most `connections_max` connections.
+    Connections,
+    /// At most `message_rate_max` messages a second.
+    Rate,
 }
 
 impl Config {

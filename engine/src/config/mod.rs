@@ -43,8 +43,15 @@ use toml::de::DeTable;
 
 pub use auth::{AuthConfig, ListenerAuth};
 pub use delivery::{
-    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Secret, Shaping, TlsPolicy,
+    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Secret, Shaping,
+    ShapingAction, ShapingRuleConfig, TlsPolicy,
 };
+
+/// A duration as the configuration writes it (`"10m"`), for files of
+/// their own that use the same format (`crate::shaping`'s rules).
+pub fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de::duration(d)
+}
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
@@ -74,6 +81,10 @@ pub struct Config {
     /// `[[route]]` tables; none by default. See [`Config::route_for`].
     #[serde(rename = "route", default)]
     pub routes: Vec<RouteConfig>,
+    /// `[[shaping_rule]]` tables: the operator's rules for a receiver's
+    /// "slow down", before the shipped ones (`crate::shaping`).
+    #[serde(rename = "shaping_rule", default)]
+    pub shaping_rules: Vec<ShapingRuleConfig>,
     /// `[[destination]]` tables; none by default. See [`Config::shaping_for`].
     #[serde(rename = "destination", default)]
     pub destinations: Vec<DestinationConfig>,
@@ -593,7 +604,8 @@ mod tests {
     /// The arrays of tables that are empty by default, so `DEFAULT_CONFIG`
     /// shows them only as commented-out examples; the only fields with a
     /// serde default (and, in `[[destination]]`, the optional keys).
-    const COMMENTED_ARRAY_TABLES: [&str; 4] = ["tls.sni", "route", "destination", "dkim"];
+    const COMMENTED_ARRAY_TABLES: [&str; 5] =
+        ["tls.sni", "route", "destination", "shaping_rule", "dkim"];
 
     /// Deserialized without the merge, so a key missing from
     /// `DEFAULT_CONFIG` fails here (no field has a serde default but
@@ -757,6 +769,7 @@ mod tests {
             "delivery.helo_name",
             "delivery.mx_port",
             "delivery.retry_schedule",
+            "delivery.classify_rules",
             "delivery.soft_bounce",
             "delivery.max_age",
             "delivery.tls_ca",

@@ -99,6 +99,9 @@ pub(super) const RETRY_SCHEDULE_STEPS_MAX: usize = 64;
 /// Tries per DNS query; each waits up to `dns.timeout`.
 pub(super) const DNS_ATTEMPTS_MAX: usize = 16;
 
+/// The longest a shaping rule may suspend or throttle a destination.
+const SHAPING_RULE_DURATION_MAX: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
 /// Checks every rule, stopping at the first that fails.
 pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     server(&config.server)?;
@@ -113,6 +116,19 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     routes(&config.routes)?;
     destinations(&config.destinations)?;
     unsubscribe(config)?;
+    if let Err((name, message)) = crate::shaping::ShapingRules::new(&config.shaping_rules) {
+        return Err(invalid(name, message));
+    }
+    if let Some(i) = config
+        .shaping_rules
+        .iter()
+        .position(|r| r.duration > SHAPING_RULE_DURATION_MAX)
+    {
+        return Err(invalid(
+            format!("shaping_rule[{i}].duration"),
+            "at most 7 days: a longer pause is an operator's decision (baton site suspend)",
+        ));
+    }
     if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         return Err(invalid(
             "log.level",

@@ -144,6 +144,10 @@ pub struct Event<'a> {
     /// Why, when the reply does not say it all: `expired` for a `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
+    /// `deferred`, `failed`: what kind of failure the reply is
+    /// (`crate::delivery::classify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<&'a str>,
     /// The user the sending client authenticated as (SMTP AUTH).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
@@ -187,6 +191,7 @@ impl<'a> Event<'a> {
             sender: None,
             bounce_queue_id: None,
             reason: None,
+            category: None,
             user: None,
             dkim: None,
             address: None,

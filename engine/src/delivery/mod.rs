@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod classify;
 pub mod dsn;
 pub mod events;
 pub mod retry;

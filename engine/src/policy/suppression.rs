@@ -955,15 +955,6 @@ pub fn parse_csv(text: &str, now_ms: u64) -> Result<Vec<Entry>, String> {
     Ok(entries)
 }
 
-/// Whether a permanent failure's enhanced status code says the address
-/// itself is bad (RFC 3463, RFC 7505): no such mailbox (5.1.1), no such
-/// domain (5.1.2, baton's NXDOMAIN), or a domain that takes no mail
-/// (5.1.10, null MX). Not a full mailbox, a policy refusal or a spam
-/// block: those may pass.
-pub fn is_hard_bounce(code: u16, enhanced: Option<(u8, u16, u16)>) -> bool {
-    code / 100 == 5 && matches!(enhanced, Some((5, 1, 1 | 2 | 10)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1208,16 +1199,5 @@ mod tests {
         assert_eq!(parsed[1].reason, "why");
         let err = parse_csv("x@example.org\nnot-an-address\n", 7).unwrap_err();
         assert!(err.starts_with("line 2: "), "{err}");
-    }
-
-    #[test]
-    fn hard_bounces_are_bad_mailboxes_and_domains() {
-        assert!(is_hard_bounce(550, Some((5, 1, 1))));
-        assert!(is_hard_bounce(550, Some((5, 1, 2))));
-        assert!(is_hard_bounce(556, Some((5, 1, 10))));
-        assert!(!is_hard_bounce(552, Some((5, 2, 2))));
-        assert!(!is_hard_bounce(550, Some((5, 7, 1))));
-        assert!(!is_hard_bounce(550, None));
-        assert!(!is_hard_bounce(450, Some((4, 1, 1))));
     }
 }

@@ -105,6 +105,21 @@ struct DestinationQueue {
     /// Message-rate bucket: tokens and when they were last topped up.
     tokens: f64,
     tokens_ms: u64,
+    /// Lower limits for a while, set by a shaping rule or an operator.
+    throttle: Option<Throttle>,
+    /// Why the destination is paused, when a rule or an operator paused it.
+    suspended: Option<String>,
+}
+
+/// Limits below the destination's shaping, until a time: what a shaping
+/// rule (`crate::shaping::rules`) sets when a receiver says "slow down".
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Throttle {
+    pub until_ms: u64,
+    pub connections_max: Option<usize>,
+    pub message_rate_max: Option<u32>,
+    /// The rule and the reply that set it.
+    pub reason: String,
 }
 
 impl DestinationQueue {
@@ -121,17 +136,47 @@ impl DestinationQueue {
             idle: Vec::new(),
             tokens: f64::from(shaping.message_rate_max),
             tokens_ms: 0,
+            throttle: None,
+            suspended: None,
+        }
+    }
+
+    /// The throttle in force at `now_ms`, dropping an expired one.
+    fn throttle(&mut self, now_ms: u64) -> Option<&Throttle> {
+        if self.throttle.as_ref().is_some_and(|t| t.until_ms <= now_ms) {
+            self.throttle = None;
+        }
+        self.throttle.as_ref()
+    }
+
+    /// The most connections allowed now: the shaping's, or a throttle's.
+    fn connections_cap(&mut self, now_ms: u64) -> usize {
+        let max = self.shaping.connections_max.max(1);
+        match self.throttle(now_ms).and_then(|t| t.connections_max) {
+            Some(cap) => cap.clamp(1, max),
+            None => max,
+        }
+    }
+
+    /// Messages per second allowed now; 0 = no limit.
+    fn rate_cap(&mut self, now_ms: u64) -> u32 {
+        let rate = self.shaping.message_rate_max;
+        match self.throttle(now_ms).and_then(|t| t.message_rate_max) {
+            Some(cap) if rate == 0 => cap.max(1),
+            Some(cap) => cap.clamp(1, rate),
+            None => rate,
         }
     }
 
     /// More connections are wanted when the ready recipients outnumber the
     /// connections carrying them (each carries one transaction at a time)
     /// and none is idle.
-    fn wants_connection(&self, now_ms: u64) -> bool {
+    fn wants_connection(&mut self, now_ms: u64) -> bool {
+        let cap = self.connections_cap(now_ms);
         !self.shaping.hold
             && self.idle.is_empty()
             && now_ms >= self.paused_until_ms
-            && self.connections < self.limit
+            && self.connections < self.limit.min(cap)
             && self.ready.len() > self.connections
     }
 
@@ -153,7 +198,7 @@ impl DestinationQueue {
 
     /// Takes a rate token; `Err(retry_ms)` when there is none.
     fn take_token(&mut self, now_ms: u64) -> Result<(), u64> {
-        let rate = f64::from(self.shaping.message_rate_max);
+        let rate = f64::from(self.rate_cap(now_ms));
         if rate == 0.0 {
             return Ok(());
         }
@@ -197,6 +242,15 @@ pub struct DestinationSummary {
     /// Unix ms until which no new connection is opened; 0 when not paused.
     #[serde(default)]
     pub paused_until_ms: u64,
+    /// Why it is paused, when a shaping rule or an operator paused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<String>,
+    /// The connection limit in force (lowered after failures and by
+    /// throttles, raised by good transactions).
+    #[serde(default)]
+    pub connections_limit: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
 }
 
 /// Every destination's queues.
@@ -310,8 +364,15 @@ impl Queues {
             queue.promote(now_ms);
             queue.actions(destination, now_ms, &mut actions);
         }
-        // Forget destinations with nothing left, so the table stays small.
-        inner.retain(|_, q| !(q.ready.is_empty() && q.scheduled.is_empty() && q.connections == 0));
+        // Forget destinations with nothing left, so the table stays small;
+        // but not a suspension or a throttle, which must outlive a lull.
+        inner.retain(|_, q| {
+            !(q.ready.is_empty()
+                && q.scheduled.is_empty()
+                && q.connections == 0
+                && q.paused_until_ms <= now_ms
+                && q.throttle.as_ref().is_none_or(|t| t.until_ms <= now_ms))
+        });
         actions
     }
 
@@ -389,13 +450,72 @@ impl Queues {
 
     /// A transaction went through: the destination recovers one connection
     /// of its limit and its failure count.
-    pub fn succeeded(&self, destination: &Destination) {
+    pub fn succeeded(&self, destination: &Destination, now_ms: u64) {
         self.with(destination, |queue| {
             queue.failures = 0;
-            if queue.limit < queue.shaping.connections_max {
+            if queue.limit < queue.connections_cap(now_ms) {
                 queue.limit += 1;
             }
         });
+    }
+
+    /// Opens no connection to the destination until `until_ms`; then it
+    /// starts again from one connection and grows by one per good
+    /// transaction (what Gmail asks after `421 4.7.28`). Connections
+    /// already open finish what they carry. `true` when it was not
+    /// paused at `now_ms`: a change worth telling.
+    pub fn suspend(
+        &self,
+        destination: &Destination,
+        until_ms: u64,
+        reason: String,
+        now_ms: u64,
+    ) -> bool {
+        self.with(destination, |queue| {
+            let was_paused = queue.paused_until_ms > now_ms;
+            if until_ms > queue.paused_until_ms {
+                queue.paused_until_ms = until_ms;
+                queue.suspended = Some(reason);
+            }
+            queue.limit = 1;
+            !was_paused
+        })
+    }
+
+    /// Lowers the destination's connection or rate limit until
+    /// `throttle.until_ms`; a later throttle replaces an earlier one.
+    /// `true` when none was in force at `now_ms`.
+    pub fn throttle(&self, destination: &Destination, throttle: Throttle, now_ms: u64) -> bool {
+        self.with(destination, |queue| {
+            let was = queue.throttle(now_ms).is_some();
+            if let Some(cap) = throttle.connections_max {
+                queue.limit = queue.limit.min(cap.max(1));
+            }
+            if queue
+                .throttle
+                .as_ref()
+                .is_none_or(|t| t.until_ms <= throttle.until_ms)
+            {
+                queue.throttle = Some(throttle);
+            }
+            !was
+        })
+    }
+
+    /// Lifts a pause and a throttle at once (an operator's `baton site
+    /// resume`): full limits again. `false` if baton knows no such
+    /// destination.
+    pub fn resume(&self, destination: &Destination) -> bool {
+        let mut inner = self.inner.lock().expect("queues lock");
+        let Some(queue) = inner.get_mut(destination) else {
+            return false;
+        };
+        queue.paused_until_ms = 0;
+        queue.suspended = None;
+        queue.throttle = None;
+        queue.failures = 0;
+        queue.limit = queue.shaping.connections_max.max(1);
+        true
     }
 
     /// Takes every ready recipient (a destination that failed as a whole:
@@ -456,6 +576,9 @@ impl Queues {
                 scheduled: q.scheduled.len(),
                 connections: q.connections,
                 paused_until_ms: q.paused_until_ms,
+                suspended: q.suspended.clone(),
+                connections_limit: q.limit,
+                throttle: q.throttle.clone(),
             })
             .collect();
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
@@ -578,7 +701,90 @@ mod tests {
         // A second failure doubles the pause.
         queues.failed(&d, 1000, 60_000, 1000);
         assert!(queues.summary()[0].paused_until_ms >= 3000);
-        queues.succeeded(&d);
+        queues.succeeded(&d, 1000);
+    }
+
+    #[test]
+    fn a_suspension_pauses_then_restarts_from_one_connection() {
+        let shaping = Shaping {
+            connections_max: 8,
+            ..Shaping::default()
+        };
+        let queues = Queues::new(Box::new(move |_| shaping));
+        let d = destination_of(b"a@x.org");
+        // Twenty ready, and the connections they opened gone again.
+        let mut opened = 0;
+        for id in 0..20 {
+            opened += queues.push(&d, &[item(id, 0)], Status::Pending, 0).len();
+        }
+        assert_eq!(opened, 8);
+        for _ in 0..opened {
+            queues.closed(&d, None);
+        }
+        assert!(queues.suspend(&d, 600_000, "421 4.7.28".into(), 0));
+        assert!(
+            !queues.suspend(&d, 600_000, "421 4.7.28".into(), 1),
+            "already"
+        );
+        assert!(queues.plan(599_999).is_empty(), "suspended");
+        assert_eq!(queues.summary()[0].suspended.as_deref(), Some("421 4.7.28"));
+        assert_eq!(queues.plan(600_000).len(), 1, "one connection after");
+        // Each good transaction allows one more.
+        queues.succeeded(&d, 600_001);
+        assert_eq!(queues.plan(600_001).len(), 1);
+        // An operator lifts it all.
+        queues.suspend(&d, 900_000, "again".into(), 600_001);
+        assert!(queues.resume(&d));
+        assert!(queues.summary()[0].suspended.is_none());
+        assert_eq!(queues.summary()[0].connections_limit, 8);
+        assert!(!queues.resume(&destination_of(b"a@unknown.org")));
+        // A suspension outlives an empty queue: an operator may suspend a
+        // site before mail for it arrives.
+        let quiet = destination_of(b"a@quiet.org");
+        queues.suspend(&quiet, 900_000, "operator".into(), 600_001);
+        queues.plan(600_002);
+        assert!(queues
+            .summary()
+            .iter()
+            .any(|s| s.destination == "quiet.org"));
+    }
+
+    #[test]
+    fn a_throttle_caps_connections_and_rate_until_it_ends() {
+        let shaping = Shaping {
+            connections_max: 8,
+            ..Shaping::default()
+        };
+        let queues = Queues::new(Box::new(move |_| shaping));
+        let d = destination_of(b"a@x.org");
+        queues.throttle(
+            &d,
+            Throttle {
+                until_ms: 10_000,
+                connections_max: Some(2),
+                message_rate_max: Some(1),
+                reason: "test".into(),
+            },
+            0,
+        );
+        let mut opened = 0;
+        for id in 0..20 {
+            opened += queues.push(&d, &[item(id, 0)], Status::Pending, 0).len();
+        }
+        assert_eq!(opened, 2, "capped at 2");
+        queues.succeeded(&d, 1);
+        assert!(queues.plan(1).is_empty(), "the cap holds after a success");
+        assert!(matches!(
+            queues.take(&d, waiter(1), true, 1000),
+            Take::Batch(_)
+        ));
+        assert!(matches!(
+            queues.take(&d, waiter(1), true, 1000),
+            Take::RateLimited { .. }
+        ));
+        // After it ends, success raises the limit past the cap again.
+        queues.succeeded(&d, 10_000);
+        assert_eq!(queues.summary()[0].connections_limit, 3);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::server::Server;
 
 pub use ring::raise_descriptor_limit;
 pub(crate) use ring::EventFd;
+pub(crate) use settle::reply_text;
 
 /// What other threads tell a shard.
 pub enum ShardMsg {

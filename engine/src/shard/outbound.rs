@@ -963,7 +963,7 @@ impl Shard {
             .iter()
             .any(|o| matches!(o, Outcome::Delivered(_)))
         {
-            self.server.queues.succeeded(&destination);
+            self.server.queues.succeeded(&destination, unix_ms());
         }
         let tls = conn.tls_info.clone();
         let results = current.sent.into_iter().zip(per_recipient).collect();
@@ -980,6 +980,17 @@ impl Shard {
     fn out_closed(&mut self, key: ConnKey, reason: CloseReason) {
         let now_ms = unix_ms();
         let (pause, pause_max) = self.pause_ms();
+        // A refusal of the whole connection (a 421 4.7.28 greeting) is the
+        // receiver speaking too: the shaping rules hear it.
+        if let CloseReason::GreetingRefused(reply)
+        | CloseReason::HelloRefused(reply)
+        | CloseReason::ServiceClosing(reply) = &reason
+        {
+            if let Some(destination) = self.outs.get_mut(key).map(|c| c.destination.clone()) {
+                let category = self.server.classifier.classify(reply);
+                self.listen(&destination, reply, category, now_ms);
+            }
+        }
         let Some(conn) = self.outs.get_mut(key) else {
             return;
         };

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use baton_spool::{NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId, Record, Status};
 
+use crate::delivery::classify::{self, Category};
 use crate::delivery::dsn::{self, Bounce, FailedRecipient};
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::delivery::retry::{DeliverySettings, Retry};
@@ -137,6 +138,7 @@ impl Shard {
                 tls,
                 next_attempt_ms: None,
                 reason: None,
+                category: None,
                 size: view.body.len() as u64,
                 user: std::str::from_utf8(view.identity)
                     .ok()
@@ -166,6 +168,9 @@ impl Shard {
                     note.kind = EventKind::Deferred;
                     note.next_attempt_ms = Some(next_attempt_ms);
                     note.reason = soft.then_some("soft_bounce");
+                    let category = self.classify(reply);
+                    note.category = Some(category);
+                    self.listen(destination, reply, category, now_ms);
                     self.note(&note, reply, &text, now_ms);
                     self.server
                         .queues
@@ -178,9 +183,14 @@ impl Shard {
                     metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
                     note.kind = EventKind::Failed;
                     note.reason = expired.then_some("expired");
-                    self.note(&note, &reply, &text, now_ms);
+                    let category = self.classify(&reply);
+                    note.category = Some(category);
                     if !expired {
-                        self.suppress_if_hard(note.recipient, &reply, &text, now_ms);
+                        self.listen(destination, &reply, category, now_ms);
+                    }
+                    self.note(&note, &reply, &text, now_ms);
+                    if !expired && classify::is_hard_bounce(&reply, category) {
+                        self.suppress_hard_bounce(note.recipient, &text, now_ms);
                     }
                 }
             }
@@ -212,13 +222,38 @@ impl Shard {
     /// the address on the suppression list (scope global: no sender can
     /// reach it), so the next message to it is refused at `RCPT` instead
     /// of bouncing again. Handed to the list's writer without waiting.
-    fn suppress_if_hard(&self, recipient: &[u8], reply: &Reply, text: &str, now_ms: u64) {
+    /// The category of a deferral's or failure's reply, counted.
+    fn classify(&self, reply: &Reply) -> Category {
+        let category = self.server.classifier.classify(reply);
+        self.server.metrics.recipients_by_category[category.index()]
+            .fetch_add(1, Ordering::Relaxed);
+        category
+    }
+
+    /// Shaping that listens: a rule that matches the reply acts on the
+    /// destination (`crate::shaping`), and says so at WARN.
+    pub(super) fn listen(
+        &self,
+        destination: &Destination,
+        reply: &Reply,
+        category: Category,
+        now_ms: u64,
+    ) {
+        let rules = &self.server.shaping_rules;
+        // Logged when the state changes: once per suspension, however
+        // many recipients the same reply defers.
+        if let Some(done) = rules.apply(&self.server.queues, destination, reply, category, now_ms) {
+            tracing::warn!(%destination, "shaping rule: {done}");
+        }
+    }
+
+    /// Adds a recipient that failed for good as `invalid_recipient` or
+    /// `bad_domain` to the suppression list (`from_bounces`).
+    fn suppress_hard_bounce(&self, recipient: &[u8], text: &str, now_ms: u64) {
         let Some(list) = &self.server.suppression else {
             return;
         };
-        if !self.server.config.suppression.from_bounces
-            || !suppression::is_hard_bounce(reply.code, reply.enhanced)
-        {
+        if !self.server.config.suppression.from_bounces {
             return;
         }
         let address = String::from_utf8_lossy(recipient);
@@ -246,6 +281,7 @@ impl Shard {
             event.attempt = Some(note.attempt);
             event.next_attempt_unix_ms = note.next_attempt_ms;
             event.reason = note.reason;
+            event.category = note.category.map(Category::as_str);
             event.size = Some(note.size);
             event.user = note.user;
             events.record(&event);
@@ -258,6 +294,7 @@ impl Shard {
             tls = note.tls.map_or("none", |tls| &**tls.label()),
             attempt = note.attempt,
             reply = text,
+            category = note.category.map_or("-", Category::as_str),
             next_attempt_ms = note.next_attempt_ms,
             "{}",
             match note.kind {
@@ -573,6 +610,8 @@ struct Note<'a> {
     tls: Option<&'a TlsInfo>,
     next_attempt_ms: Option<u64>,
     reason: Option<&'static str>,
+    /// Of a deferral or failure.
+    category: Option<Category>,
     /// Of the message, wire form.
     size: u64,
     /// The user the message's client authenticated as.

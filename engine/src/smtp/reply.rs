@@ -124,6 +124,20 @@ impl Reply {
 /// a limit or the grammar. Every line must carry the first line's code.
 /// The enhanced code is taken from the first line (when its class matches
 /// the reply's) and stripped from every line that repeats it.
+/// A reply written on one line (`550 5.1.1 text`, as the spool and the
+/// event log keep replies), parsed back; `None` if it is not one.
+pub fn parse_reply_text(text: &str) -> Option<Reply> {
+    let line = format!("{text}\r\n");
+    let limits = ReplyLimits {
+        line_bytes_max: line.len() + 1,
+        lines_max: 1,
+    };
+    match parse_reply(line.as_bytes(), &limits) {
+        Ok(Some((reply, _))) => Some(reply),
+        _ => None,
+    }
+}
+
 pub fn parse_reply(
     input: &[u8],
     limits: &ReplyLimits,

@@ -8,6 +8,7 @@
 //! | `bounce-`              | answers RCPT with 550 5.1.1                     |
 //! | `slow-`                | answers RCPT after `--slow-delay`               |
 //! | `drop-`                | closes the connection instead of answering RCPT |
+//! | `throttle-`            | answers RCPT with Gmail's 421 4.7.28, closes    |
 //! | `datafail-`            | answers the message's content with 451 4.3.0   |
 //! | `databounce-`          | answers the message's content with 554 5.6.0    |
 
@@ -57,6 +58,8 @@ pub enum RcptVerdict {
     Slow(Duration),
     /// Close without a reply.
     Drop,
+    /// `421 4.7.28` (Gmail's "slow down"), then close.
+    Throttle,
 }
 
 /// How to answer a message's content.
@@ -101,6 +104,8 @@ impl Script {
             LocalScript::Rcpt(RcptVerdict::Slow(self.slow_delay))
         } else if starts("drop-") {
             LocalScript::Rcpt(RcptVerdict::Drop)
+        } else if starts("throttle-") {
+            LocalScript::Rcpt(RcptVerdict::Throttle)
         } else if starts("datafail-") {
             LocalScript::Message(MessageVerdict::Tempfail)
         } else if starts("databounce-") {

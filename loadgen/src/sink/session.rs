@@ -399,6 +399,19 @@ impl Session {
                 self.reply(550, (5, 1, 1), "scripted: no such user").await?;
                 return Ok(Flow::Continue);
             }
+            RcptVerdict::Throttle => {
+                self.ctx
+                    .stats
+                    .recipients_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                self.reply(
+                    421,
+                    (4, 7, 28),
+                    "scripted: our system has detected an unusual rate of unsolicited mail, try again later",
+                )
+                .await?;
+                return Ok(Flow::Close);
+            }
             RcptVerdict::Slow(delay) => self.delay(Some(delay)).await?,
             RcptVerdict::Accept => {}
         }
