@@ -538,7 +538,7 @@ fn check_config(file: &Path) -> Result<(), String> {
     }
     // And the operator's bounce classification rules.
     if let Some(path) = &config.delivery.classify_rules {
-        baton::delivery::classify::Classifier::load(Some(path))?;
+        baton::shaping::classify::Classifier::load(Some(path))?;
     }
     // And the unsubscribe secret, when a file is named (the default one is
     // made at first start).

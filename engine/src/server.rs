@@ -18,7 +18,6 @@ use std::time::Duration;
 use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
 use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls, TlsConfig};
-use crate::delivery::classify::Classifier;
 use crate::delivery::events::{Event as LogEvent, EventKind, EventLog};
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
@@ -29,6 +28,7 @@ use crate::policy::suppression::{Entry, SuppressionList};
 use crate::policy::unsubscribe::Unsubscribe;
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
+use crate::shaping::classify::Classifier;
 use crate::shaping::ShapingRules;
 use crate::shard::{self, ShardHandle, ShardLink};
 use crate::tls::mta_sts::{MtaSts, MtaStsConfig};
@@ -55,7 +55,7 @@ pub struct Metrics {
     /// One-click unsubscribes honoured.
     pub unsubscribes: AtomicU64,
     /// Deferred and failed recipients by category
-    /// (`crate::delivery::classify::Category::ALL`'s order).
+    /// (`crate::shaping::classify::Category::ALL`'s order).
     pub recipients_by_category: [AtomicU64; 12],
     pub connections_opened: AtomicU64,
     pub connections_failed: AtomicU64,

@@ -638,7 +638,7 @@ fn metrics(server: &Server) -> String {
         out,
         "# HELP {name} Deferred and failed recipients by the category of their reply.\n# TYPE {name} counter"
     );
-    for category in crate::delivery::classify::Category::ALL {
+    for category in crate::shaping::classify::Category::ALL {
         let count = m.recipients_by_category[category.index()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}{{category=\"{}\"}} {count}", category.as_str());
     }

@@ -28,7 +28,7 @@ pub struct DeliveryConfig {
     #[serde(deserialize_with = "de::durations")]
     pub retry_schedule: Vec<Duration>,
     /// An operator's bounce classification rules (TOML `[[rule]]`s,
-    /// `crate::delivery::classify`), tried before the shipped ones;
+    /// `crate::shaping::classify`), tried before the shipped ones;
     /// `None` (`""`): the shipped rules alone.
     #[serde(deserialize_with = "de::optional_path")]
     pub classify_rules: Option<PathBuf>,
@@ -260,7 +260,7 @@ pub struct DestinationConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShapingRuleConfig {
-    /// A bounce classification category (`crate::delivery::classify`).
+    /// A bounce classification category (`crate::shaping::classify`).
     pub category: Option<String>,
     /// `"421"`, `"4xx"`.
     pub code: Option<String>,

@@ -145,7 +145,7 @@ pub struct Event<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
     /// `deferred`, `failed`: what kind of failure the reply is
-    /// (`crate::delivery::classify`).
+    /// (`crate::shaping::classify`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<&'a str>,
     /// The user the sending client authenticated as (SMTP AUTH).

@@ -11,7 +11,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod classify;
 pub mod dsn;
 pub mod events;
 pub mod retry;

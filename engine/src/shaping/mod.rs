@@ -1,8 +1,9 @@
 //! Shaping that listens: rules that turn a receiver's "slow down" into
-//! action on its destination.
+//! action on its destination; and the bounce classification they and the
+//! rest of baton use ([`classify`]).
 //!
 //! A rule matches a deferral's or failure's reply, as a bounce
-//! classification rule does (`crate::delivery::classify::Patterns`: a code,
+//! classification rule does (`crate::shaping::classify::Patterns`: a code,
 //! an enhanced code, a text), and may also ask for a category and a
 //! destination. The first rule that matches acts on the destination the
 //! reply came from:
@@ -19,14 +20,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod classify;
+
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::{de_duration, ShapingAction, ShapingRuleConfig};
-use crate::delivery::classify::{Category, Patterns};
 use crate::queue::{Queues, Throttle};
 use crate::route::Destination;
+use crate::shaping::classify::{Category, Patterns};
 use crate::smtp::reply::Reply;
 
 /// The rules baton ships, tried after the operator's.

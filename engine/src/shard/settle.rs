@@ -12,7 +12,6 @@ use std::sync::atomic::Ordering;
 
 use baton_spool::{NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId, Record, Status};
 
-use crate::delivery::classify::{self, Category};
 use crate::delivery::dsn::{self, Bounce, FailedRecipient};
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::delivery::retry::{DeliverySettings, Retry};
@@ -21,6 +20,7 @@ use crate::policy::suppression::{self, Entry, Source};
 use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::unix_ms;
+use crate::shaping::classify::{self, Category};
 use crate::smtp::reply::{parse_reply, Reply, ReplyLimits};
 use crate::tls::TlsInfo;
 
