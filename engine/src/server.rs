@@ -29,6 +29,7 @@ use crate::policy::unsubscribe::Unsubscribe;
 use crate::queue::{QueuedRecipient, Queues, Shaping};
 use crate::route::{destination_of, Destination, NextHop, Routes};
 use crate::shaping::classify::Classifier;
+use crate::shaping::egress::Egress;
 use crate::shaping::ShapingRules;
 use crate::shard::{self, ShardHandle, ShardLink};
 use crate::tls::mta_sts::{MtaSts, MtaStsConfig};
@@ -118,6 +119,8 @@ pub struct Server {
     pub classifier: Classifier,
     /// What to do when a receiver says "slow down".
     pub shaping_rules: ShapingRules,
+    /// Local addresses and pools delivery leaves from.
+    pub egress: Egress,
     /// What `POST /reload` runs (SIGHUP's reload); set by whoever started
     /// the server and knows its configuration file.
     pub reload_hook: std::sync::OnceLock<ReloadHook>,
@@ -496,6 +499,7 @@ pub fn start(config: Config) -> Result<Running> {
         signing,
         classifier,
         shaping_rules,
+        egress: Egress::new(&config, &client_config(&config)),
         reload_hook: std::sync::OnceLock::new(),
         config,
     });
@@ -589,6 +593,7 @@ fn routes(config: &Config) -> Routes {
             host: r.next_hop.host.clone(),
             port: r.next_hop.port,
             auth,
+            pool: r.pool.clone(),
         };
         (r.domain.clone(), hop)
     });

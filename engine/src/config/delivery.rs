@@ -32,6 +32,10 @@ pub struct DeliveryConfig {
     /// `None` (`""`): the shipped rules alone.
     #[serde(deserialize_with = "de::optional_path")]
     pub classify_rules: Option<PathBuf>,
+    /// The `[[pool]]` delivery connections leave from unless their route
+    /// names one; `None` (`""`): the host's default address.
+    #[serde(deserialize_with = "de::optional_string")]
+    pub pool: Option<String>,
     /// Every permanent failure is a deferral instead (Postfix's
     /// `soft_bounce`): a safety net while a new setup is checked.
     pub soft_bounce: bool,
@@ -187,6 +191,33 @@ pub struct RouteConfig {
     /// next hop without STARTTLS gets no credentials and the mail waits.
     #[serde(default)]
     pub auth_plaintext: bool,
+    /// The `[[pool]]` whose sources this route's connections leave from;
+    /// `None`: `[delivery] pool`.
+    #[serde(default)]
+    pub pool: Option<String>,
+}
+
+/// `[[source]]`: a local address delivery connections may leave from,
+/// with the name they say EHLO with from it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    /// Bound before connecting; IPv4 or IPv6.
+    pub address: std::net::IpAddr,
+    /// `""` (the default): `delivery.helo_name`.
+    #[serde(default)]
+    pub ehlo: String,
+}
+
+/// `[[pool]]`: sources with weights; a connection leaves from one of
+/// them, chosen in proportion to the weights.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// `"name"` or `"name:weight"` (weight 1 to 1000, default 1).
+    pub sources: Vec<String>,
 }
 
 /// A value that must not be shown: its `Debug` says `"<redacted>"`, so a

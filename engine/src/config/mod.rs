@@ -43,8 +43,8 @@ use toml::de::DeTable;
 
 pub use auth::{AuthConfig, ListenerAuth};
 pub use delivery::{
-    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, RouteConfig, Secret, Shaping,
-    ShapingAction, ShapingRuleConfig, TlsPolicy,
+    DeliveryConfig, DestinationConfig, DnsConfig, NextHop, PoolConfig, RouteConfig, Secret,
+    Shaping, ShapingAction, ShapingRuleConfig, SourceConfig, TlsPolicy,
 };
 
 /// A duration as the configuration writes it (`"10m"`), for files of
@@ -81,6 +81,12 @@ pub struct Config {
     /// `[[route]]` tables; none by default. See [`Config::route_for`].
     #[serde(rename = "route", default)]
     pub routes: Vec<RouteConfig>,
+    /// `[[source]]` tables: local addresses to send from; none by default.
+    #[serde(rename = "source", default)]
+    pub sources: Vec<SourceConfig>,
+    /// `[[pool]]` tables: weighted sources; none by default.
+    #[serde(rename = "pool", default)]
+    pub pools: Vec<PoolConfig>,
     /// `[[shaping_rule]]` tables: the operator's rules for a receiver's
     /// "slow down", before the shipped ones (`crate::shaping`).
     #[serde(rename = "shaping_rule", default)]
@@ -604,8 +610,15 @@ mod tests {
     /// The arrays of tables that are empty by default, so `DEFAULT_CONFIG`
     /// shows them only as commented-out examples; the only fields with a
     /// serde default (and, in `[[destination]]`, the optional keys).
-    const COMMENTED_ARRAY_TABLES: [&str; 5] =
-        ["tls.sni", "route", "destination", "shaping_rule", "dkim"];
+    const COMMENTED_ARRAY_TABLES: [&str; 7] = [
+        "tls.sni",
+        "route",
+        "destination",
+        "shaping_rule",
+        "source",
+        "pool",
+        "dkim",
+    ];
 
     /// Deserialized without the merge, so a key missing from
     /// `DEFAULT_CONFIG` fails here (no field has a serde default but
@@ -655,6 +668,7 @@ mod tests {
                 auth_password: Some(Secret::new("change me")),
                 auth_password_file: None,
                 auth_plaintext: false,
+                pool: None,
             }]
         );
         let destination = commented_example("destination");
@@ -769,6 +783,7 @@ mod tests {
             "delivery.helo_name",
             "delivery.mx_port",
             "delivery.retry_schedule",
+            "delivery.pool",
             "delivery.classify_rules",
             "delivery.soft_bounce",
             "delivery.max_age",

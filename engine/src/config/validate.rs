@@ -116,6 +116,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     routes(&config.routes)?;
     destinations(&config.destinations)?;
     unsubscribe(config)?;
+    egress(config)?;
     if let Err((name, message)) = crate::shaping::ShapingRules::new(&config.shaping_rules) {
         return Err(invalid(name, message));
     }
@@ -134,6 +135,71 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
             "log.level",
             format!("not a tracing filter directive: {error}"),
         ));
+    }
+    Ok(())
+}
+
+/// `[[source]]`, `[[pool]]` and the pools routes and `[delivery]` name:
+/// unique names, sources that exist, EHLO names that are domains.
+fn egress(config: &Config) -> Result<(), Invalid> {
+    let mut sources = HashMap::new();
+    for (i, source) in config.sources.iter().enumerate() {
+        if source.name.is_empty() {
+            return Err(invalid(format!("source[{i}].name"), "must not be empty"));
+        }
+        if let Some(first) = sources.insert(source.name.as_str(), i) {
+            return Err(invalid(
+                format!("source[{i}].name"),
+                format!("{:?} is already source[{first}]", source.name),
+            ));
+        }
+        if source.address.is_unspecified() || source.address.is_multicast() {
+            return Err(invalid(
+                format!("source[{i}].address"),
+                "a local unicast address to bind",
+            ));
+        }
+        if !source.ehlo.is_empty() {
+            hostname(&source.ehlo).map_err(|m| invalid(format!("source[{i}].ehlo"), m))?;
+        }
+    }
+    let mut pools = HashMap::new();
+    for (i, pool) in config.pools.iter().enumerate() {
+        if let Some(first) = pools.insert(pool.name.as_str(), i) {
+            return Err(invalid(
+                format!("pool[{i}].name"),
+                format!("{:?} is already pool[{first}]", pool.name),
+            ));
+        }
+        if pool.sources.is_empty() {
+            return Err(invalid(
+                format!("pool[{i}].sources"),
+                "names at least one source",
+            ));
+        }
+        for (j, entry) in pool.sources.iter().enumerate() {
+            let key = format!("pool[{i}].sources[{j}]");
+            let (name, _) =
+                crate::shaping::egress::parse_entry(entry).map_err(|m| invalid(&key, m))?;
+            if !sources.contains_key(name) {
+                return Err(invalid(key, format!("no [[source]] is named {name:?}")));
+            }
+        }
+    }
+    let known = |key: String, name: &str| {
+        if pools.contains_key(name) {
+            Ok(())
+        } else {
+            Err(invalid(key, format!("no [[pool]] is named {name:?}")))
+        }
+    };
+    if let Some(name) = &config.delivery.pool {
+        known("delivery.pool".into(), name)?;
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        if let Some(name) = &route.pool {
+            known(format!("route[{i}].pool"), name)?;
+        }
     }
     Ok(())
 }

@@ -45,6 +45,9 @@ pub struct NextHop {
     pub port: u16,
     /// SMTP AUTH to this hop, when the route gives credentials.
     pub auth: Option<Arc<Credentials>>,
+    /// The `[[pool]]` the route's connections leave from; `None`: the
+    /// default (`crate::shaping::egress`).
+    pub pool: Option<String>,
 }
 
 /// Where mail for one destination goes.
@@ -132,6 +135,7 @@ mod tests {
             host: host.into(),
             port: 25,
             auth: None,
+            pool: None,
         };
         let routes = Routes::new(
             [
@@ -172,6 +176,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
             auth: None,
+            pool: None,
         };
         let routes = Routes::new([("Example.org".into(), hop(1)), ("*".into(), hop(2))], 25);
         let route = |d: &str| routes.route(&Destination::new(d));

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+pub mod egress;
 
 use std::time::Duration;
 

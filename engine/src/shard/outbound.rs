@@ -33,6 +33,7 @@ use crate::outbound::{
 use crate::queue::{Action, QueuedRecipient, Take, Waiter};
 use crate::route::{Destination, Route};
 use crate::server::unix_ms;
+use crate::shaping::egress::Source;
 use crate::smtp::reply::Reply;
 use crate::tls::mta_sts::{Mode, Policy};
 use crate::tls::TlsInfo;
@@ -191,6 +192,9 @@ pub(super) struct OutConn {
     tls_error: bool,
     /// The route's credentials for SMTP AUTH, if it has any.
     auth: Option<Arc<Credentials>>,
+    /// The local address it leaves from and its EHLO name, when the
+    /// route (or `[delivery] pool`) has a pool.
+    source: Option<Arc<Source>>,
     /// The last address failed at AUTH: the deferral, said as it is.
     auth_error: Option<Reply>,
     /// Retry this address in plain text (its opportunistic handshake
@@ -251,10 +255,11 @@ impl Shard {
         let Some(key) = self.outs.vacant() else {
             return self.server.queues.closed(&destination, None);
         };
-        let (query, port, auth) = match self.server.routes.route(&destination) {
-            Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port, None),
-            Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port, hop.auth),
+        let (query, port, auth, pool) = match self.server.routes.route(&destination) {
+            Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port, None, None),
+            Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port, hop.auth, hop.pool),
         };
+        let source = self.server.egress.pool(pool.as_deref()).map(|p| p.pick());
         // RFC 8461 applies to MX delivery only: a route is the operator's
         // own choice of next hop.
         let sts_domain = (matches!(query, Query::Mx(_))
@@ -310,6 +315,7 @@ impl Shard {
             tls_info: None,
             tls_error: false,
             auth,
+            source,
             auth_error: None,
             plain_retry: false,
             sts: None,
@@ -512,6 +518,25 @@ impl Shard {
             }
         };
         let _ = socket.set_tcp_nodelay(true);
+        if let Some(source) = &conn.source {
+            // The pool's address, or not at all: mail must not leave from
+            // an address the operator did not give (its reputation, its
+            // reverse DNS are the source's).
+            if source.address.is_ipv4() != hop.addr.is_ipv4() {
+                conn.last_error = format!(
+                    "{hop}: source {} ({}) cannot reach an {} address",
+                    source.name,
+                    source.address,
+                    if hop.addr.is_ipv4() { "IPv4" } else { "IPv6" }
+                );
+                return self.connect_next(key);
+            }
+            if let Err(err) = socket.bind(&SockAddr::from(SocketAddr::new(source.address, 0))) {
+                conn.last_error =
+                    format!("bind to source {} ({}): {err}", source.name, source.address);
+                return self.connect_next(key);
+            }
+        }
         let fd: OwnedFd = socket.into();
         *conn.addr = SockAddr::from(hop.addr);
         conn.deadline = Instant::now() + timeout;
@@ -568,8 +593,11 @@ impl Shard {
             TlsPolicy::Required | TlsPolicy::RequiredVerified => TlsMode::Required,
         };
         conn.plain_retry = false;
-        conn.client =
-            Some(Client::new(self.server.client_config.clone(), mode).with_auth(conn.auth.clone()));
+        let config = conn
+            .source
+            .as_ref()
+            .map_or_else(|| self.server.client_config.clone(), |s| s.client.clone());
+        conn.client = Some(Client::new(config, mode).with_auth(conn.auth.clone()));
         self.out_progress(key);
     }
 

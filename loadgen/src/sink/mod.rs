@@ -194,6 +194,8 @@ pub struct SinkContext {
     pub seed: u64,
     /// When the sink started listening (near enough).
     pub started: Instant,
+    /// Accepted messages by `client-address EHLO-name`.
+    pub sources: Mutex<std::collections::BTreeMap<String, u64>>,
     seconds: Mutex<Vec<SecondSample>>,
 }
 
@@ -410,6 +412,7 @@ fn prepare(args: &SinkArgs) -> anyhow::Result<SinkContext> {
         },
         stats: SinkStats::new(),
         started: Instant::now(),
+        sources: Mutex::new(std::collections::BTreeMap::new()),
         replies: (0..REPLY_CODES).map(|_| AtomicU64::new(0)).collect(),
         recorder: Mutex::new(Recorder::default()),
         latency: SharedHistogram::default(),
@@ -503,6 +506,7 @@ fn summarize(args: &SinkArgs, ctx: &SinkContext, listen: String, elapsed: Durati
         recipients_refused: load(&stats.recipients_refused),
         disconnects: load(&stats.disconnects),
         closed_after: load(&stats.closed_after),
+        sources: ctx.sources.lock().map(|s| s.clone()).unwrap_or_default(),
         auth_attempts: load(&stats.auth_attempts),
         auth_successes: load(&stats.auth_successes),
         auth_failures: load(&stats.auth_failures),

@@ -79,10 +79,18 @@ pub struct Session {
     spare: Vec<u8>,
     /// Messages answered on this connection (`--close-after`).
     messages: u64,
+    /// The client's address and the name it gave with EHLO or HELO: whom
+    /// accepted messages came from (`SinkSummary::sources`).
+    peer: String,
+    helo: String,
 }
 
 /// Serves a connection to its end.
 pub async fn serve(tcp: TcpStream, ctx: Arc<SinkContext>, index: u64) {
+    let peer = tcp
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
     let mut session = Session {
         rng: Rng::derive(ctx.seed, index),
         shutdown: ctx.shutdown.subscribe(),
@@ -96,6 +104,8 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<SinkContext>, index: u64) {
         authenticated: false,
         spare: Vec::new(),
         messages: 0,
+        peer,
+        helo: String::new(),
         ctx,
     };
     // A failed connection is the client's business; the counts say enough.
@@ -278,12 +288,14 @@ impl Session {
             }
         };
         match command {
-            Command::Ehlo(_) => {
+            Command::Ehlo(name) => {
                 self.transaction = None;
+                self.helo = name.to_string();
                 self.ehlo().await?;
             }
-            Command::Helo(_) => {
+            Command::Helo(name) => {
                 self.transaction = None;
+                self.helo = name.to_string();
                 let hostname = self.ctx.config.hostname.clone();
                 self.reply_text(250, None, &hostname).await?;
             }
@@ -495,6 +507,11 @@ impl Session {
     /// Counts and records an accepted message.
     fn accept(&mut self, wire: &[u8], bytes: u64, recipients: &[String]) {
         let ctx = &self.ctx;
+        if let Ok(mut sources) = ctx.sources.lock() {
+            *sources
+                .entry(format!("{} {}", self.peer, self.helo))
+                .or_default() += 1;
+        }
         let stamp = read_stamp(wire);
         if let Some(sent) = stamp.sent_unix_micros {
             let micros = unix_micros_now().saturating_sub(sent);

@@ -44,6 +44,10 @@ pub struct SinkSummary {
     /// Connections closed on purpose after a reply (`--close-after`).
     #[serde(default)]
     pub closed_after: u64,
+    /// Accepted messages by `client-address EHLO-name`: which source a
+    /// relay sent each from.
+    #[serde(default)]
+    pub sources: std::collections::BTreeMap<String, u64>,
     /// AUTH commands received (with `--auth`).
     #[serde(default)]
     pub auth_attempts: u64,

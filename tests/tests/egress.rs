@@ -1,0 +1,91 @@
+//! Egress sources and pools: a route's pool sends each connection from
+//! one of its sources (127.0.0.4 and 127.0.0.5 standing for two of the
+//! host's IPs) in proportion to their weights, each saying its own EHLO
+//! name; the sink reports which address and name every message came
+//! from. A route without a pool leaves from the host's default address.
+
+use std::process::Command;
+
+use baton_tests::delivery::{route, wait_queue_empty};
+use baton_tests::sink::Sink;
+use baton_tests::{baton_bin, Baton, TestConfig};
+
+const EGRESS: &str = "[[source]]\nname = \"a\"\naddress = \"127.0.0.4\"\nehlo = \"a.mta.test\"\n\n\
+                      [[source]]\nname = \"b\"\naddress = \"127.0.0.5\"\nehlo = \"b.mta.test\"\n\n\
+                      [[pool]]\nname = \"bulk\"\nsources = [\"a:3\", \"b:1\"]\n";
+
+#[test]
+fn a_pool_sends_from_its_sources_by_weight_with_their_ehlo_names() {
+    let pooled = Sink::start("127.0.0.2", &[]);
+    let plain = Sink::start("127.0.0.3", &[]);
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: format!(
+            "[shaping]\nmessages_per_connection_max = 1\n\n{EGRESS}\n{}pool = \"bulk\"\n\n{}",
+            route("pooled.test", pooled.addr),
+            route("plain.test", plain.addr)
+        ),
+        ..TestConfig::default()
+    });
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    for i in 0..40 {
+        let reply = smtp.send_message(
+            "alice@sender.test",
+            &[&format!("r{i}@pooled.test")],
+            &format!("Subject: m{i}\r\n\r\nhi\r\n"),
+        );
+        assert_eq!(reply.code, 250);
+    }
+    let reply = smtp.send_message(
+        "alice@sender.test",
+        &["r@plain.test"],
+        "Subject: plain\r\n\r\nhi\r\n",
+    );
+    assert_eq!(reply.code, 250);
+    server.wait_until("41 messages delivered", || {
+        pooled.count() >= 40 && plain.count() >= 1
+    });
+    wait_queue_empty(&mut server);
+    let report = pooled.stop();
+    let sources = report["sources"].as_object().expect("sources");
+    let count = |key: &str| sources.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    let a = count("127.0.0.4 a.mta.test");
+    let b = count("127.0.0.5 b.mta.test");
+    assert_eq!(
+        a + b,
+        40,
+        "every message from a source of the pool: {sources:?}"
+    );
+    // 3:1 by connection; a connection that finds nothing to carry still
+    // takes its turn, so allow some slack around 30:10.
+    assert!(a >= 2 * b && b >= 5, "weights 3:1, got {a}:{b}");
+    let report = plain.stop();
+    let sources = report["sources"].as_object().expect("sources");
+    assert!(
+        sources.keys().all(|k| k.starts_with("127.0.0.1 ")),
+        "no pool: the default address, {sources:?}"
+    );
+}
+
+#[test]
+fn a_pool_that_does_not_exist_is_refused_naming_the_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    std::fs::write(
+        &config,
+        format!("{EGRESS}\n[[route]]\ndomain = \"x.test\"\nnext_hop = \"127.0.0.2:25\"\npool = \"nope\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(baton_bin())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("route[0].pool") && text.contains("nope"),
+        "{text}"
+    );
+}
