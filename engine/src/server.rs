@@ -522,6 +522,7 @@ pub fn start(config: Config) -> Result<Running> {
         })?;
         tracing::info!(%address, url = server.unsubscribe.as_ref().map_or("", |u| u.url()), "serving one-click unsubscribe links");
     }
+    crate::shaping::egress::check_reverse_dns(&server.egress, resolver_config(&server.config));
     let housekeeper = start_housekeeper(server.clone()).map_err(Error::Listen)?;
     for (l, tls) in server.config.listeners.iter().zip(&server.listener_tls) {
         tracing::info!(address = %l.address, shards = shards.len(), tls = ?tls, "accepting SMTP");

@@ -27,7 +27,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, SOA};
 use hickory_proto::rr::{Name, RData, Record};
 
 /// TTL of records added before any [`Zone::ttl`] call.
@@ -94,6 +94,13 @@ impl Zone {
 
     pub fn aaaa(self, name: &str, ip: Ipv6Addr) -> Zone {
         self.record(name, RData::AAAA(AAAA(ip)))
+    }
+
+    /// A PTR record for an IPv4 address (reverse DNS): `4.0.0.127.in-addr.arpa`.
+    pub fn ptr(self, ip: Ipv4Addr, name: &str) -> Zone {
+        let [a, b, c, d] = ip.octets();
+        let reverse = format!("{d}.{c}.{b}.{a}.in-addr.arpa");
+        self.record(&reverse, RData::PTR(PTR(absolute(name))))
     }
 
     /// A TXT record of one string (`v=STSv1; id=1;` for MTA-STS).

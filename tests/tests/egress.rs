@@ -89,3 +89,37 @@ fn a_pool_that_does_not_exist_is_refused_naming_the_route() {
         "{text}"
     );
 }
+
+/// At start each pooled source's reverse DNS is checked against the test
+/// DNS server: a source whose PTR names its EHLO name and resolves back
+/// passes; one whose PTR names another host is a warning naming it.
+#[test]
+fn a_source_whose_reverse_dns_does_not_match_its_ehlo_name_is_named_in_a_warning() {
+    use baton_tests::delivery::{dns_toml, ipv4};
+    use baton_tests::dns::{DnsServer, Zone};
+    let dns = DnsServer::start(
+        Zone::new()
+            .ptr(ipv4("127.0.0.4"), "a.mta.test")
+            .a("a.mta.test", ipv4("127.0.0.4"))
+            .ptr(ipv4("127.0.0.5"), "other.mta.test")
+            .a("other.mta.test", ipv4("127.0.0.5")),
+    );
+    let mut server = Baton::start_with(TestConfig {
+        delivery: vec!["pool = \"bulk\"".into()],
+        extra_toml: format!("{}{EGRESS}", dns_toml(&dns, "2s")),
+        ..TestConfig::default()
+    });
+    server.wait_for("the reverse DNS warning for source b", |b| {
+        b.log().contains(
+            "source b: its reverse DNS names other.mta.test, not its EHLO name b.mta.test",
+        )
+    });
+    server.wait_for("source a checked", |b| {
+        b.log().contains("source: reverse DNS confirmed")
+    });
+    let log = server.log();
+    assert!(
+        !log.contains("source a:"),
+        "no warning for source a:\n{log}"
+    );
+}

@@ -8,6 +8,12 @@
 //! each source gets exactly its weight, so `["a:3", "b:1"]` sends three
 //! connections from `a` for each from `b`, whichever shards open them.
 //!
+//! At start, each source's reverse DNS is checked ([`check_reverse_dns`]):
+//! its PTR must name a host that resolves back to the address (forward-
+//! confirmed reverse DNS), and that name should be its EHLO name; Gmail
+//! refuses mail from an address without it (`5.7.25`). A mismatch is a
+//! warning naming the source, not an error: DNS may lag a new address.
+//!
 //! Not yet: limits per site × source (connections and rates are per
 //! destination), pools chosen by sender domain or user, warm-up.
 
@@ -152,6 +158,161 @@ pub fn parse_entry(entry: &str) -> Result<(&str, u32), String> {
         ));
     }
     Ok((name, weight))
+}
+
+/// Checks every pooled source's reverse DNS on a thread of its own (off
+/// the start: DNS can be slow) and logs a warning per source whose PTR is
+/// missing, does not resolve back to it, or names another host than its
+/// EHLO name.
+pub fn check_reverse_dns(egress: &Egress, dns: crate::dns::ResolverConfig) {
+    let nameservers: Vec<std::net::SocketAddr> = dns.nameservers.clone();
+    let timeout = dns.timeout;
+    let mut sources: Vec<Arc<Source>> = Vec::new();
+    for pool in egress.pools() {
+        for source in pool.sources() {
+            if !sources.iter().any(|s| s.name == source.name) {
+                sources.push(source.clone());
+            }
+        }
+    }
+    if sources.is_empty() {
+        return;
+    }
+    let started =
+        crate::dns::spawn_resolver_thread("egress-ptr", dns, move |resolver| async move {
+            for source in sources {
+                match reverse_dns(&resolver, &nameservers, timeout, &source).await {
+                    Ok(name) => tracing::info!(
+                        source = %source.name,
+                        address = %source.address,
+                        ptr = %name,
+                        "source: reverse DNS confirmed and matches its EHLO name"
+                    ),
+                    Err(why) => tracing::warn!(
+                        source = %source.name,
+                        address = %source.address,
+                        ehlo = %source.client.helo_name,
+                        "source {}: {why}; receivers such as Gmail refuse mail from it (5.7.25)",
+                        source.name
+                    ),
+                }
+            }
+        });
+    if let Err(err) = started {
+        tracing::warn!(%err, "sources: the reverse DNS check could not start");
+    }
+}
+
+/// The source's forward-confirmed PTR name, if it is its EHLO name.
+async fn reverse_dns(
+    resolver: &hickory_resolver::TokioResolver,
+    nameservers: &[std::net::SocketAddr],
+    timeout: std::time::Duration,
+    source: &Source,
+) -> Result<String, String> {
+    let names = if nameservers.is_empty() {
+        let lookup = resolver
+            .reverse_lookup(source.address)
+            .await
+            .map_err(|err| format!("no reverse DNS (PTR) for {}: {err}", source.address))?;
+        ptr_names(lookup.answers())
+    } else {
+        // Asked of the configured nameservers directly: hickory answers
+        // `localhost` for every loopback address (RFC 6761) without
+        // asking, and tests give sources loopback addresses.
+        ptr_direct(nameservers, source.address, timeout).await?
+    };
+    if names.is_empty() {
+        return Err(format!("no reverse DNS (PTR) for {}", source.address));
+    }
+    let ehlo = source.client.helo_name.to_ascii_lowercase();
+    let mut confirmed = Vec::new();
+    for name in &names {
+        if let Ok(ips) = resolver.lookup_ip(name.as_str()).await {
+            if ips.iter().any(|ip| ip == source.address) {
+                confirmed.push(name.clone());
+            }
+        }
+    }
+    if confirmed.is_empty() {
+        return Err(format!(
+            "its reverse DNS names {}, which does not resolve back to {}",
+            names.join(", "),
+            source.address
+        ));
+    }
+    if !confirmed.contains(&ehlo) {
+        return Err(format!(
+            "its reverse DNS names {}, not its EHLO name {ehlo}",
+            confirmed.join(", ")
+        ));
+    }
+    Ok(ehlo)
+}
+
+fn ptr_names(records: &[hickory_resolver::proto::rr::Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter_map(|record| match &record.data {
+            hickory_resolver::proto::rr::RData::PTR(ptr) => Some(ptr.0.to_ascii()),
+            _ => None,
+        })
+        .map(|name| name.trim_end_matches('.').to_ascii_lowercase())
+        .collect()
+}
+
+/// One PTR query over UDP to each nameserver in turn, until one answers.
+async fn ptr_direct(
+    nameservers: &[std::net::SocketAddr],
+    ip: IpAddr,
+    timeout: std::time::Duration,
+) -> Result<Vec<String>, String> {
+    use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_resolver::proto::rr::{Name, RecordType};
+    use hickory_resolver::proto::serialize::binary::{BinDecodable, BinEncodable};
+    let id = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        & 0xffff) as u16;
+    let mut request = Message::new(id, MessageType::Query, OpCode::Query);
+    request.metadata.recursion_desired = true;
+    request.add_query(Query::query(Name::from(ip), RecordType::PTR));
+    let bytes = request.to_bytes().map_err(|e| e.to_string())?;
+    let mut last = String::from("no nameserver answered");
+    for server in nameservers {
+        let bind: std::net::SocketAddr = if server.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let exchange = async {
+            let socket = tokio::net::UdpSocket::bind(bind).await?;
+            socket.send_to(&bytes, server).await?;
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, from) = socket.recv_from(&mut buf).await?;
+                if from == *server {
+                    return Ok::<_, std::io::Error>(buf[..n].to_vec());
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(answer)) => match Message::from_bytes(&answer) {
+                Ok(response) if response.metadata.id == id => {
+                    let names = ptr_names(&response.answers);
+                    if names.is_empty() {
+                        return Err(format!("no reverse DNS (PTR) for {ip}"));
+                    }
+                    return Ok(names);
+                }
+                Ok(_) => last = format!("{server}: an answer to another query"),
+                Err(err) => last = format!("{server}: {err}"),
+            },
+            Ok(Err(err)) => last = format!("{server}: {err}"),
+            Err(_) => last = format!("{server}: no answer in {}s", timeout.as_secs()),
+        }
+    }
+    Err(format!("no reverse DNS (PTR) for {ip}: {last}"))
 }
 
 #[cfg(test)]
