@@ -14,7 +14,7 @@ use baton_tests::{queued_id, Baton, TestConfig};
 type Object = serde_json::Map<String, serde_json::Value>;
 
 /// Every field a line may have.
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 15] = [
     "tls",
     "time",
     "event",
@@ -29,6 +29,7 @@ const FIELDS: [&str; 14] = [
     "sender",
     "bounce_queue_id",
     "reason",
+    "category",
 ];
 
 /// The fields of a recipient's outcome line (`delivered`, `deferred`,
@@ -217,9 +218,15 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     check_fields(
         deferred,
         &OUTCOME_FIELDS,
-        &["next_attempt", "tls"],
+        &["next_attempt", "tls", "category"],
         &mut problems,
     );
+    // What kind of failure the reply is (bounce classification).
+    if deferred.get("category").and_then(|c| c.as_str()) != Some("transient") {
+        problems.push(format!(
+            "deferred: category is not \"transient\" in {deferred:?}"
+        ));
+    }
     if !deferred.contains_key("next_attempt") {
         problems.push(format!("deferred: no \"next_attempt\" in {deferred:?}"));
     }
@@ -236,7 +243,12 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     let recipient = "bounce-carol@dest.test";
     let failed = outcome(&lines, "failed", &never, recipient, 1, "550 5.1.1 ");
     // No `reason`: that is for expiry.
-    check_fields(failed, &OUTCOME_FIELDS, &["tls"], &mut problems);
+    check_fields(failed, &OUTCOME_FIELDS, &["tls", "category"], &mut problems);
+    if failed.get("category").and_then(|c| c.as_str()) != Some("invalid_recipient") {
+        problems.push(format!(
+            "failed: category is not \"invalid_recipient\" in {failed:?}"
+        ));
+    }
 
     let bounce = of(&lines, "bounce", &never);
     assert_eq!(bounce.len(), 1, "{lines:#?}");
