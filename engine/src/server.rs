@@ -242,6 +242,7 @@ fn start_housekeeper(server: Arc<Server>) -> io::Result<thread::JoinHandle<()>> 
             let mut compactor: Option<BlockingWriter> = None;
             while !server.shutting_down.load(Ordering::Acquire) {
                 sleep_unless_stopping(&server, RECLAIM_INTERVAL);
+                server.egress.save_warmup();
                 match server.spool.reclaim() {
                     Ok(report) if report.segments_deleted + report.segments_recycled > 0 => {
                         tracing::debug!(
@@ -499,7 +500,11 @@ pub fn start(config: Config) -> Result<Running> {
         signing,
         classifier,
         shaping_rules,
-        egress: Egress::new(&config, &client_config(&config)),
+        egress: Egress::new(
+            &config,
+            &client_config(&config),
+            Some(&config.spool.path.join(crate::shaping::egress::WARMUP_FILE)),
+        ),
         reload_hook: std::sync::OnceLock::new(),
         config,
     });

@@ -123,3 +123,70 @@ fn a_source_whose_reverse_dns_does_not_match_its_ehlo_name_is_named_in_a_warning
         "no warning for source a:\n{log}"
     );
 }
+
+/// Warm-up: a source allowed 5 messages on its first day sends 5, the
+/// pool moves the rest to its other source, and after a restart the day's
+/// count is still spent. A pool whose only source is spent sends nothing
+/// more: the mail waits in the queue, pending, never bounced.
+#[test]
+fn a_warming_source_sends_its_allowance_and_the_pool_moves_the_rest_even_across_a_restart() {
+    let sink = Sink::start("127.0.0.2", &[]);
+    let egress = "[[source]]\nname = \"cold\"\naddress = \"127.0.0.4\"\nehlo = \"cold.mta.test\"\nwarmup = [\"1d:5\", \"2d:50\"]\n\n\
+                  [[source]]\nname = \"warm\"\naddress = \"127.0.0.5\"\nehlo = \"warm.mta.test\"\n\n\
+                  [[pool]]\nname = \"mixed\"\nsources = [\"cold\", \"warm\"]\n\n\
+                  [[pool]]\nname = \"cold-only\"\nsources = [\"cold\"]\n";
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: format!(
+            "[shaping]\nmessages_per_connection_max = 1\n\n{egress}\n{}pool = \"mixed\"\n\n{}pool = \"cold-only\"\n",
+            route("mixed.test", sink.addr),
+            route("cold.test", sink.addr)
+        ),
+        ..TestConfig::default()
+    });
+    let send = |server: &Baton, domain: &str, n: usize| {
+        let mut smtp = server.connect();
+        smtp.ehlo("client.test");
+        for i in 0..n {
+            let reply = smtp.send_message(
+                "alice@sender.test",
+                &[&format!("r{i}@{domain}")],
+                "Subject: w\r\n\r\nhi\r\n",
+            );
+            assert_eq!(reply.code, 250);
+        }
+    };
+    send(&server, "mixed.test", 20);
+    server.wait_until("20 messages delivered", || sink.count() >= 20);
+    wait_queue_empty(&mut server);
+    // The counts reach the file within a second (the housekeeper).
+    server.wait_for("the warm-up counts saved", |b| {
+        std::fs::read_to_string(b.dir.path().join("spool/egress-warmup.json"))
+            .is_ok_and(|text| text.contains("\"sent\": 5"))
+    });
+    server.terminate();
+    server.spawn();
+    // Still spent after the restart: everything leaves from `warm`.
+    send(&server, "mixed.test", 4);
+    server.wait_until("24 messages delivered", || sink.count() >= 24);
+    // A pool with only the spent source: the mail waits, pending.
+    let held = {
+        let mut smtp = server.connect();
+        smtp.ehlo("client.test");
+        baton_tests::queued_id(&smtp.send_message(
+            "alice@sender.test",
+            &["r@cold.test"],
+            "Subject: held\r\n\r\nhi\r\n",
+        ))
+    };
+    server.wait_for("the held message in the queue", |b| {
+        baton_tests::delivery::queued_message(b, &held).is_some()
+    });
+    let report = sink.stop();
+    let sources = report["sources"].as_object().expect("sources");
+    let count = |key: &str| sources.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    assert_eq!(count("127.0.0.4 cold.mta.test"), 5, "{sources:?}");
+    assert_eq!(count("127.0.0.5 warm.mta.test"), 19, "{sources:?}");
+    let message = baton_tests::delivery::queued_message(&server, &held).expect("still queued");
+    assert_eq!(message["recipients"][0]["status"], "pending", "{message}");
+}

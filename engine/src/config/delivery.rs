@@ -208,6 +208,10 @@ pub struct SourceConfig {
     /// `""` (the default): `delivery.helo_name`.
     #[serde(default)]
     pub ehlo: String,
+    /// Warm-up: `"Nd:M"` entries, at most M messages on day N of the
+    /// source's use (`crate::shaping::egress::Warmup`); none = no cap.
+    #[serde(default)]
+    pub warmup: Vec<String>,
 }
 
 /// `[[pool]]`: sources with weights; a connection leaves from one of

@@ -162,6 +162,16 @@ fn egress(config: &Config) -> Result<(), Invalid> {
         if !source.ehlo.is_empty() {
             hostname(&source.ehlo).map_err(|m| invalid(format!("source[{i}].ehlo"), m))?;
         }
+        let mut last_day = 0;
+        for (j, entry) in source.warmup.iter().enumerate() {
+            let key = format!("source[{i}].warmup[{j}]");
+            let (day, _) =
+                crate::shaping::egress::parse_step(entry).map_err(|m| invalid(&key, m))?;
+            if day <= last_day {
+                return Err(invalid(key, "days must go up, one entry per day"));
+            }
+            last_day = day;
+        }
     }
     let mut pools = HashMap::new();
     for (i, pool) in config.pools.iter().enumerate() {

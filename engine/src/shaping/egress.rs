@@ -14,15 +14,27 @@
 //! refuses mail from an address without it (`5.7.25`). A mismatch is a
 //! warning naming the source, not an error: DNS may lag a new address.
 //!
+//! Warm-up: a source with a `warmup` schedule sends at most so many
+//! messages a day, ramping up with the days since it first sent
+//! ([`Warmup`]); a pool skips a source whose allowance for today is spent,
+//! so traffic moves to the warmer ones, and when no source of the pool
+//! may send, no connection opens: the mail waits in its queue, deferred,
+//! never bounced. Days are UTC days. The counts are kept in
+//! `<spool>/egress-warmup.json`, written by the housekeeper at most once a
+//! second, so a restart does not hand out a day's allowance twice.
+//!
 //! Not yet: limits per site × source (connections and rates are per
-//! destination), pools chosen by sender domain or user, warm-up.
+//! destination), pools chosen by sender domain or user, hourly caps.
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PoolConfig, SourceConfig};
 use crate::outbound::ClientConfig;
@@ -31,6 +43,10 @@ use crate::outbound::ClientConfig;
 /// cycle, and more than any real ratio needs.
 pub const WEIGHT_MAX: u32 = 1000;
 
+/// The file the warm-up counts are kept in, in the spool directory.
+pub const WARMUP_FILE: &str = "egress-warmup.json";
+const DAY_MS: u64 = 86_400_000;
+
 /// One local address and how to introduce it.
 #[derive(Debug)]
 pub struct Source {
@@ -38,6 +54,123 @@ pub struct Source {
     pub address: IpAddr,
     /// The client configuration with this source's EHLO name.
     pub client: Arc<ClientConfig>,
+    pub warmup: Option<Warmup>,
+}
+
+impl Source {
+    /// Whether the source may send a message now (its warm-up allows).
+    pub fn allows(&self, now_ms: u64) -> bool {
+        self.warmup.as_ref().is_none_or(|w| w.allows(now_ms))
+    }
+
+    /// Counts one message against today's allowance; `false` (nothing
+    /// counted) when it is spent.
+    pub fn take_message(&self, now_ms: u64) -> bool {
+        self.warmup.as_ref().is_none_or(|w| w.take(now_ms))
+    }
+
+    /// Gives back a message counted by [`Source::take_message`] that was
+    /// not sent after all.
+    pub fn give_back(&self) {
+        if let Some(w) = &self.warmup {
+            w.give_back();
+        }
+    }
+}
+
+/// A warm-up schedule and today's count.
+#[derive(Debug)]
+pub struct Warmup {
+    /// (day, messages that day), days ascending from 1: each entry holds
+    /// from its day until the next entry's; after the last entry's day
+    /// the source is warm (no cap).
+    steps: Vec<(u64, u64)>,
+    state: Mutex<WarmupState>,
+    changed: AtomicBool,
+}
+
+/// What [`WARMUP_FILE`] keeps per source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmupState {
+    /// The UTC day (days since 1970) it first sent; `None`: not yet.
+    pub first_day: Option<u64>,
+    /// The UTC day `sent` counts.
+    pub day: u64,
+    pub sent: u64,
+}
+
+impl Warmup {
+    fn new(steps: Vec<(u64, u64)>, state: WarmupState) -> Warmup {
+        Warmup {
+            steps,
+            state: Mutex::new(state),
+            changed: AtomicBool::new(false),
+        }
+    }
+
+    /// Today's cap, `None` when warm; day 1 is the first day it sent.
+    fn cap(&self, state: &WarmupState, today: u64) -> Option<u64> {
+        let day = today - state.first_day.unwrap_or(today) + 1;
+        let last = self.steps.last()?;
+        if day > last.0 {
+            return None;
+        }
+        self.steps
+            .iter()
+            .take_while(|(from, _)| *from <= day)
+            .last()
+            .map(|(_, max)| *max)
+            .or(Some(0))
+    }
+
+    fn allows(&self, now_ms: u64) -> bool {
+        let today = now_ms / DAY_MS;
+        let state = self.state.lock().expect("warm-up lock");
+        let sent = if state.day == today { state.sent } else { 0 };
+        self.cap(&state, today).is_none_or(|cap| sent < cap)
+    }
+
+    fn take(&self, now_ms: u64) -> bool {
+        let today = now_ms / DAY_MS;
+        let mut state = self.state.lock().expect("warm-up lock");
+        if state.day != today {
+            state.day = today;
+            state.sent = 0;
+        }
+        if self.cap(&state, today).is_some_and(|cap| state.sent >= cap) {
+            return false;
+        }
+        state.first_day.get_or_insert(today);
+        state.sent += 1;
+        self.changed.store(true, Ordering::Relaxed);
+        true
+    }
+
+    fn give_back(&self) {
+        let mut state = self.state.lock().expect("warm-up lock");
+        state.sent = state.sent.saturating_sub(1);
+        self.changed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> WarmupState {
+        *self.state.lock().expect("warm-up lock")
+    }
+}
+
+/// `"Nd:M"`: day N (from 1), at most M messages (at least 1).
+pub fn parse_step(entry: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("{entry:?}: \"<day>d:<messages>\", such as \"1d:200\"");
+    let (day, max) = entry.split_once(':').ok_or_else(bad)?;
+    let day: u64 = day
+        .strip_suffix('d')
+        .ok_or_else(bad)?
+        .parse()
+        .map_err(|_| bad())?;
+    let max: u64 = max.parse().map_err(|_| bad())?;
+    if day == 0 || max == 0 {
+        return Err(bad());
+    }
+    Ok((day, max))
 }
 
 /// Weighted sources.
@@ -61,6 +194,18 @@ impl Pool {
             .expect("the cumulative weights reach the total")
     }
 
+    /// The next source by weight whose warm-up allows a message now,
+    /// skipping the others; `None` when none may send.
+    pub fn pick_allowed(&self, now_ms: u64) -> Option<Arc<Source>> {
+        if self.sources.iter().all(|(s, _)| !s.allows(now_ms)) {
+            return None;
+        }
+        // At most a full cycle of the weights finds one.
+        (0..self.total)
+            .map(|_| self.pick())
+            .find(|s| s.allows(now_ms))
+    }
+
     /// The pool's sources, for logs and checks.
     pub fn sources(&self) -> impl Iterator<Item = &Arc<Source>> {
         self.sources.iter().map(|(s, _)| s)
@@ -72,18 +217,28 @@ impl Pool {
 pub struct Egress {
     pools: HashMap<String, Arc<Pool>>,
     default: Option<Arc<Pool>>,
+    sources: Vec<Arc<Source>>,
+    warmup_file: Option<PathBuf>,
 }
 
 impl Egress {
     /// Builds the sources and pools the configuration names (validation
     /// checked the names and weights). `base`: the client configuration
     /// a source's EHLO name goes into.
-    pub fn new(config: &Config, base: &ClientConfig) -> Egress {
+    pub fn new(config: &Config, base: &ClientConfig, warmup_file: Option<&Path>) -> Egress {
+        let saved: BTreeMap<String, WarmupState> = warmup_file
+            .and_then(|path| std::fs::read(path).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
         let sources: HashMap<&str, Arc<Source>> = config
             .sources
             .iter()
-            .map(|s| (s.name.as_str(), Arc::new(source(s, base))))
+            .map(|s| {
+                let state = saved.get(&s.name).copied().unwrap_or_default();
+                (s.name.as_str(), Arc::new(source(s, base, state)))
+            })
             .collect();
+        let all: Vec<Arc<Source>> = sources.values().cloned().collect();
         let pools: HashMap<String, Arc<Pool>> = config
             .pools
             .iter()
@@ -94,7 +249,43 @@ impl Egress {
             .pool
             .as_ref()
             .and_then(|name| pools.get(name).cloned());
-        Egress { pools, default }
+        Egress {
+            pools,
+            default,
+            sources: all,
+            warmup_file: warmup_file.map(Path::to_path_buf),
+        }
+    }
+
+    /// Writes the warm-up counts when any changed since the last call:
+    /// atomically (temporary file, rename), from the housekeeper.
+    pub fn save_warmup(&self) {
+        let Some(path) = &self.warmup_file else {
+            return;
+        };
+        let changed = self
+            .sources
+            .iter()
+            .filter_map(|s| s.warmup.as_ref())
+            .fold(false, |any, w| {
+                w.changed.swap(false, Ordering::Relaxed) | any
+            });
+        if !changed {
+            return;
+        }
+        let states: BTreeMap<&str, WarmupState> = self
+            .sources
+            .iter()
+            .filter_map(|s| s.warmup.as_ref().map(|w| (s.name.as_str(), w.state())))
+            .collect();
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&states)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(err) = written {
+            tracing::warn!(file = %path.display(), %err, "egress: cannot save the warm-up counts");
+        }
     }
 
     /// The pool for a route naming `pool`, else the default; `None`: the
@@ -111,15 +302,21 @@ impl Egress {
     }
 }
 
-fn source(config: &SourceConfig, base: &ClientConfig) -> Source {
+fn source(config: &SourceConfig, base: &ClientConfig, state: WarmupState) -> Source {
     let mut client = base.clone();
     if !config.ehlo.is_empty() {
         client.helo_name = config.ehlo.clone();
     }
+    let steps: Vec<(u64, u64)> = config
+        .warmup
+        .iter()
+        .filter_map(|entry| parse_step(entry).ok())
+        .collect();
     Source {
         name: config.name.clone(),
         address: config.address,
         client: Arc::new(client),
+        warmup: (!steps.is_empty()).then(|| Warmup::new(steps, state)),
     }
 }
 
@@ -333,7 +530,7 @@ mod tests {
             helo_name: "relay.example".into(),
             limits: Default::default(),
         };
-        let egress = Egress::new(&config, &base);
+        let egress = Egress::new(&config, &base, None);
         let pool = egress.pool(None).unwrap();
         let picks: Vec<String> = (0..8).map(|_| pool.pick().name.clone()).collect();
         assert_eq!(picks, ["a", "a", "a", "b", "a", "a", "a", "b"]);
@@ -347,6 +544,32 @@ mod tests {
             "b has no ehlo of its own"
         );
         assert!(egress.pool(Some("nope")).is_none());
+    }
+
+    #[test]
+    fn warm_up_caps_each_day_and_ramps_with_the_days_of_use() {
+        let day = |d: u64| d * DAY_MS + 1;
+        let warmup = Warmup::new(vec![(1, 2), (3, 4)], WarmupState::default());
+        // Day 1 (first use): 2.
+        assert!(warmup.take(day(100)) && warmup.take(day(100)));
+        assert!(!warmup.take(day(100)) && !warmup.allows(day(100)));
+        // Day 2 holds day 1's cap; day 3 raises it to 4.
+        assert!(warmup.take(day(101)) && warmup.take(day(101)) && !warmup.take(day(101)));
+        for _ in 0..4 {
+            assert!(warmup.take(day(102)));
+        }
+        assert!(!warmup.take(day(102)));
+        // After the last entry's day: warm, no cap.
+        for _ in 0..100 {
+            assert!(warmup.take(day(103)));
+        }
+        assert_eq!(warmup.state().first_day, Some(100));
+        assert_eq!(parse_step("2d:500"), Ok((2, 500)));
+        assert!(
+            parse_step("0d:5").is_err()
+                && parse_step("2:5").is_err()
+                && parse_step("2d:0").is_err()
+        );
     }
 
     #[test]

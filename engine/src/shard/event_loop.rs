@@ -135,6 +135,8 @@ pub(super) struct ShardLogs {
     pub auth_unavailable: LogLimit,
     /// Clients whose AUTH failed (SMTP AUTH in).
     pub auth_in_failed: LogLimit,
+    /// Destinations no pool source may send to now (warm-up).
+    pub warmup_spent: LogLimit,
 }
 
 pub(super) struct Shard {

@@ -259,7 +259,21 @@ impl Shard {
             Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port, None, None),
             Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port, hop.auth, hop.pool),
         };
-        let source = self.server.egress.pool(pool.as_deref()).map(|p| p.pick());
+        let source = match self.server.egress.pool(pool.as_deref()) {
+            None => None,
+            Some(pool) => match pool.pick_allowed(unix_ms()) {
+                Some(source) => Some(source),
+                None => {
+                    // Every source of the pool has spent today's warm-up
+                    // allowance: the mail waits (deferred, never bounced)
+                    // and the next sweep asks again.
+                    if let Some(times) = self.logs.warmup_spent.hit() {
+                        tracing::info!(%destination, pool = %pool.name, times, "egress: no source of the pool may send now (warm-up)");
+                    }
+                    return self.server.queues.closed(&destination, None);
+                }
+            },
+        };
         // RFC 8461 applies to MX delivery only: a route is the operator's
         // own choice of next hop.
         let sts_domain = (matches!(query, Query::Mx(_))
@@ -882,16 +896,34 @@ impl Shard {
             return;
         }
         let waiter = conn.waiter(shard);
+        let source = conn.source.clone();
         loop {
+            // A message counts against its source's warm-up allowance;
+            // spent, the connection ends and the pool picks another.
+            if source.as_ref().is_some_and(|s| !s.take_message(now_ms)) {
+                let conn = self.outs.get_mut(key).expect("present");
+                if let (false, Some(client)) = (behind, conn.client.as_mut()) {
+                    client.quit();
+                }
+                return;
+            }
             let destination = self.outs.get_mut(key).expect("present").destination.clone();
-            match self
+            let taken = self
                 .server
                 .queues
-                .take(&destination, waiter, !behind, now_ms)
-            {
+                .take(&destination, waiter, !behind, now_ms);
+            if !matches!(taken, Take::Batch(_)) {
+                if let Some(source) = &source {
+                    source.give_back();
+                }
+            }
+            match taken {
                 Take::Batch(items) => {
                     if self.start_transaction(key, items) {
                         return;
+                    }
+                    if let Some(source) = &source {
+                        source.give_back();
                     }
                 }
                 // Behind a transaction: nothing more to do until it ends.
