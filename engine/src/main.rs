@@ -1141,6 +1141,9 @@ fn print_sites(sites: &[baton::queue::DestinationSummary]) {
         if state.is_empty() {
             state.push("ok".into());
         }
+        if let Some(site) = &s.site {
+            state.push(format!("via {site}"));
+        }
         println!(
             "{:<32} {:>7} {:>9} {:>6} of {:<2}  {}",
             s.destination,

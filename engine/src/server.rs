@@ -27,7 +27,7 @@ use crate::outbound::{ClientConfig, ClientLimits, Credentials};
 use crate::policy::suppression::{Entry, SuppressionList};
 use crate::policy::unsubscribe::Unsubscribe;
 use crate::queue::{QueuedRecipient, Queues, Shaping};
-use crate::route::{destination_of, Destination, NextHop, Routes};
+use crate::route::{destination_of, Destination, NextHop, Route, Routes};
 use crate::shaping::classify::Classifier;
 use crate::shaping::egress::Egress;
 use crate::shaping::ShapingRules;
@@ -361,7 +361,7 @@ pub fn start(config: Config) -> Result<Running> {
         tracing::warn!("spool sync = \"none\": acknowledged mail is LOST on power failure; for benchmarks only");
     }
     let (spool, recovered) = Spool::open(spool_config).map_err(Error::Spool)?;
-    let queues = Queues::new(shaping_for(&config));
+    let queues = Queues::new(shaping_for(&config)).with_sites(route_sites(&config));
     for pending in &recovered.pending {
         let record = spool.read(pending.message).map_err(Error::Spool)?;
         let message = record.message().map_err(Error::Spool)?;
@@ -563,6 +563,22 @@ fn log_suppression_changes(events: Arc<EventLog>) -> crate::policy::suppression:
             "{}",
             if added { "suppression added" } else { "suppression removed" }
         );
+    })
+}
+
+/// A route's next hop is one site: every destination routed to it shares
+/// `[shaping] connections_max` connections (a `*` smart host gets that
+/// many in all, not that many per recipient domain). MX delivery: no site
+/// yet (MX rollup is to come), each domain its own.
+fn route_sites(config: &Config) -> crate::queue::SiteFor {
+    let routes = routes(config);
+    let limit = config.shaping.connections_max;
+    Box::new(move |destination| match routes.route(destination) {
+        Route::NextHop(hop) if hop.host.contains(':') => {
+            Some((format!("[{}]:{}", hop.host, hop.port), limit))
+        }
+        Route::NextHop(hop) => Some((format!("{}:{}", hop.host, hop.port), limit)),
+        Route::Mx { .. } => None,
     })
 }
 

@@ -849,6 +849,7 @@ mod tests {
             suspended: None,
             connections_limit: 20,
             throttle: None,
+            site: None,
         };
         destination_gauges(&mut out, &[destination]);
         for line in [

@@ -16,7 +16,8 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::Mutex;
 
 use baton_spool::{QueueId, Status};
@@ -109,6 +110,8 @@ struct DestinationQueue {
     throttle: Option<Throttle>,
     /// Why the destination is paused, when a rule or an operator paused it.
     suspended: Option<String>,
+    /// The site it shares connections with (a route's next hop), if any.
+    site: Option<Arc<str>>,
     /// Changed since the last sweep: on the table's `dirty` list.
     dirty: bool,
     /// Its entry in the table's `due` index, if it has one.
@@ -142,6 +145,7 @@ impl DestinationQueue {
             tokens_ms: 0,
             throttle: None,
             suspended: None,
+            site: None,
             dirty: false,
             due_ms: None,
         }
@@ -244,19 +248,30 @@ impl DestinationQueue {
         }
     }
 
-    fn actions(&mut self, destination: &Destination, now_ms: u64, out: &mut Vec<Action>) {
+    /// Wakes idle connections and opens new ones, at most `room` (what its
+    /// site has left); returns how many it opened.
+    fn actions(
+        &mut self,
+        destination: &Destination,
+        now_ms: u64,
+        out: &mut Vec<Action>,
+        room: usize,
+    ) -> usize {
         if self.ready.is_empty() {
-            return;
+            return 0;
         }
         // Wake as many idle connections as there are ready recipients.
         let wake = self.idle.len().min(self.ready.len());
         for waiter in self.idle.drain(..wake) {
             out.push(Action::Wake(waiter));
         }
-        while self.wants_connection(now_ms) {
+        let mut opened = 0;
+        while opened < room && self.wants_connection(now_ms) {
             self.connections += 1;
+            opened += 1;
             out.push(Action::Open(destination.clone()));
         }
+        opened
     }
 }
 
@@ -280,12 +295,29 @@ pub struct DestinationSummary {
     pub connections_limit: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<Throttle>,
+    /// The site whose connections it shares (a route's next hop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// Every destination's queues.
 pub struct Queues {
     inner: Mutex<Table>,
     shaping_for: Box<dyn Fn(&Destination) -> Shaping + Send + Sync>,
+    /// The site a destination belongs to and the site's connection limit:
+    /// every destination routed to one next hop shares its connections.
+    site_for: SiteFor,
+}
+
+/// See [`Queues::with_sites`].
+pub type SiteFor = Box<dyn Fn(&Destination) -> Option<(String, usize)> + Send + Sync>;
+
+/// Connections shared by the destinations of one site.
+#[derive(Debug)]
+struct Site {
+    connections: usize,
+    limit: usize,
+    members: HashSet<Destination>,
 }
 
 /// The destinations, and what the sweep must visit: a sweep looks only at
@@ -301,6 +333,13 @@ struct Table {
     /// (when, destination): [`DestinationQueue::next_due`] of each
     /// destination that has one, as of its last visit.
     due: BTreeSet<(u64, Destination)>,
+    sites: HashMap<Arc<str>, Site>,
+}
+
+/// How many more connections the site allows (no site: no bound).
+fn site_room(sites: &HashMap<Arc<str>, Site>, site: Option<&Arc<str>>) -> usize {
+    site.and_then(|name| sites.get(name))
+        .map_or(usize::MAX, |s| s.limit.saturating_sub(s.connections))
 }
 
 impl Table {
@@ -335,20 +374,51 @@ impl Queues {
         Queues {
             inner: Mutex::new(Table::default()),
             shaping_for,
+            site_for: Box::new(|_| None),
         }
+    }
+
+    /// Groups destinations into sites: `site_for` names a destination's
+    /// site and gives the site's connection limit, which all its
+    /// destinations share (a smart host routed to by many domains opens
+    /// at most that many connections, not that many per domain).
+    pub fn with_sites(mut self, site_for: SiteFor) -> Queues {
+        self.site_for = site_for;
+        self
+    }
+
+    /// The destination's queue, made (and joined to its site) if new.
+    fn queue<'t>(
+        &self,
+        map: &'t mut HashMap<Destination, DestinationQueue>,
+        sites: &mut HashMap<Arc<str>, Site>,
+        destination: &Destination,
+    ) -> &'t mut DestinationQueue {
+        if !map.contains_key(destination) {
+            let mut queue = DestinationQueue::new((self.shaping_for)(destination));
+            if let Some((name, limit)) = (self.site_for)(destination) {
+                let name: Arc<str> = name.into();
+                let site = sites.entry(name.clone()).or_insert_with(|| Site {
+                    connections: 0,
+                    limit: limit.max(1),
+                    members: HashSet::new(),
+                });
+                site.members.insert(destination.clone());
+                queue.site = Some(name);
+            }
+            map.insert(destination.clone(), queue);
+        }
+        map.get_mut(destination).expect("just made")
     }
 
     /// Runs `f` on the destination's queue (made if new) and marks it for
     /// the next sweep.
     fn with<R>(&self, destination: &Destination, f: impl FnOnce(&mut DestinationQueue) -> R) -> R {
         let mut table = self.inner.lock().expect("queues lock");
-        let Table { map, dirty, .. } = &mut *table;
-        let queue = match map.get_mut(destination) {
-            Some(queue) => queue,
-            None => map
-                .entry(destination.clone())
-                .or_insert_with(|| DestinationQueue::new((self.shaping_for)(destination))),
-        };
+        let Table {
+            map, dirty, sites, ..
+        } = &mut *table;
+        let queue = self.queue(map, sites, destination);
         let result = f(queue);
         Table::touch(dirty, destination, queue);
         result
@@ -366,7 +436,13 @@ impl Queues {
         status: Status,
         now_ms: u64,
     ) -> Vec<Action> {
-        self.with(destination, |queue| {
+        let mut table = self.inner.lock().expect("queues lock");
+        let Table {
+            map, dirty, sites, ..
+        } = &mut *table;
+        let queue = self.queue(map, sites, destination);
+        Table::touch(dirty, destination, queue);
+        {
             let mut ready = false;
             for &item in items {
                 match status {
@@ -392,12 +468,15 @@ impl Queues {
             }
             if let Some(waiter) = queue.idle.pop() {
                 actions.push(Action::Wake(waiter));
-            } else if queue.wants_connection(now_ms) {
+            } else if site_room(sites, queue.site.as_ref()) > 0 && queue.wants_connection(now_ms) {
                 queue.connections += 1;
+                if let Some(site) = queue.site.as_ref().and_then(|name| sites.get_mut(name)) {
+                    site.connections += 1;
+                }
                 actions.push(Action::Open(destination.clone()));
             }
             actions
-        })
+        }
     }
 
     /// Queues a recovered recipient without asking for connections: the
@@ -422,7 +501,12 @@ impl Queues {
     /// connections it asks for are counted already.
     pub fn plan(&self, now_ms: u64) -> Vec<Action> {
         let mut table = self.inner.lock().expect("queues lock");
-        let Table { map, dirty, due } = &mut *table;
+        let Table {
+            map,
+            dirty,
+            due,
+            sites,
+        } = &mut *table;
         let mut visit = std::mem::take(dirty);
         while let Some((at, _)) = due.first() {
             if *at > now_ms {
@@ -444,11 +528,23 @@ impl Queues {
                 due.remove(&(at, destination.clone()));
             }
             queue.promote(now_ms);
-            queue.actions(&destination, now_ms, &mut actions);
+            let room = site_room(sites, queue.site.as_ref());
+            let opened = queue.actions(&destination, now_ms, &mut actions, room);
+            if let Some(site) = queue.site.as_ref().and_then(|name| sites.get_mut(name)) {
+                site.connections += opened;
+            }
             // Forget destinations with nothing left, so the table stays
             // small; but not a suspension or a throttle, which must
             // outlive a lull.
             if queue.forgettable(now_ms) {
+                if let Some(name) = &queue.site {
+                    if let Some(site) = sites.get_mut(name) {
+                        site.members.remove(&destination);
+                        if site.members.is_empty() && site.connections == 0 {
+                            sites.remove(name);
+                        }
+                    }
+                }
                 map.remove(&destination);
                 continue;
             }
@@ -504,12 +600,32 @@ impl Queues {
 
     /// A connection ended (or was never opened).
     pub fn closed(&self, destination: &Destination, waiter: Option<Waiter>) {
-        self.with(destination, |queue| {
-            queue.connections = queue.connections.saturating_sub(1);
-            if let Some(waiter) = waiter {
-                queue.idle.retain(|w| *w != waiter);
+        let mut table = self.inner.lock().expect("queues lock");
+        let Table {
+            map, dirty, sites, ..
+        } = &mut *table;
+        let queue = self.queue(map, sites, destination);
+        queue.connections = queue.connections.saturating_sub(1);
+        if let Some(waiter) = waiter {
+            queue.idle.retain(|w| *w != waiter);
+        }
+        Table::touch(dirty, destination, queue);
+        // A connection of the site is free: its other destinations with
+        // mail waiting may take it at the next sweep.
+        let Some(name) = queue.site.clone() else {
+            return;
+        };
+        let Some(site) = sites.get_mut(&name) else {
+            return;
+        };
+        site.connections = site.connections.saturating_sub(1);
+        for member in &site.members {
+            if let Some(other) = map.get_mut(member) {
+                if !other.ready.is_empty() {
+                    Table::touch(dirty, member, other);
+                }
             }
-        });
+        }
     }
 
     /// The destination failed us (no host answered, a `421`): fewer
@@ -673,6 +789,7 @@ impl Queues {
                 suspended: q.suspended.clone(),
                 connections_limit: q.limit,
                 throttle: q.throttle.clone(),
+                site: q.site.as_deref().map(str::to_owned),
             })
             .collect();
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
@@ -881,6 +998,43 @@ mod tests {
             .summary()
             .iter()
             .any(|s| s.destination == "quiet.example"));
+    }
+
+    #[test]
+    fn destinations_of_one_site_share_its_connections() {
+        let queues = Queues::new(Box::new(|_| Shaping::default())).with_sites(Box::new(|d| {
+            d.as_str()
+                .ends_with(".routed")
+                .then(|| ("smarthost:25".to_owned(), 3))
+        }));
+        let mut opened = 0;
+        for i in 0..10 {
+            let d = Destination::new(format!("d{i}.routed"));
+            opened += queues.push(&d, &[item(i, 0)], Status::Pending, 0).len();
+        }
+        opened += queues.plan(0).len();
+        assert_eq!(opened, 3, "one site, three connections in all");
+        // A connection of the site closes: another destination takes it.
+        queues.closed(&Destination::new("d0.routed"), None);
+        assert_eq!(queues.plan(1).len(), 1);
+        // A destination outside the site is not held by it.
+        let other = Destination::new("mx.example");
+        assert_eq!(
+            queues
+                .push(&other, &[item(99, 0)], Status::Pending, 1)
+                .len(),
+            1
+        );
+        assert_eq!(
+            queues
+                .summary()
+                .iter()
+                .find(|s| s.destination == "d5.routed")
+                .unwrap()
+                .site
+                .as_deref(),
+            Some("smarthost:25")
+        );
     }
 
     #[test]
