@@ -140,8 +140,12 @@ enum UserAction {
 
 #[derive(Subcommand)]
 enum QueueAction {
-    /// Recipients waiting, per destination.
-    List,
+    /// Recipients waiting, per destination (or per site with --by-site).
+    List {
+        /// Add the destinations of each site up (a route's next hop).
+        #[arg(long)]
+        by_site: bool,
+    },
     /// One message: envelope and each recipient's state.
     Show { id: String },
     /// Retry scheduled recipients now: of one destination, or of all.
@@ -607,12 +611,17 @@ fn queue(
         admin::parse_queue_id(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))
     };
     match action {
-        QueueAction::List => {
+        QueueAction::List { by_site } => {
             let body = api.read("/queue")?;
             if json {
                 print!("{body}");
             } else {
-                print_summary(&serde_json::from_str(&body).map_err(|e| e.to_string())?);
+                let mut summary: QueueSummary =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                if by_site {
+                    summary.destinations = by_site_rows(summary.destinations);
+                }
+                print_summary(&summary);
             }
         }
         QueueAction::Show { id } => {
@@ -1154,6 +1163,31 @@ fn print_sites(sites: &[baton::queue::DestinationSummary]) {
             state.join("; ")
         );
     }
+}
+
+/// The rows of a queue summary added up per site (a destination without
+/// a site is a row of its own), named by the site.
+fn by_site_rows(
+    rows: Vec<baton::queue::DestinationSummary>,
+) -> Vec<baton::queue::DestinationSummary> {
+    let mut sites: std::collections::BTreeMap<String, baton::queue::DestinationSummary> =
+        std::collections::BTreeMap::new();
+    for row in rows {
+        let key = row.site.clone().unwrap_or_else(|| row.destination.clone());
+        match sites.get_mut(&key) {
+            Some(site) => {
+                site.ready += row.ready;
+                site.scheduled += row.scheduled;
+                site.connections += row.connections;
+            }
+            None => {
+                let mut site = row;
+                site.destination = key.clone();
+                sites.insert(key, site);
+            }
+        }
+    }
+    sites.into_values().collect()
 }
 
 fn print_summary(summary: &QueueSummary) {
