@@ -47,11 +47,6 @@ pub use delivery::{
     Shaping, ShapingAction, ShapingRuleConfig, SourceConfig, TlsPolicy,
 };
 
-/// A duration as the configuration writes it (`"10m"`), for files of
-/// their own that use the same format (`crate::shaping`'s rules).
-pub fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    de::duration(d)
-}
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{de_duration, ShapingAction, ShapingRuleConfig};
+use crate::config::{ShapingAction, ShapingRuleConfig};
 use crate::queue::{Queues, Throttle};
 use crate::route::Destination;
 use crate::shaping::classify::{Category, Patterns};
@@ -36,25 +36,12 @@ use crate::smtp::reply::Reply;
 /// The rules baton ships, tried after the operator's.
 const SHIPPED_RULES: &str = include_str!("rules.toml");
 
+/// `rules.toml`: `[[rule]]` tables written as `[[shaping_rule]]` ones,
+/// without a destination.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShippedFile {
-    rule: Vec<ShippedRule>,
-}
-
-/// A shipped rule: a `[[shaping_rule]]` without a destination.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ShippedRule {
-    category: Option<String>,
-    code: Option<String>,
-    enhanced: Option<String>,
-    text: Option<String>,
-    action: ShapingAction,
-    #[serde(deserialize_with = "de_duration")]
-    duration: Duration,
-    connections_max: Option<usize>,
-    message_rate_max: Option<u32>,
+    rule: Vec<ShapingRuleConfig>,
 }
 
 struct Rule {
@@ -84,32 +71,21 @@ impl ShapingRules {
     pub fn new(configured: &[ShapingRuleConfig]) -> Result<ShapingRules, RuleError> {
         let shipped: ShippedFile =
             toml::from_str(SHIPPED_RULES).expect("the shipped shaping rules parse");
+        let named = configured
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("shaping_rule[{i}]"), r))
+            .chain(
+                shipped
+                    .rule
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (format!("shipped rule {}", i + 1), r)),
+            );
         let mut rules = Vec::new();
         let mut patterns = Vec::new();
-        for (i, r) in configured.iter().enumerate() {
-            let name = format!("shaping_rule[{i}]");
-            rules.push(rule(
-                name,
-                r.category.as_deref(),
-                r.destination.clone(),
-                r.action,
-                r.duration,
-                r.connections_max,
-                r.message_rate_max,
-            )?);
-            patterns.push((r.code.as_deref(), r.enhanced.as_deref(), r.text.as_deref()));
-        }
-        for (i, r) in shipped.rule.iter().enumerate() {
-            let name = format!("shipped rule {}", i + 1);
-            rules.push(rule(
-                name,
-                r.category.as_deref(),
-                None,
-                r.action,
-                r.duration,
-                r.connections_max,
-                r.message_rate_max,
-            )?);
+        for (name, r) in named {
+            rules.push(rule(name, r)?);
             patterns.push((r.code.as_deref(), r.enhanced.as_deref(), r.text.as_deref()));
         }
         let patterns =
@@ -181,17 +157,18 @@ impl ShapingRules {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn rule(
-    name: String,
-    category: Option<&str>,
-    destination: Option<String>,
-    action: ShapingAction,
-    duration: Duration,
-    connections_max: Option<usize>,
-    message_rate_max: Option<u32>,
-) -> Result<Rule, RuleError> {
+fn rule(name: String, config: &ShapingRuleConfig) -> Result<Rule, RuleError> {
+    let ShapingRuleConfig {
+        category,
+        destination,
+        action,
+        duration,
+        connections_max,
+        message_rate_max,
+        ..
+    } = config.clone();
     let category = category
+        .as_deref()
         .map(|c| {
             Category::parse(c).ok_or_else(|| (name.clone(), format!("category: unknown {c:?}")))
         })

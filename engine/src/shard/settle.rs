@@ -21,7 +21,7 @@ use crate::queue::QueuedRecipient;
 use crate::route::{destination_of, Destination};
 use crate::server::unix_ms;
 use crate::shaping::classify::{self, Category};
-use crate::smtp::reply::{parse_reply, Reply, ReplyLimits};
+use crate::smtp::reply::{parse_reply_text, Reply};
 use crate::tls::TlsInfo;
 
 use super::event_loop::{PendingStore, Shard};
@@ -573,13 +573,8 @@ fn parse_failure_note(note: &[u8]) -> (Reply, Option<&str>) {
         Some((text, host)) => (text, Some(host).filter(|h| !h.is_empty())),
         None => (note, None),
     };
-    let line = format!("{text}\r\n");
-    let limits = ReplyLimits {
-        line_bytes_max: line.len() + 1,
-        lines_max: 1,
-    };
-    let reply = match parse_reply(line.as_bytes(), &limits) {
-        Ok(Some((reply, _))) if reply.code >= 400 => reply,
+    let reply = match parse_reply_text(text) {
+        Some(reply) if reply.code >= 400 => reply,
         _ if text.is_empty() => Reply::new(
             550,
             Some((5, 0, 0)),
