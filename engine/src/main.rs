@@ -64,8 +64,8 @@ enum Command {
         json: bool,
     },
     /// Sites' shaping state on a running server, and suspending or resuming
-    /// one (through its admin API). A site is a destination (a recipient
-    /// domain) for now.
+    /// one (through its admin API). A site is where mail goes: a route's
+    /// next hop, or the MX hosts its recipient domains share.
     Site {
         #[command(subcommand)]
         action: SiteAction,
@@ -282,9 +282,10 @@ enum SiteAction {
     /// Every site: queued mail, connections and their limit, and any
     /// suspension or throttle with its reason.
     List,
-    /// One site.
+    /// One site and its domains, or one recipient domain and its site.
     Show { site: String },
-    /// Open no new connection to a site for a while (default 1h).
+    /// Open no new connection to a site (by its name) or to one recipient
+    /// domain for a while (default 1h).
     Suspend {
         site: String,
         /// How long: "10m", "2h".
@@ -293,7 +294,8 @@ enum SiteAction {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Lift a site's suspension and throttle: full limits again.
+    /// Lift a site's (or a domain's and its site's) suspension and
+    /// throttle: full limits again.
     Resume { site: String },
 }
 
@@ -1052,9 +1054,9 @@ fn site(
     json: bool,
 ) -> Result<(), String> {
     use baton::admin::sites::{ResumeRequest, SuspendRequest};
-    use baton::queue::DestinationSummary;
+    use baton::queue::SiteSummary;
     let api = Api::from_config(config, admin)?;
-    let sites = |api: &Api| -> Result<(String, Vec<DestinationSummary>), String> {
+    let sites = |api: &Api| -> Result<(String, Vec<SiteSummary>), String> {
         let body = api.read("/sites")?;
         let sites = serde_json::from_str(&body).map_err(|e| e.to_string())?;
         Ok((body, sites))
@@ -1072,18 +1074,35 @@ fn site(
         SiteAction::Show { site } => {
             let name = site.to_ascii_lowercase();
             let (_, sites) = sites(&api)?;
-            let Some(found) = sites.into_iter().find(|s| s.destination == name) else {
+            let queue: QueueSummary =
+                serde_json::from_str(&api.read("/queue")?).map_err(|e| e.to_string())?;
+            let site_of = |d: &baton::queue::DestinationSummary| {
+                d.site.clone().unwrap_or_else(|| d.destination.clone())
+            };
+            // A domain names its site.
+            let domain = queue.destinations.iter().find(|d| d.destination == name);
+            let site_name = domain.map(site_of).unwrap_or(name.clone());
+            let Some(found) = sites.into_iter().find(|s| s.site == site_name) else {
                 return Err(format!(
-                    "no site {name} (nothing queued, open or suspended)"
+                    "no site or domain {name} (nothing queued, open or suspended)"
                 ));
             };
+            let members: Vec<_> = queue
+                .destinations
+                .iter()
+                .filter(|d| site_of(d) == site_name)
+                .cloned()
+                .collect();
             if json {
+                let both = serde_json::json!({ "site": found, "domains": members });
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?
+                    serde_json::to_string_pretty(&both).map_err(|e| e.to_string())?
                 );
             } else {
                 print_sites(&[found]);
+                println!();
+                print_domains(&members);
             }
             Ok(())
         }
@@ -1116,50 +1135,89 @@ fn site(
     }
 }
 
-fn print_sites(sites: &[baton::queue::DestinationSummary]) {
-    println!(
-        "{:<32} {:>7} {:>9} {:>11}  STATE",
-        "SITE", "READY", "SCHEDULED", "CONNECTIONS"
-    );
+/// A suspension's, pause's or throttle's state in words.
+fn shaping_state(
+    paused_until_ms: u64,
+    suspended: Option<&str>,
+    throttle: Option<&baton::queue::Throttle>,
+) -> Vec<String> {
     let now = baton::server::unix_ms();
+    let mut state = Vec::new();
+    if let (Some(reason), true) = (suspended, paused_until_ms > now) {
+        state.push(format!(
+            "suspended {}s more: {reason}",
+            (paused_until_ms - now) / 1000
+        ));
+    } else if paused_until_ms > now {
+        state.push(format!("paused {}s more", (paused_until_ms - now) / 1000));
+    }
+    if let Some(t) = throttle.filter(|t| t.until_ms > now) {
+        let mut caps = Vec::new();
+        if let Some(n) = t.connections_max {
+            caps.push(format!("{n} connections"));
+        }
+        if let Some(r) = t.message_rate_max {
+            caps.push(format!("{r} msg/s"));
+        }
+        state.push(format!(
+            "throttled to {} for {}s: {}",
+            caps.join(", "),
+            (t.until_ms - now) / 1000,
+            t.reason
+        ));
+    }
+    if state.is_empty() {
+        state.push("ok".into());
+    }
+    state
+}
+
+fn print_sites(sites: &[baton::queue::SiteSummary]) {
+    println!(
+        "{:<32} {:>7} {:>7} {:>9} {:>11} {:>7}  STATE",
+        "SITE", "DOMAINS", "READY", "SCHEDULED", "CONNECTIONS", "WAITING"
+    );
     for s in sites {
-        let mut state = Vec::new();
-        if let Some(reason) = &s.suspended {
-            state.push(format!(
-                "suspended {}s more: {reason}",
-                s.paused_until_ms.saturating_sub(now) / 1000
-            ));
-        } else if s.paused_until_ms > now {
-            state.push(format!("paused {}s more", (s.paused_until_ms - now) / 1000));
-        }
-        if let Some(t) = &s.throttle {
-            let mut caps = Vec::new();
-            if let Some(n) = t.connections_max {
-                caps.push(format!("{n} connections"));
-            }
-            if let Some(r) = t.message_rate_max {
-                caps.push(format!("{r} msg/s"));
-            }
-            state.push(format!(
-                "throttled to {} for {}s: {}",
-                caps.join(", "),
-                t.until_ms.saturating_sub(now) / 1000,
-                t.reason
-            ));
-        }
-        if state.is_empty() {
-            state.push("ok".into());
-        }
-        if let Some(site) = &s.site {
-            state.push(format!("via {site}"));
-        }
+        let state = shaping_state(
+            s.paused_until_ms,
+            s.suspended.as_deref(),
+            s.throttle.as_ref(),
+        );
         println!(
-            "{:<32} {:>7} {:>9} {:>6} of {:<2}  {}",
-            s.destination,
+            "{:<32} {:>7} {:>7} {:>9} {:>5} of {:<3} {:>7}  {}",
+            s.site,
+            s.domains,
             s.ready,
             s.scheduled,
             s.connections,
             s.connections_limit,
+            s.waiting,
+            state.join("; ")
+        );
+    }
+}
+
+fn print_domains(domains: &[baton::queue::DestinationSummary]) {
+    println!(
+        "{:<32} {:>7} {:>9} {:>11}  STATE",
+        "DOMAIN", "READY", "SCHEDULED", "CONNECTIONS"
+    );
+    for d in domains {
+        let mut state = shaping_state(
+            d.paused_until_ms,
+            d.suspended.as_deref(),
+            d.throttle.as_ref(),
+        );
+        if let Some(site) = &d.site {
+            state.push(format!("site {site}"));
+        }
+        println!(
+            "{:<32} {:>7} {:>9} {:>5} of {:<3}  {}",
+            d.destination,
+            d.ready,
+            d.scheduled,
+            d.connections,
+            d.connections_limit,
             state.join("; ")
         );
     }

@@ -26,7 +26,8 @@ use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
 use crate::outbound::{ClientConfig, ClientLimits, Credentials};
 use crate::policy::suppression::{Entry, SuppressionList};
 use crate::policy::unsubscribe::Unsubscribe;
-use crate::queue::{QueuedRecipient, Queues, Shaping};
+use crate::queue::{QueuedRecipient, Queues, Shaping, SiteOf};
+use crate::route::sites::SiteTable;
 use crate::route::{destination_of, Destination, NextHop, Route, Routes};
 use crate::shaping::classify::Classifier;
 use crate::shaping::egress::Egress;
@@ -94,6 +95,8 @@ pub struct Server {
     pub spool: Spool,
     pub queues: Queues,
     pub routes: Routes,
+    /// Site names and limits by host (MX rollup, `[[site]]`).
+    pub sites: Arc<SiteTable>,
     pub resolver: Resolver,
     pub delivery: DeliverySettings,
     pub client_config: Arc<ClientConfig>,
@@ -361,7 +364,16 @@ pub fn start(config: Config) -> Result<Running> {
         tracing::warn!("spool sync = \"none\": acknowledged mail is LOST on power failure; for benchmarks only");
     }
     let (spool, recovered) = Spool::open(spool_config).map_err(Error::Spool)?;
-    let queues = Queues::new(shaping_for(&config)).with_sites(route_sites(&config));
+    // The configuration was checked: its [[site]] tables are good.
+    let sites = Arc::new(
+        SiteTable::new(&config.sites, config.shaping.connections_max)
+            .expect("validated [[site]] tables"),
+    );
+    let named = sites.clone();
+    let queues = Queues::new(shaping_for(&config)).with_sites(
+        route_sites(&config, sites.clone()),
+        Box::new(move |name| named.named(name)),
+    );
     for pending in &recovered.pending {
         let record = spool.read(pending.message).map_err(Error::Spool)?;
         let message = record.message().map_err(Error::Spool)?;
@@ -485,6 +497,7 @@ pub fn start(config: Config) -> Result<Running> {
         spool,
         queues,
         routes: routes(&config),
+        sites,
         resolver,
         delivery: delivery_settings(&config),
         client_config: Arc::new(client_config(&config)),
@@ -570,15 +583,18 @@ fn log_suppression_changes(events: Arc<EventLog>) -> crate::policy::suppression:
 /// `[shaping] connections_max` connections (a `*` smart host gets that
 /// many in all, not that many per recipient domain). MX delivery: no site
 /// yet (MX rollup is to come), each domain its own.
-fn route_sites(config: &Config) -> crate::queue::SiteFor {
+/// A destination's site: a route's next hop, or (MX delivery) the MX
+/// hosts, learned from the answer (`shard::outbound`).
+fn route_sites(config: &Config, sites: Arc<SiteTable>) -> crate::queue::SiteFor {
     let routes = routes(config);
-    let limit = config.shaping.connections_max;
     Box::new(move |destination| match routes.route(destination) {
-        Route::NextHop(hop) if hop.host.contains(':') => {
-            Some((format!("[{}]:{}", hop.host, hop.port), limit))
+        Route::NextHop(hop) => {
+            let (name, shaping) = sites.for_next_hop(&hop.host, hop.port);
+            SiteOf::Known(name, shaping)
         }
-        Route::NextHop(hop) => Some((format!("{}:{}", hop.host, hop.port), limit)),
-        Route::Mx { .. } => None,
+        // An address literal is its own site: it has no MX hosts.
+        Route::Mx { .. } if destination.as_str().starts_with('[') => SiteOf::Own,
+        Route::Mx { .. } => SiteOf::Mx,
     })
 }
 

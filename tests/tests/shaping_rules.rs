@@ -47,12 +47,14 @@ fn a_421_4_7_28_suspends_its_site_then_mail_flows_and_other_sites_are_untouched(
     let deferred = events.events_of("deferred", &first)[0].clone();
     assert_eq!(deferred["category"], "rate_limited", "{deferred}");
 
-    // The site is suspended, with the rule and the reply as the reason.
+    // The site (the route's next hop) is suspended, with the rule and
+    // the reply as the reason.
     let (ok, list, err) = server.cli(&["site", "list"]);
     assert!(ok, "{err}");
+    let site = throttled.addr.to_string();
     let line = list
         .lines()
-        .find(|l| l.starts_with("throttled.test"))
+        .find(|l| l.starts_with(&site))
         .unwrap_or_else(|| panic!("{list}"));
     assert!(
         line.contains("suspended") && line.contains("shaping_rule[0]: 421 4.7.28"),
@@ -83,7 +85,7 @@ fn a_421_4_7_28_suspends_its_site_then_mail_flows_and_other_sites_are_untouched(
         "delivered {waited} ms after the 421, inside the 3 s suspension"
     );
 
-    // An operator suspends a site by hand, and lifts it.
+    // An operator suspends a domain by hand, and lifts it.
     let (ok, out, err) = server.cli(&[
         "site",
         "suspend",

@@ -1,14 +1,14 @@
-//! `/sites`: the shaping state of every site (today a destination: a
-//! recipient domain, until MX rollup), and an operator's suspend and
-//! resume. Shaping rules (`crate::shaping`) suspend and throttle sites on
-//! their own; these are how an operator sees it and undoes it.
+//! `/sites`: the shaping state of every site (a route's next hop, or the
+//! MX hosts its domains share: `crate::queue`), and an operator's suspend
+//! and resume, of a site by its name or of one recipient domain. Shaping
+//! rules (`crate::shaping`) suspend and throttle sites on their own; these
+//! are how an operator sees it and undoes it.
 
 use serde::{Deserialize, Serialize};
 
 use super::{AdminReply, Response};
 use crate::config::parse_duration;
-use crate::queue::DestinationSummary;
-use crate::route::Destination;
+use crate::queue::SiteSummary;
 use crate::server::{unix_ms, Server};
 
 /// The longest an operator's suspension may last through the API: past
@@ -34,9 +34,9 @@ pub struct ResumeRequest {
 
 /// Every site's state, as `GET /sites` answers: a suspension's reason
 /// only while it lasts, a throttle only while in force.
-pub fn list(server: &Server) -> Vec<DestinationSummary> {
+pub fn list(server: &Server) -> Vec<SiteSummary> {
     let now = unix_ms();
-    let mut sites = server.queues.summary();
+    let mut sites = server.queues.sites();
     for site in &mut sites {
         if site.paused_until_ms <= now {
             site.suspended = None;
@@ -96,15 +96,16 @@ pub(super) fn resume(server: &Server, body: &[u8]) -> Response {
     done(format!("{site} resumed"))
 }
 
-/// A site named as the queue names it: a domain, lowercased.
-fn site_name(name: &str) -> Option<Destination> {
+/// A site's name (`google`, `mx1.example.net,mx2.example.net`,
+/// `relay.example.net:25`) or a domain's, lowercased.
+fn site_name(name: &str) -> Option<String> {
     let name = name.trim().to_ascii_lowercase();
     let ok = !name.is_empty()
-        && name.len() <= 255
+        && name.len() <= 2048
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-    ok.then(|| Destination::new(name))
+            .all(|b| b.is_ascii_alphanumeric() || b"-._,+[]:".contains(&b));
+    ok.then_some(name)
 }
 
 fn done(message: String) -> Response {

@@ -214,6 +214,24 @@ pub struct SourceConfig {
     pub warmup: Vec<String>,
 }
 
+/// `[[site]]`: a site named by patterns on its host names (MX hosts, or
+/// a route's next hop), with limits for all its domains together.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub name: String,
+    /// `"*.google.com"` (any subdomain) or an exact host name. Empty with
+    /// the name of a shipped site: its patterns (`crate::route::sites`).
+    #[serde(default)]
+    pub mx: Vec<String>,
+    /// `None`: `[shaping] connections_max`.
+    #[serde(default)]
+    pub connections_max: Option<usize>,
+    /// `None`: no site rate (0 = none).
+    #[serde(default)]
+    pub message_rate_max: Option<u32>,
+}
+
 /// `[[pool]]`: sources with weights; a connection leaves from one of
 /// them, chosen in proportion to the weights.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

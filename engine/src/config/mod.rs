@@ -44,7 +44,7 @@ use toml::de::DeTable;
 pub use auth::{AuthConfig, ListenerAuth};
 pub use delivery::{
     DeliveryConfig, DestinationConfig, DnsConfig, NextHop, PoolConfig, RouteConfig, Secret,
-    Shaping, ShapingAction, ShapingRuleConfig, SourceConfig, TlsPolicy,
+    Shaping, ShapingAction, ShapingRuleConfig, SiteConfig, SourceConfig, TlsPolicy,
 };
 
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
@@ -82,6 +82,10 @@ pub struct Config {
     /// `[[pool]]` tables: weighted sources; none by default.
     #[serde(rename = "pool", default)]
     pub pools: Vec<PoolConfig>,
+    /// `[[site]]` tables: sites by MX host name patterns, before the
+    /// shipped ones (`crate::route::sites`).
+    #[serde(rename = "site", default)]
+    pub sites: Vec<SiteConfig>,
     /// `[[shaping_rule]]` tables: the operator's rules for a receiver's
     /// "slow down", before the shipped ones (`crate::shaping`).
     #[serde(rename = "shaping_rule", default)]

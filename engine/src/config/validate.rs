@@ -117,6 +117,11 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     destinations(&config.destinations)?;
     unsubscribe(config)?;
     egress(config)?;
+    if let Err((name, message)) =
+        crate::route::sites::SiteTable::new(&config.sites, config.shaping.connections_max)
+    {
+        return Err(invalid(name, message));
+    }
     if let Err((name, message)) = crate::shaping::ShapingRules::new(&config.shaping_rules) {
         return Err(invalid(name, message));
     }

@@ -1,28 +1,44 @@
 //! The destination table: one entry per destination, shared by every shard.
 //!
-//! Each destination has a *ready* queue (recipients to attempt now), a
-//! *scheduled* queue (deferred recipients, ordered by their next attempt),
-//! and the state that shapes traffic to it across all shards: how many
-//! connections are open or opening, the limit in force (lowered after a
-//! `421` or a failed connection, raised again by each good transaction), a
-//! pause, a message-rate bucket, and the idle connections waiting for work.
+//! Each destination (a recipient domain) has a *ready* queue (recipients
+//! to attempt now), a *scheduled* queue (deferred recipients, ordered by
+//! their next attempt), its own connections and idle connections, and the
+//! *site* it belongs to: where its mail actually goes (`site.rs`). The
+//! domains routed to one next hop share a site; so do the domains whose MX
+//! hosts are the same (MX rollup: every Google-hosted domain is one site),
+//! learned from the MX answer ([`Queues::join`]). The connection limit in
+//! force, pauses, suspensions, throttles and the message rate belong to the
+//! site, as receivers count them; a `[[destination]]` override still caps
+//! its domain.
 //!
 //! Shards push accepted recipients here once their message is durable, and
 //! recovery pushes what the spool returned. Every connection to a
 //! destination, on whichever shard, pulls from its one ready queue, so work
-//! balances itself (docs/architecture.md, "The path of one recipient out"). The table
-//! never does I/O: it answers with what the caller should do — open a
-//! connection, wake an idle one on some shard — and the shards act.
+//! balances itself (docs/architecture.md, "The path of one recipient out").
+//! The table never does I/O: it answers with what the caller should do —
+//! open a connection, wake an idle one on some shard — and the shards act.
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+mod site;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 
 use baton_spool::{QueueId, Status};
 
 use crate::route::Destination;
+
+use site::{Bucket, Site};
+pub use site::{SiteOf, SiteShaping, SiteSummary};
+
+/// How many learned domain → site answers the table keeps; past it, it
+/// starts afresh (each domain then learns its site again from one
+/// connection's MX answer).
+pub const LEARNED_SITES_MAX: usize = 1 << 17;
 
 /// One recipient of one message, waiting for delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +87,8 @@ pub struct Waiter {
 pub enum Action {
     /// Open a connection to the destination; it is already counted.
     Open(Destination),
-    /// Tell this idle connection there is work.
+    /// Tell this idle connection there is work (or that it should make
+    /// room: its next [`Queues::take`] says [`Take::Leave`]).
     Wake(Waiter),
 }
 
@@ -83,8 +100,20 @@ pub enum Take {
     /// Nothing ready: the connection is registered as idle and is woken
     /// (through [`Action::Wake`]) when work arrives.
     Idle,
+    /// Nothing ready here, and another domain of the site waits for a
+    /// connection the site has no room for: close, to make that room.
+    Leave,
     /// The destination's message rate is used up: ask again at this time.
     RateLimited { retry_ms: u64 },
+}
+
+/// Whether a destination should get another connection now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    No,
+    Yes,
+    /// It should, but its site has no room: it waits its turn.
+    NoRoom,
 }
 
 #[derive(Debug)]
@@ -96,30 +125,27 @@ struct DestinationQueue {
     shaping: Shaping,
     /// Open or opening, on all shards.
     connections: usize,
-    /// The connection limit in force: `shaping.connections_max`, halved
-    /// by each failure, raised by one per good transaction.
-    limit: usize,
+    /// A pause of this domain alone (its DNS failed, or an operator
+    /// suspended the domain rather than its site).
     paused_until_ms: u64,
-    /// Consecutive failures; the pause doubles with each.
     failures: u32,
-    idle: Vec<Waiter>,
-    /// Message-rate bucket: tokens and when they were last topped up.
-    tokens: f64,
-    tokens_ms: u64,
-    /// Lower limits for a while, set by a shaping rule or an operator.
-    throttle: Option<Throttle>,
-    /// Why the destination is paused, when a rule or an operator paused it.
     suspended: Option<String>,
-    /// The site it shares connections with (a route's next hop), if any.
-    site: Option<Arc<str>>,
+    idle: Vec<Waiter>,
+    /// The domain's own message rate (`[[destination]]`).
+    bucket: Bucket,
+    site: Arc<str>,
+    /// Its MX site is not known yet: one connection, the one that asks.
+    learning: bool,
+    /// On its site's `starved` list.
+    starved: bool,
     /// Changed since the last sweep: on the table's `dirty` list.
     dirty: bool,
     /// Its entry in the table's `due` index, if it has one.
     due_ms: Option<u64>,
 }
 
-/// Limits below the destination's shaping, until a time: what a shaping
-/// rule (`crate::shaping::rules`) sets when a receiver says "slow down".
+/// Limits below the site's shaping, until a time: what a shaping rule
+/// (`crate::shaping::rules`) sets when a receiver says "slow down".
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Throttle {
     pub until_ms: u64,
@@ -130,39 +156,36 @@ pub struct Throttle {
 }
 
 impl DestinationQueue {
-    fn new(shaping: Shaping) -> DestinationQueue {
+    fn new(shaping: Shaping, site: Arc<str>) -> DestinationQueue {
         DestinationQueue {
             ready: VecDeque::new(),
             scheduled: BTreeMap::new(),
             scheduled_seq: 0,
             shaping,
             connections: 0,
-            limit: shaping.connections_max.max(1),
             paused_until_ms: 0,
             failures: 0,
-            idle: Vec::new(),
-            tokens: f64::from(shaping.message_rate_max),
-            tokens_ms: 0,
-            throttle: None,
             suspended: None,
-            site: None,
+            idle: Vec::new(),
+            bucket: Bucket::full(shaping.message_rate_max),
+            site,
+            learning: false,
+            starved: false,
             dirty: false,
             due_ms: None,
         }
     }
 
     /// When a sweep must look at the destination again though nothing
-    /// changes it: its next scheduled recipient comes due, its pause or
-    /// throttle ends.
-    fn next_due(&self, now_ms: u64) -> Option<u64> {
+    /// changes it: its next scheduled recipient comes due, its (or its
+    /// site's) pause or throttle ends.
+    fn next_due(&self, site: &Site, now_ms: u64) -> Option<u64> {
         let scheduled = self.scheduled.first_key_value().map(|((at, _), _)| *at);
         let paused = (self.paused_until_ms > now_ms).then_some(self.paused_until_ms);
-        let throttle = self
-            .throttle
-            .as_ref()
-            .map(|t| t.until_ms)
-            .filter(|until| *until > now_ms);
-        [scheduled, paused, throttle].into_iter().flatten().min()
+        [scheduled, paused, site.next_due(now_ms)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Nothing queued, open or in force: the table may forget it.
@@ -171,46 +194,30 @@ impl DestinationQueue {
             && self.scheduled.is_empty()
             && self.connections == 0
             && self.paused_until_ms <= now_ms
-            && self.throttle.as_ref().is_none_or(|t| t.until_ms <= now_ms)
     }
 
-    /// The throttle in force at `now_ms`, dropping an expired one.
-    fn throttle(&mut self, now_ms: u64) -> Option<&Throttle> {
-        if self.throttle.as_ref().is_some_and(|t| t.until_ms <= now_ms) {
-            self.throttle = None;
+    /// Whether another connection should open now. More are wanted when
+    /// the ready recipients outnumber the connections carrying them (each
+    /// carries one transaction at a time) and none is idle.
+    fn wants(&self, site: &mut Site, now_ms: u64) -> Want {
+        let cap = if self.learning {
+            1
+        } else {
+            self.shaping.connections_max.max(1)
+        };
+        if self.shaping.hold
+            || !self.idle.is_empty()
+            || now_ms < self.paused_until_ms
+            || now_ms < site.paused_until_ms
+            || self.connections >= cap
+            || self.ready.len() <= self.connections
+        {
+            Want::No
+        } else if site.room(now_ms) == 0 {
+            Want::NoRoom
+        } else {
+            Want::Yes
         }
-        self.throttle.as_ref()
-    }
-
-    /// The most connections allowed now: the shaping's, or a throttle's.
-    fn connections_cap(&mut self, now_ms: u64) -> usize {
-        let max = self.shaping.connections_max.max(1);
-        match self.throttle(now_ms).and_then(|t| t.connections_max) {
-            Some(cap) => cap.clamp(1, max),
-            None => max,
-        }
-    }
-
-    /// Messages per second allowed now; 0 = no limit.
-    fn rate_cap(&mut self, now_ms: u64) -> u32 {
-        let rate = self.shaping.message_rate_max;
-        match self.throttle(now_ms).and_then(|t| t.message_rate_max) {
-            Some(cap) if rate == 0 => cap.max(1),
-            Some(cap) => cap.clamp(1, rate),
-            None => rate,
-        }
-    }
-
-    /// More connections are wanted when the ready recipients outnumber the
-    /// connections carrying them (each carries one transaction at a time)
-    /// and none is idle.
-    fn wants_connection(&mut self, now_ms: u64) -> bool {
-        let cap = self.connections_cap(now_ms);
-        !self.shaping.hold
-            && self.idle.is_empty()
-            && now_ms >= self.paused_until_ms
-            && self.connections < self.limit.min(cap)
-            && self.ready.len() > self.connections
     }
 
     fn schedule(&mut self, next_attempt_ms: u64, item: QueuedRecipient) {
@@ -228,51 +235,6 @@ impl DestinationQueue {
             self.ready.push_back(entry.remove());
         }
     }
-
-    /// Takes a rate token; `Err(retry_ms)` when there is none.
-    fn take_token(&mut self, now_ms: u64) -> Result<(), u64> {
-        let rate = f64::from(self.rate_cap(now_ms));
-        if rate == 0.0 {
-            return Ok(());
-        }
-        let elapsed_s = now_ms.saturating_sub(self.tokens_ms) as f64 / 1000.0;
-        // A burst of at most one second's worth.
-        self.tokens = (self.tokens + elapsed_s * rate).min(rate.max(1.0));
-        self.tokens_ms = now_ms;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait_ms = ((1.0 - self.tokens) / rate * 1000.0).ceil() as u64;
-            Err(now_ms + wait_ms.max(1))
-        }
-    }
-
-    /// Wakes idle connections and opens new ones, at most `room` (what its
-    /// site has left); returns how many it opened.
-    fn actions(
-        &mut self,
-        destination: &Destination,
-        now_ms: u64,
-        out: &mut Vec<Action>,
-        room: usize,
-    ) -> usize {
-        if self.ready.is_empty() {
-            return 0;
-        }
-        // Wake as many idle connections as there are ready recipients.
-        let wake = self.idle.len().min(self.ready.len());
-        for waiter in self.idle.drain(..wake) {
-            out.push(Action::Wake(waiter));
-        }
-        let mut opened = 0;
-        while opened < room && self.wants_connection(now_ms) {
-            self.connections += 1;
-            opened += 1;
-            out.push(Action::Open(destination.clone()));
-        }
-        opened
-    }
 }
 
 /// Counts for one destination.
@@ -283,19 +245,20 @@ pub struct DestinationSummary {
     pub scheduled: usize,
     #[serde(default)]
     pub connections: usize,
-    /// Unix ms until which no new connection is opened; 0 when not paused.
+    /// Unix ms until which no new connection is opened (the domain's
+    /// pause or its site's); 0 when not paused.
     #[serde(default)]
     pub paused_until_ms: u64,
     /// Why it is paused, when a shaping rule or an operator paused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended: Option<String>,
-    /// The connection limit in force (lowered after failures and by
-    /// throttles, raised by good transactions).
+    /// The connection limit in force for the domain (its site's, lowered
+    /// after failures and by throttles, raised by good transactions).
     #[serde(default)]
     pub connections_limit: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<Throttle>,
-    /// The site whose connections it shares (a route's next hop).
+    /// The site it belongs to, when that is not the domain itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
 }
@@ -304,54 +267,183 @@ pub struct DestinationSummary {
 pub struct Queues {
     inner: Mutex<Table>,
     shaping_for: Box<dyn Fn(&Destination) -> Shaping + Send + Sync>,
-    /// The site a destination belongs to and the site's connection limit:
-    /// every destination routed to one next hop shares its connections.
+    /// The site a destination belongs to, as the routes say.
     site_for: SiteFor,
+    /// A configured site's shaping by its name (an operator may suspend
+    /// `google` before any mail for it is queued).
+    site_named: SiteNamed,
 }
 
 /// See [`Queues::with_sites`].
-pub type SiteFor = Box<dyn Fn(&Destination) -> Option<(String, usize)> + Send + Sync>;
+pub type SiteFor = Box<dyn Fn(&Destination) -> SiteOf + Send + Sync>;
+/// See [`Queues::with_sites`].
+pub type SiteNamed = Box<dyn Fn(&str) -> Option<SiteShaping> + Send + Sync>;
 
-/// Connections shared by the destinations of one site.
-#[derive(Debug)]
-struct Site {
-    connections: usize,
-    limit: usize,
-    members: HashSet<Destination>,
-}
-
-/// The destinations, and what the sweep must visit: a sweep looks only at
-/// destinations changed since the last one and those whose time has come,
-/// never at all of them (100,000 recipients over 10,000 destinations: a
-/// sweep with nothing due went from 72 µs to under a microsecond,
-/// `benches/queue_plan.rs`).
+/// The destinations and their sites, and what the sweep must visit: a
+/// sweep looks only at destinations changed since the last one and those
+/// whose time has come, never at all of them (100,000 recipients over
+/// 10,000 destinations: a sweep with nothing due went from 72 µs to under
+/// a microsecond, `benches/queue_plan.rs`).
 #[derive(Default)]
 struct Table {
     map: HashMap<Destination, DestinationQueue>,
+    sites: HashMap<Arc<str>, Site>,
+    /// Domain → MX site, as the MX answers said.
+    learned: HashMap<Destination, (Arc<str>, SiteShaping)>,
     /// Changed since the last sweep, each once (its `dirty` flag).
     dirty: Vec<Destination>,
     /// (when, destination): [`DestinationQueue::next_due`] of each
     /// destination that has one, as of its last visit.
     due: BTreeSet<(u64, Destination)>,
-    sites: HashMap<Arc<str>, Site>,
 }
 
-/// How many more connections the site allows (no site: no bound).
-fn site_room(sites: &HashMap<Arc<str>, Site>, site: Option<&Arc<str>>) -> usize {
-    site.and_then(|name| sites.get(name))
-        .map_or(usize::MAX, |s| s.limit.saturating_sub(s.connections))
+/// Puts `destination` on the dirty list, once.
+fn touch(dirty: &mut Vec<Destination>, destination: &Destination, queue: &mut DestinationQueue) {
+    if !queue.dirty {
+        queue.dirty = true;
+        dirty.push(destination.clone());
+    }
+}
+
+fn site_mut<'s>(sites: &'s mut HashMap<Arc<str>, Site>, name: &Arc<str>) -> &'s mut Site {
+    sites
+        .get_mut(name)
+        .expect("a destination's site is in the table")
 }
 
 impl Table {
-    /// Puts `destination` on the dirty list, once.
-    fn touch(
-        dirty: &mut Vec<Destination>,
+    /// Opens connections for `destination` and wakes its idle ones, as far
+    /// as it wants and its site allows; a destination the site has no
+    /// room for joins the site's line, and an idle connection of another
+    /// member is asked to make room.
+    fn act(&mut self, destination: &Destination, now_ms: u64, out: &mut Vec<Action>) {
+        let Some(queue) = self.map.get_mut(destination) else {
+            return;
+        };
+        if queue.ready.is_empty() {
+            return;
+        }
+        // Wake as many idle connections as there are ready recipients.
+        let wake = queue.idle.len().min(queue.ready.len());
+        let site = site_mut(&mut self.sites, &queue.site);
+        site.idle -= wake;
+        for waiter in queue.idle.drain(..wake) {
+            out.push(Action::Wake(waiter));
+        }
+        loop {
+            match queue.wants(site, now_ms) {
+                Want::No => return,
+                Want::Yes => {
+                    queue.connections += 1;
+                    site.connections += 1;
+                    out.push(Action::Open(destination.clone()));
+                }
+                Want::NoRoom => {
+                    if !queue.starved {
+                        queue.starved = true;
+                        site.starved.push_back(destination.clone());
+                    }
+                    break;
+                }
+            }
+        }
+        // An idle connection of another member holds room this one needs.
+        if site.idle == 0 {
+            return;
+        }
+        let site_name = queue.site.clone();
+        let members: Vec<Destination> = site.members.iter().cloned().collect();
+        for member in members {
+            let Some(other) = self.map.get_mut(&member) else {
+                continue;
+            };
+            if let Some(waiter) = other.idle.pop() {
+                site_mut(&mut self.sites, &site_name).idle -= 1;
+                out.push(Action::Wake(waiter));
+                return;
+            }
+        }
+    }
+
+    /// Hands freed room to the members waiting for it, first come first.
+    fn feed_starved(&mut self, site_name: &Arc<str>, now_ms: u64, out: &mut Vec<Action>) {
+        loop {
+            let Some(site) = self.sites.get_mut(site_name) else {
+                return;
+            };
+            if site.room(now_ms) == 0 {
+                return;
+            }
+            let Some(next) = site.starved.pop_front() else {
+                return;
+            };
+            let Some(queue) = self.map.get_mut(&next) else {
+                continue;
+            };
+            queue.starved = false;
+            if queue.site != *site_name {
+                continue;
+            }
+            queue.promote(now_ms);
+            self.act(&next, now_ms, out);
+        }
+    }
+
+    /// Moves `destination` (with its connections) to the site `name`,
+    /// made with `shaping` if new.
+    fn move_to(
+        &mut self,
         destination: &Destination,
-        queue: &mut DestinationQueue,
+        name: Arc<str>,
+        shaping: SiteShaping,
+        now_ms: u64,
     ) {
-        if !queue.dirty {
-            queue.dirty = true;
-            dirty.push(destination.clone());
+        let Some(queue) = self.map.get_mut(destination) else {
+            return;
+        };
+        if queue.site == name {
+            return;
+        }
+        let old_name = std::mem::replace(&mut queue.site, name.clone());
+        queue.starved = false;
+        if let Some(old) = self.sites.get_mut(&old_name) {
+            old.connections = old.connections.saturating_sub(queue.connections);
+            old.idle = old.idle.saturating_sub(queue.idle.len());
+            old.members.remove(destination);
+            if old.forgettable(now_ms) {
+                self.sites.remove(&old_name);
+            }
+        }
+        let site = self.sites.entry(name).or_insert_with(|| Site::new(shaping));
+        site.connections += queue.connections;
+        site.idle += queue.idle.len();
+        site.members.insert(destination.clone());
+    }
+
+    /// Forgets a destination with nothing left, and its site if that was
+    /// its last member and nothing is in force.
+    fn forget(&mut self, destination: &Destination, now_ms: u64) {
+        let Some(queue) = self.map.remove(destination) else {
+            return;
+        };
+        if let Some(site) = self.sites.get_mut(&queue.site) {
+            site.members.remove(destination);
+            if site.forgettable(now_ms) {
+                self.sites.remove(&queue.site);
+            }
+        }
+    }
+
+    /// Marks every member of a site for the next sweep (its pause or
+    /// throttle changed their due times).
+    fn touch_members(&mut self, site_name: &Arc<str>) {
+        let Some(site) = self.sites.get(site_name) else {
+            return;
+        };
+        for member in &site.members {
+            if let Some(queue) = self.map.get_mut(member) {
+                touch(&mut self.dirty, member, queue);
+            }
         }
     }
 }
@@ -369,59 +461,75 @@ impl std::fmt::Debug for Queues {
 }
 
 impl Queues {
-    /// A table whose destinations take their shaping from `shaping_for`.
+    /// A table whose destinations take their shaping from `shaping_for`,
+    /// each a site of its own.
     pub fn new(shaping_for: Box<dyn Fn(&Destination) -> Shaping + Send + Sync>) -> Queues {
         Queues {
             inner: Mutex::new(Table::default()),
             shaping_for,
-            site_for: Box::new(|_| None),
+            site_for: Box::new(|_| SiteOf::Own),
+            site_named: Box::new(|_| None),
         }
     }
 
-    /// Groups destinations into sites: `site_for` names a destination's
-    /// site and gives the site's connection limit, which all its
-    /// destinations share (a smart host routed to by many domains opens
-    /// at most that many connections, not that many per domain).
-    pub fn with_sites(mut self, site_for: SiteFor) -> Queues {
+    /// Groups destinations into sites: `site_for` says a destination's
+    /// site (a route's next hop, or MX: learned from the answer), and
+    /// `site_named` a configured site's shaping by name.
+    pub fn with_sites(mut self, site_for: SiteFor, site_named: SiteNamed) -> Queues {
         self.site_for = site_for;
+        self.site_named = site_named;
         self
     }
 
-    /// The destination's queue, made (and joined to its site) if new.
-    fn queue<'t>(
-        &self,
-        map: &'t mut HashMap<Destination, DestinationQueue>,
-        sites: &mut HashMap<Arc<str>, Site>,
-        destination: &Destination,
-    ) -> &'t mut DestinationQueue {
-        if !map.contains_key(destination) {
-            let mut queue = DestinationQueue::new((self.shaping_for)(destination));
-            if let Some((name, limit)) = (self.site_for)(destination) {
-                let name: Arc<str> = name.into();
-                let site = sites.entry(name.clone()).or_insert_with(|| Site {
-                    connections: 0,
-                    limit: limit.max(1),
-                    members: HashSet::new(),
-                });
-                site.members.insert(destination.clone());
-                queue.site = Some(name);
-            }
-            map.insert(destination.clone(), queue);
-        }
-        map.get_mut(destination).expect("just made")
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().expect("queues lock")
     }
 
-    /// Runs `f` on the destination's queue (made if new) and marks it for
-    /// the next sweep.
-    fn with<R>(&self, destination: &Destination, f: impl FnOnce(&mut DestinationQueue) -> R) -> R {
-        let mut table = self.inner.lock().expect("queues lock");
+    /// Makes the destination's queue (and joins it to its site) if new.
+    fn ensure(&self, table: &mut Table, destination: &Destination) {
+        if table.map.contains_key(destination) {
+            return;
+        }
+        let shaping = (self.shaping_for)(destination);
+        let own = SiteShaping {
+            connections_max: shaping.connections_max,
+            message_rate_max: 0,
+        };
+        let (name, site_shaping, learning) = match (self.site_for)(destination) {
+            SiteOf::Known(name, site_shaping) => (Arc::from(name), site_shaping, false),
+            SiteOf::Mx => match table.learned.get(destination) {
+                Some((name, site_shaping)) => (name.clone(), *site_shaping, false),
+                None => (Arc::from(destination.as_str()), own, true),
+            },
+            SiteOf::Own => (Arc::from(destination.as_str()), own, false),
+        };
+        let mut queue = DestinationQueue::new(shaping, name.clone());
+        queue.learning = learning;
+        table
+            .sites
+            .entry(name)
+            .or_insert_with(|| Site::new(site_shaping))
+            .members
+            .insert(destination.clone());
+        table.map.insert(destination.clone(), queue);
+    }
+
+    /// Runs `f` on the destination's queue and its site (made if new)
+    /// and marks the destination for the next sweep.
+    fn with<R>(
+        &self,
+        destination: &Destination,
+        f: impl FnOnce(&mut DestinationQueue, &mut Site) -> R,
+    ) -> R {
+        let mut table = self.lock();
+        self.ensure(&mut table, destination);
         let Table {
             map, dirty, sites, ..
         } = &mut *table;
-        let queue = self.queue(map, sites, destination);
-        let result = f(queue);
-        Table::touch(dirty, destination, queue);
-        result
+        let queue = map.get_mut(destination).expect("ensured");
+        touch(dirty, destination, queue);
+        let site = site_mut(sites, &queue.site);
+        f(queue, site)
     }
 
     /// Queues recipients of one message according to their status: pending
@@ -436,53 +544,54 @@ impl Queues {
         status: Status,
         now_ms: u64,
     ) -> Vec<Action> {
-        let mut table = self.inner.lock().expect("queues lock");
+        let mut table = self.lock();
+        self.ensure(&mut table, destination);
         let Table {
             map, dirty, sites, ..
         } = &mut *table;
-        let queue = self.queue(map, sites, destination);
-        Table::touch(dirty, destination, queue);
-        {
-            let mut ready = false;
-            for &item in items {
-                match status {
-                    Status::Deferred {
-                        attempts,
-                        next_attempt_ms,
-                    } if next_attempt_ms > now_ms => {
-                        queue.schedule(next_attempt_ms, QueuedRecipient { attempts, ..item });
-                    }
-                    Status::Deferred { attempts, .. } => {
-                        queue.ready.push_back(QueuedRecipient { attempts, ..item });
-                        ready = true;
-                    }
-                    _ => {
-                        queue.ready.push_back(item);
-                        ready = true;
-                    }
+        let queue = map.get_mut(destination).expect("ensured");
+        touch(dirty, destination, queue);
+        let mut ready = false;
+        for &item in items {
+            match status {
+                Status::Deferred {
+                    attempts,
+                    next_attempt_ms,
+                } if next_attempt_ms > now_ms => {
+                    queue.schedule(next_attempt_ms, QueuedRecipient { attempts, ..item });
+                }
+                Status::Deferred { attempts, .. } => {
+                    queue.ready.push_back(QueuedRecipient { attempts, ..item });
+                    ready = true;
+                }
+                _ => {
+                    queue.ready.push_back(item);
+                    ready = true;
                 }
             }
-            let mut actions = Vec::new();
-            if !ready {
-                return actions;
-            }
-            if let Some(waiter) = queue.idle.pop() {
-                actions.push(Action::Wake(waiter));
-            } else if site_room(sites, queue.site.as_ref()) > 0 && queue.wants_connection(now_ms) {
-                queue.connections += 1;
-                if let Some(site) = queue.site.as_ref().and_then(|name| sites.get_mut(name)) {
-                    site.connections += 1;
-                }
-                actions.push(Action::Open(destination.clone()));
-            }
-            actions
         }
+        let mut actions = Vec::new();
+        if !ready {
+            return actions;
+        }
+        let site = site_mut(sites, &queue.site);
+        if let Some(waiter) = queue.idle.pop() {
+            site.idle -= 1;
+            actions.push(Action::Wake(waiter));
+        } else if queue.wants(site, now_ms) == Want::Yes {
+            queue.connections += 1;
+            site.connections += 1;
+            actions.push(Action::Open(destination.clone()));
+        }
+        // Waiting for room in its site: the sweep puts it in line (the
+        // push is on the hot path; the line is not).
+        actions
     }
 
     /// Queues a recovered recipient without asking for connections: the
     /// shards' first sweep opens them ([`Queues::plan`]).
     pub fn restore(&self, destination: &Destination, item: QueuedRecipient, status: Status) {
-        self.with(destination, |queue| match status {
+        self.with(destination, |queue, _| match status {
             Status::Deferred {
                 attempts,
                 next_attempt_ms,
@@ -493,64 +602,50 @@ impl Queues {
 
     /// Queues a deferred recipient for its next attempt.
     pub fn schedule(&self, destination: &Destination, item: QueuedRecipient, next_attempt_ms: u64) {
-        self.with(destination, |queue| queue.schedule(next_attempt_ms, item));
+        self.with(destination, |queue, _| {
+            queue.schedule(next_attempt_ms, item)
+        });
     }
 
     /// The timer: moves due recipients to their ready queues and says which
     /// connections to open or wake. Every shard calls it on its sweep; the
     /// connections it asks for are counted already.
     pub fn plan(&self, now_ms: u64) -> Vec<Action> {
-        let mut table = self.inner.lock().expect("queues lock");
-        let Table {
-            map,
-            dirty,
-            due,
-            sites,
-        } = &mut *table;
-        let mut visit = std::mem::take(dirty);
-        while let Some((at, _)) = due.first() {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        let mut visit = std::mem::take(&mut table.dirty);
+        while let Some((at, _)) = table.due.first() {
             if *at > now_ms {
                 break;
             }
-            let (_, destination) = due.pop_first().expect("just seen");
-            if let Some(queue) = map.get_mut(&destination) {
+            let (_, destination) = table.due.pop_first().expect("just seen");
+            if let Some(queue) = table.map.get_mut(&destination) {
                 queue.due_ms = None;
             }
             visit.push(destination);
         }
         let mut actions = Vec::new();
         for destination in visit {
-            let Some(queue) = map.get_mut(&destination) else {
+            let Some(queue) = table.map.get_mut(&destination) else {
                 continue;
             };
             queue.dirty = false;
             if let Some(at) = queue.due_ms.take() {
-                due.remove(&(at, destination.clone()));
+                table.due.remove(&(at, destination.clone()));
             }
             queue.promote(now_ms);
-            let room = site_room(sites, queue.site.as_ref());
-            let opened = queue.actions(&destination, now_ms, &mut actions, room);
-            if let Some(site) = queue.site.as_ref().and_then(|name| sites.get_mut(name)) {
-                site.connections += opened;
-            }
+            table.act(&destination, now_ms, &mut actions);
+            let queue = table.map.get_mut(&destination).expect("still there");
             // Forget destinations with nothing left, so the table stays
-            // small; but not a suspension or a throttle, which must
-            // outlive a lull.
+            // small; a site's suspension or throttle outlives its members.
             if queue.forgettable(now_ms) {
-                if let Some(name) = &queue.site {
-                    if let Some(site) = sites.get_mut(name) {
-                        site.members.remove(&destination);
-                        if site.members.is_empty() && site.connections == 0 {
-                            sites.remove(name);
-                        }
-                    }
-                }
-                map.remove(&destination);
+                table.forget(&destination, now_ms);
                 continue;
             }
-            if let Some(at) = queue.next_due(now_ms) {
+            let site = table.sites.get(&queue.site).expect("its site");
+            if let Some(at) = queue.next_due(site, now_ms) {
                 queue.due_ms = Some(at);
-                due.insert((at, destination));
+                table.due.insert((at, destination));
             }
         }
         actions
@@ -559,16 +654,25 @@ impl Queues {
     /// Work for a connection that is ready for its next transaction:
     /// recipients of one message (at most the destination's recipients per
     /// transaction). With nothing ready the connection is registered idle
-    /// when it asks to `wait`.
+    /// when it asks to `wait`, or told to leave when its site has no room
+    /// for a member that waits.
     pub fn take(&self, destination: &Destination, waiter: Waiter, wait: bool, now_ms: u64) -> Take {
-        self.with(destination, |queue| {
+        self.with(destination, |queue, site| {
             let Some(first) = queue.ready.front().copied() else {
+                if !site.starved.is_empty() && site.room(now_ms) == 0 {
+                    return Take::Leave;
+                }
                 if wait && !queue.idle.contains(&waiter) {
                     queue.idle.push(waiter);
+                    site.idle += 1;
                 }
                 return Take::Idle;
             };
-            if let Err(retry_ms) = queue.take_token(now_ms) {
+            if let Err(retry_ms) = queue.bucket.take(queue.shaping.message_rate_max, now_ms) {
+                return Take::RateLimited { retry_ms };
+            }
+            if let Err(retry_ms) = site.take_token(now_ms) {
+                queue.bucket.give_back();
                 return Take::RateLimited { retry_ms };
             }
             queue.ready.pop_front();
@@ -590,147 +694,231 @@ impl Queues {
 
     /// The destination's shaping.
     pub fn shaping(&self, destination: &Destination) -> Shaping {
-        self.with(destination, |queue| queue.shaping)
+        self.with(destination, |queue, _| queue.shaping)
+    }
+
+    /// The site the destination belongs to now.
+    pub fn site_of(&self, destination: &Destination) -> Arc<str> {
+        self.with(destination, |queue, _| queue.site.clone())
     }
 
     /// The connection no longer waits for work (it is closing).
     pub fn unidle(&self, destination: &Destination, waiter: Waiter) {
-        self.with(destination, |queue| queue.idle.retain(|w| *w != waiter));
+        self.with(destination, |queue, site| {
+            let before = queue.idle.len();
+            queue.idle.retain(|w| *w != waiter);
+            site.idle -= before - queue.idle.len();
+        });
     }
 
-    /// A connection ended (or was never opened).
-    pub fn closed(&self, destination: &Destination, waiter: Option<Waiter>) {
-        let mut table = self.inner.lock().expect("queues lock");
+    /// The MX answer for `destination` names its site: the destination
+    /// joins it (with its connections) and the table remembers the answer
+    /// for the next time the domain is queued. `false` when the site has
+    /// no room for the connection that asked: it should close unused (the
+    /// domain waits in the site's line).
+    pub fn join(
+        &self,
+        destination: &Destination,
+        name: &str,
+        shaping: SiteShaping,
+        now_ms: u64,
+    ) -> bool {
+        let mut table = self.lock();
+        let name: Arc<str> = match table.sites.get_key_value(name) {
+            Some((known, _)) => known.clone(),
+            None => name.into(),
+        };
+        if table.learned.len() >= LEARNED_SITES_MAX {
+            table.learned.clear();
+        }
+        table
+            .learned
+            .insert(destination.clone(), (name.clone(), shaping));
+        let Some(queue) = table.map.get_mut(destination) else {
+            return true;
+        };
+        queue.learning = false;
+        if queue.site == name {
+            return site_mut(&mut table.sites, &name).paused_until_ms <= now_ms;
+        }
+        table.move_to(destination, name.clone(), shaping, now_ms);
+        let site = site_mut(&mut table.sites, &name);
+        let cap = site.limit.min(site.connections_cap(now_ms));
+        site.connections <= cap && site.paused_until_ms <= now_ms
+    }
+
+    /// A connection ended (or was never opened). Returns what to do with
+    /// the room it left: a waiting member of its site may take it.
+    pub fn closed(
+        &self,
+        destination: &Destination,
+        waiter: Option<Waiter>,
+        now_ms: u64,
+    ) -> Vec<Action> {
+        let mut table = self.lock();
+        self.ensure(&mut table, destination);
         let Table {
             map, dirty, sites, ..
         } = &mut *table;
-        let queue = self.queue(map, sites, destination);
+        let queue = map.get_mut(destination).expect("ensured");
         queue.connections = queue.connections.saturating_sub(1);
-        if let Some(waiter) = waiter {
-            queue.idle.retain(|w| *w != waiter);
-        }
-        Table::touch(dirty, destination, queue);
-        // A connection of the site is free: its other destinations with
-        // mail waiting may take it at the next sweep.
-        let Some(name) = queue.site.clone() else {
-            return;
-        };
-        let Some(site) = sites.get_mut(&name) else {
-            return;
-        };
+        let site = site_mut(sites, &queue.site);
         site.connections = site.connections.saturating_sub(1);
-        for member in &site.members {
-            if let Some(other) = map.get_mut(member) {
-                if !other.ready.is_empty() {
-                    Table::touch(dirty, member, other);
-                }
-            }
+        if let Some(waiter) = waiter {
+            let before = queue.idle.len();
+            queue.idle.retain(|w| *w != waiter);
+            site.idle -= before - queue.idle.len();
         }
+        touch(dirty, destination, queue);
+        let name = queue.site.clone();
+        let mut actions = Vec::new();
+        table.feed_starved(&name, now_ms, &mut actions);
+        actions
     }
 
-    /// The destination failed us (no host answered, a `421`): fewer
-    /// connections and a pause that doubles with each failure in a row.
-    /// Returns the connections still open besides the failed one's.
+    /// The destination failed us: fewer connections and a pause that
+    /// doubles with each failure in a row, for its whole site (no host
+    /// answered, a `421`) or, `site_wide` false, for the domain alone (its
+    /// DNS failed). Returns the domain's connections still open besides
+    /// the failed one's.
     pub fn failed(
         &self,
         destination: &Destination,
+        site_wide: bool,
         pause_ms: u64,
         pause_ms_max: u64,
         now_ms: u64,
     ) -> usize {
-        self.with(destination, |queue| {
-            queue.failures = queue.failures.saturating_add(1);
-            queue.limit = (queue.limit / 2).max(1);
-            let factor = 1u64 << queue.failures.saturating_sub(1).min(20);
-            let pause = pause_ms.saturating_mul(factor).min(pause_ms_max);
-            queue.paused_until_ms = queue.paused_until_ms.max(now_ms + pause);
+        self.with(destination, |queue, site| {
+            if site_wide {
+                site.failed(pause_ms, pause_ms_max, now_ms);
+            } else {
+                queue.failures = queue.failures.saturating_add(1);
+                let factor = 1u64 << queue.failures.saturating_sub(1).min(20);
+                let pause = pause_ms.saturating_mul(factor).min(pause_ms_max);
+                queue.paused_until_ms = queue.paused_until_ms.max(now_ms + pause);
+            }
             queue.connections.saturating_sub(1)
         })
     }
 
-    /// A transaction went through: the destination recovers one connection
-    /// of its limit and its failure count.
+    /// A transaction went through: the site recovers one connection of
+    /// its limit, and both forget their failures.
     pub fn succeeded(&self, destination: &Destination, now_ms: u64) {
-        self.with(destination, |queue| {
+        self.with(destination, |queue, site| {
             queue.failures = 0;
-            if queue.limit < queue.connections_cap(now_ms) {
-                queue.limit += 1;
-            }
+            site.succeeded(now_ms);
         });
     }
 
-    /// Opens no connection to the destination until `until_ms`; then it
-    /// starts again from one connection and grows by one per good
-    /// transaction (what Gmail asks after `421 4.7.28`). Connections
-    /// already open finish what they carry. `true` when it was not
-    /// paused at `now_ms`: a change worth telling.
-    pub fn suspend(
+    /// A shaping rule's suspension of the destination's site: no
+    /// connection until `until_ms`; then it starts again from one
+    /// connection and grows by one per good transaction (what Gmail asks
+    /// after `421 4.7.28`). Connections already open finish what they
+    /// carry. `true` when it was not paused at `now_ms`: a change worth
+    /// telling.
+    pub fn suspend_site_of(
         &self,
         destination: &Destination,
         until_ms: u64,
         reason: String,
         now_ms: u64,
     ) -> bool {
-        self.with(destination, |queue| {
-            let was_paused = queue.paused_until_ms > now_ms;
-            if until_ms > queue.paused_until_ms {
-                queue.paused_until_ms = until_ms;
-                queue.suspended = Some(reason);
-            }
-            queue.limit = 1;
-            !was_paused
-        })
+        let mut table = self.lock();
+        self.ensure(&mut table, destination);
+        let name = table.map[destination].site.clone();
+        let changed = site_mut(&mut table.sites, &name).suspend(until_ms, reason, now_ms);
+        table.touch_members(&name);
+        changed
     }
 
-    /// Lowers the destination's connection or rate limit until
-    /// `throttle.until_ms`; a later throttle replaces an earlier one.
-    /// `true` when none was in force at `now_ms`.
-    pub fn throttle(&self, destination: &Destination, throttle: Throttle, now_ms: u64) -> bool {
-        self.with(destination, |queue| {
-            let was = queue.throttle(now_ms).is_some();
-            if let Some(cap) = throttle.connections_max {
-                queue.limit = queue.limit.min(cap.max(1));
-            }
-            if queue
-                .throttle
-                .as_ref()
-                .is_none_or(|t| t.until_ms <= throttle.until_ms)
-            {
-                queue.throttle = Some(throttle);
-            }
-            !was
-        })
+    /// A shaping rule's throttle of the destination's site: lower
+    /// connection or rate limits until `throttle.until_ms`; a later
+    /// throttle replaces an earlier one. `true` when none was in force.
+    pub fn throttle_site_of(
+        &self,
+        destination: &Destination,
+        throttle: Throttle,
+        now_ms: u64,
+    ) -> bool {
+        let mut table = self.lock();
+        self.ensure(&mut table, destination);
+        let name = table.map[destination].site.clone();
+        let changed = site_mut(&mut table.sites, &name).set_throttle(throttle, now_ms);
+        table.touch_members(&name);
+        changed
     }
 
-    /// Lifts a pause and a throttle at once (an operator's `baton site
-    /// resume`): full limits again. `false` if baton knows no such
-    /// destination.
-    pub fn resume(&self, destination: &Destination) -> bool {
-        let mut table = self.inner.lock().expect("queues lock");
-        let Table { map, dirty, .. } = &mut *table;
-        let Some(queue) = map.get_mut(destination) else {
-            return false;
+    /// An operator's suspension of `name`: a site (by its name, known or
+    /// configured), else a recipient domain alone.
+    pub fn suspend(&self, name: &str, until_ms: u64, reason: String, now_ms: u64) -> bool {
+        let mut table = self.lock();
+        let site_name: Option<Arc<str>> = match table.sites.get_key_value(name) {
+            Some((known, _)) => Some(known.clone()),
+            None => (self.site_named)(name).map(|shaping| {
+                let name: Arc<str> = name.into();
+                table.sites.insert(name.clone(), Site::new(shaping));
+                name
+            }),
         };
-        Table::touch(dirty, destination, queue);
-        queue.paused_until_ms = 0;
-        queue.suspended = None;
-        queue.throttle = None;
-        queue.failures = 0;
-        queue.limit = queue.shaping.connections_max.max(1);
+        if let Some(site_name) = site_name {
+            let changed = site_mut(&mut table.sites, &site_name).suspend(until_ms, reason, now_ms);
+            table.touch_members(&site_name);
+            return changed;
+        }
+        let destination = Destination::new(name);
+        self.ensure(&mut table, &destination);
+        let Table { map, dirty, .. } = &mut *table;
+        let queue = map.get_mut(&destination).expect("ensured");
+        touch(dirty, &destination, queue);
+        let was_paused = queue.paused_until_ms > now_ms;
+        if until_ms > queue.paused_until_ms {
+            queue.paused_until_ms = until_ms;
+            queue.suspended = Some(reason);
+        }
+        !was_paused
+    }
+
+    /// Lifts pauses and throttles of a site (by name) or of a domain and
+    /// its site: full limits again (an operator's `baton site resume`).
+    /// `false` if baton knows no such site or domain.
+    pub fn resume(&self, name: &str) -> bool {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        let destination = Destination::new(name);
+        let site_name = match table.map.get_mut(&destination) {
+            Some(queue) => {
+                queue.paused_until_ms = 0;
+                queue.suspended = None;
+                queue.failures = 0;
+                touch(&mut table.dirty, &destination, queue);
+                queue.site.clone()
+            }
+            None => match table.sites.get_key_value(name) {
+                Some((known, _)) => known.clone(),
+                None => return false,
+            },
+        };
+        if let Some(site) = table.sites.get_mut(&site_name) {
+            site.resume();
+        }
+        table.touch_members(&site_name);
         true
     }
 
     /// Takes every ready recipient (a destination that failed as a whole:
     /// null MX, no such domain, every host down).
     pub fn drain_ready(&self, destination: &Destination) -> Vec<QueuedRecipient> {
-        self.with(destination, |queue| queue.ready.drain(..).collect())
+        self.with(destination, |queue, _| queue.ready.drain(..).collect())
     }
 
     /// Makes scheduled recipients due now, for one destination or all.
     /// Returns how many were moved.
     pub fn flush(&self, destination: Option<&Destination>, now_ms: u64) -> usize {
-        let mut table = self.inner.lock().expect("queues lock");
-        let Table { map, dirty, .. } = &mut *table;
+        let mut table = self.lock();
+        let Table {
+            map, dirty, sites, ..
+        } = &mut *table;
         let mut moved = 0;
         for (d, queue) in map.iter_mut() {
             if destination.is_some_and(|wanted| wanted != d) {
@@ -741,14 +929,17 @@ impl Queues {
                 queue.ready.push_back(item);
             }
             queue.paused_until_ms = queue.paused_until_ms.min(now_ms);
-            Table::touch(dirty, d, queue);
+            if let Some(site) = sites.get_mut(&queue.site) {
+                site.paused_until_ms = site.paused_until_ms.min(now_ms);
+            }
+            touch(dirty, d, queue);
         }
         moved
     }
 
     /// Takes every queued recipient of one message, wherever it waits.
     pub fn remove(&self, queue_id: QueueId) -> Vec<(Destination, QueuedRecipient)> {
-        let mut table = self.inner.lock().expect("queues lock");
+        let mut table = self.lock();
         let Table { map, dirty, .. } = &mut *table;
         let mut out = Vec::new();
         for (d, queue) in map.iter_mut() {
@@ -768,7 +959,7 @@ impl Queues {
                 keep
             });
             if out.len() > before {
-                Table::touch(dirty, d, queue);
+                touch(dirty, d, queue);
             }
         }
         out
@@ -776,344 +967,73 @@ impl Queues {
 
     /// Per destination counts, sorted by destination.
     pub fn summary(&self) -> Vec<DestinationSummary> {
-        let table = self.inner.lock().expect("queues lock");
-        let mut out: Vec<_> = table
-            .map
+        let now_ms = crate::server::unix_ms();
+        let mut table = self.lock();
+        let Table { map, sites, .. } = &mut *table;
+        let mut out: Vec<_> = map
             .iter()
-            .map(|(d, q)| DestinationSummary {
-                destination: d.to_string(),
-                ready: q.ready.len(),
-                scheduled: q.scheduled.len(),
-                connections: q.connections,
-                paused_until_ms: q.paused_until_ms,
-                suspended: q.suspended.clone(),
-                connections_limit: q.limit,
-                throttle: q.throttle.clone(),
-                site: q.site.as_deref().map(str::to_owned),
+            .map(|(d, q)| {
+                let site = site_mut(sites, &q.site);
+                let cap = site.limit.min(site.connections_cap(now_ms));
+                let (paused_until_ms, suspended) = if q.paused_until_ms > site.paused_until_ms {
+                    (q.paused_until_ms, q.suspended.clone())
+                } else {
+                    (site.paused_until_ms, site.suspended.clone())
+                };
+                DestinationSummary {
+                    destination: d.to_string(),
+                    ready: q.ready.len(),
+                    scheduled: q.scheduled.len(),
+                    connections: q.connections,
+                    paused_until_ms,
+                    suspended,
+                    connections_limit: cap.min(q.shaping.connections_max.max(1)),
+                    throttle: site.throttle.clone(),
+                    site: (*q.site != *d.as_str()).then(|| q.site.to_string()),
+                }
             })
             .collect();
         out.sort_by(|a, b| a.destination.cmp(&b.destination));
         out
     }
-}
 
-#[cfg(test)]
-mod tests {
-
-    use super::*;
-    use crate::route::destination_of;
-
-    fn item(id: u64, recipient: u32) -> QueuedRecipient {
-        QueuedRecipient {
-            queue_id: QueueId(id),
-            recipient,
-            attempts: 0,
-        }
-    }
-
-    fn waiter(conn: u64) -> Waiter {
-        Waiter { shard: 0, conn }
-    }
-
-    #[test]
-    fn pending_is_ready_and_deferred_is_scheduled() {
-        let queues = Queues::default();
-        let x = destination_of(b"a@x.org");
-        queues.push(&x, &[item(1, 0)], Status::Pending, 0);
-        queues.push(
-            &destination_of(b"b@X.org"),
-            &[item(2, 0)],
-            Status::Pending,
-            0,
-        );
-        let deferred = Status::Deferred {
-            attempts: 1,
-            next_attempt_ms: 5,
-        };
-        queues.push(&destination_of(b"c@y.org"), &[item(3, 0)], deferred, 0);
-        let summary = queues.summary();
-        assert_eq!(summary.len(), 2);
-        assert_eq!((summary[0].ready, summary[0].scheduled), (2, 0));
-        assert_eq!((summary[1].ready, summary[1].scheduled), (0, 1));
-    }
-
-    #[test]
-    fn pushes_open_connections_up_to_the_limit() {
-        let shaping = Shaping {
-            connections_max: 2,
-            ..Shaping::default()
-        };
-        let queues = Queues::new(Box::new(move |_| shaping));
-        let d = destination_of(b"a@x.org");
-        let mut opened = 0;
-        for id in 0..10 {
-            for action in queues.push(&d, &[item(id, 0)], Status::Pending, 0) {
-                assert_eq!(action, Action::Open(d.clone()));
-                opened += 1;
-            }
-        }
-        assert_eq!(opened, 2);
-        assert_eq!(queues.summary()[0].connections, 2);
-    }
-
-    #[test]
-    fn take_groups_one_message_and_idles_when_empty() {
-        let queues = Queues::default();
-        let d = destination_of(b"a@x.org");
-        let one_message = [item(7, 0), item(7, 1), item(7, 2)];
-        let actions = queues.push(&d, &one_message, Status::Pending, 0);
-        assert_eq!(
-            actions,
-            [Action::Open(d.clone())],
-            "one connection per message"
-        );
-        queues.push(&d, &[item(8, 0)], Status::Pending, 0);
-        let Take::Batch(batch) = queues.take(&d, waiter(1), true, 0) else {
-            panic!("expected a batch");
-        };
-        assert_eq!(
-            batch.iter().map(|i| i.recipient).collect::<Vec<_>>(),
-            [0, 1, 2]
-        );
-        assert!(matches!(queues.take(&d, waiter(1), true, 0), Take::Batch(b) if b.len() == 1));
-        assert_eq!(queues.take(&d, waiter(1), true, 0), Take::Idle);
-        // The next push wakes the idle connection instead of opening one.
-        let actions = queues.push(&d, &[item(9, 0)], Status::Pending, 0);
-        assert_eq!(actions, [Action::Wake(waiter(1))]);
-    }
-
-    #[test]
-    fn plan_promotes_due_recipients() {
-        let queues = Queues::default();
-        let d = destination_of(b"a@x.org");
-        queues.schedule(&d, item(1, 0), 100);
-        assert!(queues.plan(99).is_empty());
-        assert_eq!(queues.plan(100), [Action::Open(d.clone())]);
-        assert_eq!(queues.summary()[0].ready, 1);
-    }
-
-    #[test]
-    fn failures_pause_and_halve_then_recover() {
-        let shaping = Shaping {
-            connections_max: 8,
-            ..Shaping::default()
-        };
-        let queues = Queues::new(Box::new(move |_| shaping));
-        let d = destination_of(b"a@x.org");
-        queues.push(&d, &[item(1, 0)], Status::Pending, 0);
-        queues.failed(&d, 1000, 60_000, 0);
-        queues.closed(&d, None);
-        for id in 2..20 {
-            queues.push(&d, &[item(id, 0)], Status::Pending, 10);
-        }
-        assert!(queues.plan(500).is_empty(), "paused");
-        let opened = queues.plan(1000).len();
-        assert_eq!(opened, 4, "limit halved from 8");
-        // A second failure doubles the pause.
-        queues.failed(&d, 1000, 60_000, 1000);
-        assert!(queues.summary()[0].paused_until_ms >= 3000);
-        queues.succeeded(&d, 1000);
-    }
-
-    #[test]
-    fn a_suspension_pauses_then_restarts_from_one_connection() {
-        let shaping = Shaping {
-            connections_max: 8,
-            ..Shaping::default()
-        };
-        let queues = Queues::new(Box::new(move |_| shaping));
-        let d = destination_of(b"a@x.org");
-        // Twenty ready, and the connections they opened gone again.
-        let mut opened = 0;
-        for id in 0..20 {
-            opened += queues.push(&d, &[item(id, 0)], Status::Pending, 0).len();
-        }
-        assert_eq!(opened, 8);
-        for _ in 0..opened {
-            queues.closed(&d, None);
-        }
-        assert!(queues.suspend(&d, 600_000, "421 4.7.28".into(), 0));
-        assert!(
-            !queues.suspend(&d, 600_000, "421 4.7.28".into(), 1),
-            "already"
-        );
-        assert!(queues.plan(599_999).is_empty(), "suspended");
-        assert_eq!(queues.summary()[0].suspended.as_deref(), Some("421 4.7.28"));
-        assert_eq!(queues.plan(600_000).len(), 1, "one connection after");
-        // Each good transaction allows one more.
-        queues.succeeded(&d, 600_001);
-        assert_eq!(queues.plan(600_001).len(), 1);
-        // An operator lifts it all.
-        queues.suspend(&d, 900_000, "again".into(), 600_001);
-        assert!(queues.resume(&d));
-        assert!(queues.summary()[0].suspended.is_none());
-        assert_eq!(queues.summary()[0].connections_limit, 8);
-        assert!(!queues.resume(&destination_of(b"a@unknown.org")));
-        // A suspension outlives an empty queue: an operator may suspend a
-        // site before mail for it arrives.
-        let quiet = destination_of(b"a@quiet.org");
-        queues.suspend(&quiet, 900_000, "operator".into(), 600_001);
-        queues.plan(600_002);
-        assert!(queues
-            .summary()
-            .iter()
-            .any(|s| s.destination == "quiet.org"));
-    }
-
-    #[test]
-    fn a_sweep_visits_what_changed_and_what_came_due_and_nothing_else() {
-        let queues = Queues::default();
-        for d in 0..100u64 {
-            let destination = Destination::new(format!("d{d}.example"));
-            let status = Status::Deferred {
-                attempts: 1,
-                next_attempt_ms: 1_000 + d * 10,
-            };
-            queues.push(&destination, &[item(d, 0)], status, 0);
-        }
-        // The pushes made them dirty: one sweep indexes them, opens nothing.
-        assert!(queues.plan(0).is_empty());
-        assert_eq!(queues.inner.lock().unwrap().due.len(), 100);
-        // Two come due: exactly their connections open.
-        let actions = queues.plan(1_010);
-        assert_eq!(
-            actions,
-            [
-                Action::Open(Destination::new("d0.example")),
-                Action::Open(Destination::new("d1.example"))
-            ]
-        );
-        assert_eq!(queues.inner.lock().unwrap().due.len(), 98);
-        // A suspension of an idle destination is kept until it ends, then
-        // the destination is forgotten.
-        let quiet = Destination::new("quiet.example");
-        queues.suspend(&quiet, 5_000, "operator".into(), 1_010);
-        queues.plan(1_011);
-        assert!(queues
-            .summary()
-            .iter()
-            .any(|s| s.destination == "quiet.example"));
-        queues.plan(5_000);
-        assert!(!queues
-            .summary()
-            .iter()
-            .any(|s| s.destination == "quiet.example"));
-    }
-
-    #[test]
-    fn destinations_of_one_site_share_its_connections() {
-        let queues = Queues::new(Box::new(|_| Shaping::default())).with_sites(Box::new(|d| {
-            d.as_str()
-                .ends_with(".routed")
-                .then(|| ("smarthost:25".to_owned(), 3))
-        }));
-        let mut opened = 0;
-        for i in 0..10 {
-            let d = Destination::new(format!("d{i}.routed"));
-            opened += queues.push(&d, &[item(i, 0)], Status::Pending, 0).len();
-        }
-        opened += queues.plan(0).len();
-        assert_eq!(opened, 3, "one site, three connections in all");
-        // A connection of the site closes: another destination takes it.
-        queues.closed(&Destination::new("d0.routed"), None);
-        assert_eq!(queues.plan(1).len(), 1);
-        // A destination outside the site is not held by it.
-        let other = Destination::new("mx.example");
-        assert_eq!(
-            queues
-                .push(&other, &[item(99, 0)], Status::Pending, 1)
-                .len(),
-            1
-        );
-        assert_eq!(
-            queues
-                .summary()
-                .iter()
-                .find(|s| s.destination == "d5.routed")
-                .unwrap()
-                .site
-                .as_deref(),
-            Some("smarthost:25")
-        );
-    }
-
-    #[test]
-    fn a_throttle_caps_connections_and_rate_until_it_ends() {
-        let shaping = Shaping {
-            connections_max: 8,
-            ..Shaping::default()
-        };
-        let queues = Queues::new(Box::new(move |_| shaping));
-        let d = destination_of(b"a@x.org");
-        queues.throttle(
-            &d,
-            Throttle {
-                until_ms: 10_000,
-                connections_max: Some(2),
-                message_rate_max: Some(1),
-                reason: "test".into(),
-            },
-            0,
-        );
-        let mut opened = 0;
-        for id in 0..20 {
-            opened += queues.push(&d, &[item(id, 0)], Status::Pending, 0).len();
-        }
-        assert_eq!(opened, 2, "capped at 2");
-        queues.succeeded(&d, 1);
-        assert!(queues.plan(1).is_empty(), "the cap holds after a success");
-        assert!(matches!(
-            queues.take(&d, waiter(1), true, 1000),
-            Take::Batch(_)
-        ));
-        assert!(matches!(
-            queues.take(&d, waiter(1), true, 1000),
-            Take::RateLimited { .. }
-        ));
-        // After it ends, success raises the limit past the cap again.
-        queues.succeeded(&d, 10_000);
-        assert_eq!(queues.summary()[0].connections_limit, 3);
-    }
-
-    #[test]
-    fn message_rate_is_enforced() {
-        let shaping = Shaping {
-            message_rate_max: 2,
-            ..Shaping::default()
-        };
-        let queues = Queues::new(Box::new(move |_| shaping));
-        let d = destination_of(b"a@x.org");
-        for id in 0..5 {
-            queues.push(&d, &[item(id, 0)], Status::Pending, 0);
-        }
-        // The bucket starts full (one second's worth).
-        assert!(matches!(
-            queues.take(&d, waiter(1), true, 1000),
-            Take::Batch(_)
-        ));
-        assert!(matches!(
-            queues.take(&d, waiter(1), true, 1000),
-            Take::Batch(_)
-        ));
-        assert!(matches!(
-            queues.take(&d, waiter(1), true, 1000),
-            Take::RateLimited { retry_ms } if retry_ms == 1500
-        ));
-        assert!(matches!(
-            queues.take(&d, waiter(1), true, 1500),
-            Take::Batch(_)
-        ));
-    }
-
-    #[test]
-    fn remove_and_flush() {
-        let queues = Queues::default();
-        let d = destination_of(b"a@x.org");
-        queues.push(&d, &[item(1, 0)], Status::Pending, 0);
-        queues.schedule(&d, item(1, 1), 1_000_000);
-        queues.schedule(&d, item(2, 0), 1_000_000);
-        assert_eq!(queues.remove(QueueId(1)).len(), 2);
-        assert_eq!(queues.flush(None, 5), 1);
-        assert_eq!(queues.summary()[0].ready, 1);
+    /// Per site counts and state, sorted by site.
+    pub fn sites(&self) -> Vec<SiteSummary> {
+        let now_ms = crate::server::unix_ms();
+        let mut table = self.lock();
+        let Table { map, sites, .. } = &mut *table;
+        // A suspension that outlived its members has ended: forget it.
+        sites.retain(|_, site| !site.forgettable(now_ms));
+        let mut out: Vec<_> = sites
+            .iter_mut()
+            .map(|(name, site)| {
+                let (mut ready, mut scheduled) = (0, 0);
+                for member in &site.members {
+                    if let Some(q) = map.get(member) {
+                        ready += q.ready.len();
+                        scheduled += q.scheduled.len();
+                    }
+                }
+                let waiting = site
+                    .starved
+                    .iter()
+                    .filter(|d| map.get(*d).is_some_and(|q| q.starved))
+                    .count();
+                SiteSummary {
+                    site: name.to_string(),
+                    domains: site.members.len(),
+                    ready,
+                    scheduled,
+                    connections: site.connections,
+                    connections_limit: site.limit.min(site.connections_cap(now_ms)),
+                    waiting,
+                    paused_until_ms: site.paused_until_ms,
+                    suspended: site.suspended.clone(),
+                    throttle: site.throttle.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.site.cmp(&b.site));
+        out
     }
 }

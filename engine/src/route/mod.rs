@@ -15,6 +15,8 @@ use std::sync::Arc;
 
 use crate::outbound::Credentials;
 
+pub mod sites;
+
 /// The unit of queueing and traffic shaping.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Destination(String);

@@ -1,22 +1,22 @@
 //! Shaping that listens: rules that turn a receiver's "slow down" into
-//! action on its destination; and the bounce classification they and the
+//! action on its site; and the bounce classification they and the
 //! rest of baton use ([`classify`]).
 //!
 //! A rule matches a deferral's or failure's reply, as a bounce
 //! classification rule does (`crate::shaping::classify::Patterns`: a code,
 //! an enhanced code, a text), and may also ask for a category and a
-//! destination. The first rule that matches acts on the destination the
-//! reply came from:
+//! destination (a domain, or a site's name). The first rule that matches
+//! acts on the site the reply came from (`crate::queue`: a route's next
+//! hop, or the MX hosts its domains share):
 //!
 //! - `suspend`: no new connection for `duration`; then one connection,
-//!   and one more per good transaction (`Queues::suspend`);
+//!   and one more per good transaction (`Queues::suspend_site_of`);
 //! - `connections`: at most `connections_max` for `duration`;
 //! - `rate`: at most `message_rate_max` messages a second for `duration`.
 //!
 //! Operators' `[[shaping_rule]]` tables come first, then `rules.toml`,
 //! which ships the big providers' documented codes. Every action is
 //! logged, shown by `baton site list`, and lifted by `baton site resume`.
-//! Until MX rollup lands, a site is a destination (a recipient domain).
 
 #![forbid(unsafe_code)]
 
@@ -93,10 +93,10 @@ impl ShapingRules {
         Ok(ShapingRules { rules, patterns })
     }
 
-    /// Acts on `destination` when a rule matches `reply` (classified
-    /// `category`); returns what was done when it changed the
-    /// destination's state (a suspension or throttle already in force is
-    /// only extended), for the log.
+    /// Acts on the site of `destination` when a rule matches `reply`
+    /// (classified `category`); returns what was done when it changed the
+    /// site's state (a suspension or throttle already in force is only
+    /// extended), for the log.
     pub fn apply(
         &self,
         queues: &Queues,
@@ -106,6 +106,7 @@ impl ShapingRules {
         now_ms: u64,
     ) -> Option<String> {
         let name = destination.as_str();
+        let site = queues.site_of(destination);
         let rule = self
             .patterns
             .matching(reply)
@@ -116,7 +117,7 @@ impl ShapingRules {
                         .as_deref()
                         .is_none_or(|d| match d.strip_prefix('.') {
                             Some(parent) => name.len() > parent.len() + 1 && name.ends_with(d),
-                            None => name == d,
+                            None => name == d || *site == *d,
                         })
             })?;
         let until_ms = now_ms + rule.duration.as_millis() as u64;
@@ -124,7 +125,7 @@ impl ShapingRules {
         let reason = format!("{}: {reply_line}", rule.name);
         let done = match rule.action {
             ShapingAction::Suspend => {
-                if !queues.suspend(destination, until_ms, reason.clone(), now_ms) {
+                if !queues.suspend_site_of(destination, until_ms, reason.clone(), now_ms) {
                     return None;
                 }
                 format!("suspended for {}", humanize(rule.duration))
@@ -136,7 +137,7 @@ impl ShapingRules {
                     message_rate_max: rule.message_rate_max,
                     reason: reason.clone(),
                 };
-                if !queues.throttle(destination, throttle, now_ms) {
+                if !queues.throttle_site_of(destination, throttle, now_ms) {
                     return None;
                 }
                 match rule.action {

@@ -234,9 +234,12 @@ impl OutConn {
 impl Shard {
     /// Carries out what the queue asked for.
     pub(super) fn act(&mut self, actions: Vec<Action>) {
-        for action in actions {
+        // A connection that cannot open gives its room back, and the site
+        // may hand it on: a work list rather than recursion.
+        let mut work = std::collections::VecDeque::from(actions);
+        while let Some(action) = work.pop_front() {
             match action {
-                Action::Open(destination) => self.open_out(destination),
+                Action::Open(destination) => work.extend(self.open_out(destination)),
                 Action::Wake(waiter) if waiter.shard == self.id => {
                     self.out_work(ConnKey::from_u64(waiter.conn));
                 }
@@ -248,12 +251,15 @@ impl Shard {
     }
 
     /// Opens a connection for `destination`, already counted by the queue.
-    fn open_out(&mut self, destination: Destination) {
+    /// When it cannot, returns what the queue says about the room it gave
+    /// back.
+    #[must_use]
+    fn open_out(&mut self, destination: Destination) -> Vec<Action> {
         if self.draining.is_some() {
-            return self.server.queues.closed(&destination, None);
+            return self.server.queues.closed(&destination, None, unix_ms());
         }
         let Some(key) = self.outs.vacant() else {
-            return self.server.queues.closed(&destination, None);
+            return self.server.queues.closed(&destination, None, unix_ms());
         };
         let (query, port, auth, pool) = match self.server.routes.route(&destination) {
             Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port, None, None),
@@ -270,7 +276,7 @@ impl Shard {
                     if let Some(times) = self.logs.warmup_spent.hit() {
                         tracing::info!(%destination, pool = %pool.name, times, "egress: no source of the pool may send now (warm-up)");
                     }
-                    return self.server.queues.closed(&destination, None);
+                    return self.server.queues.closed(&destination, None, unix_ms());
                 }
             },
         };
@@ -355,6 +361,7 @@ impl Shard {
             );
         }
         self.resolve_out(key, query);
+        Vec::new()
     }
 
     fn resolve_out(&mut self, key: ConnKey, query: Query) {
@@ -403,6 +410,28 @@ impl Shard {
         let domain = conn.destination.to_string();
         match resolution {
             Resolution::Hosts(mut hosts) => {
+                // MX rollup: the MX hosts name the domain's site, which it
+                // joins with this connection; a full (or suspended) site
+                // has no room for it, and the domain waits its turn.
+                let rollup = !domain.starts_with('[')
+                    && matches!(
+                        self.server.routes.route(&conn.destination),
+                        Route::Mx { .. }
+                    );
+                if rollup {
+                    let (site, shaping) = self
+                        .server
+                        .sites
+                        .for_mx(hosts.iter().map(|h| h.name.as_str()));
+                    if !self
+                        .server
+                        .queues
+                        .join(&conn.destination, &site, shaping, unix_ms())
+                    {
+                        tracing::debug!(destination = %domain, %site, "delivery: no room in the site for this connection");
+                        return self.out_free(key);
+                    }
+                }
                 if let Some(policy) = conn.sts.clone() {
                     let refused: Vec<String> = hosts
                         .iter()
@@ -427,7 +456,7 @@ impl Shard {
                                     refused.join(", ")
                                 ),
                             );
-                            return self.destination_down(key, Outcome::Deferred(reply));
+                            return self.destination_down(key, Outcome::Deferred(reply), false);
                         }
                     }
                 }
@@ -448,7 +477,7 @@ impl Shard {
                         Some((5, 4, 6)),
                         format!("mail for {domain} loops back to myself"),
                     );
-                    return self.destination_down(key, Outcome::Failed(reply));
+                    return self.destination_down(key, Outcome::Failed(reply), false);
                 }
                 conn.hops = hosts
                     .iter()
@@ -468,15 +497,15 @@ impl Shard {
                     Some((5, 1, 10)),
                     format!("{domain} does not accept mail (null MX, RFC 7505)"),
                 );
-                self.destination_down(key, Outcome::Failed(reply));
+                self.destination_down(key, Outcome::Failed(reply), false);
             }
             Resolution::NoSuchDomain(why) => {
                 let reply = Reply::new(550, Some((5, 1, 2)), about(&domain, why));
-                self.destination_down(key, Outcome::Failed(reply));
+                self.destination_down(key, Outcome::Failed(reply), false);
             }
             Resolution::TempFail(why) => {
                 let reply = Reply::new(451, Some((4, 4, 3)), about(&domain, why));
-                self.destination_down(key, Outcome::Deferred(reply));
+                self.destination_down(key, Outcome::Deferred(reply), false);
             }
         }
     }
@@ -508,7 +537,7 @@ impl Shard {
                 .metrics
                 .connections_failed
                 .fetch_add(1, Ordering::Relaxed);
-            return self.destination_down(key, Outcome::Deferred(reply));
+            return self.destination_down(key, Outcome::Deferred(reply), true);
         };
         conn.next_hop += 1;
         conn.wait = None;
@@ -927,7 +956,15 @@ impl Shard {
                     }
                 }
                 // Behind a transaction: nothing more to do until it ends.
-                Take::Idle | Take::RateLimited { .. } if behind => return,
+                Take::Idle | Take::Leave | Take::RateLimited { .. } if behind => return,
+                // Another domain of the site waits for room: make it.
+                Take::Leave => {
+                    let conn = self.outs.get_mut(key).expect("present");
+                    if let Some(client) = conn.client.as_mut() {
+                        client.quit();
+                    }
+                    return;
+                }
                 Take::Idle => {
                     let idle_timeout = self.server.delivery.idle_timeout;
                     let conn = self.outs.get_mut(key).expect("present");
@@ -1149,7 +1186,7 @@ impl Shard {
                 // The server is overloaded or going away: slow down.
                 self.server
                     .queues
-                    .failed(&conn.destination, pause, pause_max, now_ms);
+                    .failed(&conn.destination, true, pause, pause_max, now_ms);
                 After::Close
             }
             _ => After::Close,
@@ -1218,15 +1255,20 @@ impl Shard {
         let shard = self.id;
         if let Some(conn) = self.outs.remove(key) {
             let waiter = conn.waiter(shard);
-            self.server.queues.closed(&conn.destination, Some(waiter));
+            let actions = self
+                .server
+                .queues
+                .closed(&conn.destination, Some(waiter), unix_ms());
+            self.act(actions);
         }
     }
 
     /// The destination cannot take mail now (`Deferred`) or ever
     /// (`Failed`): this connection ends, and when it was the only one, the
     /// ready recipients share its fate instead of waiting for a connection
-    /// that will fail the same way.
-    fn destination_down(&mut self, key: ConnKey, outcome: Outcome) {
+    /// that will fail the same way. A deferral pauses the whole site when
+    /// its hosts failed (`site_wide`), else the domain alone (its DNS).
+    fn destination_down(&mut self, key: ConnKey, outcome: Outcome, site_wide: bool) {
         let now_ms = unix_ms();
         let (pause, pause_max) = self.pause_ms();
         let Some(conn) = self.outs.get_mut(key) else {
@@ -1240,7 +1282,7 @@ impl Shard {
         } else {
             self.server
                 .queues
-                .failed(&destination, pause, pause_max, now_ms)
+                .failed(&destination, site_wide, pause, pause_max, now_ms)
         };
         tracing::warn!(
             destination = %destination,

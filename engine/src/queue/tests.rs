@@ -1,0 +1,512 @@
+//! The destination table's rules, one behaviour per test.
+
+use super::*;
+use crate::route::destination_of;
+
+fn item(id: u64, recipient: u32) -> QueuedRecipient {
+    QueuedRecipient {
+        queue_id: QueueId(id),
+        recipient,
+        attempts: 0,
+    }
+}
+
+fn waiter(conn: u64) -> Waiter {
+    Waiter { shard: 0, conn }
+}
+
+fn three() -> SiteShaping {
+    SiteShaping {
+        connections_max: 3,
+        message_rate_max: 0,
+    }
+}
+
+/// Every destination is delivered by MX; the answers are given by hand.
+fn mx_queues() -> Queues {
+    Queues::new(Box::new(|_| Shaping::default()))
+        .with_sites(Box::new(|_| SiteOf::Mx), Box::new(|_| None))
+}
+
+fn opens(actions: &[Action]) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Open(_)))
+        .count()
+}
+
+#[test]
+fn mx_rollup_puts_domains_with_the_same_mx_in_one_site_under_its_limit() {
+    let queues = mx_queues();
+    let domains: Vec<Destination> = (0..6)
+        .map(|i| Destination::new(format!("d{i}.example")))
+        .collect();
+    // Before their MX answers, each domain gets one connection: the one
+    // that asks.
+    let mut opened = 0;
+    for (i, d) in domains.iter().enumerate() {
+        for m in 0..5 {
+            opened += opens(&queues.push(d, &[item(i as u64 * 10 + m, 0)], Status::Pending, 0));
+        }
+    }
+    opened += opens(&queues.plan(0));
+    assert_eq!(opened, 6, "one asking connection per domain");
+    // The answers: all six share the MX hosts of one site of 3.
+    let joined: Vec<bool> = domains
+        .iter()
+        .map(|d| queues.join(d, "google", three(), 1))
+        .collect();
+    assert_eq!(joined, [true, true, true, false, false, false]);
+    // The three refused close unused; the site stays at its limit.
+    for d in &domains[3..] {
+        assert!(queues.closed(d, None, 2).is_empty(), "no room yet");
+    }
+    assert_eq!(opens(&queues.plan(3)), 0);
+    let sites = queues.sites();
+    let google = sites.iter().find(|s| s.site == "google").unwrap();
+    assert_eq!(
+        (google.domains, google.connections, google.ready),
+        (6, 3, 30)
+    );
+    assert_eq!(google.waiting, 3, "{google:?}");
+    // A connection of the site ends: the first domain in line gets it.
+    assert_eq!(
+        queues.closed(&domains[0], None, 4),
+        [Action::Open(domains[3].clone())]
+    );
+    // The domain keeps its own row, naming its site.
+    let row = queues
+        .summary()
+        .into_iter()
+        .find(|s| s.destination == "d4.example")
+        .unwrap();
+    assert_eq!(row.site.as_deref(), Some("google"));
+}
+
+#[test]
+fn an_idle_connection_makes_room_for_a_domain_in_line() {
+    let queues = mx_queues();
+    let a = Destination::new("a.example");
+    let b = Destination::new("b.example");
+    queues.push(&a, &[item(1, 0)], Status::Pending, 0);
+    assert!(queues.join(
+        &a,
+        "site",
+        SiteShaping {
+            connections_max: 1,
+            message_rate_max: 0
+        },
+        0
+    ));
+    // a's connection carries its message, then waits idle.
+    assert!(matches!(
+        queues.take(&a, waiter(1), true, 0),
+        Take::Batch(_)
+    ));
+    assert_eq!(queues.take(&a, waiter(1), true, 0), Take::Idle);
+    // b learned the same site earlier: it is queued straight into it, and
+    // finds no room.
+    queues.join(
+        &b,
+        "site",
+        SiteShaping {
+            connections_max: 1,
+            message_rate_max: 0,
+        },
+        0,
+    );
+    assert!(queues
+        .push(&b, &[item(2, 0)], Status::Pending, 1)
+        .is_empty());
+    // The sweep puts b in line and wakes a's idle connection, which is
+    // told to leave.
+    assert_eq!(queues.plan(1), [Action::Wake(waiter(1))]);
+    assert_eq!(queues.take(&a, waiter(1), true, 1), Take::Leave);
+    assert_eq!(
+        queues.closed(&a, Some(waiter(1)), 2),
+        [Action::Open(b.clone())]
+    );
+}
+
+#[test]
+fn a_learned_site_is_joined_at_once_the_next_time() {
+    let queues = mx_queues();
+    let d = Destination::new("d.example");
+    queues.push(&d, &[item(1, 0)], Status::Pending, 0);
+    queues.join(&d, "big", SiteShaping::default(), 0);
+    queues.take(&d, waiter(1), false, 0);
+    queues.closed(&d, None, 0);
+    queues.plan(1);
+    assert!(queues.summary().is_empty(), "forgotten");
+    // Queued again: straight into its site, more than one connection.
+    let mut opened = 0;
+    for id in 2..12 {
+        opened += opens(&queues.push(&d, &[item(id, 0)], Status::Pending, 2));
+    }
+    assert_eq!(opened, 10);
+    assert_eq!(queues.summary()[0].site.as_deref(), Some("big"));
+}
+
+#[test]
+fn a_site_suspension_holds_every_member_and_a_domain_pause_only_its_domain() {
+    let queues = mx_queues();
+    let a = Destination::new("a.example");
+    let b = Destination::new("b.example");
+    let c = Destination::new("c.example");
+    for (i, d) in [&a, &b, &c].into_iter().enumerate() {
+        queues.join(
+            d,
+            if i < 2 { "google" } else { "other" },
+            SiteShaping::default(),
+            0,
+        );
+    }
+    // A rule's suspension for a's site holds b too, not c.
+    assert!(queues.suspend_site_of(&a, 10_000, "421 4.7.28".into(), 0));
+    let mut actions = Vec::new();
+    for (i, d) in [&a, &b, &c].into_iter().enumerate() {
+        actions.extend(queues.push(d, &[item(i as u64, 0)], Status::Pending, 1));
+    }
+    actions.extend(queues.plan(1));
+    assert_eq!(actions, [Action::Open(c.clone())]);
+    let google = queues
+        .sites()
+        .into_iter()
+        .find(|s| s.site == "google")
+        .unwrap();
+    assert_eq!(google.suspended.as_deref(), Some("421 4.7.28"));
+    // The operator lifts it by the site's name.
+    assert!(queues.resume("google"));
+    assert_eq!(opens(&queues.plan(2)), 2);
+    // A DNS failure of b pauses b alone.
+    queues.failed(&b, false, 5_000, 60_000, 3);
+    queues.closed(&b, None, 3);
+    queues.closed(&a, None, 3);
+    let mut actions = queues.push(&a, &[item(10, 0)], Status::Pending, 4);
+    actions.extend(queues.push(&b, &[item(11, 0)], Status::Pending, 4));
+    actions.extend(queues.plan(4));
+    assert!(!actions.is_empty());
+    assert!(
+        actions.iter().all(|x| *x == Action::Open(a.clone())),
+        "b is paused: {actions:?}"
+    );
+    // An operator's suspension of a configured site before any mail.
+    let named = Queues::new(Box::new(|_| Shaping::default())).with_sites(
+        Box::new(|_| SiteOf::Mx),
+        Box::new(|name| (name == "yahoo").then(SiteShaping::default)),
+    );
+    named.suspend("yahoo", 10_000, "operator".into(), 0);
+    let y = Destination::new("y.example");
+    named.push(&y, &[item(1, 0)], Status::Pending, 1);
+    assert!(
+        !named.join(&y, "yahoo", SiteShaping::default(), 1),
+        "a suspended site takes no connection"
+    );
+    named.closed(&y, None, 1);
+    assert_eq!(opens(&named.plan(2)), 0);
+}
+
+#[test]
+fn pending_is_ready_and_deferred_is_scheduled() {
+    let queues = Queues::default();
+    let x = destination_of(b"a@x.org");
+    queues.push(&x, &[item(1, 0)], Status::Pending, 0);
+    queues.push(
+        &destination_of(b"b@X.org"),
+        &[item(2, 0)],
+        Status::Pending,
+        0,
+    );
+    let deferred = Status::Deferred {
+        attempts: 1,
+        next_attempt_ms: 5,
+    };
+    queues.push(&destination_of(b"c@y.org"), &[item(3, 0)], deferred, 0);
+    let summary = queues.summary();
+    assert_eq!(summary.len(), 2);
+    assert_eq!((summary[0].ready, summary[0].scheduled), (2, 0));
+    assert_eq!((summary[1].ready, summary[1].scheduled), (0, 1));
+}
+
+#[test]
+fn pushes_open_connections_up_to_the_limit() {
+    let shaping = Shaping {
+        connections_max: 2,
+        ..Shaping::default()
+    };
+    let queues = Queues::new(Box::new(move |_| shaping));
+    let d = destination_of(b"a@x.org");
+    let mut opened = 0;
+    for id in 0..10 {
+        for action in queues.push(&d, &[item(id, 0)], Status::Pending, 0) {
+            assert_eq!(action, Action::Open(d.clone()));
+            opened += 1;
+        }
+    }
+    assert_eq!(opened, 2);
+    assert_eq!(queues.summary()[0].connections, 2);
+}
+
+#[test]
+fn take_groups_one_message_and_idles_when_empty() {
+    let queues = Queues::default();
+    let d = destination_of(b"a@x.org");
+    let one_message = [item(7, 0), item(7, 1), item(7, 2)];
+    let actions = queues.push(&d, &one_message, Status::Pending, 0);
+    assert_eq!(
+        actions,
+        [Action::Open(d.clone())],
+        "one connection per message"
+    );
+    queues.push(&d, &[item(8, 0)], Status::Pending, 0);
+    let Take::Batch(batch) = queues.take(&d, waiter(1), true, 0) else {
+        panic!("expected a batch");
+    };
+    assert_eq!(
+        batch.iter().map(|i| i.recipient).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(matches!(queues.take(&d, waiter(1), true, 0), Take::Batch(b) if b.len() == 1));
+    assert_eq!(queues.take(&d, waiter(1), true, 0), Take::Idle);
+    // The next push wakes the idle connection instead of opening one.
+    let actions = queues.push(&d, &[item(9, 0)], Status::Pending, 0);
+    assert_eq!(actions, [Action::Wake(waiter(1))]);
+}
+
+#[test]
+fn plan_promotes_due_recipients() {
+    let queues = Queues::default();
+    let d = destination_of(b"a@x.org");
+    queues.schedule(&d, item(1, 0), 100);
+    assert!(queues.plan(99).is_empty());
+    assert_eq!(queues.plan(100), [Action::Open(d.clone())]);
+    assert_eq!(queues.summary()[0].ready, 1);
+}
+
+#[test]
+fn failures_pause_and_halve_then_recover() {
+    let shaping = Shaping {
+        connections_max: 8,
+        ..Shaping::default()
+    };
+    let queues = Queues::new(Box::new(move |_| shaping));
+    let d = destination_of(b"a@x.org");
+    queues.push(&d, &[item(1, 0)], Status::Pending, 0);
+    queues.failed(&d, true, 1000, 60_000, 0);
+    queues.closed(&d, None, 0);
+    for id in 2..20 {
+        queues.push(&d, &[item(id, 0)], Status::Pending, 10);
+    }
+    assert!(queues.plan(500).is_empty(), "paused");
+    let opened = queues.plan(1000).len();
+    assert_eq!(opened, 4, "limit halved from 8");
+    // A second failure doubles the pause.
+    queues.failed(&d, true, 1000, 60_000, 1000);
+    assert!(queues.summary()[0].paused_until_ms >= 3000);
+    queues.succeeded(&d, 1000);
+}
+
+#[test]
+fn a_suspension_pauses_then_restarts_from_one_connection() {
+    let shaping = Shaping {
+        connections_max: 8,
+        ..Shaping::default()
+    };
+    let queues = Queues::new(Box::new(move |_| shaping));
+    let d = destination_of(b"a@x.org");
+    // Twenty ready, and the connections they opened gone again.
+    let mut opened = 0;
+    for id in 0..20 {
+        opened += queues.push(&d, &[item(id, 0)], Status::Pending, 0).len();
+    }
+    assert_eq!(opened, 8);
+    for _ in 0..opened {
+        queues.closed(&d, None, 0);
+    }
+    assert!(queues.suspend_site_of(&d, 600_000, "421 4.7.28".into(), 0));
+    assert!(
+        !queues.suspend_site_of(&d, 600_000, "421 4.7.28".into(), 1),
+        "already"
+    );
+    assert!(queues.plan(599_999).is_empty(), "suspended");
+    assert_eq!(queues.summary()[0].suspended.as_deref(), Some("421 4.7.28"));
+    assert_eq!(queues.plan(600_000).len(), 1, "one connection after");
+    // Each good transaction allows one more.
+    queues.succeeded(&d, 600_001);
+    assert_eq!(queues.plan(600_001).len(), 1);
+    // An operator lifts it all.
+    queues.suspend_site_of(&d, 900_000, "again".into(), 600_001);
+    assert!(queues.resume("x.org"));
+    assert!(queues.summary()[0].suspended.is_none());
+    assert_eq!(queues.summary()[0].connections_limit, 8);
+    assert!(!queues.resume("unknown.org"));
+    // A suspension outlives an empty queue: an operator may suspend a
+    // site before mail for it arrives.
+    queues.suspend("quiet.org", 900_000, "operator".into(), 600_001);
+    queues.plan(600_002);
+    assert!(queues
+        .summary()
+        .iter()
+        .any(|s| s.destination == "quiet.org"));
+}
+
+#[test]
+fn a_sweep_visits_what_changed_and_what_came_due_and_nothing_else() {
+    let queues = Queues::default();
+    for d in 0..100u64 {
+        let destination = Destination::new(format!("d{d}.example"));
+        let status = Status::Deferred {
+            attempts: 1,
+            next_attempt_ms: 1_000 + d * 10,
+        };
+        queues.push(&destination, &[item(d, 0)], status, 0);
+    }
+    // The pushes made them dirty: one sweep indexes them, opens nothing.
+    assert!(queues.plan(0).is_empty());
+    assert_eq!(queues.inner.lock().unwrap().due.len(), 100);
+    // Two come due: exactly their connections open.
+    let actions = queues.plan(1_010);
+    assert_eq!(
+        actions,
+        [
+            Action::Open(Destination::new("d0.example")),
+            Action::Open(Destination::new("d1.example"))
+        ]
+    );
+    assert_eq!(queues.inner.lock().unwrap().due.len(), 98);
+    // A suspension of an idle destination is kept until it ends, then
+    // the destination is forgotten.
+    queues.suspend("quiet.example", 5_000, "operator".into(), 1_010);
+    queues.plan(1_011);
+    assert!(queues
+        .summary()
+        .iter()
+        .any(|s| s.destination == "quiet.example"));
+    queues.plan(5_000);
+    assert!(!queues
+        .summary()
+        .iter()
+        .any(|s| s.destination == "quiet.example"));
+}
+
+#[test]
+fn destinations_of_one_site_share_its_connections() {
+    let queues = Queues::new(Box::new(|_| Shaping::default())).with_sites(
+        Box::new(|d| match d.as_str().ends_with(".routed") {
+            true => SiteOf::Known("smarthost:25".to_owned(), three()),
+            false => SiteOf::Own,
+        }),
+        Box::new(|_| None),
+    );
+    let mut opened = 0;
+    for i in 0..10 {
+        let d = Destination::new(format!("d{i}.routed"));
+        opened += queues.push(&d, &[item(i, 0)], Status::Pending, 0).len();
+    }
+    opened += queues.plan(0).len();
+    assert_eq!(opened, 3, "one site, three connections in all");
+    // A connection of the site closes: the first domain in line takes it.
+    assert_eq!(
+        queues.closed(&Destination::new("d0.routed"), None, 1),
+        [Action::Open(Destination::new("d3.routed"))]
+    );
+    assert!(queues.plan(1).is_empty());
+    // A destination outside the site is not held by it.
+    let other = Destination::new("mx.example");
+    assert_eq!(
+        queues
+            .push(&other, &[item(99, 0)], Status::Pending, 1)
+            .len(),
+        1
+    );
+    assert_eq!(
+        queues
+            .summary()
+            .iter()
+            .find(|s| s.destination == "d5.routed")
+            .unwrap()
+            .site
+            .as_deref(),
+        Some("smarthost:25")
+    );
+}
+
+#[test]
+fn a_throttle_caps_connections_and_rate_until_it_ends() {
+    let shaping = Shaping {
+        connections_max: 8,
+        ..Shaping::default()
+    };
+    let queues = Queues::new(Box::new(move |_| shaping));
+    let d = destination_of(b"a@x.org");
+    queues.throttle_site_of(
+        &d,
+        Throttle {
+            until_ms: 10_000,
+            connections_max: Some(2),
+            message_rate_max: Some(1),
+            reason: "test".into(),
+        },
+        0,
+    );
+    let mut opened = 0;
+    for id in 0..20 {
+        opened += queues.push(&d, &[item(id, 0)], Status::Pending, 0).len();
+    }
+    assert_eq!(opened, 2, "capped at 2");
+    queues.succeeded(&d, 1);
+    assert!(queues.plan(1).is_empty(), "the cap holds after a success");
+    assert!(matches!(
+        queues.take(&d, waiter(1), true, 1000),
+        Take::Batch(_)
+    ));
+    assert!(matches!(
+        queues.take(&d, waiter(1), true, 1000),
+        Take::RateLimited { .. }
+    ));
+    // After it ends, success raises the limit past the cap again.
+    queues.succeeded(&d, 10_000);
+    assert_eq!(queues.summary()[0].connections_limit, 3);
+}
+
+#[test]
+fn message_rate_is_enforced() {
+    let shaping = Shaping {
+        message_rate_max: 2,
+        ..Shaping::default()
+    };
+    let queues = Queues::new(Box::new(move |_| shaping));
+    let d = destination_of(b"a@x.org");
+    for id in 0..5 {
+        queues.push(&d, &[item(id, 0)], Status::Pending, 0);
+    }
+    // The bucket starts full (one second's worth).
+    assert!(matches!(
+        queues.take(&d, waiter(1), true, 1000),
+        Take::Batch(_)
+    ));
+    assert!(matches!(
+        queues.take(&d, waiter(1), true, 1000),
+        Take::Batch(_)
+    ));
+    assert!(matches!(
+        queues.take(&d, waiter(1), true, 1000),
+        Take::RateLimited { retry_ms } if retry_ms == 1500
+    ));
+    assert!(matches!(
+        queues.take(&d, waiter(1), true, 1500),
+        Take::Batch(_)
+    ));
+}
+
+#[test]
+fn remove_and_flush() {
+    let queues = Queues::default();
+    let d = destination_of(b"a@x.org");
+    queues.push(&d, &[item(1, 0)], Status::Pending, 0);
+    queues.schedule(&d, item(1, 1), 1_000_000);
+    queues.schedule(&d, item(2, 0), 1_000_000);
+    assert_eq!(queues.remove(QueueId(1)).len(), 2);
+    assert_eq!(queues.flush(None, 5), 1);
+    assert_eq!(queues.summary()[0].ready, 1);
+}
