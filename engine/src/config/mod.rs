@@ -609,10 +609,11 @@ mod tests {
     /// The arrays of tables that are empty by default, so `DEFAULT_CONFIG`
     /// shows them only as commented-out examples; the only fields with a
     /// serde default (and, in `[[destination]]`, the optional keys).
-    const COMMENTED_ARRAY_TABLES: [&str; 7] = [
+    const COMMENTED_ARRAY_TABLES: [&str; 8] = [
         "tls.sni",
         "route",
         "destination",
+        "site",
         "shaping_rule",
         "source",
         "pool",
@@ -682,6 +683,17 @@ mod tests {
                 message_rate_max: Some(50),
                 tls: Some(TlsPolicy::Required),
                 mta_sts: Some(false),
+            }]
+        );
+        let site = commented_example("site");
+        let c = parse(&site).unwrap();
+        assert_eq!(
+            c.sites,
+            [SiteConfig {
+                name: "google".into(),
+                mx: vec!["*.google.com".into(), "*.googlemail.com".into()],
+                connections_max: Some(40),
+                message_rate_max: Some(200),
             }]
         );
         let sni = commented_example("tls.sni");

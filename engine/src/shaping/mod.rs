@@ -246,6 +246,23 @@ mod tests {
     }
 
     #[test]
+    fn gmails_and_microsofts_authentication_limits_cut_to_one_connection() {
+        let rules = ShapingRules::new(&[]).unwrap();
+        for (code, enhanced, text, category) in [
+            (421, (4, 7, 29), "Your email has been rate limited because you're not using a TLS connection.", Category::TlsRequired),
+            (421, (4, 7, 40), "Your email has been rate limited because the sending domain doesn't have a DMARC record", Category::AuthFailure),
+            (550, (5, 7, 32), "Your email was blocked because the From: header (RFC5322) in this message isn't aligned", Category::AuthFailure),
+            (550, (5, 7, 515), "Access denied, sending domain [example.com] does not meet the required authentication level.", Category::AuthFailure),
+        ] {
+            let queues = queues();
+            let d = Destination::new("gmail.com");
+            let reply = Reply::new(code, Some(enhanced), text);
+            let done = rules.apply(&queues, &d, &reply, category, 0).unwrap_or_default();
+            assert!(done.starts_with("at most 1 connections for 1h"), "{code} {enhanced:?}: {done}");
+        }
+    }
+
+    #[test]
     fn an_operators_rule_comes_first_and_may_name_a_destination() {
         let configured: Vec<ShapingRuleConfig> = toml::from_str::<toml::Table>(
             "[[r]]\ntext = 'slow down'\ndestination = \".example.net\"\naction = \"rate\"\nmessage_rate_max = 5\nduration = \"2m\"\n",
