@@ -15,7 +15,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_tests::delivery::{dns_toml, get_json};
+use baton_tests::delivery::{dns_toml, metric};
 use baton_tests::dns::{DnsServer, Zone};
 use baton_tests::sink::loadgen_bin;
 use baton_tests::{free_port, Baton, TestConfig};
@@ -60,11 +60,12 @@ fn run(count: u64, rollup: bool) -> Run {
         delivery: vec![format!("mx_port = {port}")],
         spool: vec!["segment_bytes = 67108864".into()],
         extra_toml: dns_toml(&dns, "2s"),
-        env: vec![("RUST_LOG".into(), "warn".into())],
+        env: vec![("RUST_LOG".into(), "warn,baton::server=info".into())],
         ..TestConfig::default()
     });
     let mut send = Command::new(loadgen_bin());
     send.args(["send", &baton.smtp.to_string(), "--quiet", "-c", "50"])
+        .stdout(Stdio::null())
         .args(["-n", &count.to_string(), "--size", "5KiB"]);
     if rollup {
         send.args(["--generated-domains", &DOMAINS.to_string()]);
@@ -74,7 +75,7 @@ fn run(count: u64, rollup: bool) -> Run {
     let sent = send.status().expect("run loadgen send");
     assert!(sent.success(), "loadgen send failed");
     let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while get_json(&baton, "/queue")["recipients"] != 0 && Instant::now() < deadline {
+    while metric(&baton, "baton_recipients_delivered_total") < count && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     baton.terminate();

@@ -40,6 +40,10 @@ pub use site::{SiteOf, SiteShaping, SiteSummary};
 /// connection's MX answer).
 pub const LEARNED_SITES_MAX: usize = 1 << 17;
 
+/// How many domains waiting in a site's line a connection with nothing
+/// left considers taking over (each asks the caller whether it may).
+pub const SWITCH_CANDIDATES_MAX: usize = 8;
+
 /// One recipient of one message, waiting for delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QueuedRecipient {
@@ -103,6 +107,9 @@ pub enum Take {
     /// Nothing ready here, and another domain of the site waits for a
     /// connection the site has no room for: close, to make that room.
     Leave,
+    /// Nothing ready here; the connection now belongs to this other
+    /// domain of its site, which waited for room: ask again for it.
+    Switched(Destination),
     /// The destination's message rate is used up: ask again at this time.
     RateLimited { retry_ms: u64 },
 }
@@ -434,6 +441,56 @@ impl Table {
         }
     }
 
+    /// Hands the connection of `destination` (nothing ready) to the first
+    /// domain in its site's line that `may_carry` allows, if any.
+    fn switch(
+        &mut self,
+        destination: &Destination,
+        waiter: Waiter,
+        may_carry: &mut dyn FnMut(&Destination) -> bool,
+    ) -> Option<Destination> {
+        let site_name = self.map.get(destination)?.site.clone();
+        let mut passed = Vec::new();
+        let mut chosen = None;
+        while passed.len() < SWITCH_CANDIDATES_MAX {
+            let Some(next) = self.sites.get_mut(&site_name)?.starved.pop_front() else {
+                break;
+            };
+            let Some(other) = self.map.get_mut(&next) else {
+                continue;
+            };
+            if !other.starved || other.site != site_name || next == *destination {
+                continue;
+            }
+            if other.ready.len() <= other.connections {
+                other.starved = false;
+                continue;
+            }
+            if may_carry(&next) {
+                other.starved = false;
+                chosen = Some(next);
+                break;
+            }
+            passed.push(next);
+        }
+        let site = site_mut(&mut self.sites, &site_name);
+        for skipped in passed.into_iter().rev() {
+            site.starved.push_front(skipped);
+        }
+        let chosen = chosen?;
+        let queue = self.map.get_mut(destination).expect("present");
+        queue.connections = queue.connections.saturating_sub(1);
+        let before = queue.idle.len();
+        queue.idle.retain(|w| *w != waiter);
+        let unidled = before - queue.idle.len();
+        touch(&mut self.dirty, destination, queue);
+        site_mut(&mut self.sites, &site_name).idle -= unidled;
+        let other = self.map.get_mut(&chosen).expect("present");
+        other.connections += 1;
+        touch(&mut self.dirty, &chosen, other);
+        Some(chosen)
+    }
+
     /// Marks every member of a site for the next sweep (its pause or
     /// throttle changed their due times).
     fn touch_members(&mut self, site_name: &Arc<str>) {
@@ -578,13 +635,22 @@ impl Queues {
         if let Some(waiter) = queue.idle.pop() {
             site.idle -= 1;
             actions.push(Action::Wake(waiter));
-        } else if queue.wants(site, now_ms) == Want::Yes {
-            queue.connections += 1;
-            site.connections += 1;
-            actions.push(Action::Open(destination.clone()));
+            return actions;
         }
-        // Waiting for room in its site: the sweep puts it in line (the
-        // push is on the hot path; the line is not).
+        match queue.wants(site, now_ms) {
+            Want::Yes => {
+                queue.connections += 1;
+                site.connections += 1;
+                actions.push(Action::Open(destination.clone()));
+            }
+            // In line for the site's next free connection (an idle one of
+            // another domain is asked to make room at the sweep).
+            Want::NoRoom if !queue.starved => {
+                queue.starved = true;
+                site.starved.push_back(destination.clone());
+            }
+            _ => {}
+        }
         actions
     }
 
@@ -657,6 +723,32 @@ impl Queues {
     /// when it asks to `wait`, or told to leave when its site has no room
     /// for a member that waits.
     pub fn take(&self, destination: &Destination, waiter: Waiter, wait: bool, now_ms: u64) -> Take {
+        self.take_in_site(destination, waiter, wait, now_ms, &mut |_| false)
+    }
+
+    /// [`Queues::take`], and with nothing ready for `destination`, a
+    /// domain waiting in its site's line that `may_carry` allows on this
+    /// connection (same next hop, same TLS requirements) takes the
+    /// connection over: a site's connections carry all its domains' mail
+    /// instead of closing and opening one per domain.
+    pub fn take_in_site(
+        &self,
+        destination: &Destination,
+        waiter: Waiter,
+        wait: bool,
+        now_ms: u64,
+        may_carry: &mut dyn FnMut(&Destination) -> bool,
+    ) -> Take {
+        let mut guard = self.lock();
+        let table = &mut *guard;
+        self.ensure(table, destination);
+        let queue = table.map.get_mut(destination).expect("ensured");
+        if queue.ready.is_empty() {
+            if let Some(other) = table.switch(destination, waiter, may_carry) {
+                return Take::Switched(other);
+            }
+        }
+        drop(guard);
         self.with(destination, |queue, site| {
             let Some(first) = queue.ready.front().copied() else {
                 if !site.starved.is_empty() && site.room(now_ms) == 0 {

@@ -32,7 +32,7 @@ use crate::outbound::{
 };
 use crate::queue::{Action, QueuedRecipient, Take, Waiter};
 use crate::route::{Destination, Route};
-use crate::server::unix_ms;
+use crate::server::{unix_ms, Server};
 use crate::shaping::egress::Source;
 use crate::smtp::reply::Reply;
 use crate::tls::mta_sts::{Mode, Policy};
@@ -124,6 +124,8 @@ struct Current {
     body_done: usize,
     /// The recipients in the envelope, in its order.
     sent: Vec<QueuedRecipient>,
+    /// Their domain (a connection may carry several domains of its site).
+    destination: Destination,
 }
 
 pub(super) struct OutConn {
@@ -937,10 +939,14 @@ impl Shard {
                 return;
             }
             let destination = self.outs.get_mut(key).expect("present").destination.clone();
-            let taken = self
-                .server
-                .queues
-                .take(&destination, waiter, !behind, now_ms);
+            let taken = {
+                let conn = &*self.outs.get_mut(key).expect("present");
+                let server = &self.server;
+                let mut may_carry = |other: &Destination| may_carry(server, conn, other);
+                server
+                    .queues
+                    .take_in_site(&destination, waiter, !behind, now_ms, &mut may_carry)
+            };
             if !matches!(taken, Take::Batch(_)) {
                 if let Some(source) = &source {
                     source.give_back();
@@ -954,6 +960,11 @@ impl Shard {
                     if let Some(source) = &source {
                         source.give_back();
                     }
+                }
+                // The connection now carries another domain of its site.
+                Take::Switched(other) => {
+                    self.outs.get_mut(key).expect("present").destination = other;
+                    continue;
                 }
                 // Behind a transaction: nothing more to do until it ends.
                 Take::Idle | Take::Leave | Take::RateLimited { .. } if behind => return,
@@ -1042,6 +1053,7 @@ impl Shard {
             body_due: false,
             body_done: 0,
             sent,
+            destination: conn.destination.clone(),
         });
         true
     }
@@ -1054,7 +1066,7 @@ impl Shard {
             return;
         };
         conn.current = conn.next.take();
-        let destination = conn.destination.clone();
+        let destination = current.destination.clone();
         let host = conn.host_label();
         if per_recipient
             .iter()
@@ -1221,7 +1233,7 @@ impl Shard {
             .flatten()
         {
             // Ended mid-transaction without the client's word: later.
-            let destination = self.outs.get_mut(key).expect("present").destination.clone();
+            let destination = current.destination.clone();
             let host = self.outs.get_mut(key).expect("present").host_label();
             let tls = self.outs.get_mut(key).expect("present").tls_info.clone();
             let reply = Reply::new(421, Some((4, 4, 2)), "connection lost");
@@ -1388,6 +1400,37 @@ impl Shard {
 
 /// Whether `addr` is where one of baton's own listeners accepts mail (a
 /// wildcard listener answers on loopback too).
+/// Whether `conn` may carry mail for `other`, a domain waiting in its
+/// site's line: the same route (next hop, credentials, pool) or MX
+/// delivery on the same port, the same TLS policy, and for MX delivery
+/// nothing in `other`'s MTA-STS policy that this connection does not
+/// meet (a policy in `enforce` mode needs verified TLS to a host it
+/// names; a domain baton has no recent answer for gets its own
+/// connection, which asks).
+fn may_carry(server: &Server, conn: &OutConn, other: &Destination) -> bool {
+    let route = server.routes.route(&conn.destination);
+    if route != server.routes.route(other) {
+        return false;
+    }
+    let config = &server.config;
+    if config.tls_policy_for(other.as_str()) != config.tls_policy_for(conn.destination.as_str()) {
+        return false;
+    }
+    if matches!(route, Route::NextHop(_)) || !config.shaping_for(other.as_str()).mta_sts {
+        return true;
+    }
+    match server.mta_sts.last_answer(other.as_str()) {
+        None => false,
+        Some(None) => true,
+        Some(Some(policy)) if policy.mode != Mode::Enforce => true,
+        Some(Some(policy)) => {
+            conn.tls_verify
+                && conn.tls_info.is_some()
+                && conn.hop.as_ref().is_some_and(|hop| policy.matches(&hop.name))
+        }
+    }
+}
+
 fn is_own_listener(listeners: &[crate::config::ListenerConfig], addr: SocketAddr) -> bool {
     listeners.iter().any(|l| {
         let ip = l.address.ip();

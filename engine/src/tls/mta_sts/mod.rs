@@ -40,6 +40,12 @@ use crate::dns::ResolverConfig;
 pub const POLICY_REQUESTS_QUEUED_MAX: usize = 16_384;
 /// Lookups (TXT, and fetches when needed) running at once.
 pub const POLICY_LOOKUPS_IN_FLIGHT_MAX: usize = 256;
+/// How long a lookup's answer is taken for the truth without asking
+/// again (a domain's own connections ask each time).
+const ANSWER_TRUSTED_SECS: u64 = 3600;
+/// Last answers kept; past it they are forgotten all at once.
+const ANSWERS_MAX: usize = 1 << 17;
+
 /// Domains whose policy is cached; past this the ones expiring soonest go.
 pub const POLICY_CACHE_ENTRIES_MAX: usize = 100_000;
 /// The whole fetch: connect, TLS, request, response.
@@ -75,6 +81,10 @@ struct Cached {
 /// The cache and where it is saved.
 struct State {
     cached: Mutex<HashMap<String, Cached>>,
+    /// Each domain's last answer (policy or none) and until when it may
+    /// be taken for the truth without asking: what lets a connection of a
+    /// site carry another domain's mail (`MtaSts::last_answer`).
+    answers: Mutex<HashMap<String, (Option<Arc<Policy>>, u64)>>,
     path: PathBuf,
     port: u16,
     tls: Arc<rustls::ClientConfig>,
@@ -82,6 +92,7 @@ struct State {
 
 /// The policy thread's handle.
 pub struct MtaSts {
+    state: Arc<State>,
     requests: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -92,15 +103,18 @@ impl MtaSts {
         let cached = load_cache(&config.cache_path);
         let state = Arc::new(State {
             cached: Mutex::new(cached),
+            answers: Mutex::new(HashMap::new()),
             path: config.cache_path,
             port: config.port,
             tls: config.tls,
         });
         let (requests, receiver) = mpsc::channel(POLICY_REQUESTS_QUEUED_MAX);
+        let served = state.clone();
         let thread = crate::dns::spawn_resolver_thread("baton-mta-sts", config.dns, |resolver| {
-            serve(resolver, receiver, state)
+            serve(resolver, receiver, served)
         })?;
         Ok(MtaSts {
+            state,
             requests: Some(requests),
             thread: Some(thread),
         })
@@ -125,6 +139,17 @@ impl MtaSts {
             tracing::warn!(domain = %request.domain, "mta-sts: too many lookups queued; going without a policy");
             (request.done)(None);
         }
+    }
+}
+
+impl MtaSts {
+    /// The policy the last lookup of `domain` found (`Some(None)`: none),
+    /// if that was within `ANSWER_TRUSTED_SECS`; `None` when baton does
+    /// not know.
+    pub fn last_answer(&self, domain: &str) -> Option<Option<Arc<Policy>>> {
+        let answers = self.state.answers.lock().expect("mta-sts answers");
+        let (policy, until) = answers.get(domain)?;
+        (*until > unix_secs()).then(|| policy.clone())
     }
 }
 
@@ -154,6 +179,14 @@ async fn serve(
         tokio::spawn(async move {
             let policy = lookup(&resolver, &state, &domain).await;
             drop(permit);
+            {
+                let mut answers = state.answers.lock().expect("mta-sts answers");
+                if answers.len() >= ANSWERS_MAX {
+                    answers.clear();
+                }
+                let until = unix_secs() + ANSWER_TRUSTED_SECS;
+                answers.insert(domain.clone(), (policy.clone(), until));
+            }
             done(policy);
         });
     }
