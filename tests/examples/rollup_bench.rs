@@ -35,7 +35,10 @@ fn run(count: u64, rollup: bool) -> Run {
     let port = free_port("127.0.0.2");
     let mut zone = Zone::new();
     for site in 0..SITES {
-        zone = zone.a(&format!("mx{site}.sites.test"), "127.0.0.2".parse().unwrap());
+        zone = zone.a(
+            &format!("mx{site}.sites.test"),
+            "127.0.0.2".parse().unwrap(),
+        );
     }
     let domains = if rollup { DOMAINS } else { 1 };
     for d in 0..domains {

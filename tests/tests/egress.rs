@@ -127,7 +127,8 @@ fn a_source_whose_reverse_dns_does_not_match_its_ehlo_name_is_named_in_a_warning
 /// Warm-up: a source allowed 5 messages on its first day sends 5, the
 /// pool moves the rest to its other source, and after a restart the day's
 /// count is still spent. A pool whose only source is spent sends nothing
-/// more: the mail waits in the queue, pending, never bounced.
+/// more: the mail waits in the queue, pending, never bounced, and goes
+/// out the next day.
 #[test]
 fn a_warming_source_sends_its_allowance_and_the_pool_moves_the_rest_even_across_a_restart() {
     let sink = Sink::start("127.0.0.2", &[]);
@@ -182,11 +183,37 @@ fn a_warming_source_sends_its_allowance_and_the_pool_moves_the_rest_even_across_
     server.wait_for("the held message in the queue", |b| {
         baton_tests::delivery::queued_message(b, &held).is_some()
     });
+    let message = baton_tests::delivery::queued_message(&server, &held).expect("still queued");
+    assert_eq!(message["recipients"][0]["status"], "pending", "{message}");
+    assert_eq!(sink.count(), 24, "the held message went out");
+
+    // The next day: the saved counts are a day old (the file is what a
+    // restart reads: days passing is what it records), and the held
+    // message leaves from `cold`, on its second day's allowance.
+    server.terminate();
+    let path = server.dir.path().join("spool/egress-warmup.json");
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let text = saved.to_string();
+    let cold = saved
+        .as_object_mut()
+        .and_then(|sources| sources.get_mut("cold"))
+        .unwrap_or_else(|| panic!("no count of cold in {text}"));
+    for key in ["first_day", "day"] {
+        let day = cold[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} in {cold}"));
+        cold[key] = (day - 1).into();
+    }
+    std::fs::write(&path, saved.to_string()).unwrap();
+    server.spawn();
+    server.wait_until("the held message delivered the next day", || {
+        sink.count() >= 25
+    });
+    wait_queue_empty(&mut server);
     let report = sink.stop();
     let sources = report["sources"].as_object().expect("sources");
     let count = |key: &str| sources.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
-    assert_eq!(count("127.0.0.4 cold.mta.test"), 5, "{sources:?}");
+    assert_eq!(count("127.0.0.4 cold.mta.test"), 6, "{sources:?}");
     assert_eq!(count("127.0.0.5 warm.mta.test"), 19, "{sources:?}");
-    let message = baton_tests::delivery::queued_message(&server, &held).expect("still queued");
-    assert_eq!(message["recipients"][0]["status"], "pending", "{message}");
 }

@@ -170,8 +170,9 @@ fn egress(config: &Config) -> Result<(), Invalid> {
         let mut last_day = 0;
         for (j, entry) in source.warmup.iter().enumerate() {
             let key = format!("source[{i}].warmup[{j}]");
-            let (day, _) =
-                crate::shaping::egress::parse_step(entry).map_err(|m| invalid(&key, m))?;
+            let day = crate::shaping::egress::parse_step(entry)
+                .map_err(|m| invalid(&key, m))?
+                .day;
             if day <= last_day {
                 return Err(invalid(key, "days must go up, one entry per day"));
             }

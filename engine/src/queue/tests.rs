@@ -526,9 +526,16 @@ fn a_connection_with_nothing_left_carries_a_domain_waiting_in_line() {
     queues.join(&b, "site", one, 0);
     queues.join(&c, "site", one, 0);
     // b and c wait in line for the site's one connection.
-    assert!(queues.push(&b, &[item(2, 0)], Status::Pending, 0).is_empty());
-    assert!(queues.push(&c, &[item(3, 0)], Status::Pending, 0).is_empty());
-    assert!(matches!(queues.take(&a, waiter(1), true, 0), Take::Batch(_)));
+    assert!(queues
+        .push(&b, &[item(2, 0)], Status::Pending, 0)
+        .is_empty());
+    assert!(queues
+        .push(&c, &[item(3, 0)], Status::Pending, 0)
+        .is_empty());
+    assert!(matches!(
+        queues.take(&a, waiter(1), true, 0),
+        Take::Batch(_)
+    ));
     // b may not ride on it (say, another TLS policy); c may: the
     // connection is c's now, and b keeps its place in line.
     let mut asked = Vec::new();
@@ -545,12 +552,20 @@ fn a_connection_with_nothing_left_carries_a_domain_waiting_in_line() {
             .find(|s| s.destination == d)
             .unwrap()
     };
-    assert_eq!((row("a.example").connections, row("c.example").connections), (0, 1));
-    assert!(matches!(queues.take(&c, waiter(1), true, 1), Take::Batch(b) if b[0].queue_id == QueueId(3)));
+    assert_eq!(
+        (row("a.example").connections, row("c.example").connections),
+        (0, 1)
+    );
+    assert!(
+        matches!(queues.take(&c, waiter(1), true, 1), Take::Batch(b) if b[0].queue_id == QueueId(3))
+    );
     // Nothing may ride now: the connection leaves for b.
     assert_eq!(
         queues.take_in_site(&c, waiter(1), true, 2, &mut |_| false),
         Take::Leave
     );
-    assert_eq!(queues.closed(&c, Some(waiter(1)), 3), [Action::Open(b.clone())]);
+    assert_eq!(
+        queues.closed(&c, Some(waiter(1)), 3),
+        [Action::Open(b.clone())]
+    );
 }

@@ -46,6 +46,7 @@ pub const WEIGHT_MAX: u32 = 1000;
 /// The file the warm-up counts are kept in, in the spool directory.
 pub const WARMUP_FILE: &str = "egress-warmup.json";
 const DAY_MS: u64 = 86_400_000;
+const HOUR_MS: u64 = 3_600_000;
 
 /// One local address and how to introduce it.
 #[derive(Debug)]
@@ -78,13 +79,22 @@ impl Source {
     }
 }
 
-/// A warm-up schedule and today's count.
+/// One entry of a warm-up schedule: from `day` (1 = the first day the
+/// source sent) until the next entry's, at most `per_day` messages a day
+/// and, if given, `per_hour` an hour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub day: u64,
+    pub per_day: u64,
+    pub per_hour: Option<u64>,
+}
+
+/// A warm-up schedule and today's (and this hour's) count.
 #[derive(Debug)]
 pub struct Warmup {
-    /// (day, messages that day), days ascending from 1: each entry holds
-    /// from its day until the next entry's; after the last entry's day
-    /// the source is warm (no cap).
-    steps: Vec<(u64, u64)>,
+    /// Days ascending from 1; after the last entry's day the source is
+    /// warm (no cap).
+    steps: Vec<Step>,
     state: Mutex<WarmupState>,
     changed: AtomicBool,
 }
@@ -97,10 +107,15 @@ pub struct WarmupState {
     /// The UTC day `sent` counts.
     pub day: u64,
     pub sent: u64,
+    /// The hour (hours since 1970) `hour_sent` counts.
+    #[serde(default)]
+    pub hour: u64,
+    #[serde(default)]
+    pub hour_sent: u64,
 }
 
 impl Warmup {
-    fn new(steps: Vec<(u64, u64)>, state: WarmupState) -> Warmup {
+    fn new(steps: Vec<Step>, state: WarmupState) -> Warmup {
         Warmup {
             steps,
             state: Mutex::new(state),
@@ -108,40 +123,63 @@ impl Warmup {
         }
     }
 
-    /// Today's cap, `None` when warm; day 1 is the first day it sent.
-    fn cap(&self, state: &WarmupState, today: u64) -> Option<u64> {
+    /// Today's step, `None` when warm; day 1 is the first day it sent.
+    fn step(&self, state: &WarmupState, today: u64) -> Option<Step> {
         let day = today - state.first_day.unwrap_or(today) + 1;
         let last = self.steps.last()?;
-        if day > last.0 {
+        if day > last.day {
             return None;
         }
-        self.steps
-            .iter()
-            .take_while(|(from, _)| *from <= day)
-            .last()
-            .map(|(_, max)| *max)
-            .or(Some(0))
+        Some(
+            self.steps
+                .iter()
+                .take_while(|step| step.day <= day)
+                .last()
+                .copied()
+                .unwrap_or(Step {
+                    day,
+                    per_day: 0,
+                    per_hour: None,
+                }),
+        )
+    }
+
+    /// Whether today's and this hour's counts allow one more.
+    fn room(&self, state: &WarmupState, now_ms: u64) -> bool {
+        let (today, hour) = (now_ms / DAY_MS, now_ms / HOUR_MS);
+        let sent = if state.day == today { state.sent } else { 0 };
+        let hour_sent = if state.hour == hour {
+            state.hour_sent
+        } else {
+            0
+        };
+        self.step(state, today).is_none_or(|step| {
+            sent < step.per_day && step.per_hour.is_none_or(|cap| hour_sent < cap)
+        })
     }
 
     fn allows(&self, now_ms: u64) -> bool {
-        let today = now_ms / DAY_MS;
         let state = self.state.lock().expect("warm-up lock");
-        let sent = if state.day == today { state.sent } else { 0 };
-        self.cap(&state, today).is_none_or(|cap| sent < cap)
+        self.room(&state, now_ms)
     }
 
     fn take(&self, now_ms: u64) -> bool {
-        let today = now_ms / DAY_MS;
+        let (today, hour) = (now_ms / DAY_MS, now_ms / HOUR_MS);
         let mut state = self.state.lock().expect("warm-up lock");
+        if !self.room(&state, now_ms) {
+            return false;
+        }
         if state.day != today {
             state.day = today;
             state.sent = 0;
         }
-        if self.cap(&state, today).is_some_and(|cap| state.sent >= cap) {
-            return false;
+        if state.hour != hour {
+            state.hour = hour;
+            state.hour_sent = 0;
         }
         state.first_day.get_or_insert(today);
         state.sent += 1;
+        state.hour_sent += 1;
         self.changed.store(true, Ordering::Relaxed);
         true
     }
@@ -149,6 +187,7 @@ impl Warmup {
     fn give_back(&self) {
         let mut state = self.state.lock().expect("warm-up lock");
         state.sent = state.sent.saturating_sub(1);
+        state.hour_sent = state.hour_sent.saturating_sub(1);
         self.changed.store(true, Ordering::Relaxed);
     }
 
@@ -157,20 +196,40 @@ impl Warmup {
     }
 }
 
-/// `"Nd:M"`: day N (from 1), at most M messages (at least 1).
-pub fn parse_step(entry: &str) -> Result<(u64, u64), String> {
-    let bad = || format!("{entry:?}: \"<day>d:<messages>\", such as \"1d:200\"");
-    let (day, max) = entry.split_once(':').ok_or_else(bad)?;
+/// `"Nd:M"`: from day N (from 1), at most M messages a day; `"Nd:M:H/h"`
+/// also at most H an hour (all at least 1).
+pub fn parse_step(entry: &str) -> Result<Step, String> {
+    let bad = || {
+        format!("{entry:?}: \"<day>d:<per day>\" or \"<day>d:<per day>:<per hour>/h\", such as \"1d:200:25/h\"")
+    };
+    let mut parts = entry.split(':');
+    let (Some(day), Some(per_day)) = (parts.next(), parts.next()) else {
+        return Err(bad());
+    };
     let day: u64 = day
         .strip_suffix('d')
         .ok_or_else(bad)?
         .parse()
         .map_err(|_| bad())?;
-    let max: u64 = max.parse().map_err(|_| bad())?;
-    if day == 0 || max == 0 {
+    let per_day: u64 = per_day.parse().map_err(|_| bad())?;
+    let per_hour = match parts.next() {
+        None => None,
+        Some(hourly) => Some(
+            hourly
+                .strip_suffix("/h")
+                .ok_or_else(bad)?
+                .parse::<u64>()
+                .map_err(|_| bad())?,
+        ),
+    };
+    if parts.next().is_some() || day == 0 || per_day == 0 || per_hour == Some(0) {
         return Err(bad());
     }
-    Ok((day, max))
+    Ok(Step {
+        day,
+        per_day,
+        per_hour,
+    })
 }
 
 /// Weighted sources.
@@ -307,7 +366,7 @@ fn source(config: &SourceConfig, base: &ClientConfig, state: WarmupState) -> Sou
     if !config.ehlo.is_empty() {
         client.helo_name = config.ehlo.clone();
     }
-    let steps: Vec<(u64, u64)> = config
+    let steps: Vec<Step> = config
         .warmup
         .iter()
         .filter_map(|entry| parse_step(entry).ok())
@@ -549,7 +608,12 @@ mod tests {
     #[test]
     fn warm_up_caps_each_day_and_ramps_with_the_days_of_use() {
         let day = |d: u64| d * DAY_MS + 1;
-        let warmup = Warmup::new(vec![(1, 2), (3, 4)], WarmupState::default());
+        let step = |day, per_day| Step {
+            day,
+            per_day,
+            per_hour: None,
+        };
+        let warmup = Warmup::new(vec![step(1, 2), step(3, 4)], WarmupState::default());
         // Day 1 (first use): 2.
         assert!(warmup.take(day(100)) && warmup.take(day(100)));
         assert!(!warmup.take(day(100)) && !warmup.allows(day(100)));
@@ -564,12 +628,42 @@ mod tests {
             assert!(warmup.take(day(103)));
         }
         assert_eq!(warmup.state().first_day, Some(100));
-        assert_eq!(parse_step("2d:500"), Ok((2, 500)));
+        assert_eq!(parse_step("2d:500"), Ok(step(2, 500)));
         assert!(
             parse_step("0d:5").is_err()
                 && parse_step("2:5").is_err()
                 && parse_step("2d:0").is_err()
         );
+    }
+
+    #[test]
+    fn an_hourly_cap_spreads_the_days_allowance_over_the_hours() {
+        let at = |day: u64, hour: u64| day * DAY_MS + hour * HOUR_MS + 1;
+        let step = parse_step("1d:5:2/h").unwrap();
+        assert_eq!(
+            step,
+            Step {
+                day: 1,
+                per_day: 5,
+                per_hour: Some(2)
+            }
+        );
+        let warmup = Warmup::new(vec![step], WarmupState::default());
+        assert!(warmup.take(at(100, 0)) && warmup.take(at(100, 0)));
+        assert!(!warmup.take(at(100, 0)), "two an hour");
+        assert!(!warmup.allows(at(100, 0)));
+        assert!(warmup.allows(at(100, 1)), "the next hour");
+        assert!(warmup.take(at(100, 1)) && warmup.take(at(100, 1)));
+        assert!(warmup.take(at(100, 2)));
+        assert!(
+            !warmup.take(at(100, 2)) && !warmup.take(at(100, 3)),
+            "five a day"
+        );
+        // The next day, past the last entry: warm.
+        assert!(warmup.take(at(101, 0)) && warmup.take(at(101, 0)));
+        for bad in ["1d:5:0/h", "1d:5:2", "1d:5:2/m", "1d:5:2/h:1"] {
+            assert!(parse_step(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

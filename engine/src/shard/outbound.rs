@@ -1426,7 +1426,10 @@ fn may_carry(server: &Server, conn: &OutConn, other: &Destination) -> bool {
         Some(Some(policy)) => {
             conn.tls_verify
                 && conn.tls_info.is_some()
-                && conn.hop.as_ref().is_some_and(|hop| policy.matches(&hop.name))
+                && conn
+                    .hop
+                    .as_ref()
+                    .is_some_and(|hop| policy.matches(&hop.name))
         }
     }
 }

@@ -78,13 +78,16 @@ struct Cached {
     expires_unix: u64,
 }
 
+/// A lookup's answer and until when (unix seconds) it is trusted.
+type Answer = (Option<Arc<Policy>>, u64);
+
 /// The cache and where it is saved.
 struct State {
     cached: Mutex<HashMap<String, Cached>>,
     /// Each domain's last answer (policy or none) and until when it may
     /// be taken for the truth without asking: what lets a connection of a
     /// site carry another domain's mail (`MtaSts::last_answer`).
-    answers: Mutex<HashMap<String, (Option<Arc<Policy>>, u64)>>,
+    answers: Mutex<HashMap<String, Answer>>,
     path: PathBuf,
     port: u16,
     tls: Arc<rustls::ClientConfig>,
