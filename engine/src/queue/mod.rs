@@ -387,10 +387,13 @@ impl Table {
             let Some(queue) = self.map.get_mut(&next) else {
                 continue;
             };
-            queue.starved = false;
-            if queue.site != *site_name {
+            if !queue.starved || queue.site != *site_name {
                 continue;
             }
+            queue.starved = false;
+            // The sweep looks again too, should it not get a connection
+            // now (a pause of its own).
+            touch(&mut self.dirty, &next, queue);
             queue.promote(now_ms);
             self.act(&next, now_ms, out);
         }
@@ -459,11 +462,16 @@ impl Table {
             let Some(other) = self.map.get_mut(&next) else {
                 continue;
             };
-            if !other.starved || other.site != site_name || next == *destination {
+            // A stale entry: the domain's place (if any) is another entry,
+            // here or in the line of the site it moved to.
+            if !other.starved || other.site != site_name {
                 continue;
             }
-            if other.ready.len() <= other.connections {
+            // Its own place in line, or a domain whose connections carry
+            // its mail already: out of line (the sweep looks again).
+            if next == *destination || other.ready.len() <= other.connections {
                 other.starved = false;
+                touch(&mut self.dirty, &next, other);
                 continue;
             }
             if may_carry(&next) {

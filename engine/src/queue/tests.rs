@@ -569,3 +569,33 @@ fn a_connection_with_nothing_left_carries_a_domain_waiting_in_line() {
         [Action::Open(b.clone())]
     );
 }
+
+#[test]
+fn a_domain_that_left_the_line_on_its_own_connection_gets_back_in_line() {
+    let queues = mx_queues();
+    let one = SiteShaping {
+        connections_max: 1,
+        message_rate_max: 0,
+    };
+    let a = Destination::new("a.example");
+    let b = Destination::new("b.example");
+    queues.join(&a, "site", one, 0);
+    queues.join(&b, "site", one, 0);
+    // a's one connection, and a second message that would want another:
+    // a is in line for the full site.
+    assert_eq!(opens(&queues.push(&a, &[item(1, 0)], Status::Pending, 0)), 1);
+    queues.push(&a, &[item(2, 0)], Status::Pending, 0);
+    for _ in 0..2 {
+        assert!(matches!(queues.take(&a, waiter(1), true, 0), Take::Batch(_)));
+    }
+    // Its connection, with nothing left, finds only a itself in line.
+    assert_eq!(queues.take_in_site(&a, waiter(1), false, 1, &mut |_| true), Take::Idle);
+    assert_eq!(queues.closed(&a, None, 1), []);
+    // b takes the site's connection; a gets mail and must wait in line...
+    assert_eq!(opens(&queues.push(&b, &[item(3, 0)], Status::Pending, 2)), 1);
+    assert!(queues.push(&a, &[item(4, 0)], Status::Pending, 2).is_empty());
+    queues.plan(3);
+    // ...and gets the connection b leaves.
+    assert!(matches!(queues.take(&b, waiter(2), true, 4), Take::Batch(_)));
+    assert_eq!(queues.closed(&b, Some(waiter(2)), 5), [Action::Open(a.clone())]);
+}
