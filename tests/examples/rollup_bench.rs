@@ -10,7 +10,10 @@
 //! ```
 //!
 //! Prints each run's delivered rate (messages over the sink's busy time,
-//! first to last message) and the median ratio rollup / single.
+//! first to last message) and the median ratio rollup / single. A third
+//! argument sets each site's connections in the rollup runs (default 20,
+//! as the single site has: ten sites then open ten times as many); 2
+//! gives both runs the same 20 connections in all.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +34,7 @@ struct Run {
     peak: u64,
 }
 
-fn run(count: u64, rollup: bool) -> Run {
+fn run(count: u64, rollup: bool, site_connections: usize) -> Run {
     let port = free_port("127.0.0.2");
     let mut zone = Zone::new();
     for site in 0..SITES {
@@ -62,7 +65,10 @@ fn run(count: u64, rollup: bool) -> Run {
         deliver: true,
         delivery: vec![format!("mx_port = {port}")],
         spool: vec!["segment_bytes = 67108864".into()],
-        extra_toml: dns_toml(&dns, "2s"),
+        extra_toml: format!(
+            "{}\n[shaping]\nconnections_max = {site_connections}\n",
+            dns_toml(&dns, "2s")
+        ),
         env: vec![("RUST_LOG".into(), "warn,baton::server=info".into())],
         ..TestConfig::default()
     });
@@ -104,16 +110,17 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let count: u64 = args.next().map_or(50_000, |a| a.parse().expect("count"));
     let pairs: usize = args.next().map_or(3, |a| a.parse().expect("pairs"));
+    let site_connections: usize = args.next().map_or(20, |a| a.parse().expect("connections"));
     let mut ratios = Vec::new();
     println!("| run | domains | sites | delivered | msg/s | sink connections peak |");
     println!("|---|---|---|---|---|---|");
     for pair in 1..=pairs {
-        let single = run(count, false);
+        let single = run(count, false, 20);
         println!(
             "| {pair} single | 1 | 1 | {} | {:.0} | {} |",
             single.messages, single.rate, single.peak
         );
-        let rollup = run(count, true);
+        let rollup = run(count, true, site_connections);
         println!(
             "| {pair} rollup | {DOMAINS} | {SITES} | {} | {:.0} | {} |",
             rollup.messages, rollup.rate, rollup.peak
