@@ -1194,6 +1194,22 @@ fn print_sites(sites: &[baton::queue::SiteSummary]) {
             s.waiting,
             state.join("; ")
         );
+        // Per source, when its connections leave from a pool.
+        for lane in &s.sources {
+            let state = shaping_state(
+                lane.paused_until_ms,
+                lane.suspended.as_deref(),
+                lane.throttle.as_ref(),
+            );
+            println!(
+                "  from {:<44} {:>5} of {:<3} {:>7}  {}",
+                lane.source,
+                lane.connections,
+                lane.connections_limit,
+                "",
+                state.join("; ")
+            );
+        }
     }
 }
 

@@ -370,10 +370,12 @@ pub fn start(config: Config) -> Result<Running> {
             .expect("validated [[site]] tables"),
     );
     let named = sites.clone();
-    let queues = Queues::new(shaping_for(&config)).with_sites(
-        route_sites(&config, sites.clone()),
-        Box::new(move |name| named.named(name)),
-    );
+    let queues = Queues::new(shaping_for(&config))
+        .with_sites(
+            route_sites(&config, sites.clone()),
+            Box::new(move |name| named.named(name)),
+        )
+        .with_lanes(route_lanes(&config));
     for pending in &recovered.pending {
         let record = spool.read(pending.message).map_err(Error::Spool)?;
         let message = record.message().map_err(Error::Spool)?;
@@ -583,6 +585,36 @@ fn log_suppression_changes(events: Arc<EventLog>) -> crate::policy::suppression:
 /// `[shaping] connections_max` connections (a `*` smart host gets that
 /// many in all, not that many per recipient domain). MX delivery: no site
 /// yet (MX rollup is to come), each domain its own.
+/// The sources a destination's connections leave from: its route's pool
+/// (or `[delivery] pool`), by name and weight; none: the default lane.
+fn route_lanes(config: &Config) -> crate::queue::LanesFor {
+    let routes = routes(config);
+    let pools: HashMap<String, crate::queue::Lanes> = config
+        .pools
+        .iter()
+        .map(|pool| {
+            let lanes: Vec<(Arc<str>, u32)> = pool
+                .sources
+                .iter()
+                .filter_map(|entry| crate::shaping::egress::parse_entry(entry).ok())
+                .map(|(name, weight)| (Arc::from(name), weight))
+                .collect();
+            (pool.name.clone(), lanes.into())
+        })
+        .collect();
+    let default_pool = config.delivery.pool.clone();
+    Box::new(move |destination| {
+        let pool = match routes.route(destination) {
+            Route::NextHop(hop) => hop.pool,
+            Route::Mx { .. } => None,
+        }
+        .or_else(|| default_pool.clone());
+        pool.and_then(|name| pools.get(&name).cloned())
+            .filter(|lanes| !lanes.is_empty())
+            .unwrap_or_else(crate::queue::default_lanes)
+    })
+}
+
 /// A destination's site: a route's next hop, or (MX delivery) the MX
 /// hosts, learned from the answer (`shard::outbound`).
 fn route_sites(config: &Config, sites: Arc<SiteTable>) -> crate::queue::SiteFor {

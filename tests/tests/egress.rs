@@ -217,3 +217,70 @@ fn a_warming_source_sends_its_allowance_and_the_pool_moves_the_rest_even_across_
     assert_eq!(count("127.0.0.4 cold.mta.test"), 6, "{sources:?}");
     assert_eq!(count("127.0.0.5 warm.mta.test"), 19, "{sources:?}");
 }
+
+/// Receivers count per sending IP, and so do limits and shaping rules: a
+/// `421 4.7.28` to one source suspends the site for that source alone,
+/// and the pool's other source carries the site's mail meanwhile.
+#[test]
+fn a_receivers_4_7_28_suspends_the_site_for_the_source_it_spoke_to() {
+    let sink = Sink::start("127.0.0.2", &[]);
+    let rule = "[[shaping_rule]]\nenhanced = \"4.7.28\"\naction = \"suspend\"\nduration = \"1h\"\n";
+    let even = EGRESS.replace("a:3", "a:1");
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: format!(
+            "[shaping]\nmessages_per_connection_max = 1\n\n{even}\n{rule}\n{}pool = \"bulk\"\n",
+            route("pooled.test", sink.addr),
+        ),
+        ..TestConfig::default()
+    });
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    // The sink answers 421 4.7.28 to `throttle-` recipients, from
+    // whichever source the connection left.
+    let reply = smtp.send_message(
+        "alice@sender.test",
+        &["throttle-1@pooled.test"],
+        "Subject: t\r\n\r\nhi\r\n",
+    );
+    assert_eq!(reply.code, 250);
+    let mut suspended = String::new();
+    server.wait_for("a source suspended", |b| {
+        let (_, list, _) = b.cli(&["site", "list"]);
+        suspended = list
+            .lines()
+            .find(|l| l.trim_start().starts_with("from ") && l.contains("suspended"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or_default().to_owned())
+            .unwrap_or_default();
+        !suspended.is_empty()
+    });
+    let other = if suspended == "a" { "b" } else { "a" };
+    let (_, list, _) = server.cli(&["site", "list"]);
+    assert!(
+        !list.lines().any(|l| {
+            l.trim_start().starts_with(&format!("from {other} ")) && l.contains("suspended")
+        }),
+        "the other source is not suspended:\n{list}"
+    );
+    for i in 0..10 {
+        let reply = smtp.send_message(
+            "alice@sender.test",
+            &[&format!("ok{i}@pooled.test")],
+            "Subject: ok\r\n\r\nhi\r\n",
+        );
+        assert_eq!(reply.code, 250);
+    }
+    server.wait_until("10 messages delivered", || sink.count() >= 10);
+    let report = sink.stop();
+    let sources = report["sources"].as_object().expect("sources");
+    let address = if other == "a" {
+        "127.0.0.4 a.mta.test"
+    } else {
+        "127.0.0.5 b.mta.test"
+    };
+    assert_eq!(
+        sources.get(address).and_then(|v| v.as_u64()),
+        Some(10),
+        "every message from the source not suspended: {sources:?}\n{list}"
+    );
+}

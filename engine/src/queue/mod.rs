@@ -33,7 +33,7 @@ use baton_spool::{QueueId, Status};
 use crate::route::Destination;
 
 use site::{Bucket, Site};
-pub use site::{SiteOf, SiteShaping, SiteSummary};
+pub use site::{LaneSummary, Lanes, SiteOf, SiteShaping, SiteSummary, DEFAULT_LANE};
 
 /// How many learned domain → site answers the table keeps; past it, it
 /// starts afresh (each domain then learns its site again from one
@@ -89,8 +89,9 @@ pub struct Waiter {
 /// What a caller of [`Queues::push`] or [`Queues::plan`] should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Open a connection to the destination; it is already counted.
-    Open(Destination),
+    /// Open a connection to the destination, leaving from this source
+    /// (its lane: [`DEFAULT_LANE`] without a pool); it is already counted.
+    Open(Destination, Arc<str>),
     /// Tell this idle connection there is work (or that it should make
     /// room: its next [`Queues::take`] says [`Take::Leave`]).
     Wake(Waiter),
@@ -141,6 +142,10 @@ struct DestinationQueue {
     /// The domain's own message rate (`[[destination]]`).
     bucket: Bucket,
     site: Arc<str>,
+    /// The sources its connections may leave from.
+    lanes: Lanes,
+    /// Its connections per lane, in `lanes` order.
+    by_lane: Vec<usize>,
     /// Its MX site is not known yet: one connection, the one that asks.
     learning: bool,
     /// On its site's `starved` list.
@@ -163,7 +168,7 @@ pub struct Throttle {
 }
 
 impl DestinationQueue {
-    fn new(shaping: Shaping, site: Arc<str>) -> DestinationQueue {
+    fn new(shaping: Shaping, site: Arc<str>, lanes: Lanes) -> DestinationQueue {
         DestinationQueue {
             ready: VecDeque::new(),
             scheduled: BTreeMap::new(),
@@ -176,6 +181,8 @@ impl DestinationQueue {
             idle: Vec::new(),
             bucket: Bucket::full(shaping.message_rate_max),
             site,
+            by_lane: vec![0; lanes.len()],
+            lanes,
             learning: false,
             starved: false,
             dirty: false,
@@ -215,12 +222,12 @@ impl DestinationQueue {
         if self.shaping.hold
             || !self.idle.is_empty()
             || now_ms < self.paused_until_ms
-            || now_ms < site.paused_until_ms
+            || site.paused(&self.lanes, now_ms)
             || self.connections >= cap
             || self.ready.len() <= self.connections
         {
             Want::No
-        } else if site.room(now_ms) == 0 {
+        } else if !site.has_room(&self.lanes, now_ms) {
             Want::NoRoom
         } else {
             Want::Yes
@@ -234,6 +241,22 @@ impl DestinationQueue {
     }
 
     /// Moves scheduled recipients that are due to the ready queue.
+    /// Counts a connection of this domain in `lane`.
+    fn count(&mut self, lane: &Arc<str>, up: bool) {
+        if let Some(i) = self.lanes.iter().position(|(name, _)| name == lane) {
+            if up {
+                self.by_lane[i] += 1;
+            } else {
+                self.by_lane[i] = self.by_lane[i].saturating_sub(1);
+            }
+        }
+        if up {
+            self.connections += 1;
+        } else {
+            self.connections = self.connections.saturating_sub(1);
+        }
+    }
+
     fn promote(&mut self, now_ms: u64) {
         while let Some(entry) = self.scheduled.first_entry() {
             if entry.key().0 > now_ms {
@@ -279,12 +302,16 @@ pub struct Queues {
     /// A configured site's shaping by its name (an operator may suspend
     /// `google` before any mail for it is queued).
     site_named: SiteNamed,
+    /// The sources a destination's connections may leave from.
+    lanes_for: LanesFor,
 }
 
 /// See [`Queues::with_sites`].
 pub type SiteFor = Box<dyn Fn(&Destination) -> SiteOf + Send + Sync>;
 /// See [`Queues::with_sites`].
 pub type SiteNamed = Box<dyn Fn(&str) -> Option<SiteShaping> + Send + Sync>;
+/// See [`Queues::with_lanes`].
+pub type LanesFor = Box<dyn Fn(&Destination) -> Lanes + Send + Sync>;
 
 /// The destinations and their sites, and what the sweep must visit: a
 /// sweep looks only at destinations changed since the last one and those
@@ -341,9 +368,10 @@ impl Table {
             match queue.wants(site, now_ms) {
                 Want::No => return,
                 Want::Yes => {
-                    queue.connections += 1;
-                    site.connections += 1;
-                    out.push(Action::Open(destination.clone()));
+                    let lane = site.pick(&queue.lanes, now_ms).expect("a lane with room");
+                    queue.count(&lane, true);
+                    site.open(&lane);
+                    out.push(Action::Open(destination.clone(), lane));
                 }
                 Want::NoRoom => {
                     if !queue.starved {
@@ -378,12 +406,14 @@ impl Table {
             let Some(site) = self.sites.get_mut(site_name) else {
                 return;
             };
-            if site.room(now_ms) == 0 {
-                return;
-            }
-            let Some(next) = site.starved.pop_front() else {
+            let Some(next) = site.starved.front().cloned() else {
                 return;
             };
+            let lanes = self.map.get(&next).map(|q| q.lanes.clone());
+            if lanes.is_some_and(|lanes| !site.has_room(&lanes, now_ms)) {
+                return;
+            }
+            site.starved.pop_front();
             let Some(queue) = self.map.get_mut(&next) else {
                 continue;
             };
@@ -417,7 +447,11 @@ impl Table {
         let old_name = std::mem::replace(&mut queue.site, name.clone());
         queue.starved = false;
         if let Some(old) = self.sites.get_mut(&old_name) {
-            old.connections = old.connections.saturating_sub(queue.connections);
+            for ((lane, _), n) in queue.lanes.iter().zip(&queue.by_lane) {
+                for _ in 0..*n {
+                    old.close(lane);
+                }
+            }
             old.idle = old.idle.saturating_sub(queue.idle.len());
             old.members.remove(destination);
             if old.forgettable(now_ms) {
@@ -425,7 +459,11 @@ impl Table {
             }
         }
         let site = self.sites.entry(name).or_insert_with(|| Site::new(shaping));
-        site.connections += queue.connections;
+        for ((lane, _), n) in queue.lanes.iter().zip(&queue.by_lane) {
+            for _ in 0..*n {
+                site.open(lane);
+            }
+        }
         site.idle += queue.idle.len();
         site.members.insert(destination.clone());
     }
@@ -449,6 +487,7 @@ impl Table {
     fn switch(
         &mut self,
         destination: &Destination,
+        lane: &Arc<str>,
         waiter: Waiter,
         may_carry: &mut dyn FnMut(&Destination) -> bool,
     ) -> Option<Destination> {
@@ -474,7 +513,8 @@ impl Table {
                 touch(&mut self.dirty, &next, other);
                 continue;
             }
-            if may_carry(&next) {
+            let in_lane = other.lanes.iter().any(|(name, _)| name == lane);
+            if in_lane && may_carry(&next) {
                 other.starved = false;
                 chosen = Some(next);
                 break;
@@ -487,14 +527,14 @@ impl Table {
         }
         let chosen = chosen?;
         let queue = self.map.get_mut(destination).expect("present");
-        queue.connections = queue.connections.saturating_sub(1);
+        queue.count(lane, false);
         let before = queue.idle.len();
         queue.idle.retain(|w| *w != waiter);
         let unidled = before - queue.idle.len();
         touch(&mut self.dirty, destination, queue);
         site_mut(&mut self.sites, &site_name).idle -= unidled;
         let other = self.map.get_mut(&chosen).expect("present");
-        other.connections += 1;
+        other.count(lane, true);
         touch(&mut self.dirty, &chosen, other);
         Some(chosen)
     }
@@ -511,6 +551,14 @@ impl Table {
             }
         }
     }
+}
+
+/// [`DEFAULT_LANE`] alone.
+pub fn default_lanes() -> Lanes {
+    static LANES: std::sync::OnceLock<Lanes> = std::sync::OnceLock::new();
+    LANES
+        .get_or_init(|| Arc::from([(Arc::from(DEFAULT_LANE), 1)]))
+        .clone()
 }
 
 impl Default for Queues {
@@ -534,7 +582,16 @@ impl Queues {
             shaping_for,
             site_for: Box::new(|_| SiteOf::Own),
             site_named: Box::new(|_| None),
+            lanes_for: Box::new(|_| default_lanes()),
         }
+    }
+
+    /// Says which sources (by name, with weights) each destination's
+    /// connections may leave from: limits and rules' actions then hold
+    /// per site × source.
+    pub fn with_lanes(mut self, lanes_for: LanesFor) -> Queues {
+        self.lanes_for = lanes_for;
+        self
     }
 
     /// Groups destinations into sites: `site_for` says a destination's
@@ -568,7 +625,7 @@ impl Queues {
             },
             SiteOf::Own => (Arc::from(destination.as_str()), own, false),
         };
-        let mut queue = DestinationQueue::new(shaping, name.clone());
+        let mut queue = DestinationQueue::new(shaping, name.clone(), (self.lanes_for)(destination));
         queue.learning = learning;
         table
             .sites
@@ -647,9 +704,10 @@ impl Queues {
         }
         match queue.wants(site, now_ms) {
             Want::Yes => {
-                queue.connections += 1;
-                site.connections += 1;
-                actions.push(Action::Open(destination.clone()));
+                let lane = site.pick(&queue.lanes, now_ms).expect("a lane with room");
+                queue.count(&lane, true);
+                site.open(&lane);
+                actions.push(Action::Open(destination.clone(), lane));
             }
             // In line for the site's next free connection (an idle one of
             // another domain is asked to make room at the sweep).
@@ -731,7 +789,8 @@ impl Queues {
     /// when it asks to `wait`, or told to leave when its site has no room
     /// for a member that waits.
     pub fn take(&self, destination: &Destination, waiter: Waiter, wait: bool, now_ms: u64) -> Take {
-        self.take_in_site(destination, waiter, wait, now_ms, &mut |_| false)
+        let lane: Arc<str> = DEFAULT_LANE.into();
+        self.take_in_site(destination, &lane, waiter, wait, now_ms, &mut |_| false)
     }
 
     /// [`Queues::take`], and with nothing ready for `destination`, a
@@ -742,6 +801,7 @@ impl Queues {
     pub fn take_in_site(
         &self,
         destination: &Destination,
+        lane: &Arc<str>,
         waiter: Waiter,
         wait: bool,
         now_ms: u64,
@@ -752,14 +812,14 @@ impl Queues {
         self.ensure(table, destination);
         let queue = table.map.get_mut(destination).expect("ensured");
         if queue.ready.is_empty() {
-            if let Some(other) = table.switch(destination, waiter, may_carry) {
+            if let Some(other) = table.switch(destination, lane, waiter, may_carry) {
                 return Take::Switched(other);
             }
         }
         drop(guard);
         self.with(destination, |queue, site| {
             let Some(first) = queue.ready.front().copied() else {
-                if !site.starved.is_empty() && site.room(now_ms) == 0 {
+                if !site.starved.is_empty() && site.room(lane, now_ms) == 0 {
                     return Take::Leave;
                 }
                 if wait && !queue.idle.contains(&waiter) {
@@ -771,7 +831,7 @@ impl Queues {
             if let Err(retry_ms) = queue.bucket.take(queue.shaping.message_rate_max, now_ms) {
                 return Take::RateLimited { retry_ms };
             }
-            if let Err(retry_ms) = site.take_token(now_ms) {
+            if let Err(retry_ms) = site.take_token(lane, now_ms) {
                 queue.bucket.give_back();
                 return Take::RateLimited { retry_ms };
             }
@@ -819,6 +879,7 @@ impl Queues {
     pub fn join(
         &self,
         destination: &Destination,
+        lane: &Arc<str>,
         name: &str,
         shaping: SiteShaping,
         now_ms: u64,
@@ -838,13 +899,20 @@ impl Queues {
             return true;
         };
         queue.learning = false;
-        if queue.site == name {
-            return site_mut(&mut table.sites, &name).paused_until_ms <= now_ms;
+        let joined = queue.site == name;
+        if !joined {
+            table.move_to(destination, name.clone(), shaping, now_ms);
         }
-        table.move_to(destination, name.clone(), shaping, now_ms);
         let site = site_mut(&mut table.sites, &name);
-        let cap = site.limit.min(site.connections_cap(now_ms));
-        site.connections <= cap && site.paused_until_ms <= now_ms
+        let limit = site.limit(lane, now_ms);
+        let open = site.lanes.get(lane).map_or(0, |l| l.connections);
+        let paused = site.paused_until_ms > now_ms
+            || site
+                .lanes
+                .get(lane)
+                .is_some_and(|l| l.paused_until_ms > now_ms);
+        // Joined before: this connection was counted in the site's room.
+        (joined || open <= limit) && !paused
     }
 
     /// A connection ended (or was never opened). Returns what to do with
@@ -852,6 +920,7 @@ impl Queues {
     pub fn closed(
         &self,
         destination: &Destination,
+        lane: &Arc<str>,
         waiter: Option<Waiter>,
         now_ms: u64,
     ) -> Vec<Action> {
@@ -861,9 +930,9 @@ impl Queues {
             map, dirty, sites, ..
         } = &mut *table;
         let queue = map.get_mut(destination).expect("ensured");
-        queue.connections = queue.connections.saturating_sub(1);
+        queue.count(lane, false);
         let site = site_mut(sites, &queue.site);
-        site.connections = site.connections.saturating_sub(1);
+        site.close(lane);
         if let Some(waiter) = waiter {
             let before = queue.idle.len();
             queue.idle.retain(|w| *w != waiter);
@@ -877,13 +946,14 @@ impl Queues {
     }
 
     /// The destination failed us: fewer connections and a pause that
-    /// doubles with each failure in a row, for its whole site (no host
-    /// answered, a `421`) or, `site_wide` false, for the domain alone (its
-    /// DNS failed). Returns the domain's connections still open besides
-    /// the failed one's.
+    /// doubles with each failure in a row, for its site from this source
+    /// (no host answered, a `421`) or, `site_wide` false, for the domain
+    /// alone (its DNS failed). Returns the domain's connections still
+    /// open besides the failed one's.
     pub fn failed(
         &self,
         destination: &Destination,
+        lane: &Arc<str>,
         site_wide: bool,
         pause_ms: u64,
         pause_ms_max: u64,
@@ -891,7 +961,7 @@ impl Queues {
     ) -> usize {
         self.with(destination, |queue, site| {
             if site_wide {
-                site.failed(pause_ms, pause_ms_max, now_ms);
+                site.failed(lane, pause_ms, pause_ms_max, now_ms);
             } else {
                 queue.failures = queue.failures.saturating_add(1);
                 let factor = 1u64 << queue.failures.saturating_sub(1).min(20);
@@ -902,24 +972,25 @@ impl Queues {
         })
     }
 
-    /// A transaction went through: the site recovers one connection of
-    /// its limit, and both forget their failures.
-    pub fn succeeded(&self, destination: &Destination, now_ms: u64) {
+    /// A transaction went through: the site × source recovers one
+    /// connection of its limit, and both forget their failures.
+    pub fn succeeded(&self, destination: &Destination, lane: &Arc<str>, now_ms: u64) {
         self.with(destination, |queue, site| {
             queue.failures = 0;
-            site.succeeded(now_ms);
+            site.succeeded(lane, now_ms);
         });
     }
 
-    /// A shaping rule's suspension of the destination's site: no
-    /// connection until `until_ms`; then it starts again from one
-    /// connection and grows by one per good transaction (what Gmail asks
-    /// after `421 4.7.28`). Connections already open finish what they
-    /// carry. `true` when it was not paused at `now_ms`: a change worth
-    /// telling.
+    /// A shaping rule's suspension of the destination's site from the
+    /// source `lane` (the receiver spoke about that IP): no connection
+    /// until `until_ms`; then it starts again from one connection and
+    /// grows by one per good transaction (what Gmail asks after `421
+    /// 4.7.28`). Connections already open finish what they carry. `true`
+    /// when it was not paused at `now_ms`: a change worth telling.
     pub fn suspend_site_of(
         &self,
         destination: &Destination,
+        lane: &Arc<str>,
         until_ms: u64,
         reason: String,
         now_ms: u64,
@@ -927,7 +998,8 @@ impl Queues {
         let mut table = self.lock();
         self.ensure(&mut table, destination);
         let name = table.map[destination].site.clone();
-        let changed = site_mut(&mut table.sites, &name).suspend(until_ms, reason, now_ms);
+        let changed =
+            site_mut(&mut table.sites, &name).suspend_lane(lane, until_ms, reason, now_ms);
         table.touch_members(&name);
         changed
     }
@@ -938,13 +1010,14 @@ impl Queues {
     pub fn throttle_site_of(
         &self,
         destination: &Destination,
+        lane: &Arc<str>,
         throttle: Throttle,
         now_ms: u64,
     ) -> bool {
         let mut table = self.lock();
         self.ensure(&mut table, destination);
         let name = table.map[destination].site.clone();
-        let changed = site_mut(&mut table.sites, &name).set_throttle(throttle, now_ms);
+        let changed = site_mut(&mut table.sites, &name).set_throttle(lane, throttle, now_ms);
         table.touch_members(&name);
         changed
     }
@@ -1031,6 +1104,9 @@ impl Queues {
             queue.paused_until_ms = queue.paused_until_ms.min(now_ms);
             if let Some(site) = sites.get_mut(&queue.site) {
                 site.paused_until_ms = site.paused_until_ms.min(now_ms);
+                for lane in site.lanes.values_mut() {
+                    lane.paused_until_ms = lane.paused_until_ms.min(now_ms);
+                }
             }
             touch(dirty, d, queue);
         }
@@ -1065,20 +1141,29 @@ impl Queues {
         out
     }
 
-    /// Per destination counts, sorted by destination.
+    /// Per destination counts, sorted by destination, now.
     pub fn summary(&self) -> Vec<DestinationSummary> {
-        let now_ms = crate::server::unix_ms();
+        self.summary_at(crate::server::unix_ms())
+    }
+
+    /// [`Queues::summary`] as of `now_ms` (what is in force then).
+    pub fn summary_at(&self, now_ms: u64) -> Vec<DestinationSummary> {
         let mut table = self.lock();
         let Table { map, sites, .. } = &mut *table;
         let mut out: Vec<_> = map
             .iter()
             .map(|(d, q)| {
                 let site = site_mut(sites, &q.site);
-                let cap = site.limit.min(site.connections_cap(now_ms));
-                let (paused_until_ms, suspended) = if q.paused_until_ms > site.paused_until_ms {
+                let cap: usize = q
+                    .lanes
+                    .iter()
+                    .map(|(lane, _)| site.limit(lane, now_ms))
+                    .sum();
+                let (site_paused, site_reason, throttle) = site.shown(now_ms);
+                let (paused_until_ms, suspended) = if q.paused_until_ms > site_paused {
                     (q.paused_until_ms, q.suspended.clone())
                 } else {
-                    (site.paused_until_ms, site.suspended.clone())
+                    (site_paused, site_reason)
                 };
                 DestinationSummary {
                     destination: d.to_string(),
@@ -1088,7 +1173,7 @@ impl Queues {
                     paused_until_ms,
                     suspended,
                     connections_limit: cap.min(q.shaping.connections_max.max(1)),
-                    throttle: site.throttle.clone(),
+                    throttle,
                     site: (*q.site != *d.as_str()).then(|| q.site.to_string()),
                 }
             })
@@ -1097,9 +1182,13 @@ impl Queues {
         out
     }
 
-    /// Per site counts and state, sorted by site.
+    /// Per site counts and state, sorted by site, now.
     pub fn sites(&self) -> Vec<SiteSummary> {
-        let now_ms = crate::server::unix_ms();
+        self.sites_at(crate::server::unix_ms())
+    }
+
+    /// [`Queues::sites`] as of `now_ms` (what is in force then).
+    pub fn sites_at(&self, now_ms: u64) -> Vec<SiteSummary> {
         let mut table = self.lock();
         let Table { map, sites, .. } = &mut *table;
         // A suspension that outlived its members has ended: forget it.
@@ -1119,17 +1208,26 @@ impl Queues {
                     .iter()
                     .filter(|d| map.get(*d).is_some_and(|q| q.starved))
                     .count();
+                let (paused_until_ms, suspended, throttle) = site.shown(now_ms);
+                let sources = site.lane_summaries(now_ms);
+                let connections_limit = if site.lanes.is_empty() {
+                    site.shaping.connections_max.max(1)
+                } else {
+                    let lanes: Vec<Arc<str>> = site.lanes.keys().cloned().collect();
+                    lanes.iter().map(|lane| site.limit(lane, now_ms)).sum()
+                };
                 SiteSummary {
                     site: name.to_string(),
                     domains: site.members.len(),
                     ready,
                     scheduled,
                     connections: site.connections,
-                    connections_limit: site.limit.min(site.connections_cap(now_ms)),
+                    connections_limit,
                     waiting,
-                    paused_until_ms: site.paused_until_ms,
-                    suspended: site.suspended.clone(),
-                    throttle: site.throttle.clone(),
+                    paused_until_ms,
+                    suspended,
+                    throttle,
+                    sources,
                 }
             })
             .collect();

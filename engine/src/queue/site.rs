@@ -1,11 +1,14 @@
 //! A site: where mail actually goes (a route's next hop, or the set of MX
 //! hosts several recipient domains share), and the shaping state that
-//! belongs to it rather than to any one domain: the connections open to
-//! it, the connection limit in force (halved by failures, raised by good
-//! transactions), a pause or an operator's or rule's suspension, a
-//! throttle, a message-rate bucket, and the members waiting for room.
+//! belongs to it rather than to any one domain. Receivers count per
+//! sending IP, so most of it is per site × egress source (a [`Lane`]):
+//! the connections, the limit in force (halved by failures, raised by
+//! good transactions), a rule's suspension or throttle. The site holds an
+//! operator's suspension, its message rate, its members and those
+//! waiting for room.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use crate::route::Destination;
 
@@ -82,21 +85,79 @@ impl Bucket {
     }
 }
 
+/// The lane of connections that leave from no particular source (no
+/// `[[pool]]`): the site is one lane.
+pub const DEFAULT_LANE: &str = "";
+
+/// The sources a destination's connections may leave from, with their
+/// weights: its pool's, or [`DEFAULT_LANE`] alone.
+pub type Lanes = Arc<[(Arc<str>, u32)]>;
+
+/// The state of a site × egress source: what a receiver counts per
+/// sending IP. Connections, the limit in force (halved by failures,
+/// raised by good transactions), a rule's suspension or throttle.
 #[derive(Debug)]
-pub(super) struct Site {
-    pub shaping: SiteShaping,
-    /// Open or opening, all members and shards together.
+pub(super) struct Lane {
     pub connections: usize,
-    /// The limit in force: `shaping.connections_max`, halved by each
-    /// failure, raised by one per good transaction.
     pub limit: usize,
     pub paused_until_ms: u64,
     /// Failures in a row; the pause doubles with each.
     pub failures: u32,
-    /// Why it is paused, when a shaping rule or an operator paused it.
+    /// Why it is paused, when a shaping rule paused it.
     pub suspended: Option<String>,
     pub throttle: Option<Throttle>,
+    /// A throttle's message rate.
     pub bucket: Bucket,
+}
+
+impl Lane {
+    fn new(connections_max: usize) -> Lane {
+        Lane {
+            connections: 0,
+            limit: connections_max.max(1),
+            paused_until_ms: 0,
+            failures: 0,
+            suspended: None,
+            throttle: None,
+            bucket: Bucket::default(),
+        }
+    }
+
+    fn throttle(&mut self, now_ms: u64) -> Option<&Throttle> {
+        if self.throttle.as_ref().is_some_and(|t| t.until_ms <= now_ms) {
+            self.throttle = None;
+        }
+        self.throttle.as_ref()
+    }
+
+    /// The most connections allowed now: the site's, or a throttle's.
+    fn cap(&mut self, connections_max: usize, now_ms: u64) -> usize {
+        let max = connections_max.max(1);
+        match self.throttle(now_ms).and_then(|t| t.connections_max) {
+            Some(cap) => cap.clamp(1, max),
+            None => max,
+        }
+    }
+
+    fn in_force(&self, now_ms: u64) -> bool {
+        self.paused_until_ms > now_ms || self.throttle.as_ref().is_some_and(|t| t.until_ms > now_ms)
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Site {
+    pub shaping: SiteShaping,
+    /// Open or opening, all lanes, members and shards together.
+    pub connections: usize,
+    /// A pause of the whole site (an operator's suspension).
+    pub paused_until_ms: u64,
+    pub suspended: Option<String>,
+    /// The site's message rate (`[[site]] message_rate_max`).
+    pub bucket: Bucket,
+    /// By source name ([`DEFAULT_LANE`] without a pool).
+    pub lanes: HashMap<Arc<str>, Lane>,
+    /// Turns of the weighted round of lanes.
+    pub round: u64,
     pub members: HashSet<Destination>,
     /// Members with ready mail that found no room, in the order they
     /// asked: the next connection freed goes to the first.
@@ -110,65 +171,124 @@ impl Site {
         Site {
             shaping,
             connections: 0,
-            limit: shaping.connections_max.max(1),
             paused_until_ms: 0,
-            failures: 0,
             suspended: None,
-            throttle: None,
             bucket: Bucket::full(shaping.message_rate_max),
+            lanes: HashMap::new(),
+            round: 0,
             members: HashSet::new(),
             starved: VecDeque::new(),
             idle: 0,
         }
     }
 
-    /// The throttle in force at `now_ms`, dropping an expired one.
-    pub(super) fn throttle(&mut self, now_ms: u64) -> Option<&Throttle> {
-        if self.throttle.as_ref().is_some_and(|t| t.until_ms <= now_ms) {
-            self.throttle = None;
+    pub(super) fn lane(&mut self, name: &Arc<str>) -> &mut Lane {
+        let max = self.shaping.connections_max;
+        self.lanes
+            .entry(name.clone())
+            .or_insert_with(|| Lane::new(max))
+    }
+
+    /// How many more connections the lane allows now.
+    pub(super) fn room(&mut self, lane: &Arc<str>, now_ms: u64) -> usize {
+        if self.paused_until_ms > now_ms {
+            return 0;
         }
-        self.throttle.as_ref()
+        let max = self.shaping.connections_max;
+        let Some(lane) = self.lanes.get_mut(lane) else {
+            return max.max(1);
+        };
+        if lane.paused_until_ms > now_ms {
+            return 0;
+        }
+        let cap = lane.cap(max, now_ms);
+        lane.limit.min(cap).saturating_sub(lane.connections)
     }
 
-    /// The most connections allowed now: the shaping's, or a throttle's.
-    pub(super) fn connections_cap(&mut self, now_ms: u64) -> usize {
-        let max = self.shaping.connections_max.max(1);
-        match self.throttle(now_ms).and_then(|t| t.connections_max) {
-            Some(cap) => cap.clamp(1, max),
-            None => max,
+    /// Whether any of `lanes` has room now.
+    pub(super) fn has_room(&mut self, lanes: &Lanes, now_ms: u64) -> bool {
+        lanes.iter().any(|(lane, _)| self.room(lane, now_ms) > 0)
+    }
+
+    /// The next lane with room, by the weights, in turn.
+    pub(super) fn pick(&mut self, lanes: &Lanes, now_ms: u64) -> Option<Arc<str>> {
+        let total: u64 = lanes.iter().map(|(_, w)| u64::from(*w).max(1)).sum();
+        let turn = self.round % total.max(1);
+        self.round = self.round.wrapping_add(1);
+        // The lane whose share holds this turn, then the ones after it.
+        let mut upto = 0;
+        let first = lanes
+            .iter()
+            .position(|(_, w)| {
+                upto += u64::from(*w).max(1);
+                turn < upto
+            })
+            .unwrap_or(0);
+        (0..lanes.len())
+            .map(|i| &lanes[(first + i) % lanes.len()].0)
+            .find(|lane| self.room(lane, now_ms) > 0)
+            .cloned()
+    }
+
+    /// Counts a connection opened in `lane`.
+    pub(super) fn open(&mut self, lane: &Arc<str>) {
+        self.connections += 1;
+        self.lane(lane).connections += 1;
+    }
+
+    /// Counts a connection of `lane` gone.
+    pub(super) fn close(&mut self, lane: &Arc<str>) {
+        self.connections = self.connections.saturating_sub(1);
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.connections = l.connections.saturating_sub(1);
         }
     }
 
-    /// How many more connections it allows now.
-    pub(super) fn room(&mut self, now_ms: u64) -> usize {
-        let cap = self.connections_cap(now_ms);
-        self.limit.min(cap).saturating_sub(self.connections)
+    /// The connection limit in force in `lane`.
+    pub(super) fn limit(&mut self, lane: &Arc<str>, now_ms: u64) -> usize {
+        let max = self.shaping.connections_max;
+        match self.lanes.get_mut(lane) {
+            Some(l) => l.limit.min(l.cap(max, now_ms)),
+            None => max.max(1),
+        }
     }
 
-    /// Messages per second allowed now; 0 = no limit.
-    pub(super) fn rate_cap(&mut self, now_ms: u64) -> u32 {
+    /// A token of the site's rate and of the lane's throttle, if any.
+    pub(super) fn take_token(&mut self, lane: &Arc<str>, now_ms: u64) -> Result<(), u64> {
         let rate = self.shaping.message_rate_max;
-        match self.throttle(now_ms).and_then(|t| t.message_rate_max) {
-            Some(cap) if rate == 0 => cap.max(1),
-            Some(cap) => cap.clamp(1, rate),
-            None => rate,
+        self.bucket.take(rate, now_ms)?;
+        let throttled = self
+            .lanes
+            .get_mut(lane)
+            .and_then(|l| l.throttle(now_ms).and_then(|t| t.message_rate_max));
+        if let Some(cap) = throttled {
+            let cap = if rate == 0 {
+                cap.max(1)
+            } else {
+                cap.clamp(1, rate)
+            };
+            if let Err(retry) = self.lane(lane).bucket.take(cap, now_ms) {
+                self.bucket.give_back();
+                return Err(retry);
+            }
         }
+        Ok(())
     }
 
-    pub(super) fn take_token(&mut self, now_ms: u64) -> Result<(), u64> {
-        let rate = self.rate_cap(now_ms);
-        self.bucket.take(rate, now_ms)
-    }
-
-    /// When its pause or throttle ends, if after `now_ms`.
+    /// When a pause or throttle (the site's or a lane's) ends, if after
+    /// `now_ms`.
     pub(super) fn next_due(&self, now_ms: u64) -> Option<u64> {
-        let paused = (self.paused_until_ms > now_ms).then_some(self.paused_until_ms);
-        let throttle = self
-            .throttle
-            .as_ref()
-            .map(|t| t.until_ms)
-            .filter(|until| *until > now_ms);
-        [paused, throttle].into_iter().flatten().min()
+        let site = (self.paused_until_ms > now_ms).then_some(self.paused_until_ms);
+        let lanes = self.lanes.values().flat_map(|l| {
+            let paused = (l.paused_until_ms > now_ms).then_some(l.paused_until_ms);
+            let throttle = l
+                .throttle
+                .as_ref()
+                .map(|t| t.until_ms)
+                .filter(|until| *until > now_ms);
+            [paused, throttle]
+        });
+        std::iter::once(site).chain(lanes).flatten().min()
     }
 
     /// No member, no connection, nothing in force: the table may forget
@@ -177,64 +297,174 @@ impl Site {
         self.members.is_empty()
             && self.connections == 0
             && self.paused_until_ms <= now_ms
-            && self.throttle.as_ref().is_none_or(|t| t.until_ms <= now_ms)
+            && !self.lanes.values().any(|l| l.in_force(now_ms))
     }
 
-    /// A connection failed: fewer connections and a pause that doubles
-    /// with each failure in a row.
-    pub(super) fn failed(&mut self, pause_ms: u64, pause_ms_max: u64, now_ms: u64) {
-        self.failures = self.failures.saturating_add(1);
-        self.limit = (self.limit / 2).max(1);
-        let factor = 1u64 << self.failures.saturating_sub(1).min(20);
+    /// Paused now for all lanes: the site's pause, or every lane's.
+    pub(super) fn paused(&self, lanes: &Lanes, now_ms: u64) -> bool {
+        self.paused_until_ms > now_ms
+            || lanes.iter().all(|(name, _)| {
+                self.lanes
+                    .get(name)
+                    .is_some_and(|l| l.paused_until_ms > now_ms)
+            })
+    }
+
+    /// A connection of `lane` failed: fewer connections and a pause that
+    /// doubles with each failure in a row.
+    pub(super) fn failed(
+        &mut self,
+        lane: &Arc<str>,
+        pause_ms: u64,
+        pause_ms_max: u64,
+        now_ms: u64,
+    ) {
+        let lane = self.lane(lane);
+        lane.failures = lane.failures.saturating_add(1);
+        lane.limit = (lane.limit / 2).max(1);
+        let factor = 1u64 << lane.failures.saturating_sub(1).min(20);
         let pause = pause_ms.saturating_mul(factor).min(pause_ms_max);
-        self.paused_until_ms = self.paused_until_ms.max(now_ms + pause);
+        lane.paused_until_ms = lane.paused_until_ms.max(now_ms + pause);
     }
 
-    /// A good transaction: one more connection allowed, failures forgotten.
-    pub(super) fn succeeded(&mut self, now_ms: u64) {
-        self.failures = 0;
-        if self.limit < self.connections_cap(now_ms) {
-            self.limit += 1;
+    /// A good transaction in `lane`: one more connection allowed, failures
+    /// forgotten.
+    pub(super) fn succeeded(&mut self, lane: &Arc<str>, now_ms: u64) {
+        let max = self.shaping.connections_max;
+        let lane = self.lane(lane);
+        lane.failures = 0;
+        if lane.limit < lane.cap(max, now_ms) {
+            lane.limit += 1;
         }
     }
 
-    /// No connection until `until_ms`, then one, growing by one per good
-    /// transaction. `true` when it was not paused at `now_ms`.
+    /// No connection in `lane` until `until_ms`, then one, growing by one
+    /// per good transaction. `true` when it was not paused at `now_ms`.
+    pub(super) fn suspend_lane(
+        &mut self,
+        lane: &Arc<str>,
+        until_ms: u64,
+        reason: String,
+        now_ms: u64,
+    ) -> bool {
+        let lane = self.lane(lane);
+        let was_paused = lane.paused_until_ms > now_ms;
+        if until_ms > lane.paused_until_ms {
+            lane.paused_until_ms = until_ms;
+            lane.suspended = Some(reason);
+        }
+        lane.limit = 1;
+        !was_paused
+    }
+
+    /// An operator's suspension of the whole site, every lane.
     pub(super) fn suspend(&mut self, until_ms: u64, reason: String, now_ms: u64) -> bool {
         let was_paused = self.paused_until_ms > now_ms;
         if until_ms > self.paused_until_ms {
             self.paused_until_ms = until_ms;
             self.suspended = Some(reason);
         }
-        self.limit = 1;
+        for lane in self.lanes.values_mut() {
+            lane.limit = 1;
+        }
         !was_paused
     }
 
     /// A later throttle replaces an earlier one. `true` when none was in
     /// force at `now_ms`.
-    pub(super) fn set_throttle(&mut self, throttle: Throttle, now_ms: u64) -> bool {
-        let was = self.throttle(now_ms).is_some();
+    pub(super) fn set_throttle(
+        &mut self,
+        lane: &Arc<str>,
+        throttle: Throttle,
+        now_ms: u64,
+    ) -> bool {
+        let lane = self.lane(lane);
+        let was = lane.throttle(now_ms).is_some();
         if let Some(cap) = throttle.connections_max {
-            self.limit = self.limit.min(cap.max(1));
+            lane.limit = lane.limit.min(cap.max(1));
         }
-        if self
+        if lane
             .throttle
             .as_ref()
             .is_none_or(|t| t.until_ms <= throttle.until_ms)
         {
-            self.throttle = Some(throttle);
+            lane.throttle = Some(throttle);
         }
         !was
     }
 
-    /// Full limits again (an operator's resume).
+    /// Full limits again, every lane (an operator's resume).
     pub(super) fn resume(&mut self) {
         self.paused_until_ms = 0;
         self.suspended = None;
-        self.throttle = None;
-        self.failures = 0;
-        self.limit = self.shaping.connections_max.max(1);
+        let max = self.shaping.connections_max.max(1);
+        for lane in self.lanes.values_mut() {
+            lane.paused_until_ms = 0;
+            lane.suspended = None;
+            lane.throttle = None;
+            lane.failures = 0;
+            lane.limit = max;
+        }
     }
+
+    /// The suspension (site's, else a lane's) and throttle to show.
+    pub(super) fn shown(&self, now_ms: u64) -> (u64, Option<String>, Option<Throttle>) {
+        if self.paused_until_ms > now_ms {
+            return (self.paused_until_ms, self.suspended.clone(), None);
+        }
+        let paused = self
+            .lanes
+            .values()
+            .filter(|l| l.paused_until_ms > now_ms)
+            .max_by_key(|l| l.paused_until_ms);
+        let throttle = self
+            .lanes
+            .values()
+            .filter_map(|l| l.throttle.clone())
+            .find(|t| t.until_ms > now_ms);
+        match paused {
+            Some(l) => (l.paused_until_ms, l.suspended.clone(), throttle),
+            None => (0, None, throttle),
+        }
+    }
+
+    /// Each named lane's state, for `baton site show`.
+    pub(super) fn lane_summaries(&mut self, now_ms: u64) -> Vec<LaneSummary> {
+        let max = self.shaping.connections_max;
+        let mut out: Vec<LaneSummary> = self
+            .lanes
+            .iter_mut()
+            .filter(|(name, _)| !name.is_empty())
+            .map(|(name, l)| LaneSummary {
+                source: name.to_string(),
+                connections: l.connections,
+                connections_limit: l.limit.min(l.cap(max, now_ms)),
+                paused_until_ms: if l.paused_until_ms > now_ms {
+                    l.paused_until_ms
+                } else {
+                    0
+                },
+                suspended: l.suspended.clone().filter(|_| l.paused_until_ms > now_ms),
+                throttle: l.throttle.clone().filter(|t| t.until_ms > now_ms),
+            })
+            .collect();
+        out.sort_by(|a, b| a.source.cmp(&b.source));
+        out
+    }
+}
+
+/// One site × source, as `GET /sites` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LaneSummary {
+    pub source: String,
+    pub connections: usize,
+    pub connections_limit: usize,
+    #[serde(default)]
+    pub paused_until_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
 }
 
 /// One site's state, as `GET /sites` and `baton site list` show it.
@@ -258,4 +488,7 @@ pub struct SiteSummary {
     pub suspended: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<Throttle>,
+    /// Per source, when its connections leave from a pool's sources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<LaneSummary>,
 }

@@ -15,6 +15,15 @@ fn waiter(conn: u64) -> Waiter {
     Waiter { shard: 0, conn }
 }
 
+fn lane() -> Arc<str> {
+    DEFAULT_LANE.into()
+}
+
+/// Open a connection to `d` from no particular source.
+fn open(d: Destination) -> Action {
+    Action::Open(d, lane())
+}
+
 fn three() -> SiteShaping {
     SiteShaping {
         connections_max: 3,
@@ -31,7 +40,7 @@ fn mx_queues() -> Queues {
 fn opens(actions: &[Action]) -> usize {
     actions
         .iter()
-        .filter(|a| matches!(a, Action::Open(_)))
+        .filter(|a| matches!(a, Action::Open(..)))
         .count()
 }
 
@@ -54,15 +63,15 @@ fn mx_rollup_puts_domains_with_the_same_mx_in_one_site_under_its_limit() {
     // The answers: all six share the MX hosts of one site of 3.
     let joined: Vec<bool> = domains
         .iter()
-        .map(|d| queues.join(d, "google", three(), 1))
+        .map(|d| queues.join(d, &lane(), "google", three(), 1))
         .collect();
     assert_eq!(joined, [true, true, true, false, false, false]);
     // The three refused close unused; the site stays at its limit.
     for d in &domains[3..] {
-        assert!(queues.closed(d, None, 2).is_empty(), "no room yet");
+        assert!(queues.closed(d, &lane(), None, 2).is_empty(), "no room yet");
     }
     assert_eq!(opens(&queues.plan(3)), 0);
-    let sites = queues.sites();
+    let sites = queues.sites_at(0);
     let google = sites.iter().find(|s| s.site == "google").unwrap();
     assert_eq!(
         (google.domains, google.connections, google.ready),
@@ -71,12 +80,12 @@ fn mx_rollup_puts_domains_with_the_same_mx_in_one_site_under_its_limit() {
     assert_eq!(google.waiting, 3, "{google:?}");
     // A connection of the site ends: the first domain in line gets it.
     assert_eq!(
-        queues.closed(&domains[0], None, 4),
-        [Action::Open(domains[3].clone())]
+        queues.closed(&domains[0], &lane(), None, 4),
+        [open(domains[3].clone())]
     );
     // The domain keeps its own row, naming its site.
     let row = queues
-        .summary()
+        .summary_at(0)
         .into_iter()
         .find(|s| s.destination == "d4.example")
         .unwrap();
@@ -91,6 +100,7 @@ fn an_idle_connection_makes_room_for_a_domain_in_line() {
     queues.push(&a, &[item(1, 0)], Status::Pending, 0);
     assert!(queues.join(
         &a,
+        &lane(),
         "site",
         SiteShaping {
             connections_max: 1,
@@ -108,6 +118,7 @@ fn an_idle_connection_makes_room_for_a_domain_in_line() {
     // finds no room.
     queues.join(
         &b,
+        &lane(),
         "site",
         SiteShaping {
             connections_max: 1,
@@ -123,8 +134,8 @@ fn an_idle_connection_makes_room_for_a_domain_in_line() {
     assert_eq!(queues.plan(1), [Action::Wake(waiter(1))]);
     assert_eq!(queues.take(&a, waiter(1), true, 1), Take::Leave);
     assert_eq!(
-        queues.closed(&a, Some(waiter(1)), 2),
-        [Action::Open(b.clone())]
+        queues.closed(&a, &lane(), Some(waiter(1)), 2),
+        [open(b.clone())]
     );
 }
 
@@ -133,18 +144,18 @@ fn a_learned_site_is_joined_at_once_the_next_time() {
     let queues = mx_queues();
     let d = Destination::new("d.example");
     queues.push(&d, &[item(1, 0)], Status::Pending, 0);
-    queues.join(&d, "big", SiteShaping::default(), 0);
+    queues.join(&d, &lane(), "big", SiteShaping::default(), 0);
     queues.take(&d, waiter(1), false, 0);
-    queues.closed(&d, None, 0);
+    queues.closed(&d, &lane(), None, 0);
     queues.plan(1);
-    assert!(queues.summary().is_empty(), "forgotten");
+    assert!(queues.summary_at(0).is_empty(), "forgotten");
     // Queued again: straight into its site, more than one connection.
     let mut opened = 0;
     for id in 2..12 {
         opened += opens(&queues.push(&d, &[item(id, 0)], Status::Pending, 2));
     }
     assert_eq!(opened, 10);
-    assert_eq!(queues.summary()[0].site.as_deref(), Some("big"));
+    assert_eq!(queues.summary_at(0)[0].site.as_deref(), Some("big"));
 }
 
 #[test]
@@ -156,21 +167,22 @@ fn a_site_suspension_holds_every_member_and_a_domain_pause_only_its_domain() {
     for (i, d) in [&a, &b, &c].into_iter().enumerate() {
         queues.join(
             d,
+            &lane(),
             if i < 2 { "google" } else { "other" },
             SiteShaping::default(),
             0,
         );
     }
     // A rule's suspension for a's site holds b too, not c.
-    assert!(queues.suspend_site_of(&a, 10_000, "421 4.7.28".into(), 0));
+    assert!(queues.suspend_site_of(&a, &lane(), 10_000, "421 4.7.28".into(), 0));
     let mut actions = Vec::new();
     for (i, d) in [&a, &b, &c].into_iter().enumerate() {
         actions.extend(queues.push(d, &[item(i as u64, 0)], Status::Pending, 1));
     }
     actions.extend(queues.plan(1));
-    assert_eq!(actions, [Action::Open(c.clone())]);
+    assert_eq!(actions, [open(c.clone())]);
     let google = queues
-        .sites()
+        .sites_at(0)
         .into_iter()
         .find(|s| s.site == "google")
         .unwrap();
@@ -179,15 +191,15 @@ fn a_site_suspension_holds_every_member_and_a_domain_pause_only_its_domain() {
     assert!(queues.resume("google"));
     assert_eq!(opens(&queues.plan(2)), 2);
     // A DNS failure of b pauses b alone.
-    queues.failed(&b, false, 5_000, 60_000, 3);
-    queues.closed(&b, None, 3);
-    queues.closed(&a, None, 3);
+    queues.failed(&b, &lane(), false, 5_000, 60_000, 3);
+    queues.closed(&b, &lane(), None, 3);
+    queues.closed(&a, &lane(), None, 3);
     let mut actions = queues.push(&a, &[item(10, 0)], Status::Pending, 4);
     actions.extend(queues.push(&b, &[item(11, 0)], Status::Pending, 4));
     actions.extend(queues.plan(4));
     assert!(!actions.is_empty());
     assert!(
-        actions.iter().all(|x| *x == Action::Open(a.clone())),
+        actions.iter().all(|x| *x == open(a.clone())),
         "b is paused: {actions:?}"
     );
     // An operator's suspension of a configured site before any mail.
@@ -199,10 +211,10 @@ fn a_site_suspension_holds_every_member_and_a_domain_pause_only_its_domain() {
     let y = Destination::new("y.example");
     named.push(&y, &[item(1, 0)], Status::Pending, 1);
     assert!(
-        !named.join(&y, "yahoo", SiteShaping::default(), 1),
+        !named.join(&y, &lane(), "yahoo", SiteShaping::default(), 1),
         "a suspended site takes no connection"
     );
-    named.closed(&y, None, 1);
+    named.closed(&y, &lane(), None, 1);
     assert_eq!(opens(&named.plan(2)), 0);
 }
 
@@ -222,7 +234,7 @@ fn pending_is_ready_and_deferred_is_scheduled() {
         next_attempt_ms: 5,
     };
     queues.push(&destination_of(b"c@y.org"), &[item(3, 0)], deferred, 0);
-    let summary = queues.summary();
+    let summary = queues.summary_at(0);
     assert_eq!(summary.len(), 2);
     assert_eq!((summary[0].ready, summary[0].scheduled), (2, 0));
     assert_eq!((summary[1].ready, summary[1].scheduled), (0, 1));
@@ -239,12 +251,12 @@ fn pushes_open_connections_up_to_the_limit() {
     let mut opened = 0;
     for id in 0..10 {
         for action in queues.push(&d, &[item(id, 0)], Status::Pending, 0) {
-            assert_eq!(action, Action::Open(d.clone()));
+            assert_eq!(action, open(d.clone()));
             opened += 1;
         }
     }
     assert_eq!(opened, 2);
-    assert_eq!(queues.summary()[0].connections, 2);
+    assert_eq!(queues.summary_at(0)[0].connections, 2);
 }
 
 #[test]
@@ -253,11 +265,7 @@ fn take_groups_one_message_and_idles_when_empty() {
     let d = destination_of(b"a@x.org");
     let one_message = [item(7, 0), item(7, 1), item(7, 2)];
     let actions = queues.push(&d, &one_message, Status::Pending, 0);
-    assert_eq!(
-        actions,
-        [Action::Open(d.clone())],
-        "one connection per message"
-    );
+    assert_eq!(actions, [open(d.clone())], "one connection per message");
     queues.push(&d, &[item(8, 0)], Status::Pending, 0);
     let Take::Batch(batch) = queues.take(&d, waiter(1), true, 0) else {
         panic!("expected a batch");
@@ -279,8 +287,8 @@ fn plan_promotes_due_recipients() {
     let d = destination_of(b"a@x.org");
     queues.schedule(&d, item(1, 0), 100);
     assert!(queues.plan(99).is_empty());
-    assert_eq!(queues.plan(100), [Action::Open(d.clone())]);
-    assert_eq!(queues.summary()[0].ready, 1);
+    assert_eq!(queues.plan(100), [open(d.clone())]);
+    assert_eq!(queues.summary_at(0)[0].ready, 1);
 }
 
 #[test]
@@ -292,8 +300,8 @@ fn failures_pause_and_halve_then_recover() {
     let queues = Queues::new(Box::new(move |_| shaping));
     let d = destination_of(b"a@x.org");
     queues.push(&d, &[item(1, 0)], Status::Pending, 0);
-    queues.failed(&d, true, 1000, 60_000, 0);
-    queues.closed(&d, None, 0);
+    queues.failed(&d, &lane(), true, 1000, 60_000, 0);
+    queues.closed(&d, &lane(), None, 0);
     for id in 2..20 {
         queues.push(&d, &[item(id, 0)], Status::Pending, 10);
     }
@@ -301,9 +309,9 @@ fn failures_pause_and_halve_then_recover() {
     let opened = queues.plan(1000).len();
     assert_eq!(opened, 4, "limit halved from 8");
     // A second failure doubles the pause.
-    queues.failed(&d, true, 1000, 60_000, 1000);
-    assert!(queues.summary()[0].paused_until_ms >= 3000);
-    queues.succeeded(&d, 1000);
+    queues.failed(&d, &lane(), true, 1000, 60_000, 1000);
+    assert!(queues.summary_at(0)[0].paused_until_ms >= 3000);
+    queues.succeeded(&d, &lane(), 1000);
 }
 
 #[test]
@@ -321,31 +329,34 @@ fn a_suspension_pauses_then_restarts_from_one_connection() {
     }
     assert_eq!(opened, 8);
     for _ in 0..opened {
-        queues.closed(&d, None, 0);
+        queues.closed(&d, &lane(), None, 0);
     }
-    assert!(queues.suspend_site_of(&d, 600_000, "421 4.7.28".into(), 0));
+    assert!(queues.suspend_site_of(&d, &lane(), 600_000, "421 4.7.28".into(), 0));
     assert!(
-        !queues.suspend_site_of(&d, 600_000, "421 4.7.28".into(), 1),
+        !queues.suspend_site_of(&d, &lane(), 600_000, "421 4.7.28".into(), 1),
         "already"
     );
     assert!(queues.plan(599_999).is_empty(), "suspended");
-    assert_eq!(queues.summary()[0].suspended.as_deref(), Some("421 4.7.28"));
+    assert_eq!(
+        queues.summary_at(0)[0].suspended.as_deref(),
+        Some("421 4.7.28")
+    );
     assert_eq!(queues.plan(600_000).len(), 1, "one connection after");
     // Each good transaction allows one more.
-    queues.succeeded(&d, 600_001);
+    queues.succeeded(&d, &lane(), 600_001);
     assert_eq!(queues.plan(600_001).len(), 1);
     // An operator lifts it all.
-    queues.suspend_site_of(&d, 900_000, "again".into(), 600_001);
+    queues.suspend_site_of(&d, &lane(), 900_000, "again".into(), 600_001);
     assert!(queues.resume("x.org"));
-    assert!(queues.summary()[0].suspended.is_none());
-    assert_eq!(queues.summary()[0].connections_limit, 8);
+    assert!(queues.summary_at(0)[0].suspended.is_none());
+    assert_eq!(queues.summary_at(0)[0].connections_limit, 8);
     assert!(!queues.resume("unknown.org"));
     // A suspension outlives an empty queue: an operator may suspend a
     // site before mail for it arrives.
     queues.suspend("quiet.org", 900_000, "operator".into(), 600_001);
     queues.plan(600_002);
     assert!(queues
-        .summary()
+        .summary_at(0)
         .iter()
         .any(|s| s.destination == "quiet.org"));
 }
@@ -369,8 +380,8 @@ fn a_sweep_visits_what_changed_and_what_came_due_and_nothing_else() {
     assert_eq!(
         actions,
         [
-            Action::Open(Destination::new("d0.example")),
-            Action::Open(Destination::new("d1.example"))
+            open(Destination::new("d0.example")),
+            open(Destination::new("d1.example"))
         ]
     );
     assert_eq!(queues.inner.lock().unwrap().due.len(), 98);
@@ -379,12 +390,12 @@ fn a_sweep_visits_what_changed_and_what_came_due_and_nothing_else() {
     queues.suspend("quiet.example", 5_000, "operator".into(), 1_010);
     queues.plan(1_011);
     assert!(queues
-        .summary()
+        .summary_at(0)
         .iter()
         .any(|s| s.destination == "quiet.example"));
     queues.plan(5_000);
     assert!(!queues
-        .summary()
+        .summary_at(0)
         .iter()
         .any(|s| s.destination == "quiet.example"));
 }
@@ -407,8 +418,8 @@ fn destinations_of_one_site_share_its_connections() {
     assert_eq!(opened, 3, "one site, three connections in all");
     // A connection of the site closes: the first domain in line takes it.
     assert_eq!(
-        queues.closed(&Destination::new("d0.routed"), None, 1),
-        [Action::Open(Destination::new("d3.routed"))]
+        queues.closed(&Destination::new("d0.routed"), &lane(), None, 1),
+        [open(Destination::new("d3.routed"))]
     );
     assert!(queues.plan(1).is_empty());
     // A destination outside the site is not held by it.
@@ -421,7 +432,7 @@ fn destinations_of_one_site_share_its_connections() {
     );
     assert_eq!(
         queues
-            .summary()
+            .summary_at(0)
             .iter()
             .find(|s| s.destination == "d5.routed")
             .unwrap()
@@ -441,6 +452,7 @@ fn a_throttle_caps_connections_and_rate_until_it_ends() {
     let d = destination_of(b"a@x.org");
     queues.throttle_site_of(
         &d,
+        &lane(),
         Throttle {
             until_ms: 10_000,
             connections_max: Some(2),
@@ -454,7 +466,7 @@ fn a_throttle_caps_connections_and_rate_until_it_ends() {
         opened += queues.push(&d, &[item(id, 0)], Status::Pending, 0).len();
     }
     assert_eq!(opened, 2, "capped at 2");
-    queues.succeeded(&d, 1);
+    queues.succeeded(&d, &lane(), 1);
     assert!(queues.plan(1).is_empty(), "the cap holds after a success");
     assert!(matches!(
         queues.take(&d, waiter(1), true, 1000),
@@ -465,8 +477,8 @@ fn a_throttle_caps_connections_and_rate_until_it_ends() {
         Take::RateLimited { .. }
     ));
     // After it ends, success raises the limit past the cap again.
-    queues.succeeded(&d, 10_000);
-    assert_eq!(queues.summary()[0].connections_limit, 3);
+    queues.succeeded(&d, &lane(), 10_000);
+    assert_eq!(queues.summary_at(0)[0].connections_limit, 3);
 }
 
 #[test]
@@ -508,7 +520,7 @@ fn remove_and_flush() {
     queues.schedule(&d, item(2, 0), 1_000_000);
     assert_eq!(queues.remove(QueueId(1)).len(), 2);
     assert_eq!(queues.flush(None, 5), 1);
-    assert_eq!(queues.summary()[0].ready, 1);
+    assert_eq!(queues.summary_at(0)[0].ready, 1);
 }
 
 #[test]
@@ -522,9 +534,9 @@ fn a_connection_with_nothing_left_carries_a_domain_waiting_in_line() {
     let b = Destination::new("b.example");
     let c = Destination::new("c.example");
     queues.push(&a, &[item(1, 0)], Status::Pending, 0);
-    assert!(queues.join(&a, "site", one, 0));
-    queues.join(&b, "site", one, 0);
-    queues.join(&c, "site", one, 0);
+    assert!(queues.join(&a, &lane(), "site", one, 0));
+    queues.join(&b, &lane(), "site", one, 0);
+    queues.join(&c, &lane(), "site", one, 0);
     // b and c wait in line for the site's one connection.
     assert!(queues
         .push(&b, &[item(2, 0)], Status::Pending, 0)
@@ -539,7 +551,7 @@ fn a_connection_with_nothing_left_carries_a_domain_waiting_in_line() {
     // b may not ride on it (say, another TLS policy); c may: the
     // connection is c's now, and b keeps its place in line.
     let mut asked = Vec::new();
-    let taken = queues.take_in_site(&a, waiter(1), true, 1, &mut |d| {
+    let taken = queues.take_in_site(&a, &lane(), waiter(1), true, 1, &mut |d| {
         asked.push(d.clone());
         *d == c
     });
@@ -547,7 +559,7 @@ fn a_connection_with_nothing_left_carries_a_domain_waiting_in_line() {
     assert_eq!(asked, [b.clone(), c.clone()]);
     let row = |d: &str| {
         queues
-            .summary()
+            .summary_at(0)
             .into_iter()
             .find(|s| s.destination == d)
             .unwrap()
@@ -561,12 +573,12 @@ fn a_connection_with_nothing_left_carries_a_domain_waiting_in_line() {
     );
     // Nothing may ride now: the connection leaves for b.
     assert_eq!(
-        queues.take_in_site(&c, waiter(1), true, 2, &mut |_| false),
+        queues.take_in_site(&c, &lane(), waiter(1), true, 2, &mut |_| false),
         Take::Leave
     );
     assert_eq!(
-        queues.closed(&c, Some(waiter(1)), 3),
-        [Action::Open(b.clone())]
+        queues.closed(&c, &lane(), Some(waiter(1)), 3),
+        [open(b.clone())]
     );
 }
 
@@ -579,23 +591,107 @@ fn a_domain_that_left_the_line_on_its_own_connection_gets_back_in_line() {
     };
     let a = Destination::new("a.example");
     let b = Destination::new("b.example");
-    queues.join(&a, "site", one, 0);
-    queues.join(&b, "site", one, 0);
+    queues.join(&a, &lane(), "site", one, 0);
+    queues.join(&b, &lane(), "site", one, 0);
     // a's one connection, and a second message that would want another:
     // a is in line for the full site.
-    assert_eq!(opens(&queues.push(&a, &[item(1, 0)], Status::Pending, 0)), 1);
+    assert_eq!(
+        opens(&queues.push(&a, &[item(1, 0)], Status::Pending, 0)),
+        1
+    );
     queues.push(&a, &[item(2, 0)], Status::Pending, 0);
     for _ in 0..2 {
-        assert!(matches!(queues.take(&a, waiter(1), true, 0), Take::Batch(_)));
+        assert!(matches!(
+            queues.take(&a, waiter(1), true, 0),
+            Take::Batch(_)
+        ));
     }
     // Its connection, with nothing left, finds only a itself in line.
-    assert_eq!(queues.take_in_site(&a, waiter(1), false, 1, &mut |_| true), Take::Idle);
-    assert_eq!(queues.closed(&a, None, 1), []);
+    assert_eq!(
+        queues.take_in_site(&a, &lane(), waiter(1), false, 1, &mut |_| true),
+        Take::Idle
+    );
+    assert_eq!(queues.closed(&a, &lane(), None, 1), []);
     // b takes the site's connection; a gets mail and must wait in line...
-    assert_eq!(opens(&queues.push(&b, &[item(3, 0)], Status::Pending, 2)), 1);
-    assert!(queues.push(&a, &[item(4, 0)], Status::Pending, 2).is_empty());
+    assert_eq!(
+        opens(&queues.push(&b, &[item(3, 0)], Status::Pending, 2)),
+        1
+    );
+    assert!(queues
+        .push(&a, &[item(4, 0)], Status::Pending, 2)
+        .is_empty());
     queues.plan(3);
     // ...and gets the connection b leaves.
-    assert!(matches!(queues.take(&b, waiter(2), true, 4), Take::Batch(_)));
-    assert_eq!(queues.closed(&b, Some(waiter(2)), 5), [Action::Open(a.clone())]);
+    assert!(matches!(
+        queues.take(&b, waiter(2), true, 4),
+        Take::Batch(_)
+    ));
+    assert_eq!(
+        queues.closed(&b, &lane(), Some(waiter(2)), 5),
+        [open(a.clone())]
+    );
+}
+
+#[test]
+fn limits_and_suspensions_hold_per_site_and_source() {
+    let lanes: Lanes = Arc::from([(Arc::from("ip1"), 1), (Arc::from("ip2"), 1)]);
+    let two = SiteShaping {
+        connections_max: 2,
+        message_rate_max: 0,
+    };
+    let queues = Queues::new(Box::new(|_| Shaping::default()))
+        .with_sites(
+            Box::new(move |_| SiteOf::Known("relay:25".into(), two)),
+            Box::new(|_| None),
+        )
+        .with_lanes(Box::new(move |_| lanes.clone()));
+    let d = Destination::new("d.example");
+    let mut opened: Vec<Action> = Vec::new();
+    for id in 0..10 {
+        opened.extend(queues.push(&d, &[item(id, 0)], Status::Pending, 0));
+    }
+    // Two connections from each source, in turn.
+    let from = |actions: &[Action], source: &str| {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Open(_, lane) if &**lane == source))
+            .count()
+    };
+    assert_eq!(
+        (from(&opened, "ip1"), from(&opened, "ip2")),
+        (2, 2),
+        "{opened:?}"
+    );
+    let site = &queues.sites_at(0)[0];
+    assert_eq!(site.connections_limit, 4);
+    assert_eq!(site.sources.len(), 2);
+    // The receiver tells ip1 to back off: ip1's connections close and
+    // open no more; ip2 goes on.
+    let ip1: Arc<str> = "ip1".into();
+    let ip2: Arc<str> = "ip2".into();
+    assert!(queues.suspend_site_of(&d, &ip1, 10_000, "421 4.7.28".into(), 1));
+    let mut actions = Vec::new();
+    for lane in [&ip1, &ip1, &ip2] {
+        actions.extend(queues.closed(&d, lane, None, 2));
+    }
+    actions.extend(queues.plan(3));
+    assert_eq!(
+        (from(&actions, "ip1"), from(&actions, "ip2")),
+        (0, 1),
+        "{actions:?}"
+    );
+    let site = &queues.sites_at(3)[0];
+    let shown: Vec<_> = site
+        .sources
+        .iter()
+        .map(|s| (s.source.as_str(), s.suspended.is_some()))
+        .collect();
+    assert_eq!(shown, [("ip1", true), ("ip2", false)]);
+    // After the suspension, ip1 comes back with one connection.
+    let actions = queues.plan(10_000);
+    assert_eq!(
+        (from(&actions, "ip1"), from(&actions, "ip2")),
+        (1, 0),
+        "{actions:?}"
+    );
 }

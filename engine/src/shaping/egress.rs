@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PoolConfig, SourceConfig};
 use crate::outbound::ClientConfig;
+use crate::queue::Lanes;
 
 /// The heaviest weight a pool entry may have: a bound on the counter's
 /// cycle, and more than any real ratio needs.
@@ -240,9 +241,25 @@ pub struct Pool {
     sources: Vec<(Arc<Source>, u64)>,
     total: u64,
     next: AtomicU64,
+    /// The sources' names and weights: the lanes of the queue
+    /// (`crate::queue`), where limits hold per site × source.
+    lanes: Lanes,
 }
 
 impl Pool {
+    /// Its sources by name, with their weights.
+    pub fn lanes(&self) -> Lanes {
+        self.lanes.clone()
+    }
+
+    /// Its source called `name`.
+    pub fn source_named(&self, name: &str) -> Option<&Arc<Source>> {
+        self.sources
+            .iter()
+            .map(|(source, _)| source)
+            .find(|source| source.name == name)
+    }
+
     /// The source for the next connection.
     pub fn pick(&self) -> Arc<Source> {
         let n = self.next.fetch_add(1, Ordering::Relaxed) % self.total;
@@ -382,11 +399,13 @@ fn source(config: &SourceConfig, base: &ClientConfig, state: WarmupState) -> Sou
 fn pool(config: &PoolConfig, sources: &HashMap<&str, Arc<Source>>) -> Pool {
     let mut upto = 0;
     let mut entries = Vec::new();
+    let mut lanes = Vec::new();
     for entry in &config.sources {
         let (name, weight) = parse_entry(entry).expect("validated");
         if let Some(source) = sources.get(name) {
             upto += u64::from(weight);
             entries.push((source.clone(), upto));
+            lanes.push((Arc::from(name), weight));
         }
     }
     Pool {
@@ -394,6 +413,7 @@ fn pool(config: &PoolConfig, sources: &HashMap<&str, Arc<Source>>) -> Pool {
         sources: entries,
         total: upto.max(1),
         next: AtomicU64::new(0),
+        lanes: lanes.into(),
     }
 }
 

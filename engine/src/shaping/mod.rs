@@ -23,6 +23,7 @@
 pub mod classify;
 pub mod egress;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -101,6 +102,7 @@ impl ShapingRules {
         &self,
         queues: &Queues,
         destination: &Destination,
+        lane: &Arc<str>,
         reply: &Reply,
         category: Category,
         now_ms: u64,
@@ -125,7 +127,7 @@ impl ShapingRules {
         let reason = format!("{}: {reply_line}", rule.name);
         let done = match rule.action {
             ShapingAction::Suspend => {
-                if !queues.suspend_site_of(destination, until_ms, reason.clone(), now_ms) {
+                if !queues.suspend_site_of(destination, lane, until_ms, reason.clone(), now_ms) {
                     return None;
                 }
                 format!("suspended for {}", humanize(rule.duration))
@@ -137,7 +139,7 @@ impl ShapingRules {
                     message_rate_max: rule.message_rate_max,
                     reason: reason.clone(),
                 };
-                if !queues.throttle_site_of(destination, throttle, now_ms) {
+                if !queues.throttle_site_of(destination, lane, throttle, now_ms) {
                     return None;
                 }
                 match rule.action {
@@ -224,6 +226,10 @@ mod tests {
         Queues::new(Box::new(|_| Shaping::default()))
     }
 
+    fn lane() -> Arc<str> {
+        crate::queue::DEFAULT_LANE.into()
+    }
+
     #[test]
     fn gmails_4_7_28_suspends_the_destination_for_ten_minutes() {
         let rules = ShapingRules::new(&[]).unwrap();
@@ -231,17 +237,17 @@ mod tests {
         let d = Destination::new("gmail.com");
         let reply = Reply::new(421, Some((4, 7, 28)), "unusual rate of unsolicited mail");
         let done = rules
-            .apply(&queues, &d, &reply, Category::RateLimited, 1_000)
+            .apply(&queues, &d, &lane(), &reply, Category::RateLimited, 1_000)
             .unwrap();
         assert!(
             done.starts_with("suspended for 10m (shipped rule 1: 421 4.7.28"),
             "{done}"
         );
-        assert_eq!(queues.summary()[0].paused_until_ms, 601_000);
+        assert_eq!(queues.summary_at(0)[0].paused_until_ms, 601_000);
         // A plain transient reply does nothing.
         let busy = Reply::new(451, Some((4, 3, 0)), "busy");
         assert!(rules
-            .apply(&queues, &d, &busy, Category::Transient, 1_000)
+            .apply(&queues, &d, &lane(), &busy, Category::Transient, 1_000)
             .is_none());
     }
 
@@ -257,7 +263,7 @@ mod tests {
             let queues = queues();
             let d = Destination::new("gmail.com");
             let reply = Reply::new(code, Some(enhanced), text);
-            let done = rules.apply(&queues, &d, &reply, category, 0).unwrap_or_default();
+            let done = rules.apply(&queues, &d, &lane(), &reply, category, 0).unwrap_or_default();
             assert!(done.starts_with("at most 1 connections for 1h"), "{code} {enhanced:?}: {done}");
         }
     }
@@ -276,7 +282,7 @@ mod tests {
         let reply = Reply::new(451, None, "please slow down");
         let here = Destination::new("mx.example.net");
         let done = rules
-            .apply(&queues, &here, &reply, Category::RateLimited, 0)
+            .apply(&queues, &here, &lane(), &reply, Category::RateLimited, 0)
             .unwrap();
         assert!(
             done.starts_with("at most 5 messages/s for 2m (shaping_rule[0]"),
@@ -285,7 +291,7 @@ mod tests {
         // Elsewhere the shipped rule for rate_limited applies instead.
         let there = Destination::new("example.org");
         let done = rules
-            .apply(&queues, &there, &reply, Category::RateLimited, 0)
+            .apply(&queues, &there, &lane(), &reply, Category::RateLimited, 0)
             .unwrap();
         assert!(done.contains("at most 1 connections"), "{done}");
     }

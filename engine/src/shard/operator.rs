@@ -95,7 +95,7 @@ impl Shard {
                         .map(|(d, _)| d.clone())
                         .unwrap_or_else(|| Destination::new(""));
                     let results = by_destination.into_iter().flat_map(|(_, r)| r).collect();
-                    self.settle_message(&destination, &record, results, None, None);
+                    self.settle_message(&destination, None, &record, results, None, None);
                 } else {
                     self.settle_removed(&record, &open);
                     let reply = Reply::new(250, None, "removed by the administrator");

@@ -44,6 +44,10 @@ use super::settle::reply_text;
 use super::token::{ConnKey, Token};
 use super::ShardMsg;
 
+/// An hour in milliseconds: a source that spent its warm-up rests until
+/// the next.
+const HOUR_MS: u64 = 3_600_000;
+
 mod tls;
 
 /// Addresses tried per connection before the destination counts as down
@@ -131,6 +135,9 @@ struct Current {
 pub(super) struct OutConn {
     key: ConnKey,
     destination: Destination,
+    /// The source it leaves from, by name: its lane in the queue's site
+    /// (`crate::queue::DEFAULT_LANE` without a pool).
+    lane: Arc<str>,
     stage: Stage,
     port: u16,
     fd: Option<OwnedFd>,
@@ -241,7 +248,7 @@ impl Shard {
         let mut work = std::collections::VecDeque::from(actions);
         while let Some(action) = work.pop_front() {
             match action {
-                Action::Open(destination) => work.extend(self.open_out(destination)),
+                Action::Open(destination, lane) => work.extend(self.open_out(destination, lane)),
                 Action::Wake(waiter) if waiter.shard == self.id => {
                     self.out_work(ConnKey::from_u64(waiter.conn));
                 }
@@ -256,29 +263,37 @@ impl Shard {
     /// When it cannot, returns what the queue says about the room it gave
     /// back.
     #[must_use]
-    fn open_out(&mut self, destination: Destination) -> Vec<Action> {
+    fn open_out(&mut self, destination: Destination, lane: Arc<str>) -> Vec<Action> {
+        let now_ms = unix_ms();
         if self.draining.is_some() {
-            return self.server.queues.closed(&destination, None, unix_ms());
+            return self.server.queues.closed(&destination, &lane, None, now_ms);
         }
         let Some(key) = self.outs.vacant() else {
-            return self.server.queues.closed(&destination, None, unix_ms());
+            return self.server.queues.closed(&destination, &lane, None, now_ms);
         };
         let (query, port, auth, pool) = match self.server.routes.route(&destination) {
             Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port, None, None),
             Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port, hop.auth, hop.pool),
         };
+        // The queue chose the source (the lane with room in the site).
         let source = match self.server.egress.pool(pool.as_deref()) {
             None => None,
-            Some(pool) => match pool.pick_allowed(unix_ms()) {
-                Some(source) => Some(source),
+            Some(pool) => match pool.source_named(&lane).filter(|s| s.allows(now_ms)) {
+                Some(source) => Some(source.clone()),
                 None => {
-                    // Every source of the pool has spent today's warm-up
-                    // allowance: the mail waits (deferred, never bounced)
-                    // and the next sweep asks again.
+                    // The source has spent its warm-up allowance: its lane
+                    // rests until the next hour (when an hourly or daily
+                    // count may start afresh); the pool's other sources
+                    // carry on, and mail no source may send waits
+                    // (deferred, never bounced).
                     if let Some(times) = self.logs.warmup_spent.hit() {
-                        tracing::info!(%destination, pool = %pool.name, times, "egress: no source of the pool may send now (warm-up)");
+                        tracing::info!(%destination, pool = %pool.name, source = %lane, times, "egress: the source may send no more now (warm-up)");
                     }
-                    return self.server.queues.closed(&destination, None, unix_ms());
+                    let next_hour = (now_ms / HOUR_MS + 1) * HOUR_MS;
+                    let reason = format!("warm-up: source {lane} spent its allowance");
+                    let queues = &self.server.queues;
+                    queues.suspend_site_of(&destination, &lane, next_hour, reason, now_ms);
+                    return queues.closed(&destination, &lane, None, now_ms);
                 }
             },
         };
@@ -296,6 +311,7 @@ impl Shard {
         self.outs.insert(OutConn {
             key,
             destination,
+            lane,
             messages_max,
             stage: Stage::Resolving,
             port,
@@ -425,11 +441,13 @@ impl Shard {
                         .server
                         .sites
                         .for_mx(hosts.iter().map(|h| h.name.as_str()));
-                    if !self
-                        .server
-                        .queues
-                        .join(&conn.destination, &site, shaping, unix_ms())
-                    {
+                    if !self.server.queues.join(
+                        &conn.destination,
+                        &conn.lane,
+                        &site,
+                        shaping,
+                        unix_ms(),
+                    ) {
                         tracing::debug!(destination = %domain, %site, "delivery: no room in the site for this connection");
                         return self.out_free(key);
                     }
@@ -943,9 +961,14 @@ impl Shard {
                 let conn = &*self.outs.get_mut(key).expect("present");
                 let server = &self.server;
                 let mut may_carry = |other: &Destination| may_carry(server, conn, other);
-                server
-                    .queues
-                    .take_in_site(&destination, waiter, !behind, now_ms, &mut may_carry)
+                server.queues.take_in_site(
+                    &destination,
+                    &conn.lane,
+                    waiter,
+                    !behind,
+                    now_ms,
+                    &mut may_carry,
+                )
             };
             if !matches!(taken, Take::Batch(_)) {
                 if let Some(source) = &source {
@@ -1068,16 +1091,18 @@ impl Shard {
         conn.current = conn.next.take();
         let destination = current.destination.clone();
         let host = conn.host_label();
+        let lane = conn.lane.clone();
         if per_recipient
             .iter()
             .any(|o| matches!(o, Outcome::Delivered(_)))
         {
-            self.server.queues.succeeded(&destination, unix_ms());
+            self.server.queues.succeeded(&destination, &lane, unix_ms());
         }
         let tls = conn.tls_info.clone();
         let results = current.sent.into_iter().zip(per_recipient).collect();
         self.settle_message(
             &destination,
+            Some(&lane),
             &current.record,
             results,
             host.as_deref(),
@@ -1095,9 +1120,10 @@ impl Shard {
         | CloseReason::HelloRefused(reply)
         | CloseReason::ServiceClosing(reply) = &reason
         {
-            if let Some(destination) = self.outs.get_mut(key).map(|c| c.destination.clone()) {
+            if let Some(conn) = self.outs.get_mut(key) {
+                let (destination, lane) = (conn.destination.clone(), conn.lane.clone());
                 let category = self.server.classifier.classify(reply);
-                self.listen(&destination, reply, category, now_ms);
+                self.listen(&destination, Some(&lane), reply, category, now_ms);
             }
         }
         let Some(conn) = self.outs.get_mut(key) else {
@@ -1196,9 +1222,14 @@ impl Shard {
             CloseReason::TlsFailed(_) => After::NextHop,
             CloseReason::ServiceClosing(_) => {
                 // The server is overloaded or going away: slow down.
-                self.server
-                    .queues
-                    .failed(&conn.destination, true, pause, pause_max, now_ms);
+                self.server.queues.failed(
+                    &conn.destination,
+                    &conn.lane,
+                    true,
+                    pause,
+                    pause_max,
+                    now_ms,
+                );
                 After::Close
             }
             _ => After::Close,
@@ -1234,6 +1265,7 @@ impl Shard {
         {
             // Ended mid-transaction without the client's word: later.
             let destination = current.destination.clone();
+            let lane = self.outs.get_mut(key).expect("present").lane.clone();
             let host = self.outs.get_mut(key).expect("present").host_label();
             let tls = self.outs.get_mut(key).expect("present").tls_info.clone();
             let reply = Reply::new(421, Some((4, 4, 2)), "connection lost");
@@ -1244,6 +1276,7 @@ impl Shard {
                 .collect();
             self.settle_message(
                 &destination,
+                Some(&lane),
                 &current.record,
                 results,
                 host.as_deref(),
@@ -1267,10 +1300,10 @@ impl Shard {
         let shard = self.id;
         if let Some(conn) = self.outs.remove(key) {
             let waiter = conn.waiter(shard);
-            let actions = self
-                .server
-                .queues
-                .closed(&conn.destination, Some(waiter), unix_ms());
+            let actions =
+                self.server
+                    .queues
+                    .closed(&conn.destination, &conn.lane, Some(waiter), unix_ms());
             self.act(actions);
         }
     }
@@ -1287,6 +1320,7 @@ impl Shard {
             return;
         };
         let destination = conn.destination.clone();
+        let lane = conn.lane.clone();
         conn.fd = None;
         let permanent = matches!(outcome, Outcome::Failed(_));
         let others = if permanent {
@@ -1294,7 +1328,7 @@ impl Shard {
         } else {
             self.server
                 .queues
-                .failed(&destination, site_wide, pause, pause_max, now_ms)
+                .failed(&destination, &lane, site_wide, pause, pause_max, now_ms)
         };
         tracing::warn!(
             destination = %destination,
@@ -1303,7 +1337,7 @@ impl Shard {
         );
         if others == 0 {
             let items = self.server.queues.drain_ready(&destination);
-            self.settle_items(&destination, items, &outcome);
+            self.settle_items(&destination, Some(&lane), items, &outcome);
         }
         self.out_free(key);
     }

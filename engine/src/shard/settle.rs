@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use baton_spool::{NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId, Record, Status};
 
@@ -47,6 +48,7 @@ impl Shard {
     pub(super) fn settle_items(
         &mut self,
         destination: &Destination,
+        lane: Option<&Arc<str>>,
         items: Vec<QueuedRecipient>,
         outcome: &Outcome,
     ) {
@@ -67,7 +69,7 @@ impl Shard {
                     })
                     .map(|i| (*i, outcome.clone()))
                     .collect();
-                self.settle_message(destination, &record, results, None, None);
+                self.settle_message(destination, lane, &record, results, None, None);
             }
             start = end;
         }
@@ -89,6 +91,7 @@ impl Shard {
     pub(super) fn settle_message(
         &mut self,
         destination: &Destination,
+        lane: Option<&Arc<str>>,
         record: &Record,
         results: Vec<(QueuedRecipient, Outcome)>,
         host: Option<&str>,
@@ -170,7 +173,7 @@ impl Shard {
                     note.reason = soft.then_some("soft_bounce");
                     let category = self.classify(reply);
                     note.category = Some(category);
-                    self.listen(destination, reply, category, now_ms);
+                    self.listen(destination, lane, reply, category, now_ms);
                     self.note(&note, reply, &text, now_ms);
                     self.server
                         .queues
@@ -186,7 +189,7 @@ impl Shard {
                     let category = self.classify(&reply);
                     note.category = Some(category);
                     if !expired {
-                        self.listen(destination, &reply, category, now_ms);
+                        self.listen(destination, lane, &reply, category, now_ms);
                     }
                     self.note(&note, &reply, &text, now_ms);
                     if !expired && classify::is_hard_bounce(&reply, category) {
@@ -235,15 +238,25 @@ impl Shard {
     pub(super) fn listen(
         &self,
         destination: &Destination,
+        lane: Option<&Arc<str>>,
         reply: &Reply,
         category: Category,
         now_ms: u64,
     ) {
+        // An operator's action or a local failure has no source to act on.
+        let Some(lane) = lane else {
+            return;
+        };
         let rules = &self.server.shaping_rules;
         // Logged when the state changes: once per suspension, however
         // many recipients the same reply defers.
-        if let Some(done) = rules.apply(&self.server.queues, destination, reply, category, now_ms) {
-            tracing::warn!(%destination, "shaping rule: {done}");
+        let queues = &self.server.queues;
+        if let Some(done) = rules.apply(queues, destination, lane, reply, category, now_ms) {
+            if lane.is_empty() {
+                tracing::warn!(%destination, "shaping rule: {done}");
+            } else {
+                tracing::warn!(%destination, source = %lane, "shaping rule: {done}");
+            }
         }
     }
 
