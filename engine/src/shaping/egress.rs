@@ -1,12 +1,12 @@
 //! Egress sources and pools: the local addresses delivery connections
 //! leave from, with the EHLO name each says, grouped into weighted pools.
 //!
-//! A connection takes one source from its route's pool (or `[delivery]
+//! A connection takes one source of its route's pool (or `[delivery]
 //! pool`) when it opens, binds the socket to that address before
-//! connecting, and sends that source's EHLO name. Pools spread
-//! connections by weight with a shared counter: of every `total` opens,
-//! each source gets exactly its weight, so `["a:3", "b:1"]` sends three
-//! connections from `a` for each from `b`, whichever shards open them.
+//! connecting, and sends that source's EHLO name. The queue chooses the
+//! source (`crate::queue`: limits and rules' actions hold per site ×
+//! source), in a weighted round of the sources with room, so `["a:3",
+//! "b:1"]` sends three connections from `a` for each from `b`.
 //!
 //! At start, each source's reverse DNS is checked ([`check_reverse_dns`]):
 //! its PTR must name a host that resolves back to the address (forward-
@@ -16,22 +16,22 @@
 //!
 //! Warm-up: a source with a `warmup` schedule sends at most so many
 //! messages a day, ramping up with the days since it first sent
-//! ([`Warmup`]); a pool skips a source whose allowance for today is spent,
-//! so traffic moves to the warmer ones, and when no source of the pool
-//! may send, no connection opens: the mail waits in its queue, deferred,
-//! never bounced. Days are UTC days. The counts are kept in
+//! ([`Warmup`]), and optionally so many an hour; a source whose allowance
+//! is spent rests until the next hour, so traffic moves to the warmer
+//! ones, and when no source of the pool may send, no connection opens:
+//! the mail waits in its queue, deferred, never bounced. Days are UTC
+//! days. The counts are kept in
 //! `<spool>/egress-warmup.json`, written by the housekeeper at most once a
 //! second, so a restart does not hand out a day's allowance twice.
 //!
-//! Not yet: limits per site × source (connections and rates are per
-//! destination), pools chosen by sender domain or user, hourly caps.
+//! Not yet: pools chosen by sender domain or user.
 
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -237,10 +237,7 @@ pub fn parse_step(entry: &str) -> Result<Step, String> {
 #[derive(Debug)]
 pub struct Pool {
     pub name: String,
-    /// Each source with the cumulative weight up to and including it.
-    sources: Vec<(Arc<Source>, u64)>,
-    total: u64,
-    next: AtomicU64,
+    sources: Vec<Arc<Source>>,
     /// The sources' names and weights: the lanes of the queue
     /// (`crate::queue`), where limits hold per site × source.
     lanes: Lanes,
@@ -254,37 +251,12 @@ impl Pool {
 
     /// Its source called `name`.
     pub fn source_named(&self, name: &str) -> Option<&Arc<Source>> {
-        self.sources
-            .iter()
-            .map(|(source, _)| source)
-            .find(|source| source.name == name)
-    }
-
-    /// The source for the next connection.
-    pub fn pick(&self) -> Arc<Source> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.total;
-        self.sources
-            .iter()
-            .find(|(_, upto)| n < *upto)
-            .map(|(source, _)| source.clone())
-            .expect("the cumulative weights reach the total")
-    }
-
-    /// The next source by weight whose warm-up allows a message now,
-    /// skipping the others; `None` when none may send.
-    pub fn pick_allowed(&self, now_ms: u64) -> Option<Arc<Source>> {
-        if self.sources.iter().all(|(s, _)| !s.allows(now_ms)) {
-            return None;
-        }
-        // At most a full cycle of the weights finds one.
-        (0..self.total)
-            .map(|_| self.pick())
-            .find(|s| s.allows(now_ms))
+        self.sources.iter().find(|source| source.name == name)
     }
 
     /// The pool's sources, for logs and checks.
     pub fn sources(&self) -> impl Iterator<Item = &Arc<Source>> {
-        self.sources.iter().map(|(s, _)| s)
+        self.sources.iter()
     }
 }
 
@@ -397,22 +369,18 @@ fn source(config: &SourceConfig, base: &ClientConfig, state: WarmupState) -> Sou
 }
 
 fn pool(config: &PoolConfig, sources: &HashMap<&str, Arc<Source>>) -> Pool {
-    let mut upto = 0;
     let mut entries = Vec::new();
     let mut lanes = Vec::new();
     for entry in &config.sources {
         let (name, weight) = parse_entry(entry).expect("validated");
         if let Some(source) = sources.get(name) {
-            upto += u64::from(weight);
-            entries.push((source.clone(), upto));
+            entries.push(source.clone());
             lanes.push((Arc::from(name), weight));
         }
     }
     Pool {
         name: config.name.clone(),
         sources: entries,
-        total: upto.max(1),
-        next: AtomicU64::new(0),
         lanes: lanes.into(),
     }
 }
@@ -611,17 +579,22 @@ mod tests {
         };
         let egress = Egress::new(&config, &base, None);
         let pool = egress.pool(None).unwrap();
-        let picks: Vec<String> = (0..8).map(|_| pool.pick().name.clone()).collect();
-        assert_eq!(picks, ["a", "a", "a", "b", "a", "a", "a", "b"]);
-        let a = pool.pick();
-        assert_eq!(a.client.helo_name, "a.example");
-        let _ = pool.pick();
-        let _ = pool.pick();
+        let lanes: Vec<(String, u32)> = pool
+            .lanes()
+            .iter()
+            .map(|(n, w)| (n.to_string(), *w))
+            .collect();
+        assert_eq!(lanes, [("a".to_owned(), 3), ("b".to_owned(), 1)]);
         assert_eq!(
-            pool.pick().client.helo_name,
+            pool.source_named("a").unwrap().client.helo_name,
+            "a.example"
+        );
+        assert_eq!(
+            pool.source_named("b").unwrap().client.helo_name,
             "relay.example",
             "b has no ehlo of its own"
         );
+        assert!(pool.source_named("c").is_none());
         assert!(egress.pool(Some("nope")).is_none());
     }
 
