@@ -129,6 +129,9 @@ enum UserAction {
         /// One-click unsubscribe links in the user's single-recipient mail ([unsubscribe]).
         #[arg(long)]
         unsubscribe: bool,
+        /// The [[pool]] the user's mail leaves from. None: [[sender_pool]], the route's, the default.
+        #[arg(long)]
+        pool: Option<String>,
     },
     /// Set a user's password.
     Passwd { name: String },
@@ -796,6 +799,7 @@ fn user(action: UserAction, config_path: Option<&Path>) -> Result<(), String> {
             recipients_per_message_max,
             dkim_domains,
             unsubscribe,
+            pool,
         } => {
             baton::auth::users::check_name(&name).map_err(|e| format!("user name: {e}"))?;
             let dkim_domains: Vec<String> = dkim_domains
@@ -832,6 +836,7 @@ fn user(action: UserAction, config_path: Option<&Path>) -> Result<(), String> {
                     recipients_per_message_max,
                     dkim_domains,
                     unsubscribe,
+                    pool,
                 },
             };
             let users = edit::apply(&path, Change::Add(&user))?;

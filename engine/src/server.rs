@@ -30,7 +30,7 @@ use crate::queue::{QueuedRecipient, Queues, Shaping, SiteOf};
 use crate::route::sites::SiteTable;
 use crate::route::{destination_of, Destination, NextHop, Route, Routes};
 use crate::shaping::classify::Classifier;
-use crate::shaping::egress::Egress;
+use crate::shaping::egress::{Egress, SenderPools};
 use crate::shaping::ShapingRules;
 use crate::shard::{self, ShardHandle, ShardLink};
 use crate::tls::mta_sts::{MtaSts, MtaStsConfig};
@@ -124,6 +124,8 @@ pub struct Server {
     pub shaping_rules: ShapingRules,
     /// Local addresses and pools delivery leaves from.
     pub egress: Egress,
+    /// `[[sender_pool]]`: pools by MAIL FROM domain.
+    pub sender_pools: SenderPools,
     /// What `POST /reload` runs (SIGHUP's reload); set by whoever started
     /// the server and knows its configuration file.
     pub reload_hook: std::sync::OnceLock<ReloadHook>,
@@ -363,6 +365,22 @@ pub fn start(config: Config) -> Result<Running> {
     if config.spool.sync == baton_spool::SyncMode::None {
         tracing::warn!("spool sync = \"none\": acknowledged mail is LOST on power failure; for benchmarks only");
     }
+    let verifier = match &config.auth.users {
+        Some(path) => {
+            let users = Users::load(path).map_err(|err| Error::Auth(err.to_string()))?;
+            tracing::info!(users = users.len(), file = %path.display(), "SMTP AUTH users loaded");
+            for user in users.iter() {
+                if let Some(pool) = &user.policy.pool {
+                    if !config.pools.iter().any(|p| p.name == *pool) {
+                        tracing::warn!(user = %user.name, %pool, "users file: no [[pool]] has this name; the user's mail leaves from the route's or the default pool");
+                    }
+                }
+            }
+            Some(Verifier::start(users, &config.auth))
+        }
+        None => None,
+    };
+    let sender_pools = SenderPools::new(&config);
     let (spool, recovered) = Spool::open(spool_config).map_err(Error::Spool)?;
     // The configuration was checked: its [[site]] tables are good.
     let sites = Arc::new(
@@ -387,7 +405,14 @@ pub fn start(config: Config) -> Result<Running> {
             recipient: pending.recipient,
             attempts: 0,
         };
-        queues.restore(&destination_of(rcpt.address), item, pending.status);
+        let pool = sender_pool(
+            &sender_pools,
+            verifier.as_ref(),
+            message.identity,
+            message.reverse_path,
+        );
+        let destination = destination_of(rcpt.address).with_pool(pool);
+        queues.restore(&destination, item, pending.status);
     }
     tracing::info!(
         recipients = recovered.pending.len(),
@@ -414,14 +439,6 @@ pub fn start(config: Config) -> Result<Running> {
         .iter()
         .map(|l| l.tls_mode(&config.tls))
         .collect();
-    let verifier = match &config.auth.users {
-        Some(path) => {
-            let users = Users::load(path).map_err(|err| Error::Auth(err.to_string()))?;
-            tracing::info!(users = users.len(), file = %path.display(), "SMTP AUTH users loaded");
-            Some(Verifier::start(users, &config.auth))
-        }
-        None => None,
-    };
     // One budget for every listener's sessions: the memory is the server's.
     let data_budget = DataBudget::new(config.limits.data_in_flight_max);
     let keys = Keys::load(&config.dkim, &config.dkim_defaults)
@@ -515,6 +532,7 @@ pub fn start(config: Config) -> Result<Running> {
         signing,
         classifier,
         shaping_rules,
+        sender_pools,
         egress: Egress::new(
             &config,
             &client_config(&config),
@@ -585,8 +603,27 @@ fn log_suppression_changes(events: Arc<EventLog>) -> crate::policy::suppression:
 /// `[shaping] connections_max` connections (a `*` smart host gets that
 /// many in all, not that many per recipient domain). MX delivery: no site
 /// yet (MX rollup is to come), each domain its own.
-/// The sources a destination's connections leave from: its route's pool
-/// (or `[delivery] pool`), by name and weight; none: the default lane.
+/// The pool a message's sender chose: its user's (the users file), else
+/// its MAIL FROM domain's (`[[sender_pool]]`); `None`: the route's or
+/// the default. `user` is the authenticated name the spool keeps.
+pub fn sender_pool(
+    pools: &SenderPools,
+    verifier: Option<&Verifier>,
+    user: &[u8],
+    reverse_path: &[u8],
+) -> Option<Arc<str>> {
+    let by_user = (!user.is_empty())
+        .then(|| verifier?.user_pool(std::str::from_utf8(user).ok()?))
+        .flatten();
+    match by_user {
+        Some(pool) => Some(pool.into()),
+        None => pools.for_sender(reverse_path),
+    }
+}
+
+/// The sources a destination's connections leave from: the pool its
+/// sender chose, else its route's, else `[delivery] pool`, by name and
+/// weight; none: the default lane.
 fn route_lanes(config: &Config) -> crate::queue::LanesFor {
     let routes = routes(config);
     let pools: HashMap<String, crate::queue::Lanes> = config
@@ -604,11 +641,13 @@ fn route_lanes(config: &Config) -> crate::queue::LanesFor {
         .collect();
     let default_pool = config.delivery.pool.clone();
     Box::new(move |destination| {
-        let pool = match routes.route(destination) {
-            Route::NextHop(hop) => hop.pool,
-            Route::Mx { .. } => None,
-        }
-        .or_else(|| default_pool.clone());
+        let chosen = destination.pool().map(str::to_owned);
+        let pool = chosen
+            .or_else(|| match routes.route(destination) {
+                Route::NextHop(hop) => hop.pool,
+                Route::Mx { .. } => None,
+            })
+            .or_else(|| default_pool.clone());
         pool.and_then(|name| pools.get(&name).cloned())
             .filter(|lanes| !lanes.is_empty())
             .unwrap_or_else(crate::queue::default_lanes)

@@ -284,3 +284,59 @@ fn a_receivers_4_7_28_suspends_the_site_for_the_source_it_spoke_to() {
         "every message from the source not suspended: {sources:?}\n{list}"
     );
 }
+
+/// A sender domain chooses its pool (`[[sender_pool]]`): the same
+/// recipient domain gets mail from two senders, each leaving from its
+/// own pool's source.
+#[test]
+fn a_sender_domain_chooses_its_pool() {
+    let sink = Sink::start("127.0.0.2", &[]);
+    let pools = "[[pool]]\nname = \"only-a\"\nsources = [\"a\"]\n\n\
+                 [[pool]]\nname = \"only-b\"\nsources = [\"b\"]\n\n\
+                 [[sender_pool]]\ndomain = \".news.test\"\npool = \"only-b\"\n";
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        delivery: vec!["pool = \"only-a\"".into()],
+        extra_toml: format!("{EGRESS}\n{pools}\n{}", route("dest.test", sink.addr)),
+        ..TestConfig::default()
+    });
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    for (i, from) in ["app@shop.test", "promo@mail.news.test", "app@shop.test"]
+        .iter()
+        .enumerate()
+    {
+        let reply = smtp.send_message(
+            from,
+            &[&format!("r{i}@dest.test")],
+            &format!("Subject: {i}\r\n\r\nhi\r\n"),
+        );
+        assert_eq!(reply.code, 250);
+    }
+    server.wait_until("3 messages delivered", || sink.count() >= 3);
+    wait_queue_empty(&mut server);
+    let report = sink.stop();
+    let sources = report["sources"].as_object().expect("sources");
+    let count = |key: &str| sources.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    assert_eq!(count("127.0.0.4 a.mta.test"), 2, "{sources:?}");
+    assert_eq!(count("127.0.0.5 b.mta.test"), 1, "{sources:?}");
+}
+
+#[test]
+fn a_sender_pool_naming_no_pool_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.toml");
+    std::fs::write(
+        &path,
+        format!("{EGRESS}\n[[sender_pool]]\ndomain = \"news.test\"\npool = \"nope\"\n"),
+    )
+    .unwrap();
+    let out = Command::new(baton_bin())
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("sender_pool[0].pool"), "{err}");
+}

@@ -207,6 +207,9 @@ fn new_table(user: &User) -> Table {
     if policy.unsubscribe {
         table["unsubscribe"] = toml_edit::value(true);
     }
+    if let Some(pool) = &policy.pool {
+        table["pool"] = toml_edit::value(pool.as_str());
+    }
     table
 }
 
@@ -290,6 +293,7 @@ mod tests {
             recipients_per_message_max: Some(10),
             dkim_domains: vec!["example.com".into()],
             unsubscribe: true,
+            pool: Some("bulk".into()),
         };
         let users = apply(&path, Change::Add(&user("app1", policy.clone()))).unwrap();
         assert_eq!(users.get("app1").unwrap().policy, policy);

@@ -10,6 +10,7 @@
 //! recipients_per_message_max = 100                   # optional; none = [limits]
 //! dkim_domains = ["example.com"]                     # optional; none = any it may send from
 //! unsubscribe = true                                 # optional; one-click links in its mail
+//! pool = "transactional"                             # optional; the [[pool]] its mail leaves from
 //! ```
 //!
 //! Unknown keys, duplicate names and unknown hash schemes are errors naming
@@ -72,6 +73,9 @@ pub struct UserPolicy {
     /// One-click unsubscribe links in the user's single-recipient mail,
     /// scope `user:<name>` (`[unsubscribe]` must be on).
     pub unsubscribe: bool,
+    /// The `[[pool]]` the user's mail leaves from; `None`: the sender
+    /// domain's (`[[sender_pool]]`), the route's or the default.
+    pub pool: Option<String>,
 }
 
 impl UserPolicy {
@@ -122,6 +126,8 @@ struct UserEntry {
     dkim_domains: Vec<String>,
     #[serde(default)]
     unsubscribe: bool,
+    #[serde(default)]
+    pool: Option<String>,
 }
 
 /// The whole file.
@@ -160,6 +166,7 @@ impl Users {
                     .map(|d| d.to_ascii_lowercase())
                     .collect(),
                 unsubscribe: entry.unsubscribe,
+                pool: entry.pool.filter(|p| !p.is_empty()),
             };
             users.by_name.insert(entry.name.clone(), users.users.len());
             users.users.push(User {
@@ -278,7 +285,7 @@ mod tests {
             "# users\n\n[[user]]\nname = \"app1\"\npassword = \"HASH\"\n\
              sender_domains = [\"Example.COM\", \".example.com\"]\n\
              messages_per_hour = 10000\nrecipients_per_message_max = 100\n\
-             dkim_domains = [\"Example.com\"]\nunsubscribe = true\n\n\
+             dkim_domains = [\"Example.com\"]\nunsubscribe = true\npool = \"bulk\"\n\n\
              [[user]]\nname = \"app2@example.org\"\npassword = \"HASH\"\n",
         )
         .unwrap();
@@ -295,6 +302,7 @@ mod tests {
                 recipients_per_message_max: Some(100),
                 dkim_domains: vec!["example.com".into()],
                 unsubscribe: true,
+                pool: Some("bulk".into()),
             }
         );
         assert_eq!(

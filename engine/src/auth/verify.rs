@@ -219,6 +219,13 @@ impl Verifier {
 
     /// Replaces the users (a reload). Cached verifications of a user whose
     /// hash changed no longer match.
+    /// The `[[pool]]` the user's mail leaves from, if the users file
+    /// names one.
+    pub fn user_pool(&self, name: &str) -> Option<String> {
+        let users = self.shared.users.load();
+        users.get(name).and_then(|user| user.policy.pool.clone())
+    }
+
     pub fn replace_users(&self, users: Users) {
         self.shared.users.store(Arc::new(users));
     }
@@ -534,6 +541,37 @@ mod tests {
             check(&verifier, "app", "two"),
             Verdict::Accepted(_)
         ));
+    }
+
+    #[test]
+    fn a_users_pool_comes_before_its_sender_domains_and_others_have_none() {
+        let hash = hash_password(b"x");
+        let text = format!(
+            "[[user]]\nname = \"bulk\"\npassword = \"{hash}\"\npool = \"marketing\"\n\n\
+             [[user]]\nname = \"plain\"\npassword = \"{hash}\"\n"
+        );
+        let verifier = Verifier::start(
+            Users::parse(&text, "users.toml").unwrap(),
+            &config(Duration::ZERO),
+        );
+        let config = crate::config::Config::parse(
+            "[[source]]\nname = \"s\"\naddress = \"127.0.0.4\"\n\
+             [[pool]]\nname = \"marketing\"\nsources = [\"s\"]\n\
+             [[pool]]\nname = \"news\"\nsources = [\"s\"]\n\
+             [[sender_pool]]\ndomain = \"news.example\"\npool = \"news\"\n",
+            "test",
+        )
+        .unwrap();
+        let pools = crate::shaping::egress::SenderPools::new(&config);
+        let pool = |user: &str, from: &str| {
+            crate::server::sender_pool(&pools, Some(&verifier), user.as_bytes(), from.as_bytes())
+                .map(|p| p.to_string())
+        };
+        assert_eq!(pool("bulk", "a@news.example").as_deref(), Some("marketing"));
+        assert_eq!(pool("plain", "a@news.example").as_deref(), Some("news"));
+        assert_eq!(pool("", "a@NEWS.example").as_deref(), Some("news"));
+        assert_eq!(pool("", "a@other.example"), None);
+        assert_eq!(pool("", ""), None);
     }
 
     #[test]

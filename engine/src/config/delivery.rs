@@ -232,6 +232,16 @@ pub struct SiteConfig {
     pub message_rate_max: Option<u32>,
 }
 
+/// `[[sender_pool]]`: mail from a sender domain leaves from a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderPoolConfig {
+    /// The MAIL FROM domain: `"example.com"`, or `".example.com"` for its
+    /// subdomains.
+    pub domain: String,
+    pub pool: String,
+}
+
 /// `[[pool]]`: sources with weights; a connection leaves from one of
 /// them, chosen in proportion to the weights.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

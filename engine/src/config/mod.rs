@@ -44,7 +44,8 @@ use toml::de::DeTable;
 pub use auth::{AuthConfig, ListenerAuth};
 pub use delivery::{
     DeliveryConfig, DestinationConfig, DnsConfig, NextHop, PoolConfig, RouteConfig, Secret,
-    Shaping, ShapingAction, ShapingRuleConfig, SiteConfig, SourceConfig, TlsPolicy,
+    SenderPoolConfig, Shaping, ShapingAction, ShapingRuleConfig, SiteConfig, SourceConfig,
+    TlsPolicy,
 };
 
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
@@ -82,6 +83,9 @@ pub struct Config {
     /// `[[pool]]` tables: weighted sources; none by default.
     #[serde(rename = "pool", default)]
     pub pools: Vec<PoolConfig>,
+    /// `[[sender_pool]]` tables: pools by MAIL FROM domain; none by default.
+    #[serde(rename = "sender_pool", default)]
+    pub sender_pools: Vec<SenderPoolConfig>,
     /// `[[site]]` tables: sites by MX host name patterns, before the
     /// shipped ones (`crate::route::sites`).
     #[serde(rename = "site", default)]
@@ -609,11 +613,12 @@ mod tests {
     /// The arrays of tables that are empty by default, so `DEFAULT_CONFIG`
     /// shows them only as commented-out examples; the only fields with a
     /// serde default (and, in `[[destination]]`, the optional keys).
-    const COMMENTED_ARRAY_TABLES: [&str; 8] = [
+    const COMMENTED_ARRAY_TABLES: [&str; 9] = [
         "tls.sni",
         "route",
         "destination",
         "site",
+        "sender_pool",
         "shaping_rule",
         "source",
         "pool",
@@ -683,6 +688,19 @@ mod tests {
                 message_rate_max: Some(50),
                 tls: Some(TlsPolicy::Required),
                 mta_sts: Some(false),
+            }]
+        );
+        let sender = commented_example("sender_pool");
+        let c = parse(&format!(
+            "[[source]]\nname = \"ip1\"\naddress = \"192.0.2.10\"\n\
+             [[pool]]\nname = \"bulk\"\nsources = [\"ip1\"]\n{sender}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.sender_pools,
+            [SenderPoolConfig {
+                domain: "news.example.com".into(),
+                pool: "bulk".into(),
             }]
         );
         let site = commented_example("site");

@@ -217,6 +217,11 @@ fn egress(config: &Config) -> Result<(), Invalid> {
             known(format!("route[{i}].pool"), name)?;
         }
     }
+    for (i, sender) in config.sender_pools.iter().enumerate() {
+        known(format!("sender_pool[{i}].pool"), &sender.pool)?;
+        crate::auth::users::check_sender_domain(&sender.domain.to_ascii_lowercase())
+            .map_err(|m| invalid(format!("sender_pool[{i}].domain"), m))?;
+    }
     Ok(())
 }
 

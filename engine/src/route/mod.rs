@@ -17,26 +17,59 @@ use crate::outbound::Credentials;
 
 pub mod sites;
 
-/// The unit of queueing and traffic shaping.
+/// The unit of queueing: a recipient domain, and the `[[pool]]` its
+/// sender chose, if one did (`[[sender_pool]]`, a user's `pool`): mail
+/// of one domain from two pools waits in two queues, each leaving from
+/// its own pool's sources.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Destination(String);
+pub struct Destination {
+    domain: String,
+    pool: Option<Arc<str>>,
+}
 
 impl Destination {
+    /// The recipient domain.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.domain
+    }
+
+    /// The pool the sender chose; `None`: the route's or the default.
+    pub fn pool(&self) -> Option<&str> {
+        self.pool.as_deref()
+    }
+
+    /// The same domain, for mail whose sender chose `pool`.
+    pub fn with_pool(mut self, pool: Option<Arc<str>>) -> Destination {
+        self.pool = pool;
+        self
     }
 }
 
+/// `domain`, or `domain/pool` when the sender chose a pool.
 impl fmt::Display for Destination {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match &self.pool {
+            None => f.write_str(&self.domain),
+            Some(pool) => write!(f, "{}/{pool}", self.domain),
+        }
     }
 }
 
 impl Destination {
-    /// A destination by name (already lowercase).
+    /// A destination by name (already lowercase): `domain` or
+    /// `domain/pool`, as it is displayed.
     pub fn new(name: impl Into<String>) -> Destination {
-        Destination(name.into())
+        let name = name.into();
+        match name.split_once('/') {
+            Some((domain, pool)) if !pool.is_empty() => Destination {
+                domain: domain.to_owned(),
+                pool: Some(pool.into()),
+            },
+            _ => Destination {
+                domain: name,
+                pool: None,
+            },
+        }
     }
 }
 
@@ -124,7 +157,10 @@ pub fn destination_of(address: &[u8]) -> Destination {
         Some(at) => &address[at + 1..],
         None => &[][..],
     };
-    Destination(String::from_utf8_lossy(domain).to_ascii_lowercase())
+    Destination {
+        domain: String::from_utf8_lossy(domain).to_ascii_lowercase(),
+        pool: None,
+    }
 }
 
 #[cfg(test)]

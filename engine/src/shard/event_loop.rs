@@ -1008,6 +1008,13 @@ impl Shard {
             recipients: &recipients,
             body: &message.body,
         };
+        // The pool its sender chose, if any: its recipients queue apart.
+        let pool = crate::server::sender_pool(
+            &self.server.sender_pools,
+            self.server.verifier.as_ref(),
+            record.identity,
+            &message.reverse_path,
+        );
         match self.writer.append_message(&record) {
             Ok(appended) => {
                 self.stores.push_back(PendingStore {
@@ -1018,7 +1025,9 @@ impl Shard {
                         .recipients
                         .iter()
                         .enumerate()
-                        .map(|(i, r)| (destination_of(&r.address), i as u32))
+                        .map(|(i, r)| {
+                            (destination_of(&r.address).with_pool(pool.clone()), i as u32)
+                        })
                         .collect(),
                     size: message.body.len(),
                     sender: String::from_utf8_lossy(&message.reverse_path).into_owned(),

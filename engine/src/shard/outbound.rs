@@ -275,6 +275,8 @@ impl Shard {
             Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port, None, None),
             Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port, hop.auth, hop.pool),
         };
+        // The sender's choice of pool comes first.
+        let pool = destination.pool().map(str::to_owned).or(pool);
         // The queue chose the source (the lane with room in the site).
         let source = match self.server.egress.pool(pool.as_deref()) {
             None => None,
@@ -1443,7 +1445,7 @@ impl Shard {
 /// connection, which asks).
 fn may_carry(server: &Server, conn: &OutConn, other: &Destination) -> bool {
     let route = server.routes.route(&conn.destination);
-    if route != server.routes.route(other) {
+    if route != server.routes.route(other) || conn.destination.pool() != other.pool() {
         return false;
     }
     let config = &server.config;
