@@ -13,7 +13,8 @@
 //! first to last message) and the median ratio rollup / single. A third
 //! argument sets each site's connections in the rollup runs (default 20,
 //! as the single site has: ten sites then open ten times as many); 2
-//! gives both runs the same 20 connections in all.
+//! gives both runs the same 20 connections in all. A fourth sets the
+//! single site's (default 20): 200 gives both runs 200.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,11 +112,12 @@ fn main() {
     let count: u64 = args.next().map_or(50_000, |a| a.parse().expect("count"));
     let pairs: usize = args.next().map_or(3, |a| a.parse().expect("pairs"));
     let site_connections: usize = args.next().map_or(20, |a| a.parse().expect("connections"));
+    let single_connections: usize = args.next().map_or(20, |a| a.parse().expect("connections"));
     let mut ratios = Vec::new();
     println!("| run | domains | sites | delivered | msg/s | sink connections peak |");
     println!("|---|---|---|---|---|---|");
     for pair in 1..=pairs {
-        let single = run(count, false, 20);
+        let single = run(count, false, single_connections);
         println!(
             "| {pair} single | 1 | 1 | {} | {:.0} | {} |",
             single.messages, single.rate, single.peak
