@@ -19,6 +19,9 @@ pub enum Error {
     Auth(String),
     #[error("dkim: {0}")]
     Dkim(String),
+    /// `[log] events` cannot be opened for appending.
+    #[error("event log: {0}")]
+    Events(String),
     /// `[admin] token_file` cannot be used, or is missing off loopback.
     #[error("{0}")]
     AdminToken(String),

@@ -545,6 +545,11 @@ fn check_config(file: &Path) -> Result<(), String> {
             println!("warning: {}: {warning}", file.display());
         }
     }
+    // And the event log's place.
+    if let Some(path) = &config.log.events {
+        baton::delivery::events::check_path(path)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     // And the operator's bounce classification rules.
     if let Some(path) = &config.delivery.classify_rules {
         baton::shaping::classify::Classifier::load(Some(path))?;

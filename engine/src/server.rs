@@ -454,12 +454,8 @@ pub fn start(config: Config) -> Result<Running> {
         .collect();
     let resolver = Resolver::start(resolver_config(&config)).map_err(Error::Listen)?;
     let events = match &config.log.events {
-        Some(path) => EventLog::open(path).map_err(|err| {
-            Error::Listen(io::Error::new(
-                err.kind(),
-                format!("event log {}: {err}", path.display()),
-            ))
-        })?,
+        Some(path) => EventLog::open(path)
+            .map_err(|err| Error::Events(format!("{}: {err}", path.display())))?,
         None => EventLog::disabled(),
     };
     let events = Arc::new(events);

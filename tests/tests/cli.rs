@@ -337,3 +337,33 @@ fn flush_delete_and_bounce_act_on_deferred_recipients() {
         assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
     }
 }
+
+/// A log filter that would log nothing, and an event log that cannot be
+/// written, are found by `check-config`, not at start.
+#[test]
+fn check_config_refuses_a_bad_log_filter_and_event_log_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.toml");
+    std::fs::write(&path, "[log]\nlevel = \"verbose!!\"\n").unwrap();
+    assert_refused(&path, 2, "log.level", "a level");
+    std::fs::write(
+        &path,
+        "[log]\nevents = \"/nonexistent/baton/events.jsonl\"\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check_config(&path);
+    assert!(
+        !ok && stderr.contains("log.events") && stderr.contains("no such directory"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "[log]\nevents = \"{}/events.jsonl\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check_config(&path);
+    assert!(ok, "{stderr}");
+}

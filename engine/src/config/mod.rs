@@ -394,7 +394,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`; a relative
+    /// `spool.path` is taken from the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with_warnings(path).map(|(config, _)| config)
     }
@@ -405,7 +406,14 @@ impl Config {
         let origin = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(&origin, &e))?;
-        Config::parse_with_warnings(&text, &origin)
+        let (mut config, warnings) = Config::parse_with_warnings(&text, &origin)?;
+        // A relative spool path means beside the file, not wherever the
+        // server happens to be started from (systemd starts it in `/`).
+        if config.spool.path.is_relative() {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            config.spool.path = dir.unwrap_or(Path::new(".")).join(&config.spool.path);
+        }
+        Ok((config, warnings))
     }
 
     /// Parses and validates `text`, laid over the defaults; `origin` (a file
@@ -628,6 +636,22 @@ mod tests {
     /// Deserialized without the merge, so a key missing from
     /// `DEFAULT_CONFIG` fails here (no field has a serde default but
     /// [`COMMENTED_ARRAY_TABLES`]).
+    #[test]
+    fn a_relative_spool_path_is_beside_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.toml");
+        std::fs::write(&path, "[spool]\npath = \"spool\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().spool.path,
+            dir.path().join("spool")
+        );
+        std::fs::write(&path, "[spool]\npath = \"/var/spool/baton\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().spool.path,
+            Path::new("/var/spool/baton")
+        );
+    }
+
     #[test]
     fn default_config_has_every_key() {
         let strict: Config = toml::from_str(DEFAULT_CONFIG).unwrap();

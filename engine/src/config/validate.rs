@@ -135,11 +135,42 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
             "at most 7 days: a longer pause is an operator's decision (baton site suspend)",
         ));
     }
-    if let Err(error) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
-        return Err(invalid(
-            "log.level",
-            format!("not a tracing filter directive: {error}"),
-        ));
+    log(&config.log)?;
+    Ok(())
+}
+
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// `[log]`: a filter made of levels and `target=level` directives (a
+/// typo must not leave the server logging nothing).
+fn log(log: &crate::config::LogConfig) -> Result<(), Invalid> {
+    let level_ok = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    let target_ok = |t: &str| {
+        let t = t.trim();
+        !t.is_empty()
+            && t.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    for directive in log.level.split(',').filter(|d| !d.trim().is_empty()) {
+        let ok = match directive.split_once('=') {
+            Some((target, level)) => target_ok(target) && level_ok(level),
+            None => level_ok(directive),
+        };
+        if !ok {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{directive:?}: a level ({}) or target=level, such as \"baton=debug\"",
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+    }
+    if log.level.trim().is_empty() {
+        return Err(invalid("log.level", "empty: \"info\" is the default"));
     }
     Ok(())
 }
@@ -1557,7 +1588,16 @@ mod tests {
 
     #[test]
     fn log_level_is_a_filter() {
-        rejects("[log]\nlevel = \"baton=loud\"\n", "log.level", 2, "filter");
+        rejects(
+            "[log]\nlevel = \"baton=loud\"\n",
+            "log.level",
+            2,
+            "target=level",
+        );
+        // A word that is no level passed as a target and logged nothing.
+        rejects("[log]\nlevel = \"verbose!!\"\n", "log.level", 2, "a level");
+        rejects("[log]\nlevel = \"verbose\"\n", "log.level", 2, "a level");
         Config::parse("log.level = \"baton=debug,warn\"", "t").unwrap();
+        Config::parse("log.level = \"INFO\"", "t").unwrap();
     }
 }

@@ -283,6 +283,25 @@ pub struct EventLog {
     dropped: Arc<AtomicU64>,
 }
 
+/// Whether the event log `path` could be opened for appending: its
+/// directory exists and is writable, and it is not a directory. What
+/// `check-config` asks, so a bad path is found before `baton run`.
+pub fn check_path(path: &Path) -> Result<(), String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(format!("log.events: {}: no such directory", dir.display()));
+    }
+    if path.is_dir() {
+        return Err(format!("log.events: {}: a directory", path.display()));
+    }
+    let readonly = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.permissions().readonly());
+    if readonly(path) || (!path.exists() && readonly(dir)) {
+        return Err(format!("log.events: {}: not writable", path.display()));
+    }
+    Ok(())
+}
+
 impl EventLog {
     /// Opens `path` (created if missing, appended to) and starts the
     /// writer thread.

@@ -440,7 +440,7 @@ impl Session {
         }
         // RFC 5321 §4.5.3.1.4: too long. Answered now, and the rest of the
         // line skipped as it comes, so memory stays bounded.
-        if self.count_command() {
+        if self.count_command(b"") {
             self.state = State::DiscardLine;
             self.refuse(replies::LINE_TOO_LONG);
         }
@@ -457,9 +457,16 @@ impl Session {
         }
     }
 
-    /// Counts a command; past `commands_per_session_max` the session closes
-    /// and the command is not run.
-    fn count_command(&mut self) -> bool {
+    /// Counts a command outside a transaction's MAIL, RCPT, DATA and BDAT
+    /// (so an injector that keeps its connection for millions of messages
+    /// is never cut off, while a client that loops on NOOP, RSET or VRFY
+    /// is); past `commands_per_session_max` the session closes and the
+    /// command is not run.
+    fn count_command(&mut self, line: &[u8]) -> bool {
+        let verb = line.get(..4).map(<[u8]>::to_ascii_uppercase);
+        if matches!(verb.as_deref(), Some(b"MAIL" | b"RCPT" | b"DATA" | b"BDAT")) {
+            return true;
+        }
         self.commands = self.commands.saturating_add(1);
         if self.commands > self.config.limits.commands_per_session_max {
             let reply = closing::too_many_commands(&self.config.hostname);
@@ -471,7 +478,7 @@ impl Session {
 
     /// One command line, LF included.
     fn command_line(&mut self, raw: &[u8], ctx: &mut dyn SessionContext) {
-        if !self.count_command() {
+        if !self.count_command(raw) {
             return;
         }
         let line = raw.strip_suffix(b"\n").unwrap_or(raw);

@@ -152,6 +152,28 @@ fn too_many_errors() {
 }
 
 #[test]
+fn transactions_do_not_count_as_commands() {
+    // A persistent injector: one EHLO, then message after message.
+    let mut config = SessionConfig::new(HOSTNAME);
+    config.limits.commands_per_session_max = 2;
+    let mut driver = Driver::with_config(config, true);
+    driver.feed(b"EHLO c.example\r\n");
+    for _ in 0..5 {
+        driver.feed(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<d@e.example>\r\nDATA\r\n");
+        driver.feed(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+    }
+    // EHLO and one NOOP are two commands; the next is one too many.
+    driver.feed(b"NOOP\r\nNOOP\r\n");
+    driver.collect();
+    let out = driver.output();
+    assert_eq!(out.matches("354 ").count(), 5, "{out}");
+    assert!(
+        out.ends_with("250 2.0.0 Ok\r\n421 4.7.0 mx.example.net Error: too many commands\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
 fn too_many_commands() {
     let mut config = SessionConfig::new(HOSTNAME);
     config.limits.commands_per_session_max = 2;
