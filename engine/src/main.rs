@@ -440,6 +440,8 @@ fn reload(
     config_path: Option<&Path>,
     by: &str,
 ) -> Result<String, String> {
+    // A rotated event log is opened again whatever becomes of the rest.
+    server.events.reopen();
     let Some(path) = config_path else {
         tracing::info!("{by}: running on built-in defaults; nothing to reload");
         return Err("running on built-in defaults: there is no file to reload".into());

@@ -282,3 +282,87 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     assert_eq!(senders.count(), 1);
     drop(dest.stop());
 }
+
+/// Both logrotate styles: `mv` alone (baton notices the file moved), and
+/// `mv` with a new file and SIGHUP (`create` with `postrotate`); and
+/// `copytruncate`. Every message's `delivered` line is in one file or the
+/// other, none twice, none lost.
+#[test]
+fn the_event_log_follows_logrotate() {
+    let sink = Sink::start("127.0.0.2", &[]);
+    let events = EventLog::new();
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: route("rotate.test", sink.addr) + &events.toml(),
+        ..TestConfig::default()
+    });
+    let send = |server: &Baton, from: usize, to: usize| {
+        let mut smtp = server.connect();
+        smtp.ehlo("client.test");
+        for i in from..to {
+            let reply = smtp.send_message(
+                "alice@sender.test",
+                &[&format!("r{i}@rotate.test")],
+                "Subject: r\r\n\r\nhi\r\n",
+            );
+            assert_eq!(reply.code, 250);
+        }
+    };
+    let path = events.path().to_owned();
+    let delivered_in = |p: &Path| {
+        read_log(p)
+            .iter()
+            .filter(|l| l["event"] == "delivered")
+            .count()
+    };
+    send(&server, 0, 10);
+    server.wait_until("10 delivered events", || delivered_in(&path) == 10);
+    // mv alone.
+    let first = path.with_extension("1");
+    std::fs::rename(&path, &first).unwrap();
+    send(&server, 10, 20);
+    server.wait_until("the log written again at its path", || path.exists());
+    // mv, a new file, SIGHUP.
+    server.wait_until("20 delivered events", || {
+        delivered_in(&first) + delivered_in(&path) == 20
+    });
+    let second = path.with_extension("2");
+    std::fs::rename(&path, &second).unwrap();
+    std::fs::File::create(&path).unwrap();
+    server.signal("HUP");
+    send(&server, 20, 30);
+    let total = || delivered_in(&first) + delivered_in(&second) + delivered_in(&path);
+    server.wait_until("30 delivered events", || total() == 30);
+    // copytruncate: the file is copied, then emptied in place.
+    let third = path.with_extension("3");
+    std::fs::copy(&path, &third).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    send(&server, 30, 40);
+    wait_queue_empty(&mut server);
+    let all = || {
+        [&first, &second, &third, &path]
+            .iter()
+            .flat_map(|p| read_log(p))
+            .filter(|l| l["event"] == "delivered")
+            .map(|l| l["recipient"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    server.wait_until("40 delivered events", || all().len() >= 40);
+    let mut recipients = all();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(recipients.len(), 40, "every message's line, once");
+    assert_eq!(all().len(), 40, "none twice");
+    let (status, metrics) = server.admin_request("GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("baton_events_dropped_total 0"),
+        "{metrics}"
+    );
+    assert!(server.is_running(), "SIGHUP must not end baton");
+}

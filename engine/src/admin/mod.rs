@@ -521,6 +521,11 @@ fn metrics(server: &Server) -> String {
             load(&m.recipients_suppressed),
         ),
         (
+            "baton_events_dropped_total",
+            "Delivery events lost: the event log's writer fell behind or the file refused them.",
+            server.events.dropped(),
+        ),
+        (
             "baton_unsubscribes_total",
             "One-click unsubscribes honoured (RFC 8058 POSTs with a valid link).",
             load(&m.unsubscribes),

@@ -18,14 +18,22 @@
 //! [`EventLog::dropped`] and lost, never waited for. The writer batches
 //! lines through a buffer and flushes within [`FLUSH_INTERVAL`] of the
 //! oldest unflushed line, and everything on drop.
+//!
+//! Rotation: the writer opens the file again on SIGHUP
+//! ([`EventLog::reopen`]) and, checked every [`REOPEN_CHECK`], when the
+//! path no longer names the file it writes (`mv` by logrotate without a
+//! `postrotate`); `copytruncate` needs nothing, the file being opened for
+//! appending. Dropped events are reported at WARN, at most once per
+//! check, with how many.
 
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write as _};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -46,6 +54,9 @@ pub const EVENTS_QUEUED_MAX: usize = 65_536;
 /// reaches the file: short enough for an operator's `tail -f` to feel
 /// live, long enough that a busy log costs about ten writes a second.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the writer looks whether the file was moved away (or a
+/// reopen asked for), and reports dropped events.
+pub const REOPEN_CHECK: Duration = Duration::from_secs(1);
 /// The writer's buffer: a flush is one `write` of up to this much.
 const FILE_BUFFER_BYTES: usize = 64 * 1024;
 /// A typical line fits without the vector growing.
@@ -281,6 +292,8 @@ pub struct EventLog {
     writer: Option<JoinHandle<()>>,
     /// Events lost: channel full, or the file refused them.
     dropped: Arc<AtomicU64>,
+    /// Asks the writer to open the file again (SIGHUP).
+    reopen: Arc<AtomicBool>,
 }
 
 /// Whether the event log `path` could be opened for appending: its
@@ -309,15 +322,27 @@ impl EventLog {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let (sender, receiver) = crossbeam_channel::bounded(EVENTS_QUEUED_MAX);
         let dropped = Arc::new(AtomicU64::new(0));
+        let reopen = Arc::new(AtomicBool::new(false));
         let writer = thread::Builder::new().name("baton-events".into()).spawn({
-            let dropped = Arc::clone(&dropped);
-            move || write_lines(&receiver, file, &dropped)
+            let target = Target {
+                path: path.to_owned(),
+                dropped: Arc::clone(&dropped),
+                reopen: Arc::clone(&reopen),
+            };
+            move || write_lines(&receiver, file, &target)
         })?;
         Ok(EventLog {
             lines: Some(sender),
             writer: Some(writer),
             dropped,
+            reopen,
         })
+    }
+
+    /// Has the writer open the file again, by its path, within
+    /// [`REOPEN_CHECK`] (SIGHUP after a rotation).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     /// A log that writes nothing: the configuration asks for none.
@@ -326,6 +351,7 @@ impl EventLog {
             lines: None,
             writer: None,
             dropped: Arc::new(AtomicU64::new(0)),
+            reopen: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -391,25 +417,80 @@ impl Drop for EventLog {
     }
 }
 
+/// Where the writer writes, and what it watches.
+struct Target {
+    path: PathBuf,
+    dropped: Arc<AtomicU64>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Target {
+    /// Whether the path no longer names `file` (renamed or deleted).
+    fn moved(&self, file: &File) -> bool {
+        let Ok(open) = file.metadata() else {
+            return false;
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(now) => (now.dev(), now.ino()) != (open.dev(), open.ino()),
+            Err(_) => true,
+        }
+    }
+}
+
 /// The writer thread: appends lines until the channel closes, flushing
 /// within [`FLUSH_INTERVAL`] of the first line written since the last
-/// flush, and once more at the end.
-fn write_lines(lines: &Receiver<Vec<u8>>, file: File, dropped: &AtomicU64) {
+/// flush, and once more at the end; every [`REOPEN_CHECK`] it opens the
+/// file again if asked or moved, and reports dropped events.
+fn write_lines(lines: &Receiver<Vec<u8>>, file: File, target: &Target) {
+    let dropped = &*target.dropped;
     let mut out = BufWriter::with_capacity(FILE_BUFFER_BYTES, file);
     // When the oldest unflushed line must reach the file.
     let mut flush_deadline: Option<Instant> = None;
+    let mut next_check = Instant::now() + REOPEN_CHECK;
+    let mut dropped_reported = 0;
     // Log the first of a run of errors, not each.
     let mut failing = false;
     loop {
-        let received = match flush_deadline {
-            None => lines.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(deadline) => lines.recv_deadline(deadline),
-        };
+        let deadline = flush_deadline.map_or(next_check, |d| d.min(next_check));
+        let received = lines.recv_deadline(deadline);
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + REOPEN_CHECK;
+            let asked = target.reopen.swap(false, Ordering::Relaxed);
+            if asked || target.moved(out.get_ref()) {
+                flush(&mut out, &mut failing);
+                flush_deadline = None;
+                match OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&target.path)
+                {
+                    Ok(file) => {
+                        out = BufWriter::with_capacity(FILE_BUFFER_BYTES, file);
+                        failing = false;
+                        tracing::info!(path = %target.path.display(), "event log: opened again");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, path = %target.path.display(), "event log: cannot open again; writing on to the old file");
+                    }
+                }
+            }
+            let now_dropped = dropped.load(Ordering::Relaxed);
+            if now_dropped > dropped_reported {
+                tracing::warn!(
+                    dropped = now_dropped - dropped_reported,
+                    total = now_dropped,
+                    "event log: events dropped (the writer fell behind or the file refused them)"
+                );
+                dropped_reported = now_dropped;
+            }
+        }
         let line = match received {
             Ok(line) => line,
             Err(RecvTimeoutError::Timeout) => {
-                flush(&mut out, &mut failing);
-                flush_deadline = None;
+                if flush_deadline.is_some_and(|d| Instant::now() >= d) {
+                    flush(&mut out, &mut failing);
+                    flush_deadline = None;
+                }
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
@@ -624,6 +705,65 @@ mod tests {
         assert!(std::fs::read_to_string(&path).unwrap().ends_with('\n'));
     }
 
+    /// Waits (polling, bounded) until `path` holds a line for `queue_id`.
+    fn wait_for_line(path: &Path, queue_id: &str) {
+        let started = Instant::now();
+        while !std::fs::read_to_string(path).is_ok_and(|t| t.contains(queue_id)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{queue_id} never reached {}",
+                path.display()
+            );
+            thread::sleep(FLUSH_INTERVAL / 4);
+        }
+    }
+
+    #[test]
+    fn a_log_moved_away_is_opened_again_and_a_reopen_asked_for_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let log = EventLog::open(&path).unwrap();
+        log.record(&Event::new(EventKind::Received, 0, "q1"));
+        wait_for_line(&path, "q1");
+        // logrotate without postrotate: mv, and nothing tells baton.
+        let rotated = dir.path().join("events.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        let started = Instant::now();
+        let mut n = 2;
+        // Lines written before the writer looks go to the moved file;
+        // within a check or two a new file takes them.
+        while !path.exists() {
+            log.record(&Event::new(EventKind::Received, 0, &format!("q{n}")));
+            n += 1;
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never opened again"
+            );
+            thread::sleep(FLUSH_INTERVAL);
+        }
+        log.record(&Event::new(EventKind::Received, 0, "after-mv"));
+        wait_for_line(&path, "after-mv");
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        assert!(old.contains("q1") && !old.contains("after-mv"));
+        // logrotate's `create` and a `postrotate` SIGHUP: moved, a new
+        // empty file made in its place, then the reopen.
+        let rotated = dir.path().join("events.log.2");
+        std::fs::rename(&path, &rotated).unwrap();
+        std::fs::File::create(&path).unwrap();
+        log.reopen();
+        let started = Instant::now();
+        while std::fs::metadata(&path).unwrap().len() == 0 {
+            log.record(&Event::new(EventKind::Received, 0, &format!("q{n}")));
+            n += 1;
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "never opened again"
+            );
+            thread::sleep(FLUSH_INTERVAL);
+        }
+        assert_eq!(log.dropped(), 0);
+    }
+
     #[test]
     fn disabled_writes_nothing() {
         let log = EventLog::disabled();
@@ -640,6 +780,7 @@ mod tests {
             lines: Some(sender),
             writer: None,
             dropped: Arc::new(AtomicU64::new(0)),
+            reopen: Arc::new(AtomicBool::new(false)),
         };
         log.record(&Event::new(EventKind::Received, 0, "q1"));
         log.record(&Event::new(EventKind::Received, 0, "q2"));
