@@ -14,7 +14,11 @@ use baton_tests::{queued_id, Baton, TestConfig};
 type Object = serde_json::Map<String, serde_json::Value>;
 
 /// Every field a line may have.
-const FIELDS: [&str; 15] = [
+const FIELDS: [&str; 19] = [
+    "recipients",
+    "client",
+    "helo",
+    "message_id",
     "tls",
     "time",
     "event",
@@ -48,7 +52,16 @@ const OUTCOME_FIELDS: [&str; 9] = [
 ];
 
 /// The fields of a `received` line.
-const RECEIVED_FIELDS: [&str; 5] = ["time", "event", "queue_id", "sender", "size"];
+const RECEIVED_FIELDS: [&str; 8] = [
+    "time",
+    "event",
+    "queue_id",
+    "sender",
+    "size",
+    "recipients",
+    "client",
+    "helo",
+];
 
 /// The fields of a `bounce` line: `sender` is "the envelope sender
 /// (`received`, `bounce`)" in `delivery/events.rs`.
@@ -172,7 +185,7 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     });
     let mut smtp = server.connect();
     smtp.ehlo("client.test");
-    let body = "Subject: later\r\n\r\nhello\r\n";
+    let body = "Subject: later\r\nMessage-ID: <later@sender.test>\r\n\r\nhello\r\n";
     let later = queued_id(&smtp.send_message("alice@sender.test", &["bob@dest.test"], body));
     let body = "Subject: never\r\n\r\nhello\r\n";
     let never =
@@ -202,8 +215,36 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
         let received = received[0];
         assert_eq!(received["sender"], "alice@sender.test", "{received:?}");
         assert!(received["size"].as_u64().unwrap_or(0) > 0, "{received:?}");
-        check_fields(received, &RECEIVED_FIELDS, &["tls"], &mut problems);
+        assert_eq!(received["helo"], "client.test", "{received:?}");
+        assert!(
+            received["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("127.0.0.1:")),
+            "{received:?}"
+        );
+        check_fields(
+            received,
+            &RECEIVED_FIELDS,
+            &["tls", "message_id"],
+            &mut problems,
+        );
     }
+
+    let received = of(&lines, "received", &later)[0];
+    assert_eq!(
+        received["recipients"],
+        serde_json::json!(["bob@dest.test"]),
+        "{received:?}"
+    );
+    assert_eq!(
+        received["message_id"], "<later@sender.test>",
+        "{received:?}"
+    );
+    // A message without one gets one from the fix-ups, and the event has it.
+    let added = of(&lines, "received", &never)[0]["message_id"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(added.starts_with('<') && added.ends_with('>'), "{added:?}");
 
     let deferred = outcome(&lines, "deferred", &later, "bob@dest.test", 1, "451 4.3.0 ");
     let host = deferred["host"].as_str().unwrap_or_default();
@@ -365,4 +406,61 @@ fn the_event_log_follows_logrotate() {
         "{metrics}"
     );
     assert!(server.is_running(), "SIGHUP must not end baton");
+}
+
+/// An operator's `queue delete` leaves a `deleted` line per recipient, and
+/// `queue bounce` of a message for two domains a `failed` line for each
+/// under its own domain.
+#[test]
+fn operators_deletes_and_bounces_are_in_the_log_under_each_recipients_domain() {
+    let events = EventLog::new();
+    let server = Baton::start_with(TestConfig {
+        extra_toml: events.toml(),
+        ..TestConfig::default()
+    });
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    let body = "Subject: two\r\n\r\nhi\r\n";
+    let bounced =
+        queued_id(&smtp.send_message("alice@sender.test", &["x@a.test", "y@b.test"], body));
+    let deleted =
+        queued_id(&smtp.send_message("alice@sender.test", &["z@c.test", "w@d.test"], body));
+    let (ok, out, err) = server.cli(&["queue", "bounce", &bounced]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = server.cli(&["queue", "delete", &deleted]);
+    assert!(ok, "{out}{err}");
+    let wanted = |lines: &[Object]| {
+        of(lines, "failed", &bounced).len() == 2 && of(lines, "deleted", &deleted).len() == 2
+    };
+    let mut lines = Vec::new();
+    for _ in 0..200 {
+        lines = read_log(events.path());
+        if wanted(&lines) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(wanted(&lines), "{lines:#?}");
+    let by_recipient = |kind: &str, id: &str| {
+        let mut pairs: Vec<(String, String)> = of(&lines, kind, id)
+            .iter()
+            .map(|l| {
+                (
+                    l["recipient"].as_str().unwrap_or_default().to_owned(),
+                    l["destination"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    let pair = |r: &str, d: &str| (r.to_owned(), d.to_owned());
+    assert_eq!(
+        by_recipient("failed", &bounced),
+        [pair("x@a.test", "a.test"), pair("y@b.test", "b.test")]
+    );
+    assert_eq!(
+        by_recipient("deleted", &deleted),
+        [pair("w@d.test", "d.test"), pair("z@c.test", "c.test")]
+    );
 }

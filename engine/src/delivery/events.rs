@@ -80,6 +80,9 @@ pub enum EventKind {
     Failed,
     /// A delivery status notification was queued for the sender.
     Bounce,
+    /// An operator removed a recipient from the queue (`baton queue
+    /// delete`): not delivered, no notification.
+    Deleted,
     /// A recipient on the suppression list was accepted and dropped
     /// (`suppression.action = "drop"`): never queued, never delivered.
     Suppressed,
@@ -94,6 +97,38 @@ pub enum EventKind {
     /// message's queue id, `recipient`, `scope`, and the client in `host`.
     Unsubscribed,
 }
+
+/// The `Message-ID:` of a message in wire form, if its header has one
+/// (the first, unfolded, at most [`MESSAGE_ID_BYTES_MAX`]).
+pub fn message_id(wire: &[u8]) -> Option<String> {
+    let header_end = memchr::memmem::find(wire, b"\r\n\r\n").unwrap_or(wire.len());
+    let header = &wire[..header_end];
+    let mut start = 0;
+    while start < header.len() {
+        let end =
+            memchr::memmem::find(&header[start..], b"\r\n").map_or(header.len(), |n| start + n);
+        let line = &header[start..end];
+        if line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
+            // Folded continuation lines belong to it.
+            let mut value = line[11..].to_vec();
+            let mut next = end + 2;
+            while next < header.len() && matches!(header[next], b' ' | b'\t') {
+                let e = memchr::memmem::find(&header[next..], b"\r\n")
+                    .map_or(header.len(), |n| next + n);
+                value.extend_from_slice(&header[next..e]);
+                next = e + 2;
+            }
+            let text = String::from_utf8_lossy(&value).trim().to_owned();
+            let text: String = text.chars().take(MESSAGE_ID_BYTES_MAX).collect();
+            return (!text.is_empty()).then_some(text);
+        }
+        start = end + 2;
+    }
+    None
+}
+
+/// The most of a `Message-ID:` an event carries.
+pub const MESSAGE_ID_BYTES_MAX: usize = 256;
 
 /// One line of the log. Times are Unix milliseconds, written as RFC 3339
 /// UTC with milliseconds; addresses are bytes, written as (lossy) UTF-8.
@@ -162,6 +197,18 @@ pub struct Event<'a> {
     /// The user the sending client authenticated as (SMTP AUTH).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
+    /// `received`: every recipient accepted, in RCPT order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<&'a [String]>,
+    /// `received`: the client's address (`ip:port`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<&'a str>,
+    /// `received`: the name the client gave in EHLO or HELO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helo: Option<&'a str>,
+    /// `received`: the message's `Message-ID:` field, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<&'a str>,
     /// `received`: how DKIM signed it (`d=example.com s=s2026
     /// a=rsa-sha256`), or why not (`none: no key for example.com`); absent
     /// for clients baton does not sign for.
@@ -203,6 +250,10 @@ impl<'a> Event<'a> {
             bounce_queue_id: None,
             reason: None,
             category: None,
+            recipients: None,
+            client: None,
+            helo: None,
+            message_id: None,
             user: None,
             dkim: None,
             address: None,
@@ -762,6 +813,17 @@ mod tests {
             thread::sleep(FLUSH_INTERVAL);
         }
         assert_eq!(log.dropped(), 0);
+    }
+
+    #[test]
+    fn message_id_is_found_in_the_header_only() {
+        let wire = b"Received: from x\r\nmessage-ID:\r\n <a@b.example>\r\nSubject: s\r\n\r\nMessage-ID: <body@x>\r\n";
+        assert_eq!(message_id(wire).as_deref(), Some("<a@b.example>"));
+        assert_eq!(
+            message_id(b"Subject: s\r\n\r\nMessage-ID: <body@x>\r\n"),
+            None
+        );
+        assert_eq!(message_id(b"Message-ID:   \r\n\r\n"), None);
     }
 
     #[test]

@@ -103,6 +103,15 @@ pub(super) struct PendingStore {
     pub user: String,
     /// What DKIM signing did, for mail from trusted clients.
     pub dkim: Option<String>,
+    /// For the `received` event, when there is an event log.
+    pub about: Option<Box<Received>>,
+}
+
+/// What the `received` event says beside the store's own fields.
+pub(super) struct Received {
+    pub recipients: Vec<String>,
+    pub helo: String,
+    pub message_id: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -1008,6 +1017,17 @@ impl Shard {
             recipients: &recipients,
             body: &message.body,
         };
+        let about = self.server.events.is_enabled().then(|| {
+            Box::new(Received {
+                recipients: message
+                    .recipients
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.address).into_owned())
+                    .collect(),
+                helo: message.helo.clone(),
+                message_id: crate::delivery::events::message_id(&message.body),
+            })
+        });
         // The pool its sender chose, if any: its recipients queue apart.
         let pool = crate::server::sender_pool(
             &self.server.sender_pools,
@@ -1039,6 +1059,7 @@ impl Shard {
                         .map(|identity| identity.name.clone())
                         .unwrap_or_default(),
                     dkim: message.dkim,
+                    about,
                 });
                 Ok(())
             }
@@ -1221,6 +1242,12 @@ impl Shard {
             event.tls = store.tls.as_ref();
             event.user = (!store.user.is_empty()).then_some(store.user.as_str());
             event.dkim = store.dkim.as_deref();
+            event.client = store.peer.as_deref();
+            if let Some(about) = &store.about {
+                event.recipients = Some(&about.recipients);
+                event.helo = Some(&about.helo);
+                event.message_id = about.message_id.as_deref();
+            }
             events.record(&event);
         }
         let metrics = &self.server.metrics;

@@ -131,6 +131,16 @@ impl Shard {
         for (item, outcome) in &results {
             let (attempts, decided) =
                 fate(delivery, arrival_ms, now_ms, item.attempts + 1, outcome);
+            // An operator's bounce settles a message's recipients at once,
+            // whatever their domains: each event names its own.
+            let own;
+            let destination = match lane {
+                None if destination_of(address(item)).as_str() != destination.as_str() => {
+                    own = destination_of(address(item));
+                    &own
+                }
+                _ => destination,
+            };
             let mut note = Note {
                 kind: EventKind::Delivered,
                 destination,
@@ -212,6 +222,23 @@ impl Shard {
         let Ok(view) = record.message() else {
             return;
         };
+        // One `deleted` line per recipient, under its own domain.
+        let events = &self.server.events;
+        if events.is_enabled() {
+            let queue_id = view.queue_id.to_string();
+            let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
+            for &r in recipients {
+                let Some(address) = addresses.get(r as usize).copied() else {
+                    continue;
+                };
+                let destination = destination_of(address);
+                let mut event = LogEvent::new(EventKind::Deleted, now_ms, &queue_id);
+                event.recipient = Some(address);
+                event.destination = Some(destination.as_str());
+                event.reason = Some("deleted by the administrator");
+                events.record(&event);
+            }
+        }
         let removed = recipients.iter().map(|&r| (r, None::<&[u8]>));
         let Some(failures) = self.server.spool.settle(view.queue_id, removed) else {
             return;
@@ -405,6 +432,7 @@ impl Shard {
                     tls: None,
                     user: String::new(),
                     dkim: None,
+                    about: None,
                 });
                 self.server
                     .metrics
