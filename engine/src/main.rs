@@ -151,6 +151,27 @@ enum QueueAction {
     },
     /// One message: envelope and each recipient's state.
     Show { id: String },
+    /// Queued messages, oldest first, a page at a time (as Postfix's mailq).
+    Messages {
+        /// Only messages with a recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only messages from this sender address, or any address of this domain.
+        #[arg(long)]
+        sender: Option<String>,
+        /// Only messages queued longer ago than this: "10m", "2h".
+        #[arg(long)]
+        older_than: Option<String>,
+        /// Only messages with a recipient "pending" (never tried) or "deferred".
+        #[arg(long)]
+        status: Option<String>,
+        /// Messages per page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The page after this queue id (printed at the end of a full page).
+        #[arg(long)]
+        after: Option<String>,
+    },
     /// Retry scheduled recipients now: of one destination, or of all.
     Flush { domain: Option<String> },
     /// Remove a message's undelivered recipients, without notification.
@@ -642,6 +663,35 @@ fn queue(
                 print!("{body}");
             } else {
                 print_message(&serde_json::from_str(&body).map_err(|e| e.to_string())?);
+            }
+        }
+        QueueAction::Messages {
+            domain,
+            sender,
+            older_than,
+            status,
+            limit,
+            after,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            for (key, value) in [
+                ("domain", domain),
+                ("sender", sender),
+                ("older_than", older_than),
+                ("status", status),
+                ("after", after),
+            ] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={}", url_encode(&value)));
+                }
+            }
+            let body = api.read(&format!("/queue/messages?{}", query.join("&")))?;
+            if json {
+                print!("{body}");
+            } else {
+                let page: baton::admin::messages::MessagePage =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                print_messages(&page);
             }
         }
         QueueAction::Flush { domain: None } => api.act("/queue/flush", json)?,
@@ -1294,10 +1344,97 @@ fn print_summary(summary: &QueueSummary) {
     );
 }
 
+/// Percent-encodes a query value (all but unreserved characters).
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `2026-12-06 16:02:11` in local time (UTC, marked `Z`, when the local
+/// offset cannot be known), and how long ago or ahead: `3 h ago`, `in 42 s`.
+fn when(unix_ms: u64) -> String {
+    let now = baton::server::unix_ms();
+    let relative = if unix_ms <= now {
+        format!("{} ago", span((now - unix_ms) / 1000))
+    } else {
+        format!("in {}", span((unix_ms - now).div_ceil(1000)))
+    };
+    let utc = time::OffsetDateTime::from_unix_timestamp((unix_ms / 1000) as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let clock = match time::UtcOffset::current_local_offset() {
+        Ok(offset) if !offset.is_utc() => {
+            let local = utc.to_offset(offset);
+            let format =
+                time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+            local.format(&format).unwrap_or_default()
+        }
+        _ => {
+            let format =
+                time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+            utc.format(&format).unwrap_or_default()
+        }
+    };
+    format!("{clock} ({relative})")
+}
+
+/// `42 s`, `5 min`, `3 h`, `2 d`.
+fn span(seconds: u64) -> String {
+    match seconds {
+        0..120 => format!("{seconds} s"),
+        120..7200 => format!("{} min", seconds / 60),
+        7200..172_800 => format!("{} h", seconds / 3600),
+        _ => format!("{} d", seconds / 86_400),
+    }
+}
+
+fn print_messages(page: &baton::admin::messages::MessagePage) {
+    if page.messages.is_empty() {
+        println!("no message matches");
+        return;
+    }
+    for m in &page.messages {
+        let sender = if m.sender.is_empty() {
+            "<>".to_owned()
+        } else {
+            m.sender.clone()
+        };
+        println!(
+            "{}  {:>9} B  {}  from {sender}",
+            m.queue_id,
+            m.size,
+            when(m.arrival_ms)
+        );
+        for r in &m.recipients {
+            match (r.next_attempt_ms, r.attempts) {
+                (Some(next), Some(attempts)) => println!(
+                    "    {:<40} {} after {attempts} attempts, next {}",
+                    r.address,
+                    r.status,
+                    when(next)
+                ),
+                _ => println!("    {:<40} {}", r.address, r.status),
+            }
+        }
+    }
+    if let Some(next) = &page.next {
+        println!("more: --after {next}");
+    }
+}
+
 fn print_message(m: &MessageReport) {
     println!("queue id:  {}", m.queue_id);
-    println!("arrival:   {} (unix ms)", m.arrival_ms);
-    println!("sender:    <{}> {}", m.sender, m.mail_params);
+    println!("arrival:   {}", when(m.arrival_ms));
+    if m.mail_params.is_empty() {
+        println!("sender:    <{}>", m.sender);
+    } else {
+        println!("sender:    <{}> {}", m.sender, m.mail_params);
+    }
     println!("client:    {}", m.peer);
     if let Some(tls) = &m.tls {
         println!("tls:       {tls}");
@@ -1310,7 +1447,7 @@ fn print_message(m: &MessageReport) {
                 r.address,
                 r.status,
                 r.attempts.unwrap_or(0),
-                next
+                when(next)
             ),
             None => println!("  <{}> {}", r.address, r.status),
         }

@@ -567,6 +567,23 @@ impl Spool {
         })
     }
 
+    /// The queue ids of the messages with a recipient still to settle,
+    /// ascending (the order they were queued in), after `after`: for an
+    /// operator's listing, a page at a time.
+    pub fn open_messages(&self, after: Option<QueueId>, max: usize) -> Vec<QueueId> {
+        let index = self.shared.index.lock().expect("index lock");
+        let mut ids: Vec<QueueId> = index
+            .messages()
+            .filter(|(id, m)| {
+                after.is_none_or(|a| **id > a) && m.recipients.iter().any(|r| !r.status.is_final())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(max);
+        ids
+    }
+
     /// What the spool knows of a message, if it still has it.
     pub fn message(&self, id: QueueId) -> Option<MessageState> {
         let index = self.shared.index.lock().expect("index lock");

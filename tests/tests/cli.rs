@@ -367,3 +367,65 @@ fn check_config_refuses_a_bad_log_filter_and_event_log_path() {
     let (ok, _, stderr) = check_config(&path);
     assert!(ok, "{stderr}");
 }
+
+/// `baton queue messages`: the queued messages, filtered by a recipient's
+/// domain, the sender (address or domain) and status, a page at a time,
+/// with times a person reads ("ago").
+#[test]
+fn queue_messages_lists_and_filters_like_mailq() {
+    let server = Baton::start_with(TestConfig::default());
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    let a =
+        queued_id(&smtp.send_message("news@shop.test", &["x@a.test"], "Subject: a\r\n\r\nhi\r\n"));
+    let b = queued_id(&smtp.send_message(
+        "bob@other.test",
+        &["y@b.test", "z@a.test"],
+        "Subject: b\r\n\r\nhi\r\n",
+    ));
+    let c =
+        queued_id(&smtp.send_message("news@shop.test", &["w@c.test"], "Subject: c\r\n\r\nhi\r\n"));
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["queue", "messages", "--json"];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = server.cli(&all);
+        assert!(ok, "{stderr}");
+        let page: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["queue_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&[]), [a.clone(), b.clone(), c.clone()]);
+    assert_eq!(ids(&["--domain", "a.test"]), [a.clone(), b.clone()]);
+    assert_eq!(ids(&["--sender", "shop.test"]), [a.clone(), c.clone()]);
+    assert_eq!(ids(&["--sender", "bob@other.test"]), std::slice::from_ref(&b));
+    assert_eq!(ids(&["--status", "deferred"]), Vec::<String>::new());
+    assert_eq!(ids(&["--older-than", "1h"]), Vec::<String>::new());
+    // Pages.
+    assert_eq!(ids(&["--limit", "2"]), [a.clone(), b.clone()]);
+    assert_eq!(ids(&["--limit", "2", "--after", &b]), std::slice::from_ref(&c));
+    // The text: each message with its recipients, times as a person reads them.
+    let (ok, stdout, stderr) = server.cli(&["queue", "messages", "--domain", "a.test"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&a) && stdout.contains("s ago") && stdout.contains("from news@shop.test"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("z@a.test") && stdout.contains("pending"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = server.cli(&["queue", "messages", "--status", "lost"]);
+    assert!(!ok && stderr.contains("status"), "{stderr}");
+    // queue show: the arrival in words, no trailing space after a plain sender.
+    let (ok, stdout, _) = server.cli(&["queue", "show", &a]);
+    assert!(ok);
+    assert!(
+        stdout.lines().any(|l| l == "sender:    <news@shop.test>"),
+        "{stdout:?}"
+    );
+    assert!(stdout.contains(" ago)"), "{stdout}");
+}

@@ -35,6 +35,7 @@
 #![forbid(unsafe_code)]
 
 mod http;
+pub mod messages;
 pub mod sites;
 pub mod suppression;
 mod token;
@@ -196,6 +197,8 @@ enum Endpoint<'a> {
     Health,
     Metrics,
     Queue,
+    /// `/queue/messages`: a page of queued messages.
+    Messages,
     /// `/queue/<id>`, the id as it came.
     Message(&'a str),
     /// `/queue/flush` or `/queue/flush/<domain>`.
@@ -227,6 +230,7 @@ impl Endpoint<'_> {
             "/health" => Endpoint::Health,
             "/metrics" => Endpoint::Metrics,
             "/queue" => Endpoint::Queue,
+            "/queue/messages" => Endpoint::Messages,
             "/queue/flush" => Endpoint::Flush(None),
             "/reload" => Endpoint::Reload,
             "/suppression" => Endpoint::Suppression,
@@ -258,6 +262,7 @@ impl Endpoint<'_> {
             Endpoint::Health
             | Endpoint::Metrics
             | Endpoint::Queue
+            | Endpoint::Messages
             | Endpoint::Message(_)
             | Endpoint::Sites
             | Endpoint::SuppressionExport => "GET",
@@ -292,6 +297,7 @@ fn route(method: &str, path: &str, query: &str, body: &[u8], server: &Server) ->
             ..Response::text(200, metrics(server))
         },
         Endpoint::Queue => Response::json(200, &queue_summary(server)),
+        Endpoint::Messages => messages::list(server, query),
         Endpoint::Sites => Response::json(200, &sites::list(server)),
         Endpoint::SiteSuspend => sites::suspend(server, body),
         Endpoint::SiteResume => sites::resume(server, body),

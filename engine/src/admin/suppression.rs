@@ -197,7 +197,7 @@ fn done(count: usize, message: String) -> Response {
 }
 
 /// The value of `name` in a query string, percent-decoded (`+` a space).
-fn param(query: &str, name: &str) -> Option<String> {
+pub(super) fn param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(value))
