@@ -401,12 +401,18 @@ fn queue_messages_lists_and_filters_like_mailq() {
     assert_eq!(ids(&[]), [a.clone(), b.clone(), c.clone()]);
     assert_eq!(ids(&["--domain", "a.test"]), [a.clone(), b.clone()]);
     assert_eq!(ids(&["--sender", "shop.test"]), [a.clone(), c.clone()]);
-    assert_eq!(ids(&["--sender", "bob@other.test"]), std::slice::from_ref(&b));
+    assert_eq!(
+        ids(&["--sender", "bob@other.test"]),
+        std::slice::from_ref(&b)
+    );
     assert_eq!(ids(&["--status", "deferred"]), Vec::<String>::new());
     assert_eq!(ids(&["--older-than", "1h"]), Vec::<String>::new());
     // Pages.
     assert_eq!(ids(&["--limit", "2"]), [a.clone(), b.clone()]);
-    assert_eq!(ids(&["--limit", "2", "--after", &b]), std::slice::from_ref(&c));
+    assert_eq!(
+        ids(&["--limit", "2", "--after", &b]),
+        std::slice::from_ref(&c)
+    );
     // The text: each message with its recipients, times as a person reads them.
     let (ok, stdout, stderr) = server.cli(&["queue", "messages", "--domain", "a.test"]);
     assert!(ok, "{stderr}");

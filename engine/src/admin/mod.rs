@@ -653,6 +653,11 @@ fn metrics(server: &Server) -> String {
         let count = m.recipients_by_category[category.index()].load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}{{category=\"{}\"}} {count}", category.as_str());
     }
+    let _ = writeln!(
+        out,
+        "# HELP baton_build_info The running build.\n# TYPE baton_build_info gauge\nbaton_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
     destination_gauges(&mut out, &server.queues.summary());
     out
 }
