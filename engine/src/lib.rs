@@ -28,6 +28,7 @@
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`admin`]: the HTTP admin API (queue, metrics, health) and its client.
 //! - [`server`]: what the shards share; start and graceful stop.
+//! - [`systemd`]: readiness and stopping, told to systemd (`sd_notify`).
 //! - [`error`]: the crate's error type.
 
 pub mod admin;
@@ -48,4 +49,5 @@ pub mod shaping;
 pub mod shard;
 pub mod sign;
 pub mod smtp;
+pub mod systemd;
 pub mod tls;

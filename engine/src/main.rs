@@ -434,6 +434,8 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
         let server = weak.upgrade().ok_or("the server is stopping")?;
         reload(&server, path.as_deref(), "reload")
     }));
+    // Accepting mail: a `Type=notify` unit is started now.
+    baton::systemd::notify("READY=1\nSTATUS=accepting mail");
     for signal in signals.forever() {
         if signal == SIGHUP {
             let _ = reload(&running.server, config_path, "SIGHUP");
@@ -445,6 +447,7 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
         );
         break;
     }
+    baton::systemd::notify("STOPPING=1\nSTATUS=finishing sessions");
     running.shut_down();
     tracing::info!("stopped");
     Ok(())
