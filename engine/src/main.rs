@@ -418,7 +418,7 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
         None => (Config::default(), Vec::new()),
     };
     // Flushes the log writer when `run` returns.
-    let _log = init_logging(&config.log.level);
+    let _log = init_logging(&config.log);
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
@@ -505,11 +505,20 @@ fn reload(
 /// moves on, and never waits on the write (one line per accepted message is
 /// tens of thousands of writes a second). Lines are dropped, and counted,
 /// only if the writer falls `LOG_LINES_BUFFERED_MAX` lines behind.
-fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(log: &baton::config::LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
     const LOG_LINES_BUFFERED_MAX: usize = 256 * 1024;
     const LOG_BUFFER_BYTES: usize = 64 << 10;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // RUST_LOG, when set, stands in for `[log] level`; `per_message =
+    // false` holds either way.
+    let mut level = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| log.level.clone());
+    if !log.per_message {
+        level.push_str(&format!(",{}=warn", baton::config::PER_MESSAGE_TARGET));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_LINES_BUFFERED_MAX)
@@ -520,13 +529,15 @@ fn init_logging(level: &str) -> tracing_appender::non_blocking::WorkerGuard {
             LOG_BUFFER_BYTES,
             std::io::stderr(),
         ));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .with_ansi(ansi)
         .with_target(false)
-        .with_timer(LogTime)
-        .init();
+        .with_timer(LogTime);
+    match log.format {
+        baton::config::LogFormat::Text => builder.with_ansi(ansi).init(),
+        baton::config::LogFormat::Json => builder.json().init(),
+    }
     guard
 }
 

@@ -464,3 +464,55 @@ fn operators_deletes_and_bounces_are_in_the_log_under_each_recipients_domain() {
         [pair("w@d.test", "d.test"), pair("z@c.test", "c.test")]
     );
 }
+
+/// `[log] format = "json"`: every line on stderr is a JSON object; with
+/// `per_message = false` the per-message INFO lines (accepted, delivered)
+/// go, and a deferral still comes at WARN.
+#[test]
+fn json_logs_without_per_message_lines_keep_deferrals() {
+    let ok = Sink::start("127.0.0.2", &[]);
+    let busy = Sink::start("127.0.0.3", &["--message-tempfail", "1"]);
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        delivery: vec!["retry_schedule = [\"1h\"]".into()],
+        extra_toml: format!(
+            "{}{}[log]\nformat = \"json\"\nper_message = false\n",
+            route("ok.test", ok.addr),
+            route("busy.test", busy.addr)
+        ),
+        ..TestConfig::default()
+    });
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    let delivered =
+        queued_id(&smtp.send_message("a@sender.test", &["r@ok.test"], "Subject: a\r\n\r\nhi\r\n"));
+    let deferred = queued_id(&smtp.send_message(
+        "a@sender.test",
+        &["r@busy.test"],
+        "Subject: b\r\n\r\nhi\r\n",
+    ));
+    wait_status(&mut server, &delivered, "r@ok.test", "delivered");
+    wait_status(&mut server, &deferred, "r@busy.test", "deferred");
+    server.wait_for("the deferral logged", |s| s.log().contains(&deferred));
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    let about = |id: &str| {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["queue_id"].as_str() == Some(id))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(about(&delivered).is_empty(), "{:?}", about(&delivered));
+    let deferrals = about(&deferred);
+    assert_eq!(deferrals.len(), 1, "{deferrals:?}");
+    assert_eq!(deferrals[0]["level"], "WARN", "{deferrals:?}");
+    assert_eq!(
+        deferrals[0]["fields"]["message"], "deferred",
+        "{deferrals:?}"
+    );
+}

@@ -374,12 +374,30 @@ pub enum SuppressionAction {
     Drop,
 }
 
+/// The tracing target of the lines written per message (accepted,
+/// delivered, deferred, failed), which `[log] per_message = false` turns
+/// down to WARN.
+pub const PER_MESSAGE_TARGET: &str = "baton::message";
+
+/// `[log] format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing `EnvFilter` directive, e.g. `"info"` or `"baton=debug,warn"`.
     pub level: String,
+    /// Lines as text, or one JSON object each.
+    pub format: LogFormat,
+    /// A line per accepted message and per delivery at INFO; `false`
+    /// keeps only deferrals and failures (WARN), for high rates.
+    pub per_message: bool,
     /// The delivery event log (JSON lines); `None` = none (`""` in the file).
     #[serde(deserialize_with = "de::optional_path")]
     pub events: Option<PathBuf>,
@@ -881,6 +899,8 @@ mod tests {
             "unsubscribe.token_ttl",
             "unsubscribe.secret_file",
             "log.level",
+            "log.format",
+            "log.per_message",
             "log.events",
         ];
         assert_eq!(keys, expected);

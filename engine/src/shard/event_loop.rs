@@ -1259,6 +1259,7 @@ impl Shard {
             .bytes_accepted
             .fetch_add(store.size as u64, Ordering::Relaxed);
         tracing::info!(
+            target: crate::config::PER_MESSAGE_TARGET,
             queue_id = %store.queue_id,
             size = store.size,
             from = %store.sender,

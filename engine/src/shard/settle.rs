@@ -326,23 +326,30 @@ impl Shard {
             event.user = note.user;
             events.record(&event);
         }
-        tracing::info!(
-            queue_id = %note.queue_id,
-            to = %String::from_utf8_lossy(note.recipient),
-            destination = %note.destination,
-            host = note.host.unwrap_or("-"),
-            tls = note.tls.map_or("none", |tls| &**tls.label()),
-            attempt = note.attempt,
-            reply = text,
-            category = note.category.map_or("-", Category::as_str),
-            next_attempt_ms = note.next_attempt_ms,
-            "{}",
-            match note.kind {
-                EventKind::Delivered => "delivered",
-                EventKind::Deferred => "deferred",
-                _ => "failed",
-            }
-        );
+        // Deliveries at INFO (off with `[log] per_message = false`);
+        // deferrals and failures at WARN, always.
+        macro_rules! outcome {
+            ($level:ident, $what:literal) => {
+                tracing::$level!(
+                    target: crate::config::PER_MESSAGE_TARGET,
+                    queue_id = %note.queue_id,
+                    to = %String::from_utf8_lossy(note.recipient),
+                    destination = %note.destination,
+                    host = note.host.unwrap_or("-"),
+                    tls = note.tls.map_or("none", |tls| &**tls.label()),
+                    attempt = note.attempt,
+                    reply = text,
+                    category = note.category.map_or("-", Category::as_str),
+                    next_attempt_ms = note.next_attempt_ms,
+                    $what
+                )
+            };
+        }
+        match note.kind {
+            EventKind::Delivered => outcome!(info, "delivered"),
+            EventKind::Deferred => outcome!(warn, "deferred"),
+            _ => outcome!(warn, "failed"),
+        }
     }
 
     /// Appends one notification (RFC 3464) to the sender listing the
