@@ -174,10 +174,54 @@ enum QueueAction {
     },
     /// Retry scheduled recipients now: of one destination, or of all.
     Flush { domain: Option<String> },
-    /// Remove a message's undelivered recipients, without notification.
-    Delete { id: String },
-    /// Fail a message's undelivered recipients, with a notification to the sender.
-    Bounce { id: String },
+    /// Remove a message's undelivered recipients, without notification; or
+    /// every message with a recipient at --domain and/or from --sender.
+    Delete {
+        id: Option<String>,
+        #[command(flatten)]
+        matching: Matching,
+    },
+    /// Fail a message's undelivered recipients, with a notification to the
+    /// sender; or every message --domain and/or --sender match.
+    Bounce {
+        id: Option<String>,
+        #[command(flatten)]
+        matching: Matching,
+    },
+    /// Deliver nothing to a domain for a while (default 30 days), keeping
+    /// its mail queued; `release` ends it.
+    Hold {
+        domain: String,
+        #[arg(long = "for", default_value = "30d")]
+        duration: String,
+    },
+    /// End a hold (or a suspension) of a domain: its mail goes out again.
+    Release { domain: String },
+}
+
+/// Which messages a bulk `queue delete` or `queue bounce` acts on: every
+/// open recipient of each message that has a recipient at `domain` and is
+/// from `sender` (an address, or any address of a domain).
+#[derive(clap::Args)]
+struct Matching {
+    #[arg(long)]
+    domain: Option<String>,
+    #[arg(long)]
+    sender: Option<String>,
+}
+
+impl Matching {
+    /// The query string; `None` when neither is given.
+    fn query(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(domain) = &self.domain {
+            parts.push(format!("domain={}", url_encode(domain)));
+        }
+        if let Some(sender) = &self.sender {
+            parts.push(format!("sender={}", url_encode(sender)));
+        }
+        (!parts.is_empty()).then(|| parts.join("&"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -657,6 +701,15 @@ fn queue(
     let queue_id = |id: &str| {
         admin::parse_queue_id(id).ok_or_else(|| format!("{id:?} is not a queue id (16 hex digits)"))
     };
+    // One message by id, or every message a filter matches.
+    let by_id_or_matching =
+        |verb: &str, id: Option<String>, matching: Matching| match (id, matching.query()) {
+            (Some(id), None) => api.act(&format!("/queue/{}/{verb}", queue_id(&id)?), json),
+            (None, Some(query)) => api.act(&format!("/queue/{verb}?{query}"), json),
+            _ => Err(format!(
+                "queue {verb}: a queue id, or --domain and/or --sender (not both)"
+            )),
+        };
     match action {
         QueueAction::List { by_site } => {
             let body = api.read("/queue")?;
@@ -717,11 +770,30 @@ fn queue(
             }
             api.act(&format!("/queue/flush/{domain}"), json)?;
         }
-        QueueAction::Delete { id } => {
-            api.act(&format!("/queue/{}/delete", queue_id(&id)?), json)?
+        QueueAction::Delete { id, matching } => by_id_or_matching("delete", id, matching)?,
+        QueueAction::Bounce { id, matching } => by_id_or_matching("bounce", id, matching)?,
+        QueueAction::Hold { domain, duration } => {
+            use baton::admin::sites::SuspendRequest;
+            let request = SuspendRequest {
+                site: domain,
+                duration: Some(duration),
+                reason: Some("held by the operator (baton queue hold)".into()),
+            };
+            api.send(
+                "/sites/suspend",
+                "application/json",
+                to_json(&request).as_bytes(),
+                json,
+            )?
         }
-        QueueAction::Bounce { id } => {
-            api.act(&format!("/queue/{}/bounce", queue_id(&id)?), json)?
+        QueueAction::Release { domain } => {
+            let request = baton::admin::sites::ResumeRequest { site: domain };
+            api.send(
+                "/sites/resume",
+                "application/json",
+                to_json(&request).as_bytes(),
+                json,
+            )?
         }
     }
     Ok(())

@@ -435,3 +435,50 @@ fn queue_messages_lists_and_filters_like_mailq() {
     );
     assert!(stdout.contains(" ago)"), "{stdout}");
 }
+
+/// Bulk actions: `queue delete --domain`, `queue bounce --sender` act on
+/// every message they match and on nothing else; `queue hold DOMAIN` keeps
+/// a domain's mail queued and `queue release` lets it go.
+#[test]
+fn queue_actions_in_bulk_and_a_held_domain() {
+    let sink = baton_tests::sink::Sink::start("127.0.0.2", &[]);
+    let mut server = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: route("*", sink.addr),
+        ..TestConfig::default()
+    });
+    // The domain is held before mail for it comes: nothing is delivered.
+    for domain in ["a.test", "b.test", "c.test"] {
+        let (ok, out, err) = server.cli(&["queue", "hold", domain]);
+        assert!(ok, "{out}{err}");
+    }
+    let mut smtp = server.connect();
+    smtp.ehlo("client.test");
+    let body = "Subject: x\r\n\r\nhi\r\n";
+    let a1 = queued_id(&smtp.send_message("news@shop.test", &["x@a.test"], body));
+    let a2 = queued_id(&smtp.send_message("bob@other.test", &["y@a.test"], body));
+    let b = queued_id(&smtp.send_message("news@shop.test", &["z@b.test"], body));
+    let c = queued_id(&smtp.send_message("bob@other.test", &["w@c.test"], body));
+    let (ok, _, err) = server.cli(&["queue", "delete"]);
+    assert!(!ok && err.contains("--domain"), "{err}");
+    let (ok, out, err) = server.cli(&["queue", "delete", "--domain", "a.test"]);
+    assert!(
+        ok && out.contains("deleted 2 recipients of 2 messages"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = server.cli(&["queue", "bounce", "--sender", "shop.test"]);
+    assert!(ok && out.contains("1 messages"), "{out}{err}");
+    for gone in [&a1, &a2, &b] {
+        assert!(
+            queued_message(&server, gone).is_none_or(|m| m["recipients"][0]["status"] != "pending"),
+            "{gone} still pending"
+        );
+    }
+    // The bounce's notification goes to shop.test, which is not held.
+    server.wait_until("the notification delivered", || sink.count() == 1);
+    let held = queued_message(&server, &c).expect("c is still queued");
+    assert_eq!(held["recipients"][0]["status"], "pending", "{held}");
+    let (ok, out, err) = server.cli(&["queue", "release", "c.test"]);
+    assert!(ok, "{out}{err}");
+    server.wait_until("c delivered after the release", || sink.count() == 2);
+}

@@ -76,6 +76,59 @@ impl Filter {
     }
 }
 
+/// The filter a query asks for, or the refusal naming the bad field.
+fn parse_filter(query: &str, now: u64) -> Result<Filter, Response> {
+    let arrived_before_ms = match param(query, "older_than").map(|t| parse_duration(&t)) {
+        None => None,
+        Some(Ok(age)) => Some(now.saturating_sub(age.as_millis() as u64)),
+        Some(Err(err)) => return Err(Response::refused(400, format!("older_than: {err}"))),
+    };
+    let status = match param(query, "status").as_deref() {
+        None => None,
+        Some("pending") => Some("pending"),
+        Some("deferred") => Some("deferred"),
+        Some(other) => {
+            return Err(Response::refused(
+                400,
+                format!("status: {other:?}: \"pending\" or \"deferred\""),
+            ))
+        }
+    };
+    Ok(Filter {
+        domain: param(query, "domain").map(|d| d.trim().to_ascii_lowercase()),
+        sender: param(query, "sender").map(|s| s.trim().to_ascii_lowercase()),
+        arrived_before_ms,
+        status,
+    })
+}
+
+/// Every queued message the query's filter matches, for a bulk action;
+/// a filter is required (`domain` or `sender`): "everything" is not a
+/// slip of the keyboard away.
+pub(super) fn matching(server: &Server, query: &str) -> Result<Vec<QueueId>, Response> {
+    let filter = parse_filter(query, unix_ms())?;
+    if filter.domain.is_none() && filter.sender.is_none() {
+        return Err(Response::refused(
+            400,
+            "name the messages: domain or sender (or both)".into(),
+        ));
+    }
+    let mut ids = Vec::new();
+    let mut after = None;
+    loop {
+        let batch = server.spool.open_messages(after, SCAN_BATCH);
+        let Some(&last) = batch.last() else {
+            return Ok(ids);
+        };
+        ids.extend(
+            batch
+                .into_iter()
+                .filter(|&id| line(server, id, &filter).is_some()),
+        );
+        after = Some(last);
+    }
+}
+
 pub(super) fn list(server: &Server, query: &str) -> Response {
     let now = unix_ms();
     let limit = match param(query, "limit").map(|l| l.parse::<usize>()) {
@@ -90,27 +143,9 @@ pub(super) fn list(server: &Server, query: &str) -> Response {
             None => return Response::refused(400, format!("after: {id:?} is not a queue id")),
         },
     };
-    let arrived_before_ms = match param(query, "older_than").map(|t| parse_duration(&t)) {
-        None => None,
-        Some(Ok(age)) => Some(now.saturating_sub(age.as_millis() as u64)),
-        Some(Err(err)) => return Response::refused(400, format!("older_than: {err}")),
-    };
-    let status = match param(query, "status").as_deref() {
-        None => None,
-        Some("pending") => Some("pending"),
-        Some("deferred") => Some("deferred"),
-        Some(other) => {
-            return Response::refused(
-                400,
-                format!("status: {other:?}: \"pending\" or \"deferred\""),
-            )
-        }
-    };
-    let filter = Filter {
-        domain: param(query, "domain").map(|d| d.trim().to_ascii_lowercase()),
-        sender: param(query, "sender").map(|s| s.trim().to_ascii_lowercase()),
-        arrived_before_ms,
-        status,
+    let filter = match parse_filter(query, now) {
+        Ok(filter) => filter,
+        Err(refused) => return refused,
     };
     let mut messages = Vec::new();
     let mut next = None;

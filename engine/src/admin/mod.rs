@@ -207,6 +207,10 @@ enum Endpoint<'a> {
     Delete(&'a str),
     /// `/queue/<id>/bounce`.
     Bounce(&'a str),
+    /// `/queue/delete?domain=&sender=`, `/queue/bounce?...`: every
+    /// message the filter matches.
+    DeleteMatching,
+    BounceMatching,
     /// `/reload`: reread the configuration file, as SIGHUP does.
     Reload,
     /// `/suppression`: GET shows an address or lists a page, POST adds.
@@ -231,6 +235,8 @@ impl Endpoint<'_> {
             "/metrics" => Endpoint::Metrics,
             "/queue" => Endpoint::Queue,
             "/queue/messages" => Endpoint::Messages,
+            "/queue/delete" => Endpoint::DeleteMatching,
+            "/queue/bounce" => Endpoint::BounceMatching,
             "/queue/flush" => Endpoint::Flush(None),
             "/reload" => Endpoint::Reload,
             "/suppression" => Endpoint::Suppression,
@@ -269,6 +275,8 @@ impl Endpoint<'_> {
             Endpoint::Flush(_)
             | Endpoint::Delete(_)
             | Endpoint::Bounce(_)
+            | Endpoint::DeleteMatching
+            | Endpoint::BounceMatching
             | Endpoint::Reload
             | Endpoint::SuppressionRemove
             | Endpoint::SuppressionImport
@@ -317,6 +325,8 @@ fn route(method: &str, path: &str, query: &str, body: &[u8], server: &Server) ->
         }
         Endpoint::Delete(id) => act_on_message(server, path, id, AdminRequest::Delete),
         Endpoint::Bounce(id) => act_on_message(server, path, id, AdminRequest::Bounce),
+        Endpoint::DeleteMatching => act_on_matching(server, path, query, AdminRequest::Delete),
+        Endpoint::BounceMatching => act_on_matching(server, path, query, AdminRequest::Bounce),
         Endpoint::Reload => {
             tracing::info!(path, "admin request");
             let result = match server.reload_hook.get() {
@@ -355,6 +365,46 @@ fn act_on_message(
         Some(queue_id) => act(server, path, request(queue_id)),
         None => Response::refused(400, format!("{id:?} is not a queue id (16 hex digits)")),
     }
+}
+
+/// [`act`] on every message the query matches (`messages::matching`),
+/// one after another: the reply counts messages and recipients.
+fn act_on_matching(
+    server: &Server,
+    path: &str,
+    query: &str,
+    request: fn(QueueId) -> AdminRequest,
+) -> Response {
+    let ids = match messages::matching(server, query) {
+        Ok(ids) => ids,
+        Err(refused) => return refused,
+    };
+    tracing::info!(path, query, messages = ids.len(), "admin request");
+    let (mut messages, mut recipients) = (0, 0);
+    for id in ids {
+        match ask_shard(server, request(id)) {
+            Ok(reply) if reply.ok => {
+                messages += 1;
+                recipients += reply.recipients;
+            }
+            // Settled meanwhile: nothing left to act on.
+            Ok(_) => {}
+            Err(message) => return Response::refused(503, message),
+        }
+    }
+    let verb = if path.ends_with("bounce") {
+        "bounced"
+    } else {
+        "deleted"
+    };
+    Response::json(
+        200,
+        &AdminReply {
+            ok: true,
+            recipients,
+            message: format!("{verb} {recipients} recipients of {messages} messages"),
+        },
+    )
 }
 
 /// Has a shard carry out `request` and answers with its [`AdminReply`]:
