@@ -22,6 +22,9 @@ struct Cli {
     /// Print every configuration key with its default and a comment, then exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Print the manual page, baton(1), as roff (`baton --print-man-page | man -l -`).
+    #[arg(long)]
+    print_man_page: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -79,7 +82,7 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// Have a running server reread its configuration file (AUTH users, TLS
+    /// Have a running server reread its configuration file (AUTH users, DKIM keys, TLS
     /// certificates), as SIGHUP does, through its admin API.
     Reload {
         /// The server's configuration, to find its admin address and token.
@@ -406,6 +409,17 @@ fn main() -> ExitCode {
         print!("{DEFAULT_CONFIG}");
         return ExitCode::SUCCESS;
     }
+    if cli.print_man_page {
+        return match man_page(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            // `| head`: the reader had enough.
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("baton: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.command.unwrap_or(Command::Run { config: None }) {
         Command::Run { config } => run(config.as_deref()),
         Command::CheckConfig { file } => check_config(&file),
@@ -447,6 +461,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// baton(1): the commands and options from the same definitions as
+/// `--help` (so the page cannot describe a flag baton does not have), each
+/// subcommand's options after, and where the rest is written down.
+fn man_page(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let man = clap_mangen::Man::new(command.clone()).manual("baton");
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    // Each command's own options, as `baton <command> --help` lists them.
+    for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("baton {}", sub.get_name());
+        writeln!(out, ".SH \"{}\"", name.to_uppercase())?;
+        let page = clap_mangen::Man::new(sub.clone());
+        page.render_description_section(out)?;
+        page.render_options_section(out)?;
+        if sub.has_subcommands() {
+            page.render_subcommands_section(out)?;
+        }
+    }
+    writeln!(
+        out,
+        ".SH FILES\n/etc/baton/baton.toml, the configuration: every key with its default and a \
+         comment is printed by \\fBbaton \\-\\-print\\-default\\-config\\fR.\n.PP\n\
+         /var/spool/baton, the spool.\n.SH SEE ALSO\nREADME.md and docs/operating.md of the \
+         sources."
+    )?;
+    man.render_version_section(out)?;
+    Ok(())
 }
 
 fn load(path: Option<&Path>) -> Result<Config, String> {

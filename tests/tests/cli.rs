@@ -482,3 +482,40 @@ fn queue_actions_in_bulk_and_a_held_domain() {
     assert!(ok, "{out}{err}");
     server.wait_until("c delivered after the release", || sink.count() == 2);
 }
+
+/// The manual page comes from the same definitions as `--help`: every
+/// command, with its own options.
+#[test]
+fn the_man_page_has_every_command() {
+    let (ok, page, stderr) = baton(&["--print-man-page"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        page.starts_with(".ie") || page.starts_with(".TH"),
+        "{}",
+        &page[..page.len().min(200)]
+    );
+    assert!(page.contains(".TH baton 1"), "no title");
+    for command in [
+        "RUN",
+        "CHECK-CONFIG",
+        "QUEUE",
+        "SITE",
+        "SUPPRESSION",
+        "USER",
+        "DKIM",
+        "RELOAD",
+    ] {
+        assert!(
+            page.contains(&format!(".SH \"BATON {command}\"")),
+            "no section for {command}"
+        );
+    }
+    assert!(
+        page.contains("queue\\-messages") || page.contains("queue-messages"),
+        "queue messages"
+    );
+    assert!(
+        page.contains("print\\-default\\-config"),
+        "FILES points at the default config"
+    );
+}
