@@ -291,13 +291,18 @@ fn a_receivers_4_7_28_suspends_the_site_for_the_source_it_spoke_to() {
 #[test]
 fn a_sender_domain_chooses_its_pool() {
     let sink = Sink::start("127.0.0.2", &[]);
+    let events = baton_tests::delivery::EventLog::new();
     let pools = "[[pool]]\nname = \"only-a\"\nsources = [\"a\"]\n\n\
                  [[pool]]\nname = \"only-b\"\nsources = [\"b\"]\n\n\
                  [[sender_pool]]\ndomain = \".news.test\"\npool = \"only-b\"\n";
     let mut server = Baton::start_with(TestConfig {
         deliver: true,
         delivery: vec!["pool = \"only-a\"".into()],
-        extra_toml: format!("{EGRESS}\n{pools}\n{}", route("dest.test", sink.addr)),
+        extra_toml: format!(
+            "{EGRESS}\n{pools}\n{}{}",
+            route("dest.test", sink.addr),
+            events.toml()
+        ),
         ..TestConfig::default()
     });
     let mut smtp = server.connect();
@@ -320,6 +325,33 @@ fn a_sender_domain_chooses_its_pool() {
     let count = |key: &str| sources.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
     assert_eq!(count("127.0.0.4 a.mta.test"), 2, "{sources:?}");
     assert_eq!(count("127.0.0.5 b.mta.test"), 1, "{sources:?}");
+    // Each delivered line names the source it left from.
+    let text = std::fs::read_to_string(events.path()).unwrap_or_default();
+    let delivered: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| l["event"] == "delivered")
+        .collect();
+    let mut seen: Vec<(String, String)> = delivered
+        .iter()
+        .map(|l| {
+            (
+                l["destination"].as_str().unwrap_or_default().to_owned(),
+                l["egress"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let pair = |d: &str, e: &str| (d.to_owned(), e.to_owned());
+    assert_eq!(
+        seen,
+        [
+            pair("dest.test", "a"),
+            pair("dest.test", "a"),
+            pair("dest.test", "b")
+        ],
+        "{text}"
+    );
 }
 
 #[test]

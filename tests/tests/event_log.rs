@@ -14,7 +14,9 @@ use baton_tests::{queued_id, Baton, TestConfig};
 type Object = serde_json::Map<String, serde_json::Value>;
 
 /// Every field a line may have.
-const FIELDS: [&str; 19] = [
+const FIELDS: [&str; 21] = [
+    "queue_time_ms",
+    "egress",
     "recipients",
     "client",
     "helo",
@@ -39,7 +41,8 @@ const FIELDS: [&str; 19] = [
 /// The fields of a recipient's outcome line (`delivered`, `deferred`,
 /// `failed`), as in the example `delivered` line of the module
 /// documentation of `delivery/events.rs`.
-const OUTCOME_FIELDS: [&str; 9] = [
+const OUTCOME_FIELDS: [&str; 10] = [
+    "queue_time_ms",
     "time",
     "event",
     "queue_id",

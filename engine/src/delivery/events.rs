@@ -197,6 +197,13 @@ pub struct Event<'a> {
     /// The user the sending client authenticated as (SMTP AUTH).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
+    /// Outcomes: how long the message had been queued, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_time_ms: Option<u64>,
+    /// Outcomes: the egress source (`[[source]]` name) the attempt left
+    /// from, when a pool chose one.
+    #[serde(rename = "egress", skip_serializing_if = "Option::is_none")]
+    pub egress: Option<&'a str>,
     /// `received`: every recipient accepted, in RCPT order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipients: Option<&'a [String]>,
@@ -250,6 +257,8 @@ impl<'a> Event<'a> {
             bounce_queue_id: None,
             reason: None,
             category: None,
+            queue_time_ms: None,
+            egress: None,
             recipients: None,
             client: None,
             helo: None,

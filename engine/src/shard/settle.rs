@@ -156,6 +156,8 @@ impl Shard {
                 user: std::str::from_utf8(view.identity)
                     .ok()
                     .filter(|user| !user.is_empty()),
+                queue_time_ms: now_ms.saturating_sub(arrival_ms),
+                source: lane.map(|l| &**l).filter(|l| !l.is_empty()),
             };
             let item = QueuedRecipient { attempts, ..*item };
             match decided {
@@ -324,6 +326,8 @@ impl Shard {
             event.category = note.category.map(Category::as_str);
             event.size = Some(note.size);
             event.user = note.user;
+            event.queue_time_ms = Some(note.queue_time_ms);
+            event.egress = note.source;
             events.record(&event);
         }
         // Deliveries at INFO (off with `[log] per_message = false`);
@@ -659,6 +663,10 @@ struct Note<'a> {
     size: u64,
     /// The user the message's client authenticated as.
     user: Option<&'a str>,
+    /// How long the message had been queued.
+    queue_time_ms: u64,
+    /// The egress source the attempt left from, if a pool chose one.
+    source: Option<&'a str>,
 }
 
 /// The reply as recorded for `queue show`: with how the connection was
