@@ -821,29 +821,14 @@ fn queue(
         }
         QueueAction::Delete { id, matching } => by_id_or_matching("delete", id, matching)?,
         QueueAction::Bounce { id, matching } => by_id_or_matching("bounce", id, matching)?,
-        QueueAction::Hold { domain, duration } => {
-            use baton::admin::sites::SuspendRequest;
-            let request = SuspendRequest {
-                site: domain,
-                duration: Some(duration),
-                reason: Some("held by the operator (baton queue hold)".into()),
-            };
-            api.send(
-                "/sites/suspend",
-                "application/json",
-                to_json(&request).as_bytes(),
-                json,
-            )?
-        }
-        QueueAction::Release { domain } => {
-            let request = baton::admin::sites::ResumeRequest { site: domain };
-            api.send(
-                "/sites/resume",
-                "application/json",
-                to_json(&request).as_bytes(),
-                json,
-            )?
-        }
+        QueueAction::Hold { domain, duration } => suspend(
+            &api,
+            domain,
+            duration,
+            Some("held by the operator (baton queue hold)".into()),
+            json,
+        )?,
+        QueueAction::Release { domain } => resume(&api, domain, json)?,
     }
     Ok(())
 }
@@ -1250,7 +1235,6 @@ fn site(
     admin: Option<SocketAddr>,
     json: bool,
 ) -> Result<(), String> {
-    use baton::admin::sites::{ResumeRequest, SuspendRequest};
     use baton::queue::SiteSummary;
     let api = Api::from_config(config, admin)?;
     let sites = |api: &Api| -> Result<(String, Vec<SiteSummary>), String> {
@@ -1307,29 +1291,32 @@ fn site(
             site,
             duration,
             reason,
-        } => {
-            let request = SuspendRequest {
-                site,
-                duration: Some(duration),
-                reason,
-            };
-            api.send(
-                "/sites/suspend",
-                "application/json",
-                to_json(&request).as_bytes(),
-                json,
-            )
-        }
-        SiteAction::Resume { site } => {
-            let request = ResumeRequest { site };
-            api.send(
-                "/sites/resume",
-                "application/json",
-                to_json(&request).as_bytes(),
-                json,
-            )
-        }
+        } => suspend(&api, site, duration, reason, json),
+        SiteAction::Resume { site } => resume(&api, site, json),
     }
+}
+
+/// `POST /sites/suspend`: a site, or one domain (`baton queue hold`).
+fn suspend(
+    api: &Api,
+    site: String,
+    duration: String,
+    reason: Option<String>,
+    json: bool,
+) -> Result<(), String> {
+    let request = baton::admin::sites::SuspendRequest {
+        site,
+        duration: Some(duration),
+        reason,
+    };
+    let body = to_json(&request);
+    api.send("/sites/suspend", "application/json", body.as_bytes(), json)
+}
+
+/// `POST /sites/resume`: a site, or a domain and its site.
+fn resume(api: &Api, site: String, json: bool) -> Result<(), String> {
+    let body = to_json(&baton::admin::sites::ResumeRequest { site });
+    api.send("/sites/resume", "application/json", body.as_bytes(), json)
 }
 
 /// A suspension's, pause's or throttle's state in words.

@@ -241,6 +241,14 @@ impl DestinationQueue {
     }
 
     /// Moves scheduled recipients that are due to the ready queue.
+    /// Forgets `waiter` as idle; how many entries went (0 or 1), for the
+    /// site's count.
+    fn unidle(&mut self, waiter: Waiter) -> usize {
+        let before = self.idle.len();
+        self.idle.retain(|w| *w != waiter);
+        before - self.idle.len()
+    }
+
     /// Counts a connection of this domain in `lane`.
     fn count(&mut self, lane: &Arc<str>, up: bool) {
         if let Some(i) = self.lanes.iter().position(|(name, _)| name == lane) {
@@ -528,9 +536,7 @@ impl Table {
         let chosen = chosen?;
         let queue = self.map.get_mut(destination).expect("present");
         queue.count(lane, false);
-        let before = queue.idle.len();
-        queue.idle.retain(|w| *w != waiter);
-        let unidled = before - queue.idle.len();
+        let unidled = queue.unidle(waiter);
         touch(&mut self.dirty, destination, queue);
         site_mut(&mut self.sites, &site_name).idle -= unidled;
         let other = self.map.get_mut(&chosen).expect("present");
@@ -807,17 +813,22 @@ impl Queues {
         now_ms: u64,
         may_carry: &mut dyn FnMut(&Destination) -> bool,
     ) -> Take {
+        // One lock for the whole take: this runs once per transaction.
         let mut guard = self.lock();
         let table = &mut *guard;
         self.ensure(table, destination);
-        let queue = table.map.get_mut(destination).expect("ensured");
-        if queue.ready.is_empty() {
+        if table.map[destination].ready.is_empty() {
             if let Some(other) = table.switch(destination, lane, waiter, may_carry) {
                 return Take::Switched(other);
             }
         }
-        drop(guard);
-        self.with(destination, |queue, site| {
+        let Table {
+            map, dirty, sites, ..
+        } = table;
+        let queue = map.get_mut(destination).expect("ensured");
+        touch(dirty, destination, queue);
+        let site = site_mut(sites, &queue.site);
+        {
             let Some(first) = queue.ready.front().copied() else {
                 if !site.starved.is_empty() && site.room(lane, now_ms) == 0 {
                     return Take::Leave;
@@ -849,7 +860,7 @@ impl Queues {
                 }
             }
             Take::Batch(batch)
-        })
+        }
     }
 
     /// The destination's shaping.
@@ -864,11 +875,7 @@ impl Queues {
 
     /// The connection no longer waits for work (it is closing).
     pub fn unidle(&self, destination: &Destination, waiter: Waiter) {
-        self.with(destination, |queue, site| {
-            let before = queue.idle.len();
-            queue.idle.retain(|w| *w != waiter);
-            site.idle -= before - queue.idle.len();
-        });
+        self.with(destination, |queue, site| site.idle -= queue.unidle(waiter));
     }
 
     /// The MX answer for `destination` names its site: the destination
@@ -934,9 +941,7 @@ impl Queues {
         let site = site_mut(sites, &queue.site);
         site.close(lane);
         if let Some(waiter) = waiter {
-            let before = queue.idle.len();
-            queue.idle.retain(|w| *w != waiter);
-            site.idle -= before - queue.idle.len();
+            site.idle -= queue.unidle(waiter);
         }
         touch(dirty, destination, queue);
         let name = queue.site.clone();
@@ -964,8 +969,7 @@ impl Queues {
                 site.failed(lane, pause_ms, pause_ms_max, now_ms);
             } else {
                 queue.failures = queue.failures.saturating_add(1);
-                let factor = 1u64 << queue.failures.saturating_sub(1).min(20);
-                let pause = pause_ms.saturating_mul(factor).min(pause_ms_max);
+                let pause = site::backoff(queue.failures, pause_ms, pause_ms_max);
                 queue.paused_until_ms = queue.paused_until_ms.max(now_ms + pause);
             }
             queue.connections.saturating_sub(1)

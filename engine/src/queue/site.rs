@@ -45,6 +45,13 @@ pub enum SiteOf {
     Own,
 }
 
+/// The pause after `failures` in a row: `pause_ms`, doubled with each
+/// failure after the first, at most `pause_ms_max`.
+pub(super) fn backoff(failures: u32, pause_ms: u64, pause_ms_max: u64) -> u64 {
+    let factor = 1u64 << failures.saturating_sub(1).min(20);
+    pause_ms.saturating_mul(factor).min(pause_ms_max)
+}
+
 /// A token bucket of at most one second's worth.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Bucket {
@@ -322,8 +329,7 @@ impl Site {
         let lane = self.lane(lane);
         lane.failures = lane.failures.saturating_add(1);
         lane.limit = (lane.limit / 2).max(1);
-        let factor = 1u64 << lane.failures.saturating_sub(1).min(20);
-        let pause = pause_ms.saturating_mul(factor).min(pause_ms_max);
+        let pause = backoff(lane.failures, pause_ms, pause_ms_max);
         lane.paused_until_ms = lane.paused_until_ms.max(now_ms + pause);
     }
 

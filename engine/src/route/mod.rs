@@ -94,13 +94,66 @@ pub enum Route {
     NextHop(NextHop),
 }
 
+/// Values by domain, as Postfix's tables key them: `example.com` that
+/// domain exactly, `.example.com` any subdomain of it; a domain's own
+/// entry wins, then the longest parent. Keys are lowercased; the first
+/// entry for a key is kept (configurations refuse duplicates).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainTable<T> {
+    exact: HashMap<String, T>,
+    /// Longest first, so the most specific wins.
+    subdomains: Vec<(String, T)>,
+}
+
+impl<T> Default for DomainTable<T> {
+    fn default() -> Self {
+        DomainTable {
+            exact: HashMap::new(),
+            subdomains: Vec::new(),
+        }
+    }
+}
+
+impl<T> DomainTable<T> {
+    pub fn new(entries: impl IntoIterator<Item = (String, T)>) -> DomainTable<T> {
+        let mut out = DomainTable::default();
+        for (domain, value) in entries {
+            let domain = domain.to_ascii_lowercase();
+            if domain.starts_with('.') {
+                if !out.subdomains.iter().any(|(d, _)| *d == domain) {
+                    out.subdomains.push((domain, value));
+                }
+            } else {
+                out.exact.entry(domain).or_insert(value);
+            }
+        }
+        out.subdomains
+            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.subdomains.is_empty()
+    }
+
+    /// The entry for `domain` (lowercase): its own, else its longest
+    /// `.parent`.
+    pub fn get(&self, domain: &str) -> Option<&T> {
+        self.exact.get(domain).or_else(|| {
+            self.subdomains
+                .iter()
+                .find(|(suffix, _)| {
+                    domain.len() > suffix.len() && domain.ends_with(suffix.as_str())
+                })
+                .map(|(_, value)| value)
+        })
+    }
+}
+
 /// The routes of the configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Routes {
-    exact: HashMap<String, NextHop>,
-    /// `.example.com` routes (any subdomain), longest first, so the most
-    /// specific wins.
-    subdomains: Vec<(String, NextHop)>,
+    domains: DomainTable<NextHop>,
     wildcard: Option<NextHop>,
     mx_port: u16,
 }
@@ -109,39 +162,29 @@ impl Routes {
     /// Routes by exact domain, with `*` standing for every other domain;
     /// MX delivery uses `mx_port`.
     pub fn new(routes: impl IntoIterator<Item = (String, NextHop)>, mx_port: u16) -> Routes {
-        let mut out = Routes {
-            mx_port,
-            ..Routes::default()
-        };
-        for (domain, hop) in routes {
+        let mut wildcard = None;
+        let domains = DomainTable::new(routes.into_iter().filter_map(|(domain, hop)| {
             if domain == "*" {
-                out.wildcard = Some(hop);
-            } else if domain.starts_with('.') {
-                out.subdomains.push((domain.to_ascii_lowercase(), hop));
+                wildcard = Some(hop);
+                None
             } else {
-                out.exact.insert(domain.to_ascii_lowercase(), hop);
+                Some((domain, hop))
             }
+        }));
+        Routes {
+            domains,
+            wildcard,
+            mx_port,
         }
-        out.subdomains
-            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
-        out
     }
 
     /// The route for a destination: its own entry, else the longest
     /// `.parent` entry it is a subdomain of (as Postfix's transport maps
     /// match `.example.com`), else `*`, else MX.
     pub fn route(&self, destination: &Destination) -> Route {
-        let name = destination.as_str();
-        let subdomain = || {
-            self.subdomains
-                .iter()
-                .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-                .map(|(_, hop)| hop)
-        };
         match self
-            .exact
-            .get(name)
-            .or_else(subdomain)
+            .domains
+            .get(destination.as_str())
             .or(self.wildcard.as_ref())
         {
             Some(hop) => Route::NextHop(hop.clone()),

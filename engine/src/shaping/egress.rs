@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, PoolConfig, SourceConfig};
 use crate::outbound::ClientConfig;
 use crate::queue::Lanes;
+use crate::route::DomainTable;
 
 /// The heaviest weight a pool entry may have: a bound on the counter's
 /// cycle, and more than any real ratio needs.
@@ -262,45 +263,24 @@ impl Pool {
 
 /// `[[sender_pool]]`: the pool a MAIL FROM domain's mail leaves from.
 #[derive(Debug, Default)]
-pub struct SenderPools {
-    exact: HashMap<String, Arc<str>>,
-    /// `.example.com` entries, longest first.
-    subdomains: Vec<(String, Arc<str>)>,
-}
+pub struct SenderPools(DomainTable<Arc<str>>);
 
 impl SenderPools {
     pub fn new(config: &Config) -> SenderPools {
-        let mut out = SenderPools::default();
-        for entry in &config.sender_pools {
-            let domain = entry.domain.to_ascii_lowercase();
-            let pool: Arc<str> = entry.pool.as_str().into();
-            if domain.starts_with('.') {
-                out.subdomains.push((domain, pool));
-            } else {
-                out.exact.entry(domain).or_insert(pool);
-            }
-        }
-        out.subdomains
-            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
-        out
+        SenderPools(DomainTable::new(config.sender_pools.iter().map(|entry| {
+            (entry.domain.clone(), Arc::from(entry.pool.as_str()))
+        })))
     }
 
     /// The pool for mail from `reverse_path` (`local@domain`), if a table
     /// names its domain: exactly, else the longest `.parent`.
     pub fn for_sender(&self, reverse_path: &[u8]) -> Option<Arc<str>> {
-        if self.exact.is_empty() && self.subdomains.is_empty() {
+        if self.0.is_empty() {
             return None;
         }
         let at = reverse_path.iter().rposition(|&b| b == b'@')?;
         let domain = String::from_utf8_lossy(&reverse_path[at + 1..]).to_ascii_lowercase();
-        let domain = domain.trim_end_matches('.');
-        if let Some(pool) = self.exact.get(domain) {
-            return Some(pool.clone());
-        }
-        self.subdomains
-            .iter()
-            .find(|(suffix, _)| domain.len() > suffix.len() && domain.ends_with(suffix.as_str()))
-            .map(|(_, pool)| pool.clone())
+        self.0.get(domain.trim_end_matches('.')).cloned()
     }
 }
 
