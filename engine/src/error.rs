@@ -19,6 +19,9 @@ pub enum Error {
     Auth(String),
     #[error("dkim: {0}")]
     Dkim(String),
+    /// Sites, bounce classification or shaping rules cannot be built.
+    #[error("shaping: {0}")]
+    Shaping(String),
     /// `[log] events` cannot be opened for appending.
     #[error("event log: {0}")]
     Events(String),

@@ -511,7 +511,8 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
         None => (Config::default(), Vec::new()),
     };
     // Flushes the log writer when `run` returns.
-    let _log = init_logging(&config.log);
+    let (_log, log_filter) = init_logging(&config.log);
+    let log_filter = std::sync::Arc::new(log_filter);
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
@@ -523,15 +524,16 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
     // `baton reload` (POST /reload on the admin API) does what SIGHUP does.
     let weak = std::sync::Arc::downgrade(&running.server);
     let path = config_path.map(Path::to_path_buf);
+    let hook_filter = log_filter.clone();
     let _ = running.server.reload_hook.set(Box::new(move || {
         let server = weak.upgrade().ok_or("the server is stopping")?;
-        reload(&server, path.as_deref(), "reload")
+        reload(&server, &hook_filter, path.as_deref(), "reload")
     }));
     // Accepting mail: a `Type=notify` unit is started now.
     baton::systemd::notify("READY=1\nSTATUS=accepting mail");
     for signal in signals.forever() {
         if signal == SIGHUP {
-            let _ = reload(&running.server, config_path, "SIGHUP");
+            let _ = reload(&running.server, &log_filter, config_path, "SIGHUP");
             continue;
         }
         tracing::info!(
@@ -546,14 +548,15 @@ fn run(config_path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-/// SIGHUP and `baton reload`: reads the configuration file again and
-/// replaces the AUTH users and the TLS certificates, so new users, changed
-/// passwords and renewed certificates take effect without a restart (new
-/// sessions and handshakes use them). A file that fails to load or check
-/// changes nothing. Other settings take effect at the next start. Returns
-/// what was done, or why not, for `baton reload`.
+/// SIGHUP and `baton reload`: reads the configuration file again and puts
+/// it in force, all of it or nothing (`Server::reload`): routes, shaping,
+/// sites, pools, DKIM keys, AUTH users, certificates, suppression
+/// settings, `hold`, and here the log filter. What only a restart can
+/// change is named and left as it runs. A file that fails to load or check
+/// changes nothing. Returns what was done, or why not, for `baton reload`.
 fn reload(
     server: &baton::server::Server,
+    log_filter: &LogFilter,
     config_path: Option<&Path>,
     by: &str,
 ) -> Result<String, String> {
@@ -563,46 +566,57 @@ fn reload(
         tracing::info!("{by}: running on built-in defaults; nothing to reload");
         return Err("running on built-in defaults: there is no file to reload".into());
     };
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(err) => {
-            tracing::error!(%err, "{by}: configuration refused; nothing changed");
-            return Err(format!("configuration refused, nothing changed: {err}"));
-        }
+    let refused = |why: String| {
+        server
+            .metrics
+            .config_reload_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::error!(generation = server.live().generation, "{by}: {why}");
+        why
     };
-    let users = server.reload_users(&config.auth).map_err(|err| {
-        tracing::error!(%err, "{by}: AUTH users not reloaded; the old ones stay");
-        format!("AUTH users not reloaded, the old ones stay: {err}")
+    let config = Config::load(path)
+        .map_err(|err| refused(format!("configuration refused, nothing changed: {err}")))?;
+    let reloaded = server.reload(config).map_err(|err| {
+        refused(format!(
+            "configuration refused, nothing changed: {}: {err}",
+            path.display()
+        ))
     })?;
-    tracing::info!(users, "{by}: AUTH users reloaded");
-    let dkim = server.reload_dkim(&config).map_err(|err| {
-        tracing::error!(%err, "{by}: DKIM keys not reloaded; the old ones stay");
-        format!("DKIM keys not reloaded, the old ones stay: {err}")
-    })?;
-    tracing::info!(keys = dkim, "{by}: DKIM keys reloaded");
-    let certificates = server.reload_certificates(&config.tls).map_err(|err| {
-        tracing::error!(%err, "{by}: certificates not reloaded; the old ones stay");
-        format!("certificates not reloaded, the old ones stay: {err}")
-    })?;
+    let live = server.live();
+    log_filter(&live.config.log);
+    let restart = if reloaded.needs_restart.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; changed but kept until a restart: {}",
+            reloaded.needs_restart.join(", ")
+        )
+    };
     tracing::info!(
-        certificates,
-        "{by}: certificates reloaded; other changes need a restart"
+        generation = reloaded.generation,
+        users = reloaded.users,
+        dkim_keys = reloaded.dkim_keys,
+        certificates = reloaded.certificates,
+        needs_restart = %reloaded.needs_restart.join(","),
+        "{by}: configuration reloaded"
     );
     Ok(format!(
-        "reloaded {}: {users} AUTH users, {dkim} DKIM keys, {certificates} certificates; other changes need a restart",
-        path.display()
+        "reloaded {} (generation {}): {} AUTH users, {} DKIM keys, {} certificates{restart}",
+        path.display(),
+        reloaded.generation,
+        reloaded.users,
+        reloaded.dkim_keys,
+        reloaded.certificates,
     ))
 }
 
-/// Logs go to stderr through a writer thread: a shard formats its line and
-/// moves on, and never waits on the write (one line per accepted message is
-/// tens of thousands of writes a second). Lines are dropped, and counted,
-/// only if the writer falls `LOG_LINES_BUFFERED_MAX` lines behind.
-fn init_logging(log: &baton::config::LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
-    const LOG_LINES_BUFFERED_MAX: usize = 256 * 1024;
-    const LOG_BUFFER_BYTES: usize = 64 << 10;
-    // RUST_LOG, when set, stands in for `[log] level`; `per_message =
-    // false` holds either way.
+/// Puts a reloaded `[log]` filter in force.
+type LogFilter = Box<dyn Fn(&baton::config::LogConfig) + Send + Sync>;
+
+/// The filter directive for `log`: RUST_LOG, when set, stands in for
+/// `[log] level` (at start and at every reload); `per_message = false`
+/// holds either way.
+fn log_directive(log: &baton::config::LogConfig) -> String {
     let mut level = std::env::var("RUST_LOG")
         .ok()
         .filter(|l| !l.trim().is_empty())
@@ -610,8 +624,23 @@ fn init_logging(log: &baton::config::LogConfig) -> tracing_appender::non_blockin
     if !log.per_message {
         level.push_str(&format!(",{}=warn", baton::config::PER_MESSAGE_TARGET));
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    level
+}
+
+/// Logs go to stderr through a writer thread: a shard formats its line and
+/// moves on, and never waits on the write (one line per accepted message is
+/// tens of thousands of writes a second). Lines are dropped, and counted,
+/// only if the writer falls `LOG_LINES_BUFFERED_MAX` lines behind.
+/// The returned [`LogFilter`] replaces the filter on reload.
+fn init_logging(
+    log: &baton::config::LogConfig,
+) -> (tracing_appender::non_blocking::WorkerGuard, LogFilter) {
+    const LOG_LINES_BUFFERED_MAX: usize = 256 * 1024;
+    const LOG_BUFFER_BYTES: usize = 64 << 10;
+    let filter = |log: &baton::config::LogConfig| {
+        tracing_subscriber::EnvFilter::try_new(log_directive(log))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level))
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_LINES_BUFFERED_MAX)
@@ -623,15 +652,27 @@ fn init_logging(log: &baton::config::LogConfig) -> tracing_appender::non_blockin
             std::io::stderr(),
         ));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(log))
         .with_writer(writer)
         .with_target(false)
         .with_timer(LogTime);
-    match log.format {
-        baton::config::LogFormat::Text => builder.with_ansi(ansi).init(),
-        baton::config::LogFormat::Json => builder.json().init(),
-    }
-    guard
+    // The handle's type depends on the format: each arm makes its own
+    // closure. A failed swap (the subscriber is gone) changes nothing.
+    let set_filter: LogFilter = match log.format {
+        baton::config::LogFormat::Text => {
+            let builder = builder.with_ansi(ansi).with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |log| drop(handle.reload(filter(log))))
+        }
+        baton::config::LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |log| drop(handle.reload(filter(log))))
+        }
+    };
+    (guard, set_filter)
 }
 
 /// Log timestamps, `2026-11-22T18:00:00.123Z`, with the date and time to the
@@ -736,7 +777,11 @@ fn check_config(file: &Path) -> Result<(), String> {
 
 /// `baton reload`: POST /reload on the server's admin API.
 fn reload_command(config: Option<&Path>, admin: Option<SocketAddr>) -> Result<(), String> {
-    let api = Api::from_config(config, admin)?;
+    // The server would refuse a file that does not load or check: say so
+    // here, where it is found, and leave the server alone.
+    let api = Api::from_config(config, admin).map_err(|err| {
+        format!("configuration refused, nothing changed (the running one stays): {err}")
+    })?;
     api.act("/reload", false)
 }
 

@@ -2,7 +2,7 @@
 
 use crate::auth::users::Users;
 use crate::auth::verify::Verifier;
-use crate::config::{AuthConfig, ListenerAuth};
+use crate::config::ListenerAuth;
 use crate::inbound::AuthSettings;
 use crate::sign::{Keys, Signing};
 use std::collections::HashMap;
@@ -10,6 +10,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use std::thread;
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
-use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls, TlsConfig};
+use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls};
 use crate::delivery::events::{Event as LogEvent, EventKind, EventLog};
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::dns::{Resolver, ResolverConfig};
@@ -34,7 +36,7 @@ use crate::shaping::egress::{Egress, SenderPools};
 use crate::shaping::ShapingRules;
 use crate::shard::{self, ShardHandle, ShardLink};
 use crate::tls::mta_sts::{MtaSts, MtaStsConfig};
-use crate::tls::{ClientTls, ServerTls, TlsError};
+use crate::tls::{ClientTls, ServerTls};
 
 /// MTA-STS policies kept across restarts, in the spool directory.
 const MTA_STS_CACHE_FILE: &str = "mta-sts-cache.json";
@@ -72,6 +74,9 @@ pub struct Metrics {
     /// whose handshake failed.
     pub tls_handshakes_out: AtomicU64,
     pub tls_handshake_failures_out: AtomicU64,
+    /// Reloads refused (the file did not load or check, or a key, users
+    /// or certificate file did not load).
+    pub config_reload_failures: AtomicU64,
 }
 
 /// What all shards share.
@@ -94,12 +99,9 @@ pub struct Server {
     broken_tls: Mutex<HashMap<SocketAddr, u64>>,
     pub spool: Spool,
     pub queues: Queues,
-    pub routes: Routes,
-    /// Site names and limits by host (MX rollup, `[[site]]`).
-    pub sites: Arc<SiteTable>,
+    /// What a reload replaces; see [`Server::live`].
+    live: ArcSwap<Live>,
     pub resolver: Resolver,
-    pub delivery: DeliverySettings,
-    pub client_config: Arc<ClientConfig>,
     /// Shared with the suppression list's writer, which logs its changes.
     pub events: Arc<EventLog>,
     /// The suppression list; `None` with `suppression.enabled = false`.
@@ -118,6 +120,28 @@ pub struct Server {
     pub verifier: Option<Verifier>,
     /// DKIM keys and the threads that sign.
     pub signing: Signing,
+    /// What `POST /reload` runs (SIGHUP's reload); set by whoever started
+    /// the server and knows its configuration file.
+    pub reload_hook: std::sync::OnceLock<ReloadHook>,
+    /// Held through a reload: SIGHUP and `POST /reload` take turns.
+    reloading: Mutex<()>,
+}
+
+/// What a reload (SIGHUP, `baton reload`) replaces, built whole from one
+/// validated configuration and swapped in at once: a shard loads it where
+/// it uses it (an `arc-swap` load, a few atomic operations, no lock), so a
+/// delivery in flight finishes on the snapshot it started with.
+pub struct Live {
+    /// 1 at start, one more for each reload that took effect.
+    pub generation: u64,
+    /// The configuration in force: the file as last reloaded, but with what
+    /// only a restart can change (`Config::live_part`) as at start.
+    pub config: Config,
+    pub routes: Routes,
+    /// Site names and limits by host (MX rollup, `[[site]]`).
+    pub sites: Arc<SiteTable>,
+    pub delivery: DeliverySettings,
+    pub client_config: Arc<ClientConfig>,
     /// Bounce classification: shipped rules and the operator's.
     pub classifier: Classifier,
     /// What to do when a receiver says "slow down".
@@ -126,19 +150,72 @@ pub struct Server {
     pub egress: Egress,
     /// `[[sender_pool]]`: pools by MAIL FROM domain.
     pub sender_pools: SenderPools,
-    /// What `POST /reload` runs (SIGHUP's reload); set by whoever started
-    /// the server and knows its configuration file.
-    pub reload_hook: std::sync::OnceLock<ReloadHook>,
+}
+
+impl Live {
+    /// Builds everything from `config` (validated); `Err` names what could
+    /// not be loaded (the classification rules file).
+    fn build(config: Config, generation: u64) -> Result<Live> {
+        let sites = SiteTable::new(&config.sites, config.shaping.connections_max)
+            .map_err(|(key, why)| Error::Shaping(format!("{key}: {why}")))?;
+        let classifier = Classifier::load(config.delivery.classify_rules.as_deref())
+            .map_err(|err| Error::Shaping(err.to_string()))?;
+        let shaping_rules = ShapingRules::new(&config.shaping_rules)
+            .map_err(|(name, why)| Error::Shaping(format!("{name}: {why}")))?;
+        let client_config = client_config(&config);
+        let warmup_file = config.spool.path.join(crate::shaping::egress::WARMUP_FILE);
+        Ok(Live {
+            generation,
+            routes: routes(&config),
+            sites: Arc::new(sites),
+            delivery: delivery_settings(&config),
+            classifier,
+            shaping_rules,
+            egress: Egress::new(&config, &client_config, Some(&warmup_file)),
+            client_config: Arc::new(client_config),
+            sender_pools: SenderPools::new(&config),
+            config,
+        })
+    }
+
+    /// How the queue groups and shapes destinations under this snapshot.
+    fn queue_policy(&self) -> crate::queue::Policy {
+        let named = self.sites.clone();
+        crate::queue::Policy {
+            shaping_for: shaping_for(&self.config),
+            site_for: route_sites(&self.config, self.sites.clone()),
+            site_named: Box::new(move |name| named.named(name)),
+            lanes_for: route_lanes(&self.config),
+            site_default: self.sites.default_shaping(),
+        }
+    }
+}
+
+/// What [`Server::reload`] put in force.
+#[derive(Debug)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub users: usize,
+    pub dkim_keys: usize,
+    pub certificates: usize,
+    /// Keys that changed in the file but take effect only at a restart.
+    pub needs_restart: Vec<&'static str>,
 }
 
 /// See [`Server::reload_hook`]: what was reloaded, or why not.
 pub type ReloadHook = Box<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
 
 impl Server {
+    /// The configuration in force and what is built from it, as of now.
+    pub fn live(&self) -> arc_swap::Guard<Arc<Live>> {
+        self.live.load()
+    }
+
     /// Remembers that `addr`'s TLS handshake failed: opportunistic
     /// delivery to it goes in plain text for `delivery.remember_broken_tls`.
     pub fn tls_broken(&self, addr: SocketAddr, now_ms: u64) {
-        let until = now_ms + self.config.delivery.remember_broken_tls.as_millis() as u64;
+        let remember = self.live().config.delivery.remember_broken_tls;
+        let until = now_ms + remember.as_millis() as u64;
         let mut broken = self.broken_tls.lock().expect("broken-tls lock");
         // Bounded by the hosts baton delivers to; expired entries go here.
         broken.retain(|_, until| *until > now_ms);
@@ -151,37 +228,53 @@ impl Server {
         broken.get(&addr).is_some_and(|until| *until > now_ms)
     }
 
-    /// Reads `tls`'s certificate files again and makes them those of every
-    /// Reads the DKIM keys again (SIGHUP); on error the keys in force stay.
-    pub fn reload_dkim(&self, config: &Config) -> Result<usize> {
+    /// Puts `new` in force, all of it or nothing (SIGHUP, `baton reload`):
+    /// everything is loaded and built first, and only when all of it
+    /// loads is it swapped in. What only a restart can change stays as it
+    /// is and is named in the answer.
+    pub fn reload(&self, new: Config) -> Result<Reloaded> {
+        let _one_at_a_time = self.reloading.lock().expect("reload lock");
+        let current = self.live();
+        let (mut config, mut needs_restart) = current.config.live_part(new);
+        if self.server_tls.is_none() && config.tls.certificate.is_some() {
+            // TLS was off at start: the listeners were set up without it.
+            needs_restart.push("tls.certificate");
+            config.tls = current.config.tls.clone();
+        }
+        let users = match (&self.verifier, &config.auth.users) {
+            (Some(_), Some(path)) => {
+                Some(Users::load(path).map_err(|err| Error::Auth(err.to_string()))?)
+            }
+            _ => None,
+        };
         let keys = Keys::load(&config.dkim, &config.dkim_defaults)
             .map_err(|err| Error::Dkim(err.to_string()))?;
-        let count = keys.len();
-        self.signing.replace_keys(keys);
-        Ok(count)
-    }
-
-    /// Reads the users file again (SIGHUP); on error the users in force
-    /// stay. Returns how many users there are now.
-    pub fn reload_users(&self, auth: &AuthConfig) -> Result<usize> {
-        let (Some(verifier), Some(path)) = (&self.verifier, &auth.users) else {
-            return Ok(0);
+        let certificates = match &self.server_tls {
+            Some(_) => Some(ServerTls::load_for_reload(&config.tls)?),
+            None => None,
         };
-        let users = Users::load(path).map_err(|err| Error::Auth(err.to_string()))?;
-        let count = users.len();
-        verifier.replace_users(users);
-        Ok(count)
-    }
+        // The new snapshot reads the warm-up counters from the file.
+        current.egress.save_warmup();
+        let live = Live::build(config, current.generation + 1)?;
 
-    /// new handshake (SIGHUP). On error the certificates in force stay.
-    pub fn reload_certificates(&self, tls: &TlsConfig) -> Result<usize> {
-        match &self.server_tls {
-            Some(server_tls) => Ok(server_tls.reload(tls)?.len()),
-            None if tls.certificate.is_none() => Ok(0),
-            None => Err(Error::Tls(TlsError::Config(
-                "TLS was off at start; turning it on needs a restart".into(),
-            ))),
+        // Everything loaded: from here on nothing fails.
+        let reloaded = Reloaded {
+            generation: live.generation,
+            users: users.as_ref().map_or(0, Users::len),
+            dkim_keys: keys.len(),
+            certificates: certificates.as_ref().map_or(0, |(_, list)| list.len()),
+            needs_restart,
+        };
+        if let (Some(verifier), Some(users)) = (&self.verifier, users) {
+            verifier.replace_users(users);
         }
+        self.signing.replace_keys(keys);
+        if let (Some(tls), Some((certificates, _))) = (&self.server_tls, certificates) {
+            tls.install(certificates);
+        }
+        self.queues.reconfigure(live.queue_policy(), unix_ms());
+        self.live.store(Arc::new(live));
+        Ok(reloaded)
     }
 
     /// Counts a connection from `ip`; `false` if that is one too many.
@@ -247,7 +340,7 @@ fn start_housekeeper(server: Arc<Server>) -> io::Result<thread::JoinHandle<()>> 
             let mut compactor: Option<BlockingWriter> = None;
             while !server.shutting_down.load(Ordering::Acquire) {
                 sleep_unless_stopping(&server, RECLAIM_INTERVAL);
-                server.egress.save_warmup();
+                server.live().egress.save_warmup();
                 match server.spool.reclaim() {
                     Ok(report) if report.segments_deleted + report.segments_recycled > 0 => {
                         tracing::debug!(
@@ -380,20 +473,9 @@ pub fn start(config: Config) -> Result<Running> {
         }
         None => None,
     };
-    let sender_pools = SenderPools::new(&config);
     let (spool, recovered) = Spool::open(spool_config).map_err(Error::Spool)?;
-    // The configuration was checked: its [[site]] tables are good.
-    let sites = Arc::new(
-        SiteTable::new(&config.sites, config.shaping.connections_max)
-            .expect("validated [[site]] tables"),
-    );
-    let named = sites.clone();
-    let queues = Queues::new(shaping_for(&config))
-        .with_sites(
-            route_sites(&config, sites.clone()),
-            Box::new(move |name| named.named(name)),
-        )
-        .with_lanes(route_lanes(&config));
+    let live = Live::build(config.clone(), 1)?;
+    let queues = Queues::with_policy(live.queue_policy());
     for pending in &recovered.pending {
         let record = spool.read(pending.message).map_err(Error::Spool)?;
         let message = record.message().map_err(Error::Spool)?;
@@ -406,7 +488,7 @@ pub fn start(config: Config) -> Result<Running> {
             attempts: 0,
         };
         let pool = sender_pool(
-            &sender_pools,
+            &live.sender_pools,
             verifier.as_ref(),
             message.identity,
             message.reverse_path,
@@ -473,11 +555,6 @@ pub fn start(config: Config) -> Result<Running> {
     } else {
         None
     };
-    let classifier = Classifier::load(config.delivery.classify_rules.as_deref())
-        .map_err(|err| Error::Listen(io::Error::other(err)))?;
-    // Validation compiled them already.
-    let shaping_rules = ShapingRules::new(&config.shaping_rules)
-        .map_err(|(name, why)| Error::Listen(io::Error::other(format!("{name}: {why}"))))?;
     let unsubscribe = Unsubscribe::load(
         &config.unsubscribe,
         &config.server.hostname,
@@ -511,11 +588,8 @@ pub fn start(config: Config) -> Result<Running> {
         broken_tls: Mutex::new(HashMap::new()),
         spool,
         queues,
-        routes: routes(&config),
-        sites,
+        live: ArcSwap::from_pointee(live),
         resolver,
-        delivery: delivery_settings(&config),
-        client_config: Arc::new(client_config(&config)),
         events,
         suppression,
         unsubscribe,
@@ -526,15 +600,8 @@ pub fn start(config: Config) -> Result<Running> {
         connections_per_ip: Mutex::new(HashMap::new()),
         verifier,
         signing,
-        classifier,
-        shaping_rules,
-        sender_pools,
-        egress: Egress::new(
-            &config,
-            &client_config(&config),
-            Some(&config.spool.path.join(crate::shaping::egress::WARMUP_FILE)),
-        ),
         reload_hook: std::sync::OnceLock::new(),
+        reloading: Mutex::new(()),
         config,
     });
     let shards = shard::start(&server, inboxes).map_err(Error::Listen)?;
@@ -556,7 +623,10 @@ pub fn start(config: Config) -> Result<Running> {
         })?;
         tracing::info!(%address, url = server.unsubscribe.as_ref().map_or("", |u| u.url()), "serving one-click unsubscribe links");
     }
-    crate::shaping::egress::check_reverse_dns(&server.egress, resolver_config(&server.config));
+    crate::shaping::egress::check_reverse_dns(
+        &server.live().egress,
+        resolver_config(&server.config),
+    );
     let housekeeper = start_housekeeper(server.clone()).map_err(Error::Listen)?;
     for (l, tls) in server.config.listeners.iter().zip(&server.listener_tls) {
         tracing::info!(address = %l.address, shards = shards.len(), tls = ?tls, "accepting SMTP");
@@ -595,10 +665,6 @@ fn log_suppression_changes(events: Arc<EventLog>) -> crate::policy::suppression:
     })
 }
 
-/// A route's next hop is one site: every destination routed to it shares
-/// `[shaping] connections_max` connections (a `*` smart host gets that
-/// many in all, not that many per recipient domain). MX delivery: no site
-/// yet (MX rollup is to come), each domain its own.
 /// The pool a message's sender chose: its user's (the users file), else
 /// its MAIL FROM domain's (`[[sender_pool]]`); `None`: the route's or
 /// the default. `user` is the authenticated name the spool keeps.

@@ -141,7 +141,7 @@ fn sighup_replaces_certificates_under_load_without_dropping_a_connection() {
     std::fs::copy(&renewed.key, &files.key).unwrap();
     baton.signal("HUP");
     baton.wait_for("the reload logged", |b| {
-        b.log().contains("SIGHUP: certificates reloaded")
+        b.log().contains("SIGHUP: configuration reloaded")
     });
     assert!(baton.is_running(), "SIGHUP must not end baton");
     assert!(served_name(port).contains("new.baton.test"));
@@ -167,7 +167,7 @@ fn sighup_replaces_certificates_under_load_without_dropping_a_connection() {
     std::fs::copy(&other.key, &files.key).unwrap();
     baton.signal("HUP");
     baton.wait_for("the refusal logged", |b| {
-        b.log().contains("SIGHUP: certificates not reloaded")
+        b.log().contains("SIGHUP: configuration refused")
     });
     assert!(served_name(port).contains("new.baton.test"));
 }

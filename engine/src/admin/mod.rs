@@ -503,7 +503,14 @@ fn message_report(server: &Server, id: QueueId) -> Option<MessageReport> {
                 .as_deref()
                 .filter(|_| matches!(name, "deferred" | "failed"))
                 .and_then(crate::smtp::reply::parse_reply_text)
-                .map(|reply| server.classifier.classify(&reply).as_str().to_owned());
+                .map(|reply| {
+                    server
+                        .live()
+                        .classifier
+                        .classify(&reply)
+                        .as_str()
+                        .to_owned()
+                });
             RecipientReport {
                 address: text(r.address),
                 status: name.into(),
@@ -646,6 +653,11 @@ fn metrics(server: &Server) -> String {
             "TLS handshakes with next hops that failed or timed out.",
             load(&m.tls_handshake_failures_out),
         ),
+        (
+            "baton_config_reload_failures_total",
+            "Reloads refused: the file did not load or check, or a file it names did not load.",
+            load(&m.config_reload_failures),
+        ),
     ];
     let gauges = [
         (
@@ -671,6 +683,11 @@ fn metrics(server: &Server) -> String {
                 .as_ref()
                 .and_then(|list| list.len().ok())
                 .unwrap_or(0),
+        ),
+        (
+            "baton_config_generation",
+            "The configuration in force: 1 at start, one more for each reload that took effect.",
+            server.live().generation,
         ),
         (
             "baton_spool_segments",

@@ -29,6 +29,7 @@ mod delivery;
 mod dkim;
 mod duration;
 mod error;
+mod reload;
 mod validate;
 
 use std::net::{IpAddr, SocketAddr};

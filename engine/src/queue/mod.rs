@@ -234,6 +234,25 @@ impl DestinationQueue {
         }
     }
 
+    /// Takes a reload's shaping and sources. Connections open in a
+    /// source the pool no longer has are counted in the total alone.
+    fn reshape(&mut self, shaping: Shaping, lanes: Lanes) {
+        if shaping.message_rate_max != self.shaping.message_rate_max {
+            self.bucket = Bucket::full(shaping.message_rate_max);
+        }
+        self.shaping = shaping;
+        if lanes != self.lanes {
+            self.by_lane = lanes
+                .iter()
+                .map(|(name, _)| {
+                    let old = self.lanes.iter().position(|(n, _)| n == name);
+                    old.map_or(0, |i| self.by_lane[i])
+                })
+                .collect();
+            self.lanes = lanes;
+        }
+    }
+
     fn schedule(&mut self, next_attempt_ms: u64, item: QueuedRecipient) {
         self.scheduled_seq += 1;
         self.scheduled
@@ -304,15 +323,37 @@ pub struct DestinationSummary {
 /// Every destination's queues.
 pub struct Queues {
     inner: Mutex<Table>,
-    shaping_for: Box<dyn Fn(&Destination) -> Shaping + Send + Sync>,
+}
+
+/// How destinations are shaped and grouped: the configuration's word,
+/// replaced whole by a reload ([`Queues::reconfigure`]).
+pub struct Policy {
+    pub shaping_for: ShapingFor,
     /// The site a destination belongs to, as the routes say.
-    site_for: SiteFor,
+    pub site_for: SiteFor,
     /// A configured site's shaping by its name (an operator may suspend
     /// `google` before any mail for it is queued).
-    site_named: SiteNamed,
+    pub site_named: SiteNamed,
     /// The sources a destination's connections may leave from.
-    lanes_for: LanesFor,
+    pub lanes_for: LanesFor,
+    /// The limits of an MX site no `[[site]]` names.
+    pub site_default: SiteShaping,
 }
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            shaping_for: Box::new(|_| Shaping::default()),
+            site_for: Box::new(|_| SiteOf::Own),
+            site_named: Box::new(|_| None),
+            lanes_for: Box::new(|_| default_lanes()),
+            site_default: SiteShaping::default(),
+        }
+    }
+}
+
+/// See [`Policy::shaping_for`].
+pub type ShapingFor = Box<dyn Fn(&Destination) -> Shaping + Send + Sync>;
 
 /// See [`Queues::with_sites`].
 pub type SiteFor = Box<dyn Fn(&Destination) -> SiteOf + Send + Sync>;
@@ -328,6 +369,7 @@ pub type LanesFor = Box<dyn Fn(&Destination) -> Lanes + Send + Sync>;
 /// a microsecond, `benches/queue_plan.rs`).
 #[derive(Default)]
 struct Table {
+    policy: Policy,
     map: HashMap<Destination, DestinationQueue>,
     sites: HashMap<Arc<str>, Site>,
     /// Domain → MX site, as the MX answers said.
@@ -582,13 +624,20 @@ impl std::fmt::Debug for Queues {
 impl Queues {
     /// A table whose destinations take their shaping from `shaping_for`,
     /// each a site of its own.
-    pub fn new(shaping_for: Box<dyn Fn(&Destination) -> Shaping + Send + Sync>) -> Queues {
-        Queues {
-            inner: Mutex::new(Table::default()),
+    pub fn new(shaping_for: ShapingFor) -> Queues {
+        Queues::with_policy(Policy {
             shaping_for,
-            site_for: Box::new(|_| SiteOf::Own),
-            site_named: Box::new(|_| None),
-            lanes_for: Box::new(|_| default_lanes()),
+            ..Policy::default()
+        })
+    }
+
+    /// A table that shapes and groups destinations as `policy` says.
+    pub fn with_policy(policy: Policy) -> Queues {
+        Queues {
+            inner: Mutex::new(Table {
+                policy,
+                ..Table::default()
+            }),
         }
     }
 
@@ -596,7 +645,7 @@ impl Queues {
     /// connections may leave from: limits and rules' actions then hold
     /// per site × source.
     pub fn with_lanes(mut self, lanes_for: LanesFor) -> Queues {
-        self.lanes_for = lanes_for;
+        self.inner.get_mut().expect("queues lock").policy.lanes_for = lanes_for;
         self
     }
 
@@ -604,9 +653,75 @@ impl Queues {
     /// site (a route's next hop, or MX: learned from the answer), and
     /// `site_named` a configured site's shaping by name.
     pub fn with_sites(mut self, site_for: SiteFor, site_named: SiteNamed) -> Queues {
-        self.site_for = site_for;
-        self.site_named = site_named;
+        let policy = &mut self.inner.get_mut().expect("queues lock").policy;
+        policy.site_for = site_for;
+        policy.site_named = site_named;
         self
+    }
+
+    /// Puts a reloaded configuration's policy in force: every destination
+    /// takes its new shaping and sources and, where its route changed, its
+    /// new site; every site takes its new limits. What is in force stays:
+    /// pauses, suspensions, throttles, and open connections, which finish
+    /// on the source they left from. A domain on an MX site keeps it until
+    /// its next MX answer names the site anew. The next sweep looks at
+    /// every destination.
+    pub fn reconfigure(&self, policy: Policy, now_ms: u64) {
+        let mut table = self.lock();
+        table.policy = policy;
+        let mut site_shapes: HashMap<Arc<str>, SiteShaping> = HashMap::new();
+        let destinations: Vec<Destination> = table.map.keys().cloned().collect();
+        for destination in &destinations {
+            let shaping = (table.policy.shaping_for)(destination);
+            let lanes = (table.policy.lanes_for)(destination);
+            let site_of = (table.policy.site_for)(destination);
+            let learned = table.learned.contains_key(destination);
+            let own = SiteShaping {
+                connections_max: shaping.connections_max,
+                message_rate_max: 0,
+            };
+            let current = {
+                let Table { map, dirty, .. } = &mut *table;
+                let queue = map.get_mut(destination).expect("listed");
+                queue.reshape(shaping, lanes);
+                touch(dirty, destination, queue);
+                queue.site.clone()
+            };
+            let (site, site_shaping): (Arc<str>, SiteShaping) = match site_of {
+                SiteOf::Known(name, site_shaping) => (name.into(), site_shaping),
+                SiteOf::Mx if learned => continue,
+                // Off a route's site: its MX answer names its site again.
+                SiteOf::Mx => {
+                    if *current != *destination.as_str() {
+                        table.map.get_mut(destination).expect("listed").learning = true;
+                    }
+                    (destination.as_str().into(), own)
+                }
+                SiteOf::Own => (destination.as_str().into(), own),
+            };
+            site_shapes.insert(site.clone(), site_shaping);
+            if current != site {
+                table.move_to(destination, site, site_shaping, now_ms);
+            }
+        }
+        let default = table.policy.site_default;
+        let Table {
+            sites,
+            learned,
+            policy,
+            ..
+        } = &mut *table;
+        for (name, site) in sites.iter_mut() {
+            let shaping = site_shapes
+                .get(name)
+                .copied()
+                .or_else(|| (policy.site_named)(name))
+                .unwrap_or(default);
+            site.reshape(shaping);
+        }
+        for (name, shaping) in learned.values_mut() {
+            *shaping = (policy.site_named)(name).unwrap_or(default);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -618,12 +733,12 @@ impl Queues {
         if table.map.contains_key(destination) {
             return;
         }
-        let shaping = (self.shaping_for)(destination);
+        let shaping = (table.policy.shaping_for)(destination);
         let own = SiteShaping {
             connections_max: shaping.connections_max,
             message_rate_max: 0,
         };
-        let (name, site_shaping, learning) = match (self.site_for)(destination) {
+        let (name, site_shaping, learning) = match (table.policy.site_for)(destination) {
             SiteOf::Known(name, site_shaping) => (Arc::from(name), site_shaping, false),
             SiteOf::Mx => match table.learned.get(destination) {
                 Some((name, site_shaping)) => (name.clone(), *site_shaping, false),
@@ -631,7 +746,8 @@ impl Queues {
             },
             SiteOf::Own => (Arc::from(destination.as_str()), own, false),
         };
-        let mut queue = DestinationQueue::new(shaping, name.clone(), (self.lanes_for)(destination));
+        let lanes = (table.policy.lanes_for)(destination);
+        let mut queue = DestinationQueue::new(shaping, name.clone(), lanes);
         queue.learning = learning;
         table
             .sites
@@ -1032,7 +1148,7 @@ impl Queues {
         let mut table = self.lock();
         let site_name: Option<Arc<str>> = match table.sites.get_key_value(name) {
             Some((known, _)) => Some(known.clone()),
-            None => (self.site_named)(name).map(|shaping| {
+            None => (table.policy.site_named)(name).map(|shaping| {
                 let name: Arc<str> = name.into();
                 table.sites.insert(name.clone(), Site::new(shaping));
                 name

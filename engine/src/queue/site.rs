@@ -189,6 +189,25 @@ impl Site {
         }
     }
 
+    /// Takes new limits (a reload). A lane at the old limit moves to the
+    /// new one; a lane cut by failures keeps its cut, under the new limit.
+    /// Suspensions, throttles and pauses in force stay.
+    pub(super) fn reshape(&mut self, shaping: SiteShaping) {
+        let old_max = self.shaping.connections_max.max(1);
+        let new_max = shaping.connections_max.max(1);
+        for lane in self.lanes.values_mut() {
+            lane.limit = if lane.limit >= old_max {
+                new_max
+            } else {
+                lane.limit.min(new_max)
+            };
+        }
+        if shaping.message_rate_max != self.shaping.message_rate_max {
+            self.bucket = Bucket::full(shaping.message_rate_max);
+        }
+        self.shaping = shaping;
+    }
+
     pub(super) fn lane(&mut self, name: &Arc<str>) -> &mut Lane {
         let max = self.shaping.connections_max;
         self.lanes

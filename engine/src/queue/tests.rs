@@ -695,3 +695,61 @@ fn limits_and_suspensions_hold_per_site_and_source() {
         "{actions:?}"
     );
 }
+
+/// A policy that routes every destination to the next hop `hop`, whose
+/// site allows `connections_max` connections.
+fn routed_to(hop: &'static str, connections_max: usize) -> Policy {
+    Policy {
+        site_for: Box::new(move |_| {
+            SiteOf::Known(
+                hop.to_owned(),
+                SiteShaping {
+                    connections_max,
+                    message_rate_max: 0,
+                },
+            )
+        }),
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn a_reload_moves_destinations_to_their_new_site_and_takes_its_limits() {
+    let queues = Queues::with_policy(routed_to("old:25", 1));
+    let d = Destination::new("a.example");
+    let pushed = queues.push(
+        &d,
+        &(0..10).map(|i| item(i, 0)).collect::<Vec<_>>(),
+        Status::Pending,
+        0,
+    );
+    assert_eq!(opens(&pushed), 1, "one connection: the old site's limit");
+    // The route moves, with room for three: the open connection is
+    // counted at the new site, and two more may open.
+    queues.reconfigure(routed_to("new:25", 3), 1);
+    let sites = queues.sites();
+    assert_eq!(
+        sites.len(),
+        1,
+        "the old site, now empty, is gone: {sites:?}"
+    );
+    assert_eq!(sites[0].site, "new:25");
+    assert_eq!((sites[0].connections, sites[0].connections_limit), (1, 3));
+    assert_eq!(opens(&queues.plan(2)), 2);
+    // The same site, a lower limit: nothing new opens.
+    queues.reconfigure(routed_to("new:25", 2), 3);
+    assert_eq!(queues.sites()[0].connections_limit, 2);
+    assert_eq!(opens(&queues.plan(4)), 0);
+}
+
+#[test]
+fn a_reload_keeps_an_operators_suspension() {
+    let queues = Queues::with_policy(routed_to("hop:25", 2));
+    let d = Destination::new("a.example");
+    queues.push(&d, &[item(1, 0)], Status::Pending, 0);
+    queues.suspend("hop:25", u64::MAX / 2, "operator".into(), 0);
+    queues.reconfigure(routed_to("hop:25", 5), 1);
+    let sites = queues.sites();
+    assert_eq!(sites[0].suspended.as_deref(), Some("operator"));
+    assert_eq!(opens(&queues.plan(2)), 0, "still suspended");
+}

@@ -205,6 +205,11 @@ impl SiteTable {
         (name, self.default)
     }
 
+    /// The limits of a site no table names: `[shaping] connections_max`.
+    pub fn default_shaping(&self) -> SiteShaping {
+        self.default
+    }
+
     /// A named site's limits (an operator may suspend `google` before any
     /// mail for it is queued).
     pub fn named(&self, name: &str) -> Option<SiteShaping> {

@@ -224,7 +224,7 @@ impl SessionContext for Ctx<'_> {
             .metrics
             .recipients_suppressed
             .fetch_add(1, Ordering::Relaxed);
-        match self.server.config.suppression.action {
+        match self.server.live().config.suppression.action {
             SuppressionAction::Reject => Some(Suppression::Reject),
             SuppressionAction::Drop => {
                 let events = &self.server.events;
@@ -1030,7 +1030,7 @@ impl Shard {
         });
         // The pool its sender chose, if any: its recipients queue apart.
         let pool = crate::server::sender_pool(
-            &self.server.sender_pools,
+            &self.server.live().sender_pools,
             self.server.verifier.as_ref(),
             record.identity,
             &message.reverse_path,

@@ -271,14 +271,17 @@ impl Shard {
         let Some(key) = self.outs.vacant() else {
             return self.server.queues.closed(&destination, &lane, None, now_ms);
         };
-        let (query, port, auth, pool) = match self.server.routes.route(&destination) {
+        // One snapshot for the whole connection's set-up: a reload in
+        // between cannot mix two configurations.
+        let live = self.server.live();
+        let (query, port, auth, pool) = match live.routes.route(&destination) {
             Route::Mx { port } => (Query::Mx(destination.as_str().to_owned()), port, None, None),
             Route::NextHop(hop) => (Query::Host(hop.host.clone()), hop.port, hop.auth, hop.pool),
         };
         // The sender's choice of pool comes first.
         let pool = destination.pool().map(str::to_owned).or(pool);
         // The queue chose the source (the lane with room in the site).
-        let source = match self.server.egress.pool(pool.as_deref()) {
+        let source = match live.egress.pool(pool.as_deref()) {
             None => None,
             Some(pool) => match pool.source_named(&lane).filter(|s| s.allows(now_ms)) {
                 Some(source) => Some(source.clone()),
@@ -302,14 +305,14 @@ impl Shard {
         // RFC 8461 applies to MX delivery only: a route is the operator's
         // own choice of next hop.
         let sts_domain = (matches!(query, Query::Mx(_))
-            && self.server.config.shaping_for(destination.as_str()).mta_sts)
+            && live.config.shaping_for(destination.as_str()).mta_sts)
             .then(|| destination.as_str().to_owned());
         let messages_max = self
             .server
             .queues
             .shaping(&destination)
             .messages_per_connection_max;
-        let tls_policy = self.server.config.tls_policy_for(destination.as_str());
+        let tls_policy = live.config.tls_policy_for(destination.as_str());
         self.outs.insert(OutConn {
             key,
             destination,
@@ -345,7 +348,7 @@ impl Shard {
             idle: false,
             rate_wait: false,
             wait: None,
-            deadline: Instant::now() + self.server.delivery.timeouts.connect,
+            deadline: Instant::now() + live.delivery.timeouts.connect,
             after: None,
             cancels_sent: false,
             last_error: String::new(),
@@ -433,16 +436,11 @@ impl Shard {
                 // MX rollup: the MX hosts name the domain's site, which it
                 // joins with this connection; a full (or suspended) site
                 // has no room for it, and the domain waits its turn.
+                let live = self.server.live();
                 let rollup = !domain.starts_with('[')
-                    && matches!(
-                        self.server.routes.route(&conn.destination),
-                        Route::Mx { .. }
-                    );
+                    && matches!(live.routes.route(&conn.destination), Route::Mx { .. });
                 if rollup {
-                    let (site, shaping) = self
-                        .server
-                        .sites
-                        .for_mx(hosts.iter().map(|h| h.name.as_str()));
+                    let (site, shaping) = live.sites.for_mx(hosts.iter().map(|h| h.name.as_str()));
                     if !self.server.queues.join(
                         &conn.destination,
                         &conn.lane,
@@ -534,7 +532,7 @@ impl Shard {
 
     /// Connects to the next address, or gives up on the destination.
     fn connect_next(&mut self, key: ConnKey) {
-        let timeout = self.server.delivery.timeouts.connect;
+        let timeout = self.server.live().delivery.timeouts.connect;
         let Some(conn) = self.outs.get_mut(key) else {
             return;
         };
@@ -658,10 +656,10 @@ impl Shard {
             TlsPolicy::Required | TlsPolicy::RequiredVerified => TlsMode::Required,
         };
         conn.plain_retry = false;
-        let config = conn
-            .source
-            .as_ref()
-            .map_or_else(|| self.server.client_config.clone(), |s| s.client.clone());
+        let config = conn.source.as_ref().map_or_else(
+            || self.server.live().client_config.clone(),
+            |s| s.client.clone(),
+        );
         conn.client = Some(Client::new(config, mode).with_auth(conn.auth.clone()));
         self.out_progress(key);
     }
@@ -789,7 +787,7 @@ impl Shard {
                 Event::Closed { reason } => self.out_closed(key, reason),
             }
         }
-        let timeouts = self.server.delivery.timeouts;
+        let timeouts = self.server.live().delivery.timeouts;
         let Some(conn) = self.outs.get_mut(key) else {
             return;
         };
@@ -1002,7 +1000,7 @@ impl Shard {
                     return;
                 }
                 Take::Idle => {
-                    let idle_timeout = self.server.delivery.idle_timeout;
+                    let idle_timeout = self.server.live().delivery.idle_timeout;
                     let conn = self.outs.get_mut(key).expect("present");
                     conn.idle = true;
                     conn.deadline = Instant::now() + idle_timeout;
@@ -1124,7 +1122,7 @@ impl Shard {
         {
             if let Some(conn) = self.outs.get_mut(key) {
                 let (destination, lane) = (conn.destination.clone(), conn.lane.clone());
-                let category = self.server.classifier.classify(reply);
+                let category = self.server.live().classifier.classify(reply);
                 self.listen(&destination, Some(&lane), reply, category, now_ms);
             }
         }
@@ -1345,7 +1343,7 @@ impl Shard {
     }
 
     fn pause_ms(&self) -> (u64, u64) {
-        let d = &self.server.delivery;
+        let d = &self.server.live().delivery;
         (d.pause.as_millis() as u64, d.pause_max.as_millis() as u64)
     }
 
@@ -1444,11 +1442,12 @@ impl Shard {
 /// names; a domain baton has no recent answer for gets its own
 /// connection, which asks).
 fn may_carry(server: &Server, conn: &OutConn, other: &Destination) -> bool {
-    let route = server.routes.route(&conn.destination);
-    if route != server.routes.route(other) || conn.destination.pool() != other.pool() {
+    let live = server.live();
+    let route = live.routes.route(&conn.destination);
+    if route != live.routes.route(other) || conn.destination.pool() != other.pool() {
         return false;
     }
-    let config = &server.config;
+    let config = &live.config;
     if config.tls_policy_for(other.as_str()) != config.tls_policy_for(conn.destination.as_str()) {
         return false;
     }

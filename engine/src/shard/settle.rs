@@ -102,7 +102,8 @@ impl Shard {
             return;
         };
         let server = self.server.clone();
-        let (delivery, arrival_ms) = (&server.delivery, view.arrival_ms);
+        let live = server.live();
+        let (delivery, arrival_ms) = (&live.delivery, view.arrival_ms);
         // Delivered recipients settle without a reply, so a message that
         // only succeeds costs no allocation here; deferred ones are not
         // final, and a batch of deferrals alone does not take the lock.
@@ -256,7 +257,7 @@ impl Shard {
     /// of bouncing again. Handed to the list's writer without waiting.
     /// The category of a deferral's or failure's reply, counted.
     fn classify(&self, reply: &Reply) -> Category {
-        let category = self.server.classifier.classify(reply);
+        let category = self.server.live().classifier.classify(reply);
         self.server.metrics.recipients_by_category[category.index()]
             .fetch_add(1, Ordering::Relaxed);
         category
@@ -276,7 +277,8 @@ impl Shard {
         let Some(lane) = lane else {
             return;
         };
-        let rules = &self.server.shaping_rules;
+        let live = self.server.live();
+        let rules = &live.shaping_rules;
         // Logged when the state changes: once per suspension, however
         // many recipients the same reply defers.
         let queues = &self.server.queues;
@@ -295,7 +297,7 @@ impl Shard {
         let Some(list) = &self.server.suppression else {
             return;
         };
-        if !self.server.config.suppression.from_bounces {
+        if !self.server.live().config.suppression.from_bounces {
             return;
         }
         let address = String::from_utf8_lossy(recipient);

@@ -72,19 +72,28 @@ impl ServerTls {
         self.config.clone()
     }
 
-    /// Reads the files again and, if every one loads and checks, makes them
-    /// the certificates of every new handshake. On error nothing changes.
-    pub fn reload(&self, tls: &TlsConfig) -> Result<Vec<CertificateSummary>, TlsError> {
+    /// Reads the files again for a reload; [`ServerTls::install`] puts
+    /// them in force. TLS cannot be turned off without a restart.
+    pub fn load_for_reload(
+        tls: &TlsConfig,
+    ) -> Result<(NewCertificates, Vec<CertificateSummary>), TlsError> {
         let (certificates, summaries) = load_certificates(tls)?;
         let Some(certificates) = certificates else {
             return Err(TlsError::Config(
                 "[tls] certificate is gone; TLS cannot be turned off without a restart".into(),
             ));
         };
-        self.certificates.store(Arc::new(certificates));
-        Ok(summaries)
+        Ok((NewCertificates(certificates), summaries))
+    }
+
+    /// Makes `certificates` those of every new handshake.
+    pub fn install(&self, certificates: NewCertificates) {
+        self.certificates.store(Arc::new(certificates.0));
     }
 }
+
+/// Certificates loaded by [`ServerTls::load_for_reload`], not yet in force.
+pub struct NewCertificates(Certificates);
 
 fn load_certificates(
     tls: &TlsConfig,
