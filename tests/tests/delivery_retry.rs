@@ -182,13 +182,16 @@ fn a_recipient_deferred_past_max_age_fails_and_its_sender_hears_it_expired() {
     // At least the first attempt and a retry, all refused.
     let attempts = replies(&refusing, 451);
     assert!(attempts >= 2, "{refusing}");
-    server.wait_until("the failed event", || {
-        !events.events_of("failed", &id).is_empty()
+    server.wait_until("the expired event", || {
+        !events.events_of("expired", &id).is_empty()
     });
-    let failed = events.events_of("failed", &id);
-    assert_eq!(failed.len(), 1, "{failed:?}");
-    assert_eq!(failed[0]["reason"], "expired", "{:?}", failed[0]);
-    assert_eq!(failed[0]["attempt"], attempts, "{:?}", failed[0]);
+    let expired = events.events_of("expired", &id);
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert!(
+        events.events_of("failed", &id).is_empty(),
+        "expired, not failed"
+    );
+    assert_eq!(expired[0]["attempt"], attempts, "{:?}", expired[0]);
     let deferred = events.events_of("deferred", &id);
     assert_eq!(deferred.len() as u64, attempts - 1, "{deferred:?}");
 }

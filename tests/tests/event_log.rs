@@ -14,7 +14,9 @@ use baton_tests::{queued_id, Baton, TestConfig};
 type Object = serde_json::Map<String, serde_json::Value>;
 
 /// Every field a line may have.
-const FIELDS: [&str; 21] = [
+const FIELDS: [&str; 23] = [
+    "local",
+    "latency_ms",
     "queue_time_ms",
     "egress",
     "recipients",
@@ -53,6 +55,15 @@ const OUTCOME_FIELDS: [&str; 10] = [
     "attempt",
     "size",
 ];
+
+/// An outcome over a connection has these too: the local address it
+/// left from and the transaction's time.
+const CONNECTION_FIELDS: [&str; 2] = ["local", "latency_ms"];
+
+/// [`OUTCOME_FIELDS`] and [`CONNECTION_FIELDS`].
+fn over_a_connection() -> Vec<&'static str> {
+    [&OUTCOME_FIELDS[..], &CONNECTION_FIELDS[..]].concat()
+}
 
 /// The fields of a `received` line.
 const RECEIVED_FIELDS: [&str; 8] = [
@@ -261,7 +272,7 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     );
     check_fields(
         deferred,
-        &OUTCOME_FIELDS,
+        &over_a_connection(),
         &["next_attempt", "tls", "category"],
         &mut problems,
     );
@@ -277,7 +288,16 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
 
     let delivered = outcome(&lines, "delivered", &later, "bob@dest.test", 2, "250 ");
     // `tls`: the sink offers STARTTLS, so baton delivers encrypted.
-    check_fields(delivered, &OUTCOME_FIELDS, &["tls"], &mut problems);
+    check_fields(delivered, &over_a_connection(), &["tls"], &mut problems);
+    let local = delivered
+        .get("local")
+        .and_then(|l| l.as_str())
+        .unwrap_or("");
+    if local.parse::<std::net::SocketAddr>().is_err() {
+        problems.push(format!(
+            "delivered: \"local\" is not ip:port in {delivered:?}"
+        ));
+    }
     if delivered.get("tls").is_none() {
         problems.push(format!(
             "delivered: no \"tls\" over STARTTLS in {delivered:?}"
@@ -287,7 +307,12 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
     let recipient = "bounce-carol@dest.test";
     let failed = outcome(&lines, "failed", &never, recipient, 1, "550 5.1.1 ");
     // No `reason`: that is for expiry.
-    check_fields(failed, &OUTCOME_FIELDS, &["tls", "category"], &mut problems);
+    check_fields(
+        failed,
+        &over_a_connection(),
+        &["tls", "category"],
+        &mut problems,
+    );
     if failed.get("category").and_then(|c| c.as_str()) != Some("invalid_recipient") {
         problems.push(format!(
             "failed: category is not \"invalid_recipient\" in {failed:?}"
@@ -316,7 +341,7 @@ fn the_event_log_has_a_json_line_with_the_documented_fields_for_each_event() {
         1,
         "250 ",
     );
-    check_fields(notification, &OUTCOME_FIELDS, &["tls"], &mut problems);
+    check_fields(notification, &over_a_connection(), &["tls"], &mut problems);
 
     assert!(
         problems.is_empty(),

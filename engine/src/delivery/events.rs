@@ -6,8 +6,9 @@
 //! ```
 //!
 //! Fields that do not apply to an event are left out rather than written
-//! as `null`: a `delivered` line has no `next_attempt` key. An expiry is a
-//! `failed` event with `"reason":"expired"`. Over TLS, `received` and
+//! as `null`: a `delivered` line has no `next_attempt` key. A recipient
+//! still deferred after `max_age` gets an `expired` line (its last reply,
+//! no new attempt) rather than `failed`. Over TLS, `received` and
 //! outcome lines carry
 //! `"tls":{"version":"TLSv1.3","cipher":"TLS_AES_256_GCM_SHA384","bits":256,"verified":false}`
 //! (`verified`: the next hop's chain and name were checked).
@@ -76,8 +77,12 @@ pub enum EventKind {
     Delivered,
     /// A recipient failed temporarily and will be tried again.
     Deferred,
-    /// A recipient failed for good (a `5xx`, or expiry with `reason`).
+    /// A recipient failed for good: a `5xx`, or a local failure that
+    /// cannot pass.
     Failed,
+    /// A recipient failed for good because it was still deferred after
+    /// `delivery.max_age`: the last reply is the one that deferred it.
+    Expired,
     /// A delivery status notification was queued for the sender.
     Bounce,
     /// An operator removed a recipient from the queue (`baton queue
@@ -200,6 +205,13 @@ pub struct Event<'a> {
     /// Outcomes: how long the message had been queued, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_time_ms: Option<u64>,
+    /// Outcomes: the local address the connection left from, `ip:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<&'a str>,
+    /// Outcomes over a connection: the transaction's time, from MAIL FROM
+    /// to the reply that decided it, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
     /// Outcomes: the egress source (`[[source]]` name) the attempt left
     /// from, when a pool chose one.
     #[serde(rename = "egress", skip_serializing_if = "Option::is_none")]
@@ -259,6 +271,8 @@ impl<'a> Event<'a> {
             category: None,
             queue_time_ms: None,
             egress: None,
+            local: None,
+            latency_ms: None,
             recipients: None,
             client: None,
             helo: None,
@@ -674,13 +688,17 @@ mod tests {
         assert_eq!(value["sender"], "ü@example.org");
         assert_eq!(value["bounce_queue_id"], "q2");
 
-        let expired = Event {
-            reason: Some("expired"),
-            ..Event::new(EventKind::Failed, 0, "q1")
+        let expired = Event::new(EventKind::Expired, 0, "q1");
+        assert_eq!(line_of(&expired)["event"], "expired");
+
+        let delivered = Event {
+            local: Some("192.0.2.9:40000"),
+            latency_ms: Some(12),
+            ..Event::new(EventKind::Delivered, 0, "q1")
         };
-        let value = line_of(&expired);
-        assert_eq!(value["event"], "failed");
-        assert_eq!(value["reason"], "expired");
+        let value = line_of(&delivered);
+        assert_eq!(value["local"], "192.0.2.9:40000");
+        assert_eq!(value["latency_ms"], 12);
     }
 
     #[test]

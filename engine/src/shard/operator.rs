@@ -15,7 +15,7 @@ use crate::server::unix_ms;
 use crate::smtp::reply::Reply;
 
 use super::event_loop::Shard;
-use super::settle::reply_text;
+use super::settle::{reply_text, Via};
 
 impl Shard {
     /// An operator's request, run on this shard for its spool writer.
@@ -95,7 +95,7 @@ impl Shard {
                         .map(|(d, _)| d.clone())
                         .unwrap_or_else(|| Destination::new(""));
                     let results = by_destination.into_iter().flat_map(|(_, r)| r).collect();
-                    self.settle_message(&destination, None, &record, results, None, None);
+                    self.settle_message(&destination, None, &record, results, Via::default());
                 } else {
                     self.settle_removed(&record, &open);
                     let reply = Reply::new(250, None, "removed by the administrator");

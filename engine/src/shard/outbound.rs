@@ -40,7 +40,7 @@ use crate::tls::TlsInfo;
 
 use super::conn::Slotted;
 use super::event_loop::Shard;
-use super::settle::reply_text;
+use super::settle::{reply_text, Via};
 use super::token::{ConnKey, Token};
 use super::ShardMsg;
 
@@ -130,6 +130,8 @@ struct Current {
     sent: Vec<QueuedRecipient>,
     /// Their domain (a connection may carry several domains of its site).
     destination: Destination,
+    /// When MAIL FROM went out: the transaction's latency in events.
+    started: Instant,
 }
 
 pub(super) struct OutConn {
@@ -197,6 +199,8 @@ pub(super) struct OutConn {
     tls_verify: bool,
     /// What the handshake negotiated, once done.
     tls_info: Option<TlsInfo>,
+    /// The local address, `ip:port`, once connected.
+    local: Option<Arc<str>>,
     /// The last address failed for want of TLS: the deferral says 4.7.5.
     tls_error: bool,
     /// The route's credentials for SMTP AUTH, if it has any.
@@ -356,6 +360,7 @@ impl Shard {
             tls: None,
             tls_verify: false,
             tls_info: None,
+            local: None,
             tls_error: false,
             auth,
             source,
@@ -647,6 +652,11 @@ impl Shard {
             return self.connect_next(key);
         }
         conn.stage = Stage::Smtp;
+        // Once per connection, for its outcome events.
+        conn.local = conn.fd.as_ref().and_then(|fd| {
+            let local = socket2::SockRef::from(fd).local_addr().ok()?;
+            Some(Arc::from(local.as_socket()?.to_string()))
+        });
         let addr = conn.hop.as_ref().map(|hop| hop.addr);
         let broken = addr.is_some_and(|addr| self.server.is_tls_broken(addr, unix_ms()));
         let mode = match conn.tls_policy {
@@ -1077,6 +1087,7 @@ impl Shard {
             body_done: 0,
             sent,
             destination: conn.destination.clone(),
+            started: Instant::now(),
         });
         true
     }
@@ -1099,15 +1110,15 @@ impl Shard {
             self.server.queues.succeeded(&destination, &lane, unix_ms());
         }
         let tls = conn.tls_info.clone();
+        let local = conn.local.clone();
         let results = current.sent.into_iter().zip(per_recipient).collect();
-        self.settle_message(
-            &destination,
-            Some(&lane),
-            &current.record,
-            results,
-            host.as_deref(),
-            tls.as_ref(),
-        );
+        let via = Via {
+            host: host.as_deref(),
+            tls: tls.as_ref(),
+            local: local.as_deref(),
+            latency_ms: Some(current.started.elapsed().as_millis() as u64),
+        };
+        self.settle_message(&destination, Some(&lane), &current.record, results, via);
     }
 
     /// The connection ended, as the client saw it.
@@ -1268,20 +1279,20 @@ impl Shard {
             let lane = self.outs.get_mut(key).expect("present").lane.clone();
             let host = self.outs.get_mut(key).expect("present").host_label();
             let tls = self.outs.get_mut(key).expect("present").tls_info.clone();
+            let local = self.outs.get_mut(key).expect("present").local.clone();
             let reply = Reply::new(421, Some((4, 4, 2)), "connection lost");
             let results = current
                 .sent
                 .into_iter()
                 .map(|item| (item, Outcome::Deferred(reply.clone())))
                 .collect();
-            self.settle_message(
-                &destination,
-                Some(&lane),
-                &current.record,
-                results,
-                host.as_deref(),
-                tls.as_ref(),
-            );
+            let via = Via {
+                host: host.as_deref(),
+                tls: tls.as_ref(),
+                local: local.as_deref(),
+                latency_ms: None,
+            };
+            self.settle_message(&destination, Some(&lane), &current.record, results, via);
         }
         let conn = self.outs.get_mut(key).expect("present");
         conn.fd = None;

@@ -69,7 +69,7 @@ impl Shard {
                     })
                     .map(|i| (*i, outcome.clone()))
                     .collect();
-                self.settle_message(destination, lane, &record, results, None, None);
+                self.settle_message(destination, lane, &record, results, Via::default());
             }
             start = end;
         }
@@ -94,9 +94,9 @@ impl Shard {
         lane: Option<&Arc<str>>,
         record: &Record,
         results: Vec<(QueuedRecipient, Outcome)>,
-        host: Option<&str>,
-        tls: Option<&TlsInfo>,
+        via: Via<'_>,
     ) {
+        let Via { host, tls, .. } = via;
         let now_ms = unix_ms();
         let Ok(view) = record.message() else {
             return;
@@ -150,6 +150,8 @@ impl Shard {
                 attempt: attempts,
                 host,
                 tls,
+                local: via.local,
+                latency_ms: via.latency_ms,
                 next_attempt_ms: None,
                 reason: None,
                 category: None,
@@ -197,8 +199,13 @@ impl Shard {
                     let status = Status::Failed { attempts };
                     self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
                     metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
-                    note.kind = EventKind::Failed;
-                    note.reason = expired.then_some("expired");
+                    // Past `max_age`: an event of its own, so a consumer
+                    // tells "gave up waiting" from "refused".
+                    note.kind = if expired {
+                        EventKind::Expired
+                    } else {
+                        EventKind::Failed
+                    };
                     let category = self.classify(&reply);
                     note.category = Some(category);
                     if !expired {
@@ -330,6 +337,8 @@ impl Shard {
             event.user = note.user;
             event.queue_time_ms = Some(note.queue_time_ms);
             event.egress = note.source;
+            event.local = note.local;
+            event.latency_ms = note.latency_ms;
             events.record(&event);
         }
         // Deliveries at INFO (off with `[log] per_message = false`);
@@ -354,6 +363,7 @@ impl Shard {
         match note.kind {
             EventKind::Delivered => outcome!(info, "delivered"),
             EventKind::Deferred => outcome!(warn, "deferred"),
+            EventKind::Expired => outcome!(warn, "expired"),
             _ => outcome!(warn, "failed"),
         }
     }
@@ -647,6 +657,20 @@ struct Notice {
     size: u64,
 }
 
+/// The connection an attempt went over, as its outcome events tell it;
+/// all `None` for outcomes of no connection (an operator's bounce, a DNS
+/// failure).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Via<'a> {
+    /// The remote host, `name [address]:port`.
+    pub host: Option<&'a str>,
+    pub tls: Option<&'a TlsInfo>,
+    /// The local address, `ip:port`.
+    pub local: Option<&'a str>,
+    /// MAIL FROM to the final reply, in milliseconds.
+    pub latency_ms: Option<u64>,
+}
+
 /// What the log says about one outcome.
 struct Note<'a> {
     kind: EventKind,
@@ -657,6 +681,10 @@ struct Note<'a> {
     host: Option<&'a str>,
     /// How the connection was encrypted, if it was.
     tls: Option<&'a TlsInfo>,
+    /// The local address the connection left from, `ip:port`.
+    local: Option<&'a str>,
+    /// The transaction's time, MAIL FROM to the final reply.
+    latency_ms: Option<u64>,
     next_attempt_ms: Option<u64>,
     reason: Option<&'static str>,
     /// Of a deferral or failure.
