@@ -27,6 +27,7 @@
 //!   share, and their replacement on SIGHUP.
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`admin`]: the HTTP admin API (queue, metrics, health) and its client.
+//! - [`metrics`]: histograms and per-site counters the admin API exports.
 //! - [`server`]: what the shards share; start and graceful stop.
 //! - [`systemd`]: readiness and stopping, told to systemd (`sd_notify`).
 //! - [`error`]: the crate's error type.
@@ -40,6 +41,7 @@ pub mod error;
 pub mod http;
 pub mod inbound;
 pub mod log_limit;
+pub mod metrics;
 pub mod outbound;
 pub mod policy;
 pub mod queue;

@@ -77,6 +77,29 @@ pub struct Metrics {
     /// Reloads refused (the file did not load or check, or a key, users
     /// or certificate file did not load).
     pub config_reload_failures: AtomicU64,
+    /// MX or address lookups that failed for now (SERVFAIL, timeout).
+    pub dns_failures: AtomicU64,
+    pub histograms: Histograms,
+    /// Outcomes per site.
+    pub sites: crate::metrics::SiteCounters,
+}
+
+/// Delivery times.
+#[derive(Debug)]
+pub struct Histograms {
+    /// A delivery transaction, MAIL FROM to its deciding reply.
+    pub latency: crate::metrics::Histogram,
+    /// A delivered recipient's time in the queue.
+    pub queue_time: crate::metrics::Histogram,
+}
+
+impl Default for Histograms {
+    fn default() -> Histograms {
+        Histograms {
+            latency: crate::metrics::Histogram::new(crate::metrics::LATENCY_BOUNDS_MS),
+            queue_time: crate::metrics::Histogram::new(crate::metrics::QUEUE_TIME_BOUNDS_MS),
+        }
+    }
 }
 
 /// What all shards share.

@@ -77,6 +77,12 @@ pub struct IndexCounts {
     pub messages: u64,
     pub live_messages: u64,
     pub live_recipients: u64,
+    /// The lowest queue id of a message with a live recipient: queue ids
+    /// rise with time, so this is the oldest message still queued.
+    pub oldest_live: Option<QueueId>,
+    /// Frame bytes of messages with a live recipient, over all segments
+    /// (segments are preallocated: their capacity is more).
+    pub live_bytes: u64,
 }
 
 /// A live message as compaction copies it.
@@ -118,10 +124,15 @@ impl Index {
             messages: self.messages.len() as u64,
             ..IndexCounts::default()
         };
-        for m in self.messages.values() {
+        // One pass over what `counts` walks anyway (a scrape's cost).
+        for (id, m) in &self.messages {
             counts.live_messages += u64::from(m.live > 0);
             counts.live_recipients += u64::from(m.live);
+            if m.live > 0 && counts.oldest_live.is_none_or(|oldest| *id < oldest) {
+                counts.oldest_live = Some(*id);
+            }
         }
+        counts.live_bytes = self.segments.values().map(|s| s.live_bytes).sum();
         counts
     }
 

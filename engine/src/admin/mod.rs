@@ -658,6 +658,11 @@ fn metrics(server: &Server) -> String {
             "Reloads refused: the file did not load or check, or a file it names did not load.",
             load(&m.config_reload_failures),
         ),
+        (
+            "baton_dns_failures_total",
+            "MX or address lookups that failed for now (SERVFAIL, timeout): the destination waits.",
+            load(&m.dns_failures),
+        ),
     ];
     let gauges = [
         (
@@ -696,8 +701,21 @@ fn metrics(server: &Server) -> String {
         ),
         (
             "baton_spool_used_bytes",
-            "Bytes of spool segments in use.",
+            "Bytes of messages still to deliver in the spool (their records).",
+            stats.counts.live_bytes,
+        ),
+        (
+            "baton_spool_capacity_bytes",
+            "Bytes of spool segments on disk, preallocated: what the spool takes of the disk.",
             stats.used_bytes,
+        ),
+        (
+            "baton_queue_oldest_message_age_seconds",
+            "Age of the oldest message with a recipient still to deliver; 0 with none.",
+            stats.counts.oldest_live.map_or(0, |id| {
+                crate::server::unix_ms().saturating_sub(crate::shard::queue_id::queue_id_ms(id))
+                    / 1000
+            }),
         ),
     ];
     let mut out = String::new();
@@ -725,6 +743,17 @@ fn metrics(server: &Server) -> String {
         "# HELP baton_build_info The running build.\n# TYPE baton_build_info gauge\nbaton_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
+    m.histograms.latency.write(
+        &mut out,
+        "baton_delivery_latency_seconds",
+        "Delivery transactions, MAIL FROM to the reply that decided them.",
+    );
+    m.histograms.queue_time.write(
+        &mut out,
+        "baton_queue_time_seconds",
+        "Delivered recipients' time from arrival to delivery.",
+    );
+    m.sites.write(&mut out);
     destination_gauges(&mut out, &server.queues.summary());
     out
 }

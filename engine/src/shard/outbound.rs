@@ -201,6 +201,8 @@ pub(super) struct OutConn {
     tls_info: Option<TlsInfo>,
     /// The local address, `ip:port`, once connected.
     local: Option<Arc<str>>,
+    /// Its site's name, once resolved: for the per-site metrics.
+    site: Option<Arc<str>>,
     /// The last address failed for want of TLS: the deferral says 4.7.5.
     tls_error: bool,
     /// The route's credentials for SMTP AUTH, if it has any.
@@ -361,6 +363,7 @@ impl Shard {
             tls_verify: false,
             tls_info: None,
             local: None,
+            site: None,
             tls_error: false,
             auth,
             source,
@@ -456,6 +459,14 @@ impl Shard {
                         tracing::debug!(destination = %domain, %site, "delivery: no room in the site for this connection");
                         return self.out_free(key);
                     }
+                    conn.site = Some(site.into());
+                } else {
+                    conn.site = Some(match live.routes.route(&conn.destination) {
+                        Route::NextHop(hop) => {
+                            live.sites.for_next_hop(&hop.host, hop.port).0.into()
+                        }
+                        Route::Mx { .. } => domain.as_str().into(),
+                    });
                 }
                 if let Some(policy) = conn.sts.clone() {
                     let refused: Vec<String> = hosts
@@ -529,6 +540,10 @@ impl Shard {
                 self.destination_down(key, Outcome::Failed(reply), false);
             }
             Resolution::TempFail(why) => {
+                self.server
+                    .metrics
+                    .dns_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 let reply = Reply::new(451, Some((4, 4, 3)), about(&domain, why));
                 self.destination_down(key, Outcome::Deferred(reply), false);
             }
@@ -1111,12 +1126,16 @@ impl Shard {
         }
         let tls = conn.tls_info.clone();
         let local = conn.local.clone();
+        let site = conn.site.clone();
         let results = current.sent.into_iter().zip(per_recipient).collect();
+        let latency_ms = current.started.elapsed().as_millis() as u64;
+        self.server.metrics.histograms.latency.observe(latency_ms);
         let via = Via {
             host: host.as_deref(),
             tls: tls.as_ref(),
             local: local.as_deref(),
-            latency_ms: Some(current.started.elapsed().as_millis() as u64),
+            latency_ms: Some(latency_ms),
+            site: site.as_ref(),
         };
         self.settle_message(&destination, Some(&lane), &current.record, results, via);
     }
@@ -1280,6 +1299,7 @@ impl Shard {
             let host = self.outs.get_mut(key).expect("present").host_label();
             let tls = self.outs.get_mut(key).expect("present").tls_info.clone();
             let local = self.outs.get_mut(key).expect("present").local.clone();
+            let site = self.outs.get_mut(key).expect("present").site.clone();
             let reply = Reply::new(421, Some((4, 4, 2)), "connection lost");
             let results = current
                 .sent
@@ -1291,6 +1311,7 @@ impl Shard {
                 tls: tls.as_ref(),
                 local: local.as_deref(),
                 latency_ms: None,
+                site: site.as_ref(),
             };
             self.settle_message(&destination, Some(&lane), &current.record, results, via);
         }

@@ -12,6 +12,11 @@ const COUNTER_BITS: u32 = 12;
 /// Most shards the id layout can tell apart.
 pub const SHARDS_MAX: usize = 1 << SHARD_BITS;
 
+/// The Unix time in milliseconds a queue id was issued at (its top bits).
+pub fn queue_id_ms(id: QueueId) -> u64 {
+    id.0 >> (SHARD_BITS + COUNTER_BITS)
+}
+
 #[derive(Debug)]
 pub struct QueueIdGen {
     shard: u64,

@@ -16,6 +16,7 @@ use baton_spool::{NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId, Re
 use crate::delivery::dsn::{self, Bounce, FailedRecipient};
 use crate::delivery::events::{Event as LogEvent, EventKind};
 use crate::delivery::retry::{DeliverySettings, Retry};
+use crate::metrics::SiteOutcome;
 use crate::outbound::Outcome;
 use crate::policy::suppression::{self, Entry, Source};
 use crate::queue::QueuedRecipient;
@@ -129,6 +130,8 @@ impl Shard {
                 .unwrap_or_default()
         };
         let metrics = &server.metrics;
+        // Per site: counted once for the batch, one lock.
+        let mut by_outcome = [0u64; 3];
         for (item, outcome) in &results {
             let (attempts, decided) =
                 fate(delivery, arrival_ms, now_ms, item.attempts + 1, outcome);
@@ -169,6 +172,8 @@ impl Shard {
                     let status = Status::Delivered { attempts };
                     self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
                     metrics.recipients_delivered.fetch_add(1, Ordering::Relaxed);
+                    metrics.histograms.queue_time.observe(note.queue_time_ms);
+                    by_outcome[SiteOutcome::Delivered as usize] += 1;
                     self.note(&note, reply, &text, now_ms);
                 }
                 Fate::Deferred {
@@ -183,6 +188,7 @@ impl Shard {
                     let text = reply_text(reply);
                     self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
                     metrics.recipients_deferred.fetch_add(1, Ordering::Relaxed);
+                    by_outcome[SiteOutcome::Deferred as usize] += 1;
                     note.kind = EventKind::Deferred;
                     note.next_attempt_ms = Some(next_attempt_ms);
                     note.reason = soft.then_some("soft_bounce");
@@ -199,6 +205,7 @@ impl Shard {
                     let status = Status::Failed { attempts };
                     self.record_outcome(&item, status, &with_tls(&text, tls), now_ms);
                     metrics.recipients_failed.fetch_add(1, Ordering::Relaxed);
+                    by_outcome[SiteOutcome::Failed as usize] += 1;
                     // Past `max_age`: an event of its own, so a consumer
                     // tells "gave up waiting" from "refused".
                     note.kind = if expired {
@@ -215,6 +222,18 @@ impl Shard {
                     if !expired && classify::is_hard_bounce(&reply, category) {
                         self.suppress_hard_bounce(note.recipient, &text, now_ms);
                     }
+                }
+            }
+        }
+        if let Some(site) = via.site {
+            for outcome in [
+                SiteOutcome::Delivered,
+                SiteOutcome::Deferred,
+                SiteOutcome::Failed,
+            ] {
+                let n = by_outcome[outcome as usize];
+                if n > 0 {
+                    metrics.sites.add(site, outcome, n);
                 }
             }
         }
@@ -669,6 +688,8 @@ pub(super) struct Via<'a> {
     pub local: Option<&'a str>,
     /// MAIL FROM to the final reply, in milliseconds.
     pub latency_ms: Option<u64>,
+    /// The connection's site, for the per-site metrics.
+    pub site: Option<&'a Arc<str>>,
 }
 
 /// What the log says about one outcome.
