@@ -202,13 +202,17 @@ enum QueueAction {
     Release { domain: String },
 }
 
-/// Which messages a bulk `queue delete` or `queue bounce` acts on: every
-/// open recipient of each message that has a recipient at `domain` and is
-/// from `sender` (an address, or any address of a domain).
+/// Which recipients a bulk `queue delete` or `queue bounce` acts on: the
+/// open recipients at `domain` (of every message), of the messages from
+/// `sender` (an address, or any address of a domain); both: the open
+/// recipients at `domain` of the messages from `sender`.
 #[derive(clap::Args)]
 struct Matching {
+    /// The open recipients at this domain; other recipients of the same
+    /// messages stay queued.
     #[arg(long)]
     domain: Option<String>,
+    /// Every open recipient of the messages from this address or domain.
     #[arg(long)]
     sender: Option<String>,
 }

@@ -437,7 +437,8 @@ fn queue_messages_lists_and_filters_like_mailq() {
 }
 
 /// Bulk actions: `queue delete --domain`, `queue bounce --sender` act on
-/// every message they match and on nothing else; `queue hold DOMAIN` keeps
+/// every message they match and on nothing else (`--domain`: on the
+/// recipients at that domain, not their messages' others); `queue hold DOMAIN` keeps
 /// a domain's mail queued and `queue release` lets it go.
 #[test]
 fn queue_actions_in_bulk_and_a_held_domain() {
@@ -456,7 +457,7 @@ fn queue_actions_in_bulk_and_a_held_domain() {
     smtp.ehlo("client.test");
     let body = "Subject: x\r\n\r\nhi\r\n";
     let a1 = queued_id(&smtp.send_message("news@shop.test", &["x@a.test"], body));
-    let a2 = queued_id(&smtp.send_message("bob@other.test", &["y@a.test"], body));
+    let a2 = queued_id(&smtp.send_message("bob@other.test", &["y@a.test", "v@c.test"], body));
     let b = queued_id(&smtp.send_message("news@shop.test", &["z@b.test"], body));
     let c = queued_id(&smtp.send_message("bob@other.test", &["w@c.test"], body));
     let (ok, _, err) = server.cli(&["queue", "delete"]);
@@ -478,9 +479,14 @@ fn queue_actions_in_bulk_and_a_held_domain() {
     server.wait_until("the notification delivered", || sink.count() == 1);
     let held = queued_message(&server, &c).expect("c is still queued");
     assert_eq!(held["recipients"][0]["status"], "pending", "{held}");
+    // a2's recipient at c.test was not a.test's to delete.
+    let other = queued_message(&server, &a2).expect("a2 keeps its c.test recipient");
+    assert_eq!(other["recipients"][1]["status"], "pending", "{other}");
     let (ok, out, err) = server.cli(&["queue", "release", "c.test"]);
     assert!(ok, "{out}{err}");
-    server.wait_until("c delivered after the release", || sink.count() == 2);
+    server.wait_until("both c.test recipients delivered after the release", || {
+        sink.count() == 3
+    });
 }
 
 /// The manual page comes from the same definitions as `--help`: every

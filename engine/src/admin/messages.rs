@@ -102,10 +102,14 @@ fn parse_filter(query: &str, now: u64) -> Result<Filter, Response> {
     })
 }
 
-/// Every queued message the query's filter matches, for a bulk action;
-/// a filter is required (`domain` or `sender`): "everything" is not a
-/// slip of the keyboard away.
-pub(super) fn matching(server: &Server, query: &str) -> Result<Vec<QueueId>, Response> {
+/// Every queued message the query's filter matches, for a bulk action,
+/// and the domain it names (the action is for those recipients alone); a
+/// filter is required (`domain` or `sender`): "everything" is not a slip
+/// of the keyboard away.
+pub(super) fn matching(
+    server: &Server,
+    query: &str,
+) -> Result<(Vec<QueueId>, Option<String>), Response> {
     let filter = parse_filter(query, unix_ms())?;
     if filter.domain.is_none() && filter.sender.is_none() {
         return Err(Response::refused(
@@ -118,7 +122,7 @@ pub(super) fn matching(server: &Server, query: &str) -> Result<Vec<QueueId>, Res
     loop {
         let batch = server.spool.open_messages(after, SCAN_BATCH);
         let Some(&last) = batch.last() else {
-            return Ok(ids);
+            return Ok((ids, filter.domain));
         };
         ids.extend(
             batch

@@ -113,10 +113,12 @@ pub struct RecipientReport {
 pub enum AdminRequest {
     /// Retry now: scheduled recipients of one destination, or of all.
     Flush(Option<String>),
-    /// Remove a message's undelivered recipients, without notification.
-    Delete(QueueId),
-    /// Fail a message's undelivered recipients, with a notification.
-    Bounce(QueueId),
+    /// Remove a message's undelivered recipients (those at the domain, if
+    /// one is named), without notification.
+    Delete(QueueId, Option<String>),
+    /// Fail a message's undelivered recipients (those at the domain, if
+    /// one is named), with a notification.
+    Bounce(QueueId, Option<String>),
 }
 
 /// What became of an [`AdminRequest`].
@@ -323,8 +325,12 @@ fn route(method: &str, path: &str, query: &str, body: &[u8], server: &Server) ->
         Endpoint::Flush(Some(domain)) => {
             Response::refused(400, format!("{domain:?} is not a domain"))
         }
-        Endpoint::Delete(id) => act_on_message(server, path, id, AdminRequest::Delete),
-        Endpoint::Bounce(id) => act_on_message(server, path, id, AdminRequest::Bounce),
+        Endpoint::Delete(id) => {
+            act_on_message(server, path, id, |id| AdminRequest::Delete(id, None))
+        }
+        Endpoint::Bounce(id) => {
+            act_on_message(server, path, id, |id| AdminRequest::Bounce(id, None))
+        }
         Endpoint::DeleteMatching => act_on_matching(server, path, query, AdminRequest::Delete),
         Endpoint::BounceMatching => act_on_matching(server, path, query, AdminRequest::Bounce),
         Endpoint::Reload => {
@@ -368,21 +374,23 @@ fn act_on_message(
 }
 
 /// [`act`] on every message the query matches (`messages::matching`),
-/// one after another: the reply counts messages and recipients.
+/// one after another: the reply counts messages and recipients. With a
+/// `domain`, only the recipients at that domain: the others of the same
+/// message are left as they are.
 fn act_on_matching(
     server: &Server,
     path: &str,
     query: &str,
-    request: fn(QueueId) -> AdminRequest,
+    request: fn(QueueId, Option<String>) -> AdminRequest,
 ) -> Response {
-    let ids = match messages::matching(server, query) {
-        Ok(ids) => ids,
+    let (ids, domain) = match messages::matching(server, query) {
+        Ok(matched) => matched,
         Err(refused) => return refused,
     };
     tracing::info!(path, query, messages = ids.len(), "admin request");
     let (mut messages, mut recipients) = (0, 0);
     for id in ids {
-        match ask_shard(server, request(id)) {
+        match ask_shard(server, request(id, domain.clone())) {
             Ok(reply) if reply.ok => {
                 messages += 1;
                 recipients += reply.recipients;

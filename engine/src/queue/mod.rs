@@ -1233,12 +1233,20 @@ impl Queues {
         moved
     }
 
-    /// Takes every queued recipient of one message, wherever it waits.
-    pub fn remove(&self, queue_id: QueueId) -> Vec<(Destination, QueuedRecipient)> {
+    /// Takes every queued recipient of one message (at `domain`, if one is
+    /// named), wherever it waits.
+    pub fn remove(
+        &self,
+        queue_id: QueueId,
+        domain: Option<&str>,
+    ) -> Vec<(Destination, QueuedRecipient)> {
         let mut table = self.lock();
         let Table { map, dirty, .. } = &mut *table;
         let mut out = Vec::new();
         for (d, queue) in map.iter_mut() {
+            if domain.is_some_and(|domain| d.as_str() != domain) {
+                continue;
+            }
             let before = out.len();
             queue.ready.retain(|item| {
                 let keep = item.queue_id != queue_id;

@@ -518,7 +518,7 @@ fn remove_and_flush() {
     queues.push(&d, &[item(1, 0)], Status::Pending, 0);
     queues.schedule(&d, item(1, 1), 1_000_000);
     queues.schedule(&d, item(2, 0), 1_000_000);
-    assert_eq!(queues.remove(QueueId(1)).len(), 2);
+    assert_eq!(queues.remove(QueueId(1), None).len(), 2);
     assert_eq!(queues.flush(None, 5), 1);
     assert_eq!(queues.summary_at(0)[0].ready, 1);
 }

@@ -33,8 +33,9 @@ impl Shard {
                     message: format!("{moved} deferred recipients due now"),
                 }
             }
-            AdminRequest::Delete(queue_id) | AdminRequest::Bounce(queue_id) => {
-                let bounce = matches!(request, AdminRequest::Bounce(_));
+            AdminRequest::Delete(queue_id, ref domain)
+            | AdminRequest::Bounce(queue_id, ref domain) => {
+                let bounce = matches!(request, AdminRequest::Bounce(..));
                 let Some((record, statuses)) = self.load(queue_id) else {
                     return AdminReply {
                         ok: false,
@@ -42,10 +43,23 @@ impl Shard {
                         message: format!("no message {queue_id} in the queue"),
                     };
                 };
-                let queued = self.server.queues.remove(queue_id);
+                // With a domain: its recipients alone.
+                let at_domain = |i: u32| {
+                    let Some(domain) = domain else {
+                        return true;
+                    };
+                    let view = record.message().ok();
+                    let address = view
+                        .as_ref()
+                        .and_then(|v| v.recipients().nth(i as usize))
+                        .map(|r| r.address)
+                        .unwrap_or_default();
+                    crate::route::destination_of(address).as_str() == domain.as_str()
+                };
                 let open: Vec<u32> = (0..statuses.len() as u32)
-                    .filter(|&i| !statuses[i as usize].is_final())
+                    .filter(|&i| !statuses[i as usize].is_final() && at_domain(i))
                     .collect();
+                let queued = self.server.queues.remove(queue_id, domain.as_deref());
                 if open.is_empty() {
                     return AdminReply {
                         ok: false,
