@@ -524,4 +524,11 @@ fn the_man_page_has_every_command() {
         page.contains("print\\-default\\-config"),
         "FILES points at the default config"
     );
+    // The Debian package ships the page as committed: it must be this one.
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/baton.1");
+    let shipped = std::fs::read_to_string(&shipped).expect("packaging/baton.1");
+    assert!(
+        shipped == page,
+        "packaging/baton.1 is out of date: baton --print-man-page > packaging/baton.1"
+    );
 }
