@@ -1,6 +1,7 @@
 //! Metric kinds beyond plain counters, recorded by the shards and written
 //! in Prometheus' text format by the admin API: histograms with fixed
-//! buckets, and outcome counters per site with a bounded set of labels.
+//! buckets, and outcome counters per site and per domain with a bounded
+//! set of labels.
 
 #![forbid(unsafe_code)]
 
@@ -73,7 +74,7 @@ impl Histogram {
     }
 }
 
-/// What became of a recipient, for [`SiteCounters`].
+/// What became of a recipient, for [`OutcomeCounters`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SiteOutcome {
     Delivered = 0,
@@ -97,50 +98,62 @@ impl SiteOutcome {
     }
 }
 
-/// Sites with series of their own; outcomes at further sites are counted
-/// under [`OTHER_SITES`], so a sender to a million small domains cannot
-/// make the metrics a million series long.
-pub const SITE_SERIES_MAX: usize = 500;
-/// The label of the outcomes past [`SITE_SERIES_MAX`] sites.
-pub const OTHER_SITES: &str = "_other";
+/// Sites (or domains) with series of their own; outcomes at further ones
+/// are counted under [`OTHER`], so a sender to a million small domains
+/// cannot make the metrics a million series long.
+pub const SERIES_MAX: usize = 500;
+/// The label of the outcomes past [`SERIES_MAX`] sites or domains.
+pub const OTHER: &str = "_other";
 
-/// Recipients delivered, deferred and failed per site. One short lock per
-/// delivery transaction (not per recipient), as the queue takes anyway.
-#[derive(Debug, Default)]
-pub struct SiteCounters {
-    by_site: Mutex<HashMap<Arc<str>, [u64; 3]>>,
+/// Recipients delivered, deferred and failed per site, or per domain. One
+/// short lock per delivery transaction (not per recipient), as the queue
+/// takes anyway.
+#[derive(Debug)]
+pub struct OutcomeCounters {
+    name: &'static str,
+    /// The label: `site` or `domain`.
+    label: &'static str,
+    counts: Mutex<HashMap<Arc<str>, [u64; 3]>>,
 }
 
-impl SiteCounters {
-    /// Counts `n` recipients of `site` with `outcome`.
-    pub fn add(&self, site: &Arc<str>, outcome: SiteOutcome, n: u64) {
-        let mut by_site = self.by_site.lock().expect("site counters lock");
-        let key = if by_site.contains_key(site) || by_site.len() < SITE_SERIES_MAX {
-            site.clone()
+impl OutcomeCounters {
+    pub fn new(name: &'static str, label: &'static str) -> OutcomeCounters {
+        OutcomeCounters {
+            name,
+            label,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts `n` recipients of `key` with `outcome`.
+    pub fn add(&self, key: &Arc<str>, outcome: SiteOutcome, n: u64) {
+        let mut counts = self.counts.lock().expect("outcome counters lock");
+        let key = if counts.contains_key(key) || counts.len() < SERIES_MAX {
+            key.clone()
         } else {
-            Arc::from(OTHER_SITES)
+            Arc::from(OTHER)
         };
-        by_site.entry(key).or_default()[outcome as usize] += n;
+        counts.entry(key).or_default()[outcome as usize] += n;
     }
 
     pub fn write(&self, out: &mut String) {
-        let name = "baton_site_recipients_total";
+        let (name, label) = (self.name, self.label);
         let _ = writeln!(
             out,
-            "# HELP {name} Recipients delivered, deferred (per attempt) and failed, per site \
-             (at most {SITE_SERIES_MAX} sites; the rest as site=\"{OTHER_SITES}\").\n# TYPE {name} counter"
+            "# HELP {name} Recipients delivered, deferred (per attempt) and failed, per {label} \
+             (at most {SERIES_MAX}; the rest as {label}=\"{OTHER}\").\n# TYPE {name} counter"
         );
-        let by_site = self.by_site.lock().expect("site counters lock");
-        let mut sites: Vec<_> = by_site.iter().collect();
-        sites.sort_by(|a, b| a.0.cmp(b.0));
-        for (site, counts) in sites {
-            let site = site.replace('\\', "\\\\").replace('"', "\\\"");
+        let counts = self.counts.lock().expect("outcome counters lock");
+        let mut keys: Vec<_> = counts.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        for (key, counts) in keys {
+            let key = key.replace('\\', "\\\\").replace('"', "\\\"");
             for outcome in SiteOutcome::ALL {
                 let count = counts[outcome as usize];
                 let outcome = outcome.as_str();
                 let _ = writeln!(
                     out,
-                    "{name}{{site=\"{site}\",outcome=\"{outcome}\"}} {count}"
+                    "{name}{{{label}=\"{key}\",outcome=\"{outcome}\"}} {count}"
                 );
             }
         }
@@ -168,8 +181,8 @@ mod tests {
 
     #[test]
     fn sites_past_the_limit_are_counted_together() {
-        let counters = SiteCounters::default();
-        for i in 0..SITE_SERIES_MAX + 2 {
+        let counters = OutcomeCounters::new("baton_site_recipients_total", "site");
+        for i in 0..SERIES_MAX + 2 {
             counters.add(&Arc::from(format!("s{i}")), SiteOutcome::Delivered, 1);
         }
         counters.add(&Arc::from("s0"), SiteOutcome::Failed, 3);
@@ -184,6 +197,6 @@ mod tests {
             "{out}"
         );
         let series = out.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(series, (SITE_SERIES_MAX + 1) * 3);
+        assert_eq!(series, (SERIES_MAX + 1) * 3);
     }
 }

@@ -80,8 +80,24 @@ pub struct Metrics {
     /// MX or address lookups that failed for now (SERVFAIL, timeout).
     pub dns_failures: AtomicU64,
     pub histograms: Histograms,
-    /// Outcomes per site.
-    pub sites: crate::metrics::SiteCounters,
+    pub outcomes: Outcomes,
+}
+
+/// Recipients' outcomes per site and per domain.
+#[derive(Debug)]
+pub struct Outcomes {
+    pub by_site: crate::metrics::OutcomeCounters,
+    pub by_domain: crate::metrics::OutcomeCounters,
+}
+
+impl Default for Outcomes {
+    fn default() -> Outcomes {
+        use crate::metrics::OutcomeCounters;
+        Outcomes {
+            by_site: OutcomeCounters::new("baton_site_recipients_total", "site"),
+            by_domain: OutcomeCounters::new("baton_domain_recipients_total", "domain"),
+        }
+    }
 }
 
 /// Delivery times.

@@ -1,5 +1,5 @@
 //! What an operator's Prometheus reads off `/metrics` about delivery: the
-//! latency and queue-time histograms, outcomes per site, DNS failures,
+//! latency and queue-time histograms, outcomes per site and per domain, DNS failures,
 //! the oldest queued message, the spool's live data against its capacity.
 
 use baton_tests::delivery::{metric, route, wait_queue_empty};
@@ -26,6 +26,13 @@ fn deliveries_fill_the_histograms_and_the_site_counters() {
     let site = format!("{}:{}", sink.addr.ip(), sink.addr.port());
     let delivered = format!("baton_site_recipients_total{{site=\"{site}\",outcome=\"delivered\"}}");
     baton.wait_for("the site's count", |b| metric(b, &delivered) == 5);
+    assert_eq!(
+        metric(
+            &baton,
+            "baton_domain_recipients_total{domain=\"metrics.test\",outcome=\"delivered\"}"
+        ),
+        5
+    );
     assert_eq!(
         metric(
             &baton,

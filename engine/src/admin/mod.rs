@@ -761,7 +761,8 @@ fn metrics(server: &Server) -> String {
         "baton_queue_time_seconds",
         "Delivered recipients' time from arrival to delivery.",
     );
-    m.sites.write(&mut out);
+    m.outcomes.by_site.write(&mut out);
+    m.outcomes.by_domain.write(&mut out);
     destination_gauges(&mut out, &server.queues.summary());
     out
 }

@@ -225,7 +225,10 @@ impl Shard {
                 }
             }
         }
+        // A batch over a connection is one domain's (an operator's bounce
+        // has no connection and no site, and is not counted here).
         if let Some(site) = via.site {
+            let domain: Arc<str> = destination.as_str().into();
             for outcome in [
                 SiteOutcome::Delivered,
                 SiteOutcome::Deferred,
@@ -233,7 +236,8 @@ impl Shard {
             ] {
                 let n = by_outcome[outcome as usize];
                 if n > 0 {
-                    metrics.sites.add(site, outcome, n);
+                    metrics.outcomes.by_site.add(site, outcome, n);
+                    metrics.outcomes.by_domain.add(&domain, outcome, n);
                 }
             }
         }
