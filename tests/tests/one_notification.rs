@@ -109,12 +109,14 @@ fn recipients_failing_on_different_attempts_at_two_destinations_make_one_notific
     );
     assert_eq!(metric(&setup.server, "baton_bounces_generated_total"), 1);
     assert_eq!(metric(&setup.server, "baton_recipients_failed_total"), 2);
-    // A `failed` event per recipient, one `bounce` event.
+    // An event per recipient (`failed`, and `expired` for the one that
+    // ran out of time), one `bounce` event.
     let events = &setup.events;
     setup.server.wait_until("the bounce event", || {
         !events.events_of("bounce", &id).is_empty()
     });
-    assert_eq!(setup.events.events_of("failed", &id).len(), 2);
+    assert_eq!(setup.events.events_of("failed", &id).len(), 1);
+    assert_eq!(setup.events.events_of("expired", &id).len(), 1);
     assert_eq!(setup.events.events_of("bounce", &id).len(), 1);
     let senders = setup.senders.stop();
     assert_eq!(senders["messages_accepted"], 1, "{senders}");
