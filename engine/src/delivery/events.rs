@@ -103,6 +103,39 @@ pub enum EventKind {
     Unsubscribed,
 }
 
+impl EventKind {
+    /// Every kind, for the configuration to check names against
+    /// (`[[webhook]] events`).
+    pub const ALL: [EventKind; 10] = [
+        EventKind::Received,
+        EventKind::Delivered,
+        EventKind::Deferred,
+        EventKind::Failed,
+        EventKind::Bounce,
+        EventKind::Deleted,
+        EventKind::Suppressed,
+        EventKind::SuppressionAdded,
+        EventKind::SuppressionRemoved,
+        EventKind::Unsubscribed,
+    ];
+
+    /// The `event` field's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Received => "received",
+            EventKind::Delivered => "delivered",
+            EventKind::Deferred => "deferred",
+            EventKind::Failed => "failed",
+            EventKind::Bounce => "bounce",
+            EventKind::Deleted => "deleted",
+            EventKind::Suppressed => "suppressed",
+            EventKind::SuppressionAdded => "suppression_added",
+            EventKind::SuppressionRemoved => "suppression_removed",
+            EventKind::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
 /// The `Message-ID:` of a message in wire form, if its header has one
 /// (the first, unfolded, at most [`MESSAGE_ID_BYTES_MAX`]).
 pub fn message_id(wire: &[u8]) -> Option<String> {
@@ -612,6 +645,13 @@ mod tests {
     fn is_send_and_sync() {
         fn shared<T: Send + Sync>() {}
         shared::<EventLog>();
+    }
+
+    #[test]
+    fn kind_names_are_what_the_log_writes() {
+        for kind in EventKind::ALL {
+            assert_eq!(line_of(&Event::new(kind, 0, "q"))["event"], kind.name());
+        }
     }
 
     #[test]
