@@ -71,11 +71,12 @@ impl Batch {
         body
     }
 
-    /// `inode-offset` of its first line: the same for the same batch
-    /// posted again, after a restart too.
-    fn id(&self) -> String {
-        self.start
-            .map_or_else(String::new, |c| format!("{}-{}", c.inode, c.offset))
+    /// `<webhook>-<inode>-<offset>` of its first line: the same for the
+    /// same batch posted again, after a restart too, and no other
+    /// webhook's.
+    fn id(&self, webhook: &str) -> String {
+        let (inode, offset) = self.start.map_or((0, 0), |c| (c.inode, c.offset));
+        format!("{webhook}-{inode}-{offset}")
     }
 }
 
@@ -265,7 +266,7 @@ impl Sender {
             .key
             .as_ref()
             .map(|key| format!("sha256={}", hex(hmac::sign(key, &body).as_ref())));
-        let id = batch.id();
+        let id = batch.id(&self.name);
         let mut failures: u32 = 0;
         loop {
             match self.post(&body, signature.as_deref(), &id) {
@@ -377,7 +378,7 @@ mod tests {
         batch.events.push(br#"{"event":"delivered"}"#.to_vec());
         let body: serde_json::Value = serde_json::from_slice(&batch.body()).unwrap();
         assert_eq!(body[1]["event"], "delivered");
-        assert_eq!(batch.id(), "7-120");
+        assert_eq!(batch.id("crm"), "crm-7-120");
     }
 
     #[test]
