@@ -53,8 +53,9 @@ fn acknowledged(receiver: &Receiver, path: &str) -> Vec<serde_json::Value> {
 }
 
 /// Sends a phase's messages, each to two recipients, and waits until
-/// every recipient was delivered.
-fn send_phase(baton: &mut Baton, phase: &str) {
+/// every recipient was delivered and the log has every line so far:
+/// a `received` and two `delivered` per message.
+fn send_phase(baton: &mut Baton, log: &EventLog, phase: &str) {
     for n in 0..MESSAGES_PER_PHASE {
         let body = format!("Subject: {phase} {n}\r\n\r\nhello\r\n");
         baton.submit(
@@ -64,6 +65,14 @@ fn send_phase(baton: &mut Baton, phase: &str) {
         );
     }
     wait_queue_empty(baton);
+    let messages = log
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "received")
+        .count();
+    baton.wait_until("every line in the event log", || {
+        log.events().len() == 3 * messages
+    });
 }
 
 /// Waits until `path`'s webhook has been sent exactly the log's events
@@ -104,12 +113,12 @@ fn every_event_arrives_once_in_order_signed_through_failures_and_a_restart() {
     let is_outcome = |e: &serde_json::Value| e["event"] == "delivered" || e["event"] == "failed";
 
     // The endpoint takes everything.
-    send_phase(&mut baton, "first");
+    send_phase(&mut baton, &log, "first");
     wait_all_sent(&mut baton, &receiver, &log, "/all", |_| true);
 
     // It fails (500) for a while: baton retries the same batch.
     receiver.set_failing(true);
-    send_phase(&mut baton, "failing");
+    send_phase(&mut baton, &log, "failing");
     baton.wait_for("posts refused and counted", |b| {
         webhook_metric(b, "baton_webhook_failed_total", "all") >= 2
             && webhook_metric(b, "baton_webhook_failed_total", "outcomes") >= 1
@@ -120,14 +129,14 @@ fn every_event_arrives_once_in_order_signed_through_failures_and_a_restart() {
 
     // It is down, and stays down while baton stops and starts again.
     receiver.stop();
-    send_phase(&mut baton, "down");
+    send_phase(&mut baton, &log, "down");
     baton.wait_for("posts failing while the endpoint is down", |b| {
         webhook_metric(b, "baton_webhook_lag_bytes", "all") > 0
     });
     let status = baton.terminate();
     assert!(status.success(), "baton stopped with {status}");
     baton.spawn();
-    send_phase(&mut baton, "restarted");
+    send_phase(&mut baton, &log, "restarted");
     baton.wait_for("posts failing after the restart", |b| {
         webhook_metric(b, "baton_webhook_failed_total", "all") >= 1
     });
