@@ -359,6 +359,9 @@ impl Running {
         for shard in self.shards {
             shard.join();
         }
+        // The last outcomes into the file before the webhooks stop (and
+        // before the process exits without dropping the log).
+        self.server.events.flush();
         self.server.webhooks.stop();
         if let Some(housekeeper) = self.housekeeper {
             let _ = housekeeper.join();
