@@ -15,9 +15,11 @@ const RECEIVER_START_TIMEOUT: Duration = Duration::from_secs(20);
 /// The receiver: one JSON line per POST in `posts`, `status` included,
 /// the body in base64 (kept byte for byte, for checking signatures).
 const RECEIVER_PY: &str = r#"
-import base64, http.server, json, os, sys, threading
+import base64, http.server, json, os, ssl, sys, threading
 
 port, posts, failing = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+# HTTPS with a certificate and key, if given.
+tls = sys.argv[4:6]
 # One line at a time: requests are served by threads of their own.
 writing = threading.Lock()
 
@@ -42,7 +44,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+if tls:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls[0], tls[1])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
 "#;
 
 /// One POST the receiver got.
@@ -73,18 +80,26 @@ impl Post {
 /// A running (or stopped) receiver.
 pub struct Receiver {
     pub addr: SocketAddr,
+    /// HTTPS with this certificate and key; plain HTTP without.
+    tls: Option<crate::tls::CertFiles>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
 
 impl Receiver {
-    /// Listens on a free loopback port.
+    /// Listens on a free loopback port, plain HTTP.
     pub fn start() -> Receiver {
+        Receiver::start_with(None)
+    }
+
+    /// Listens on a free loopback port, HTTPS with `tls` if given.
+    pub fn start_with(tls: Option<crate::tls::CertFiles>) -> Receiver {
         let port = crate::free_port("127.0.0.1");
         let dir = tempfile::tempdir().expect("receiver directory");
         std::fs::write(dir.path().join("receiver.py"), RECEIVER_PY).expect("write receiver.py");
         let mut receiver = Receiver {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls,
             child: None,
             dir,
         };
@@ -92,9 +107,10 @@ impl Receiver {
         receiver
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://127.0.0.1:<port><path>`, or `https://`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     fn posts_path(&self) -> PathBuf {
@@ -113,6 +129,7 @@ impl Receiver {
             .arg(self.addr.port().to_string())
             .arg(self.posts_path())
             .arg(self.failing_path())
+            .args(self.tls.iter().flat_map(|tls| [&tls.cert, &tls.key]))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -3,12 +3,14 @@
 //! across a baton restart; every event of baton's event log arrives all
 //! the same, once, in the log's order, signed with the configured secret
 //! and carrying the configured `Authorization` header; a webhook that asks
-//! for some kinds of event gets those and no others.
+//! for some kinds of event gets those and no others. Over HTTPS, the
+//! endpoint's certificate is checked against `tls_ca`.
 
 use std::collections::BTreeMap;
 
 use baton_tests::delivery::{route, wait_queue_empty, EventLog};
 use baton_tests::sink::Sink;
+use baton_tests::tls::TestCa;
 use baton_tests::webhook::{Post, Receiver};
 use baton_tests::{Baton, TestConfig};
 use ring::hmac;
@@ -222,4 +224,43 @@ fn every_event_arrives_once_in_order_signed_through_failures_and_a_restart() {
         .iter()
         .filter(|p| p.path == "/outcomes")
         .all(|p| p.header("x-baton-signature").is_none() && p.header("authorization").is_none()));
+}
+
+/// An `https://` endpoint is posted to with its chain checked against
+/// `tls_ca`; without it (the system's roots), the test CA is not trusted
+/// and nothing is sent, only failures counted.
+#[test]
+fn https_endpoints_are_verified_against_tls_ca() {
+    let certs = tempfile::tempdir().expect("certificate directory");
+    let ca = TestCa::new(certs.path());
+    let receiver = Receiver::start_with(Some(ca.leaf("receiver", &["127.0.0.1"])));
+    let sink = Sink::start("127.0.0.1", &[]);
+    let log = EventLog::new();
+    let hooks = format!(
+        "[[webhook]]\nname = \"trusted\"\nurl = \"{}\"\ntls_ca = \"{}\"\nbatch_wait = \"100ms\"\n\
+         [[webhook]]\nname = \"untrusted\"\nurl = \"{}\"\nbatch_wait = \"100ms\"\n",
+        receiver.url("/trusted"),
+        ca.cert.display(),
+        receiver.url("/untrusted"),
+    );
+    let mut baton = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: route("*", sink.addr) + &log.toml() + &hooks,
+        ..TestConfig::default()
+    });
+    send_phase(&mut baton, &log, "tls");
+    wait_all_sent(&mut baton, &receiver, &log, "/trusted", |_| true);
+    baton.wait_for("the untrusted endpoint refused", |b| {
+        webhook_metric(b, "baton_webhook_failed_total", "untrusted") >= 1
+    });
+    assert_eq!(acknowledged(&receiver, "/trusted"), log.events());
+    assert!(receiver.posts().iter().all(|p| p.path != "/untrusted"));
+    assert_eq!(
+        webhook_metric(&baton, "baton_webhook_sent_total", "untrusted"),
+        0
+    );
+    assert_eq!(
+        webhook_metric(&baton, "baton_webhook_sent_total", "trusted"),
+        log.events().len() as u64
+    );
 }
