@@ -109,11 +109,12 @@ pub enum EventKind {
 impl EventKind {
     /// Every kind, for the configuration to check names against
     /// (`[[webhook]] events`).
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Received,
         EventKind::Delivered,
         EventKind::Deferred,
         EventKind::Failed,
+        EventKind::Expired,
         EventKind::Bounce,
         EventKind::Deleted,
         EventKind::Suppressed,
@@ -122,13 +123,15 @@ impl EventKind {
         EventKind::Unsubscribed,
     ];
 
-    /// The `event` field's value.
+    /// The `event` field's value. (A kind added to the enum stops this
+    /// match from compiling: add it to [`EventKind::ALL`] too.)
     pub fn name(self) -> &'static str {
         match self {
             EventKind::Received => "received",
             EventKind::Delivered => "delivered",
             EventKind::Deferred => "deferred",
             EventKind::Failed => "failed",
+            EventKind::Expired => "expired",
             EventKind::Bounce => "bounce",
             EventKind::Deleted => "deleted",
             EventKind::Suppressed => "suppressed",
