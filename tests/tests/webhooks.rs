@@ -4,7 +4,9 @@
 //! the same, once, in the log's order, signed with the configured secret
 //! and carrying the configured `Authorization` header; a webhook that asks
 //! for some kinds of event gets those and no others. Over HTTPS, the
-//! endpoint's certificate is checked against `tls_ca`.
+//! endpoint's certificate is checked against `tls_ca`. A log rotated
+//! while the endpoint is down, across a restart, is finished, then the new
+//! one posted.
 
 use std::collections::BTreeMap;
 
@@ -263,4 +265,65 @@ fn https_endpoints_are_verified_against_tls_ca() {
         webhook_metric(&baton, "baton_webhook_sent_total", "trusted"),
         log.events().len() as u64
     );
+}
+
+/// The event log rotated (`mv`, as logrotate without `copytruncate`)
+/// while the endpoint is down, then baton restarted: the rotated file is
+/// found by its inode and finished, then the new one is posted, nothing
+/// lost, nothing twice.
+#[test]
+fn a_log_rotated_while_the_endpoint_is_down_is_finished_after_a_restart() {
+    let mut receiver = Receiver::start();
+    let sink = Sink::start("127.0.0.1", &[]);
+    let log = EventLog::new();
+    let hook = format!(
+        "[[webhook]]\nname = \"all\"\nurl = \"{}\"\nbatch_size = 4\nbatch_wait = \"100ms\"\n",
+        receiver.url("/all")
+    );
+    let mut baton = Baton::start_with(TestConfig {
+        deliver: true,
+        extra_toml: route("*", sink.addr) + &log.toml() + &hook,
+        ..TestConfig::default()
+    });
+    send_phase(&mut baton, &log, "before");
+    wait_all_sent(&mut baton, &receiver, &log, "/all", |_| true);
+
+    receiver.stop();
+    send_phase(&mut baton, &log, "down");
+    let rotated = log.path().with_extension("jsonl.1");
+    std::fs::rename(log.path(), &rotated).expect("rotate the event log");
+    // The writer opens (creates) the path again within a second.
+    baton.wait_until("the event log opened again", || log.path().exists());
+    let lines = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|line| serde_json::from_str(line).expect("an event"))
+            .collect::<Vec<serde_json::Value>>()
+    };
+    for n in 0..MESSAGES_PER_PHASE {
+        let body = format!("Subject: after {n}\r\n\r\nhello\r\n");
+        baton.submit("alice@sender.test", &["bob@dest.test"], &body);
+    }
+    wait_queue_empty(&mut baton);
+    let total = 3 * 2 * MESSAGES_PER_PHASE + 2 * MESSAGES_PER_PHASE;
+    baton.wait_until("every line in one file or the other", || {
+        lines(&rotated).len() + lines(log.path()).len() == total
+    });
+    assert!(!lines(log.path()).is_empty(), "the writer never reopened");
+    let status = baton.terminate();
+    assert!(status.success(), "baton stopped with {status}");
+    baton.spawn();
+    receiver.spawn();
+    let logged: Vec<_> = lines(&rotated)
+        .into_iter()
+        .chain(lines(log.path()))
+        .collect();
+    baton.wait_until("both files posted", || {
+        acknowledged(&receiver, "/all").len() >= logged.len()
+    });
+    baton.wait_for("no lag left", |b| {
+        webhook_metric(b, "baton_webhook_lag_bytes", "all") == 0
+    });
+    assert_eq!(acknowledged(&receiver, "/all"), logged);
+    assert!(baton.log().contains("finishing a rotated event log first"));
 }
