@@ -17,7 +17,8 @@
 //! - [`dns`]: the resolver thread: MX and host lookups for the shards,
 //!   answered by callback so that no shard ever blocks on DNS.
 //! - [`delivery`]: what needs no I/O after the queue: the retry schedule,
-//!   bounces (RFC 3464 notifications) and the delivery event log. The
+//!   bounces (RFC 3464 notifications), the delivery event log, and the
+//!   webhooks' threads that post it over HTTP. The
 //!   delivery connections themselves run on the shards
 //!   (`shard/outbound.rs`).
 //! - [`auth`]: SMTP AUTH's users file, password hashes and per-user

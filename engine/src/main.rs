@@ -725,6 +725,12 @@ fn check_config(file: &Path) -> Result<(), String> {
         baton::delivery::events::check_path(path)
             .map_err(|e| format!("{}: {e}", file.display()))?;
     }
+    // And the CA certificates webhooks check their endpoints with.
+    for hook in &config.webhooks {
+        if let Some(path) = &hook.tls_ca {
+            baton::tls::https_client(Some(path)).map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+    }
     // And the operator's bounce classification rules.
     if let Some(path) = &config.delivery.classify_rules {
         baton::shaping::classify::Classifier::load(Some(path))?;

@@ -22,6 +22,7 @@ use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls};
 use crate::delivery::events::{Event as LogEvent, EventKind, EventLog};
 use crate::delivery::retry::{DeliverySettings, Timeouts};
+use crate::delivery::webhook::Webhooks;
 use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
@@ -143,6 +144,8 @@ pub struct Server {
     pub resolver: Resolver,
     /// Shared with the suppression list's writer, which logs its changes.
     pub events: Arc<EventLog>,
+    /// The threads posting the event log to `[[webhook]]`s.
+    pub webhooks: Webhooks,
     /// The suppression list; `None` with `suppression.enabled = false`.
     pub suppression: Option<SuppressionList>,
     /// One-click unsubscribe links; `None` without `[unsubscribe] listen`.
@@ -356,6 +359,10 @@ impl Running {
         for shard in self.shards {
             shard.join();
         }
+        // The last outcomes into the file before the webhooks stop (and
+        // before the process exits without dropping the log).
+        self.server.events.flush();
+        self.server.webhooks.stop();
         if let Some(housekeeper) = self.housekeeper {
             let _ = housekeeper.join();
         }
@@ -580,6 +587,12 @@ pub fn start(config: Config) -> Result<Running> {
         None => EventLog::disabled(),
     };
     let events = Arc::new(events);
+    let webhooks = match &config.log.events {
+        // Validation refuses webhooks without the event log.
+        Some(path) => Webhooks::start(&config.webhooks, path, &config.spool.path)
+            .map_err(|err| Error::Events(err.to_string()))?,
+        None => Webhooks::none(),
+    };
     let suppression = if config.suppression.enabled {
         let path = config.suppression.file(&config.spool.path);
         let list = SuppressionList::open(&path, log_suppression_changes(events.clone()))
@@ -630,6 +643,7 @@ pub fn start(config: Config) -> Result<Running> {
         live: ArcSwap::from_pointee(live),
         resolver,
         events,
+        webhooks,
         suppression,
         unsubscribe,
         links,

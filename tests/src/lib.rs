@@ -5,12 +5,14 @@
 //! Every wait is on a condition with a deadline; nothing sleeps blindly.
 //!
 //! [`dns`] is a real DNS server serving a zone the test scripts, for the
-//! resolver's tests.
+//! resolver's tests. [`webhook`] is a webhook endpoint (Python's
+//! `http.server`) that writes down what it is sent and fails on demand.
 
 pub mod delivery;
 pub mod dns;
 pub mod sink;
 pub mod tls;
+pub mod webhook;
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -764,7 +764,41 @@ fn metrics(server: &Server) -> String {
     m.outcomes.by_site.write(&mut out);
     m.outcomes.by_domain.write(&mut out);
     destination_gauges(&mut out, &server.queues.summary());
+    webhook_series(&mut out, &server.webhooks);
     out
+}
+
+/// Per `[[webhook]]`, by name: events sent, posts failed, and how far
+/// behind the event log it is.
+fn webhook_series(out: &mut String, webhooks: &crate::delivery::webhook::Webhooks) {
+    type Value = fn(&crate::delivery::webhook::Stats) -> u64;
+    let families: [(&str, &str, &str, Value); 3] = [
+        (
+            "baton_webhook_sent_total",
+            "counter",
+            "Events a webhook's endpoint acknowledged (2xx).",
+            |s| s.sent.load(Ordering::Relaxed),
+        ),
+        (
+            "baton_webhook_failed_total",
+            "counter",
+            "Posts to a webhook's endpoint that failed (no answer, or not 2xx); each is retried.",
+            |s| s.failed.load(Ordering::Relaxed),
+        ),
+        (
+            "baton_webhook_lag_bytes",
+            "gauge",
+            "Bytes of the event log not yet acknowledged by a webhook's endpoint.",
+            |s| s.lag_bytes.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (webhook, stats) in webhooks.stats() {
+            let label = escape_label_value(webhook);
+            let _ = writeln!(out, "{name}{{webhook=\"{label}\"}} {}", value(stats));
+        }
+    }
 }
 
 /// One column of the queue summary.

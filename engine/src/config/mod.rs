@@ -31,6 +31,7 @@ mod duration;
 mod error;
 mod reload;
 mod validate;
+mod webhook;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ pub use delivery::{
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
+pub use webhook::{WebhookConfig, BATCH_HEADER, SIGNATURE_HEADER};
 
 /// The default configuration: every key with its default value and a
 /// one-line comment. Printed by `baton --print-default-config`.
@@ -108,6 +110,9 @@ pub struct Config {
     pub suppression: SuppressionConfig,
     pub unsubscribe: UnsubscribeConfig,
     pub log: LogConfig,
+    /// `[[webhook]]` tables: where the event log is posted; none by default.
+    #[serde(rename = "webhook", default)]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// `[server]`: the process and its shards.
@@ -460,6 +465,8 @@ impl Config {
             .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
         validate::read_password_files(&mut config)
             .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
+        webhook::read_secret_files(&mut config)
+            .map_err(|invalid| ConfigError::invalid(origin, text, file.get_ref(), invalid))?;
         let warnings = validate::warnings(&config)
             .into_iter()
             .map(|warning| ConfigError::invalid(origin, text, file.get_ref(), warning))
@@ -635,12 +642,13 @@ mod tests {
         assert_eq!(c.admin.address, Some("127.0.0.1:8025".parse().unwrap()));
         assert_eq!(c.log.level, "info");
         assert_eq!(c.log.events, None);
+        assert!(c.webhooks.is_empty());
     }
 
     /// The arrays of tables that are empty by default, so `DEFAULT_CONFIG`
     /// shows them only as commented-out examples; the only fields with a
     /// serde default (and, in `[[destination]]`, the optional keys).
-    const COMMENTED_ARRAY_TABLES: [&str; 9] = [
+    const COMMENTED_ARRAY_TABLES: [&str; 10] = [
         "tls.sni",
         "route",
         "destination",
@@ -650,6 +658,7 @@ mod tests {
         "source",
         "pool",
         "dkim",
+        "webhook",
     ];
 
     /// Deserialized without the merge, so a key missing from
@@ -776,6 +785,26 @@ mod tests {
         assert_eq!(c.dkim[0].domain, "example.com");
         assert_eq!(c.dkim[0].algorithm, Some(DkimAlgorithm::RsaSha256));
         assert_eq!(c.dkim[0].expire, Some(Duration::from_secs(30 * 86400)));
+        let webhook = commented_example("webhook");
+        let c = parse(&format!(
+            "[log]\nevents = \"/var/log/baton/events.jsonl\"\n{webhook}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.webhooks,
+            [WebhookConfig {
+                name: "crm".into(),
+                url: "https://hooks.example.com/baton".into(),
+                events: vec!["delivered".into(), "failed".into(), "bounce".into()],
+                batch_size: 100,
+                batch_wait: Duration::from_secs(1),
+                timeout: Duration::from_secs(10),
+                headers: [("Authorization".to_owned(), Secret::new("Bearer change-me"))].into(),
+                secret: Some(Secret::new("change me too")),
+                secret_file: None,
+                tls_ca: None,
+            }]
+        );
         // Nothing else in the file is an example of an array of tables.
         let examples = DEFAULT_CONFIG
             .lines()

@@ -38,6 +38,8 @@ impl Config {
         keep!(suppression.path, "suppression.path");
         keep!(log.format, "log.format");
         keep!(log.events, "log.events");
+        // Each webhook's thread and cursor are set up at start.
+        keep!(webhooks, "webhook");
         (live, needs_restart)
     }
 }
@@ -72,6 +74,16 @@ mod tests {
             needs_restart,
             ["server", "listener", "delivery.mta_sts_port", "log.format"]
         );
+    }
+
+    #[test]
+    fn webhooks_change_at_the_next_start() {
+        let hook = "[log]\nevents = \"/var/log/baton/events.jsonl\"\n\
+                    [[webhook]]\nurl = \"http://127.0.0.1:9/\"\n";
+        let running = parse(hook);
+        let (live, needs_restart) = running.live_part(parse(&hook.replace(":9/", ":10/")));
+        assert_eq!(live.webhooks, running.webhooks);
+        assert_eq!(needs_restart, ["webhook"]);
     }
 
     #[test]

@@ -136,6 +136,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
         ));
     }
     log(&config.log)?;
+    super::webhook::validate(config)?;
     Ok(())
 }
 

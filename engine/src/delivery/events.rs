@@ -18,7 +18,8 @@
 //! bounded channel; when the channel is full the event is counted in
 //! [`EventLog::dropped`] and lost, never waited for. The writer batches
 //! lines through a buffer and flushes within [`FLUSH_INTERVAL`] of the
-//! oldest unflushed line, and everything on drop.
+//! oldest unflushed line, on request ([`EventLog::flush`], at shutdown),
+//! and everything on drop. Webhooks (`super::webhook`) read the file.
 //!
 //! Rotation: the writer opens the file again on SIGHUP
 //! ([`EventLog::reopen`]) and, checked every [`REOPEN_CHECK`], when the
@@ -35,7 +36,7 @@ use std::io::{self, BufWriter, Write as _};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,8 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// How often the writer looks whether the file was moved away (or a
 /// reopen asked for), and reports dropped events.
 pub const REOPEN_CHECK: Duration = Duration::from_secs(1);
+/// The longest [`EventLog::flush`] waits for the writer.
+pub const FLUSH_WAIT_MAX: Duration = Duration::from_secs(5);
 /// The writer's buffer: a flush is one `write` of up to this much.
 const FILE_BUFFER_BYTES: usize = 64 * 1024;
 /// A typical line fits without the vector growing.
@@ -101,6 +104,42 @@ pub enum EventKind {
     /// A recipient followed a one-click unsubscribe link (RFC 8058): the
     /// message's queue id, `recipient`, `scope`, and the client in `host`.
     Unsubscribed,
+}
+
+impl EventKind {
+    /// Every kind, for the configuration to check names against
+    /// (`[[webhook]] events`).
+    pub const ALL: [EventKind; 11] = [
+        EventKind::Received,
+        EventKind::Delivered,
+        EventKind::Deferred,
+        EventKind::Failed,
+        EventKind::Expired,
+        EventKind::Bounce,
+        EventKind::Deleted,
+        EventKind::Suppressed,
+        EventKind::SuppressionAdded,
+        EventKind::SuppressionRemoved,
+        EventKind::Unsubscribed,
+    ];
+
+    /// The `event` field's value. (A kind added to the enum stops this
+    /// match from compiling: add it to [`EventKind::ALL`] too.)
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Received => "received",
+            EventKind::Delivered => "delivered",
+            EventKind::Deferred => "deferred",
+            EventKind::Failed => "failed",
+            EventKind::Expired => "expired",
+            EventKind::Bounce => "bounce",
+            EventKind::Deleted => "deleted",
+            EventKind::Suppressed => "suppressed",
+            EventKind::SuppressionAdded => "suppression_added",
+            EventKind::SuppressionRemoved => "suppression_removed",
+            EventKind::Unsubscribed => "unsubscribed",
+        }
+    }
 }
 
 /// The `Message-ID:` of a message in wire form, if its header has one
@@ -368,6 +407,15 @@ pub struct EventLog {
     dropped: Arc<AtomicU64>,
     /// Asks the writer to open the file again (SIGHUP).
     reopen: Arc<AtomicBool>,
+    /// Flushes the writer has done on request ([`EventLog::flush`]).
+    flushed: Arc<Flushed>,
+}
+
+/// A count of requested flushes done, and its waiters.
+#[derive(Debug, Default)]
+struct Flushed {
+    count: Mutex<u64>,
+    done: Condvar,
 }
 
 /// Whether the event log `path` could be opened for appending: its
@@ -397,11 +445,13 @@ impl EventLog {
         let (sender, receiver) = crossbeam_channel::bounded(EVENTS_QUEUED_MAX);
         let dropped = Arc::new(AtomicU64::new(0));
         let reopen = Arc::new(AtomicBool::new(false));
+        let flushed = Arc::new(Flushed::default());
         let writer = thread::Builder::new().name("baton-events".into()).spawn({
             let target = Target {
                 path: path.to_owned(),
                 dropped: Arc::clone(&dropped),
                 reopen: Arc::clone(&reopen),
+                flushed: Arc::clone(&flushed),
             };
             move || write_lines(&receiver, file, &target)
         })?;
@@ -410,7 +460,29 @@ impl EventLog {
             writer: Some(writer),
             dropped,
             reopen,
+            flushed,
         })
+    }
+
+    /// Has the writer write out every line queued before this call, and
+    /// waits for it (at most [`FLUSH_WAIT_MAX`]): at shutdown, where the
+    /// log itself may never be dropped (the admin API's thread holds the
+    /// server), so that the events of the last moments reach the file,
+    /// and the webhooks that read it.
+    pub fn flush(&self) {
+        let Some(lines) = &self.lines else {
+            return;
+        };
+        let count = self.flushed.count.lock().expect("flush lock");
+        let asked = *count;
+        // An empty line is the request: no event serialises to nothing.
+        if lines.send_timeout(Vec::new(), FLUSH_WAIT_MAX).is_err() {
+            return;
+        }
+        let _ = self
+            .flushed
+            .done
+            .wait_timeout_while(count, FLUSH_WAIT_MAX, |count| *count == asked);
     }
 
     /// Has the writer open the file again, by its path, within
@@ -426,6 +498,7 @@ impl EventLog {
             writer: None,
             dropped: Arc::new(AtomicU64::new(0)),
             reopen: Arc::new(AtomicBool::new(false)),
+            flushed: Arc::default(),
         }
     }
 
@@ -496,6 +569,7 @@ struct Target {
     path: PathBuf,
     dropped: Arc<AtomicU64>,
     reopen: Arc<AtomicBool>,
+    flushed: Arc<Flushed>,
 }
 
 impl Target {
@@ -572,6 +646,14 @@ fn write_lines(lines: &Receiver<Vec<u8>>, file: File, target: &Target) {
                 return;
             }
         };
+        if line.is_empty() {
+            // [`EventLog::flush`] asks, and waits.
+            flush(&mut out, &mut failing);
+            flush_deadline = None;
+            *target.flushed.count.lock().expect("flush lock") += 1;
+            target.flushed.done.notify_all();
+            continue;
+        }
         match out.write_all(&line) {
             Ok(()) => failing = false,
             Err(error) => {
@@ -612,6 +694,13 @@ mod tests {
     fn is_send_and_sync() {
         fn shared<T: Send + Sync>() {}
         shared::<EventLog>();
+    }
+
+    #[test]
+    fn kind_names_are_what_the_log_writes() {
+        for kind in EventKind::ALL {
+            assert_eq!(line_of(&Event::new(kind, 0, "q"))["event"], kind.name());
+        }
     }
 
     #[test]
@@ -768,6 +857,20 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_asked_for_is_in_the_file_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.log");
+        let log = EventLog::open(&path).unwrap();
+        for n in 0..3 {
+            log.record(&Event::new(EventKind::Received, 0, &format!("q{n}")));
+            log.flush();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(text.lines().count(), n + 1, "{text}");
+        }
+        EventLog::disabled().flush();
+    }
+
+    #[test]
     fn a_quiet_log_still_reaches_the_file_soon() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.log");
@@ -870,6 +973,7 @@ mod tests {
             writer: None,
             dropped: Arc::new(AtomicU64::new(0)),
             reopen: Arc::new(AtomicBool::new(false)),
+            flushed: Arc::default(),
         };
         log.record(&Event::new(EventKind::Received, 0, "q1"));
         log.record(&Event::new(EventKind::Received, 0, "q2"));

@@ -5,6 +5,8 @@
 //!   back to the sender when recipients fail.
 //! - [`events`]: the delivery event log, one JSON line per event, for
 //!   operators to tail.
+//! - [`webhook`]: the event log posted to HTTP(S) endpoints in batches,
+//!   from the file, each endpoint with a durable cursor.
 //!
 //! The connections themselves are driven by the shards
 //! (`shard/outbound.rs`); this module holds what needs no I/O.
@@ -14,3 +16,4 @@
 pub mod dsn;
 pub mod events;
 pub mod retry;
+pub mod webhook;

@@ -1223,6 +1223,13 @@ impl Shard {
                 None => groups.push((destination, vec![item])),
             }
         }
+        // A notification is logged when generated; a message from a client,
+        // here, before its recipients are queued: another shard may
+        // deliver one at once, and its `delivered` line must come after
+        // the `received` one (webhooks post the log in its order).
+        if store.conn.is_some() {
+            self.log_received(store, now_ms);
+        }
         for (destination, items) in groups {
             let actions = self
                 .server
@@ -1231,24 +1238,7 @@ impl Shard {
             self.act(actions);
         }
         if store.conn.is_none() {
-            return; // a notification: logged when generated
-        }
-        let events = &self.server.events;
-        if events.is_enabled() {
-            let queue_id = store.queue_id.to_string();
-            let mut event = LogEvent::new(EventKind::Received, now_ms, &queue_id);
-            event.sender = Some(store.sender.as_bytes());
-            event.size = Some(store.size as u64);
-            event.tls = store.tls.as_ref();
-            event.user = (!store.user.is_empty()).then_some(store.user.as_str());
-            event.dkim = store.dkim.as_deref();
-            event.client = store.peer.as_deref();
-            if let Some(about) = &store.about {
-                event.recipients = Some(&about.recipients);
-                event.helo = Some(&about.helo);
-                event.message_id = about.message_id.as_deref();
-            }
-            events.record(&event);
+            return;
         }
         let metrics = &self.server.metrics;
         metrics.messages_accepted.fetch_add(1, Ordering::Relaxed);
@@ -1268,6 +1258,27 @@ impl Shard {
             user = store.user.as_str(),
             "accepted"
         );
+    }
+
+    /// The `received` line of a message a client sent.
+    fn log_received(&self, store: &PendingStore, now_ms: u64) {
+        let events = &self.server.events;
+        if events.is_enabled() {
+            let queue_id = store.queue_id.to_string();
+            let mut event = LogEvent::new(EventKind::Received, now_ms, &queue_id);
+            event.sender = Some(store.sender.as_bytes());
+            event.size = Some(store.size as u64);
+            event.tls = store.tls.as_ref();
+            event.user = (!store.user.is_empty()).then_some(store.user.as_str());
+            event.dkim = store.dkim.as_deref();
+            event.client = store.peer.as_deref();
+            if let Some(about) = &store.about {
+                event.recipients = Some(&about.recipients);
+                event.helo = Some(&about.helo);
+                event.message_id = about.message_id.as_deref();
+            }
+            events.record(&event);
+        }
     }
 
     // --- time and shutdown -----------------------------------------------

@@ -24,21 +24,7 @@ pub struct ClientTls {
 impl ClientTls {
     /// Trusts `ca`'s certificates, or else the system's roots.
     pub fn load(ca: Option<&Path>) -> Result<ClientTls, TlsError> {
-        let mut roots = RootCertStore::empty();
-        match ca {
-            Some(path) => {
-                for cert in certificate::read_chain(path)? {
-                    roots.add(cert).map_err(|err| TlsError::BadCertificate {
-                        path: path.to_owned(),
-                        why: err.to_string(),
-                    })?;
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
-            }
-        }
+        let roots = root_store(ca)?;
         let count = roots.len();
         let builder = || {
             ClientConfig::builder_with_provider(super::provider())
@@ -58,6 +44,48 @@ impl ClientTls {
             roots: count,
         })
     }
+}
+
+/// `ca`'s certificates, or else the system's roots, as a store.
+fn root_store(ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in certificate::read_chain(path)? {
+                roots.add(cert).map_err(|err| TlsError::BadCertificate {
+                    path: path.to_owned(),
+                    why: err.to_string(),
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    Ok(roots)
+}
+
+/// The TLS of an HTTPS client off the shards (webhooks, on ureq): chain
+/// and host name verified against `ca`'s certificates, or else the
+/// system's roots; the same provider and versions as every configuration.
+pub fn https_client(ca: Option<&Path>) -> Result<ureq::tls::TlsConfig, TlsError> {
+    let roots: Vec<ureq::tls::Certificate<'static>> = match ca {
+        Some(path) => certificate::read_chain(path)?
+            .iter()
+            .map(|cert| ureq::tls::Certificate::from_der(cert.as_ref()).to_owned())
+            .collect(),
+        None => rustls_native_certs::load_native_certs()
+            .certs
+            .iter()
+            .map(|cert| ureq::tls::Certificate::from_der(cert.as_ref()).to_owned())
+            .collect(),
+    };
+    Ok(ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
+        .unversioned_rustls_crypto_provider(super::provider())
+        .build())
 }
 
 /// Takes any certificate, but still checks that the server holds its key

@@ -29,7 +29,7 @@ pub mod mta_sts;
 mod server;
 
 pub use certificate::{check, CertificateSummary};
-pub use client::ClientTls;
+pub use client::{https_client, ClientTls};
 pub use info::TlsInfo;
 pub use server::{ServerTls, TLS_BUFFER_BYTES_MAX};
 
