@@ -16,6 +16,7 @@
 //! - `delivery`: the sections delivery reads (`[delivery]`, `[dns]`,
 //!   `[shaping]`, `[[route]]`, `[[destination]]`) and the per-domain
 //!   lookups over them.
+//! - `http`: `[http]`, the HTTP injection listener.
 //! - `de`: the merge, and the values TOML has no type for (durations,
 //!   addresses, networks, next hops).
 //! - `validate`: the rules beyond types (RFC 5321 minimums, alignment).
@@ -29,6 +30,7 @@ mod delivery;
 mod dkim;
 mod duration;
 mod error;
+mod http;
 mod reload;
 mod validate;
 
@@ -52,6 +54,7 @@ pub use delivery::{
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
+pub use http::HttpConfig;
 
 /// The default configuration: every key with its default value and a
 /// one-line comment. Printed by `baton --print-default-config`.
@@ -107,6 +110,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub suppression: SuppressionConfig,
     pub unsubscribe: UnsubscribeConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
 }
 
@@ -899,6 +903,11 @@ mod tests {
             "unsubscribe.mailto",
             "unsubscribe.token_ttl",
             "unsubscribe.secret_file",
+            "http.listen",
+            "http.token_file",
+            "http.auth_required",
+            "http.body_bytes_max",
+            "http.recipients_per_request_max",
             "log.level",
             "log.format",
             "log.per_message",
