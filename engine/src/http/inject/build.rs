@@ -378,6 +378,7 @@ mod tests {
         // Escaped in HTML only.
         assert!(message.contains("&lt;Ann&gt;"), "{message}");
         assert!(message.contains("filename=\"hi.txt\""), "{message}");
-        assert!(message.contains("aGVsbG8="), "{message}");
+        // Text attachments stay text (7bit); binary ones are base64.
+        assert!(message.contains("\r\n\r\nhello\r\n"), "{message}");
     }
 }
