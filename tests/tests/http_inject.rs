@@ -39,12 +39,18 @@ fn start(port: u16, dir: &Path, events: &EventLog, extra: &str, deliver: bool) -
     })
 }
 
-/// POSTs `body` to the injection API with `token`: the status and the body.
+/// POSTs `body` to the injection API with the bearer `token`: the status
+/// and the body.
 fn inject(port: u16, token: &str, body: &str) -> (u16, String) {
+    inject_as(port, &format!("Bearer {token}"), body)
+}
+
+/// POSTs `body` with `Authorization: <authorization>`.
+fn inject_as(port: u16, authorization: &str, body: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "30", "-X", "POST"])
         .args(["-H", "Content-Type: application/json"])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", &format!("Authorization: {authorization}")])
         .args(["--data-binary", "@-"])
         .args(["-w", "\n%{http_code}"])
         .arg(format!("http://127.0.0.1:{port}/api/inject/v1"))
@@ -101,6 +107,29 @@ fn dkim_key(dir: &Path, domain: &str) -> String {
         "[[dkim]]\ndomain = \"{domain}\"\nselector = \"s1\"\nalgorithm = \"ed25519-sha256\"\nkey = \"{}\"\n",
         key.display()
     )
+}
+
+/// `[auth]` with one user, `app`, made as an operator makes one: `baton
+/// user add`, the password on standard input.
+fn users_toml(dir: &Path, password: &str) -> String {
+    let toml = format!("[auth]\nusers = \"{}\"\n", dir.join("users.toml").display());
+    let config = dir.join("cli.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let mut child = Command::new(baton_bin())
+        .args(["user", "add", "app", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run baton user add");
+    {
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    toml
 }
 
 /// The parts of a MIME body delimited by `boundary`, each as text.
@@ -257,7 +286,9 @@ fn bad_requests_are_refused_and_queue_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port("127.0.0.1");
     let events = EventLog::new();
-    let baton = start(port, dir.path(), &events, "", false);
+    // "app:s3cret-password" and "app:wrong", for HTTP Basic.
+    let users = users_toml(dir.path(), "s3cret-password");
+    let mut baton = start(port, dir.path(), &events, &users, false);
     let good = r#"{"envelope_sender": "a@shop.test", "recipients": [{"email": "b@example.org"}],
                    "content": "Subject: x\n\nhi\n"}"#;
 
@@ -275,6 +306,8 @@ fn bad_requests_are_refused_and_queue_nothing() {
 
     let (code, answer) = inject(port, "not-the-token-0000000000000000", good);
     assert_eq!(code, 401, "{answer}");
+    let (code, answer) = inject_as(port, "Basic YXBwOndyb25n", good);
+    assert_eq!(code, 401, "{answer}");
 
     let large = format!(
         r#"{{"envelope_sender": "a@shop.test", "recipients": [{{"email": "b@example.org"}}],
@@ -291,4 +324,18 @@ fn bad_requests_are_refused_and_queue_nothing() {
     let (code, answer) = inject(port, TOKEN, good);
     assert_eq!(code, 200, "{answer}");
     assert_eq!(baton.queued_messages(), 1);
+
+    // An [auth] user by HTTP Basic: the user goes with the message, as
+    // after SMTP AUTH.
+    let (code, answer) = inject_as(port, "Basic YXBwOnMzY3JldC1wYXNzd29yZA==", good);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(baton.queued_messages(), 2);
+    let received = || -> Vec<serde_json::Value> {
+        let events = events.events().into_iter();
+        events.filter(|e| e["event"] == "received").collect()
+    };
+    baton.wait_until("two received events", || received().len() == 2);
+    let received = received();
+    assert!(received[0].get("user").is_none(), "{}", received[0]);
+    assert_eq!(received[1]["user"], "app", "{}", received[1]);
 }
