@@ -666,7 +666,8 @@ pub fn start(config: Config) -> Result<Running> {
     }
     if let Some(listener) = inject_listener {
         let address = listener.local_addr().map_err(Error::Listen)?;
-        crate::http::inject::start(listener, server.clone(), inject_token).map_err(Error::Listen)?;
+        crate::http::inject::start(listener, server.clone(), inject_token)
+            .map_err(Error::Listen)?;
         tracing::info!(%address, tls = server.config.http.tls(), "serving HTTP injection");
     }
     crate::shaping::egress::check_reverse_dns(

@@ -98,7 +98,15 @@ fn delivered(sink: &Sink, baton: &Baton, needle: &str) -> String {
 fn dkim_key(dir: &Path, domain: &str) -> String {
     let key = dir.join(format!("{domain}.s1.pem"));
     let keygen = Command::new(baton_bin())
-        .args(["dkim", "keygen", domain, "s1", "--algorithm", "ed25519-sha256", "--out"])
+        .args([
+            "dkim",
+            "keygen",
+            domain,
+            "s1",
+            "--algorithm",
+            "ed25519-sha256",
+            "--out",
+        ])
         .arg(&key)
         .output()
         .unwrap();
@@ -128,7 +136,11 @@ fn users_toml(dir: &Path, password: &str) -> String {
         writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     toml
 }
 
@@ -162,7 +174,11 @@ fn injected_messages_reach_the_next_hop_as_smtp_mail_does() {
     let port = free_port("127.0.0.1");
     let sink = Sink::start("127.0.0.2", &["--no-starttls"]);
     let events = EventLog::new();
-    let extra = format!("{}{}", route("*", sink.addr), dkim_key(dir.path(), "shop.test"));
+    let extra = format!(
+        "{}{}",
+        route("*", sink.addr),
+        dkim_key(dir.path(), "shop.test")
+    );
     let mut baton = start(port, dir.path(), &events, &extra, true);
 
     // A complete message to two recipients: one message.
@@ -178,9 +194,15 @@ fn injected_messages_reach_the_next_hop_as_smtp_mail_does() {
     assert_eq!(answer["success_count"], 2, "{answer}");
     assert_eq!(answer["fail_count"], 0, "{answer}");
     let complete = delivered(&sink, &baton, "Subject: complete\r\n");
-    assert!(complete.contains("\r\nA whole message.\r\n.with a leading dot\r\n"), "{complete}");
+    assert!(
+        complete.contains("\r\nA whole message.\r\n.with a leading dot\r\n"),
+        "{complete}"
+    );
     assert!(complete.contains("DKIM-Signature:"), "signed: {complete}");
-    assert!(complete.contains("Message-ID: <") && complete.contains("Date: "), "{complete}");
+    assert!(
+        complete.contains("Message-ID: <") && complete.contains("Date: "),
+        "{complete}"
+    );
     assert!(complete.contains("(baton) with HTTP id "), "{complete}");
 
     // A template for three recipients, each with its own substitutions,
@@ -203,8 +225,15 @@ fn injected_messages_reach_the_next_hop_as_smtp_mail_does() {
         ("r2@example.org", "Hello Raj, Acme code C-222."),
         ("r3@example.org", "Hello , Acme code C-333."),
     ] {
-        let message = delivered(&sink, &baton, &format!("Subject: templated for {email}\r\n"));
-        assert!(message.contains(&format!("\r\n{line}\r\n")), "{email}: {message}");
+        let message = delivered(
+            &sink,
+            &baton,
+            &format!("Subject: templated for {email}\r\n"),
+        );
+        assert!(
+            message.contains(&format!("\r\n{line}\r\n")),
+            "{email}: {message}"
+        );
         assert!(message.contains("DKIM-Signature:"), "{message}");
     }
 
@@ -231,26 +260,65 @@ fn injected_messages_reach_the_next_hop_as_smtp_mail_does() {
     assert!(head.contains("Content-Type: multipart/mixed"), "{head}");
     let mixed = parts(body, &boundary(head));
     assert_eq!(mixed.len(), 2, "alternatives and the attachment: {body}");
-    assert!(mixed[0].contains("Content-Type: multipart/alternative"), "{}", mixed[0]);
+    assert!(
+        mixed[0].contains("Content-Type: multipart/alternative"),
+        "{}",
+        mixed[0]
+    );
     let alternatives = parts(mixed[0], &boundary(mixed[0]));
     assert_eq!(alternatives.len(), 2, "{}", mixed[0]);
-    assert!(alternatives[0].contains("Content-Type: text/plain"), "{}", alternatives[0]);
-    assert!(alternatives[0].contains("Plain for Carol"), "{}", alternatives[0]);
-    assert!(alternatives[1].contains("Content-Type: text/html"), "{}", alternatives[1]);
-    assert!(alternatives[1].contains("<p>HTML for Carol</p>"), "{}", alternatives[1]);
+    assert!(
+        alternatives[0].contains("Content-Type: text/plain"),
+        "{}",
+        alternatives[0]
+    );
+    assert!(
+        alternatives[0].contains("Plain for Carol"),
+        "{}",
+        alternatives[0]
+    );
+    assert!(
+        alternatives[1].contains("Content-Type: text/html"),
+        "{}",
+        alternatives[1]
+    );
+    assert!(
+        alternatives[1].contains("<p>HTML for Carol</p>"),
+        "{}",
+        alternatives[1]
+    );
     assert!(mixed[1].contains("Content-Type: image/png"), "{}", mixed[1]);
-    assert!(mixed[1].contains("attachment; filename=\"logo.png\""), "{}", mixed[1]);
-    assert!(mixed[1].contains("Content-Transfer-Encoding: base64"), "{}", mixed[1]);
+    assert!(
+        mixed[1].contains("attachment; filename=\"logo.png\""),
+        "{}",
+        mixed[1]
+    );
+    assert!(
+        mixed[1].contains("Content-Transfer-Encoding: base64"),
+        "{}",
+        mixed[1]
+    );
     assert!(mixed[1].contains("\r\n\r\niVBORw0KGgo="), "{}", mixed[1]);
 
     // Events: `received`, marked as HTTP, signed.
     baton.wait_until("five received events", || {
-        events.events().iter().filter(|e| e["event"] == "received").count() == 5
+        events
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "received")
+            .count()
+            == 5
     });
     for event in events.events().iter().filter(|e| e["event"] == "received") {
         assert_eq!(event["protocol"], "http", "{event}");
-        assert!(event["client"].as_str().unwrap().starts_with("127.0.0.1:"), "{event}");
-        assert!(event["dkim"].as_str().unwrap().contains("d=shop.test"), "{event}");
+        assert!(
+            event["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{event}"
+        );
+        assert!(
+            event["dkim"].as_str().unwrap().contains("d=shop.test"),
+            "{event}"
+        );
     }
 
     // A suppressed recipient fails with the reason; the other is sent.
@@ -271,9 +339,15 @@ fn injected_messages_reach_the_next_hop_as_smtp_mail_does() {
     let answer = json(&answer);
     assert_eq!(answer["success_count"], 1, "{answer}");
     assert_eq!(answer["fail_count"], 2, "{answer}");
-    assert_eq!(answer["failed_recipients"], serde_json::json!(["gone@example.org", "not an address"]));
+    assert_eq!(
+        answer["failed_recipients"],
+        serde_json::json!(["gone@example.org", "not an address"])
+    );
     let errors = answer["errors"].to_string();
-    assert!(errors.contains("suppressed (global): asked to leave"), "{errors}");
+    assert!(
+        errors.contains("suppressed (global): asked to leave"),
+        "{errors}"
+    );
     delivered(&sink, &baton, "Subject: partly\r\n");
 }
 
@@ -294,7 +368,13 @@ fn bad_requests_are_refused_and_queue_nothing() {
 
     let (code, answer) = inject(port, TOKEN, r#"{"envelope_sender": "a@shop.test", "recip"#);
     assert_eq!(code, 400, "{answer}");
-    assert!(json(&answer)["error"].as_str().unwrap().starts_with("malformed JSON"), "{answer}");
+    assert!(
+        json(&answer)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON"),
+        "{answer}"
+    );
 
     let (code, answer) = inject(
         port,

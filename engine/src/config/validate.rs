@@ -337,8 +337,7 @@ fn http(config: &Config) -> Result<(), Invalid> {
         return Ok(());
     };
     let smtp = config.listeners.iter().any(|l| l.address == address);
-    if smtp || config.admin.address == Some(address) || config.unsubscribe.listen == Some(address)
-    {
+    if smtp || config.admin.address == Some(address) || config.unsubscribe.listen == Some(address) {
         return Err(invalid(
             "http.listen",
             format!("{address} is also another listener's"),

@@ -62,6 +62,7 @@ mod transaction;
 
 pub use crate::smtp::data::BareLineEndings;
 pub use budget::DataBudget;
+pub(crate) use budget::Held;
 pub use config::{AuthSettings, SessionConfig, SessionLimits};
 pub use config::{
     COMMANDS_PER_SESSION_MAX_DEFAULT, COMMAND_LINE_BYTES_MAX_DEFAULT, DATA_IN_FLIGHT_MAX_DEFAULT,

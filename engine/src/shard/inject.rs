@@ -160,7 +160,12 @@ impl Shard {
 
     /// Message `index` of injection `batch` is durable (and queued), or
     /// was refused; the last one sends the answer.
-    pub(super) fn injected(&mut self, batch: u64, index: usize, stored: Result<QueueId, StoreError>) {
+    pub(super) fn injected(
+        &mut self,
+        batch: u64,
+        index: usize,
+        stored: Result<QueueId, StoreError>,
+    ) {
         let Some(waiting) = self.injections.waiting.get_mut(&batch) else {
             return;
         };
@@ -172,11 +177,7 @@ impl Shard {
         if waiting.left > 0 {
             return;
         }
-        let waiting = self
-            .injections
-            .waiting
-            .remove(&batch)
-            .expect("seen above");
+        let waiting = self.injections.waiting.remove(&batch).expect("seen above");
         let stored = waiting
             .stored
             .into_iter()

@@ -43,40 +43,38 @@ pub struct Draft {
     pub wire: Result<Vec<u8>, String>,
 }
 
-/// The messages for the request's recipients named by `accepted`.
-pub fn drafts(
-    request: &Request,
-    accepted: &[usize],
-    limits: &Limits,
-) -> Result<Vec<Draft>, BadRequest> {
+/// The messages for the request's recipients named by `accepted`, made
+/// as they are taken, so that the caller can stop when they take too much
+/// memory. A template that does not compile is the request's error.
+pub fn drafts<'a>(
+    request: &'a Request,
+    accepted: &'a [usize],
+    limits: &'a Limits,
+) -> Result<Box<dyn Iterator<Item = Draft> + 'a>, BadRequest> {
     let per_recipient = request.templated() || matches!(request.content, Content::Built(_));
     if !per_recipient {
         let Content::Message(message) = &request.content else {
             unreachable!("built content is sent per recipient");
         };
-        let wire = wire_form(message.as_bytes(), limits);
         let groups = accepted.chunks(limits.recipients_per_message_max.max(1));
-        return Ok(groups
-            .map(|group| Draft {
-                recipients: group.to_vec(),
-                wire: wire.clone(),
-            })
-            .collect());
+        let drafts = groups.map(move |group| Draft {
+            recipients: group.to_vec(),
+            wire: wire_form(message.as_bytes(), limits),
+        });
+        return Ok(Box::new(drafts));
     }
     let templates = Templates::new(request)?;
-    Ok(accepted
-        .iter()
-        .map(|&index| {
-            let recipient = &request.recipients[index];
-            let wire = templates
-                .message(request, recipient)
-                .and_then(|message| wire_form(&message, limits));
-            Draft {
-                recipients: vec![index],
-                wire,
-            }
-        })
-        .collect())
+    let drafts = accepted.iter().map(move |&index| {
+        let recipient = &request.recipients[index];
+        let wire = templates
+            .message(request, recipient)
+            .and_then(|message| wire_form(&message, limits));
+        Draft {
+            recipients: vec![index],
+            wire,
+        }
+    });
+    Ok(Box::new(drafts))
 }
 
 /// The request's templates, compiled once for all recipients.
@@ -124,7 +122,11 @@ impl Templates {
                 }
                 for (name, value) in &built.headers {
                     let field = format!("content.headers.{name}");
-                    add(header_template(name), value.as_str().unwrap_or_default(), &field)?;
+                    add(
+                        header_template(name),
+                        value.as_str().unwrap_or_default(),
+                        &field,
+                    )?;
                     headers.push(name.clone());
                 }
             }
@@ -178,7 +180,9 @@ fn substitutions(global: &Map<String, Value>, recipient: &Recipient) -> Map<Stri
     context.extend(recipient.substitutions.clone());
     let name = recipient.name.clone().unwrap_or_default();
     let to_header = match &recipient.name {
-        Some(name) if !name.is_empty() => format!("\"{}\" <{}>", name.replace('"', "\\\""), recipient.email),
+        Some(name) if !name.is_empty() => {
+            format!("\"{}\" <{}>", name.replace('"', "\\\""), recipient.email)
+        }
         _ => format!("<{}>", recipient.email),
     };
     context.insert("email".into(), Value::String(recipient.email.clone()));
@@ -198,8 +202,14 @@ struct Rendered {
 /// The message object content describes, in MIME: text and HTML as
 /// `multipart/alternative`, attachments beside them in `multipart/mixed`.
 fn build(built: &Built, rendered: Rendered, recipient: &Recipient) -> Result<Vec<u8>, String> {
-    let mut message = MessageBuilder::new().from(mailbox(&built.from.email, built.from.name.as_deref()));
-    let has = |name: &str| rendered.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    let mut message =
+        MessageBuilder::new().from(mailbox(&built.from.email, built.from.name.as_deref()));
+    let has = |name: &str| {
+        rendered
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+    };
     if !has("To") {
         message = message.to(mailbox(&recipient.email, recipient.name.as_deref()));
     }
@@ -231,7 +241,8 @@ fn build(built: &Built, rendered: Rendered, recipient: &Recipient) -> Result<Vec
             (Some(cid), _) => message.inline(content_type, cid.clone(), data),
             (None, name) => message.attachment(
                 content_type,
-                name.clone().unwrap_or_else(|| format!("attachment-{}", i + 1)),
+                name.clone()
+                    .unwrap_or_else(|| format!("attachment-{}", i + 1)),
                 data,
             ),
         };
@@ -241,7 +252,9 @@ fn build(built: &Built, rendered: Rendered, recipient: &Recipient) -> Result<Vec
 
 fn mailbox(email: &str, name: Option<&str>) -> Address<'static> {
     match name {
-        Some(name) if !name.is_empty() => Address::new_address(Some(name.to_owned()), email.to_owned()),
+        Some(name) if !name.is_empty() => {
+            Address::new_address(Some(name.to_owned()), email.to_owned())
+        }
         _ => Address::new_address(None::<String>, email.to_owned()),
     }
 }
@@ -304,9 +317,13 @@ mod tests {
     fn the_wire_form_has_crlf_and_dot_stuffing() {
         let wire = wire_form(b"Subject: x\n\n.hidden\r\nend\n", &LIMITS).unwrap();
         assert_eq!(wire, b"Subject: x\r\n\r\n..hidden\r\nend\r\n");
-        assert!(wire_form(b"a\rb\n", &LIMITS).unwrap_err().contains("bare CR"));
+        assert!(wire_form(b"a\rb\n", &LIMITS)
+            .unwrap_err()
+            .contains("bare CR"));
         let long = format!("Subject: x\n\n{}\n", "a".repeat(999));
-        assert!(wire_form(long.as_bytes(), &LIMITS).unwrap_err().contains("text_line_bytes_max"));
+        assert!(wire_form(long.as_bytes(), &LIMITS)
+            .unwrap_err()
+            .contains("text_line_bytes_max"));
     }
 
     #[test]
@@ -315,7 +332,7 @@ mod tests {
             r#"{"envelope_sender": "n@e.com", "content": "Subject: s\n\nhi\n",
                 "recipients": [{"email": "a@x.com"}, {"email": "b@x.com"}, {"email": "c@x.com"}]}"#,
         );
-        let drafts = drafts(&r, &[0, 1, 2], &LIMITS).unwrap();
+        let drafts: Vec<_> = drafts(&r, &[0, 1, 2], &LIMITS).unwrap().collect();
         let groups: Vec<_> = drafts.iter().map(|d| d.recipients.clone()).collect();
         assert_eq!(groups, [vec![0, 1], vec![2]]);
         assert_eq!(text(&drafts[0]), "Subject: s\r\n\r\nhi\r\n");
@@ -329,7 +346,7 @@ mod tests {
                 "recipients": [{"email": "a@x.com", "name": "Ann", "substitutions": {"n": 1}},
                                {"email": "b@x.com", "substitutions": {"n": 2}}]}"#,
         );
-        let drafts = drafts(&r, &[0, 1], &LIMITS).unwrap();
+        let drafts: Vec<_> = drafts(&r, &[0, 1], &LIMITS).unwrap().collect();
         assert_eq!(
             text(&drafts[0]),
             "To: \"Ann\" <a@x.com>\r\nSubject: Acme 1\r\n\r\nHi Ann (a@x.com)\r\n"
@@ -346,12 +363,13 @@ mod tests {
             r#"{"envelope_sender": "n@e.com", "content": "Subject: {{ x \n\nhi\n",
                 "recipients": [{"email": "a@x.com"}]}"#,
         );
-        assert!(drafts(&r, &[0], &LIMITS).unwrap_err().0.starts_with("content: template"));
+        let refused = drafts(&r, &[0], &LIMITS).err().unwrap();
+        assert!(refused.0.starts_with("content: template"));
         let r = request(
             r#"{"envelope_sender": "n@e.com", "content": "Subject: {{ missing }}\n\nhi\n",
                 "recipients": [{"email": "a@x.com"}]}"#,
         );
-        let drafts = drafts(&r, &[0], &LIMITS).unwrap();
+        let drafts: Vec<_> = drafts(&r, &[0], &LIMITS).unwrap().collect();
         assert!(drafts[0].wire.as_ref().unwrap_err().contains("undefined"));
     }
 
@@ -366,9 +384,12 @@ mod tests {
                                              "content_type": "text/plain", "file_name": "hi.txt"}]},
                 "recipients": [{"email": "a@x.com", "name": "<Ann>"}]}"#,
         );
-        let drafts = drafts(&r, &[0], &LIMITS).unwrap();
+        let drafts: Vec<_> = drafts(&r, &[0], &LIMITS).unwrap().collect();
         let message = text(&drafts[0]);
-        assert!(message.contains("From: \"News\" <n@e.com>\r\n"), "{message}");
+        assert!(
+            message.contains("From: \"News\" <n@e.com>\r\n"),
+            "{message}"
+        );
         assert!(message.contains("To: \"<Ann>\" <a@x.com>\r\n"), "{message}");
         assert!(message.contains("Subject: Hello <Ann>\r\n"), "{message}");
         assert!(message.contains("X-Campaign: june\r\n"), "{message}");

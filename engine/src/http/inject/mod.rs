@@ -29,7 +29,9 @@
 //! `401` without the right credentials; `403` for a client that may not
 //! relay or a sender its user may not use; `404`, `405` for other paths and
 //! methods; `413` for a body over `http.body_bytes_max`; `503` when the
-//! server is stopping or a shard did not answer in time.
+//! server is stopping, its messages would take more than the data in
+//! flight may (`limits.data_in_flight_max`), or a shard did not answer
+//! in time.
 
 #![forbid(unsafe_code)]
 
@@ -45,13 +47,15 @@ use base64::Engine as _;
 use baton_spool::QueueId;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request as HttpRequest, Response, StatusCode};
 use serde::Serialize;
 
 use crate::admin::AdminToken;
 use crate::auth::verify::{Credentials, Identity, Verdict};
-use crate::inbound::{from_domains, received_headers, AcceptedRecipient, StoreError};
+use crate::inbound::{from_domains, received_headers, AcceptedRecipient, Held, StoreError};
 use crate::log_limit::LogLimit;
 use crate::server::Server;
 use crate::shard::ShardMsg;
@@ -103,7 +107,9 @@ pub type Stored = Result<QueueId, StoreError>;
 
 /// Binds `[http] listen`, if set: before the shards start, so that a bad
 /// address fails the start.
-pub fn bind(server_config: &crate::config::Config) -> std::io::Result<Option<std::net::TcpListener>> {
+pub fn bind(
+    server_config: &crate::config::Config,
+) -> std::io::Result<Option<std::net::TcpListener>> {
     let Some(address) = server_config.http.listen else {
         return Ok(None);
     };
@@ -144,7 +150,11 @@ pub fn start(
         (false, _) => None,
         (true, Some(certificates)) => Some(super::tls_acceptor(certificates)),
         // Validation requires a certificate off loopback.
-        (true, None) => return Err(std::io::Error::other("http.listen needs a [tls] certificate")),
+        (true, None) => {
+            return Err(std::io::Error::other(
+                "http.listen needs a [tls] certificate",
+            ))
+        }
     };
     let serving = Serving {
         name: "inject",
@@ -167,23 +177,39 @@ pub fn start(
     super::spawn("inject", super::serve(listener, serving, answer))
 }
 
-async fn answer(request: HttpRequest<Incoming>, listener: &Arc<Listener>, peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn answer(
+    request: HttpRequest<Incoming>,
+    listener: &Arc<Listener>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     if request.uri().path() != INJECT_PATH {
-        return problem(StatusCode::NOT_FOUND, format!("nothing here; POST {INJECT_PATH}"));
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("nothing here; POST {INJECT_PATH}"),
+        );
     }
     if request.method() != Method::POST {
         let mut response = problem(StatusCode::METHOD_NOT_ALLOWED, "POST only".into());
-        response.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
     let server = &listener.server;
     if server.shutting_down.load(Ordering::Acquire) {
-        return problem(StatusCode::SERVICE_UNAVAILABLE, "stopping; try again".into());
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping; try again".into(),
+        );
     }
     let client = match authenticate(&request, listener, peer).await {
         Ok(client) => client,
         Err(refused) => {
-            let count = listener.refusals.lock().ok().and_then(|mut limit| limit.hit());
+            let count = listener
+                .refusals
+                .lock()
+                .ok()
+                .and_then(|mut limit| limit.hit());
             if let Some(count) = count {
                 tracing::warn!(%peer, count, "inject: request without valid credentials refused");
             }
@@ -205,7 +231,10 @@ async fn answer(request: HttpRequest<Incoming>, listener: &Arc<Listener>, peer: 
     if announced.is_some_and(|length| length > body_bytes_max) {
         return too_large();
     }
-    let body = match Limited::new(request.into_body(), body_bytes_max as usize).collect().await {
+    let body = match Limited::new(request.into_body(), body_bytes_max as usize)
+        .collect()
+        .await
+    {
         Ok(body) => body.to_bytes(),
         Err(_) => return too_large(),
     };
@@ -225,7 +254,8 @@ async fn answer(request: HttpRequest<Incoming>, listener: &Arc<Listener>, peer: 
         );
     }
     // As SMTP's RCPT: relaying for authenticated clients and [relay] networks.
-    let trusted = client.identity.is_some() || client.token || server.config.relay.allows(peer.ip());
+    let trusted =
+        client.identity.is_some() || client.token || server.config.relay.allows(peer.ip());
     if !trusted {
         return problem(
             StatusCode::FORBIDDEN,
@@ -240,7 +270,12 @@ async fn answer(request: HttpRequest<Incoming>, listener: &Arc<Listener>, peer: 
     let planned = match planning.await {
         Ok(Ok(planned)) => planned,
         Ok(Err(refused)) => return refused,
-        Err(_) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be prepared".into()),
+        Err(_) => {
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request could not be prepared".into(),
+            )
+        }
     };
     let answer = store(listener, planned, peer, client.identity).await;
     match answer {
@@ -267,7 +302,9 @@ async fn authenticate(
     let refuse = |why: &str| Err(unauthorized(listener, why));
     let Some(value) = request.headers().get(AUTHORIZATION) else {
         if server.config.http.credentials_required() {
-            return refuse("credentials needed: HTTP Basic with an [auth] user, or Bearer with the token");
+            return refuse(
+                "credentials needed: HTTP Basic with an [auth] user, or Bearer with the token",
+            );
         }
         return Ok(Client {
             identity: None,
@@ -275,7 +312,8 @@ async fn authenticate(
         });
     };
     let value = value.as_bytes();
-    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ').unwrap_or(value.len()));
+    let (scheme, rest) =
+        value.split_at(value.iter().position(|&b| b == b' ').unwrap_or(value.len()));
     let rest = rest.trim_ascii();
     if scheme.eq_ignore_ascii_case(b"bearer") {
         return match &listener.token {
@@ -311,7 +349,10 @@ async fn authenticate(
     });
     match rx.await {
         Ok(Verdict::Accepted(identity)) => {
-            server.metrics.auth_successes.fetch_add(1, Ordering::Relaxed);
+            server
+                .metrics
+                .auth_successes
+                .fetch_add(1, Ordering::Relaxed);
             Ok(Client {
                 identity: Some(identity),
                 token: false,
@@ -346,6 +387,8 @@ struct Planned {
     request: Request,
     messages: Vec<(Injected, Vec<usize>)>,
     failed: Vec<(usize, String)>,
+    /// The messages' share of the data in flight, until they are stored.
+    held: Held,
 }
 
 /// Checks the envelope and makes the messages, as an SMTP session with a
@@ -357,8 +400,8 @@ fn plan(
     identity: Option<&Arc<Identity>>,
 ) -> Result<Planned, Response<Full<Bytes>>> {
     let bad = |why: String| problem(StatusCode::BAD_REQUEST, why);
-    let (reverse_path, sender_utf8) = sender(&request.envelope_sender)
-        .map_err(|why| bad(format!("envelope_sender: {why}")))?;
+    let (reverse_path, sender_utf8) =
+        sender(&request.envelope_sender).map_err(|why| bad(format!("envelope_sender: {why}")))?;
     let sender_domain = reverse_path
         .iter()
         .rposition(|&b| b == b'@')
@@ -368,7 +411,10 @@ fn plan(
         if !sender_domain.is_empty() && !identity.policy.allows_sender_domain(&domain) {
             return Err(problem(
                 StatusCode::FORBIDDEN,
-                format!("envelope_sender: user {} may not send from {domain}", identity.name),
+                format!(
+                    "envelope_sender: user {} may not send from {domain}",
+                    identity.name
+                ),
             ));
         }
     }
@@ -376,7 +422,8 @@ fn plan(
     let mut suppression = server.suppression.as_ref().map(|list| list.reader());
     let mut failed = Vec::new();
     let mut accepted = Vec::new();
-    let mut addresses: Vec<Option<(AcceptedRecipient, bool)>> = Vec::with_capacity(request.recipients.len());
+    let mut addresses: Vec<Option<(AcceptedRecipient, bool)>> =
+        Vec::with_capacity(request.recipients.len());
     for (index, recipient) in request.recipients.iter().enumerate() {
         let parsed = match self::recipient(&recipient.email) {
             Ok(parsed) => parsed,
@@ -391,7 +438,10 @@ fn plan(
             .and_then(|reader| reader.lookup(&parsed.0.address, sender_domain, user))
             .map(|hit| format!("suppressed ({}): {}", hit.scope(), hit.reason()));
         if let Some(why) = hit {
-            server.metrics.recipients_suppressed.fetch_add(1, Ordering::Relaxed);
+            server
+                .metrics
+                .recipients_suppressed
+                .fetch_add(1, Ordering::Relaxed);
             failed.push((index, why));
             addresses.push(None);
             continue;
@@ -404,12 +454,27 @@ fn plan(
         message_bytes_max: server.config.limits.message_bytes_max,
         recipients_per_message_max: identity
             .and_then(|identity| identity.policy.recipients_per_message_max)
-            .map_or(server.config.limits.recipients_per_message_max, |max| max as usize)
+            .map_or(server.config.limits.recipients_per_message_max, |max| {
+                max as usize
+            })
             .min(server.config.limits.recipients_per_message_max),
     };
     let drafts = build::drafts(&request, &accepted, &limits).map_err(|BadRequest(why)| bad(why))?;
-    let mut messages = Vec::with_capacity(drafts.len());
+    // The messages wait in memory until the spool has them: they count
+    // against the data in flight, as SMTP sessions' messages do.
+    let mut held = Held::new(&server.data_budget);
+    let mut held_bytes = 0;
+    let mut messages = Vec::new();
     for Draft { recipients, wire } in drafts {
+        held_bytes += wire.as_ref().map_or(0, |wire| wire.capacity() as u64);
+        if !held.resize(held_bytes) {
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too much message data in flight (limits.data_in_flight_max): nothing was queued; \
+                 try again later, or with fewer recipients"
+                    .into(),
+            ));
+        }
         let checked = wire.and_then(|wire| check(server, &wire, identity).map(|()| wire));
         let wire = match checked {
             Ok(wire) => wire,
@@ -422,7 +487,10 @@ fn plan(
             .iter()
             .filter_map(|&index| addresses[index].as_ref().map(|(r, _)| r.clone()))
             .collect();
-        let utf8 = sender_utf8 || recipients.iter().any(|&index| addresses[index].as_ref().is_some_and(|(_, utf8)| *utf8));
+        let utf8 = sender_utf8
+            || recipients
+                .iter()
+                .any(|&index| addresses[index].as_ref().is_some_and(|(_, utf8)| *utf8));
         let mut params = Vec::new();
         if !wire.is_ascii() {
             params.push("BODY=8BITMIME");
@@ -442,6 +510,7 @@ fn plan(
         request,
         messages,
         failed,
+        held,
     })
 }
 
@@ -459,11 +528,20 @@ fn check(server: &Server, wire: &[u8], identity: Option<&Arc<Identity>>) -> Resu
         .into_iter()
         .find(|domain| !identity.policy.allows_sender_domain(domain))
     {
-        return Err(format!("user {} may not send as From: {domain}", identity.name));
+        return Err(format!(
+            "user {} may not send as From: {domain}",
+            identity.name
+        ));
     }
-    let allowed = server.verifier.as_ref().is_none_or(|verifier| verifier.take_message(identity));
+    let allowed = server
+        .verifier
+        .as_ref()
+        .is_none_or(|verifier| verifier.take_message(identity));
     if !allowed {
-        return Err(format!("user {} has sent its messages_per_hour", identity.name));
+        return Err(format!(
+            "user {} has sent its messages_per_hour",
+            identity.name
+        ));
     }
     Ok(())
 }
@@ -471,16 +549,24 @@ fn check(server: &Server, wire: &[u8], identity: Option<&Arc<Identity>>) -> Resu
 /// The envelope sender: an address with or without its brackets, or
 /// empty for the null reverse path; and whether it needs SMTPUTF8.
 fn sender(text: &str) -> Result<(Vec<u8>, bool), String> {
-    let bracketed = format!("<{}>", text.trim().trim_start_matches('<').trim_end_matches('>'));
+    let bracketed = format!(
+        "<{}>",
+        text.trim().trim_start_matches('<').trim_end_matches('>')
+    );
     match parse_reverse_path(bracketed.as_bytes(), true) {
-        Ok((path, used)) if used == bracketed.len() => Ok((path.address().into_bytes(), !path.is_ascii())),
+        Ok((path, used)) if used == bracketed.len() => {
+            Ok((path.address().into_bytes(), !path.is_ascii()))
+        }
         _ => Err(format!("{text:?} is not an address")),
     }
 }
 
 /// A recipient checked with RCPT's grammar, and whether it needs SMTPUTF8.
 fn recipient(text: &str) -> Result<(AcceptedRecipient, bool), String> {
-    let bracketed = format!("<{}>", text.trim().trim_start_matches('<').trim_end_matches('>'));
+    let bracketed = format!(
+        "<{}>",
+        text.trim().trim_start_matches('<').trim_end_matches('>')
+    );
     match parse_forward_path(bracketed.as_bytes(), true) {
         Ok((ForwardPath::Path(path), used)) if used == bracketed.len() => {
             let utf8 = !path.is_ascii();
@@ -515,6 +601,7 @@ async fn store(
         request,
         messages,
         mut failed,
+        held,
     } = planned;
     let (messages, groups): (Vec<Injected>, Vec<Vec<usize>>) = messages.into_iter().unzip();
     let mut success_count = 0;
@@ -535,24 +622,33 @@ async fn store(
             _ => {
                 return Err(problem(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "no answer from the spool in time: the messages may or may not be queued".into(),
+                    "no answer from the spool in time: the messages may or may not be queued"
+                        .into(),
                 ))
             }
         };
         for (outcome, recipients) in outcomes.into_iter().zip(groups) {
             match outcome {
                 Ok(_) => success_count += recipients.len(),
-                Err(err) => failed.extend(recipients.into_iter().map(|index| (index, format!("not queued: {err}")))),
+                Err(err) => failed.extend(
+                    recipients
+                        .into_iter()
+                        .map(|index| (index, format!("not queued: {err}"))),
+                ),
             }
         }
     }
+    drop(held);
     failed.sort_by_key(|(index, _)| *index);
     let email = |index: usize| request.recipients[index].email.clone();
     Ok(Answer {
         success_count,
         fail_count: failed.len(),
         failed_recipients: failed.iter().map(|(index, _)| email(*index)).collect(),
-        errors: failed.iter().map(|(index, why)| format!("{}: {why}", email(*index))).collect(),
+        errors: failed
+            .iter()
+            .map(|(index, why)| format!("{}: {why}", email(*index)))
+            .collect(),
     })
 }
 
@@ -587,7 +683,10 @@ mod tests {
         assert!(sender("not an address").is_err());
         assert!(sender("a@example.com> junk").is_err());
         let (r, utf8) = recipient("B@Example.NET").unwrap();
-        assert_eq!((r.address.as_slice(), r.domain.as_str(), utf8), (&b"B@Example.NET"[..], "example.net", false));
+        assert_eq!(
+            (r.address.as_slice(), r.domain.as_str(), utf8),
+            (&b"B@Example.NET"[..], "example.net", false)
+        );
         assert!(recipient("üser@example.net").unwrap().1);
         assert!(recipient("").is_err());
         assert!(recipient("postmaster").is_err());

@@ -124,7 +124,8 @@ impl Request {
             .into_iter()
             .enumerate()
             .map(|(i, value)| {
-                serde_json::from_value(value).map_err(|err| BadRequest::at(&format!("recipients[{i}]"), err))
+                serde_json::from_value(value)
+                    .map_err(|err| BadRequest::at(&format!("recipients[{i}]"), err))
             })
             .collect::<Result<Vec<Recipient>, _>>()?;
         let substitutions = optional(&mut object, "substitutions")?.unwrap_or_default();
@@ -196,7 +197,10 @@ impl Request {
     }
 }
 
-fn required<T: DeserializeOwned>(object: &mut Map<String, Value>, field: &str) -> Result<T, BadRequest> {
+fn required<T: DeserializeOwned>(
+    object: &mut Map<String, Value>,
+    field: &str,
+) -> Result<T, BadRequest> {
     match object.remove(field) {
         None | Some(Value::Null) => Err(BadRequest::at(field, "missing")),
         Some(value) => serde_json::from_value(value).map_err(|err| BadRequest::at(field, err)),
@@ -276,12 +280,16 @@ mod tests {
         );
         assert!(bad(r#"{"envelope_sender": "n@e.com", "recipients": [{"email": "a@b.c"}, {}], "content": "x"}"#)
             .starts_with("recipients[1]: missing field `email`"));
-        assert!(bad(r#"{"envelope_sender": "n@e.com", "recipients": [{"email": "a@b.c"}], "content": 7}"#)
-            .starts_with("content: must be"));
+        assert!(bad(
+            r#"{"envelope_sender": "n@e.com", "recipients": [{"email": "a@b.c"}], "content": 7}"#
+        )
+        .starts_with("content: must be"));
         assert!(bad(r#"{"envelope_sender": "n@e.com", "recipients": [{"email": "a@b.c"}], "content": {"subject": "s", "text_body": "t"}}"#)
             .starts_with("content: missing field `from`"));
-        assert!(bad(r#"{"envelope_sender": "n@e.com", "recipients": [], "content": "x"}"#)
-            .starts_with("recipients: must name"));
+        assert!(
+            bad(r#"{"envelope_sender": "n@e.com", "recipients": [], "content": "x"}"#)
+                .starts_with("recipients: must name")
+        );
         assert!(bad(r#"{"envelope_sender": "n@e.com", "recipients": [{"email": "a@b.c"}], "content": {"from": {"email": "n@e.com"}, "text_body": "t", "headers": {"Bad Name": "v"}}}"#)
             .starts_with("content.headers.Bad Name"));
     }
