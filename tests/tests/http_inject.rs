@@ -5,7 +5,8 @@
 //! content, signed and with a `received` event that says `http`; a
 //! suppressed recipient is a failed recipient. Malformed JSON, a missing
 //! field, a wrong token and a body over the limit are refused (400, 401,
-//! 413) and queue nothing.
+//! 413) and queue nothing. Off loopback the listener speaks HTTPS and
+//! wants credentials: an `[auth]` user's by HTTP Basic.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use baton_tests::delivery::{route, EventLog};
 use baton_tests::sink::Sink;
+use baton_tests::tls::{tls_toml, TestCa};
 use baton_tests::{baton_bin, free_port, Baton, TestConfig};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -47,13 +49,24 @@ fn inject(port: u16, token: &str, body: &str) -> (u16, String) {
 
 /// POSTs `body` with `Authorization: <authorization>`.
 fn inject_as(port: u16, authorization: &str, body: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30", "-X", "POST"])
+    let url = format!("http://127.0.0.1:{port}/api/inject/v1");
+    post(&url, &[], Some(authorization), body)
+}
+
+/// POSTs `body` (JSON) to `url` with curl and `curl_args`: the status and
+/// the body of the answer.
+fn post(url: &str, curl_args: &[&str], authorization: Option<&str>, body: &str) -> (u16, String) {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--max-time", "30", "-X", "POST"])
         .args(["-H", "Content-Type: application/json"])
-        .args(["-H", &format!("Authorization: {authorization}")])
+        .args(curl_args)
         .args(["--data-binary", "@-"])
         .args(["-w", "\n%{http_code}"])
-        .arg(format!("http://127.0.0.1:{port}/api/inject/v1"))
+        .arg(url);
+    if let Some(authorization) = authorization {
+        curl.args(["-H", &format!("Authorization: {authorization}")]);
+    }
+    let out = curl
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -418,4 +431,81 @@ fn bad_requests_are_refused_and_queue_nothing() {
     let received = received();
     assert!(received[0].get("user").is_none(), "{}", received[0]);
     assert_eq!(received[1]["user"], "app", "{}", received[1]);
+}
+
+/// A local address that is not loopback, if this host has one: the
+/// address a UDP socket would send from towards a documentation network
+/// (nothing is sent).
+fn address_off_loopback() -> Option<std::net::IpAddr> {
+    [
+        "192.0.2.1:9",
+        "198.51.100.1:9",
+        "203.0.113.1:9",
+        "10.255.255.1:9",
+    ]
+    .iter()
+    .filter_map(|target| {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.connect(target).ok()?;
+        socket.local_addr().ok().map(|local| local.ip())
+    })
+    .find(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+#[test]
+fn off_loopback_injection_is_https_with_credentials() {
+    if !curl_installed() {
+        eprintln!("skipped: the curl command is needed (apt-get install curl)");
+        return;
+    }
+    let Some(ip) = address_off_loopback() else {
+        eprintln!("skipped: this host has no address but loopback to listen on");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let ip_text = ip.to_string();
+    let leaf = ca.leaf("server", &["inject.test", &ip_text]);
+    let port = free_port(&ip_text);
+    let events = EventLog::new();
+    let users = users_toml(dir.path(), "s3cret-password");
+    let mut baton = Baton::start_with(TestConfig {
+        extra_toml: format!(
+            "{}{}{users}\n[http]\nlisten = \"{ip_text}:{port}\"\n",
+            events.toml(),
+            tls_toml(&leaf)
+        ),
+        ..TestConfig::default()
+    });
+    let url = format!("https://inject.test:{port}/api/inject/v1");
+    let resolve = format!("inject.test:{port}:{ip_text}");
+    let cacert = ca.cert.display().to_string();
+    let https = ["--cacert", cacert.as_str(), "--resolve", resolve.as_str()];
+    let good = r#"{"envelope_sender": "a@shop.test", "recipients": [{"email": "b@example.org"}],
+                   "content": "Subject: over TLS\n\nhi\n"}"#;
+
+    // No credentials, or wrong ones: 401 with the challenge, nothing queued.
+    let (code, answer) = post(&url, &https, None, good);
+    assert_eq!(code, 401, "{answer}");
+    let (code, answer) = post(&url, &https, Some("Basic YXBwOndyb25n"), good);
+    assert_eq!(code, 401, "{answer}");
+    assert_eq!(baton.queued_messages(), 0);
+
+    // The user's password, over TLS: queued as the user's.
+    let (code, answer) = post(
+        &url,
+        &https,
+        Some("Basic YXBwOnMzY3JldC1wYXNzd29yZA=="),
+        good,
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(json(&answer)["success_count"], 1, "{answer}");
+    assert_eq!(baton.queued_messages(), 1);
+    let received = || -> Vec<serde_json::Value> {
+        let events = events.events().into_iter();
+        events.filter(|e| e["event"] == "received").collect()
+    };
+    baton.wait_until("a received event", || received().len() == 1);
+    assert_eq!(received()[0]["user"], "app", "{}", received()[0]);
+    assert_eq!(received()[0]["protocol"], "http", "{}", received()[0]);
 }
