@@ -26,14 +26,16 @@ fn curl_installed() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// baton with HTTP injection on loopback, a token, and the event log.
+/// baton with HTTP injection on loopback, a token, and the event log;
+/// requests of at most 8 KiB and 3 recipients.
 fn start(port: u16, dir: &Path, events: &EventLog, extra: &str, deliver: bool) -> Baton {
     let token = dir.join("inject.token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     Baton::start_with(TestConfig {
         deliver,
         extra_toml: format!(
-            "{}\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\nbody_bytes_max = 8192\n\n{extra}",
+            "{}\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n\
+             body_bytes_max = 8192\nrecipients_per_request_max = 3\n\n{extra}",
             events.toml(),
             token.display()
         ),
@@ -409,6 +411,16 @@ fn bad_requests_are_refused_and_queue_nothing() {
     );
     let (code, answer) = inject(port, TOKEN, &large);
     assert_eq!(code, 413, "{answer}");
+
+    let four = r#"{"envelope_sender": "a@shop.test", "content": "Subject: x\n\nhi\n",
+                   "recipients": [{"email": "b@example.org"}, {"email": "c@example.org"},
+                                  {"email": "d@example.org"}, {"email": "e@example.org"}]}"#;
+    let (code, answer) = inject(port, TOKEN, four);
+    assert_eq!(code, 400, "{answer}");
+    assert!(
+        answer.contains("over http.recipients_per_request_max (3)"),
+        "{answer}"
+    );
 
     // Nothing of these was queued or logged as received; a good request
     // after them is, so the check above is not vacuous.

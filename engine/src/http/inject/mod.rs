@@ -104,10 +104,8 @@ pub type Stored = Result<QueueId, StoreError>;
 
 /// Binds `[http] listen`, if set: before the shards start, so that a bad
 /// address fails the start.
-pub fn bind(
-    server_config: &crate::config::Config,
-) -> std::io::Result<Option<std::net::TcpListener>> {
-    let Some(address) = server_config.http.listen else {
+pub fn bind(config: &crate::config::Config) -> std::io::Result<Option<std::net::TcpListener>> {
+    let Some(address) = config.http.listen else {
         return Ok(None);
     };
     std::net::TcpListener::bind(address)
@@ -213,10 +211,6 @@ async fn answer(
             return refused;
         }
     };
-    let request = match read(request, &server.config.http).await {
-        Ok(request) => request,
-        Err(refused) => return refused,
-    };
     // As SMTP's RCPT: relaying for authenticated clients and [relay] networks.
     let trusted =
         client.identity.is_some() || client.token || server.config.relay.allows(peer.ip());
@@ -226,10 +220,20 @@ async fn answer(
             "relaying denied: authenticate, or inject from a [relay] network".into(),
         );
     }
+    let body = match read(request, &server.config.http).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    // Parsing tens of megabytes of JSON, templating, MIME and suppression
+    // lookups would hold up the listener's other connections here.
     let planning = {
         let server = server.clone();
         let identity = client.identity.clone();
-        tokio::task::spawn_blocking(move || plan::plan(&server, request, identity.as_ref()))
+        tokio::task::spawn_blocking(move || {
+            let request = parse(&body, &server.config.http)?;
+            drop(body);
+            plan::plan(&server, request, identity.as_ref())
+        })
     };
     let planned = match planning.await {
         Ok(Ok(planned)) => planned,
@@ -248,12 +252,11 @@ async fn answer(
     }
 }
 
-/// The request's body, within `body_bytes_max` (`413`), parsed (`400`
-/// naming the field), within `recipients_per_request_max`.
+/// The request's body, within `body_bytes_max` (`413`).
 async fn read(
     request: HttpRequest<Incoming>,
     config: &crate::config::HttpConfig,
-) -> Result<Request, Response<Full<Bytes>>> {
+) -> Result<Bytes, Response<Full<Bytes>>> {
     let body_bytes_max = config.body_bytes_max;
     let announced = request
         .headers()
@@ -269,17 +272,23 @@ async fn read(
     if announced.is_some_and(|length| length > body_bytes_max) {
         return Err(too_large());
     }
-    let body = match Limited::new(request.into_body(), body_bytes_max as usize)
+    match Limited::new(request.into_body(), body_bytes_max as usize)
         .collect()
         .await
     {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return Err(too_large()),
-    };
-    let request = match Request::parse(&body) {
-        Ok(request) => request,
-        Err(BadRequest(why)) => return Err(problem(StatusCode::BAD_REQUEST, why)),
-    };
+        Ok(body) => Ok(body.to_bytes()),
+        Err(_) => Err(too_large()),
+    }
+}
+
+/// The body parsed (`400` naming the field), within
+/// `recipients_per_request_max`.
+fn parse(
+    body: &[u8],
+    config: &crate::config::HttpConfig,
+) -> Result<Request, Response<Full<Bytes>>> {
+    let request =
+        Request::parse(body).map_err(|BadRequest(why)| problem(StatusCode::BAD_REQUEST, why))?;
     let recipients_max = config.recipients_per_request_max;
     if request.recipients.len() > recipients_max {
         return Err(problem(
