@@ -12,9 +12,10 @@
 //!
 //! `content` is a complete RFC 5322 message (a string), or an object that
 //! baton builds into MIME ([`Built`]). KumoMTA's `deferred_spool`,
-//! `deferred_generation`, `trace_headers`, `template_dialect` and a
-//! recipient's `metadata` are accepted and ignored, as is any field baton
-//! does not know: a newer injector must not be refused for a field it adds.
+//! `deferred_generation`, `trace_headers`, `template_dialect`, a
+//! recipient's `metadata` and content's `amp_html_body` are accepted and
+//! ignored, as is any field baton does not know: a newer injector must
+//! not be refused for a field it adds.
 //!
 //! Every problem names the field it is in: `recipients[2].email: ...`.
 
