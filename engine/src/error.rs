@@ -25,7 +25,8 @@ pub enum Error {
     /// `[log] events` cannot be opened for appending.
     #[error("event log: {0}")]
     Events(String),
-    /// `[admin] token_file` cannot be used, or is missing off loopback.
+    /// `[admin] token_file` or `[http] token_file` cannot be used, or the
+    /// admin one is missing off loopback.
     #[error("{0}")]
     AdminToken(String),
 }

@@ -29,6 +29,8 @@
 //! - [`config`]: the TOML configuration, its defaults and validation.
 //! - [`admin`]: the HTTP admin API (queue, metrics, health) and its client.
 //! - [`metrics`]: histograms and per-site counters the admin API exports.
+//! - [`http`]: the other HTTP listeners (one-click unsubscribe, HTTP
+//!   injection) and the accept loop all three share.
 //! - [`server`]: what the shards share; start and graceful stop.
 //! - [`systemd`]: readiness and stopping, told to systemd (`sd_notify`).
 //! - [`error`]: the crate's error type.

@@ -720,6 +720,9 @@ fn check_config(file: &Path) -> Result<(), String> {
             println!("warning: {}: {warning}", file.display());
         }
     }
+    // And the HTTP injection token.
+    baton::http::inject::load_token(&config.http)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     // And the event log's place.
     if let Some(path) = &config.log.events {
         baton::delivery::events::check_path(path)

@@ -623,6 +623,8 @@ pub fn start(config: Config) -> Result<Running> {
         })?),
         None => None,
     };
+    let inject_token = crate::http::inject::load_token(&config.http).map_err(Error::AdminToken)?;
+    let inject_listener = crate::http::inject::bind(&config).map_err(Error::Listen)?;
     let mut links = Vec::new();
     let mut inboxes = Vec::new();
     for _ in 0..config.shard_count() {
@@ -675,6 +677,12 @@ pub fn start(config: Config) -> Result<Running> {
             ))
         })?;
         tracing::info!(%address, url = server.unsubscribe.as_ref().map_or("", |u| u.url()), "serving one-click unsubscribe links");
+    }
+    if let Some(listener) = inject_listener {
+        let address = listener.local_addr().map_err(Error::Listen)?;
+        crate::http::inject::start(listener, server.clone(), inject_token)
+            .map_err(Error::Listen)?;
+        tracing::info!(%address, tls = server.config.http.tls(), "serving HTTP injection");
     }
     crate::shaping::egress::check_reverse_dns(
         &server.live().egress,

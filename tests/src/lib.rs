@@ -465,6 +465,11 @@ impl Baton {
 
     /// One request to the admin API, without a body: `(status, body)`.
     pub fn admin_request(&self, method: &str, path: &str) -> (u16, String) {
+        self.admin_request_with_body(method, path, "")
+    }
+
+    /// One request to the admin API with `body` (JSON): `(status, body)`.
+    pub fn admin_request_with_body(&self, method: &str, path: &str, body: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(self.admin).unwrap_or_else(|err| {
             panic!(
                 "{method} {path}: connect to the admin API: {err}\n{}",
@@ -476,8 +481,10 @@ impl Baton {
             .expect("timeout");
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.admin
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.admin,
+            body.len()
         )
         .expect("send the request");
         let mut response = String::new();

@@ -153,9 +153,11 @@ fn the_debian_package_installs_runs_and_purges() {
         .unwrap();
     let smtp: SocketAddr = "127.0.0.1:25".parse().unwrap();
     let admin: SocketAddr = "127.0.0.1:8025".parse().unwrap();
-    wait("baton on port 25 and its admin API", Duration::from_secs(30), || {
-        TcpStream::connect(smtp).is_ok() && TcpStream::connect(admin).is_ok()
-    });
+    wait(
+        "baton on port 25 and its admin API",
+        Duration::from_secs(30),
+        || TcpStream::connect(smtp).is_ok() && TcpStream::connect(admin).is_ok(),
+    );
     let mut client = Smtp::connect(smtp);
     assert_eq!(client.reply().code, 220);
     client.ehlo("client.test");

@@ -17,7 +17,6 @@
 //! `Host` rule, then keeps a browser out (a rebound page has no token), so
 //! `Host` may name the API by any name: an operator's DNS name for it.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,10 +24,9 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response as HttpResponse, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Semaphore;
 
 use super::{route, AdminToken, Response, IO_TIMEOUT, SHARD_REPLY_TIMEOUT};
+use crate::http::Serving;
 use crate::log_limit::LogLimit;
 use crate::server::Server;
 
@@ -61,46 +59,27 @@ pub(super) async fn serve(
     server: Arc<Server>,
     token: Option<AdminToken>,
 ) {
-    let address = match listener.local_addr() {
-        Ok(address) => address,
-        Err(_) => return,
-    };
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(err) => {
-            tracing::error!(%err, "admin listener");
-            return;
-        }
+    let Ok(address) = listener.local_addr() else {
+        return;
     };
     let guard = Arc::new(Guard {
         address,
         token,
         refusals: Mutex::new(LogLimit::default()),
     });
-    let permits = Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX));
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue; // dropping the stream closes it
-        };
+    let serving = Serving {
+        name: "admin",
+        connections_max: ADMIN_CONNECTIONS_MAX,
+        io_timeout: IO_TIMEOUT,
+        connection_time_max: ADMIN_CONNECTION_TIME_MAX,
+        tls: None,
+    };
+    let answer = move |request, peer| {
         let server = server.clone();
         let guard = guard.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let server = server.clone();
-                let guard = guard.clone();
-                async move { Ok::<_, Infallible>(answer(request, server, &guard, peer).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(IO_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(ADMIN_CONNECTION_TIME_MAX, connection).await;
-            drop(permit);
-        });
-    }
+        async move { answer(request, server, &guard, peer).await }
+    };
+    crate::http::serve(listener, serving, answer).await;
 }
 
 async fn answer(

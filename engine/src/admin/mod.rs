@@ -47,7 +47,6 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use baton_spool::{QueueId, Status};
@@ -139,14 +138,7 @@ pub fn start(
     token: Option<AdminToken>,
 ) -> io::Result<()> {
     let listener = TcpListener::bind(address)?;
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || runtime.block_on(http::serve(listener, server, token)))?;
-    Ok(())
+    crate::http::spawn("admin", http::serve(listener, server, token))
 }
 
 /// An HTTP response, before it is written.

@@ -35,7 +35,13 @@ impl AdminToken {
     /// Reads and checks the token in `path`. Errors name the key and the
     /// file, never the token.
     pub fn load(path: &Path) -> Result<AdminToken, String> {
-        let at = |what: String| format!("admin.token_file: {}: {what}", path.display());
+        AdminToken::load_for(path, "admin.token_file")
+    }
+
+    /// Reads and checks a token in `path` named by the key `key`
+    /// (`http.token_file` holds the injection listener's, of the same kind).
+    pub fn load_for(path: &Path, key: &str) -> Result<AdminToken, String> {
+        let at = |what: String| format!("{key}: {}: {what}", path.display());
         let text = std::fs::read_to_string(path).map_err(|e| at(format!("cannot read: {e}")))?;
         AdminToken::parse(&text).map_err(at)
     }

@@ -16,6 +16,7 @@
 //! - `delivery`: the sections delivery reads (`[delivery]`, `[dns]`,
 //!   `[shaping]`, `[[route]]`, `[[destination]]`) and the per-domain
 //!   lookups over them.
+//! - `http`: `[http]`, the HTTP injection listener.
 //! - `de`: the merge, and the values TOML has no type for (durations,
 //!   addresses, networks, next hops).
 //! - `validate`: the rules beyond types (RFC 5321 minimums, alignment).
@@ -29,6 +30,7 @@ mod delivery;
 mod dkim;
 mod duration;
 mod error;
+mod http;
 mod reload;
 mod validate;
 mod webhook;
@@ -53,6 +55,7 @@ pub use delivery::{
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
+pub use http::HttpConfig;
 pub use webhook::{WebhookConfig, BATCH_HEADER, SIGNATURE_HEADER};
 
 /// The default configuration: every key with its default value and a
@@ -109,6 +112,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub suppression: SuppressionConfig,
     pub unsubscribe: UnsubscribeConfig,
+    pub http: HttpConfig,
     pub log: LogConfig,
     /// `[[webhook]]` tables: where the event log is posted; none by default.
     #[serde(rename = "webhook", default)]
@@ -928,6 +932,11 @@ mod tests {
             "unsubscribe.mailto",
             "unsubscribe.token_ttl",
             "unsubscribe.secret_file",
+            "http.listen",
+            "http.token_file",
+            "http.auth_required",
+            "http.body_bytes_max",
+            "http.recipients_per_request_max",
             "log.level",
             "log.format",
             "log.per_message",

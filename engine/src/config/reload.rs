@@ -31,6 +31,7 @@ impl Config {
         keep!(admin, "admin");
         keep!(auth, "auth");
         keep!(unsubscribe, "unsubscribe");
+        keep!(http, "http");
         keep!(delivery.tls_ca, "delivery.tls_ca");
         keep!(delivery.mta_sts_port, "delivery.mta_sts_port");
         keep!(dkim_defaults.sign_threads, "dkim_defaults.sign_threads");

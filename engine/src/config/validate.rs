@@ -116,6 +116,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     routes(&config.routes)?;
     destinations(&config.destinations)?;
     unsubscribe(config)?;
+    http(config)?;
     egress(config)?;
     if let Err((name, message)) =
         crate::route::sites::SiteTable::new(&config.sites, config.shaping.connections_max)
@@ -304,6 +305,61 @@ fn unsubscribe(config: &Config) -> Result<(), Invalid> {
                 "an unsubscribe adds to the suppression list: set [suppression] enabled = true",
             ));
         }
+    }
+    Ok(())
+}
+
+/// Smallest `http.body_bytes_max`: a request with one short message.
+const HTTP_BODY_BYTES_MIN: u64 = 4096;
+
+/// `[http]`: injection takes mail like an authenticated SMTP client, so
+/// off loopback the listener speaks TLS and has credentials to check.
+fn http(config: &Config) -> Result<(), Invalid> {
+    let h = &config.http;
+    if h.body_bytes_max < HTTP_BODY_BYTES_MIN {
+        return Err(invalid(
+            "http.body_bytes_max",
+            format!("must be at least {HTTP_BODY_BYTES_MIN}"),
+        ));
+    }
+    if h.recipients_per_request_max == 0 {
+        return Err(invalid(
+            "http.recipients_per_request_max",
+            "must be more than zero",
+        ));
+    }
+    if h.recipients_per_request_max > RECIPIENTS_PER_MESSAGE_MAX {
+        return Err(invalid(
+            "http.recipients_per_request_max",
+            format!("must be at most {RECIPIENTS_PER_MESSAGE_MAX}"),
+        ));
+    }
+    let Some(address) = h.listen else {
+        return Ok(());
+    };
+    let smtp = config.listeners.iter().any(|l| l.address == address);
+    if smtp || config.admin.address == Some(address) || config.unsubscribe.listen == Some(address) {
+        return Err(invalid(
+            "http.listen",
+            format!("{address} is also another listener's"),
+        ));
+    }
+    if h.tls() && config.tls.certificate.is_none() {
+        return Err(invalid(
+            "http.listen",
+            format!(
+                "{address} is not a loopback address, so injection needs TLS: \
+                 set [tls] certificate and key, or listen on 127.0.0.1 or [::1]"
+            ),
+        ));
+    }
+    if h.credentials_required() && h.token_file.is_none() && config.auth.users.is_none() {
+        return Err(invalid_pair(
+            "http.listen",
+            "http.token_file",
+            "injection needs credentials here (off loopback, or http.auth_required): \
+             set http.token_file or [auth] users",
+        ));
     }
     Ok(())
 }
@@ -1271,6 +1327,42 @@ mod tests {
             c.admin.token_file.as_deref(),
             Some(std::path::Path::new("/etc/baton/admin.token"))
         );
+    }
+
+    #[test]
+    fn http_injection_off_loopback_needs_tls_and_credentials() {
+        rejects(
+            "[http]\nlisten = \"0.0.0.0:8026\"\ntoken_file = \"/etc/baton/inject.token\"\n",
+            "http.listen",
+            2,
+            "needs TLS",
+        );
+        rejects(
+            "[http]\nlisten = \"127.0.0.1:8026\"\nauth_required = true\n",
+            "http.listen",
+            2,
+            "set http.token_file or [auth] users",
+        );
+        rejects(
+            "[http]\nlisten = \"127.0.0.1:8025\"\n",
+            "http.listen",
+            2,
+            "another listener",
+        );
+        rejects(
+            "[http]\nbody_bytes_max = 10\n",
+            "http.body_bytes_max",
+            2,
+            "at least",
+        );
+        rejects(
+            "[http]\nrecipients_per_request_max = 0\n",
+            "http.recipients_per_request_max",
+            2,
+            "more than zero",
+        );
+        let c = Config::parse("[http]\nlisten = \"127.0.0.1:8026\"\n", "t").unwrap();
+        assert!(!c.http.credentials_required() && !c.http.tls());
     }
 
     /// The warnings of `text`, as `(key, line, message)`.

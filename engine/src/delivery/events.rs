@@ -261,6 +261,10 @@ pub struct Event<'a> {
     /// `received`: the client's address (`ip:port`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<&'a str>,
+    /// `received`: how the message came when not by SMTP: `http`
+    /// (injection, `crate::http::inject`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<&'a str>,
     /// `received`: the name the client gave in EHLO or HELO.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub helo: Option<&'a str>,
@@ -314,6 +318,7 @@ impl<'a> Event<'a> {
             latency_ms: None,
             recipients: None,
             client: None,
+            protocol: None,
             helo: None,
             message_id: None,
             user: None,

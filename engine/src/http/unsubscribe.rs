@@ -16,7 +16,6 @@
 //!
 //! The list's writer commits the addition durably before the `200`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,12 +24,9 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
+use super::Serving;
 use crate::delivery::events::{Event, EventKind};
-use crate::log_limit::LogLimit;
 use crate::policy::suppression::{Entry, Source};
 use crate::policy::unsubscribe::{Token, TokenError};
 use crate::server::{unix_ms, Server};
@@ -50,69 +46,24 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves `listener` (bound by the caller, so a bad address fails the
 /// start) on a thread of its own until the process ends.
 pub fn start(listener: std::net::TcpListener, server: Arc<Server>) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("unsubscribe".into())
-        .spawn(move || runtime.block_on(serve(listener, server)))?;
-    Ok(())
-}
-
-async fn serve(listener: std::net::TcpListener, server: Arc<Server>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(err) => {
-            tracing::error!(%err, "unsubscribe listener");
-            return;
-        }
-    };
     let Some(tls) = server.server_tls.as_ref() else {
         // Validation requires a certificate with the listener.
-        tracing::error!("unsubscribe listener without a certificate: not serving");
-        return;
+        return Err(std::io::Error::other(
+            "the unsubscribe listener needs a certificate",
+        ));
     };
-    // The certificate resolver behind this configuration follows reloads.
-    let mut config = (*tls.config()).clone();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let permits = Arc::new(Semaphore::new(UNSUBSCRIBE_CONNECTIONS_MAX));
-    let failures = Arc::new(std::sync::Mutex::new(LogLimit::default()));
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue; // dropping the stream closes it
-        };
+    let serving = Serving {
+        name: "unsubscribe",
+        connections_max: UNSUBSCRIBE_CONNECTIONS_MAX,
+        io_timeout: IO_TIMEOUT,
+        connection_time_max: CONNECTION_TIME_MAX,
+        tls: Some(super::tls_acceptor(tls)),
+    };
+    let answer = move |request, peer| {
         let server = server.clone();
-        let acceptor = acceptor.clone();
-        let failures = failures.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(IO_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) => {
-                    let count = failures.lock().ok().and_then(|mut limit| limit.hit());
-                    if let Some(count) = count {
-                        tracing::info!(%peer, %err, count, "unsubscribe listener: TLS handshake failed");
-                    }
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = hyper::service::service_fn(move |request| {
-                let server = server.clone();
-                async move { Ok::<_, Infallible>(answer(request, &server, peer).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(IO_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIME_MAX, connection).await;
-            drop(permit);
-        });
-    }
+        async move { answer(request, &server, peer).await }
+    };
+    super::spawn("unsubscribe", super::serve(listener, serving, answer))
 }
 
 async fn answer(

@@ -76,7 +76,7 @@ impl Eq for DataBudget {}
 /// dropped, so every way a message ends (stored, refused, RSET, a closed
 /// connection) releases it.
 #[derive(Debug)]
-pub(super) struct Held {
+pub(crate) struct Held {
     budget: Arc<DataBudget>,
     bytes: u64,
 }

@@ -9,7 +9,8 @@ use super::budget::Held;
 use super::replies;
 use super::session::{DataBody, Session, State};
 use super::transaction::Transaction;
-use super::{ReceivedMessage, SessionContext};
+use super::{AcceptedRecipient, ReceivedMessage, SessionContext};
+use crate::auth::verify::Identity;
 use crate::smtp::data::{Body, DataReader};
 
 impl Session {
@@ -94,42 +95,18 @@ impl Session {
         // signed for its From: domain; others neither.
         let trusted = self.relay_allowed || self.identity().is_some();
         let mut wire = body.wire;
-        let mut dkim = None;
-        let sign_domain = if trusted {
-            crate::sign::fixups::fix_up(
-                &mut wire,
+        let (sign_domain, dkim) = if trusted {
+            let identity = self.identity().map(|i| &**i);
+            let message = Trusted {
                 queue_id,
-                ctx.now_unix_secs(),
-                &self.config.hostname,
-            );
-            // Links only in mail to one recipient: a link names whom it
-            // unsubscribes, and one message carries one link.
-            if let [recipient] = transaction.recipients.as_slice() {
-                let sender = &transaction.reverse_path;
-                let sender_domain = sender
-                    .iter()
-                    .rposition(|&b| b == b'@')
-                    .map_or(&[][..], |at| &sender[at + 1..]);
-                let identity = self.identity().map(|i| &**i);
-                if let Some(fields) =
-                    ctx.unsubscribe_fields(&recipient.address, sender_domain, identity, queue_id)
-                {
-                    crate::sign::fixups::add_unsubscribe(&mut wire, &fields);
-                }
-            }
-            let domain = from_domains(&wire).into_iter().next();
-            match (domain, self.identity()) {
-                (Some(domain), Some(identity)) if !identity.policy.allows_signing_for(&domain) => {
-                    dkim = Some(format!(
-                        "none: user {} may not sign for {domain}",
-                        identity.name
-                    ));
-                    None
-                }
-                (domain, _) => domain,
-            }
+                reverse_path: &transaction.reverse_path,
+                recipients: &transaction.recipients,
+                identity,
+                hostname: &self.config.hostname,
+            };
+            message.finish(&mut wire, ctx)
         } else {
-            None
+            (None, None)
         };
         let message = ReceivedMessage {
             queue_id,
@@ -149,9 +126,57 @@ impl Session {
     }
 }
 
+/// A message from a client baton trusts (an authenticated user, `[relay]
+/// networks`, an HTTP injector), on its way to the spool: SMTP's and HTTP
+/// injection's one way to finish it.
+pub(crate) struct Trusted<'a> {
+    pub queue_id: QueueId,
+    pub reverse_path: &'a [u8],
+    pub recipients: &'a [AcceptedRecipient],
+    pub identity: Option<&'a Identity>,
+    pub hostname: &'a str,
+}
+
+impl Trusted<'_> {
+    /// Fixes up `wire`'s header (`Message-ID`, `Date`, unsubscribe links)
+    /// and picks the domain that signs it: `(sign_domain, dkim)`, the
+    /// latter saying why there is no signature when the user may not sign
+    /// for its `From:` domain.
+    pub(crate) fn finish(
+        &self,
+        wire: &mut Vec<u8>,
+        ctx: &mut dyn SessionContext,
+    ) -> (Option<String>, Option<String>) {
+        let queue_id = self.queue_id;
+        crate::sign::fixups::fix_up(wire, queue_id, ctx.now_unix_secs(), self.hostname);
+        // Links only in mail to one recipient: a link names whom it
+        // unsubscribes, and one message carries one link.
+        if let [recipient] = self.recipients {
+            let sender = self.reverse_path;
+            let sender_domain = sender
+                .iter()
+                .rposition(|&b| b == b'@')
+                .map_or(&[][..], |at| &sender[at + 1..]);
+            if let Some(fields) =
+                ctx.unsubscribe_fields(&recipient.address, sender_domain, self.identity, queue_id)
+            {
+                crate::sign::fixups::add_unsubscribe(wire, &fields);
+            }
+        }
+        let domain = from_domains(wire).into_iter().next();
+        match (domain, self.identity) {
+            (Some(domain), Some(identity)) if !identity.policy.allows_signing_for(&domain) => {
+                let why = format!("none: user {} may not sign for {domain}", identity.name);
+                (None, Some(why))
+            }
+            (domain, _) => (domain, None),
+        }
+    }
+}
+
 /// `Received:` fields in the header section of a message in wire form
 /// (each one a line that starts the field; folded lines continue it).
-fn received_headers(wire: &[u8]) -> usize {
+pub(crate) fn received_headers(wire: &[u8]) -> usize {
     const NAME: &[u8] = b"received:";
     let mut count = 0;
     let mut rest = wire;
@@ -176,7 +201,7 @@ const FROM_FIELD_BYTES_MAX: usize = 16 * 1024;
 /// §3.6.2), lowercased: what an authenticated user's `sender_domains`
 /// must allow. Display names and comments are skipped, so a name such as
 /// `"ceo@bank.example" <x@allowed.example>` is judged by its address.
-fn from_domains(wire: &[u8]) -> Vec<String> {
+pub(crate) fn from_domains(wire: &[u8]) -> Vec<String> {
     let mut domains = Vec::new();
     let mut field: Option<Vec<u8>> = None;
     let mut rest = wire;

@@ -62,6 +62,7 @@ mod transaction;
 
 pub use crate::smtp::data::BareLineEndings;
 pub use budget::DataBudget;
+pub(crate) use budget::Held;
 pub use config::{AuthSettings, SessionConfig, SessionLimits};
 pub use config::{
     COMMANDS_PER_SESSION_MAX_DEFAULT, COMMAND_LINE_BYTES_MAX_DEFAULT, DATA_IN_FLIGHT_MAX_DEFAULT,
@@ -69,6 +70,8 @@ pub use config::{
     PENDING_OUTPUT_BYTES_MAX, PIPELINED_INPUT_BYTES_MAX, RECIPIENTS_PER_MESSAGE_MAX_DEFAULT,
     TEXT_LINE_BYTES_MAX_DEFAULT,
 };
+pub(crate) use data::{from_domains, received_headers, Trusted};
+pub(crate) use received::address_literal;
 pub use session::{Phase, Session};
 
 /// What a session needs from outside: the time and fresh queue ids. The

@@ -66,7 +66,7 @@ impl Session {
 
 /// RFC 5321 §4.1.3 address literal: `[192.0.2.1]`, `[IPv6:2001:db8::1]`.
 /// IPv4 clients of a dual-stack socket show as IPv4.
-fn address_literal(ip: IpAddr) -> String {
+pub(crate) fn address_literal(ip: IpAddr) -> String {
     match ip.to_canonical() {
         IpAddr::V4(v4) => format!("[{v4}]"),
         IpAddr::V6(v6) => format!("[IPv6:{v6}]"),

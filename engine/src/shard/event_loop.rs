@@ -88,9 +88,8 @@ enum SpoolOp {
 /// A message appended to the spool, waiting for the datasync that covers it.
 pub(super) struct PendingStore {
     pub ticket: Ticket,
-    /// The session waiting for its `250`; `None` for a notification baton
-    /// wrote itself.
-    pub conn: Option<ConnKey>,
+    /// Who waits for the datasync.
+    pub waiter: Waiter,
     pub queue_id: QueueId,
     pub recipients: Vec<(Destination, u32)>,
     pub size: usize,
@@ -107,11 +106,24 @@ pub(super) struct PendingStore {
     pub about: Option<Box<Received>>,
 }
 
+/// Who waits for a message's datasync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Waiter {
+    /// A notification baton wrote itself: nobody.
+    Nobody,
+    /// The session waiting for its `250`.
+    Session(ConnKey),
+    /// Message `index` of HTTP injection `batch` (`inject.rs`).
+    Injection { batch: u64, index: usize },
+}
+
 /// What the `received` event says beside the store's own fields.
 pub(super) struct Received {
     pub recipients: Vec<String>,
     pub helo: String,
     pub message_id: Option<String>,
+    /// `http` for injected mail; `None` for SMTP.
+    pub protocol: Option<&'static str>,
 }
 
 #[derive(Clone, Copy)]
@@ -183,15 +195,17 @@ pub(super) struct Shard {
     /// Repeated log lines, one per interval each.
     pub(super) logs: ShardLogs,
     /// This shard's snapshot of the suppression list, for `RCPT`.
-    suppression: Option<SuppressionReader>,
+    pub(super) suppression: Option<SuppressionReader>,
+    /// HTTP injections waiting for their messages' datasync (`inject.rs`).
+    pub(super) injections: super::inject::Injections,
 }
 
 /// What the session sees of the shard: the clock, queue ids, and the
 /// users' message rates.
-struct Ctx<'a> {
-    queue_ids: &'a mut QueueIdGen,
-    server: &'a Server,
-    suppression: &'a mut Option<SuppressionReader>,
+pub(super) struct Ctx<'a> {
+    pub queue_ids: &'a mut QueueIdGen,
+    pub server: &'a Server,
+    pub suppression: &'a mut Option<SuppressionReader>,
 }
 
 impl SessionContext for Ctx<'_> {
@@ -329,6 +343,7 @@ impl Shard {
             completions: Vec::with_capacity(1024),
             logs: ShardLogs::default(),
             suppression,
+            injections: Default::default(),
         };
         for index in 0..shard.listeners.len() {
             shard.arm_accept(index)?;
@@ -399,6 +414,7 @@ impl Shard {
             && self.outs.len() == 0
             && self.spool_ops.is_empty()
             && self.stores.is_empty()
+            && self.injections.is_empty()
             && self.listeners.iter().all(|l| !l.armed)
     }
 
@@ -511,6 +527,12 @@ impl Shard {
                 ShardMsg::Policy { conn, policy } => {
                     self.out_policy(ConnKey::from_u64(conn), policy);
                 }
+                ShardMsg::Inject(injection) => self.inject(*injection),
+                ShardMsg::InjectSigned {
+                    batch,
+                    index,
+                    message,
+                } => self.inject_store(batch, index, *message),
                 ShardMsg::Admin(request, reply) => {
                     // Answered once what it recorded is durable: "deleted"
                     // must survive a crash.
@@ -961,7 +983,7 @@ impl Shard {
     /// Appends a message: `true` when the session now waits for the
     /// datasync; `false` when it was refused, which the session is told.
     fn store(&mut self, key: ConnKey, peer: Arc<str>, message: ReceivedMessage) -> bool {
-        let Err(err) = self.append(key, peer, message) else {
+        let Err(err) = self.append(Waiter::Session(key), peer, message) else {
             return true;
         };
         if let Some(conn) = self.conns.get_mut(key) {
@@ -987,9 +1009,9 @@ impl Shard {
         }
     }
 
-    fn append(
+    pub(super) fn append(
         &mut self,
-        key: ConnKey,
+        waiter: Waiter,
         peer: Arc<str>,
         message: ReceivedMessage,
     ) -> Result<(), StoreError> {
@@ -1026,6 +1048,7 @@ impl Shard {
                     .collect(),
                 helo: message.helo.clone(),
                 message_id: crate::delivery::events::message_id(&message.body),
+                protocol: matches!(waiter, Waiter::Injection { .. }).then_some("http"),
             })
         });
         // The pool its sender chose, if any: its recipients queue apart.
@@ -1039,7 +1062,7 @@ impl Shard {
             Ok(appended) => {
                 self.stores.push_back(PendingStore {
                     ticket: appended.ticket,
-                    conn: Some(key),
+                    waiter,
                     queue_id: message.queue_id,
                     recipients: message
                         .recipients
@@ -1194,7 +1217,15 @@ impl Shard {
             } else {
                 Err(failed_as)
             };
-            if let Some(conn) = store.conn.and_then(|key| self.conns.get_mut(key)) {
+            let key = match store.waiter {
+                Waiter::Session(key) => key,
+                Waiter::Injection { batch, index } => {
+                    self.injected(batch, index, result);
+                    continue;
+                }
+                Waiter::Nobody => continue,
+            };
+            if let Some(conn) = self.conns.get_mut(key) {
                 let mut ctx = Ctx {
                     queue_ids: &mut self.queue_ids,
                     server: &self.server,
@@ -1227,7 +1258,7 @@ impl Shard {
         // here, before its recipients are queued: another shard may
         // deliver one at once, and its `delivered` line must come after
         // the `received` one (webhooks post the log in its order).
-        if store.conn.is_some() {
+        if store.waiter != Waiter::Nobody {
             self.log_received(store, now_ms);
         }
         for (destination, items) in groups {
@@ -1237,7 +1268,7 @@ impl Shard {
                 .push(destination, &items, Status::Pending, now_ms);
             self.act(actions);
         }
-        if store.conn.is_none() {
+        if store.waiter == Waiter::Nobody {
             return;
         }
         let metrics = &self.server.metrics;
@@ -1274,7 +1305,8 @@ impl Shard {
             event.client = store.peer.as_deref();
             if let Some(about) = &store.about {
                 event.recipients = Some(&about.recipients);
-                event.helo = Some(&about.helo);
+                event.helo = (!about.helo.is_empty()).then_some(about.helo.as_str());
+                event.protocol = about.protocol;
                 event.message_id = about.message_id.as_deref();
             }
             events.record(&event);

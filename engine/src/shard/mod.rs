@@ -11,11 +11,14 @@
 //! - `outbound`: delivery connections, driven by the same loop.
 //! - `settle`: what an attempt's outcomes become: spool records,
 //!   deferrals, logs, notifications.
+//! - `inject`: messages injected over HTTP (`crate::http::inject`),
+//!   finished and stored as SMTP's are.
 //! - `operator`: queue flush, delete and bounce for the admin API.
 //! - `queue_id`: queue id generation.
 
 mod conn;
 mod event_loop;
+mod inject;
 mod listener;
 mod operator;
 mod outbound;
@@ -58,6 +61,15 @@ pub enum ShardMsg {
     AuthVerdict {
         conn: u64,
         verdict: crate::auth::verify::Verdict,
+    },
+    /// Messages injected over HTTP, to finish and store; the outcome goes
+    /// back on the injection's channel once they are durable.
+    Inject(Box<crate::http::inject::Injection>),
+    /// Message `index` of injection `batch`, back from the signing threads.
+    InjectSigned {
+        batch: u64,
+        index: usize,
+        message: Box<crate::inbound::ReceivedMessage>,
     },
     /// An operator's request (delete, bounce, flush) that needs a spool
     /// writer; the answer goes back on the channel.

@@ -26,7 +26,7 @@ use crate::shaping::classify::{self, Category};
 use crate::smtp::reply::{parse_reply_text, Reply};
 use crate::tls::TlsInfo;
 
-use super::event_loop::{PendingStore, Shard};
+use super::event_loop::{PendingStore, Shard, Waiter};
 
 impl Shard {
     /// The message's current record and recipient states, or `None` when
@@ -469,7 +469,7 @@ impl Shard {
                 self.last_ticket = self.last_ticket.max(appended.ticket);
                 self.stores.push_back(PendingStore {
                     ticket: appended.ticket,
-                    conn: None,
+                    waiter: Waiter::Nobody,
                     queue_id,
                     recipients: vec![(destination_of(view.reverse_path), 0)],
                     size: body.len(),
