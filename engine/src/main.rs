@@ -655,6 +655,8 @@ fn init_logging(
             LOG_BUFFER_BYTES,
             std::io::stderr(),
         ));
+    let dropped = writer.error_counter();
+    baton::metrics::count_log_lines_dropped(Box::new(move || dropped.dropped_lines() as u64));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(log))
         .with_writer(writer)

@@ -8,7 +8,21 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Counts the log lines the log writer dropped for falling behind; set
+/// once by whoever set up logging (`main`), read by `/metrics`.
+static LOG_LINES_DROPPED: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> = OnceLock::new();
+
+/// Where [`log_lines_dropped`] reads its count from.
+pub fn count_log_lines_dropped(count: Box<dyn Fn() -> u64 + Send + Sync>) {
+    let _ = LOG_LINES_DROPPED.set(count);
+}
+
+/// Log lines dropped so far; 0 when logging counts none.
+pub fn log_lines_dropped() -> u64 {
+    LOG_LINES_DROPPED.get().map_or(0, |count| count())
+}
 
 /// A histogram of durations in milliseconds, exported in seconds. Each
 /// observation is two atomic adds and a short scan of the bounds: no lock.

@@ -52,6 +52,8 @@ fn deliveries_fill_the_histograms_and_the_site_counters() {
     assert_eq!(metric(&baton, "baton_spool_used_bytes"), 0);
     assert!(metric(&baton, "baton_spool_capacity_bytes") > 0);
     assert_eq!(metric(&baton, "baton_queue_oldest_message_age_seconds"), 0);
+    // The log writer kept up with a handful of lines.
+    assert_eq!(metric(&baton, "baton_log_lines_dropped_total"), 0);
 }
 
 #[test]

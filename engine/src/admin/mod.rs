@@ -659,6 +659,11 @@ fn metrics(server: &Server) -> String {
             load(&m.config_reload_failures),
         ),
         (
+            "baton_log_lines_dropped_total",
+            "Log lines lost: the log writer fell behind (stderr slow or blocked).",
+            crate::metrics::log_lines_dropped(),
+        ),
+        (
             "baton_dns_failures_total",
             "MX or address lookups that failed for now (SERVFAIL, timeout): the destination waits.",
             load(&m.dns_failures),
