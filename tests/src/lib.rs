@@ -770,3 +770,17 @@ pub fn queued_id(reply: &Reply) -> String {
         .trim()
         .to_string()
 }
+
+/// The status and body of a `curl -w "\n%{http_code}"` run, which must
+/// have succeeded: what the HTTP tests check.
+#[track_caller]
+pub fn curl_answer(out: &std::process::Output) -> (u16, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl failed: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
+    (code.trim().parse().expect("a status code"), body.to_owned())
+}

@@ -79,14 +79,7 @@ fn post(url: &str, curl_args: &[&str], authorization: Option<&str>, body: &str) 
             child.wait_with_output()
         })
         .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl failed: {}{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
-    (code.trim().parse().expect("a status code"), body.to_owned())
+    baton_tests::curl_answer(&out)
 }
 
 fn json(text: &str) -> serde_json::Value {

@@ -35,14 +35,7 @@ fn curl(ca: &Path, port: u16, args: &[&str], url: &str) -> (u16, String) {
         .arg(url)
         .output()
         .expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl failed: {}{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
-    (code.trim().parse().expect("a status code"), body.to_owned())
+    baton_tests::curl_answer(&out)
 }
 
 /// The delivered message whose `Subject:` is `subject`, once it is there.

@@ -533,6 +533,26 @@ fn machine_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// What the configuration's tests share.
+#[cfg(test)]
+mod testing {
+    use super::Config;
+
+    /// Parses `text` and expects an error on `key` at `line`, whose message
+    /// contains `needle`.
+    #[track_caller]
+    pub fn rejects(text: &str, key: &str, line: usize, needle: &str) {
+        let error = Config::parse(text, "test.toml").expect_err(text);
+        assert_eq!(error.key(), key, "{error}");
+        assert_eq!(error.line(), Some(line), "{error}");
+        assert!(error.message().contains(needle), "{error}");
+        assert!(
+            error.to_string().starts_with(&format!("test.toml:{line}:")),
+            "{error}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

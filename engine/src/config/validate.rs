@@ -1011,22 +1011,9 @@ fn clear_text_auth(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::rejects;
     use super::super::Config;
     use super::RETRY_SCHEDULE_STEPS_MAX;
-
-    /// Parses `text` and expects an error on `key` at `line`, whose message
-    /// contains `needle`.
-    #[track_caller]
-    fn rejects(text: &str, key: &str, line: usize, needle: &str) {
-        let error = Config::parse(text, "test.toml").expect_err(text);
-        assert_eq!(error.key(), key, "{error}");
-        assert_eq!(error.line(), Some(line), "{error}");
-        assert!(error.message().contains(needle), "{error}");
-        assert!(
-            error.to_string().starts_with(&format!("test.toml:{line}:")),
-            "{error}"
-        );
-    }
 
     #[test]
     fn auth_users_names_a_file() {

@@ -229,22 +229,11 @@ pub(super) fn read_secret_files(config: &mut Config) -> Result<(), Invalid> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::rejects;
     use super::super::Config;
     use super::*;
 
     const LOG: &str = "[log]\nevents = \"/var/log/baton/events.jsonl\"\n";
-
-    #[track_caller]
-    fn rejects(text: &str, key: &str, line: usize, needle: &str) {
-        let error = Config::parse(text, "test.toml").expect_err(text);
-        assert_eq!(error.key(), key, "{error}");
-        assert_eq!(error.line(), Some(line), "{error}");
-        assert!(error.message().contains(needle), "{error}");
-        assert!(
-            error.to_string().starts_with(&format!("test.toml:{line}:")),
-            "{error}"
-        );
-    }
 
     #[test]
     fn defaults_and_a_derived_name() {
