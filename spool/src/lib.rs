@@ -110,3 +110,25 @@ pub struct RecordRef {
 /// [`Writer::durable`] has reached it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Ticket(pub u64);
+
+/// Bugs planted on purpose for the simulator (`baton-sim`) to find: each
+/// is off unless a test turns it on, and compiled in only with the `plant`
+/// feature (otherwise every switch reads `false`, a constant).
+pub mod plant {
+    #[cfg(feature = "plant")]
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Reclamation deletes sealed segments that still hold a pending
+    /// recipient.
+    #[cfg(feature = "plant")]
+    pub static RECLAIM_PENDING: AtomicBool = AtomicBool::new(false);
+
+    /// Whether [`RECLAIM_PENDING`] is on.
+    #[inline]
+    pub fn reclaim_pending() -> bool {
+        #[cfg(feature = "plant")]
+        return RECLAIM_PENDING.load(Ordering::Relaxed);
+        #[cfg(not(feature = "plant"))]
+        false
+    }
+}

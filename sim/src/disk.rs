@@ -1,0 +1,148 @@
+//! The simulated disk under the spool's writes: the page cache is the
+//! file, and what a power cut does to it is decided here.
+//!
+//! Every write the spool's writer asks for goes to its file at once, as to
+//! the page cache (the spool reads records back through its memory maps),
+//! and is remembered with the bytes it covered until a datasync of its
+//! segment completes. A power cut then takes back, sector by sector and
+//! independently, a random part of what was not synced: a write lost
+//! whole, torn (some sectors kept), or a later write kept where an earlier
+//! one was lost (reordering). A process crash keeps everything (the page
+//! cache survives it). A datasync may fail (EIO); the writes it would have
+//! covered then stay unsynced.
+
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Arc;
+
+use baton_spool::segment::Segment;
+use baton_spool::{SyncOp, WriteOp};
+
+use crate::rng::Rng;
+
+/// The unit a power cut keeps or loses: a disk writes sectors whole.
+pub const SECTOR_BYTES: u64 = 512;
+
+/// A write not yet covered by a datasync.
+struct Unsynced {
+    /// The file's inode: a datasync covers the file, whatever segment id
+    /// it carries now (the spool recycles files).
+    inode: u64,
+    segment: Arc<Segment>,
+    offset: u64,
+    /// What the file held there before, and what the write put there.
+    before: Vec<u8>,
+    after: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct Disk {
+    /// In the order written.
+    unsynced: Vec<Unsynced>,
+    /// Writes and datasyncs done, and sectors a power cut took back.
+    pub writes: u64,
+    pub syncs: u64,
+    pub sync_failures: u64,
+    pub sectors_lost: u64,
+}
+
+impl Disk {
+    /// Does `op` (to the page cache) and remembers it until a datasync.
+    pub fn write(&mut self, op: &WriteOp) -> io::Result<usize> {
+        let file = op.segment.file();
+        let mut before = vec![0; op.buf.len()];
+        file.read_exact_at(&mut before, op.offset)?;
+        file.write_all_at(&op.buf, op.offset)?;
+        self.writes += 1;
+        self.unsynced.push(Unsynced {
+            inode: file.metadata()?.ino(),
+            segment: op.segment.clone(),
+            offset: op.offset,
+            before,
+            after: op.buf.clone(),
+        });
+        Ok(op.buf.len())
+    }
+
+    /// A datasync of `op`'s segment; `fail`: it reports EIO and covers
+    /// nothing.
+    pub fn sync(&mut self, op: &SyncOp, fail: bool) -> io::Result<()> {
+        if fail {
+            self.sync_failures += 1;
+            return Err(io::Error::from_raw_os_error(libc_eio()));
+        }
+        self.syncs += 1;
+        let inode = op.segment.file().metadata()?.ino();
+        self.unsynced.retain(|w| w.inode != inode);
+        Ok(())
+    }
+
+    /// The process died: the page cache, hence every write, survives.
+    pub fn crash(&mut self) {
+        self.unsynced.clear();
+    }
+
+    /// The power went. `reorder`: each sector of each unsynced write is
+    /// lost or kept at random (lost, torn, and later writes kept where
+    /// earlier ones were lost); otherwise each file keeps a prefix of its
+    /// unsynced sectors, in the order written, and loses the rest (a torn
+    /// tail). Undone newest write first, so a lost sector gets back what its
+    /// write found there; a sector something else has written since (the
+    /// spool prepares and recycles files directly) is left alone.
+    pub fn power_cut(&mut self, rng: &mut Rng, reorder: bool) -> io::Result<()> {
+        let writes = std::mem::take(&mut self.unsynced);
+        // Without reordering: per file, the sector count it keeps, drawn in
+        // the order the files were first written (never a hash order: a
+        // seed must replay exactly).
+        let mut keep: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        if !reorder {
+            let mut files: Vec<(u64, u64)> = Vec::new();
+            for w in &writes {
+                let sectors = (w.before.len() as u64).div_ceil(SECTOR_BYTES);
+                match files.iter_mut().find(|(inode, _)| *inode == w.inode) {
+                    Some((_, total)) => *total += sectors,
+                    None => files.push((w.inode, sectors)),
+                }
+            }
+            for (inode, total) in files {
+                keep.insert(inode, rng.range(0, total + 1));
+            }
+        }
+        // Sectors of each file seen so far, oldest write first.
+        let mut seen: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+        let mut lose: Vec<(usize, usize, usize)> = Vec::new();
+        for (i, write) in writes.iter().enumerate() {
+            let mut at = 0usize;
+            while at < write.before.len() {
+                let end = (at + SECTOR_BYTES as usize).min(write.before.len());
+                let n = seen.entry(write.inode).or_default();
+                let lost = if reorder {
+                    rng.chance(1, 2)
+                } else {
+                    *n >= keep[&write.inode]
+                };
+                *n += 1;
+                if lost {
+                    lose.push((i, at, end));
+                }
+                at = end;
+            }
+        }
+        for (i, at, end) in lose.into_iter().rev() {
+            let write = &writes[i];
+            let file = write.segment.file();
+            let mut now = vec![0; end - at];
+            file.read_exact_at(&mut now, write.offset + at as u64)?;
+            if now == write.after[at..end] {
+                file.write_all_at(&write.before[at..end], write.offset + at as u64)?;
+                self.sectors_lost += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// EIO, as `fdatasync` reports a failed write-back.
+fn libc_eio() -> i32 {
+    5
+}

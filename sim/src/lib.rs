@@ -1,0 +1,878 @@
+//! baton's deterministic simulator, first part: the real spool (its
+//! writer, group commit, recovery and reclamation), the real queue (sites,
+//! connection limits, scheduling) and the real retry schedule
+//! (`DeliverySettings::retry`) run in one thread under a seeded scheduler,
+//! a simulated clock and a simulated disk that loses power
+//! ([`disk::Disk`]). Next hops answer 2xx, 4xx or 5xx per recipient, go
+//! down and come back. After every simulated crash and at the end, the
+//! checker asserts the spool's promises:
+//! - every message acknowledged (its record durable: the `250`) is
+//!   delivered at least once, failed, or still queued;
+//! - no recipient whose delivery was recorded durably is delivered again,
+//!   and no durable final outcome is undone by a crash;
+//! - no destination has more connections open than its limit.
+//!
+//! What the engine's shard does around these (the SMTP sessions, the
+//! settlement and its notifications) is driven here by the simulator in
+//! the shard's order (append, datasync, then `250`; deliver, then append
+//! the outcome), not yet by the shard's own code: see `docs/architecture.md`.
+//! A failing seed replays exactly: `baton-sim --seed S` prints the history.
+
+pub mod disk;
+pub mod rng;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::delivery::retry::{DeliverySettings, Retry};
+use baton::queue::{Action, QueuedRecipient, Queues, Shaping, Take, Waiter};
+use baton::route::{destination_of, Destination};
+use baton_spool::{
+    Clock, Io, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status, SyncOp,
+    Ticket, Writer,
+};
+
+use disk::Disk;
+use rng::Rng;
+
+/// What a run simulates.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub seed: u64,
+    /// Simulated time the traffic lasts; the queue is then drained.
+    pub sim_seconds: u64,
+    /// Messages arriving per simulated second.
+    pub messages_per_second: u64,
+    /// Recipient domains, each its own next hop.
+    pub destinations: usize,
+    /// Each destination's connection limit.
+    pub connections_max: usize,
+    /// Power cuts, process crashes, failed datasyncs.
+    pub faults: bool,
+    /// Power cuts keep later unsynced writes where earlier ones were lost
+    /// (a disk's cache writing back out of order); otherwise a power cut
+    /// tears each file's unsynced writes at one point.
+    pub reorder: bool,
+}
+
+impl Params {
+    /// The scenario `cargo test` and the soak run use.
+    pub fn scenario(seed: u64) -> Params {
+        Params {
+            seed,
+            sim_seconds: 20,
+            messages_per_second: 1_000,
+            destinations: 8,
+            connections_max: 4,
+            faults: true,
+            reorder: false,
+        }
+    }
+}
+
+/// What a run covered.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub sim_ms: u64,
+    pub messages_acknowledged: u64,
+    pub deliveries: u64,
+    /// Deliveries of a recipient already delivered whose outcome a crash
+    /// lost: allowed (at least once), counted.
+    pub repeated_deliveries: u64,
+    pub recipients_failed: u64,
+    pub power_cuts: u64,
+    pub crashes: u64,
+    pub sync_failures: u64,
+    pub sectors_lost: u64,
+}
+
+/// An invariant that did not hold, and what led to it.
+#[derive(Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub sim_ms: u64,
+    pub invariant: String,
+    pub history: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {:#x}: at {} ms simulated: {}",
+            self.seed, self.sim_ms, self.invariant
+        )?;
+        writeln!(f, "the last {} events:", self.history.len())?;
+        for line in &self.history {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one seed.
+pub fn run(params: &Params) -> Result<Report, Failure> {
+    let mut world = World::new(params.clone()).map_err(|why| Failure {
+        seed: params.seed,
+        sim_ms: 0,
+        invariant: why,
+        history: Vec::new(),
+    })?;
+    let result = world.run();
+    let report = world.report();
+    result.map(|()| report).map_err(|invariant| Failure {
+        seed: params.seed,
+        sim_ms: world.now_ms - START_MS,
+        invariant,
+        history: world.history.iter().cloned().collect(),
+    })
+}
+
+/// Simulated time starts here (a Unix time in ms, so retry times look real).
+const START_MS: u64 = 1_800_000_000_000;
+/// A step of simulated time at most; each step is one round of the loop.
+const STEP_MS_MAX: u64 = 20;
+/// Lines of history kept for a failure's report.
+const HISTORY_MAX: usize = 400;
+const SEGMENT_BYTES: u64 = 256 << 10;
+/// Per step, in ten thousand: a power cut, a process crash, a failed datasync.
+const POWER_CUT_PER_10K: u64 = 8;
+const CRASH_PER_10K: u64 = 8;
+const SYNC_FAILURE_PER_10K: u64 = 4;
+/// Per step, in a thousand: a next hop goes down (for up to a minute).
+const HOST_DOWN_PER_1K: u64 = 2;
+/// Reclamation runs every this many steps, as the housekeeper does.
+const RECLAIM_EVERY_STEPS: u64 = 25;
+/// The drain after the traffic ends may take this much simulated time.
+const DRAIN_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
+/// The clock the spool reads: the simulation's.
+struct SimClock(Arc<AtomicU64>);
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A recipient as the checker knows it.
+#[derive(Clone, Debug, Default)]
+struct Rcpt {
+    /// Its durable final outcome, if any: it must never come back.
+    final_status: Option<Status>,
+    /// A final outcome appended, durable or not: written to the page
+    /// cache, it may survive a crash, and recovery may then find it final.
+    final_appended: Option<Status>,
+    /// Its delivery was recorded durably.
+    delivered_durably: bool,
+    deliveries: u32,
+}
+
+#[derive(Debug)]
+struct Msg {
+    /// Where its record went.
+    at: baton_spool::RecordRef,
+    arrival_ms: u64,
+    /// The client got its `250`: the record is durable.
+    acknowledged: bool,
+    rcpts: Vec<Rcpt>,
+}
+
+/// Appended, not yet known durable.
+#[derive(Debug)]
+enum Awaiting {
+    Message(u64),
+    Outcome(u64, u32, Status),
+}
+
+/// A next hop's mood.
+#[derive(Clone, Copy, Debug)]
+struct Host {
+    down_until_ms: u64,
+    /// Per thousand recipients: deferred, failed.
+    defer_per_1k: u64,
+    fail_per_1k: u64,
+}
+
+struct Conn {
+    destination: Destination,
+    lane: Arc<str>,
+}
+
+struct World {
+    params: Params,
+    _dir: tempfile::TempDir,
+    config: SpoolConfig,
+    clock: Arc<AtomicU64>,
+    now_ms: u64,
+    rng: Rng,
+    disk: Disk,
+    spool: Option<Spool>,
+    writer: Option<Writer>,
+    syncs: VecDeque<SyncOp>,
+    awaiting: VecDeque<(Ticket, Awaiting)>,
+    queues: Queues,
+    delivery: DeliverySettings,
+    next_id: u64,
+    messages: BTreeMap<u64, Msg>,
+    hosts: Vec<Host>,
+    conns: BTreeMap<u64, Conn>,
+    open: HashMap<Destination, usize>,
+    next_conn: u64,
+    steps: u64,
+    history: VecDeque<String>,
+    report: Report,
+}
+
+impl World {
+    fn new(params: Params) -> Result<World, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let clock = Arc::new(AtomicU64::new(START_MS));
+        let mut config = SpoolConfig::new(dir.path().join("spool"));
+        config.segment_bytes = SEGMENT_BYTES;
+        config.clock = Arc::new(SimClock(clock.clone()));
+        let mut rng = Rng::new(params.seed);
+        let hosts = (0..params.destinations)
+            .map(|_| Host {
+                down_until_ms: 0,
+                defer_per_1k: rng.range(0, 200),
+                fail_per_1k: rng.range(0, 30),
+            })
+            .collect();
+        let mut world = World {
+            queues: queues(params.connections_max),
+            params,
+            _dir: dir,
+            config,
+            clock,
+            now_ms: START_MS,
+            rng,
+            disk: Disk::default(),
+            spool: None,
+            writer: None,
+            syncs: VecDeque::new(),
+            awaiting: VecDeque::new(),
+            delivery: DeliverySettings {
+                max_age: Duration::from_secs(2 * 24 * 3600),
+                ..DeliverySettings::default()
+            },
+            next_id: 1,
+            messages: BTreeMap::new(),
+            hosts,
+            conns: BTreeMap::new(),
+            open: HashMap::new(),
+            next_conn: 0,
+            steps: 0,
+            history: VecDeque::new(),
+            report: Report::default(),
+        };
+        world.start()?;
+        Ok(world)
+    }
+
+    fn log(&mut self, line: String) {
+        if self.history.len() == HISTORY_MAX {
+            self.history.pop_front();
+        }
+        self.history
+            .push_back(format!("{:>10} ms  {line}", self.now_ms - START_MS));
+    }
+
+    fn report(&self) -> Report {
+        let counts = &self.report;
+        Report {
+            sim_ms: self.now_ms - START_MS,
+            messages_acknowledged: counts.messages_acknowledged,
+            deliveries: counts.deliveries,
+            repeated_deliveries: counts.repeated_deliveries,
+            recipients_failed: counts.recipients_failed,
+            power_cuts: counts.power_cuts,
+            crashes: counts.crashes,
+            sync_failures: self.disk.sync_failures,
+            sectors_lost: self.disk.sectors_lost,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let traffic_end = START_MS + self.params.sim_seconds * 1000;
+        let mut owed = 0u64; // arrivals, in thousandths
+        while self.now_ms < traffic_end {
+            let step = self.rng.range(1, STEP_MS_MAX + 1);
+            self.advance(step);
+            owed += self.params.messages_per_second * step;
+            let arrivals = owed / 1000;
+            owed %= 1000;
+            for _ in 0..arrivals {
+                self.arrive()?;
+            }
+            self.round(true)?;
+        }
+        // Drain: every next hop well, no more faults, deferrals due now.
+        self.log("traffic ends; draining".into());
+        for host in &mut self.hosts {
+            *host = Host {
+                down_until_ms: 0,
+                defer_per_1k: 0,
+                fail_per_1k: 0,
+            };
+        }
+        self.queues.flush(None, self.now_ms);
+        let drain_end = self.now_ms + DRAIN_MS_MAX;
+        while self.unfinished() > 0 {
+            if self.now_ms > drain_end {
+                return Err(format!(
+                    "{} acknowledged recipients neither delivered nor failed after the drain",
+                    self.unfinished()
+                ));
+            }
+            self.advance(STEP_MS_MAX);
+            self.round(false)?;
+            if self.conns.is_empty() && self.syncs.is_empty() {
+                // Nothing moving: what is left is scheduled; go to it.
+                self.advance(60_000);
+                self.queues.flush(None, self.now_ms);
+            }
+        }
+        self.check_final()
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.now_ms += ms;
+        self.clock.store(self.now_ms, Ordering::Relaxed);
+    }
+
+    /// One round: the disk, the queue's plan, one transaction per
+    /// connection, reclamation, and maybe a fault.
+    fn round(&mut self, faults: bool) -> Result<(), String> {
+        self.steps += 1;
+        self.pump()?;
+        // Group commit: the datasyncs asked for complete now.
+        while let Some(op) = self.syncs.pop_front() {
+            let fail =
+                faults && self.params.faults && self.rng.chance(SYNC_FAILURE_PER_10K, 10_000);
+            let result = self.disk.sync(&op, fail);
+            self.writer_mut().complete_sync(op.id, result);
+            if fail {
+                self.log(format!(
+                    "datasync of segment {} fails (EIO)",
+                    op.segment.id().0
+                ));
+                // The engine's writer stops at a failed datasync; baton
+                // is restarted, and what the datasync should have covered
+                // may be gone.
+                return self.restart(true);
+            }
+        }
+        self.pump()?;
+        self.confirm()?;
+        let actions = self.queues.plan(self.now_ms);
+        self.act(actions)?;
+        let keys: Vec<u64> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.transaction(key)?;
+        }
+        self.pump()?;
+        if self.steps.is_multiple_of(RECLAIM_EVERY_STEPS) {
+            let report = self
+                .spool()
+                .reclaim()
+                .map_err(|e| format!("reclamation failed: {e}"))?;
+            if report.segments_deleted > 0 {
+                self.check_kept()?;
+            }
+        }
+        if faults && self.params.faults {
+            if self.rng.chance(HOST_DOWN_PER_1K, 1000) {
+                let host = self.rng.range(0, self.hosts.len() as u64) as usize;
+                let until = self.now_ms + self.rng.range(1_000, 60_000);
+                self.hosts[host].down_until_ms = until;
+                self.log(format!(
+                    "next hop d{host} goes down until {} ms",
+                    until - START_MS
+                ));
+            }
+            if self.rng.chance(POWER_CUT_PER_10K, 10_000) {
+                return self.restart(true);
+            }
+            if self.rng.chance(CRASH_PER_10K, 10_000) {
+                return self.restart(false);
+            }
+        }
+        Ok(())
+    }
+
+    fn spool(&self) -> &Spool {
+        self.spool.as_ref().expect("open")
+    }
+
+    fn writer_mut(&mut self) -> &mut Writer {
+        self.writer.as_mut().expect("open")
+    }
+
+    /// Does the writes the writer asks for; keeps its datasyncs for the
+    /// round's group commit.
+    fn pump(&mut self) -> Result<(), String> {
+        while let Some(io) = self.writer_mut().next_io() {
+            match io {
+                Io::Write(op) => {
+                    let result = self.disk.write(&op);
+                    self.writer_mut().complete_write(op.id, result, op.buf);
+                }
+                Io::Sync(op) => self.syncs.push_back(op),
+            }
+        }
+        match self.writer_mut().failure() {
+            Some(err) => Err(format!("the spool's writer failed: {err}")),
+            None => Ok(()),
+        }
+    }
+
+    /// A client's message: appended, acknowledged once durable.
+    fn arrive(&mut self) -> Result<(), String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let count = self.rng.range(1, 4) as usize;
+        let addresses: Vec<Vec<u8>> = (0..count)
+            .map(|i| {
+                let d = self.rng.range(0, self.params.destinations as u64);
+                format!("r{i}.{id}@d{d}.test").into_bytes()
+            })
+            .collect();
+        let recipients: Vec<NewRecipient<'_>> = addresses
+            .iter()
+            .map(|address| NewRecipient {
+                address,
+                params: b"",
+                status: Status::Pending,
+            })
+            .collect();
+        let body = format!(
+            "Subject: m{id}\r\n\r\n{}\r\n",
+            "x".repeat(self.rng.range(10, 2000) as usize)
+        );
+        let message = NewMessage {
+            queue_id: QueueId(id),
+            arrival_ms: self.now_ms,
+            reverse_path: b"sender@sim.test",
+            mail_params: b"",
+            identity: b"",
+            peer: b"127.0.0.1:1",
+            transport: b"",
+            recipients: &recipients,
+            body: body.as_bytes(),
+        };
+        let appended = match self.writer_mut().append_message(&message) {
+            Ok(appended) => appended,
+            // A full spool refuses (a 452 to the client): not acknowledged.
+            Err(baton_spool::Error::Full { .. }) | Err(baton_spool::Error::LowDisk { .. }) => {
+                return Ok(())
+            }
+            Err(err) => return Err(format!("append: {err}")),
+        };
+        self.messages.insert(
+            id,
+            Msg {
+                at: appended.at,
+                arrival_ms: self.now_ms,
+                acknowledged: false,
+                rcpts: vec![Rcpt::default(); count],
+            },
+        );
+        self.awaiting
+            .push_back((appended.ticket, Awaiting::Message(id)));
+        Ok(())
+    }
+
+    /// What the datasyncs made durable: messages acknowledged (and
+    /// queued, as the shard does after the `250`), outcomes recorded.
+    fn confirm(&mut self) -> Result<(), String> {
+        let durable = self.writer_mut().durable();
+        while self.awaiting.front().is_some_and(|(t, _)| *t <= durable) {
+            let (_, what) = self.awaiting.pop_front().expect("front");
+            match what {
+                Awaiting::Message(id) => {
+                    let Some(msg) = self.messages.get_mut(&id) else {
+                        continue;
+                    };
+                    msg.acknowledged = true;
+                    self.report.messages_acknowledged += 1;
+                    let count = msg.rcpts.len() as u32;
+                    let record = self.record_of(id)?;
+                    let mut groups: Vec<(Destination, Vec<QueuedRecipient>)> = Vec::new();
+                    for (r, destination) in record.into_iter().enumerate().take(count as usize) {
+                        let item = QueuedRecipient {
+                            queue_id: QueueId(id),
+                            recipient: r as u32,
+                            attempts: 0,
+                        };
+                        match groups.iter_mut().find(|(d, _)| *d == destination) {
+                            Some((_, items)) => items.push(item),
+                            None => groups.push((destination, vec![item])),
+                        }
+                    }
+                    for (destination, items) in groups {
+                        let actions =
+                            self.queues
+                                .push(&destination, &items, Status::Pending, self.now_ms);
+                        self.act(actions)?;
+                    }
+                }
+                Awaiting::Outcome(id, r, status) => {
+                    let Some(rcpt) = self
+                        .messages
+                        .get_mut(&id)
+                        .and_then(|m| m.rcpts.get_mut(r as usize))
+                    else {
+                        continue;
+                    };
+                    if status.is_final() {
+                        rcpt.final_status = Some(status);
+                        rcpt.delivered_durably |= matches!(status, Status::Delivered { .. });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The destinations of message `id`'s recipients, read back from the
+    /// spool as the shard reads them.
+    fn record_of(&self, id: u64) -> Result<Vec<Destination>, String> {
+        let at = self
+            .spool()
+            .message(QueueId(id))
+            .ok_or_else(|| format!("message {id} acknowledged but not in the spool's index"))?
+            .body;
+        let record = self
+            .spool()
+            .read(at)
+            .map_err(|e| format!("read {id}: {e}"))?;
+        let view = record.message().map_err(|e| format!("decode {id}: {e}"))?;
+        Ok(view
+            .recipients()
+            .map(|r| destination_of(r.address))
+            .collect())
+    }
+
+    fn act(&mut self, actions: Vec<Action>) -> Result<(), String> {
+        let mut work: VecDeque<Action> = actions.into();
+        while let Some(action) = work.pop_front() {
+            let Action::Open(destination, lane) = action else {
+                continue; // no idle connections here: every one asks each round
+            };
+            let open = self.open.entry(destination.clone()).or_insert(0);
+            *open += 1;
+            if *open > self.params.connections_max {
+                return Err(format!(
+                    "{destination} has {open} connections open, its limit is {}",
+                    self.params.connections_max
+                ));
+            }
+            let key = self.next_conn;
+            self.next_conn += 1;
+            self.conns.insert(key, Conn { destination, lane });
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, key: u64) -> Result<(), String> {
+        let conn = self.conns.remove(&key).expect("open");
+        if let Some(open) = self.open.get_mut(&conn.destination) {
+            *open -= 1;
+        }
+        let actions = self
+            .queues
+            .closed(&conn.destination, &conn.lane, None, self.now_ms);
+        self.act(actions)
+    }
+
+    /// One transaction on connection `key`, or its end.
+    fn transaction(&mut self, key: u64) -> Result<(), String> {
+        let destination = self.conns[&key].destination.clone();
+        let waiter = Waiter {
+            shard: 0,
+            conn: key,
+        };
+        let items = match self.queues.take(&destination, waiter, false, self.now_ms) {
+            Take::Batch(items) => items,
+            _ => return self.close(key),
+        };
+        let host = destination
+            .as_str()
+            .trim_start_matches('d')
+            .trim_end_matches(".test")
+            .parse::<usize>()
+            .ok()
+            .and_then(|h| self.hosts.get(h).copied())
+            .ok_or_else(|| format!("no next hop for {destination}"))?;
+        let down = host.down_until_ms > self.now_ms;
+        for item in items {
+            let id = item.queue_id.0;
+            let arrival_ms = self.messages.get(&id).map_or(self.now_ms, |m| m.arrival_ms);
+            let attempts = item.attempts + 1;
+            let roll = self.rng.range(0, 1000);
+            let status = if down || roll < host.defer_per_1k {
+                match self.delivery.retry(attempts, arrival_ms, self.now_ms) {
+                    Retry::At {
+                        attempts,
+                        next_attempt_ms,
+                    } => {
+                        let next = QueuedRecipient { attempts, ..item };
+                        self.queues.schedule(&destination, next, next_attempt_ms);
+                        Status::Deferred {
+                            attempts,
+                            next_attempt_ms,
+                        }
+                    }
+                    Retry::Expired { attempts } => Status::Failed { attempts },
+                }
+            } else if roll < host.defer_per_1k + host.fail_per_1k {
+                Status::Failed { attempts }
+            } else {
+                self.deliver(id, item.recipient)?;
+                Status::Delivered { attempts }
+            };
+            if matches!(status, Status::Failed { .. }) {
+                self.report.recipients_failed += 1;
+            }
+            if status.is_final() {
+                if let Some(rcpt) = self
+                    .messages
+                    .get_mut(&id)
+                    .and_then(|m| m.rcpts.get_mut(item.recipient as usize))
+                {
+                    rcpt.final_appended = Some(status);
+                }
+            }
+            // The outcome is appended after the next hop's answer.
+            let outcome = Outcome {
+                queue_id: item.queue_id,
+                recipient: item.recipient,
+                status,
+                time_ms: self.now_ms,
+                reply: b"sim",
+            };
+            let appended = self
+                .writer_mut()
+                .append_outcome(&outcome)
+                .map_err(|e| format!("append outcome: {e}"))?;
+            self.awaiting.push_back((
+                appended.ticket,
+                Awaiting::Outcome(id, item.recipient, status),
+            ));
+        }
+        if down {
+            self.close(key)?;
+        }
+        Ok(())
+    }
+
+    /// The next hop took recipient `r` of message `id`.
+    fn deliver(&mut self, id: u64, r: u32) -> Result<(), String> {
+        self.report.deliveries += 1;
+        let Some(rcpt) = self
+            .messages
+            .get_mut(&id)
+            .and_then(|m| m.rcpts.get_mut(r as usize))
+        else {
+            return Err(format!(
+                "delivered {id}#{r}, a message the spool never acknowledged"
+            ));
+        };
+        if rcpt.delivered_durably {
+            return Err(format!(
+                "{id}#{r} delivered again after its delivery was recorded durably"
+            ));
+        }
+        rcpt.deliveries += 1;
+        if rcpt.deliveries > 1 {
+            self.report.repeated_deliveries += 1;
+        }
+        Ok(())
+    }
+
+    /// Acknowledged recipients with no durable final outcome yet.
+    fn unfinished(&self) -> usize {
+        self.messages
+            .values()
+            .filter(|m| m.acknowledged)
+            .flat_map(|m| &m.rcpts)
+            .filter(|r| r.final_status.is_none())
+            .count()
+    }
+
+    /// Opens the spool and its writer, and queues what it recovered.
+    fn start(&mut self) -> Result<(), String> {
+        let (spool, recovered) =
+            Spool::open(self.config.clone()).map_err(|e| format!("recovery failed: {e}"))?;
+        self.next_id = self.next_id.max(recovered.queue_id_max.0 + 1);
+        let writer = spool.writer(0).map_err(|e| format!("writer: {e}"))?;
+        self.spool = Some(spool);
+        self.writer = Some(writer);
+        self.check_recovered(&recovered)?;
+        self.queues = queues(self.params.connections_max);
+        // Recovery returns them in no particular order; the queue takes
+        // them in one, so that a seed replays exactly.
+        let mut recovered_pending: Vec<_> = recovered.pending.iter().collect();
+        recovered_pending.sort_by_key(|p| (p.queue_id, p.recipient));
+        for pending in recovered_pending {
+            let record = self
+                .spool()
+                .read(pending.message)
+                .map_err(|e| format!("read a recovered message: {e}"))?;
+            let view = record.message().map_err(|e| format!("decode: {e}"))?;
+            let Some(rcpt) = view.recipients().nth(pending.recipient as usize) else {
+                return Err(format!(
+                    "{} has no recipient {}",
+                    pending.queue_id.0, pending.recipient
+                ));
+            };
+            let item = QueuedRecipient {
+                queue_id: pending.queue_id,
+                recipient: pending.recipient,
+                attempts: 0,
+            };
+            let status = match pending.status {
+                Status::Deferred {
+                    attempts,
+                    next_attempt_ms,
+                } => Status::Deferred {
+                    attempts,
+                    next_attempt_ms,
+                },
+                _ => Status::Pending,
+            };
+            self.queues
+                .restore(&destination_of(rcpt.address), item, status);
+        }
+        Ok(())
+    }
+
+    /// After a crash: what recovery found against what was promised.
+    fn check_recovered(&mut self, recovered: &baton_spool::Recovered) -> Result<(), String> {
+        let mut pending: HashMap<u64, Vec<u32>> = HashMap::new();
+        for p in &recovered.pending {
+            pending.entry(p.queue_id.0).or_default().push(p.recipient);
+        }
+        for (&id, msg) in &self.messages {
+            let here = pending.get(&id);
+            for (r, rcpt) in msg.rcpts.iter().enumerate() {
+                let is_pending = here.is_some_and(|p| p.contains(&(r as u32)));
+                match (&rcpt.final_status, is_pending) {
+                    (Some(status), true) => {
+                        return Err(format!(
+                            "{id}#{r}: its final outcome ({status:?}) was durable, yet recovery queues it again"
+                        ))
+                    }
+                    (None, false) if msg.acknowledged && rcpt.final_appended.is_none() => {
+                        return Err(format!(
+                            "{id}#{r}: acknowledged with 250, neither final nor recovered: lost (its record at {:?})",
+                            msg.at
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Messages that were not acknowledged: kept if their record
+        // survived (baton delivers them; the client may send again), else
+        // forgotten. A recipient recovery does not return is final: by an
+        // outcome that survived (or the message's, lost unacknowledged).
+        self.messages
+            .retain(|id, msg| msg.acknowledged || pending.contains_key(id));
+        for (id, msg) in self.messages.iter_mut() {
+            msg.acknowledged = true;
+            let here = pending.get(id);
+            for (r, rcpt) in msg.rcpts.iter_mut().enumerate() {
+                let is_pending = here.is_some_and(|p| p.contains(&(r as u32)));
+                if is_pending {
+                    // A final outcome that did not survive: tried again.
+                    rcpt.final_appended = None;
+                } else if rcpt.final_status.is_none() {
+                    rcpt.final_status = Some(rcpt.final_appended.unwrap_or(Status::Removed));
+                    rcpt.delivered_durably |=
+                        matches!(rcpt.final_status, Some(Status::Delivered { .. }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A crash: `power` cut (unsynced writes lost, torn or reordered) or
+    /// the process killed (the page cache survives); then a restart.
+    fn restart(&mut self, power: bool) -> Result<(), String> {
+        self.log(if power {
+            "power cut".into()
+        } else {
+            "process killed".to_string()
+        });
+        self.conns.clear();
+        self.open.clear();
+        self.syncs.clear();
+        self.awaiting.clear();
+        self.writer = None;
+        self.spool = None;
+        if power {
+            self.report.power_cuts += 1;
+            self.disk
+                .power_cut(&mut self.rng, self.params.reorder)
+                .map_err(|e| format!("power cut: {e}"))?;
+        } else {
+            self.report.crashes += 1;
+            self.disk.crash();
+        }
+        self.start()?;
+        self.log(format!(
+            "restarted: {} recipients unfinished",
+            self.unfinished()
+        ));
+        Ok(())
+    }
+
+    /// After reclamation: every acknowledged message with a recipient not
+    /// final is still readable in the spool.
+    fn check_kept(&self) -> Result<(), String> {
+        for (&id, msg) in &self.messages {
+            if msg.acknowledged && msg.rcpts.iter().any(|r| r.final_appended.is_none()) {
+                let kept = self
+                    .spool()
+                    .message(QueueId(id))
+                    .is_some_and(|m| self.spool().read(m.body).is_ok());
+                if !kept {
+                    return Err(format!(
+                        "reclamation took message {id} (record at {:?}) while a recipient of it is pending",
+                        msg.at
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// At the end: everything acknowledged was delivered or failed.
+    fn check_final(&self) -> Result<(), String> {
+        for (id, msg) in &self.messages {
+            for (r, rcpt) in msg.rcpts.iter().enumerate() {
+                match rcpt.final_status {
+                    Some(Status::Delivered { .. }) if rcpt.deliveries == 0 => {
+                        return Err(format!("{id}#{r} recorded delivered but never delivered"))
+                    }
+                    None => return Err(format!("{id}#{r} never finished")),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The queue as the engine builds it without sites: each destination its
+/// own, `connections_max` connections.
+fn queues(connections_max: usize) -> Queues {
+    Queues::new(Box::new(move |_| Shaping {
+        connections_max,
+        ..Shaping::default()
+    }))
+}
