@@ -39,6 +39,8 @@ struct Unsynced {
 pub struct Disk {
     /// In the order written.
     unsynced: Vec<Unsynced>,
+    /// Each segment's file's inode, asked once: an id is never reused.
+    inodes: std::collections::HashMap<baton_spool::SegmentId, u64>,
     /// Writes and datasyncs done, and sectors a power cut took back.
     pub writes: u64,
     pub syncs: u64,
@@ -54,8 +56,16 @@ impl Disk {
         file.read_exact_at(&mut before, op.offset)?;
         file.write_all_at(&op.buf, op.offset)?;
         self.writes += 1;
+        let inode = match self.inodes.get(&op.segment.id()) {
+            Some(&inode) => inode,
+            None => {
+                let inode = file.metadata()?.ino();
+                self.inodes.insert(op.segment.id(), inode);
+                inode
+            }
+        };
         self.unsynced.push(Unsynced {
-            inode: file.metadata()?.ino(),
+            inode,
             segment: op.segment.clone(),
             offset: op.offset,
             before,
@@ -72,7 +82,10 @@ impl Disk {
             return Err(io::Error::from_raw_os_error(libc_eio()));
         }
         self.syncs += 1;
-        let inode = op.segment.file().metadata()?.ino();
+        let inode = match self.inodes.get(&op.segment.id()) {
+            Some(&inode) => inode,
+            None => op.segment.file().metadata()?.ino(),
+        };
         self.unsynced.retain(|w| w.inode != inode);
         Ok(())
     }

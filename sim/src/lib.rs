@@ -21,7 +21,7 @@
 pub mod disk;
 pub mod rng;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,13 +136,17 @@ const START_MS: u64 = 1_800_000_000_000;
 const STEP_MS_MAX: u64 = 20;
 /// Lines of history kept for a failure's report.
 const HISTORY_MAX: usize = 400;
-const SEGMENT_BYTES: u64 = 256 << 10;
+/// Small enough that a run fills, seals, recycles and reclaims dozens.
+const SEGMENT_BYTES: u64 = 1 << 20;
 /// Per step, in ten thousand: a power cut, a process crash, a failed datasync.
 const POWER_CUT_PER_10K: u64 = 8;
 const CRASH_PER_10K: u64 = 8;
 const SYNC_FAILURE_PER_10K: u64 = 4;
 /// Per step, in a thousand: a next hop goes down (for up to a minute).
 const HOST_DOWN_PER_1K: u64 = 2;
+/// Finished messages leave the checker's working set every this many
+/// steps (the checks walk it).
+const PRUNE_EVERY_STEPS: u64 = 64;
 /// Reclamation runs every this many steps, as the housekeeper does.
 const RECLAIM_EVERY_STEPS: u64 = 25;
 /// The drain after the traffic ends may take this much simulated time.
@@ -216,7 +220,11 @@ struct World {
     queues: Queues,
     delivery: DeliverySettings,
     next_id: u64,
+    /// Messages with a recipient not durably final.
     messages: BTreeMap<u64, Msg>,
+    /// Messages whose every recipient is durably final: none may come
+    /// back, none may be delivered again.
+    finished: HashSet<u64>,
     hosts: Vec<Host>,
     conns: BTreeMap<u64, Conn>,
     open: HashMap<Destination, usize>,
@@ -260,6 +268,7 @@ impl World {
             },
             next_id: 1,
             messages: BTreeMap::new(),
+            finished: HashSet::new(),
             hosts,
             conns: BTreeMap::new(),
             open: HashMap::new(),
@@ -320,7 +329,15 @@ impl World {
         }
         self.queues.flush(None, self.now_ms);
         let drain_end = self.now_ms + DRAIN_MS_MAX;
-        while self.unfinished() > 0 {
+        let mut rounds = 0u64;
+        while {
+            // The working set is walked now and then, not every round.
+            rounds += 1;
+            !rounds.is_multiple_of(16) || {
+                self.prune();
+                self.unfinished() > 0
+            }
+        } {
             if self.now_ms > drain_end {
                 return Err(format!(
                     "{} acknowledged recipients neither delivered nor failed after the drain",
@@ -382,6 +399,9 @@ impl World {
             if report.segments_deleted > 0 {
                 self.check_kept()?;
             }
+        }
+        if self.steps.is_multiple_of(PRUNE_EVERY_STEPS) {
+            self.prune();
         }
         if faults && self.params.faults {
             if self.rng.chance(HOST_DOWN_PER_1K, 1000) {
@@ -672,6 +692,11 @@ impl World {
     /// The next hop took recipient `r` of message `id`.
     fn deliver(&mut self, id: u64, r: u32) -> Result<(), String> {
         self.report.deliveries += 1;
+        if self.finished.contains(&id) {
+            return Err(format!(
+                "{id}#{r} delivered again: every recipient of {id} was durably final"
+            ));
+        }
         let Some(rcpt) = self
             .messages
             .get_mut(&id)
@@ -691,6 +716,21 @@ impl World {
             self.report.repeated_deliveries += 1;
         }
         Ok(())
+    }
+
+    /// Moves the messages whose every recipient is durably final out of
+    /// the working set.
+    fn prune(&mut self) {
+        let done: Vec<u64> = self
+            .messages
+            .iter()
+            .filter(|(_, m)| m.acknowledged && m.rcpts.iter().all(|r| r.final_status.is_some()))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in done {
+            self.messages.remove(&id);
+            self.finished.insert(id);
+        }
     }
 
     /// Acknowledged recipients with no durable final outcome yet.
@@ -754,6 +794,12 @@ impl World {
     fn check_recovered(&mut self, recovered: &baton_spool::Recovered) -> Result<(), String> {
         let mut pending: HashMap<u64, Vec<u32>> = HashMap::new();
         for p in &recovered.pending {
+            if self.finished.contains(&p.queue_id.0) {
+                return Err(format!(
+                    "{}#{}: every recipient of its message was durably final, yet recovery queues it again",
+                    p.queue_id.0, p.recipient
+                ));
+            }
             pending.entry(p.queue_id.0).or_default().push(p.recipient);
         }
         for (&id, msg) in &self.messages {

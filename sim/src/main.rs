@@ -3,6 +3,8 @@
 //! seeds per second and simulated time covered.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use baton_sim::{run, Params};
@@ -29,6 +31,9 @@ struct Args {
     /// Messages per simulated second.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Seeds run at once, one thread each.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Power cuts reorder unsynced writes (a later one kept, an earlier
     /// one lost) instead of tearing them at one point.
     #[arg(long)]
@@ -67,36 +72,56 @@ fn main() -> ExitCode {
     let deadline = args
         .hours
         .map(|h| started + Duration::from_secs_f64(h * 3600.0));
-    let (mut seeds, mut sim_ms, mut messages) = (0u64, 0u64, 0u64);
-    let mut seed = args.first;
-    loop {
-        let done = match deadline {
-            Some(deadline) => Instant::now() >= deadline,
-            None => seeds >= args.seeds,
-        };
-        if done {
-            break;
+    // Seeds are handed out in order to `--jobs` threads; the first failure
+    // stops them all.
+    let next = AtomicU64::new(args.first);
+    let last = args.first + args.seeds;
+    let failed = AtomicBool::new(false);
+    let totals = Mutex::new((0u64, 0u64, 0u64, 0u64)); // seeds, sim ms, traffic ms, messages
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.max(1) {
+            scope.spawn(|| loop {
+                let out_of_time = deadline.is_some_and(|d| Instant::now() >= d);
+                if failed.load(Ordering::Relaxed) || out_of_time {
+                    return;
+                }
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if deadline.is_none() && seed >= last {
+                    return;
+                }
+                let params = params(seed);
+                match run(&params) {
+                    Ok(report) => {
+                        let mut t = totals.lock().expect("totals");
+                        t.0 += 1;
+                        t.1 += report.sim_ms;
+                        t.2 += params.sim_seconds * 1000;
+                        t.3 += report.messages_acknowledged;
+                    }
+                    Err(failure) => {
+                        failed.store(true, Ordering::Relaxed);
+                        eprintln!("{failure}");
+                        eprintln!("replay: baton-sim --seed {seed:#x}");
+                    }
+                }
+            });
         }
-        match run(&params(seed)) {
-            Ok(report) => {
-                sim_ms += report.sim_ms;
-                messages += report.messages_acknowledged;
-            }
-            Err(failure) => {
-                eprintln!("{failure}");
-                eprintln!("replay: baton-sim --seed {seed:#x}");
-                return ExitCode::FAILURE;
-            }
-        }
-        seeds += 1;
-        seed += 1;
+    });
+    if failed.load(Ordering::Relaxed) {
+        return ExitCode::FAILURE;
     }
+    let (seeds, sim_ms, traffic_ms, messages) = *totals.lock().expect("totals");
     let wall = started.elapsed().as_secs_f64();
     println!(
-        "{seeds} seeds in {wall:.1} s ({:.2} seeds/s): {:.0} simulated s ({:.0} simulated s per wall s), {messages} messages acknowledged",
+        "{seeds} seeds in {wall:.1} s ({:.2} seeds/s): {:.0} simulated s of traffic at {} messages/s \
+         ({:.0} per wall s), {:.0} simulated s in all with the drains ({:.0} per wall s), \
+         {messages} messages acknowledged",
         seeds as f64 / wall,
+        traffic_ms as f64 / 1000.0,
+        args.rate,
+        traffic_ms as f64 / 1000.0 / wall,
         sim_ms as f64 / 1000.0,
-        sim_ms as f64 / 1000.0 / wall
+        sim_ms as f64 / 1000.0 / wall,
     );
     ExitCode::SUCCESS
 }
