@@ -19,6 +19,7 @@
 //! A failing seed replays exactly: `baton-sim --seed S` prints the history.
 
 pub mod disk;
+pub mod hop;
 pub mod rng;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -27,14 +28,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::delivery::retry::{DeliverySettings, Retry};
+use baton::outbound::{
+    Client, ClientConfig, ClientLimits, Envelope, Event, Outcome as ClientOutcome, TlsMode,
+};
 use baton::queue::{Action, QueuedRecipient, Queues, Shaping, Take, Waiter};
 use baton::route::{destination_of, Destination};
+use baton::smtp::reply::Reply;
 use baton_spool::{
     Clock, Io, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status, SyncOp,
     Ticket, Writer,
 };
 
 use disk::Disk;
+use hop::{Hop, Verdict};
 use rng::Rng;
 
 /// What a run simulates.
@@ -192,7 +198,7 @@ enum Awaiting {
 }
 
 /// A next hop's mood.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Host {
     down_until_ms: u64,
     /// Per thousand recipients: deferred, failed.
@@ -203,7 +209,20 @@ struct Host {
 struct Conn {
     destination: Destination,
     lane: Arc<str>,
+    /// baton's SMTP client, sans IO, as a shard runs it.
+    client: Client,
+    hop: Hop,
 }
+
+/// Per thousand transactions: the next hop closes the connection without
+/// a word after a transaction (as Yahoo does on purpose), or drops it
+/// after the end of data, before its reply (the message delivered, baton
+/// not told: it must try again, and may deliver twice).
+const SILENT_CLOSE_PER_1K: u64 = 20;
+const DROP_BEFORE_REPLY_PER_1K: u64 = 5;
+/// Per thousand transactions at a next hop that defers at all: a `451`
+/// at the end of data, for every recipient.
+const DATA_REFUSED_PER_1K: u64 = 20;
 
 struct World {
     params: Params,
@@ -219,6 +238,7 @@ struct World {
     awaiting: VecDeque<(Ticket, Awaiting)>,
     queues: Queues,
     delivery: DeliverySettings,
+    client_config: Arc<ClientConfig>,
     next_id: u64,
     /// Messages with a recipient not durably final.
     messages: BTreeMap<u64, Msg>,
@@ -266,6 +286,10 @@ impl World {
                 max_age: Duration::from_secs(2 * 24 * 3600),
                 ..DeliverySettings::default()
             },
+            client_config: Arc::new(ClientConfig {
+                helo_name: "baton.sim".into(),
+                limits: ClientLimits::default(),
+            }),
             next_id: 1,
             messages: BTreeMap::new(),
             finished: HashSet::new(),
@@ -592,13 +616,22 @@ impl World {
             }
             let key = self.next_conn;
             self.next_conn += 1;
-            self.conns.insert(key, Conn { destination, lane });
+            let mut conn = Conn {
+                destination,
+                lane,
+                client: Client::new(self.client_config.clone(), TlsMode::Off),
+                hop: Hop::default(),
+            };
+            // The greeting, EHLO: the client is ready, or the connection over.
+            self.drip(&mut conn.client, hop::GREETING);
+            self.converse(&mut conn, &Host::default());
+            self.conns.insert(key, conn);
         }
         Ok(())
     }
 
-    fn close(&mut self, key: u64) -> Result<(), String> {
-        let conn = self.conns.remove(&key).expect("open");
+    /// A connection is over: its room goes back to the queue.
+    fn closed(&mut self, conn: Conn) -> Result<(), String> {
         if let Some(open) = self.open.get_mut(&conn.destination) {
             *open -= 1;
         }
@@ -608,16 +641,25 @@ impl World {
         self.act(actions)
     }
 
-    /// One transaction on connection `key`, or its end.
+    /// One transaction on connection `key`, or its end: baton's client
+    /// speaks SMTP with the scripted next hop, and what it reports decides
+    /// each recipient's outcome, appended after the answer.
     fn transaction(&mut self, key: u64) -> Result<(), String> {
-        let destination = self.conns[&key].destination.clone();
+        let mut conn = self.conns.remove(&key).expect("open");
+        let destination = conn.destination.clone();
         let waiter = Waiter {
             shard: 0,
             conn: key,
         };
-        let items = match self.queues.take(&destination, waiter, false, self.now_ms) {
-            Take::Batch(items) => items,
-            _ => return self.close(key),
+        let ready = conn.client.is_idle() && !conn.client.is_closed();
+        let items = match ready.then(|| self.queues.take(&destination, waiter, false, self.now_ms))
+        {
+            Some(Take::Batch(items)) => items,
+            _ => {
+                conn.client.quit();
+                self.converse(&mut conn, &Host::default());
+                return self.closed(conn);
+            }
         };
         let host = destination
             .as_str()
@@ -627,20 +669,155 @@ impl World {
             .ok()
             .and_then(|h| self.hosts.get(h).copied())
             .ok_or_else(|| format!("no next hop for {destination}"))?;
-        let down = host.down_until_ms > self.now_ms;
-        for item in items {
-            let id = item.queue_id.0;
-            let arrival_ms = self.messages.get(&id).map_or(self.now_ms, |m| m.arrival_ms);
-            let attempts = item.attempts + 1;
-            let roll = self.rng.range(0, 1000);
-            let status = if down || roll < host.defer_per_1k {
+        let envelope = self.envelope(&items)?;
+        let per_recipient = if host.down_until_ms > self.now_ms {
+            // Gone: the connection is lost before any reply.
+            conn.client.connection_lost();
+            None
+        } else {
+            conn.client
+                .send_message(envelope)
+                .map_err(|e| format!("the client refused an envelope: {e:?}"))?;
+            self.converse(&mut conn, &host)
+        };
+        // What the next hop took, whatever baton was told.
+        if let Some((true, verdicts)) = conn.hop.done.take() {
+            for (item, verdict) in items.iter().zip(verdicts) {
+                if verdict == Verdict::Accept {
+                    self.deliver(item.queue_id.0, item.recipient)?;
+                }
+            }
+        }
+        let per_recipient = per_recipient.unwrap_or_else(|| {
+            let lost = Reply::new(421, Some((4, 4, 2)), "connection lost");
+            vec![ClientOutcome::Deferred(lost); items.len()]
+        });
+        if per_recipient.len() != items.len() {
+            return Err(format!(
+                "the client reported {} outcomes for {} recipients",
+                per_recipient.len(),
+                items.len()
+            ));
+        }
+        for (item, outcome) in items.into_iter().zip(per_recipient) {
+            self.settle(&destination, item, &outcome)?;
+        }
+        if conn.client.is_closed() {
+            return self.closed(conn);
+        }
+        self.conns.insert(key, conn);
+        Ok(())
+    }
+
+    /// Writes what the client has to the next hop and its replies back,
+    /// drip-fed in pieces, until the client has nothing more to say;
+    /// returns the outcomes of a transaction that ended.
+    fn converse(&mut self, conn: &mut Conn, host: &Host) -> Option<Vec<ClientOutcome>> {
+        let mut done = None;
+        loop {
+            if conn.client.body_needed() {
+                // The shard writes the body from the spool here.
+                conn.client.body_sent();
+            }
+            let output = conn.client.output().to_vec();
+            conn.client.consume_output(output.len());
+            if output.is_empty() {
+                break;
+            }
+            let (defer, fail) = (host.defer_per_1k, host.fail_per_1k);
+            // Rolled ahead: the end of data refused for the whole message.
+            let data_refused = defer > 0 && self.rng.chance(DATA_REFUSED_PER_1K, 1000);
+            let rng = &mut self.rng;
+            let mut rcpt = || match rng.range(0, 1000) {
+                roll if roll < defer => Verdict::Defer,
+                roll if roll < defer + fail => Verdict::Refuse,
+                _ => Verdict::Accept,
+            };
+            let replies = conn.hop.input(&output, &mut rcpt, &mut || !data_refused);
+            let drop_now =
+                conn.hop.done.is_some() && self.rng.chance(DROP_BEFORE_REPLY_PER_1K, 1000);
+            if drop_now {
+                conn.client.connection_lost();
+            } else {
+                self.drip(&mut conn.client, &replies);
+            }
+            while let Some(event) = conn.client.poll_event() {
+                if let Event::TransactionDone { per_recipient } = event {
+                    done = Some(per_recipient);
+                }
+            }
+            if conn.client.is_closed() {
+                break;
+            }
+        }
+        if done.is_some() && !conn.client.is_closed() && self.rng.chance(SILENT_CLOSE_PER_1K, 1000)
+        {
+            conn.client.connection_lost();
+            while conn.client.poll_event().is_some() {}
+        }
+        done
+    }
+
+    /// Hands `bytes` to the client in pieces of random size, as a socket
+    /// may deliver them.
+    fn drip(&mut self, client: &mut Client, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let n = self.rng.range(1, bytes.len() as u64 + 1) as usize;
+            client.receive(&bytes[..n]);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// The envelope of a batch: one message's recipients, read from the
+    /// spool as the shard reads it.
+    fn envelope(&self, items: &[QueuedRecipient]) -> Result<Envelope, String> {
+        let id = items[0].queue_id;
+        let at = self
+            .spool()
+            .message(id)
+            .ok_or_else(|| format!("{} queued but not in the spool", id.0))?
+            .body;
+        let record = self
+            .spool()
+            .read(at)
+            .map_err(|e| format!("read {}: {e}", id.0))?;
+        let view = record
+            .message()
+            .map_err(|e| format!("decode {}: {e}", id.0))?;
+        let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
+        Ok(Envelope {
+            reverse_path: view.reverse_path.to_vec(),
+            mail_params: Vec::new(),
+            recipients: items
+                .iter()
+                .map(|item| addresses[item.recipient as usize].to_vec())
+                .collect(),
+            size: view.body.len() as u64,
+        })
+    }
+
+    /// The outcome of one recipient, decided as the shard's settlement
+    /// does (the retry schedule, `max_age`), appended after the answer.
+    fn settle(
+        &mut self,
+        destination: &Destination,
+        item: QueuedRecipient,
+        outcome: &ClientOutcome,
+    ) -> Result<(), String> {
+        let id = item.queue_id.0;
+        let arrival_ms = self.messages.get(&id).map_or(self.now_ms, |m| m.arrival_ms);
+        let attempts = item.attempts + 1;
+        let status = match outcome {
+            ClientOutcome::Delivered(_) => Status::Delivered { attempts },
+            ClientOutcome::Failed(_) => Status::Failed { attempts },
+            ClientOutcome::Deferred(_) => {
                 match self.delivery.retry(attempts, arrival_ms, self.now_ms) {
                     Retry::At {
                         attempts,
                         next_attempt_ms,
                     } => {
                         let next = QueuedRecipient { attempts, ..item };
-                        self.queues.schedule(&destination, next, next_attempt_ms);
+                        self.queues.schedule(destination, next, next_attempt_ms);
                         Status::Deferred {
                             attempts,
                             next_attempt_ms,
@@ -648,44 +825,41 @@ impl World {
                     }
                     Retry::Expired { attempts } => Status::Failed { attempts },
                 }
-            } else if roll < host.defer_per_1k + host.fail_per_1k {
-                Status::Failed { attempts }
-            } else {
-                self.deliver(id, item.recipient)?;
-                Status::Delivered { attempts }
-            };
-            if matches!(status, Status::Failed { .. }) {
-                self.report.recipients_failed += 1;
+            }
+        };
+        if matches!(status, Status::Failed { .. }) {
+            self.report.recipients_failed += 1;
+        }
+        if let Some(rcpt) = self
+            .messages
+            .get_mut(&id)
+            .and_then(|m| m.rcpts.get_mut(item.recipient as usize))
+        {
+            if matches!(status, Status::Delivered { .. }) && rcpt.deliveries == 0 {
+                return Err(format!(
+                    "{id}#{}: the client reported delivered what the next hop did not take",
+                    item.recipient
+                ));
             }
             if status.is_final() {
-                if let Some(rcpt) = self
-                    .messages
-                    .get_mut(&id)
-                    .and_then(|m| m.rcpts.get_mut(item.recipient as usize))
-                {
-                    rcpt.final_appended = Some(status);
-                }
+                rcpt.final_appended = Some(status);
             }
-            // The outcome is appended after the next hop's answer.
-            let outcome = Outcome {
-                queue_id: item.queue_id,
-                recipient: item.recipient,
-                status,
-                time_ms: self.now_ms,
-                reply: b"sim",
-            };
-            let appended = self
-                .writer_mut()
-                .append_outcome(&outcome)
-                .map_err(|e| format!("append outcome: {e}"))?;
-            self.awaiting.push_back((
-                appended.ticket,
-                Awaiting::Outcome(id, item.recipient, status),
-            ));
         }
-        if down {
-            self.close(key)?;
-        }
+        let outcome = Outcome {
+            queue_id: item.queue_id,
+            recipient: item.recipient,
+            status,
+            time_ms: self.now_ms,
+            reply: b"sim",
+        };
+        let appended = self
+            .writer_mut()
+            .append_outcome(&outcome)
+            .map_err(|e| format!("append outcome: {e}"))?;
+        self.awaiting.push_back((
+            appended.ticket,
+            Awaiting::Outcome(id, item.recipient, status),
+        ));
         Ok(())
     }
 

@@ -1,0 +1,109 @@
+//! A simulated next hop: the server side of SMTP as bytes, scripted by
+//! the simulation's seed. It reads what baton's real client
+//! (`baton::outbound::Client`) writes and answers each command: the
+//! greeting, EHLO with PIPELINING, `250`/`451`/`550` per RCPT as told,
+//! `354` to DATA, and at the end of data `250` or a `451` for the whole
+//! message. The message body never crosses (the shard writes it from the
+//! spool); the client's `.` line ends it.
+
+/// What the next hop answers to one recipient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Defer,
+    Refuse,
+}
+
+/// The conversation as the next hop sees it.
+#[derive(Default)]
+pub struct Hop {
+    line: Vec<u8>,
+    /// The verdicts of this transaction's recipients, in RCPT order.
+    rcpts: Vec<Verdict>,
+    /// The last transaction's: whether its data was accepted, with the
+    /// verdict of each recipient (what was delivered).
+    pub done: Option<(bool, Vec<Verdict>)>,
+}
+
+pub const GREETING: &[u8] = b"220 hop.sim ESMTP\r\n";
+
+impl Hop {
+    /// Reads the client's bytes; returns the replies. `rcpt` decides each
+    /// recipient, `data` whether the end of data is accepted.
+    pub fn input(
+        &mut self,
+        bytes: &[u8],
+        rcpt: &mut dyn FnMut() -> Verdict,
+        data: &mut dyn FnMut() -> bool,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            self.line.push(b);
+            if !self.line.ends_with(b"\r\n") {
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            let verb: String = line
+                .iter()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .map(|c| c.to_ascii_uppercase() as char)
+                .collect();
+            let reply: &[u8] = match verb.as_str() {
+                "EHLO" => b"250-hop.sim\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                "HELO" | "RSET" | "NOOP" => b"250 ok\r\n",
+                "MAIL" => {
+                    self.rcpts.clear();
+                    b"250 2.1.0 ok\r\n"
+                }
+                "RCPT" => {
+                    let verdict = rcpt();
+                    self.rcpts.push(verdict);
+                    match verdict {
+                        Verdict::Accept => b"250 2.1.5 ok\r\n",
+                        Verdict::Defer => b"451 4.3.0 try later\r\n",
+                        Verdict::Refuse => b"550 5.1.1 no such user\r\n",
+                    }
+                }
+                "DATA" if self.rcpts.contains(&Verdict::Accept) => b"354 go on\r\n",
+                "DATA" => b"554 5.5.1 no valid recipients\r\n",
+                "QUIT" => b"221 2.0.0 bye\r\n",
+                _ if line == b".\r\n" => {
+                    let accepted = data();
+                    self.done = Some((accepted, std::mem::take(&mut self.rcpts)));
+                    if accepted {
+                        b"250 2.0.0 queued\r\n"
+                    } else {
+                        b"451 4.3.0 data refused for now\r\n"
+                    }
+                }
+                _ => b"500 5.5.2 what\r\n",
+            };
+            out.extend_from_slice(reply);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipelined_transaction_gets_its_replies_in_order() {
+        let mut hop = Hop::default();
+        let mut verdicts = [Verdict::Accept, Verdict::Refuse].into_iter();
+        let out = hop.input(
+            b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nRCPT TO:<e@f>\r\nDATA\r\n.\r\n",
+            &mut || verdicts.next().unwrap(),
+            &mut || true,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n354 go on\r\n250 2.0.0 queued\r\n"
+        );
+        assert_eq!(
+            hop.done,
+            Some((true, vec![Verdict::Accept, Verdict::Refuse]))
+        );
+    }
+}
