@@ -42,20 +42,20 @@ impl Hop {
             if !self.line.ends_with(b"\r\n") {
                 continue;
             }
-            let line = std::mem::take(&mut self.line);
-            let verb: String = line
-                .iter()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .map(|c| c.to_ascii_uppercase() as char)
-                .collect();
-            let reply: &[u8] = match verb.as_str() {
-                "EHLO" => b"250-hop.sim\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
-                "HELO" | "RSET" | "NOOP" => b"250 ok\r\n",
-                "MAIL" => {
+            let mut verb = [0u8; 4];
+            for (v, c) in verb.iter_mut().zip(&self.line) {
+                *v = c.to_ascii_uppercase();
+            }
+            let dot = self.line == b".\r\n";
+            self.line.clear();
+            let reply: &[u8] = match &verb {
+                b"EHLO" => b"250-hop.sim\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                b"HELO" | b"RSET" | b"NOOP" => b"250 ok\r\n",
+                b"MAIL" => {
                     self.rcpts.clear();
                     b"250 2.1.0 ok\r\n"
                 }
-                "RCPT" => {
+                b"RCPT" => {
                     let verdict = rcpt();
                     self.rcpts.push(verdict);
                     match verdict {
@@ -64,10 +64,10 @@ impl Hop {
                         Verdict::Refuse => b"550 5.1.1 no such user\r\n",
                     }
                 }
-                "DATA" if self.rcpts.contains(&Verdict::Accept) => b"354 go on\r\n",
-                "DATA" => b"554 5.5.1 no valid recipients\r\n",
-                "QUIT" => b"221 2.0.0 bye\r\n",
-                _ if line == b".\r\n" => {
+                b"DATA" if self.rcpts.contains(&Verdict::Accept) => b"354 go on\r\n",
+                b"DATA" => b"554 5.5.1 no valid recipients\r\n",
+                b"QUIT" => b"221 2.0.0 bye\r\n",
+                _ if dot => {
                     let accepted = data();
                     self.done = Some((accepted, std::mem::take(&mut self.rcpts)));
                     if accepted {

@@ -600,7 +600,15 @@ impl World {
             .collect())
     }
 
-    fn act(&mut self, actions: Vec<Action>) -> Result<(), String> {
+    fn act(&mut self, mut actions: Vec<Action>) -> Result<(), String> {
+        // The queue lists them in its tables' hash order, which differs
+        // from run to run; a seed must replay exactly.
+        actions.sort_by(|a, b| match (a, b) {
+            (Action::Open(d, l), Action::Open(e, m)) => (d.as_str(), l).cmp(&(e.as_str(), m)),
+            (Action::Open(..), Action::Wake(_)) => std::cmp::Ordering::Less,
+            (Action::Wake(_), Action::Open(..)) => std::cmp::Ordering::Greater,
+            (Action::Wake(w), Action::Wake(x)) => w.conn.cmp(&x.conn),
+        });
         let mut work: VecDeque<Action> = actions.into();
         while let Some(action) = work.pop_front() {
             let Action::Open(destination, lane) = action else {
@@ -719,11 +727,11 @@ impl World {
                 // The shard writes the body from the spool here.
                 conn.client.body_sent();
             }
-            let output = conn.client.output().to_vec();
-            conn.client.consume_output(output.len());
-            if output.is_empty() {
+            if conn.client.output().is_empty() {
                 break;
             }
+            let output = conn.client.output().to_vec();
+            conn.client.consume_output(output.len());
             let (defer, fail) = (host.defer_per_1k, host.fail_per_1k);
             // Rolled ahead: the end of data refused for the whole message.
             let data_refused = defer > 0 && self.rng.chance(DATA_REFUSED_PER_1K, 1000);
