@@ -27,7 +27,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::auth::verify::Identity;
 use baton::delivery::retry::{DeliverySettings, Retry};
+use baton::inbound::{
+    AuthSettings, BareLineEndings, DataBudget, Session, SessionConfig, SessionContext,
+    SessionLimits, StoreError,
+};
 use baton::outbound::{
     Client, ClientConfig, ClientLimits, Envelope, Event, Outcome as ClientOutcome, TlsMode,
 };
@@ -38,6 +43,7 @@ use baton_spool::{
     Clock, Io, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status, SyncOp,
     Ticket, Writer,
 };
+use std::net::SocketAddr;
 
 use disk::Disk;
 use hop::{Hop, Verdict};
@@ -158,6 +164,31 @@ const RECLAIM_EVERY_STEPS: u64 = 25;
 /// The drain after the traffic ends may take this much simulated time.
 const DRAIN_MS_MAX: u64 = 7 * 24 * 3_600_000;
 
+/// Client connections to baton at most: arrivals wait past this.
+const SENDERS_MAX: usize = 64;
+
+/// What a server session asks of the shard, answered by the simulation.
+struct SimCtx<'a> {
+    now_ms: u64,
+    next_id: &'a mut u64,
+}
+
+impl SessionContext for SimCtx<'_> {
+    fn now_unix_secs(&self) -> u64 {
+        self.now_ms / 1000
+    }
+
+    fn next_queue_id(&mut self) -> QueueId {
+        let id = *self.next_id;
+        *self.next_id += 1;
+        QueueId(id)
+    }
+
+    fn take_user_message(&mut self, _identity: &Identity) -> bool {
+        true
+    }
+}
+
 /// The clock the spool reads: the simulation's.
 struct SimClock(Arc<AtomicU64>);
 
@@ -239,6 +270,11 @@ struct World {
     queues: Queues,
     delivery: DeliverySettings,
     client_config: Arc<ClientConfig>,
+    /// The clients' connections to baton, each a server session, and the
+    /// message each waits to hear about.
+    session_config: Arc<SessionConfig>,
+    senders: Vec<Session>,
+    waiting: Vec<Option<u64>>,
     next_id: u64,
     /// Messages with a recipient not durably final.
     messages: BTreeMap<u64, Msg>,
@@ -290,6 +326,18 @@ impl World {
                 helo_name: "baton.sim".into(),
                 limits: ClientLimits::default(),
             }),
+            session_config: Arc::new(SessionConfig {
+                hostname: "baton.sim".into(),
+                limits: SessionLimits::default(),
+                bare_line_endings: BareLineEndings::Reject,
+                chunking: false,
+                starttls: false,
+                tls_required: false,
+                data_budget: DataBudget::new(u64::MAX / 2),
+                auth: AuthSettings::default(),
+            }),
+            senders: Vec::new(),
+            waiting: Vec::new(),
             next_id: 1,
             messages: BTreeMap::new(),
             finished: HashSet::new(),
@@ -473,48 +521,92 @@ impl World {
         }
     }
 
-    /// A client's message: appended, acknowledged once durable.
+    /// A client's message: the client speaks SMTP to baton's own server
+    /// session (`inbound::Session`, sans IO) on one of its connections;
+    /// the message the session hands over is appended, and the session's
+    /// `250` goes out once the append is durable ([`World::confirm`]).
     fn arrive(&mut self) -> Result<(), String> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let Some(index) = self.free_sender() else {
+            return Ok(()); // every connection waits for its 250: the client waits too
+        };
+        let tag = self.next_id;
         let count = self.rng.range(1, 4) as usize;
-        let addresses: Vec<Vec<u8>> = (0..count)
-            .map(|i| {
-                let d = self.rng.range(0, self.params.destinations as u64);
-                format!("r{i}.{id}@d{d}.test").into_bytes()
-            })
-            .collect();
-        let recipients: Vec<NewRecipient<'_>> = addresses
+        let mut text = String::from("MAIL FROM:<sender@sim.test>\r\n");
+        for i in 0..count {
+            let d = self.rng.range(0, self.params.destinations as u64);
+            text.push_str(&format!("RCPT TO:<r{i}.{tag}@d{d}.test>\r\n"));
+        }
+        // Lines of 76 characters: a longer one is refused (RFC 5321 §4.5.3.1.6).
+        let filler = "x"
+            .repeat(self.rng.range(10, 2000) as usize)
+            .as_bytes()
+            .chunks(76)
+            .map(|line| String::from_utf8_lossy(line).into_owned())
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        text.push_str(&format!("DATA\r\nSubject: m{tag}\r\n\r\n{filler}\r\n.\r\n"));
+        let mut ctx = SimCtx {
+            now_ms: self.now_ms,
+            next_id: &mut self.next_id,
+        };
+        let mut bytes = text.as_bytes();
+        let session = &mut self.senders[index];
+        while !bytes.is_empty() {
+            let n = self.rng.range(1, bytes.len() as u64 + 1) as usize;
+            session.receive(&bytes[..n], &mut ctx);
+            bytes = &bytes[n..];
+        }
+        let replies = String::from_utf8_lossy(session.output()).into_owned();
+        let len = session.output().len();
+        session.consume_output(len);
+        let Some(message) = session.take_message() else {
+            return Err(format!("baton's session took no message: {replies:?}"));
+        };
+        if replies
+            .lines()
+            .any(|l| !l.starts_with("250") && !l.starts_with("354"))
+        {
+            return Err(format!(
+                "baton's session refused a good transaction: {replies:?}"
+            ));
+        }
+        let id = message.queue_id.0;
+        let recipients: Vec<NewRecipient<'_>> = message
+            .recipients
             .iter()
-            .map(|address| NewRecipient {
-                address,
-                params: b"",
+            .map(|r| NewRecipient {
+                address: &r.address,
+                params: &r.params,
                 status: Status::Pending,
             })
             .collect();
-        let body = format!(
-            "Subject: m{id}\r\n\r\n{}\r\n",
-            "x".repeat(self.rng.range(10, 2000) as usize)
-        );
-        let message = NewMessage {
-            queue_id: QueueId(id),
+        let record = NewMessage {
+            queue_id: message.queue_id,
             arrival_ms: self.now_ms,
-            reverse_path: b"sender@sim.test",
-            mail_params: b"",
+            reverse_path: &message.reverse_path,
+            mail_params: &message.mail_params,
             identity: b"",
             peer: b"127.0.0.1:1",
             transport: b"",
             recipients: &recipients,
-            body: body.as_bytes(),
+            body: &message.body,
         };
-        let appended = match self.writer_mut().append_message(&message) {
+        let appended = match self.writer_mut().append_message(&record) {
             Ok(appended) => appended,
-            // A full spool refuses (a 452 to the client): not acknowledged.
+            // A full spool: the session answers 452, nothing is acknowledged.
             Err(baton_spool::Error::Full { .. }) | Err(baton_spool::Error::LowDisk { .. }) => {
-                return Ok(())
+                let mut ctx = SimCtx {
+                    now_ms: self.now_ms,
+                    next_id: &mut self.next_id,
+                };
+                self.senders[index].stored(Err(StoreError::Full), &mut ctx);
+                let len = self.senders[index].output().len();
+                self.senders[index].consume_output(len);
+                return Ok(());
             }
             Err(err) => return Err(format!("append: {err}")),
         };
+        self.waiting[index] = Some(id);
         self.messages.insert(
             id,
             Msg {
@@ -529,6 +621,30 @@ impl World {
         Ok(())
     }
 
+    /// A client connection whose session waits for nothing: one open
+    /// before, or a new one (greeted, EHLO said), up to [`SENDERS_MAX`].
+    fn free_sender(&mut self) -> Option<usize> {
+        if let Some(index) = self.waiting.iter().position(Option::is_none) {
+            return Some(index);
+        }
+        if self.senders.len() >= SENDERS_MAX {
+            return None;
+        }
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40_000 + self.senders.len() as u16));
+        let local = SocketAddr::from(([127, 0, 0, 1], 25));
+        let mut session = Session::new(self.session_config.clone(), peer, local, true);
+        let mut ctx = SimCtx {
+            now_ms: self.now_ms,
+            next_id: &mut self.next_id,
+        };
+        session.receive(b"EHLO client.sim\r\n", &mut ctx);
+        let len = session.output().len();
+        session.consume_output(len);
+        self.senders.push(session);
+        self.waiting.push(None);
+        Some(self.senders.len() - 1)
+    }
+
     /// What the datasyncs made durable: messages acknowledged (and
     /// queued, as the shard does after the `250`), outcomes recorded.
     fn confirm(&mut self) -> Result<(), String> {
@@ -537,6 +653,26 @@ impl World {
             let (_, what) = self.awaiting.pop_front().expect("front");
             match what {
                 Awaiting::Message(id) => {
+                    // Durable: the session answers, and the client has
+                    // its 250 (checked: that, and nothing else).
+                    let index = self
+                        .waiting
+                        .iter()
+                        .position(|w| *w == Some(id))
+                        .ok_or_else(|| format!("no client waits for {id}"))?;
+                    self.waiting[index] = None;
+                    let mut ctx = SimCtx {
+                        now_ms: self.now_ms,
+                        next_id: &mut self.next_id,
+                    };
+                    let session = &mut self.senders[index];
+                    session.stored(Ok(QueueId(id)), &mut ctx);
+                    let reply = String::from_utf8_lossy(session.output()).into_owned();
+                    let len = session.output().len();
+                    session.consume_output(len);
+                    if !reply.starts_with("250 ") {
+                        return Err(format!("{id} durable, but the session answered {reply:?}"));
+                    }
                     let Some(msg) = self.messages.get_mut(&id) else {
                         continue;
                     };
@@ -1038,6 +1174,9 @@ impl World {
         });
         self.conns.clear();
         self.open.clear();
+        // The clients' connections die with the process.
+        self.senders.clear();
+        self.waiting.clear();
         self.syncs.clear();
         self.awaiting.clear();
         self.writer = None;
