@@ -10,7 +10,8 @@
 //!   delivered at least once, failed, or still queued;
 //! - no recipient whose delivery was recorded durably is delivered again,
 //!   and no durable final outcome is undone by a crash;
-//! - no destination has more connections open than its limit.
+//! - no destination, and no site, has more connections open than its
+//!   limit.
 //!
 //! What the engine's shard does around these (the SMTP sessions, the
 //! settlement and its notifications) is driven here by the simulator in
@@ -36,7 +37,9 @@ use baton::inbound::{
 use baton::outbound::{
     Client, ClientConfig, ClientLimits, Envelope, Event, Outcome as ClientOutcome, TlsMode,
 };
-use baton::queue::{Action, QueuedRecipient, Queues, Shaping, Take, Waiter};
+use baton::queue::{
+    Action, Policy, QueuedRecipient, Queues, Shaping, SiteOf, SiteShaping, Take, Waiter,
+};
 use baton::route::{destination_of, Destination};
 use baton::smtp::reply::Reply;
 use baton_spool::{
@@ -61,6 +64,8 @@ pub struct Params {
     pub destinations: usize,
     /// Each destination's connection limit.
     pub connections_max: usize,
+    /// Each site's (a few destinations share one).
+    pub site_connections_max: usize,
     /// Power cuts, process crashes, failed datasyncs.
     pub faults: bool,
     /// Power cuts keep later unsynced writes where earlier ones were lost
@@ -78,6 +83,7 @@ impl Params {
             messages_per_second: 1_000,
             destinations: 8,
             connections_max: 4,
+            site_connections_max: 6,
             faults: true,
             reorder: false,
         }
@@ -284,6 +290,7 @@ struct World {
     hosts: Vec<Host>,
     conns: BTreeMap<u64, Conn>,
     open: HashMap<Destination, usize>,
+    site_open: HashMap<String, usize>,
     next_conn: u64,
     steps: u64,
     history: VecDeque<String>,
@@ -306,7 +313,7 @@ impl World {
             })
             .collect();
         let mut world = World {
-            queues: queues(params.connections_max),
+            queues: queues(params.connections_max, params.site_connections_max),
             params,
             _dir: dir,
             config,
@@ -344,6 +351,7 @@ impl World {
             hosts,
             conns: BTreeMap::new(),
             open: HashMap::new(),
+            site_open: HashMap::new(),
             next_conn: 0,
             steps: 0,
             history: VecDeque::new(),
@@ -758,6 +766,15 @@ impl World {
                     self.params.connections_max
                 ));
             }
+            let site = site_of(&destination);
+            let at_site = self.site_open.entry(site.clone()).or_insert(0);
+            *at_site += 1;
+            if *at_site > self.params.site_connections_max {
+                return Err(format!(
+                    "site {site} has {at_site} connections open, its limit is {}",
+                    self.params.site_connections_max
+                ));
+            }
             let key = self.next_conn;
             self.next_conn += 1;
             let mut conn = Conn {
@@ -776,6 +793,9 @@ impl World {
 
     /// A connection is over: its room goes back to the queue.
     fn closed(&mut self, conn: Conn) -> Result<(), String> {
+        if let Some(open) = self.site_open.get_mut(&site_of(&conn.destination)) {
+            *open -= 1;
+        }
         if let Some(open) = self.open.get_mut(&conn.destination) {
             *open -= 1;
         }
@@ -1070,7 +1090,10 @@ impl World {
         self.spool = Some(spool);
         self.writer = Some(writer);
         self.check_recovered(&recovered)?;
-        self.queues = queues(self.params.connections_max);
+        self.queues = queues(
+            self.params.connections_max,
+            self.params.site_connections_max,
+        );
         // Recovery returns them in no particular order; the queue takes
         // them in one, so that a seed replays exactly.
         let mut recovered_pending: Vec<_> = recovered.pending.iter().collect();
@@ -1174,6 +1197,7 @@ impl World {
         });
         self.conns.clear();
         self.open.clear();
+        self.site_open.clear();
         // The clients' connections die with the process.
         self.senders.clear();
         self.waiting.clear();
@@ -1235,11 +1259,39 @@ impl World {
     }
 }
 
-/// The queue as the engine builds it without sites: each destination its
-/// own, `connections_max` connections.
-fn queues(connections_max: usize) -> Queues {
-    Queues::new(Box::new(move |_| Shaping {
-        connections_max,
-        ..Shaping::default()
-    }))
+/// The queue as the engine builds it for routes: each destination with
+/// `connections_max` connections of its own, and the destinations grouped
+/// into [`SITES`] sites (`d<n>.test` in `s<n % SITES>`, as a route's next
+/// hop groups its domains), each with `site_connections_max`.
+fn queues(connections_max: usize, site_connections_max: usize) -> Queues {
+    Queues::with_policy(Policy {
+        shaping_for: Box::new(move |_| Shaping {
+            connections_max,
+            ..Shaping::default()
+        }),
+        site_for: Box::new(move |destination| {
+            SiteOf::Known(
+                site_of(destination),
+                SiteShaping {
+                    connections_max: site_connections_max,
+                    message_rate_max: 0,
+                },
+            )
+        }),
+        ..Policy::default()
+    })
+}
+
+/// Sites the destinations share.
+const SITES: usize = 3;
+
+/// `d<n>.test`'s site.
+fn site_of(destination: &Destination) -> String {
+    let n: usize = destination
+        .as_str()
+        .trim_start_matches('d')
+        .trim_end_matches(".test")
+        .parse()
+        .unwrap_or(0);
+    format!("s{}", n % SITES)
 }
