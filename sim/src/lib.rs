@@ -407,7 +407,7 @@ impl World {
                 fail_per_1k: 0,
             };
         }
-        self.queues.flush(None, self.now_ms);
+        self.flush_all();
         let drain_end = self.now_ms + DRAIN_MS_MAX;
         let mut rounds = 0u64;
         while {
@@ -429,10 +429,19 @@ impl World {
             if self.conns.is_empty() && self.syncs.is_empty() {
                 // Nothing moving: what is left is scheduled; go to it.
                 self.advance(60_000);
-                self.queues.flush(None, self.now_ms);
+                self.flush_all();
             }
         }
         self.check_final()
+    }
+
+    /// Deferred recipients due now, destination by destination in one
+    /// order (`flush(None)` goes in the queue's hash order).
+    fn flush_all(&mut self) {
+        for d in 0..self.params.destinations {
+            let destination = Destination::new(format!("d{d}.test"));
+            self.queues.flush(Some(&destination), self.now_ms);
+        }
     }
 
     fn advance(&mut self, ms: u64) {

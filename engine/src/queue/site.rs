@@ -7,7 +7,7 @@
 //! operator's suspension, its message rate, its members and those
 //! waiting for room.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::route::Destination;
@@ -165,7 +165,9 @@ pub(super) struct Site {
     pub lanes: HashMap<Arc<str>, Lane>,
     /// Turns of the weighted round of lanes.
     pub round: u64,
-    pub members: HashSet<Destination>,
+    /// Ordered, so that what is done for each member is done in one order
+    /// from run to run (the simulator replays a seed exactly).
+    pub members: BTreeSet<Destination>,
     /// Members with ready mail that found no room, in the order they
     /// asked: the next connection freed goes to the first.
     pub starved: VecDeque<Destination>,
@@ -183,7 +185,7 @@ impl Site {
             bucket: Bucket::full(shaping.message_rate_max),
             lanes: HashMap::new(),
             round: 0,
-            members: HashSet::new(),
+            members: BTreeSet::new(),
             starved: VecDeque::new(),
             idle: 0,
         }
