@@ -43,8 +43,8 @@ use baton::queue::{
 use baton::route::{destination_of, Destination};
 use baton::smtp::reply::Reply;
 use baton_spool::{
-    Clock, Io, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status, SyncOp,
-    Ticket, Writer,
+    Clock, Gate, Io, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status,
+    SyncOp, Writer,
 };
 use std::net::SocketAddr;
 
@@ -68,6 +68,8 @@ pub struct Params {
     pub site_connections_max: usize,
     /// Power cuts, process crashes, failed datasyncs.
     pub faults: bool,
+    /// Per round, in ten thousand: a power cut (with `faults`).
+    pub power_cut_per_10k: u64,
     /// Power cuts keep later unsynced writes where earlier ones were lost
     /// (a disk's cache writing back out of order); otherwise a power cut
     /// tears each file's unsynced writes at one point.
@@ -85,6 +87,7 @@ impl Params {
             connections_max: 4,
             site_connections_max: 6,
             faults: true,
+            power_cut_per_10k: POWER_CUT_PER_10K,
             reorder: false,
         }
     }
@@ -156,6 +159,8 @@ const STEP_MS_MAX: u64 = 20;
 const HISTORY_MAX: usize = 400;
 /// Small enough that a run fills, seals, recycles and reclaims dozens.
 const SEGMENT_BYTES: u64 = 1 << 20;
+/// Per round, in four: the datasyncs asked for complete.
+const SYNC_DONE_PER_ROUND_PER_4: u64 = 3;
 /// Per step, in ten thousand: a power cut, a process crash, a failed datasync.
 const POWER_CUT_PER_10K: u64 = 8;
 const CRASH_PER_10K: u64 = 8;
@@ -272,7 +277,8 @@ struct World {
     spool: Option<Spool>,
     writer: Option<Writer>,
     syncs: VecDeque<SyncOp>,
-    awaiting: VecDeque<(Ticket, Awaiting)>,
+    /// What waits for the datasync: the shard's own gate.
+    awaiting: Gate<Awaiting>,
     queues: Queues,
     delivery: DeliverySettings,
     client_config: Arc<ClientConfig>,
@@ -324,7 +330,7 @@ impl World {
             spool: None,
             writer: None,
             syncs: VecDeque::new(),
-            awaiting: VecDeque::new(),
+            awaiting: Gate::default(),
             delivery: DeliverySettings {
                 max_age: Duration::from_secs(2 * 24 * 3600),
                 ..DeliverySettings::default()
@@ -454,8 +460,10 @@ impl World {
     fn round(&mut self, faults: bool) -> Result<(), String> {
         self.steps += 1;
         self.pump()?;
-        // Group commit: the datasyncs asked for complete now.
-        while let Some(op) = self.syncs.pop_front() {
+        // Group commit: the datasyncs asked for complete in this round, or
+        // take longer (a disk's fsync is milliseconds; a round is 1-20).
+        let syncing = !self.syncs.is_empty() && self.rng.chance(SYNC_DONE_PER_ROUND_PER_4, 4);
+        while let Some(op) = syncing.then(|| self.syncs.pop_front()).flatten() {
             let fail =
                 faults && self.params.faults && self.rng.chance(SYNC_FAILURE_PER_10K, 10_000);
             let result = self.disk.sync(&op, fail);
@@ -502,7 +510,7 @@ impl World {
                     until - START_MS
                 ));
             }
-            if self.rng.chance(POWER_CUT_PER_10K, 10_000) {
+            if self.rng.chance(self.params.power_cut_per_10k, 10_000) {
                 return self.restart(true);
             }
             if self.rng.chance(CRASH_PER_10K, 10_000) {
@@ -633,8 +641,7 @@ impl World {
                 rcpts: vec![Rcpt::default(); count],
             },
         );
-        self.awaiting
-            .push_back((appended.ticket, Awaiting::Message(id)));
+        self.awaiting.push(appended.ticket, Awaiting::Message(id));
         Ok(())
     }
 
@@ -666,8 +673,7 @@ impl World {
     /// queued, as the shard does after the `250`), outcomes recorded.
     fn confirm(&mut self) -> Result<(), String> {
         let durable = self.writer_mut().durable();
-        while self.awaiting.front().is_some_and(|(t, _)| *t <= durable) {
-            let (_, what) = self.awaiting.pop_front().expect("front");
+        for (what, _) in self.awaiting.release(durable, false) {
             match what {
                 Awaiting::Message(id) => {
                     // Durable: the session answers, and the client has
@@ -1029,10 +1035,10 @@ impl World {
             .writer_mut()
             .append_outcome(&outcome)
             .map_err(|e| format!("append outcome: {e}"))?;
-        self.awaiting.push_back((
+        self.awaiting.push(
             appended.ticket,
             Awaiting::Outcome(id, item.recipient, status),
-        ));
+        );
         Ok(())
     }
 
@@ -1211,7 +1217,7 @@ impl World {
         self.senders.clear();
         self.waiting.clear();
         self.syncs.clear();
-        self.awaiting.clear();
+        self.awaiting = Gate::default();
         self.writer = None;
         self.spool = None;
         if power {

@@ -31,6 +31,14 @@ struct Args {
     /// Messages per simulated second.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Turn a planted bug on (`ack`: a 250 before its datasync;
+    /// `reclaim`: reclamation of a segment with a pending recipient), to
+    /// see the seed at which the simulator catches it.
+    #[arg(long)]
+    plant: Option<String>,
+    /// Power cuts per round, in ten thousand (the scenario's by default).
+    #[arg(long)]
+    power_cuts: Option<u64>,
     /// Seeds run at once, one thread each.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -50,10 +58,22 @@ fn parse_seed(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match args.plant.as_deref() {
+        None => {}
+        Some("ack") => baton_spool::plant::ACK_BEFORE_SYNC.store(true, Ordering::Relaxed),
+        Some("reclaim") => baton_spool::plant::RECLAIM_PENDING.store(true, Ordering::Relaxed),
+        Some(other) => {
+            eprintln!("--plant {other}: ack or reclaim");
+            return ExitCode::FAILURE;
+        }
+    }
     let params = |seed| Params {
         sim_seconds: args.sim_seconds,
         messages_per_second: args.rate,
         reorder: args.reorder,
+        power_cut_per_10k: args
+            .power_cuts
+            .unwrap_or(Params::scenario(seed).power_cut_per_10k),
         ..Params::scenario(seed)
     };
     if let Some(seed) = args.seed {

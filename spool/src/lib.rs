@@ -63,6 +63,7 @@ use std::fmt;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod gate;
 mod index;
 pub mod reclaim;
 pub mod record;
@@ -75,6 +76,7 @@ pub mod writer;
 pub use config::{Clock, SpoolConfig, SyncMode, SystemClock};
 pub use driver::BlockingWriter;
 pub use error::{Error, Result};
+pub use gate::Gate;
 pub use index::IndexCounts;
 pub use reclaim::{CompactReport, ReclaimReport};
 pub use record::{
@@ -122,6 +124,20 @@ pub mod plant {
     /// recipient.
     #[cfg(feature = "plant")]
     pub static RECLAIM_PENDING: AtomicBool = AtomicBool::new(false);
+
+    /// A `250` (any answer that waits for durability, [`crate::Gate`])
+    /// goes out one entry before the datasync that covers it.
+    #[cfg(feature = "plant")]
+    pub static ACK_BEFORE_SYNC: AtomicBool = AtomicBool::new(false);
+
+    /// Whether [`ACK_BEFORE_SYNC`] is on.
+    #[inline]
+    pub fn ack_before_sync() -> bool {
+        #[cfg(feature = "plant")]
+        return ACK_BEFORE_SYNC.load(Ordering::Relaxed);
+        #[cfg(not(feature = "plant"))]
+        false
+    }
 
     /// Whether [`RECLAIM_PENDING`] is on.
     #[inline]

@@ -14,7 +14,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_spool::{Io, NewMessage, NewRecipient, QueueId, Status, SyncOp, Ticket, WriteOp, Writer};
+use baton_spool::{
+    Gate, Io, NewMessage, NewRecipient, QueueId, Status, SyncOp, Ticket, WriteOp, Writer,
+};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::admin::AdminReply;
@@ -87,7 +89,6 @@ enum SpoolOp {
 
 /// A message appended to the spool, waiting for the datasync that covers it.
 pub(super) struct PendingStore {
-    pub ticket: Ticket,
     /// Who waits for the datasync.
     pub waiter: Waiter,
     pub queue_id: QueueId,
@@ -183,7 +184,8 @@ pub(super) struct Shard {
     pub(super) outs: Slots<OutConn>,
     spool_ops: HashMap<u64, SpoolOp>,
     spool_seq: u64,
-    pub(super) stores: VecDeque<PendingStore>,
+    /// Messages appended, waiting for the datasync before their `250`.
+    pub(super) stores: Gate<PendingStore>,
     pub(super) queue_ids: QueueIdGen,
     /// The latest ticket of an outcome or notification this shard wrote.
     pub(super) last_ticket: Ticket,
@@ -335,7 +337,7 @@ impl Shard {
             outs: Slots::default(),
             spool_ops: HashMap::new(),
             spool_seq: 0,
-            stores: VecDeque::new(),
+            stores: Gate::default(),
             queue_ids,
             last_ticket: Ticket(0),
             admin_waits: VecDeque::new(),
@@ -1060,30 +1062,32 @@ impl Shard {
         );
         match self.writer.append_message(&record) {
             Ok(appended) => {
-                self.stores.push_back(PendingStore {
-                    ticket: appended.ticket,
-                    waiter,
-                    queue_id: message.queue_id,
-                    recipients: message
-                        .recipients
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| {
-                            (destination_of(&r.address).with_pool(pool.clone()), i as u32)
-                        })
-                        .collect(),
-                    size: message.body.len(),
-                    sender: String::from_utf8_lossy(&message.reverse_path).into_owned(),
-                    peer: Some(peer),
-                    tls: message.tls,
-                    user: message
-                        .identity
-                        .as_ref()
-                        .map(|identity| identity.name.clone())
-                        .unwrap_or_default(),
-                    dkim: message.dkim,
-                    about,
-                });
+                self.stores.push(
+                    appended.ticket,
+                    PendingStore {
+                        waiter,
+                        queue_id: message.queue_id,
+                        recipients: message
+                            .recipients
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| {
+                                (destination_of(&r.address).with_pool(pool.clone()), i as u32)
+                            })
+                            .collect(),
+                        size: message.body.len(),
+                        sender: String::from_utf8_lossy(&message.reverse_path).into_owned(),
+                        peer: Some(peer),
+                        tls: message.tls,
+                        user: message
+                            .identity
+                            .as_ref()
+                            .map(|identity| identity.name.clone())
+                            .unwrap_or_default(),
+                        dkim: message.dkim,
+                        about,
+                    },
+                );
                 Ok(())
             }
             Err(baton_spool::Error::Full {
@@ -1206,12 +1210,8 @@ impl Shard {
             }
             let _ = reply.send(answer);
         }
-        while let Some(store) = self.stores.front() {
-            if store.ticket > durable && !failed {
-                break;
-            }
-            let store = self.stores.pop_front().expect("front exists");
-            let result = if store.ticket <= durable {
+        for (store, durable) in self.stores.release(durable, failed) {
+            let result = if durable {
                 self.queue(&store);
                 Ok(store.queue_id)
             } else {

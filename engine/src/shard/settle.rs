@@ -467,19 +467,21 @@ impl Shard {
         match self.writer.append_message(&record) {
             Ok(appended) => {
                 self.last_ticket = self.last_ticket.max(appended.ticket);
-                self.stores.push_back(PendingStore {
-                    ticket: appended.ticket,
-                    waiter: Waiter::Nobody,
-                    queue_id,
-                    recipients: vec![(destination_of(view.reverse_path), 0)],
-                    size: body.len(),
-                    sender: String::new(),
-                    peer: None,
-                    tls: None,
-                    user: String::new(),
-                    dkim: None,
-                    about: None,
-                });
+                self.stores.push(
+                    appended.ticket,
+                    PendingStore {
+                        waiter: Waiter::Nobody,
+                        queue_id,
+                        recipients: vec![(destination_of(view.reverse_path), 0)],
+                        size: body.len(),
+                        sender: String::new(),
+                        peer: None,
+                        tls: None,
+                        user: String::new(),
+                        dkim: None,
+                        about: None,
+                    },
+                );
                 self.server
                     .metrics
                     .bounces_generated
