@@ -43,8 +43,7 @@ use baton::queue::{
 use baton::route::{destination_of, Destination};
 use baton::smtp::reply::Reply;
 use baton_spool::{
-    Clock, Gate, Io, NewMessage, NewRecipient, Outcome, QueueId, Spool, SpoolConfig, Status,
-    SyncOp, Writer,
+    Clock, Gate, Io, NewMessage, Outcome, QueueId, Spool, SpoolConfig, Status, SyncOp, Writer,
 };
 use std::net::SocketAddr;
 
@@ -596,15 +595,7 @@ impl World {
             ));
         }
         let id = message.queue_id.0;
-        let recipients: Vec<NewRecipient<'_>> = message
-            .recipients
-            .iter()
-            .map(|r| NewRecipient {
-                address: &r.address,
-                params: &r.params,
-                status: Status::Pending,
-            })
-            .collect();
+        let recipients = message.spool_recipients();
         let record = NewMessage {
             queue_id: message.queue_id,
             arrival_ms: self.now_ms,

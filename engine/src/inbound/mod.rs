@@ -37,7 +37,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use baton_spool::QueueId;
+use baton_spool::{NewRecipient, QueueId, Status};
 use thiserror::Error;
 
 use crate::auth::verify::Identity;
@@ -147,6 +147,20 @@ pub struct ReceivedMessage {
     /// What DKIM signing did (`d=... s=... a=...`, or why not), for the
     /// event; set by the signer.
     pub dkim: Option<String>,
+}
+
+impl ReceivedMessage {
+    /// Its recipients as the spool records them: each pending.
+    pub fn spool_recipients(&self) -> Vec<NewRecipient<'_>> {
+        self.recipients
+            .iter()
+            .map(|r| NewRecipient {
+                address: &r.address,
+                params: &r.params,
+                status: Status::Pending,
+            })
+            .collect()
+    }
 }
 
 /// One recipient the session answered `250` to.

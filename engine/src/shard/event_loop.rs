@@ -14,9 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_spool::{
-    Gate, Io, NewMessage, NewRecipient, QueueId, Status, SyncOp, Ticket, WriteOp, Writer,
-};
+use baton_spool::{Gate, Io, NewMessage, QueueId, Status, SyncOp, Ticket, WriteOp, Writer};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::admin::AdminReply;
@@ -1017,15 +1015,7 @@ impl Shard {
         peer: Arc<str>,
         message: ReceivedMessage,
     ) -> Result<(), StoreError> {
-        let recipients: Vec<NewRecipient<'_>> = message
-            .recipients
-            .iter()
-            .map(|r| NewRecipient {
-                address: &r.address,
-                params: &r.params,
-                status: Status::Pending,
-            })
-            .collect();
+        let recipients = message.spool_recipients();
         let transport = message.tls.as_ref().map(|tls| tls.label().clone());
         let record = NewMessage {
             queue_id: message.queue_id,
