@@ -139,15 +139,19 @@ impl OutcomeCounters {
         }
     }
 
-    /// Counts `n` recipients of `key` with `outcome`.
-    pub fn add(&self, key: &Arc<str>, outcome: SiteOutcome, n: u64) {
+    /// Counts `n` recipients of `key` with `outcome`. Allocates only for
+    /// a key not seen before (once per site or domain, not per call).
+    pub fn add(&self, key: &str, outcome: SiteOutcome, n: u64) {
         let mut counts = self.counts.lock().expect("outcome counters lock");
         let key = if counts.contains_key(key) || counts.len() < SERIES_MAX {
-            key.clone()
+            key
         } else {
-            Arc::from(OTHER)
+            OTHER
         };
-        counts.entry(key).or_default()[outcome as usize] += n;
+        match counts.get_mut(key) {
+            Some(slot) => slot[outcome as usize] += n,
+            None => counts.entry(Arc::from(key)).or_default()[outcome as usize] += n,
+        }
     }
 
     pub fn write(&self, out: &mut String) {
@@ -197,9 +201,9 @@ mod tests {
     fn sites_past_the_limit_are_counted_together() {
         let counters = OutcomeCounters::new("baton_site_recipients_total", "site");
         for i in 0..SERIES_MAX + 2 {
-            counters.add(&Arc::from(format!("s{i}")), SiteOutcome::Delivered, 1);
+            counters.add(&format!("s{i}"), SiteOutcome::Delivered, 1);
         }
-        counters.add(&Arc::from("s0"), SiteOutcome::Failed, 3);
+        counters.add("s0", SiteOutcome::Failed, 3);
         let mut out = String::new();
         counters.write(&mut out);
         assert!(

@@ -228,7 +228,6 @@ impl Shard {
         // A batch over a connection is one domain's (an operator's bounce
         // has no connection and no site, and is not counted here).
         if let Some(site) = via.site {
-            let domain: Arc<str> = destination.as_str().into();
             for outcome in [
                 SiteOutcome::Delivered,
                 SiteOutcome::Deferred,
@@ -237,7 +236,10 @@ impl Shard {
                 let n = by_outcome[outcome as usize];
                 if n > 0 {
                     metrics.outcomes.by_site.add(site, outcome, n);
-                    metrics.outcomes.by_domain.add(&domain, outcome, n);
+                    metrics
+                        .outcomes
+                        .by_domain
+                        .add(destination.as_str(), outcome, n);
                 }
             }
         }
