@@ -2,7 +2,9 @@
 //! ("slow down") gets its site suspended for the rule's duration, then
 //! mail flows again; another site is not affected; an operator sees the
 //! suspension with `baton site list` and lifts one with `baton site
-//! resume`. The reply is classified (`rate_limited`) in its event.
+//! resume`. The reply is classified (`rate_limited`) in its event. After
+//! the suspension the site starts again from one connection and grows by
+//! one per good transaction, as Gmail asks.
 
 use baton_tests::delivery::{route, wait_status, EventLog};
 use baton_tests::sink::Sink;
@@ -22,7 +24,9 @@ fn event_ms(event: &serde_json::Value) -> i64 {
 
 #[test]
 fn a_421_4_7_28_suspends_its_site_then_mail_flows_and_other_sites_are_untouched() {
-    let throttled = Sink::start("127.0.0.2", &[]);
+    // Each message takes the sink 300 ms, so connections that open
+    // together deliver together, and one connection's turns show.
+    let throttled = Sink::start("127.0.0.2", &["--delay-data", "300ms"]);
     let other = Sink::start("127.0.0.3", &[]);
     let events = EventLog::new();
     // The operator's rule comes before the shipped one (10 minutes).
@@ -62,11 +66,13 @@ fn a_421_4_7_28_suspends_its_site_then_mail_flows_and_other_sites_are_untouched(
     );
 
     // Mail for the suspended site waits; mail for another site does not.
-    let second = server.submit(
-        "alice@sender.test",
-        &["ok@throttled.test"],
-        "Subject: two\r\n\r\nhi\r\n",
-    );
+    let waiting: Vec<(String, String)> = (0..6)
+        .map(|n| {
+            let rcpt = format!("ok{n}@throttled.test");
+            let id = server.submit("alice@sender.test", &[&rcpt], "Subject: two\r\n\r\nhi\r\n");
+            (id, rcpt)
+        })
+        .collect();
     let elsewhere = server.submit(
         "alice@sender.test",
         &["ok@other.test"],
@@ -74,15 +80,40 @@ fn a_421_4_7_28_suspends_its_site_then_mail_flows_and_other_sites_are_untouched(
     );
     wait_status(&mut server, &elsewhere, "ok@other.test", "delivered");
     assert_eq!(throttled.count(), 0, "delivered during the suspension");
-    wait_status(&mut server, &second, "ok@throttled.test", "delivered");
-    server.wait_until("the delivered event", || {
-        !events.events_of("delivered", &second).is_empty()
+    for (id, rcpt) in &waiting {
+        wait_status(&mut server, id, rcpt, "delivered");
+    }
+    server.wait_until("the delivered events", || {
+        waiting
+            .iter()
+            .all(|(id, _)| !events.events_of("delivered", id).is_empty())
     });
-    let delivered = events.events_of("delivered", &second)[0].clone();
-    let waited = event_ms(&delivered) - event_ms(&deferred);
+    let delivered: Vec<serde_json::Value> = waiting
+        .iter()
+        .map(|(id, _)| events.events_of("delivered", id)[0].clone())
+        .collect();
+    let times: Vec<i64> = delivered.iter().map(event_ms).collect();
+    let (first_ms, last_ms) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    let waited = first_ms - event_ms(&deferred);
     assert!(
         waited >= 2_500,
         "delivered {waited} ms after the 421, inside the 3 s suspension"
+    );
+    // From one connection, growing: the six go out in turns (1, then 2,
+    // then 3 at once), not all six together on six connections, and over
+    // more than one connection.
+    let connections: std::collections::BTreeSet<&str> = delivered
+        .iter()
+        .map(|e| e["local"].as_str().expect("local"))
+        .collect();
+    assert!(
+        last_ms - first_ms >= 500,
+        "six messages of 300 ms each within {} ms: more than one connection at the start",
+        last_ms - first_ms
+    );
+    assert!(
+        connections.len() >= 2,
+        "never grew past one connection: {connections:?}"
     );
 
     // An operator suspends a domain by hand, and lifts it.
