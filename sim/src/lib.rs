@@ -29,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::auth::verify::Identity;
-use baton::delivery::retry::{DeliverySettings, Retry};
+use baton::delivery::retry::DeliverySettings;
+use baton::delivery::settle::{Fate, Held, Ledger};
 use baton::inbound::{
     AuthSettings, BareLineEndings, DataBudget, Session, SessionConfig, SessionContext,
     SessionLimits, StoreError,
@@ -43,7 +44,7 @@ use baton::queue::{
 use baton::route::{destination_of, Destination};
 use baton::smtp::reply::Reply;
 use baton_spool::{
-    Clock, Gate, Io, NewMessage, Outcome, QueueId, Spool, SpoolConfig, Status, SyncOp, Writer,
+    Clock, Gate, Io, NewMessage, QueueId, Spool, SpoolConfig, Status, SyncOp, Ticket, Writer,
 };
 use std::net::SocketAddr;
 
@@ -102,6 +103,8 @@ pub struct Report {
     /// lost: allowed (at least once), counted.
     pub repeated_deliveries: u64,
     pub recipients_failed: u64,
+    /// Notifications that became durable (and were queued).
+    pub notifications: u64,
     pub power_cuts: u64,
     pub crashes: u64,
     pub sync_failures: u64,
@@ -171,8 +174,17 @@ const HOST_DOWN_PER_1K: u64 = 2;
 const PRUNE_EVERY_STEPS: u64 = 64;
 /// Reclamation runs every this many steps, as the housekeeper does.
 const RECLAIM_EVERY_STEPS: u64 = 25;
+/// Short enough that the drain sees the first next hop's recipients
+/// expire after a handful of retries (1, 5, 15, 30 minutes, ...).
+const MAX_AGE_SECS: u64 = 3_600;
+/// How far past `max_age` and its longest retry step a recipient may
+/// still be queued (a next hop down, a connection's turn).
+const MAX_AGE_SLACK_MS: u64 = 3_600_000;
 /// The drain after the traffic ends may take this much simulated time.
 const DRAIN_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
+/// baton's name in the simulation.
+const HOSTNAME: &str = "baton.sim";
 
 /// Client connections to baton at most: arrivals wait past this.
 const SENDERS_MAX: usize = 64;
@@ -221,6 +233,12 @@ struct Rcpt {
     deliveries: u32,
 }
 
+impl Rcpt {
+    fn failed_durably(&self) -> bool {
+        matches!(self.final_status, Some(Status::Failed { .. }))
+    }
+}
+
 #[derive(Debug)]
 struct Msg {
     /// Where its record went.
@@ -229,6 +247,28 @@ struct Msg {
     /// The client got its `250`: the record is durable.
     acknowledged: bool,
     rcpts: Vec<Rcpt>,
+    /// A notification: the message whose failures it tells of.
+    notice_of: Option<u64>,
+    /// The notifications appended about this message that still exist.
+    notices: Vec<u64>,
+    /// Crashes that fell between a notification of this message and the
+    /// outcomes after it: each may bring one more notification (the
+    /// recipients are tried again and fail again).
+    notices_allowed_extra: usize,
+}
+
+impl Msg {
+    fn new(at: baton_spool::RecordRef, arrival_ms: u64, rcpts: usize) -> Msg {
+        Msg {
+            at,
+            arrival_ms,
+            acknowledged: false,
+            rcpts: vec![Rcpt::default(); rcpts],
+            notice_of: None,
+            notices: Vec::new(),
+            notices_allowed_extra: 0,
+        }
+    }
 }
 
 /// Appended, not yet known durable.
@@ -236,6 +276,8 @@ struct Msg {
 enum Awaiting {
     Message(u64),
     Outcome(u64, u32, Status),
+    /// A notification: queued once durable, as the shard queues it.
+    Notification(u64),
 }
 
 /// A next hop's mood.
@@ -278,6 +320,9 @@ struct World {
     syncs: VecDeque<SyncOp>,
     /// What waits for the datasync: the shard's own gate.
     awaiting: Gate<Awaiting>,
+    /// Outcomes that wait for their notification's datasync, as the
+    /// shard holds them.
+    held: Gate<Held>,
     queues: Queues,
     delivery: DeliverySettings,
     client_config: Arc<ClientConfig>,
@@ -330,8 +375,9 @@ impl World {
             writer: None,
             syncs: VecDeque::new(),
             awaiting: Gate::default(),
+            held: Gate::default(),
             delivery: DeliverySettings {
-                max_age: Duration::from_secs(2 * 24 * 3600),
+                max_age: Duration::from_secs(MAX_AGE_SECS),
                 ..DeliverySettings::default()
             },
             client_config: Arc::new(ClientConfig {
@@ -382,6 +428,7 @@ impl World {
             deliveries: counts.deliveries,
             repeated_deliveries: counts.repeated_deliveries,
             recipients_failed: counts.recipients_failed,
+            notifications: counts.notifications,
             power_cuts: counts.power_cuts,
             crashes: counts.crashes,
             sync_failures: self.disk.sync_failures,
@@ -412,6 +459,9 @@ impl World {
                 fail_per_1k: 0,
             };
         }
+        // But the first next hop never takes mail again: what is queued
+        // for it must expire at `max_age`, and its senders be told.
+        self.hosts[0].defer_per_1k = 1000;
         self.flush_all();
         let drain_end = self.now_ms + DRAIN_MS_MAX;
         let mut rounds = 0u64;
@@ -419,7 +469,7 @@ impl World {
             // The working set is walked now and then, not every round.
             rounds += 1;
             !rounds.is_multiple_of(16) || {
-                self.prune();
+                self.prune()?;
                 self.unfinished() > 0
             }
         } {
@@ -497,7 +547,7 @@ impl World {
             }
         }
         if self.steps.is_multiple_of(PRUNE_EVERY_STEPS) {
-            self.prune();
+            self.prune()?;
         }
         if faults && self.params.faults {
             if self.rng.chance(HOST_DOWN_PER_1K, 1000) {
@@ -555,7 +605,10 @@ impl World {
         };
         let tag = self.next_id;
         let count = self.rng.range(1, 4) as usize;
-        let mut text = String::from("MAIL FROM:<sender@sim.test>\r\n");
+        // The sender's domain is one of the next hops: notifications to
+        // it are delivered (or fail, and get none of their own).
+        let from = self.rng.range(0, self.params.destinations as u64);
+        let mut text = format!("MAIL FROM:<sender{tag}@d{from}.test>\r\n");
         for i in 0..count {
             let d = self.rng.range(0, self.params.destinations as u64);
             text.push_str(&format!("RCPT TO:<r{i}.{tag}@d{d}.test>\r\n"));
@@ -625,12 +678,7 @@ impl World {
         self.waiting[index] = Some(id);
         self.messages.insert(
             id,
-            Msg {
-                at: appended.at,
-                arrival_ms: self.now_ms,
-                acknowledged: false,
-                rcpts: vec![Rcpt::default(); count],
-            },
+            Msg::new(appended.at, self.now_ms, count),
         );
         self.awaiting.push(appended.ticket, Awaiting::Message(id));
         Ok(())
@@ -664,6 +712,19 @@ impl World {
     /// queued, as the shard does after the `250`), outcomes recorded.
     fn confirm(&mut self) -> Result<(), String> {
         let durable = self.writer_mut().durable();
+        for (held, _) in self.held.release(durable, false) {
+            let recorded = Ledger {
+                spool: self.spool.as_ref().expect("open"),
+                writer: self.writer.as_mut().expect("open"),
+                delivery: &self.delivery,
+                hostname: HOSTNAME,
+            }
+            .record_held(&held);
+            for (item, status, appended) in recorded {
+                let ticket = appended.map_err(|e| format!("append a held outcome: {e}"))?;
+                self.appended(item, status, ticket)?;
+            }
+        }
         for (what, _) in self.awaiting.release(durable, false) {
             match what {
                 Awaiting::Message(id) => {
@@ -687,31 +748,12 @@ impl World {
                     if !reply.starts_with("250 ") {
                         return Err(format!("{id} durable, but the session answered {reply:?}"));
                     }
-                    let Some(msg) = self.messages.get_mut(&id) else {
-                        continue;
-                    };
-                    msg.acknowledged = true;
                     self.report.messages_acknowledged += 1;
-                    let count = msg.rcpts.len() as u32;
-                    let record = self.record_of(id)?;
-                    let mut groups: Vec<(Destination, Vec<QueuedRecipient>)> = Vec::new();
-                    for (r, destination) in record.into_iter().enumerate().take(count as usize) {
-                        let item = QueuedRecipient {
-                            queue_id: QueueId(id),
-                            recipient: r as u32,
-                            attempts: 0,
-                        };
-                        match groups.iter_mut().find(|(d, _)| *d == destination) {
-                            Some((_, items)) => items.push(item),
-                            None => groups.push((destination, vec![item])),
-                        }
-                    }
-                    for (destination, items) in groups {
-                        let actions =
-                            self.queues
-                                .push(&destination, &items, Status::Pending, self.now_ms);
-                        self.act(actions)?;
-                    }
+                    self.queue_message(id)?;
+                }
+                Awaiting::Notification(id) => {
+                    self.report.notifications += 1;
+                    self.queue_message(id)?;
                 }
                 Awaiting::Outcome(id, r, status) => {
                     let Some(rcpt) = self
@@ -727,6 +769,36 @@ impl World {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A durable message: acknowledged, and its recipients queued (as
+    /// the shard does after the `250`).
+    fn queue_message(&mut self, id: u64) -> Result<(), String> {
+        let Some(msg) = self.messages.get_mut(&id) else {
+            return Ok(());
+        };
+        msg.acknowledged = true;
+        let count = msg.rcpts.len() as u32;
+        let record = self.record_of(id)?;
+        let mut groups: Vec<(Destination, Vec<QueuedRecipient>)> = Vec::new();
+        for (r, destination) in record.into_iter().enumerate().take(count as usize) {
+            let item = QueuedRecipient {
+                queue_id: QueueId(id),
+                recipient: r as u32,
+                attempts: 0,
+            };
+            match groups.iter_mut().find(|(d, _)| *d == destination) {
+                Some((_, items)) => items.push(item),
+                None => groups.push((destination, vec![item])),
+            }
+        }
+        for (destination, items) in groups {
+            let actions = self
+                .queues
+                .push(&destination, &items, Status::Pending, self.now_ms);
+            self.act(actions)?;
         }
         Ok(())
     }
@@ -869,9 +941,8 @@ impl World {
                 items.len()
             ));
         }
-        for (item, outcome) in items.into_iter().zip(per_recipient) {
-            self.settle(&destination, item, &outcome)?;
-        }
+        let results: Vec<_> = items.into_iter().zip(per_recipient).collect();
+        self.settle(&destination, &results)?;
         if conn.client.is_closed() {
             return self.closed(conn);
         }
@@ -966,70 +1037,119 @@ impl World {
         })
     }
 
-    /// The outcome of one recipient, decided as the shard's settlement
-    /// does (the retry schedule, `max_age`), appended after the answer.
+    /// What the client reported for one message's batch, settled by the
+    /// shard's own ledger (`baton::delivery::settle`): the fates, the
+    /// outcome records and the message's one notification, in the
+    /// shard's order. Deferred recipients go back to the queue.
     fn settle(
         &mut self,
         destination: &Destination,
-        item: QueuedRecipient,
-        outcome: &ClientOutcome,
+        results: &[(QueuedRecipient, ClientOutcome)],
     ) -> Result<(), String> {
-        let id = item.queue_id.0;
-        let arrival_ms = self.messages.get(&id).map_or(self.now_ms, |m| m.arrival_ms);
-        let attempts = item.attempts + 1;
-        let status = match outcome {
-            ClientOutcome::Delivered(_) => Status::Delivered { attempts },
-            ClientOutcome::Failed(_) => Status::Failed { attempts },
-            ClientOutcome::Deferred(_) => {
-                match self.delivery.retry(attempts, arrival_ms, self.now_ms) {
-                    Retry::At {
-                        attempts,
-                        next_attempt_ms,
-                    } => {
-                        let next = QueuedRecipient { attempts, ..item };
-                        self.queues.schedule(destination, next, next_attempt_ms);
-                        Status::Deferred {
-                            attempts,
-                            next_attempt_ms,
-                        }
-                    }
-                    Retry::Expired { attempts } => Status::Failed { attempts },
-                }
-            }
+        let Some((first, _)) = results.first() else {
+            return Ok(());
         };
-        if matches!(status, Status::Failed { .. }) {
-            self.report.recipients_failed += 1;
+        let id = first.queue_id.0;
+        let at = self
+            .spool()
+            .message(first.queue_id)
+            .ok_or_else(|| format!("{id} settled but not in the spool"))?
+            .body;
+        let record = self
+            .spool()
+            .read(at)
+            .map_err(|e| format!("read {id}: {e}"))?;
+        let view = record
+            .message()
+            .map_err(|e| format!("decode {id}: {e}"))?;
+        let (now_ms, next_id) = (self.now_ms, &mut self.next_id);
+        let settled = Ledger {
+            spool: self.spool.as_ref().expect("open"),
+            writer: self.writer.as_mut().expect("open"),
+            delivery: &self.delivery,
+            hostname: HOSTNAME,
         }
+        .settle(&view, results, (None, None), now_ms, || {
+            *next_id += 1;
+            QueueId(*next_id - 1)
+        });
+        if let Some((queue_id, err)) = settled.unrecorded.first() {
+            return Err(format!("append the outcome of {}: {err}", queue_id.0));
+        }
+        let max_age_ms = self.delivery.max_age.as_millis() as u64;
+        let arrival_ms = view.arrival_ms;
+        for decided in &settled.decided {
+            let item = decided.item;
+            let r = item.recipient;
+            match decided.fate {
+                Fate::Deferred {
+                    next_attempt_ms, ..
+                } => {
+                    if now_ms.saturating_sub(arrival_ms) >= max_age_ms {
+                        return Err(format!(
+                            "{id}#{r} deferred again past max_age ({} ms old)",
+                            now_ms - arrival_ms
+                        ));
+                    }
+                    self.queues.schedule(destination, item, next_attempt_ms);
+                }
+                Fate::Failed { .. } => self.report.recipients_failed += 1,
+                Fate::Delivered(_) => {}
+            }
+            if let Some(ticket) = decided.ticket {
+                self.appended(item, decided.status, ticket)?;
+            }
+        }
+        if let Some(held) = settled.held {
+            self.held.push(held.after, held);
+        }
+        match settled.notification {
+            None => {}
+            Some(Err(err)) => return Err(format!("append a notification about {id}: {err}")),
+            Some(Ok(notification)) => {
+                let notice = notification.queue_id.0;
+                let msg = self
+                    .messages
+                    .get_mut(&id)
+                    .ok_or_else(|| format!("a notification about {id}, a message not known"))?;
+                if msg.notice_of.is_some() {
+                    return Err(format!("{notice}: a notification about {id}, itself one"));
+                }
+                msg.notices.push(notice);
+                let mut notice_msg = Msg::new(notification.at, now_ms, 1);
+                notice_msg.notice_of = Some(id);
+                self.messages.insert(notice, notice_msg);
+                self.awaiting
+                    .push(notification.ticket, Awaiting::Notification(notice));
+                self.log(format!("notification {notice} about {id}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A recipient's outcome appended: it may now survive a crash.
+    fn appended(
+        &mut self,
+        item: QueuedRecipient,
+        status: Status,
+        ticket: Ticket,
+    ) -> Result<(), String> {
+        let (id, r) = (item.queue_id.0, item.recipient);
         if let Some(rcpt) = self
             .messages
             .get_mut(&id)
-            .and_then(|m| m.rcpts.get_mut(item.recipient as usize))
+            .and_then(|m| m.rcpts.get_mut(r as usize))
         {
             if matches!(status, Status::Delivered { .. }) && rcpt.deliveries == 0 {
                 return Err(format!(
-                    "{id}#{}: the client reported delivered what the next hop did not take",
-                    item.recipient
+                    "{id}#{r}: recorded delivered, but the next hop never took it"
                 ));
             }
             if status.is_final() {
                 rcpt.final_appended = Some(status);
             }
         }
-        let outcome = Outcome {
-            queue_id: item.queue_id,
-            recipient: item.recipient,
-            status,
-            time_ms: self.now_ms,
-            reply: b"sim",
-        };
-        let appended = self
-            .writer_mut()
-            .append_outcome(&outcome)
-            .map_err(|e| format!("append outcome: {e}"))?;
-        self.awaiting.push(
-            appended.ticket,
-            Awaiting::Outcome(id, item.recipient, status),
-        );
+        self.awaiting.push(ticket, Awaiting::Outcome(id, r, status));
         Ok(())
     }
 
@@ -1063,18 +1183,40 @@ impl World {
     }
 
     /// Moves the messages whose every recipient is durably final out of
-    /// the working set.
-    fn prune(&mut self) {
-        let done: Vec<u64> = self
-            .messages
+    /// the working set, once they pass the checks on notifications; and
+    /// checks that no recipient outlives `max_age` by more than a retry.
+    fn prune(&mut self) -> Result<(), String> {
+        let max_age_ms = self.delivery.max_age.as_millis() as u64;
+        let slack_ms = self
+            .delivery
+            .retry_schedule
             .iter()
-            .filter(|(_, m)| m.acknowledged && m.rcpts.iter().all(|r| r.final_status.is_some()))
-            .map(|(&id, _)| id)
-            .collect();
+            .max()
+            .map_or(0, |d| d.as_millis() as u64)
+            + MAX_AGE_SLACK_MS;
+        let mut done = Vec::new();
+        for (&id, msg) in &self.messages {
+            if !msg.acknowledged {
+                continue;
+            }
+            let age_ms = self.now_ms.saturating_sub(msg.arrival_ms);
+            if age_ms > max_age_ms + slack_ms {
+                if let Some(r) = msg.rcpts.iter().position(|r| r.final_appended.is_none()) {
+                    return Err(format!(
+                        "{id}#{r} still queued {age_ms} ms after it arrived, past max_age ({max_age_ms} ms) and a retry"
+                    ));
+                }
+            }
+            if msg.rcpts.iter().all(|r| r.final_status.is_some()) {
+                check_notices(id, msg)?;
+                done.push(id);
+            }
+        }
         for id in done {
             self.messages.remove(&id);
             self.finished.insert(id);
         }
+        Ok(())
     }
 
     /// Acknowledged recipients with no durable final outcome yet.
@@ -1190,6 +1332,12 @@ impl World {
                 }
             }
         }
+        // Notifications the crash took are no longer counted.
+        let alive: HashSet<u64> = self.messages.keys().copied().collect();
+        for msg in self.messages.values_mut() {
+            msg.notices
+                .retain(|n| alive.contains(n) || self.finished.contains(n));
+        }
         Ok(())
     }
 
@@ -1201,6 +1349,15 @@ impl World {
         } else {
             "process killed".to_string()
         });
+        // A crash between a notification and the outcomes behind it (held
+        // for its datasync, or not yet durable): the recipients are tried
+        // again, and may fail and be told of again, or be delivered after
+        // all, the notification already on its way.
+        for msg in self.messages.values_mut() {
+            if !msg.notices.is_empty() && msg.rcpts.iter().any(|r| r.final_status.is_none()) {
+                msg.notices_allowed_extra += 1;
+            }
+        }
         self.conns.clear();
         self.open.clear();
         self.site_open.clear();
@@ -1209,6 +1366,7 @@ impl World {
         self.waiting.clear();
         self.syncs.clear();
         self.awaiting = Gate::default();
+        self.held = Gate::default();
         self.writer = None;
         self.spool = None;
         if power {
@@ -1250,7 +1408,8 @@ impl World {
 
     /// At the end: everything acknowledged was delivered or failed.
     fn check_final(&self) -> Result<(), String> {
-        for (id, msg) in &self.messages {
+        for (&id, msg) in &self.messages {
+            check_notices(id, msg)?;
             for (r, rcpt) in msg.rcpts.iter().enumerate() {
                 match rcpt.final_status {
                     Some(Status::Delivered { .. }) if rcpt.deliveries == 0 => {
@@ -1300,4 +1459,35 @@ fn site_of(destination: &Destination) -> String {
         .parse()
         .unwrap_or(0);
     format!("s{}", n % SITES)
+}
+
+/// A message whose recipients are all final: one notification when any
+/// failed, none otherwise, and never one about a notification; give or
+/// take one for each crash that fell between a notification and the
+/// outcomes behind it (the recipients are tried again: they may fail
+/// again, or be delivered, the sender told already).
+fn check_notices(id: u64, msg: &Msg) -> Result<(), String> {
+    let failed = msg.rcpts.iter().any(Rcpt::failed_durably);
+    let notices = msg.notices.len();
+    if msg.notice_of.is_some() {
+        return Ok(()); // checked when appended: never one about a notification
+    }
+    if failed && notices == 0 {
+        return Err(format!(
+            "{id}: a recipient failed and every one is final, but the sender got no notification"
+        ));
+    }
+    if !failed && notices > msg.notices_allowed_extra {
+        return Err(format!(
+            "{id}: notified ({:?}) though no recipient failed",
+            msg.notices
+        ));
+    }
+    if notices > 1 + msg.notices_allowed_extra {
+        return Err(format!(
+            "{id}: {notices} notifications ({:?}), {} crashes between one and its outcomes",
+            msg.notices, msg.notices_allowed_extra
+        ));
+    }
+    Ok(())
 }

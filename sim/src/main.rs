@@ -32,8 +32,10 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     rate: u64,
     /// Turn a planted bug on (`ack`: a 250 before its datasync;
-    /// `reclaim`: reclamation of a segment with a pending recipient), to
-    /// see the seed at which the simulator catches it.
+    /// `reclaim`: reclamation of a segment with a pending recipient;
+    /// `outcome`: a delivery recorded from the RCPT's 250, before the
+    /// delivery it records), to see the seed at which the simulator
+    /// catches it.
     #[arg(long)]
     plant: Option<String>,
     /// Power cuts per round, in ten thousand (the scenario's by default).
@@ -62,8 +64,9 @@ fn main() -> ExitCode {
         None => {}
         Some("ack") => baton_spool::plant::ACK_BEFORE_SYNC.store(true, Ordering::Relaxed),
         Some("reclaim") => baton_spool::plant::RECLAIM_PENDING.store(true, Ordering::Relaxed),
+        Some("outcome") => baton_spool::plant::DELIVERED_AT_RCPT.store(true, Ordering::Relaxed),
         Some(other) => {
-            eprintln!("--plant {other}: ack or reclaim");
+            eprintln!("--plant {other}: ack, reclaim or outcome");
             return ExitCode::FAILURE;
         }
     }

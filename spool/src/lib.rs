@@ -130,6 +130,23 @@ pub mod plant {
     #[cfg(feature = "plant")]
     pub static ACK_BEFORE_SYNC: AtomicBool = AtomicBool::new(false);
 
+    /// baton's SMTP client (`baton::outbound`) takes a recipient's `250`
+    /// to RCPT for its delivery, so its outcome is recorded before the
+    /// delivery it records (the `250` to the end of data), which may never
+    /// come. Here because this is where the switches live; the engine
+    /// reads it.
+    #[cfg(feature = "plant")]
+    pub static DELIVERED_AT_RCPT: AtomicBool = AtomicBool::new(false);
+
+    /// Whether [`DELIVERED_AT_RCPT`] is on.
+    #[inline]
+    pub fn delivered_at_rcpt() -> bool {
+        #[cfg(feature = "plant")]
+        return DELIVERED_AT_RCPT.load(Ordering::Relaxed);
+        #[cfg(not(feature = "plant"))]
+        false
+    }
+
     /// Whether [`ACK_BEFORE_SYNC`] is on.
     #[inline]
     pub fn ack_before_sync() -> bool {

@@ -5,6 +5,9 @@
 //!   back to the sender when recipients fail.
 //! - [`events`]: the delivery event log, one JSON line per event, for
 //!   operators to tail.
+//! - [`settle`]: what an attempt makes of each recipient, and the order
+//!   its outcomes and the notification reach the spool (shared with the
+//!   simulator).
 //! - [`webhook`]: the event log posted to HTTP(S) endpoints in batches,
 //!   from the file, each endpoint with a durable cursor.
 //!
@@ -16,4 +19,5 @@
 pub mod dsn;
 pub mod events;
 pub mod retry;
+pub mod settle;
 pub mod webhook;

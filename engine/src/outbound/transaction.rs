@@ -180,7 +180,14 @@ impl Transaction {
             return Step::Continue;
         }
         match reply.class() {
-            2 => self.accepted.push(index),
+            2 => {
+                self.accepted.push(index);
+                // A planted bug, off unless the simulator's test turns it
+                // on: the RCPT's `250` taken for the delivery.
+                if baton_spool::plant::delivered_at_rcpt() {
+                    self.outcomes[index] = Some(Outcome::Delivered(reply.clone()));
+                }
+            }
             4 => self.outcomes[index] = Some(Outcome::Deferred(reply.clone())),
             5 => self.outcomes[index] = Some(Outcome::Failed(reply.clone())),
             _ => return Step::Unexpected(reply),

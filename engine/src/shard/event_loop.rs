@@ -22,6 +22,7 @@ use crate::auth::verify::{Identity, Verdict};
 use crate::config::ListenerTls;
 use crate::config::SuppressionAction;
 use crate::delivery::events::{Event as LogEvent, EventKind};
+use crate::delivery::settle::Held;
 use crate::inbound::{
     Phase, ReceivedMessage, Session, SessionContext, StoreError, Suppression,
     IDLE_BUFFER_KEEP_BYTES,
@@ -184,6 +185,9 @@ pub(super) struct Shard {
     spool_seq: u64,
     /// Messages appended, waiting for the datasync before their `250`.
     pub(super) stores: Gate<PendingStore>,
+    /// Outcomes that wait for their message's notification to be durable
+    /// (`delivery::settle`).
+    pub(super) held: Gate<Held>,
     pub(super) queue_ids: QueueIdGen,
     /// The latest ticket of an outcome or notification this shard wrote.
     pub(super) last_ticket: Ticket,
@@ -336,6 +340,7 @@ impl Shard {
             spool_ops: HashMap::new(),
             spool_seq: 0,
             stores: Gate::default(),
+            held: Gate::default(),
             queue_ids,
             last_ticket: Ticket(0),
             admin_waits: VecDeque::new(),
@@ -414,6 +419,7 @@ impl Shard {
             && self.outs.len() == 0
             && self.spool_ops.is_empty()
             && self.stores.is_empty()
+            && self.held.is_empty()
             && self.injections.is_empty()
             && self.listeners.iter().all(|l| !l.armed)
     }
@@ -1224,6 +1230,13 @@ impl Shard {
                 conn.session.stored(result, &mut ctx);
                 let key = conn.key;
                 self.progress(key);
+            }
+        }
+        // After a failed write the writer is done; the held recipients
+        // are tried again after the restart.
+        for (held, durable) in self.held.release(durable, failed) {
+            if durable {
+                self.record_held(held);
             }
         }
     }

@@ -5,7 +5,6 @@
 
 #![forbid(unsafe_code)]
 
-use baton_spool::Status;
 
 use crate::admin::{AdminReply, AdminRequest};
 use crate::outbound::Outcome;
@@ -111,12 +110,8 @@ impl Shard {
                     let results = by_destination.into_iter().flat_map(|(_, r)| r).collect();
                     self.settle_message(&destination, None, &record, results, Via::default());
                 } else {
-                    self.settle_removed(&record, &open);
                     let reply = Reply::new(250, None, "removed by the administrator");
-                    for &recipient in &open {
-                        let text = reply_text(&reply);
-                        self.record_outcome(&item_of(recipient), Status::Removed, &text, now_ms);
-                    }
+                    self.settle_removed(&record, &open, &reply_text(&reply));
                     tracing::info!(%queue_id, recipients = open.len(), "deleted by the administrator");
                 }
                 AdminReply {
