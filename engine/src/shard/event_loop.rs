@@ -1195,6 +1195,18 @@ impl Shard {
         } else {
             StoreError::Failed
         };
+        // Outcomes held for a notification go in first: an operator's
+        // answer that waited for the notification (its `queue bounce`)
+        // waits for them too. After a failed write the writer is done; the
+        // held recipients are tried again after the restart.
+        for (held, durable) in self.held.release(durable, failed) {
+            let after = held.after;
+            if let Some(last) = durable.then(|| self.record_held(held)).flatten() {
+                for wait in self.admin_waits.iter_mut().filter(|w| w.0 >= after) {
+                    wait.0 = wait.0.max(last);
+                }
+            }
+        }
         while let Some((ticket, _, _)) = self.admin_waits.front() {
             if *ticket > durable && !failed {
                 break;
@@ -1230,13 +1242,6 @@ impl Shard {
                 conn.session.stored(result, &mut ctx);
                 let key = conn.key;
                 self.progress(key);
-            }
-        }
-        // After a failed write the writer is done; the held recipients
-        // are tried again after the restart.
-        for (held, durable) in self.held.release(durable, failed) {
-            if durable {
-                self.record_held(held);
             }
         }
     }

@@ -275,8 +275,9 @@ impl Shard {
         }
     }
 
-    /// Appends outcomes that waited for their notification's datasync.
-    pub(super) fn record_held(&mut self, held: Held) {
+    /// Appends outcomes that waited for their notification's datasync;
+    /// the last one's ticket.
+    pub(super) fn record_held(&mut self, held: Held) -> Option<Ticket> {
         let server = self.server.clone();
         let live = server.live();
         let recorded = Ledger {
@@ -288,6 +289,7 @@ impl Shard {
         .record_held(&held);
         let (last, unrecorded) = Ledger::appended(recorded);
         self.appended(&unrecorded, last);
+        last
     }
 
     /// A bounce that says the mailbox or its domain does not exist puts
