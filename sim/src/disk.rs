@@ -15,8 +15,11 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::Arc;
 
+use std::path::Path;
+
+use baton_spool::record::decode_frame;
 use baton_spool::segment::Segment;
-use baton_spool::{SyncOp, WriteOp};
+use baton_spool::{MessageView, Outcome, QueueId, RecordRef, RecordType, SyncOp, WriteOp};
 
 use crate::rng::Rng;
 
@@ -46,15 +49,42 @@ pub struct Disk {
     pub syncs: u64,
     pub sync_failures: u64,
     pub sectors_lost: u64,
+    pub short_writes: u64,
+    pub no_space: u64,
+    pub bit_flips: u64,
 }
+
+/// What a write does besides writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFault {
+    None,
+    /// Writes only this many bytes (a signal, a full pipe of a device):
+    /// the caller must write the rest.
+    Short(usize),
+    /// Fails with ENOSPC, writing nothing.
+    NoSpace,
+}
+
+/// `ENOSPC` on Linux.
+const ENOSPC: i32 = 28;
 
 impl Disk {
     /// Does `op` (to the page cache) and remembers it until a datasync.
-    pub fn write(&mut self, op: &WriteOp) -> io::Result<usize> {
+    pub fn write(&mut self, op: &WriteOp, fault: WriteFault) -> io::Result<usize> {
+        let len = match fault {
+            WriteFault::None => op.buf.len(),
+            // At least a byte, never all: the writer writes the rest.
+            WriteFault::Short(n) => n.clamp(1, op.buf.len().max(2) - 1).min(op.buf.len()),
+            WriteFault::NoSpace => {
+                self.no_space += 1;
+                return Err(io::Error::from_raw_os_error(ENOSPC));
+            }
+        };
+        let buf = &op.buf[..len];
         let file = op.segment.file();
-        let mut before = vec![0; op.buf.len()];
+        let mut before = vec![0; buf.len()];
         file.read_exact_at(&mut before, op.offset)?;
-        file.write_all_at(&op.buf, op.offset)?;
+        file.write_all_at(buf, op.offset)?;
         self.writes += 1;
         let inode = match self.inodes.get(&op.segment.id()) {
             Some(&inode) => inode,
@@ -69,9 +99,12 @@ impl Disk {
             segment: op.segment.clone(),
             offset: op.offset,
             before,
-            after: op.buf.clone(),
+            after: buf.to_vec(),
         });
-        Ok(op.buf.len())
+        if len < op.buf.len() {
+            self.short_writes += 1;
+        }
+        Ok(len)
     }
 
     /// A datasync of `op`'s segment; `fail`: it reports EIO and covers
@@ -93,6 +126,62 @@ impl Disk {
     /// The process died: the page cache, hence every write, survives.
     pub fn crash(&mut self) {
         self.unsynced.clear();
+    }
+
+    /// Bit rot while baton is down: flips one bit of the record at `at`
+    /// (in the spool directory `dir`), if a record of message `queue_id`
+    /// is still there, intact. `false`: nothing was flipped (the file was
+    /// reclaimed, compacted or recycled since).
+    pub fn flip_bit(
+        &mut self,
+        dir: &Path,
+        at: RecordRef,
+        queue_id: QueueId,
+        rng: &mut Rng,
+    ) -> io::Result<bool> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|e| e != "seg") {
+                continue;
+            }
+            let Some(segment) = Segment::open(&path).map_err(io::Error::other)? else {
+                continue;
+            };
+            if segment.id() != at.segment {
+                continue;
+            }
+            let Some(bytes) = segment.bytes().get(at.offset as usize..) else {
+                return Ok(false);
+            };
+            let Ok(frame) = decode_frame(bytes, at.segment) else {
+                return Ok(false);
+            };
+            let its_own = match frame.kind {
+                RecordType::Message | RecordType::MessageV2 => {
+                    MessageView::decode_kind(frame.kind, frame.payload)
+                        .is_ok_and(|m| m.queue_id == queue_id)
+                }
+                RecordType::Outcome => {
+                    Outcome::decode(frame.payload).is_ok_and(|o| o.queue_id == queue_id)
+                }
+                RecordType::Link => false,
+            };
+            if !its_own || frame.len as u32 != at.len {
+                return Ok(false);
+            }
+            let byte = at.offset + rng.range(0, u64::from(at.len));
+            let mut one = [0u8];
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            file.read_exact_at(&mut one, byte)?;
+            one[0] ^= 1 << rng.range(0, 8);
+            file.write_all_at(&one, byte)?;
+            self.bit_flips += 1;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// The power went. `reorder`: each sector of each unsynced write is

@@ -44,11 +44,11 @@ use baton::queue::{
 use baton::route::{destination_of, Destination};
 use baton::smtp::reply::Reply;
 use baton_spool::{
-    Clock, Gate, Io, NewMessage, QueueId, Spool, SpoolConfig, Status, SyncOp, Ticket, Writer,
+    Appended, Clock, Gate, Io, NewMessage, QueueId, Spool, SpoolConfig, Status, SyncOp, Writer,
 };
 use std::net::SocketAddr;
 
-use disk::Disk;
+use disk::{Disk, WriteFault};
 use hop::{Hop, Verdict};
 use rng::Rng;
 
@@ -109,6 +109,9 @@ pub struct Report {
     pub crashes: u64,
     pub sync_failures: u64,
     pub sectors_lost: u64,
+    pub short_writes: u64,
+    pub writes_out_of_space: u64,
+    pub bit_flips: u64,
 }
 
 /// An invariant that did not hold, and what led to it.
@@ -167,6 +170,13 @@ const SYNC_DONE_PER_ROUND_PER_4: u64 = 3;
 const POWER_CUT_PER_10K: u64 = 8;
 const CRASH_PER_10K: u64 = 8;
 const SYNC_FAILURE_PER_10K: u64 = 4;
+/// Per write, with faults: a short write (in a thousand), ENOSPC (in ten
+/// thousand).
+const SHORT_WRITE_PER_1K: u64 = 10;
+const NO_SPACE_PER_10K: u64 = 1;
+/// Per restart, in a thousand: a bit of a durable record flipped while
+/// baton was down.
+const ROT_PER_1K_RESTARTS: u64 = 250;
 /// Per step, in a thousand: a next hop goes down (for up to a minute).
 const HOST_DOWN_PER_1K: u64 = 2;
 /// Finished messages leave the checker's working set every this many
@@ -231,6 +241,11 @@ struct Rcpt {
     /// Its delivery was recorded durably.
     delivered_durably: bool,
     deliveries: u32,
+    /// Where its durable final outcome is.
+    final_at: Option<baton_spool::RecordRef>,
+    /// A bit of that outcome flipped while baton was down: recovery may
+    /// find the recipient pending again, and deliver it again.
+    rotted: bool,
 }
 
 impl Rcpt {
@@ -255,6 +270,9 @@ struct Msg {
     /// outcomes after it: each may bring one more notification (the
     /// recipients are tried again and fail again).
     notices_allowed_extra: usize,
+    /// A bit of its record flipped while baton was down: recovery may
+    /// lose it.
+    rotted: bool,
 }
 
 impl Msg {
@@ -267,6 +285,7 @@ impl Msg {
             notice_of: None,
             notices: Vec::new(),
             notices_allowed_extra: 0,
+            rotted: false,
         }
     }
 }
@@ -275,7 +294,7 @@ impl Msg {
 #[derive(Debug)]
 enum Awaiting {
     Message(u64),
-    Outcome(u64, u32, Status),
+    Outcome(u64, u32, Status, baton_spool::RecordRef),
     /// A notification: queued once durable, as the shard queues it.
     Notification(u64),
 }
@@ -433,6 +452,9 @@ impl World {
             crashes: counts.crashes,
             sync_failures: self.disk.sync_failures,
             sectors_lost: self.disk.sectors_lost,
+            short_writes: self.disk.short_writes,
+            bit_flips: self.disk.bit_flips,
+            writes_out_of_space: self.disk.no_space,
         }
     }
 
@@ -482,9 +504,11 @@ impl World {
             self.advance(STEP_MS_MAX);
             self.round(false)?;
             if self.conns.is_empty() && self.syncs.is_empty() {
-                // Nothing moving: what is left is scheduled; go to it.
-                self.advance(60_000);
-                self.flush_all();
+                // Nothing moving: what is left is scheduled; go to it, on
+                // its retry schedule (`max_age` is checked on the way).
+                let next = self.queues.next_due_ms(self.now_ms);
+                let wait = next.map_or(60_000, |at| at.saturating_sub(self.now_ms));
+                self.advance(wait.max(1));
             }
         }
         self.check_final()
@@ -508,7 +532,7 @@ impl World {
     /// connection, reclamation, and maybe a fault.
     fn round(&mut self, faults: bool) -> Result<(), String> {
         self.steps += 1;
-        self.pump()?;
+        self.pump(faults)?;
         // Group commit: the datasyncs asked for complete in this round, or
         // take longer (a disk's fsync is milliseconds; a round is 1-20).
         let syncing = !self.syncs.is_empty() && self.rng.chance(SYNC_DONE_PER_ROUND_PER_4, 4);
@@ -528,7 +552,7 @@ impl World {
                 return self.restart(true);
             }
         }
-        self.pump()?;
+        self.pump(faults)?;
         self.confirm()?;
         let actions = self.queues.plan(self.now_ms);
         self.act(actions)?;
@@ -536,7 +560,7 @@ impl World {
         for key in keys {
             self.transaction(key)?;
         }
-        self.pump()?;
+        self.pump(faults)?;
         if self.steps.is_multiple_of(RECLAIM_EVERY_STEPS) {
             let report = self
                 .spool()
@@ -579,20 +603,71 @@ impl World {
 
     /// Does the writes the writer asks for; keeps its datasyncs for the
     /// round's group commit.
-    fn pump(&mut self) -> Result<(), String> {
+    ///
+    /// With `faults`, a write may be short (the writer must write the
+    /// rest) or fail with ENOSPC: the writer then stops, what waited for
+    /// it is refused (`452`), and baton is restarted.
+    fn pump(&mut self, faults: bool) -> Result<(), String> {
+        let faults = faults && self.params.faults;
         while let Some(io) = self.writer_mut().next_io() {
             match io {
                 Io::Write(op) => {
-                    let result = self.disk.write(&op);
+                    let fault = if !faults {
+                        WriteFault::None
+                    } else if self.rng.chance(NO_SPACE_PER_10K, 10_000) {
+                        WriteFault::NoSpace
+                    } else if self.rng.chance(SHORT_WRITE_PER_1K, 1000) {
+                        WriteFault::Short(self.rng.range(1, op.buf.len() as u64 + 1) as usize)
+                    } else {
+                        WriteFault::None
+                    };
+                    let result = self.disk.write(&op, fault);
                     self.writer_mut().complete_write(op.id, result, op.buf);
                 }
                 Io::Sync(op) => self.syncs.push_back(op),
             }
         }
         match self.writer_mut().failure() {
+            Some(err) if faults && err.is_out_of_space() => self.out_of_space(),
             Some(err) => Err(format!("the spool's writer failed: {err}")),
             None => Ok(()),
         }
+    }
+
+    /// The writer stopped at ENOSPC: every client that waits for its
+    /// message to be durable hears `452` (and may send it again); then
+    /// baton is restarted, the page cache intact.
+    fn out_of_space(&mut self) -> Result<(), String> {
+        self.log("a write fails with ENOSPC".into());
+        // What was durable before the failure is answered as usual.
+        self.confirm()?;
+        let durable = self.writer_mut().durable();
+        for (what, _) in self.awaiting.release(durable, true) {
+            let Awaiting::Message(id) = what else {
+                continue; // the restart's recovery decides what was recorded
+            };
+            let index = self
+                .waiting
+                .iter()
+                .position(|w| *w == Some(id))
+                .ok_or_else(|| format!("no client waits for {id}"))?;
+            self.waiting[index] = None;
+            let mut ctx = SimCtx {
+                now_ms: self.now_ms,
+                next_id: &mut self.next_id,
+            };
+            let session = &mut self.senders[index];
+            session.stored(Err(StoreError::Full), &mut ctx);
+            let reply = String::from_utf8_lossy(session.output()).into_owned();
+            let len = session.output().len();
+            session.consume_output(len);
+            if !reply.starts_with("452 ") {
+                return Err(format!(
+                    "{id} not stored (ENOSPC), but the session answered {reply:?}"
+                ));
+            }
+        }
+        self.restart(false)
     }
 
     /// A client's message: the client speaks SMTP to baton's own server
@@ -676,10 +751,8 @@ impl World {
             Err(err) => return Err(format!("append: {err}")),
         };
         self.waiting[index] = Some(id);
-        self.messages.insert(
-            id,
-            Msg::new(appended.at, self.now_ms, count),
-        );
+        self.messages
+            .insert(id, Msg::new(appended.at, self.now_ms, count));
         self.awaiting.push(appended.ticket, Awaiting::Message(id));
         Ok(())
     }
@@ -713,6 +786,9 @@ impl World {
     fn confirm(&mut self) -> Result<(), String> {
         let durable = self.writer_mut().durable();
         for (held, _) in self.held.release(durable, false) {
+            if self.writer_mut().failure().is_some() {
+                continue; // tried again after the restart, as the shard does
+            }
             let recorded = Ledger {
                 spool: self.spool.as_ref().expect("open"),
                 writer: self.writer.as_mut().expect("open"),
@@ -721,8 +797,8 @@ impl World {
             }
             .record_held(&held);
             for (item, status, appended) in recorded {
-                let ticket = appended.map_err(|e| format!("append a held outcome: {e}"))?;
-                self.appended(item, status, ticket)?;
+                let appended = appended.map_err(|e| format!("append a held outcome: {e}"))?;
+                self.appended(item, status, appended)?;
             }
         }
         for (what, _) in self.awaiting.release(durable, false) {
@@ -755,7 +831,7 @@ impl World {
                     self.report.notifications += 1;
                     self.queue_message(id)?;
                 }
-                Awaiting::Outcome(id, r, status) => {
+                Awaiting::Outcome(id, r, status, at) => {
                     let Some(rcpt) = self
                         .messages
                         .get_mut(&id)
@@ -764,6 +840,7 @@ impl World {
                         continue;
                     };
                     if status.is_final() {
+                        rcpt.final_at = Some(at);
                         rcpt.final_status = Some(status);
                         rcpt.delivered_durably |= matches!(status, Status::Delivered { .. });
                     }
@@ -1059,9 +1136,7 @@ impl World {
             .spool()
             .read(at)
             .map_err(|e| format!("read {id}: {e}"))?;
-        let view = record
-            .message()
-            .map_err(|e| format!("decode {id}: {e}"))?;
+        let view = record.message().map_err(|e| format!("decode {id}: {e}"))?;
         let (now_ms, next_id) = (self.now_ms, &mut self.next_id);
         let settled = Ledger {
             spool: self.spool.as_ref().expect("open"),
@@ -1096,8 +1171,8 @@ impl World {
                 Fate::Failed { .. } => self.report.recipients_failed += 1,
                 Fate::Delivered(_) => {}
             }
-            if let Some(ticket) = decided.ticket {
-                self.appended(item, decided.status, ticket)?;
+            if let Some(appended) = decided.appended {
+                self.appended(item, decided.status, appended)?;
             }
         }
         if let Some(held) = settled.held {
@@ -1132,7 +1207,7 @@ impl World {
         &mut self,
         item: QueuedRecipient,
         status: Status,
-        ticket: Ticket,
+        appended: Appended,
     ) -> Result<(), String> {
         let (id, r) = (item.queue_id.0, item.recipient);
         if let Some(rcpt) = self
@@ -1149,7 +1224,10 @@ impl World {
                 rcpt.final_appended = Some(status);
             }
         }
-        self.awaiting.push(ticket, Awaiting::Outcome(id, r, status));
+        self.awaiting.push(
+            appended.ticket,
+            Awaiting::Outcome(id, r, status, appended.at),
+        );
         Ok(())
     }
 
@@ -1296,11 +1374,13 @@ impl World {
             for (r, rcpt) in msg.rcpts.iter().enumerate() {
                 let is_pending = here.is_some_and(|p| p.contains(&(r as u32)));
                 match (&rcpt.final_status, is_pending) {
+                    (Some(_), true) if rcpt.rotted => {}
                     (Some(status), true) => {
                         return Err(format!(
                             "{id}#{r}: its final outcome ({status:?}) was durable, yet recovery queues it again"
                         ))
                     }
+                    (None, false) if msg.rotted => {}
                     (None, false) if msg.acknowledged && rcpt.final_appended.is_none() => {
                         return Err(format!(
                             "{id}#{r}: acknowledged with 250, neither final nor recovered: lost (its record at {:?})",
@@ -1320,17 +1400,28 @@ impl World {
         for (id, msg) in self.messages.iter_mut() {
             msg.acknowledged = true;
             let here = pending.get(id);
+            let mut rotted_away = 0;
             for (r, rcpt) in msg.rcpts.iter_mut().enumerate() {
                 let is_pending = here.is_some_and(|p| p.contains(&(r as u32)));
                 if is_pending {
                     // A final outcome that did not survive: tried again.
                     rcpt.final_appended = None;
+                    if rcpt.rotted {
+                        // Its durable outcome rotted away: as if never
+                        // made (it may fail again, and be told of again).
+                        rcpt.final_status = None;
+                        rcpt.final_at = None;
+                        rcpt.delivered_durably = false;
+                        rotted_away += 1;
+                    }
                 } else if rcpt.final_status.is_none() {
                     rcpt.final_status = Some(rcpt.final_appended.unwrap_or(Status::Removed));
                     rcpt.delivered_durably |=
                         matches!(rcpt.final_status, Some(Status::Delivered { .. }));
                 }
+                rcpt.rotted = false;
             }
+            msg.notices_allowed_extra += rotted_away;
         }
         // Notifications the crash took are no longer counted.
         let alive: HashSet<u64> = self.messages.keys().copied().collect();
@@ -1378,11 +1469,56 @@ impl World {
             self.report.crashes += 1;
             self.disk.crash();
         }
+        if self.rng.chance(ROT_PER_1K_RESTARTS, 1000) {
+            self.rot()?;
+        }
         self.start()?;
         self.log(format!(
             "restarted: {} recipients unfinished",
             self.unfinished()
         ));
+        Ok(())
+    }
+
+    /// Bit rot while baton is down: one bit of one durable record (an
+    /// acknowledged message, or a recipient's final outcome) flips. The
+    /// record is lost to recovery's CRC, the rest of its segment is not:
+    /// the message may be lost, the recipient may come back pending and
+    /// be delivered again; the checker expects that much and no more.
+    fn rot(&mut self) -> Result<(), String> {
+        let mut candidates = Vec::new();
+        for (&id, msg) in &self.messages {
+            if msg.acknowledged {
+                candidates.push((msg.at, id, None));
+            }
+            for (r, rcpt) in msg.rcpts.iter().enumerate() {
+                if let (Some(at), Some(_)) = (rcpt.final_at, rcpt.final_status) {
+                    candidates.push((at, id, Some(r)));
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let (at, id, rcpt) = candidates[self.rng.range(0, candidates.len() as u64) as usize];
+        let flipped = self
+            .disk
+            .flip_bit(&self.config.path, at, QueueId(id), &mut self.rng)
+            .map_err(|e| format!("bit flip: {e}"))?;
+        if !flipped {
+            return Ok(());
+        }
+        let msg = self.messages.get_mut(&id).expect("a candidate");
+        match rcpt {
+            None => {
+                msg.rotted = true;
+                self.log(format!("a bit of message {id}'s record flips (at {at:?})"));
+            }
+            Some(r) => {
+                msg.rcpts[r].rotted = true;
+                self.log(format!("a bit of {id}#{r}'s outcome flips (at {at:?})"));
+            }
+        }
         Ok(())
     }
 
@@ -1471,6 +1607,9 @@ fn check_notices(id: u64, msg: &Msg) -> Result<(), String> {
     let notices = msg.notices.len();
     if msg.notice_of.is_some() {
         return Ok(()); // checked when appended: never one about a notification
+    }
+    if msg.rotted {
+        return Ok(()); // its record may be gone, and its recipients with it
     }
     if failed && notices == 0 {
         return Err(format!(

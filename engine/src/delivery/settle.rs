@@ -13,8 +13,8 @@
 use std::borrow::Cow;
 
 use baton_spool::{
-    Error as SpoolError, MessageView, NewMessage, NewRecipient, Outcome as SpoolOutcome, QueueId,
-    RecordRef, Spool, Status, Ticket, Writer,
+    Appended, Error as SpoolError, MessageView, NewMessage, NewRecipient, Outcome as SpoolOutcome,
+    QueueId, RecordRef, Spool, Status, Ticket, Writer,
 };
 
 use crate::delivery::dsn::{self, Bounce, FailedRecipient};
@@ -57,8 +57,8 @@ pub struct Decided<'r> {
     pub item: QueuedRecipient,
     pub fate: Fate<'r>,
     pub status: Status,
-    /// Its outcome record's, when it was appended.
-    pub ticket: Option<Ticket>,
+    /// Its outcome record, when it was appended.
+    pub appended: Option<Appended>,
     /// The reply on one line ([`reply_text`]); the record adds how the
     /// connection was encrypted ([`with_tls`]).
     pub text: String,
@@ -222,9 +222,9 @@ impl Ledger<'_> {
                     None
                 }
                 None => match self.record(&item, status, &recorded, now_ms) {
-                    Ok(ticket) => {
-                        settled.last_ticket = Some(ticket);
-                        Some(ticket)
+                    Ok(appended) => {
+                        settled.last_ticket = Some(appended.ticket);
+                        Some(appended)
                     }
                     Err(err) => {
                         settled.unrecorded.push((item.queue_id, err));
@@ -236,7 +236,7 @@ impl Ledger<'_> {
                 item,
                 fate,
                 status,
-                ticket,
+                appended: ticket,
                 text,
             });
         }
@@ -307,7 +307,7 @@ impl Ledger<'_> {
     pub fn record_held(
         &mut self,
         held: &Held,
-    ) -> Vec<(QueuedRecipient, Status, Result<Ticket, SpoolError>)> {
+    ) -> Vec<(QueuedRecipient, Status, Result<Appended, SpoolError>)> {
         held.outcomes
             .iter()
             .map(|o| {
@@ -320,13 +320,13 @@ impl Ledger<'_> {
     /// The last ticket of [`Ledger::record_held`]'s appends, and those
     /// that failed.
     pub fn appended(
-        recorded: Vec<(QueuedRecipient, Status, Result<Ticket, SpoolError>)>,
+        recorded: Vec<(QueuedRecipient, Status, Result<Appended, SpoolError>)>,
     ) -> (Option<Ticket>, Vec<(QueueId, SpoolError)>) {
         let mut last = None;
         let mut unrecorded = Vec::new();
         for (item, _, appended) in recorded {
             match appended {
-                Ok(ticket) => last = Some(ticket),
+                Ok(appended) => last = Some(appended.ticket),
                 Err(err) => unrecorded.push((item.queue_id, err)),
             }
         }
@@ -340,7 +340,7 @@ impl Ledger<'_> {
         status: Status,
         text: &str,
         now_ms: u64,
-    ) -> Result<Ticket, SpoolError> {
+    ) -> Result<Appended, SpoolError> {
         let outcome = SpoolOutcome {
             queue_id: item.queue_id,
             recipient: item.recipient,
@@ -348,9 +348,7 @@ impl Ledger<'_> {
             time_ms: now_ms,
             reply: text.as_bytes(),
         };
-        self.writer
-            .append_outcome(&outcome)
-            .map(|appended| appended.ticket)
+        self.writer.append_outcome(&outcome)
     }
 
     /// Appends one notification (RFC 3464) to the sender listing the

@@ -861,6 +861,16 @@ impl Queues {
         });
     }
 
+    /// When [`Queues::plan`] next has work: now, when a destination
+    /// changed since the last sweep; else the first due time, if any.
+    pub fn next_due_ms(&self, now_ms: u64) -> Option<u64> {
+        let table = self.lock();
+        if !table.dirty.is_empty() {
+            return Some(now_ms);
+        }
+        table.due.first().map(|(at, _)| *at)
+    }
+
     /// The timer: moves due recipients to their ready queues and says which
     /// connections to open or wake. Every shard calls it on its sweep; the
     /// connections it asks for are counted already.

@@ -5,7 +5,6 @@
 
 #![forbid(unsafe_code)]
 
-
 use crate::admin::{AdminReply, AdminRequest};
 use crate::outbound::Outcome;
 use crate::queue::QueuedRecipient;

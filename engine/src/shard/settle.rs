@@ -534,4 +534,3 @@ struct Note<'a> {
     /// The egress source the attempt left from, if a pool chose one.
     source: Option<&'a str>,
 }
-
