@@ -50,6 +50,21 @@ fn reordered_power_cuts_lose_no_notification() {
     }
 }
 
+/// A spool past `size_bytes_max` (outcomes and notifications are never
+/// refused), a power cut, and a bit flipped in a sealed segment: recovery
+/// must copy the damaged segment's good frames forward, and refused to,
+/// the spool being full, so baton could not start.
+#[test]
+fn a_full_spool_recovers_a_damaged_segment() {
+    let params = Params {
+        reorder: true,
+        ..Params::scenario(0x1f44)
+    };
+    if let Err(failure) = run(&params) {
+        panic!("{failure}");
+    }
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let first = run(&Params::scenario(42)).expect("seed 42");

@@ -233,11 +233,24 @@ impl Writer {
     }
 
     /// Appends a message record and registers it as queued.
-    /// Refused while the filesystem is below `free_bytes_min`.
+    /// Refused while the filesystem is below `free_bytes_min`, or when it
+    /// would take the spool past `size_bytes_max`.
     pub fn append_message(&mut self, message: &NewMessage<'_>) -> Result<Appended> {
         self.shared.check_room_for_messages()?;
+        self.append_message_as(message, true)
+    }
+
+    /// Appends a delivery status notification, a message that settles
+    /// mail already accepted: like an outcome, never refused for space (a
+    /// full spool lost bounces until the simulator found it).
+    pub fn append_notification(&mut self, message: &NewMessage<'_>) -> Result<Appended> {
+        self.append_message_as(message, false)
+    }
+
+    fn append_message_as(&mut self, message: &NewMessage<'_>, refusable: bool) -> Result<Appended> {
         let statuses: Vec<Status> = message.recipients.iter().map(|r| r.status).collect();
-        let appended = self.append(RecordType::MessageV2, message.payload_len(), |out| {
+        let kind = RecordType::MessageV2;
+        let appended = self.append_as(kind, message.payload_len(), refusable, |out| {
             message.encode(out)
         })?;
         self.shared
@@ -277,13 +290,18 @@ impl Writer {
         Ok(appended)
     }
 
-    /// Appends a message without touching the index: compaction's copies,
-    /// indexed once durable.
+    /// Appends a message without touching the index: compaction's and
+    /// recovery's copies, indexed once durable. Never refused for space:
+    /// they move mail already accepted, and compaction is what frees a
+    /// full spool (a recovery that had to copy a damaged segment's frames
+    /// on a spool past its limit refused to start until the simulator
+    /// found it).
     pub(crate) fn append_message_unindexed(
         &mut self,
         message: &NewMessage<'_>,
     ) -> Result<Appended> {
-        self.append(RecordType::MessageV2, message.payload_len(), |out| {
+        let kind = RecordType::MessageV2;
+        self.append_as(kind, message.payload_len(), false, |out| {
             message.encode(out)
         })
     }
@@ -301,6 +319,17 @@ impl Writer {
         payload_len: usize,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Appended> {
+        self.append_as(kind, payload_len, kind.is_message(), encode)
+    }
+
+    /// `refusable`: a new segment for it must fit `size_bytes_max`.
+    fn append_as(
+        &mut self,
+        kind: RecordType,
+        payload_len: usize,
+        refusable: bool,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Appended> {
         if let Some(err) = self.failure() {
             return Err(err);
         }
@@ -312,7 +341,7 @@ impl Writer {
             });
         }
         if self.append_offset + len > self.active.capacity() {
-            self.roll_over(len, kind.is_message())?;
+            self.roll_over(len, refusable)?;
         }
         let offset = self.append_offset;
         let staging = match &mut self.staging {
@@ -361,13 +390,13 @@ impl Writer {
     /// Moves to a new segment: the prepared one, or for a record larger
     /// than a segment, one of its own, made here (a blocking exception for
     /// records the engine's size limits normally rule out).
-    fn roll_over(&mut self, len: u64, is_message: bool) -> Result<()> {
+    fn roll_over(&mut self, len: u64, refusable: bool) -> Result<()> {
         let segment_bytes = self.shared.config.segment_bytes;
         let link_len = frame_len(Link::PAYLOAD_BYTES) as u64;
         let capacity = (SEGMENT_HEADER_BYTES + link_len + len)
             .next_multiple_of(4096)
             .max(segment_bytes);
-        if is_message {
+        if refusable {
             self.shared.check_space(capacity)?;
         }
         let stopped = || Error::Config("the segment preparer has stopped".into());

@@ -427,7 +427,7 @@ impl Ledger<'_> {
         };
         Some(
             self.writer
-                .append_message(&record)
+                .append_notification(&record)
                 .map(|appended| Notification {
                     queue_id,
                     at: appended.at,
