@@ -116,6 +116,9 @@ pub struct Report {
     pub refused_full: u64,
     /// The most the spool's segments took, checked after reclamations.
     pub spool_bytes_peak: u64,
+    /// Connections opened to next hops, and those that carried nothing.
+    pub connections: u64,
+    pub connections_idle: u64,
 }
 
 /// An invariant that did not hold, and what led to it.
@@ -190,7 +193,7 @@ const ROT_PER_1K_RESTARTS: u64 = 250;
 const HOST_DOWN_PER_1K: u64 = 2;
 /// Finished messages leave the checker's working set every this many
 /// steps (the checks walk it).
-const PRUNE_EVERY_STEPS: u64 = 64;
+const PRUNE_EVERY_STEPS: u64 = 256;
 /// Reclamation runs every this many steps, as the housekeeper does.
 const RECLAIM_EVERY_STEPS: u64 = 25;
 /// Short enough that the drain sees the first next hop's recipients
@@ -204,6 +207,9 @@ const DRAIN_MS_MAX: u64 = 7 * 24 * 3_600_000;
 
 /// baton's name in the simulation.
 const HOSTNAME: &str = "baton.sim";
+
+/// Connections in a row to one destination that carry nothing, at most.
+const IDLE_CONNECTIONS_IN_A_ROW_MAX: u32 = 16;
 
 /// Client connections to baton at most: arrivals wait past this.
 const SENDERS_MAX: usize = 64;
@@ -323,6 +329,8 @@ struct Conn {
     /// baton's SMTP client, sans IO, as a shard runs it.
     client: Client,
     hop: Hop,
+    /// Transactions it carried.
+    transactions: u32,
 }
 
 /// Per thousand transactions: the next hop closes the connection without
@@ -368,6 +376,8 @@ struct World {
     hosts: Vec<Host>,
     conns: BTreeMap<u64, Conn>,
     open: HashMap<Destination, usize>,
+    /// Per destination, connections in a row that carried nothing.
+    idle_streak: HashMap<Destination, u32>,
     site_open: HashMap<String, usize>,
     next_conn: u64,
     steps: u64,
@@ -431,6 +441,7 @@ impl World {
             hosts,
             conns: BTreeMap::new(),
             open: HashMap::new(),
+            idle_streak: HashMap::new(),
             site_open: HashMap::new(),
             next_conn: 0,
             steps: 0,
@@ -466,6 +477,8 @@ impl World {
             bit_flips: self.disk.bit_flips,
             refused_full: counts.refused_full,
             spool_bytes_peak: counts.spool_bytes_peak,
+            connections: counts.connections,
+            connections_idle: counts.connections_idle,
             writes_out_of_space: self.disk.no_space,
         }
     }
@@ -502,7 +515,7 @@ impl World {
         while {
             // The working set is walked now and then, not every round.
             rounds += 1;
-            !rounds.is_multiple_of(16) || {
+            !rounds.is_multiple_of(64) || {
                 self.prune()?;
                 self.unfinished() > 0
             }
@@ -950,11 +963,13 @@ impl World {
             }
             let key = self.next_conn;
             self.next_conn += 1;
+            self.report.connections += 1;
             let mut conn = Conn {
                 destination,
                 lane,
                 client: Client::new(self.client_config.clone(), TlsMode::Off),
                 hop: Hop::default(),
+                transactions: 0,
             };
             // The greeting, EHLO: the client is ready, or the connection over.
             self.drip(&mut conn.client, hop::GREETING);
@@ -993,11 +1008,26 @@ impl World {
         {
             Some(Take::Batch(items)) => items,
             _ => {
+                if conn.transactions == 0 && ready {
+                    // Opened for nothing: the queue asked for a connection
+                    // and another took the work first. Now and then is
+                    // fine; again and again is a loop.
+                    self.report.connections_idle += 1;
+                    let streak = self.idle_streak.entry(destination.clone()).or_insert(0);
+                    *streak += 1;
+                    if *streak > IDLE_CONNECTIONS_IN_A_ROW_MAX {
+                        return Err(format!(
+                            "{destination}: {streak} connections in a row opened for nothing (a connection loop)"
+                        ));
+                    }
+                }
                 conn.client.quit();
                 self.converse(&mut conn, &Host::default());
                 return self.closed(conn);
             }
         };
+        conn.transactions += 1;
+        self.idle_streak.remove(&destination);
         let host = destination
             .as_str()
             .trim_start_matches('d')
