@@ -1,22 +1,28 @@
-//! baton's deterministic simulator, first part: the real spool (its
-//! writer, group commit, recovery and reclamation), the real queue (sites,
-//! connection limits, scheduling) and the real retry schedule
-//! (`DeliverySettings::retry`) run in one thread under a seeded scheduler,
-//! a simulated clock and a simulated disk that loses power
-//! ([`disk::Disk`]). Next hops answer 2xx, 4xx or 5xx per recipient, go
-//! down and come back. After every simulated crash and at the end, the
-//! checker asserts the spool's promises:
+//! baton's deterministic simulator: the real spool (its writer, group
+//! commit, recovery, reclamation and compaction), the real queue (sites,
+//! connection limits, scheduling), baton's SMTP server session and client
+//! (sans IO) and its settlement (`delivery::settle::Ledger`: the retry
+//! schedule, `max_age`, outcome records, notifications and their order)
+//! run in one thread under a seeded scheduler, a simulated clock and a
+//! simulated disk that loses power ([`disk::Disk`]: torn or reordered
+//! unsynced sectors, short writes, ENOSPC, failed datasyncs, bit flips).
+//! Next hops answer 2xx, 4xx or 5xx per recipient, drip-feed replies, drop
+//! connections, go down and come back. After every simulated crash and at
+//! the end, the checker asserts baton's promises:
 //! - every message acknowledged (its record durable: the `250`) is
 //!   delivered at least once, failed, or still queued;
 //! - no recipient whose delivery was recorded durably is delivered again,
-//!   and no durable final outcome is undone by a crash;
+//!   no durable final outcome is undone by a crash, and `delivered` is
+//!   recorded only for what a next hop took;
+//! - one notification per message with failures (give or take one per
+//!   crash between a notification and the outcomes behind it);
+//! - `max_age` holds; disk use stays bounded;
 //! - no destination, and no site, has more connections open than its
-//!   limit.
+//!   limit, and none gets connections in a loop.
 //!
-//! What the engine's shard does around these (the SMTP sessions, the
-//! settlement and its notifications) is driven here by the simulator in
-//! the shard's order (append, datasync, then `250`; deliver, then append
-//! the outcome), not yet by the shard's own code: see `docs/architecture.md`.
+//! The shard's event loop itself is not run: the simulator drives the
+//! ledger, the gate and the queue in the shard's order (append, datasync,
+//! then `250`; deliver, then settle). See `docs/architecture.md`.
 //! A failing seed replays exactly: `baton-sim --seed S` prints the history.
 
 pub mod disk;

@@ -24,7 +24,11 @@
 //!
 //! Damage can also be the trace of a crash when the kernel wrote back a
 //! later page of unsynced writes before an earlier one; the frames after the
-//! hole were never acknowledged, and recovering them does no harm.
+//! hole were never acknowledged, and recovering them loses nothing. It does
+//! undo "a prefix of the appends is durable" for them: what must not
+//! survive without an earlier record (an outcome without the notification
+//! before it) waits for that record's datasync (`delivery::settle` in the
+//! engine).
 //!
 //! Outcomes merge by rank (see [`Status::merge`]), so segments can be
 //! applied in any order; messages are read first and outcomes applied after,
