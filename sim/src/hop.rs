@@ -12,6 +12,9 @@ pub enum Verdict {
     Accept,
     Defer,
     Refuse,
+    /// Gmail's "slow down": `450 4.7.28`, a deferral the shaping rules
+    /// act on.
+    Throttle,
 }
 
 /// The conversation as the next hop sees it.
@@ -62,6 +65,7 @@ impl Hop {
                         Verdict::Accept => b"250 2.1.5 ok\r\n",
                         Verdict::Defer => b"451 4.3.0 try later\r\n",
                         Verdict::Refuse => b"550 5.1.1 no such user\r\n",
+                        Verdict::Throttle => b"450 4.7.28 unusual rate of mail, slow down\r\n",
                     }
                 }
                 b"DATA" if self.rcpts.contains(&Verdict::Accept) => b"354 go on\r\n",

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::auth::verify::Identity;
+use baton::config::{ShapingAction, ShapingRuleConfig};
 use baton::delivery::retry::DeliverySettings;
 use baton::delivery::settle::{Fate, Held, Ledger};
 use baton::inbound::{
@@ -48,6 +49,8 @@ use baton::queue::{
     Action, Policy, QueuedRecipient, Queues, Shaping, SiteOf, SiteShaping, Take, Waiter,
 };
 use baton::route::{destination_of, Destination};
+use baton::shaping::classify::Classifier;
+use baton::shaping::ShapingRules;
 use baton::smtp::reply::Reply;
 use baton_spool::{
     Appended, Clock, Gate, Io, NewMessage, QueueId, Spool, SpoolConfig, Status, SyncOp, Writer,
@@ -213,6 +216,12 @@ const DRAIN_MS_MAX: u64 = 7 * 24 * 3_600_000;
 
 /// baton's name in the simulation.
 const HOSTNAME: &str = "baton.sim";
+
+/// Per thousand recipients at a next hop that defers at all: Gmail's
+/// `450 4.7.28` ("slow down").
+const THROTTLE_PER_1K: u64 = 2;
+/// How long the operator's rule suspends a site on `4.7.28`.
+const SUSPEND_MS: u64 = 2_000;
 
 /// Connections in a row to one destination that carry nothing, at most.
 const IDLE_CONNECTIONS_IN_A_ROW_MAX: u32 = 16;
@@ -384,6 +393,13 @@ struct World {
     open: HashMap<Destination, usize>,
     /// Per destination, connections in a row that carried nothing.
     idle_streak: HashMap<Destination, u32>,
+    /// The shipped reply classifier and shaping rules, with the
+    /// operator's rule that suspends a site on `4.7.28` for [`SUSPEND_MS`].
+    classifier: Classifier,
+    shaping_rules: ShapingRules,
+    /// Per site, until when a `4.7.28` suspended it (the checker's own
+    /// account).
+    suspended: HashMap<String, u64>,
     site_open: HashMap<String, usize>,
     next_conn: u64,
     steps: u64,
@@ -448,6 +464,20 @@ impl World {
             conns: BTreeMap::new(),
             open: HashMap::new(),
             idle_streak: HashMap::new(),
+            classifier: Classifier::shipped(),
+            shaping_rules: ShapingRules::new(&[ShapingRuleConfig {
+                category: None,
+                code: None,
+                enhanced: Some("4.7.28".into()),
+                text: None,
+                destination: None,
+                action: ShapingAction::Suspend,
+                duration: Duration::from_millis(SUSPEND_MS),
+                connections_max: None,
+                message_rate_max: None,
+            }])
+            .map_err(|(rule, why)| format!("{rule}: {why}"))?,
+            suspended: HashMap::new(),
             site_open: HashMap::new(),
             next_conn: 0,
             steps: 0,
@@ -547,7 +577,10 @@ impl World {
 
     /// Deferred recipients due now, destination by destination in one
     /// order (`flush(None)` goes in the queue's hash order).
+    /// A flush lifts pauses and suspensions too, as `baton queue flush`
+    /// does.
     fn flush_all(&mut self) {
+        self.suspended.clear();
         for d in 0..self.params.destinations {
             let destination = Destination::new(format!("d{d}.test"));
             self.queues.flush(Some(&destination), self.now_ms);
@@ -1034,6 +1067,13 @@ impl World {
         };
         conn.transactions += 1;
         self.idle_streak.remove(&destination);
+        let site = site_of(&destination);
+        if let Some(&until) = self.suspended.get(&site).filter(|&&u| u > self.now_ms) {
+            return Err(format!(
+                "a transaction for {destination} at site {site}, suspended by a 4.7.28 until {} ms",
+                until - START_MS
+            ));
+        }
         let host = destination
             .as_str()
             .trim_start_matches('d')
@@ -1073,7 +1113,15 @@ impl World {
             ));
         }
         let results: Vec<_> = items.into_iter().zip(per_recipient).collect();
-        self.settle(&destination, &results)?;
+        if results
+            .iter()
+            .any(|(_, o)| matches!(o, ClientOutcome::Delivered(_)))
+        {
+            // As the shard does: a good transaction grows a lane that a
+            // suspension cut to one connection.
+            self.queues.succeeded(&destination, &conn.lane, self.now_ms);
+        }
+        self.settle(&destination, &conn.lane, &results)?;
         if conn.client.is_closed() {
             return self.closed(conn);
         }
@@ -1101,6 +1149,7 @@ impl World {
             let data_refused = defer > 0 && self.rng.chance(DATA_REFUSED_PER_1K, 1000);
             let rng = &mut self.rng;
             let mut rcpt = || match rng.range(0, 1000) {
+                roll if defer > 0 && roll < THROTTLE_PER_1K => Verdict::Throttle,
                 roll if roll < defer => Verdict::Defer,
                 roll if roll < defer + fail => Verdict::Refuse,
                 _ => Verdict::Accept,
@@ -1175,6 +1224,7 @@ impl World {
     fn settle(
         &mut self,
         destination: &Destination,
+        lane: &Arc<str>,
         results: &[(QueuedRecipient, ClientOutcome)],
     ) -> Result<(), String> {
         let Some((first, _)) = results.first() else {
@@ -1210,6 +1260,24 @@ impl World {
         for decided in &settled.decided {
             let item = decided.item;
             let r = item.recipient;
+            // Shaping that listens, as the shard's `listen` runs it: the
+            // shipped classifier and the rules act on the queue's site.
+            let reply = match &decided.fate {
+                Fate::Deferred { reply, .. } => Some(*reply),
+                Fate::Failed { reply, expired } => (!expired).then_some(&**reply),
+                Fate::Delivered(_) => None,
+            };
+            if let Some(reply) = reply {
+                let category = self.classifier.classify(reply);
+                self.shaping_rules
+                    .apply(&self.queues, destination, lane, reply, category, now_ms);
+                if reply.enhanced == Some((4, 7, 28)) {
+                    // The checker's own account: no transaction at this
+                    // site until the rule's suspension is over.
+                    let until = self.suspended.entry(site_of(destination)).or_insert(0);
+                    *until = (*until).max(now_ms + SUSPEND_MS);
+                }
+            }
             match decided.fate {
                 Fate::Deferred {
                     next_attempt_ms, ..
@@ -1506,6 +1574,8 @@ impl World {
         self.conns.clear();
         self.open.clear();
         self.site_open.clear();
+        // A suspension lives in the queue's memory: a restart forgets it.
+        self.suspended.clear();
         // The clients' connections die with the process.
         self.senders.clear();
         self.waiting.clear();

@@ -65,6 +65,16 @@ fn a_full_spool_recovers_a_damaged_segment() {
     }
 }
 
+/// Next hops that answer `450 4.7.28` now and then: the shaping rule
+/// suspends the site, and connections already open to it went on taking
+/// its mail (caught by the checker at seed 0x2328).
+#[test]
+fn a_suspended_site_takes_no_more_mail() {
+    if let Err(failure) = run(&Params::scenario(0x2328)) {
+        panic!("{failure}");
+    }
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     let first = run(&Params::scenario(42)).expect("seed 42");

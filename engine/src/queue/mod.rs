@@ -919,7 +919,8 @@ impl Queues {
     /// recipients of one message (at most the destination's recipients per
     /// transaction). With nothing ready the connection is registered idle
     /// when it asks to `wait`, or told to leave when its site has no room
-    /// for a member that waits.
+    /// for a member that waits. A suspended site (or lane) tells its open
+    /// connections to leave.
     pub fn take(&self, destination: &Destination, waiter: Waiter, wait: bool, now_ms: u64) -> Take {
         let lane: Arc<str> = DEFAULT_LANE.into();
         self.take_in_site(destination, &lane, waiter, wait, now_ms, &mut |_| false)
@@ -943,6 +944,10 @@ impl Queues {
         let mut guard = self.lock();
         let table = &mut *guard;
         self.ensure(table, destination);
+        let site = table.map[destination].site.clone();
+        if site_mut(&mut table.sites, &site).suspended_now(lane, now_ms) {
+            return Take::Leave;
+        }
         if table.map[destination].ready.is_empty() {
             if let Some(other) = table.switch(destination, lane, waiter, may_carry) {
                 return Take::Switched(other);

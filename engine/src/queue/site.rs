@@ -234,6 +234,18 @@ impl Site {
     }
 
     /// Whether any of `lanes` has room now.
+    /// A suspension in force for `lane` (a shaping rule's on the lane, an
+    /// operator's on the whole site): not only new connections wait, the
+    /// open ones stop too, since the receiver asked to stop (a pause after
+    /// failures lets them finish).
+    pub(super) fn suspended_now(&mut self, lane: &Arc<str>, now_ms: u64) -> bool {
+        if self.paused_until_ms > now_ms && self.suspended.is_some() {
+            return true;
+        }
+        let lane = self.lane(lane);
+        lane.paused_until_ms > now_ms && lane.suspended.is_some()
+    }
+
     pub(super) fn has_room(&mut self, lanes: &Lanes, now_ms: u64) -> bool {
         lanes.iter().any(|(lane, _)| self.room(lane, now_ms) > 0)
     }
@@ -351,6 +363,10 @@ impl Site {
         lane.failures = lane.failures.saturating_add(1);
         lane.limit = (lane.limit / 2).max(1);
         let pause = backoff(lane.failures, pause_ms, pause_ms_max);
+        if lane.paused_until_ms <= now_ms {
+            // A suspension that is over: this pause is not one.
+            lane.suspended = None;
+        }
         lane.paused_until_ms = lane.paused_until_ms.max(now_ms + pause);
     }
 

@@ -315,6 +315,65 @@ fn failures_pause_and_halve_then_recover() {
 }
 
 #[test]
+fn a_suspension_stops_the_open_connections_of_its_site_too() {
+    let shaping = Shaping {
+        connections_max: 4,
+        ..Shaping::default()
+    };
+    let queues = Queues::new(Box::new(move |_| shaping));
+    let d = destination_of(b"a@x.org");
+    for id in 0..10 {
+        queues.push(&d, &[item(id, 0)], Status::Pending, 0);
+    }
+    // Two connections at work; one hears "slow down".
+    let batch = |take| matches!(take, Take::Batch(_));
+    assert!(batch(queues.take_in_site(
+        &d,
+        &lane(),
+        waiter(1),
+        true,
+        0,
+        &mut |_| false
+    )));
+    assert!(batch(queues.take_in_site(
+        &d,
+        &lane(),
+        waiter(2),
+        true,
+        0,
+        &mut |_| false
+    )));
+    queues.suspend_site_of(&d, &lane(), 10_000, "421 4.7.28".into(), 5);
+    // Neither takes more: both leave, mail waits.
+    for conn in [1, 2] {
+        let take = queues.take_in_site(&d, &lane(), waiter(conn), true, 6, &mut |_| false);
+        assert!(matches!(take, Take::Leave), "{take:?}");
+    }
+    // Over: work again. A pause after failures lets open connections finish.
+    assert!(batch(queues.take_in_site(
+        &d,
+        &lane(),
+        waiter(1),
+        true,
+        10_000,
+        &mut |_| false
+    )));
+    queues.failed(&d, &lane(), true, 5_000, 60_000, 10_001);
+    assert!(batch(queues.take_in_site(
+        &d,
+        &lane(),
+        waiter(1),
+        true,
+        10_002,
+        &mut |_| false
+    )));
+    // An operator's suspension of the site stops them too.
+    queues.suspend("x.org", 900_000, "operator".into(), 10_003);
+    let take = queues.take_in_site(&d, &lane(), waiter(1), true, 10_004, &mut |_| false);
+    assert!(matches!(take, Take::Leave), "{take:?}");
+}
+
+#[test]
 fn a_suspension_pauses_then_restarts_from_one_connection() {
     let shaping = Shaping {
         connections_max: 8,
