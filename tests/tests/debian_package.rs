@@ -105,7 +105,7 @@ fn the_debian_package_installs_runs_and_purges() {
     let deb = deb.to_str().unwrap();
 
     run("dpkg", &["-i", deb]);
-    let cleanup = Cleanup;
+    let mut cleanup = Cleanup { baton: None };
     for path in [
         "/usr/bin/baton",
         CONFIG,
@@ -151,12 +151,19 @@ fn the_debian_package_installs_runs_and_purges() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    cleanup.baton = Some(baton.id());
     let smtp: SocketAddr = "127.0.0.1:25".parse().unwrap();
     let admin: SocketAddr = "127.0.0.1:8025".parse().unwrap();
     wait(
         "baton on port 25 and its admin API",
         Duration::from_secs(30),
         || TcpStream::connect(smtp).is_ok() && TcpStream::connect(admin).is_ok(),
+    );
+    // Held, so the message stays queued whatever the machine's DNS says
+    // of example.test (an answer that comes fast bounces it at once).
+    run(
+        "/usr/bin/baton",
+        &["queue", "hold", "example.test", "--config", CONFIG],
     );
     let mut client = Smtp::connect(smtp);
     assert_eq!(client.reply().code, 220);
@@ -171,6 +178,7 @@ fn the_debian_package_installs_runs_and_purges() {
     assert!(queue.contains("example.test"), "{queue}");
     run("kill", &["-TERM", &baton.id().to_string()]);
     let status = baton.wait().unwrap();
+    cleanup.baton = None;
     assert!(status.success(), "baton stopped cleanly: {status}");
 
     run("dpkg", &["--purge", "baton"]);
@@ -179,12 +187,20 @@ fn the_debian_package_installs_runs_and_purges() {
     drop(cleanup);
 }
 
-/// Whatever the test's fate, the machine is left without the package and
-/// with no spool of it.
-struct Cleanup;
+/// Whatever the test's fate, the machine is left without the package,
+/// with no spool of it and no baton of it running (`baton`: the pid of
+/// the one the test started, until it is reaped).
+struct Cleanup {
+    baton: Option<u32>,
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        if let Some(pid) = self.baton {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = Command::new("dpkg")
             .args(["--purge", "baton"])
             .stdout(Stdio::null())
