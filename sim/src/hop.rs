@@ -20,6 +20,11 @@ pub enum Verdict {
 /// The conversation as the next hop sees it.
 #[derive(Default)]
 pub struct Hop {
+    /// A smart host's AUTH: `None` when it asks for none.
+    pub auth: Option<HopAuth>,
+    /// MAIL came before AUTH where AUTH is required: the client is wrong
+    /// (the simulation's checker reports it).
+    pub unauthenticated_mail: bool,
     line: Vec<u8>,
     /// The verdicts of this transaction's recipients, in RCPT order.
     rcpts: Vec<Verdict>,
@@ -29,6 +34,15 @@ pub struct Hop {
 }
 
 pub const GREETING: &[u8] = b"220 hop.sim ESMTP\r\n";
+
+/// What a next hop that requires AUTH expects, and whether it refuses.
+pub struct HopAuth {
+    /// The `AUTH PLAIN` line it accepts, base64 and all.
+    pub expected: String,
+    /// Answer `535` even to the right credentials (an expired password).
+    pub refuse: bool,
+    pub done: bool,
+}
 
 impl Hop {
     /// Reads the client's bytes; returns the replies. `rcpt` decides each
@@ -50,9 +64,29 @@ impl Hop {
                 *v = c.to_ascii_uppercase();
             }
             let dot = self.line == b".\r\n";
+            let text = if &verb == b"AUTH" {
+                String::from_utf8_lossy(&self.line).into_owned()
+            } else {
+                String::new()
+            };
             self.line.clear();
             let reply: &[u8] = match &verb {
+                b"EHLO" if self.auth.is_some() => {
+                    b"250-hop.sim\r\n250-PIPELINING\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+                }
                 b"EHLO" => b"250-hop.sim\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                b"AUTH" => match &mut self.auth {
+                    Some(auth) if !auth.refuse && text.trim_end() == auth.expected => {
+                        auth.done = true;
+                        b"235 2.7.0 authenticated\r\n"
+                    }
+                    Some(_) => b"535 5.7.8 authentication credentials invalid\r\n",
+                    None => b"503 5.5.1 no AUTH here\r\n",
+                },
+                b"MAIL" if self.auth.as_ref().is_some_and(|a| !a.done) => {
+                    self.unauthenticated_mail = true;
+                    b"530 5.7.0 authentication required\r\n"
+                }
                 b"HELO" | b"RSET" | b"NOOP" => b"250 ok\r\n",
                 b"MAIL" => {
                     self.rcpts.clear();

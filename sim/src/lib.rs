@@ -34,7 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::auth::verify::Identity;
+use base64::Engine as _;
+use baton::auth::users::UserPolicy;
+use baton::auth::verify::{Identity, Verdict as AuthVerdict};
 use baton::config::{ShapingAction, ShapingRuleConfig};
 use baton::delivery::retry::DeliverySettings;
 use baton::delivery::settle::{Fate, Held, Ledger};
@@ -42,6 +44,7 @@ use baton::inbound::{
     AuthSettings, BareLineEndings, DataBudget, Session, SessionConfig, SessionContext,
     SessionLimits, StoreError,
 };
+use baton::outbound::Credentials as OutboundCredentials;
 use baton::outbound::{
     Client, ClientConfig, ClientLimits, Envelope, Event, Outcome as ClientOutcome, TlsMode,
 };
@@ -58,7 +61,7 @@ use baton_spool::{
 use std::net::SocketAddr;
 
 use disk::{Disk, WriteFault};
-use hop::{Hop, Verdict};
+use hop::{Hop, HopAuth, Verdict};
 use rng::Rng;
 
 /// What a run simulates.
@@ -128,6 +131,9 @@ pub struct Report {
     /// Connections opened to next hops, and those that carried nothing.
     pub connections: u64,
     pub connections_idle: u64,
+    /// Client connections whose AUTH was refused (and that then tried to
+    /// send anyway).
+    pub auth_refused: u64,
 }
 
 /// An invariant that did not hold, and what led to it.
@@ -225,6 +231,16 @@ const SUSPEND_MS: u64 = 2_000;
 
 /// Connections in a row to one destination that carry nothing, at most.
 const IDLE_CONNECTIONS_IN_A_ROW_MAX: u32 = 16;
+
+/// The one user clients authenticate as, and its password.
+const SIM_USER: &str = "app";
+const SIM_PASSWORD: &str = "s3cret-sim";
+/// Per thousand connections to a smart host: it refuses the password.
+const HOP_AUTH_REFUSED_PER_1K: u64 = 20;
+/// Per thousand new client connections: a wrong password.
+const BAD_PASSWORD_PER_1K: u64 = 50;
+/// The verifier's answer comes this long after the credentials at most.
+const AUTH_VERDICT_MS_MAX: u64 = 30;
 
 /// Client connections to baton at most: arrivals wait past this.
 const SENDERS_MAX: usize = 64;
@@ -329,6 +345,17 @@ enum Awaiting {
     Notification(u64),
 }
 
+/// A client connection's AUTH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SenderAuth {
+    /// Sent; the verifier's verdict comes at `due_ms`.
+    Pending {
+        due_ms: u64,
+        good: bool,
+    },
+    Ok,
+}
+
 /// A next hop's mood.
 #[derive(Clone, Copy, Debug, Default)]
 struct Host {
@@ -382,6 +409,8 @@ struct World {
     session_config: Arc<SessionConfig>,
     senders: Vec<Session>,
     waiting: Vec<Option<u64>>,
+    /// Where each connection's AUTH stands.
+    auth: Vec<SenderAuth>,
     next_id: u64,
     /// Messages with a recipient not durably final.
     messages: BTreeMap<u64, Msg>,
@@ -453,10 +482,17 @@ impl World {
                 starttls: false,
                 tls_required: false,
                 data_budget: DataBudget::new(u64::MAX / 2),
-                auth: AuthSettings::default(),
+                // A submission port: AUTH before MAIL, offered in plain
+                // text here (TLS is not simulated).
+                auth: AuthSettings {
+                    available: true,
+                    required: true,
+                    plaintext: true,
+                },
             }),
             senders: Vec::new(),
             waiting: Vec::new(),
+            auth: Vec::new(),
             next_id: 1,
             messages: BTreeMap::new(),
             finished: HashSet::new(),
@@ -515,6 +551,7 @@ impl World {
             spool_bytes_peak: counts.spool_bytes_peak,
             connections: counts.connections,
             connections_idle: counts.connections_idle,
+            auth_refused: counts.auth_refused,
             writes_out_of_space: self.disk.no_space,
         }
     }
@@ -618,6 +655,7 @@ impl World {
         }
         self.pump(faults)?;
         self.confirm()?;
+        self.verdicts()?;
         let actions = self.queues.plan(self.now_ms);
         self.act(actions)?;
         let keys: Vec<u64> = self.conns.keys().copied().collect();
@@ -740,7 +778,7 @@ impl World {
     /// the message the session hands over is appended, and the session's
     /// `250` goes out once the append is durable ([`World::confirm`]).
     fn arrive(&mut self) -> Result<(), String> {
-        let Some(index) = self.free_sender() else {
+        let Some(index) = self.free_sender()? else {
             return Ok(()); // every connection waits for its 250: the client waits too
         };
         let tag = self.next_id;
@@ -827,28 +865,125 @@ impl World {
         Ok(())
     }
 
-    /// A client connection whose session waits for nothing: one open
-    /// before, or a new one (greeted, EHLO said), up to [`SENDERS_MAX`].
-    fn free_sender(&mut self) -> Option<usize> {
-        if let Some(index) = self.waiting.iter().position(Option::is_none) {
-            return Some(index);
+    /// A client connection whose session waits for nothing and has
+    /// authenticated: one open before, or none yet. A new connection (up
+    /// to [`SENDERS_MAX`]) is opened instead: greeted, EHLO said, AUTH
+    /// PLAIN sent, its verdict due a few milliseconds later.
+    fn free_sender(&mut self) -> Result<Option<usize>, String> {
+        if let Some(index) = (0..self.senders.len())
+            .find(|&i| self.waiting[i].is_none() && self.auth[i] == SenderAuth::Ok)
+        {
+            return Ok(Some(index));
         }
-        if self.senders.len() >= SENDERS_MAX {
-            return None;
+        if self.senders.len() < SENDERS_MAX {
+            let index = self.senders.len();
+            let peer = SocketAddr::from(([127, 0, 0, 1], 40_000 + index as u16));
+            let local = SocketAddr::from(([127, 0, 0, 1], 25));
+            self.senders
+                .push(Session::new(self.session_config.clone(), peer, local, true));
+            self.waiting.push(None);
+            self.auth.push(SenderAuth::Ok);
+            self.authenticate(index)?;
         }
-        let peer = SocketAddr::from(([127, 0, 0, 1], 40_000 + self.senders.len() as u16));
-        let local = SocketAddr::from(([127, 0, 0, 1], 25));
-        let mut session = Session::new(self.session_config.clone(), peer, local, true);
+        Ok(None)
+    }
+
+    /// Connection `index` (new) says EHLO and AUTH PLAIN, with the right
+    /// password or, now and then, a wrong one; the session hands the
+    /// credentials over, and the verdict comes back later, as from the
+    /// shard's verifier thread.
+    fn authenticate(&mut self, index: usize) -> Result<(), String> {
+        let good = !self.rng.chance(BAD_PASSWORD_PER_1K, 1000);
+        let password = if good { SIM_PASSWORD } else { "guess" };
+        let plain =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{SIM_USER}\0{password}"));
         let mut ctx = SimCtx {
             now_ms: self.now_ms,
             next_id: &mut self.next_id,
         };
+        let session = &mut self.senders[index];
         session.receive(b"EHLO client.sim\r\n", &mut ctx);
+        session.receive(format!("AUTH PLAIN {plain}\r\n").as_bytes(), &mut ctx);
+        let replies = String::from_utf8_lossy(session.output()).into_owned();
         let len = session.output().len();
         session.consume_output(len);
-        self.senders.push(session);
-        self.waiting.push(None);
-        Some(self.senders.len() - 1)
+        if !replies.contains("AUTH PLAIN") {
+            return Err(format!(
+                "baton's session did not offer AUTH PLAIN: {replies:?}"
+            ));
+        }
+        let Some(credentials) = session.take_credentials() else {
+            return Err(format!(
+                "AUTH PLAIN gave no credentials to check: {replies:?}"
+            ));
+        };
+        let right = credentials.user == SIM_USER && credentials.password == SIM_PASSWORD.as_bytes();
+        if right != good {
+            return Err(format!(
+                "the session read the credentials wrong: {:?}",
+                credentials.user
+            ));
+        }
+        let due_ms = self.now_ms + self.rng.range(0, AUTH_VERDICT_MS_MAX + 1);
+        self.auth[index] = SenderAuth::Pending { due_ms, good };
+        Ok(())
+    }
+
+    /// Verdicts that are due go back to their sessions. A refused client
+    /// then tries to send anyway: the session must refuse the message (no
+    /// open relay), and the connection is replaced.
+    fn verdicts(&mut self) -> Result<(), String> {
+        for index in 0..self.senders.len() {
+            let SenderAuth::Pending { due_ms, good } = self.auth[index] else {
+                continue;
+            };
+            if due_ms > self.now_ms {
+                continue;
+            }
+            let verdict = if good {
+                AuthVerdict::Accepted(Arc::new(Identity {
+                    name: SIM_USER.into(),
+                    policy: UserPolicy::default(),
+                }))
+            } else {
+                AuthVerdict::Refused
+            };
+            let mut ctx = SimCtx {
+                now_ms: self.now_ms,
+                next_id: &mut self.next_id,
+            };
+            let session = &mut self.senders[index];
+            session.auth_verdict(verdict, &mut ctx);
+            let reply = String::from_utf8_lossy(session.output()).into_owned();
+            let len = session.output().len();
+            session.consume_output(len);
+            let expected = if good { "235 " } else { "535 " };
+            if !reply.starts_with(expected) {
+                return Err(format!(
+                    "AUTH verdict {good}: the session answered {reply:?}"
+                ));
+            }
+            if good {
+                self.auth[index] = SenderAuth::Ok;
+                continue;
+            }
+            self.report.auth_refused += 1;
+            session.receive(
+                b"MAIL FROM:<x@d0.test>\r\nRCPT TO:<y@d1.test>\r\nDATA\r\nSubject: relay?\r\n\r\nhi\r\n.\r\n",
+                &mut ctx,
+            );
+            let replies = String::from_utf8_lossy(session.output()).into_owned();
+            if session.take_message().is_some() || replies.starts_with("250") {
+                return Err(format!(
+                    "a client whose AUTH was refused had mail taken (an open relay): {replies:?}"
+                ));
+            }
+            // The client gives up; a new connection takes its place.
+            let (peer, local) = (session.peer(), session.local());
+            self.senders[index] = Session::new(self.session_config.clone(), peer, local, true);
+            self.authenticate(index)?;
+        }
+        Ok(())
     }
 
     /// What the datasyncs made durable: messages acknowledged (and
@@ -1003,11 +1138,27 @@ impl World {
             let key = self.next_conn;
             self.next_conn += 1;
             self.report.connections += 1;
+            // Every fourth next hop is a smart host that wants AUTH (and
+            // now and then refuses the right password).
+            let smart_host = host_index(&destination) % 4 == 2;
+            let credentials = smart_host
+                .then(|| Arc::new(OutboundCredentials::new(SIM_USER, SIM_PASSWORD, true)));
+            let mut hop = Hop::default();
+            hop.auth = smart_host.then(|| HopAuth {
+                expected: format!(
+                    "AUTH PLAIN {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("\0{SIM_USER}\0{SIM_PASSWORD}"))
+                ),
+                refuse: self.rng.chance(HOP_AUTH_REFUSED_PER_1K, 1000),
+                done: false,
+            });
             let mut conn = Conn {
                 destination,
                 lane,
-                client: Client::new(self.client_config.clone(), TlsMode::Off),
-                hop: Hop::default(),
+                client: Client::new(self.client_config.clone(), TlsMode::Off)
+                    .with_auth(credentials),
+                hop,
                 transactions: 0,
             };
             // The greeting, EHLO: the client is ready, or the connection over.
@@ -1093,6 +1244,11 @@ impl World {
                 .map_err(|e| format!("the client refused an envelope: {e:?}"))?;
             self.converse(&mut conn, &host)
         };
+        if conn.hop.unauthenticated_mail {
+            return Err(format!(
+                "baton's client sent MAIL to {destination} before AUTH succeeded"
+            ));
+        }
         // What the next hop took, whatever baton was told.
         if let Some((true, verdicts)) = conn.hop.done.take() {
             for (item, verdict) in items.iter().zip(verdicts) {
@@ -1579,6 +1735,7 @@ impl World {
         // The clients' connections die with the process.
         self.senders.clear();
         self.waiting.clear();
+        self.auth.clear();
         self.syncs.clear();
         self.awaiting = Gate::default();
         self.held = Gate::default();
@@ -1744,6 +1901,16 @@ fn queues(connections_max: usize, site_connections_max: usize) -> Queues {
         }),
         ..Policy::default()
     })
+}
+
+/// `d<n>.test`'s next hop, `n`.
+fn host_index(destination: &Destination) -> usize {
+    destination
+        .as_str()
+        .trim_start_matches('d')
+        .trim_end_matches(".test")
+        .parse()
+        .unwrap_or(0)
 }
 
 /// Sites the destinations share.
