@@ -32,8 +32,8 @@ fn power_cuts_that_reorder_writes_keep_every_promise() {
 }
 
 /// Frequent power cuts that lose sectors anywhere in what was not synced:
-/// before a notification's outcomes waited for its datasync, each of these
-/// seeds lost a notification (its failed outcome on disk, the notification
+/// before a notification's outcomes waited for its datasync, seeds 1 and 3
+/// lost a notification (its failed outcome on disk, the notification
 /// before it not).
 #[test]
 fn reordered_power_cuts_lose_no_notification() {
@@ -53,24 +53,27 @@ fn reordered_power_cuts_lose_no_notification() {
 /// A spool past `size_bytes_max` (outcomes and notifications are never
 /// refused), a power cut, and a bit flipped in a sealed segment: recovery
 /// must copy the damaged segment's good frames forward, and refused to,
-/// the spool being full, so baton could not start.
+/// the spool being full, so baton could not start. (With compaction's
+/// copies refusable again, this seed fails: `recovery failed: spool is
+/// full`.)
 #[test]
 fn a_full_spool_recovers_a_damaged_segment() {
     let params = Params {
         reorder: true,
-        ..Params::scenario(0x1f44)
+        ..Params::scenario(0x13)
     };
     if let Err(failure) = run(&params) {
         panic!("{failure}");
     }
 }
 
-/// Next hops that answer `450 4.7.28` now and then: the shaping rule
-/// suspends the site, and connections already open to it went on taking
-/// its mail (caught by the checker at seed 0x2328).
+/// Next hops answer `450 4.7.28` now and then: the shaping rule suspends
+/// the site, and connections already open to it went on taking its mail.
+/// (Without the fix in `Queues::take_in_site`, seed 1 fails: `a
+/// transaction for d5.test at site s2, suspended by a 4.7.28`.)
 #[test]
 fn a_suspended_site_takes_no_more_mail() {
-    if let Err(failure) = run(&Params::scenario(0x2328)) {
+    if let Err(failure) = run(&Params::scenario(1)) {
         panic!("{failure}");
     }
 }
