@@ -749,21 +749,7 @@ impl World {
             let Awaiting::Message(id) = what else {
                 continue; // the restart's recovery decides what was recorded
             };
-            let index = self
-                .waiting
-                .iter()
-                .position(|w| *w == Some(id))
-                .ok_or_else(|| format!("no client waits for {id}"))?;
-            self.waiting[index] = None;
-            let mut ctx = SimCtx {
-                now_ms: self.now_ms,
-                next_id: &mut self.next_id,
-            };
-            let session = &mut self.senders[index];
-            session.stored(Err(StoreError::Full), &mut ctx);
-            let reply = String::from_utf8_lossy(session.output()).into_owned();
-            let len = session.output().len();
-            session.consume_output(len);
+            let reply = self.answer_store(id, Err(StoreError::Full))?;
             if !reply.starts_with("452 ") {
                 return Err(format!(
                     "{id} not stored (ENOSPC), but the session answered {reply:?}"
@@ -1011,21 +997,7 @@ impl World {
                 Awaiting::Message(id) => {
                     // Durable: the session answers, and the client has
                     // its 250 (checked: that, and nothing else).
-                    let index = self
-                        .waiting
-                        .iter()
-                        .position(|w| *w == Some(id))
-                        .ok_or_else(|| format!("no client waits for {id}"))?;
-                    self.waiting[index] = None;
-                    let mut ctx = SimCtx {
-                        now_ms: self.now_ms,
-                        next_id: &mut self.next_id,
-                    };
-                    let session = &mut self.senders[index];
-                    session.stored(Ok(QueueId(id)), &mut ctx);
-                    let reply = String::from_utf8_lossy(session.output()).into_owned();
-                    let len = session.output().len();
-                    session.consume_output(len);
+                    let reply = self.answer_store(id, Ok(QueueId(id)))?;
                     if !reply.starts_with("250 ") {
                         return Err(format!("{id} durable, but the session answered {reply:?}"));
                     }
@@ -1053,6 +1025,31 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// The client waiting for message `id` hears how its store went;
+    /// returns what the session answered.
+    fn answer_store(
+        &mut self,
+        id: u64,
+        result: Result<QueueId, StoreError>,
+    ) -> Result<String, String> {
+        let index = self
+            .waiting
+            .iter()
+            .position(|w| *w == Some(id))
+            .ok_or_else(|| format!("no client waits for {id}"))?;
+        self.waiting[index] = None;
+        let mut ctx = SimCtx {
+            now_ms: self.now_ms,
+            next_id: &mut self.next_id,
+        };
+        let session = &mut self.senders[index];
+        session.stored(result, &mut ctx);
+        let reply = String::from_utf8_lossy(session.output()).into_owned();
+        let len = session.output().len();
+        session.consume_output(len);
+        Ok(reply)
     }
 
     /// A durable message: acknowledged, and its recipients queued (as

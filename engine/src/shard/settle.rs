@@ -26,6 +26,7 @@ use crate::smtp::reply::Reply;
 use crate::tls::TlsInfo;
 
 use super::event_loop::{PendingStore, Shard, Waiter};
+use super::queue_id::QueueIdGen;
 
 impl Shard {
     /// The message's current record and recipient states, or `None` when
@@ -93,18 +94,10 @@ impl Shard {
         let Ok(view) = record.message() else {
             return;
         };
-        let server = self.server.clone();
-        let live = server.live();
-        let queue_ids = &mut self.queue_ids;
-        let settled = Ledger {
-            spool: &server.spool,
-            writer: &mut self.writer,
-            delivery: &live.delivery,
-            hostname: &server.config.server.hostname,
-        }
-        .settle(&view, &results, (host, tls), now_ms, || {
-            queue_ids.next(now_ms)
+        let settled = self.with_ledger(|ledger, ids| {
+            ledger.settle(&view, &results, (host, tls), now_ms, || ids.next(now_ms))
         });
+        let server = self.server.clone();
         self.appended(&settled.unrecorded, settled.last_ticket);
         if let Some(held) = settled.held {
             self.held.push(held.after, held);
@@ -253,16 +246,9 @@ impl Shard {
                 events.record(&event);
             }
         }
-        let server = self.server.clone();
-        let live = server.live();
-        let queue_ids = &mut self.queue_ids;
-        let settled = Ledger {
-            spool: &server.spool,
-            writer: &mut self.writer,
-            delivery: &live.delivery,
-            hostname: &server.config.server.hostname,
-        }
-        .remove(&view, recipients, reply, now_ms, || queue_ids.next(now_ms));
+        let settled = self.with_ledger(|ledger, ids| {
+            ledger.remove(&view, recipients, reply, now_ms, || ids.next(now_ms))
+        });
         self.appended(&settled.unrecorded, settled.last_ticket);
         if let Some(held) = settled.held {
             self.held.push(held.after, held);
@@ -275,18 +261,24 @@ impl Shard {
         }
     }
 
-    /// Appends outcomes that waited for their notification's datasync;
-    /// the last one's ticket.
-    pub(super) fn record_held(&mut self, held: Held) -> Option<Ticket> {
+    /// Runs `f` on this shard's ledger: the spool, its writer, the live
+    /// delivery settings; with the shard's queue ids for notifications.
+    fn with_ledger<R>(&mut self, f: impl FnOnce(&mut Ledger<'_>, &mut QueueIdGen) -> R) -> R {
         let server = self.server.clone();
         let live = server.live();
-        let recorded = Ledger {
+        let mut ledger = Ledger {
             spool: &server.spool,
             writer: &mut self.writer,
             delivery: &live.delivery,
             hostname: &server.config.server.hostname,
-        }
-        .record_held(&held);
+        };
+        f(&mut ledger, &mut self.queue_ids)
+    }
+
+    /// Appends outcomes that waited for their notification's datasync;
+    /// the last one's ticket.
+    pub(super) fn record_held(&mut self, held: Held) -> Option<Ticket> {
+        let recorded = self.with_ledger(|ledger, _| ledger.record_held(&held));
         let (last, unrecorded) = Ledger::appended(recorded);
         self.appended(&unrecorded, last);
         last
