@@ -284,10 +284,6 @@ impl Shard {
         last
     }
 
-    /// A bounce that says the mailbox or its domain does not exist puts
-    /// the address on the suppression list (scope global: no sender can
-    /// reach it), so the next message to it is refused at `RCPT` instead
-    /// of bouncing again. Handed to the list's writer without waiting.
     /// The category of a deferral's or failure's reply, counted.
     fn classify(&self, reply: &Reply) -> Category {
         let category = self.server.live().classifier.classify(reply);
@@ -325,7 +321,10 @@ impl Shard {
     }
 
     /// Adds a recipient that failed for good as `invalid_recipient` or
-    /// `bad_domain` to the suppression list (`from_bounces`).
+    /// `bad_domain` to the suppression list (`from_bounces`; scope global:
+    /// no sender can reach it), so the next message to it is refused at
+    /// `RCPT` instead of bouncing again. Handed to the list's writer
+    /// without waiting.
     fn suppress_hard_bounce(&self, recipient: &[u8], text: &str, now_ms: u64) {
         let Some(list) = &self.server.suppression else {
             return;
