@@ -797,9 +797,7 @@ impl World {
             session.receive(&bytes[..n], &mut ctx);
             bytes = &bytes[n..];
         }
-        let replies = String::from_utf8_lossy(session.output()).into_owned();
-        let len = session.output().len();
-        session.consume_output(len);
+        let replies = take_output(session);
         let Some(message) = session.take_message() else {
             return Err(format!("baton's session took no message: {replies:?}"));
         };
@@ -833,9 +831,7 @@ impl World {
                     next_id: &mut self.next_id,
                 };
                 self.senders[index].stored(Err(StoreError::Full), &mut ctx);
-                let reply = String::from_utf8_lossy(self.senders[index].output()).into_owned();
-                let len = self.senders[index].output().len();
-                self.senders[index].consume_output(len);
+                let reply = take_output(&mut self.senders[index]);
                 if !reply.starts_with("452 ") {
                     return Err(format!("a full spool, but the session answered {reply:?}"));
                 }
@@ -890,9 +886,7 @@ impl World {
         let session = &mut self.senders[index];
         session.receive(b"EHLO client.sim\r\n", &mut ctx);
         session.receive(format!("AUTH PLAIN {plain}\r\n").as_bytes(), &mut ctx);
-        let replies = String::from_utf8_lossy(session.output()).into_owned();
-        let len = session.output().len();
-        session.consume_output(len);
+        let replies = take_output(session);
         if !replies.contains("AUTH PLAIN") {
             return Err(format!(
                 "baton's session did not offer AUTH PLAIN: {replies:?}"
@@ -940,9 +934,7 @@ impl World {
             };
             let session = &mut self.senders[index];
             session.auth_verdict(verdict, &mut ctx);
-            let reply = String::from_utf8_lossy(session.output()).into_owned();
-            let len = session.output().len();
-            session.consume_output(len);
+            let reply = take_output(session);
             let expected = if good { "235 " } else { "535 " };
             if !reply.starts_with(expected) {
                 return Err(format!(
@@ -1046,9 +1038,7 @@ impl World {
         };
         let session = &mut self.senders[index];
         session.stored(result, &mut ctx);
-        let reply = String::from_utf8_lossy(session.output()).into_owned();
-        let len = session.output().len();
-        session.consume_output(len);
+        let reply = take_output(session);
         Ok(reply)
     }
 
@@ -1956,4 +1946,12 @@ fn check_notices(id: u64, msg: &Msg) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// What a server session has written, taken: the client has read it.
+fn take_output(session: &mut Session) -> String {
+    let reply = String::from_utf8_lossy(session.output()).into_owned();
+    let len = session.output().len();
+    session.consume_output(len);
+    reply
 }
