@@ -418,7 +418,14 @@ fn start_housekeeper(server: Arc<Server>) -> io::Result<thread::JoinHandle<()>> 
                             "spool compacted"
                         ),
                         Ok(_) => {}
-                        Err(err) => tracing::warn!(%err, "spool compaction failed"),
+                        Err(err) => {
+                            tracing::warn!(%err, "spool compaction failed");
+                            // A writer stops at its first failed write or
+                            // datasync (a full disk): the next pass takes
+                            // a new one, or compaction, which frees the
+                            // disk, would never run again.
+                            compactor = None;
+                        }
                     }
                 }
             }

@@ -78,7 +78,7 @@ pub use driver::BlockingWriter;
 pub use error::{Error, Result};
 pub use gate::Gate;
 pub use index::IndexCounts;
-pub use reclaim::{CompactReport, ReclaimReport};
+pub use reclaim::{CompactReport, CompactionCopies, CompactionWriter, ReclaimReport};
 pub use record::{
     MessageView, NewMessage, NewRecipient, Outcome, RecipientView, RecordType, Status,
 };

@@ -22,7 +22,8 @@ use crate::error::{io_err, Result};
 use crate::record::{NewMessage, NewRecipient, Outcome};
 use crate::segment::{spare_file_name, sync_dir, SegmentId};
 use crate::spool::Spool;
-use crate::BlockingWriter;
+use crate::writer::Writer;
+use crate::{BlockingWriter, QueueId, RecordRef, Ticket};
 
 /// What a reclamation pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,6 +31,56 @@ pub struct ReclaimReport {
     pub segments_deleted: u64,
     pub segments_recycled: u64,
     pub bytes_freed: u64,
+}
+
+/// Compaction's copies of one segment, appended and not yet known durable.
+#[derive(Debug)]
+pub struct CompactionCopies {
+    segment: SegmentId,
+    moved: Vec<(QueueId, RecordRef, Vec<Option<SegmentId>>)>,
+    repointed: Vec<(QueueId, u32, SegmentId)>,
+    /// The last copy's: once durable, apply them.
+    pub ticket: Ticket,
+    pub report: CompactReport,
+}
+
+impl CompactionCopies {
+    /// The segment they copy from.
+    pub fn segment(&self) -> SegmentId {
+        self.segment
+    }
+}
+
+/// The writer compaction appends its copies with, and how its writes go
+/// out: at once ([`BlockingWriter`]), or later, by whoever drives a
+/// sans-IO [`Writer`].
+pub trait CompactionWriter {
+    fn writer_mut(&mut self) -> &mut Writer;
+    /// Submits what can be submitted (nothing, for a bare [`Writer`]).
+    fn pump(&mut self) -> Result<()>;
+}
+
+impl CompactionWriter for BlockingWriter {
+    fn writer_mut(&mut self) -> &mut Writer {
+        BlockingWriter::writer_mut(self)
+    }
+
+    fn pump(&mut self) -> Result<()> {
+        BlockingWriter::pump(self)
+    }
+}
+
+impl CompactionWriter for Writer {
+    fn writer_mut(&mut self) -> &mut Writer {
+        self
+    }
+
+    fn pump(&mut self) -> Result<()> {
+        match self.failure() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What compaction did.
@@ -149,20 +200,42 @@ impl Spool {
         Ok(report)
     }
 
-    /// Copies what still matters out of one segment; see the module
+    /// Copies what still matters out of one segment, and waits for the
+    /// copies to be durable before the index moves to them; see the module
     /// documentation.
     pub fn compact_segment(
         &self,
         writer: &mut BlockingWriter,
         id: SegmentId,
     ) -> Result<CompactReport> {
+        let copies = self.compact_copy(writer, id)?;
+        writer.flush()?;
+        Ok(self.compact_apply(copies))
+    }
+
+    /// The first half of compacting segment `id`, sans IO: appends the
+    /// copies with `writer`, pumping it after each one (the shard's or the
+    /// housekeeper's I/O, or the simulator's disk). Hand the result to
+    /// [`Spool::compact_apply`] once its `ticket` is durable; dropped
+    /// before then (a crash), the copies are only duplicates that recovery
+    /// folds.
+    pub fn compact_copy(
+        &self,
+        writer: &mut impl CompactionWriter,
+        id: SegmentId,
+    ) -> Result<CompactionCopies> {
         let (live, pinned) = self.shared.index.lock().expect("index lock").live_in(id);
         let now = self.shared.config.clock.now_ms();
-        let mut report = CompactReport {
-            segments: 1,
-            ..CompactReport::default()
+        let mut copies = CompactionCopies {
+            segment: id,
+            moved: Vec::with_capacity(live.len()),
+            repointed: Vec::with_capacity(pinned.len()),
+            ticket: Ticket(0),
+            report: CompactReport {
+                segments: 1,
+                ..CompactReport::default()
+            },
         };
-        let mut moved = Vec::with_capacity(live.len());
         for m in live {
             let record = self.read(m.body)?;
             let view = record.message()?;
@@ -188,11 +261,11 @@ impl Spool {
             };
             let appended = writer.writer_mut().append_message_unindexed(&copy)?;
             writer.pump()?;
-            report.messages_copied += 1;
-            report.bytes_copied += u64::from(appended.at.len);
-            moved.push((m.queue_id, appended.at, m.outcomes));
+            copies.ticket = appended.ticket;
+            copies.report.messages_copied += 1;
+            copies.report.bytes_copied += u64::from(appended.at.len);
+            copies.moved.push((m.queue_id, appended.at, m.outcomes));
         }
-        let mut repointed = Vec::with_capacity(pinned.len());
         for p in pinned {
             let outcome = Outcome {
                 queue_id: p.queue_id,
@@ -203,19 +276,28 @@ impl Spool {
             };
             let appended = writer.writer_mut().append_outcome_unindexed(&outcome)?;
             writer.pump()?;
-            report.outcomes_copied += 1;
-            report.bytes_copied += u64::from(appended.at.len);
-            repointed.push((p.queue_id, p.recipient, appended.at.segment));
+            copies.ticket = appended.ticket;
+            copies.report.outcomes_copied += 1;
+            copies.report.bytes_copied += u64::from(appended.at.len);
+            copies
+                .repointed
+                .push((p.queue_id, p.recipient, appended.at.segment));
         }
-        writer.flush()?;
+        Ok(copies)
+    }
+
+    /// The second half: the copies are durable, so the index moves the
+    /// segment's messages and pins to them, and the segment becomes
+    /// deletable.
+    pub fn compact_apply(&self, copies: CompactionCopies) -> CompactReport {
         let mut index = self.shared.index.lock().expect("index lock");
-        for (queue_id, at, folded) in moved {
-            index.relocate(queue_id, id, at, &folded, true);
+        for (queue_id, at, folded) in copies.moved {
+            index.relocate(queue_id, copies.segment, at, &folded, true);
         }
-        for (queue_id, recipient, to) in repointed {
-            index.repoint(queue_id, recipient, id, to);
+        for (queue_id, recipient, to) in copies.repointed {
+            index.repoint(queue_id, recipient, copies.segment, to);
         }
-        Ok(report)
+        copies.report
     }
 
     /// Drops a segment that has been emptied and moved away (quarantine).

@@ -132,8 +132,21 @@ impl Shared {
         )
     }
 
-    /// Fails while the filesystem is below `free_bytes_min`.
+    /// Fails while the filesystem is below `free_bytes_min`, or while the
+    /// spool is past `size_bytes_max`: outcomes, notifications and
+    /// recovery's copies may take a segment past the limit, and new mail
+    /// must not fill it (it did, a segment per roll-over, until the
+    /// simulator's longer runs found the spool at twice its limit).
     pub(crate) fn check_room_for_messages(&self) -> Result<()> {
+        if let Some(limit_bytes) = self.config.size_bytes_max {
+            let used_bytes = self.used_bytes.load(Ordering::Relaxed);
+            if used_bytes > limit_bytes {
+                return Err(Error::Full {
+                    used_bytes,
+                    limit_bytes,
+                });
+            }
+        }
         if self.space.low.load(Ordering::Relaxed) {
             return Err(Error::LowDisk {
                 available_bytes: self.space.available.load(Ordering::Relaxed),

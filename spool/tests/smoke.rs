@@ -182,3 +182,51 @@ fn below_the_free_space_margin_messages_wait_and_outcomes_go_on() {
         vec![Status::Delivered { attempts: 1 }]
     );
 }
+
+/// Outcomes may take the spool past `size_bytes_max` (recording a delivery
+/// is what frees space); new mail must then not fill the segment they took.
+/// It did, one segment per roll-over, until the simulator's longer runs
+/// found a spool at twice its limit.
+#[test]
+fn past_its_size_limit_the_spool_takes_no_message_even_with_room_in_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SpoolConfig::new(dir.path());
+    config.segment_bytes = 256 << 10;
+    config.size_bytes_max = Some(2 * config.segment_bytes);
+    let (spool, _) = Spool::open(config.clone()).unwrap();
+    let mut w = BlockingWriter::new(spool.writer(0).unwrap());
+    let rcpts = [recipient(b"a@x.org")];
+    let body = vec![b'x'; 4000];
+    let mut id = 0;
+    let full = loop {
+        id += 1;
+        match w.append_message(&message(id, 1000, &rcpts, &body)) {
+            Ok(_) => assert!(id < 1000, "a spool of two segments took {id} messages"),
+            Err(err) => break err,
+        }
+    };
+    assert!(matches!(full, baton_spool::Error::Full { .. }), "{full}");
+    // Outcomes go on, into a third segment past the limit.
+    let deferred = Status::Deferred {
+        attempts: 1,
+        next_attempt_ms: 5,
+    };
+    let reply = vec![b'4'; 2000];
+    let segments = spool.stats().segments;
+    let mut outcomes = 0;
+    while spool.stats().segments == segments {
+        outcomes += 1;
+        assert!(outcomes < 1000, "outcomes never took a new segment");
+        w.append_outcome(&outcome(1, 0, deferred, 5, &reply))
+            .unwrap();
+    }
+    // The segment they took has room for a small message, which is refused.
+    let err = w
+        .append_message(&message(id + 1, 1000, &rcpts, b"hi"))
+        .unwrap_err();
+    assert!(matches!(err, baton_spool::Error::Full { .. }), "{err}");
+    let done = w
+        .append_outcome(&outcome(1, 0, deferred, 6, b"451 later"))
+        .unwrap();
+    w.wait(done.ticket).unwrap();
+}
