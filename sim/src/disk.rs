@@ -82,8 +82,17 @@ impl Disk {
         };
         let buf = &op.buf[..len];
         let file = op.segment.file();
-        let mut before = vec![0; buf.len()];
-        file.read_exact_at(&mut before, op.offset)?;
+        // What the page cache held there, read through the spool's own
+        // mapping of the file (no read, no zeroed buffer).
+        let at = op.offset as usize;
+        let before = match op.segment.bytes().get(at..at + buf.len()) {
+            Some(bytes) => bytes.to_vec(),
+            None => {
+                let mut before = vec![0; buf.len()];
+                file.read_exact_at(&mut before, op.offset)?;
+                before
+            }
+        };
         file.write_all_at(buf, op.offset)?;
         self.writes += 1;
         let inode = match self.inodes.get(&op.segment.id()) {

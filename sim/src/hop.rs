@@ -54,8 +54,13 @@ impl Hop {
         data: &mut dyn FnMut() -> bool,
     ) -> Vec<u8> {
         let mut out = Vec::new();
-        for &b in bytes {
-            self.line.push(b);
+        let mut bytes = bytes;
+        while !bytes.is_empty() {
+            // A line at a time: up to its LF, or what there is of it.
+            let end = bytes.iter().position(|&b| b == b'\n').map(|i| i + 1);
+            let (now, rest) = bytes.split_at(end.unwrap_or(bytes.len()));
+            self.line.extend_from_slice(now);
+            bytes = rest;
             if !self.line.ends_with(b"\r\n") {
                 continue;
             }

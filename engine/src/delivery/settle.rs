@@ -566,14 +566,22 @@ pub fn with_tls<'t>(text: &'t str, tls: Option<&TlsInfo>) -> Cow<'t, str> {
 
 /// A reply on one line: `550 5.1.1 No such user`.
 pub fn reply_text(reply: &Reply) -> String {
-    let mut text = format!("{}", reply.code);
+    use std::fmt::Write as _;
+    // One per recipient settled: sized once, no `format!` per piece.
+    let len = 16 + reply.lines.iter().map(|l| l.len() + 1).sum::<usize>();
+    let mut text = String::with_capacity(len);
+    let _ = write!(text, "{}", reply.code);
     if let Some((a, b, c)) = reply.enhanced {
-        text.push_str(&format!(" {a}.{b}.{c}"));
+        let _ = write!(text, " {a}.{b}.{c}");
     }
     for line in &reply.lines {
         if !line.is_empty() {
             text.push(' ');
-            text.extend(line.chars().map(|c| if c.is_control() { ' ' } else { c }));
+            if line.bytes().any(|b| b.is_ascii_control()) || !line.is_ascii() {
+                text.extend(line.chars().map(|c| if c.is_control() { ' ' } else { c }));
+            } else {
+                text.push_str(line);
+            }
         }
     }
     text

@@ -21,21 +21,43 @@ pub fn rfc5322_date(unix_secs: u64) -> String {
     // 1970-01-01 was a Thursday.
     let weekday = DAY_NAMES[((days + 4) % 7) as usize];
     let month_name = MONTH_NAMES[(month - 1) as usize];
-    format!(
-        "{weekday}, {day} {month_name} {year} {:02}:{:02}:{:02} +0000",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    )
+    // Written out by hand: every message gets one or two of these, and
+    // `format!` took several thousand instructions for each.
+    let mut text = String::with_capacity(31);
+    text.push_str(weekday);
+    text.push_str(", ");
+    push_number(&mut text, day, 1);
+    text.push(' ');
+    text.push_str(month_name);
+    text.push(' ');
+    push_number(&mut text, year, 4);
+    text.push(' ');
+    push_number(&mut text, second_of_day / 3600, 2);
+    text.push(':');
+    push_number(&mut text, second_of_day % 3600 / 60, 2);
+    text.push(':');
+    push_number(&mut text, second_of_day % 60, 2);
+    text.push_str(" +0000");
+    text
 }
 
-/// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01.
-///
-/// Howard Hinnant's `civil_from_days`
-/// (<https://howardhinnant.github.io/date_algorithms.html>), restricted to
-/// days on or after the epoch so that everything stays unsigned: shifting
-/// the year to start on March 1st puts the leap day last, and eras of
-/// 400 years (146 097 days) repeat exactly.
+/// Appends `n` in decimal, zero-padded to `width` digits.
+fn push_number(text: &mut String, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    at = at.min(digits.len() - width.min(digits.len()));
+    text.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
 /// RFC 3339 UTC date and time to the second: `2026-11-22T18:00:00`.
 pub fn rfc3339_seconds(unix_secs: u64) -> String {
     let (year, month, day) = civil_from_days(unix_secs / 86_400);
@@ -48,6 +70,13 @@ pub fn rfc3339_seconds(unix_secs: u64) -> String {
     )
 }
 
+/// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01.
+///
+/// Howard Hinnant's `civil_from_days`
+/// (<https://howardhinnant.github.io/date_algorithms.html>), restricted to
+/// days on or after the epoch so that everything stays unsigned: shifting
+/// the year to start on March 1st puts the leap day last, and eras of
+/// 400 years (146 097 days) repeat exactly.
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468; // days since 0000-03-01
     let era = z / 146_097;
@@ -135,6 +164,22 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn written_by_hand_as_format_would(secs in 0u64..20_000_000_000) {
+            let days = secs / SECONDS_PER_DAY;
+            let (year, month, day) = civil_from_days(days);
+            let s = secs % SECONDS_PER_DAY;
+            let expected = format!(
+                "{}, {day} {} {year} {:02}:{:02}:{:02} +0000",
+                DAY_NAMES[((days + 4) % 7) as usize],
+                MONTH_NAMES[(month - 1) as usize],
+                s / 3600,
+                s % 3600 / 60,
+                s % 60
+            );
+            prop_assert_eq!(rfc5322_date(secs), expected);
+        }
+
         #[test]
         fn civil_matches_naive_count(days in 0u64..400_000) {
             prop_assert_eq!(civil_from_days(days), civil_naive(days));
