@@ -29,7 +29,10 @@ pub mod disk;
 pub mod hop;
 pub mod rng;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+// The checker's own maps, hashed fast (SipHash was a tenth of a seed).
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -27,7 +27,8 @@ pub const COMPACTION_WRITER: u16 = 999;
 /// State shared by the [`Spool`] handle, its writers and the preparer.
 pub(crate) struct Shared {
     pub config: SpoolConfig,
-    pub segments: RwLock<HashMap<SegmentId, Arc<Segment>>>,
+    /// Looked up on every read: by an id baton hands out, so a fast hasher.
+    pub segments: RwLock<foldhash::HashMap<SegmentId, Arc<Segment>>>,
     pub index: Mutex<Index>,
     /// Capacity of every segment in the table.
     pub used_bytes: AtomicU64,
@@ -87,7 +88,7 @@ impl Shared {
             .expect("spawn the segment preparer");
         Arc::new(Shared {
             config,
-            segments: RwLock::new(HashMap::new()),
+            segments: RwLock::new(foldhash::HashMap::default()),
             index: Mutex::new(Index::default()),
             used_bytes: AtomicU64::new(0),
             next_segment_id,
