@@ -15,7 +15,9 @@ import sys, signal, time
 port, out_path = int(sys.argv[1]), sys.argv[2]
 ids = []
 def record(data):
-    for line in data.split(b"\r\n"):
+    # aiosmtpd keeps the CRLFs; smtpd joins the lines with LF.
+    for line in data.split(b"\n"):
+        line = line.rstrip(b"\r")
         if not line:
             break
         if line.lower().startswith(b"x-loadgen-id:"):
