@@ -18,7 +18,7 @@ use std::fmt;
 use thiserror::Error;
 
 use super::address::{parse_forward_path, parse_reverse_path};
-use super::address::{ForwardPath, PathError, ReversePath};
+use super::address::{ForwardPath, Path, PathError, ReversePath};
 
 /// Why a command's arguments were refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
@@ -212,9 +212,48 @@ impl Command {
 
     /// The line with its CRLF, ready to send.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut line = self.to_string().into_bytes();
+        // MAIL and RCPT go out once per recipient, so they are written
+        // by hand (through `Display` they took a tenth of a delivery's
+        // client work); the rest, and any parameters, through `Display`.
+        let mut line = match self {
+            Command::Mail { path, params } if params.is_empty() => {
+                let mut line = Vec::with_capacity(16 + path_len(path));
+                line.extend_from_slice(b"MAIL FROM:");
+                match path {
+                    ReversePath::Null => line.extend_from_slice(b"<>"),
+                    ReversePath::Path(path) => push_path(&mut line, path),
+                }
+                line
+            }
+            Command::Rcpt { path, params } if params.is_empty() => {
+                let mut line = Vec::with_capacity(16 + 64);
+                line.extend_from_slice(b"RCPT TO:");
+                match path {
+                    ForwardPath::Postmaster => line.extend_from_slice(b"<Postmaster>"),
+                    ForwardPath::Path(path) => push_path(&mut line, path),
+                }
+                line
+            }
+            _ => self.to_string().into_bytes(),
+        };
         line.extend_from_slice(b"\r\n");
         line
+    }
+}
+
+/// `<local@domain>`, as `Display` writes it.
+fn push_path(line: &mut Vec<u8>, path: &Path) {
+    line.push(b'<');
+    line.extend_from_slice(path.local.as_bytes());
+    line.push(b'@');
+    line.extend_from_slice(path.domain.as_bytes());
+    line.push(b'>');
+}
+
+fn path_len(path: &ReversePath) -> usize {
+    match path {
+        ReversePath::Null => 2,
+        ReversePath::Path(path) => path.local.len() + path.domain.len() + 3,
     }
 }
 
@@ -781,6 +820,20 @@ mod tests {
     }
 
     proptest! {
+        /// MAIL and RCPT are written by hand; they must say what
+        /// `Display` says.
+        #[test]
+        fn to_bytes_is_display_and_crlf(command in command_strategy(), postmaster: bool) {
+            let command = match command {
+                Command::Rcpt { params, .. } if postmaster => Command::Rcpt {
+                    path: ForwardPath::Postmaster,
+                    params,
+                },
+                other => other,
+            };
+            prop_assert_eq!(command.to_bytes(), format!("{command}\r\n").into_bytes());
+        }
+
         #[test]
         fn round_trips(command in command_strategy()) {
             let bytes = command.to_bytes();
