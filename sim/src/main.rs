@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use baton_sim::{run, Params};
 use clap::Parser;
 
+/// A run of many seeds prints a line on standard error every this many.
+const PROGRESS_EVERY_SEEDS: u64 = 200;
+
 // baton's own allocator: the code under test allocates as it does in
 // production (and the system allocator took a fifth of the run).
 #[global_allocator]
@@ -125,6 +128,16 @@ fn main() -> ExitCode {
                         t.1 += report.sim_ms;
                         t.2 += params.sim_seconds * 1000;
                         t.3 += report.messages_acknowledged;
+                        // A long soak says how far it got, so that it can be
+                        // stopped (to free the cores) without losing its count.
+                        if t.0.is_multiple_of(PROGRESS_EVERY_SEEDS) {
+                            eprintln!(
+                                "{} seeds passed ({} messages acknowledged) in {:.0} s; now at seed {seed:#x}",
+                                t.0,
+                                t.3,
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
                     }
                     Err(failure) => {
                         failed.store(true, Ordering::Relaxed);
