@@ -37,6 +37,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod dns;

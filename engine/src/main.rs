@@ -82,6 +82,21 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// The cluster a running server belongs to ([cluster]): the live nodes, their
+    /// heartbeats and versions, and the leases this node holds (through its admin API).
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        /// The server's configuration, to find its admin address and token.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// The admin address, overriding the configuration.
+        #[arg(long, global = true)]
+        admin: Option<SocketAddr>,
+        /// Print the raw JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Have a running server reread its configuration file (AUTH users, DKIM keys, TLS
     /// certificates), as SIGHUP does, through its admin API.
     Reload {
@@ -375,6 +390,12 @@ enum SiteAction {
 }
 
 #[derive(Subcommand)]
+enum ClusterAction {
+    /// The nodes sharing limits through Redis, and this node's leases.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum SuppressionAction {
     /// Put an address on the list.
     Add {
@@ -457,6 +478,12 @@ fn main() -> ExitCode {
             admin,
             json,
         } => site(action, config.as_deref(), admin, json),
+        Command::Cluster {
+            action: ClusterAction::Status,
+            config,
+            admin,
+            json,
+        } => cluster_status(config.as_deref(), admin, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -1414,6 +1441,55 @@ fn shaping_state(
         state.push("ok".into());
     }
     state
+}
+
+/// `baton cluster status`.
+fn cluster_status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> Result<(), String> {
+    let api = Api::from_config(config, admin)?;
+    let body = api.read("/cluster")?;
+    if json {
+        print!("{body}");
+        return Ok(());
+    }
+    let status: baton::cluster::Status = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    println!(
+        "node {} on {}: {}",
+        status.node,
+        status.redis,
+        if status.connected {
+            format!("limits shared by {} live nodes", status.live_nodes)
+        } else {
+            format!(
+                "Redis out of reach, this node keeps to 1/{} of each limit ({})",
+                status.live_nodes,
+                status.last_error.as_deref().unwrap_or("not yet connected")
+            )
+        }
+    );
+    println!();
+    println!(
+        "{:<24} {:>10} {:<12} {:>7}  LIMITS",
+        "NODE", "HEARTBEAT", "VERSION", "LEASES"
+    );
+    for n in &status.nodes {
+        println!(
+            "{:<24} {:>8}ms {:<12} {:>7}  {}",
+            n.name,
+            n.heartbeat_ms_ago,
+            n.version,
+            n.leases,
+            if n.shared { "shared" } else { "own share" }
+        );
+    }
+    if !status.leases.is_empty() {
+        println!();
+        println!("{:<32} {:<24} {:>7}", "SITE", "SOURCE", "LEASES");
+        for l in &status.leases {
+            let source = if l.source.is_empty() { "-" } else { &l.source };
+            println!("{:<32} {:<24} {:>7}", l.site, source, l.leases);
+        }
+    }
+    Ok(())
 }
 
 fn print_sites(sites: &[baton::queue::SiteSummary]) {

@@ -27,7 +27,8 @@ use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
 use crate::outbound::{ClientConfig, ClientLimits, Credentials};
-use crate::policy::suppression::{Entry, SuppressionList};
+use crate::cluster::{Cluster, Outgoing};
+use crate::policy::suppression::{Entry, Origin, SuppressionList};
 use crate::policy::unsubscribe::Unsubscribe;
 use crate::queue::{QueuedRecipient, Queues, Shaping, SiteOf};
 use crate::route::sites::SiteTable;
@@ -148,6 +149,8 @@ pub struct Server {
     pub webhooks: Webhooks,
     /// The suppression list; `None` with `suppression.enabled = false`.
     pub suppression: Option<SuppressionList>,
+    /// The cluster thread's handle; `None` without `[cluster] redis`.
+    pub cluster: Option<Arc<Cluster>>,
     /// One-click unsubscribe links; `None` without `[unsubscribe] listen`.
     pub unsubscribe: Option<Unsubscribe>,
     /// Every shard's inbox, by shard id.
@@ -346,6 +349,7 @@ pub struct Running {
     pub server: Arc<Server>,
     shards: Vec<ShardHandle>,
     housekeeper: Option<thread::JoinHandle<()>>,
+    cluster: Option<thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -365,6 +369,10 @@ impl Running {
         self.server.webhooks.stop();
         if let Some(housekeeper) = self.housekeeper {
             let _ = housekeeper.join();
+        }
+        // Last: its leases go back once no connection is left.
+        if let Some(cluster) = self.cluster {
+            let _ = cluster.join();
         }
     }
 }
@@ -600,9 +608,15 @@ pub fn start(config: Config) -> Result<Running> {
             .map_err(|err| Error::Events(err.to_string()))?,
         None => Webhooks::none(),
     };
+    let cluster = config
+        .cluster
+        .redis
+        .is_some()
+        .then(|| Arc::new(Cluster::new(&config.cluster, &config.server.hostname)));
     let suppression = if config.suppression.enabled {
         let path = config.suppression.file(&config.spool.path);
-        let list = SuppressionList::open(&path, log_suppression_changes(events.clone()))
+        let notify = log_suppression_changes(events.clone(), cluster.clone());
+        let list = SuppressionList::open(&path, notify)
             .map_err(|err| Error::Listen(io::Error::other(err)))?;
         tracing::info!(
             file = %path.display(),
@@ -654,6 +668,7 @@ pub fn start(config: Config) -> Result<Running> {
         events,
         webhooks,
         suppression,
+        cluster,
         unsubscribe,
         links,
         shutting_down: AtomicBool::new(false),
@@ -696,6 +711,7 @@ pub fn start(config: Config) -> Result<Running> {
         resolver_config(&server.config),
     );
     let housekeeper = start_housekeeper(server.clone()).map_err(Error::Listen)?;
+    let cluster = Cluster::start(server.clone()).map_err(Error::Listen)?;
     for (l, tls) in server.config.listeners.iter().zip(&server.listener_tls) {
         tracing::info!(address = %l.address, shards = shards.len(), tls = ?tls, "accepting SMTP");
     }
@@ -703,12 +719,23 @@ pub fn start(config: Config) -> Result<Running> {
         server,
         shards,
         housekeeper: Some(housekeeper),
+        cluster,
     })
 }
 
 /// Every change to the suppression list, in the event log and the log.
-fn log_suppression_changes(events: Arc<EventLog>) -> crate::policy::suppression::Notify {
-    Box::new(move |entry: &Entry, added: bool| {
+/// Changes made here go to the other nodes of a cluster too.
+fn log_suppression_changes(
+    events: Arc<EventLog>,
+    cluster: Option<Arc<Cluster>>,
+) -> crate::policy::suppression::Notify {
+    Box::new(move |entry: &Entry, added: bool, origin: Origin| {
+        if let (Some(cluster), Origin::Here) = (&cluster, origin) {
+            cluster.share(Outgoing::Suppression {
+                entry: entry.clone(),
+                added,
+            });
+        }
         let kind = if added {
             EventKind::SuppressionAdded
         } else {

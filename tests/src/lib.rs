@@ -10,6 +10,7 @@
 
 pub mod delivery;
 pub mod dns;
+pub mod redis;
 pub mod sink;
 pub mod tls;
 pub mod webhook;

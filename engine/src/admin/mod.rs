@@ -220,6 +220,9 @@ enum Endpoint<'a> {
     /// `/sites/suspend`, `/sites/resume`.
     SiteSuspend,
     SiteResume,
+    /// `/cluster`: the nodes sharing limits through Redis, as this one
+    /// last saw them.
+    Cluster,
 }
 
 impl Endpoint<'_> {
@@ -240,6 +243,7 @@ impl Endpoint<'_> {
             "/sites" => Endpoint::Sites,
             "/sites/suspend" => Endpoint::SiteSuspend,
             "/sites/resume" => Endpoint::SiteResume,
+            "/cluster" => Endpoint::Cluster,
             _ => {
                 let rest = path.strip_prefix("/queue/")?;
                 if let Some(domain) = rest.strip_prefix("flush/") {
@@ -265,6 +269,7 @@ impl Endpoint<'_> {
             | Endpoint::Messages
             | Endpoint::Message(_)
             | Endpoint::Sites
+            | Endpoint::Cluster
             | Endpoint::SuppressionExport => "GET",
             Endpoint::Flush(_)
             | Endpoint::Delete(_)
@@ -303,6 +308,10 @@ fn route(method: &str, path: &str, query: &str, body: &[u8], server: &Server) ->
         Endpoint::Sites => Response::json(200, &sites::list(server)),
         Endpoint::SiteSuspend => sites::suspend(server, body),
         Endpoint::SiteResume => sites::resume(server, body),
+        Endpoint::Cluster => match &server.cluster {
+            Some(cluster) => Response::json(200, &*cluster.status()),
+            None => Response::text(404, "no [cluster]: this node runs alone\n"),
+        },
         Endpoint::Message(id) => match parse_queue_id(id) {
             Some(id) => match message_report(server, id) {
                 Some(report) => Response::json(200, &report),
@@ -664,6 +673,30 @@ fn metrics(server: &Server) -> String {
             crate::metrics::log_lines_dropped(),
         ),
         (
+            "baton_cluster_redis_calls_total",
+            "Calls to the cluster's Redis (scripts, stream reads and appends), each one round trip.",
+            server
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.redis_calls.load(Ordering::Relaxed)),
+        ),
+        (
+            "baton_cluster_fallbacks_total",
+            "Times Redis went out of reach and this node fell back to its share of each limit.",
+            server
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.fallbacks.load(Ordering::Relaxed)),
+        ),
+        (
+            "baton_cluster_changes_dropped_total",
+            "Actions or suppression changes not shared: Redis was out of reach or the outbox full.",
+            server
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.dropped.load(Ordering::Relaxed)),
+        ),
+        (
             "baton_dns_failures_total",
             "MX or address lookups that failed for now (SERVFAIL, timeout): the destination waits.",
             load(&m.dns_failures),
@@ -693,6 +726,22 @@ fn metrics(server: &Server) -> String {
                 .as_ref()
                 .and_then(|list| list.len().ok())
                 .unwrap_or(0),
+        ),
+        (
+            "baton_cluster_shared",
+            "1: limits are shared through the cluster's Redis; 0: alone, or this node's fallback share.",
+            server
+                .cluster
+                .as_ref()
+                .map_or(0, |c| u64::from(c.connected.load(Ordering::Relaxed))),
+        ),
+        (
+            "baton_cluster_live_nodes",
+            "Nodes the last heartbeat saw alive (this one included); 0 without [cluster].",
+            server
+                .cluster
+                .as_ref()
+                .map_or(0, |c| c.live_nodes.load(Ordering::Relaxed) as u64),
         ),
         (
             "baton_config_generation",

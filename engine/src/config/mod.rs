@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod cluster;
 mod de;
 mod delivery;
 mod dkim;
@@ -55,6 +56,7 @@ pub use delivery::{
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
+pub use cluster::ClusterConfig;
 pub use http::HttpConfig;
 pub use webhook::{WebhookConfig, BATCH_HEADER, SIGNATURE_HEADER};
 
@@ -113,6 +115,7 @@ pub struct Config {
     pub suppression: SuppressionConfig,
     pub unsubscribe: UnsubscribeConfig,
     pub http: HttpConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
     /// `[[webhook]]` tables: where the event log is posted; none by default.
     #[serde(rename = "webhook", default)]
@@ -957,6 +960,12 @@ mod tests {
             "http.auth_required",
             "http.body_bytes_max",
             "http.recipients_per_request_max",
+            "cluster.redis",
+            "cluster.node",
+            "cluster.lease_ttl",
+            "cluster.heartbeat",
+            "cluster.timeout",
+            "cluster.stream_entries_max",
             "log.level",
             "log.format",
             "log.per_message",

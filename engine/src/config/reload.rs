@@ -32,6 +32,8 @@ impl Config {
         keep!(auth, "auth");
         keep!(unsubscribe, "unsubscribe");
         keep!(http, "http");
+        // The cluster thread is started once, with its Redis and name.
+        keep!(cluster, "cluster");
         keep!(delivery.tls_ca, "delivery.tls_ca");
         keep!(delivery.mta_sts_port, "delivery.mta_sts_port");
         keep!(dkim_defaults.sign_threads, "dkim_defaults.sign_threads");

@@ -117,6 +117,7 @@ pub(super) fn validate(config: &Config) -> Result<(), Invalid> {
     destinations(&config.destinations)?;
     unsubscribe(config)?;
     http(config)?;
+    cluster(config)?;
     egress(config)?;
     if let Err((name, message)) =
         crate::route::sites::SiteTable::new(&config.sites, config.shaping.connections_max)
@@ -305,6 +306,66 @@ fn unsubscribe(config: &Config) -> Result<(), Invalid> {
                 "an unsubscribe adds to the suppression list: set [suppression] enabled = true",
             ));
         }
+    }
+    Ok(())
+}
+
+/// The shortest `cluster.lease_ttl`: a lease is renewed three times per
+/// life, and a renewal is a round trip to Redis.
+const CLUSTER_LEASE_TTL_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// The fewest suppression changes the shared stream keeps.
+const CLUSTER_STREAM_ENTRIES_MIN: u64 = 1000;
+/// A node's name is a Redis key part and a metrics label.
+const CLUSTER_NODE_BYTES_MAX: usize = 64;
+
+/// `[cluster]`.
+fn cluster(config: &Config) -> Result<(), Invalid> {
+    let c = &config.cluster;
+    let Some(url) = &c.redis else {
+        return Ok(());
+    };
+    if !url.starts_with("redis://") {
+        return Err(invalid(
+            "cluster.redis",
+            "must be a redis:// URL, such as redis://127.0.0.1:6379/0",
+        ));
+    }
+    let node = c.node_name(&config.server.hostname);
+    if node.is_empty()
+        || node.len() > CLUSTER_NODE_BYTES_MAX
+        || !node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(invalid(
+            "cluster.node",
+            format!(
+                "a node name is 1 to {CLUSTER_NODE_BYTES_MAX} letters, digits, '.', '_' or '-': {node:?}"
+            ),
+        ));
+    }
+    if c.lease_ttl < CLUSTER_LEASE_TTL_MIN {
+        return Err(invalid("cluster.lease_ttl", "must be at least 1s"));
+    }
+    if c.heartbeat.is_zero() || c.heartbeat * 3 > c.lease_ttl {
+        return Err(invalid_pair(
+            "cluster.heartbeat",
+            "cluster.lease_ttl",
+            "the heartbeat must be more than zero and at most a third of the lease's life",
+        ));
+    }
+    if c.timeout.is_zero() || c.timeout >= c.heartbeat * 3 {
+        return Err(invalid_pair(
+            "cluster.timeout",
+            "cluster.heartbeat",
+            "the timeout must be more than zero and less than three heartbeats",
+        ));
+    }
+    if c.stream_entries_max < CLUSTER_STREAM_ENTRIES_MIN {
+        return Err(invalid(
+            "cluster.stream_entries_max",
+            format!("must be at least {CLUSTER_STREAM_ENTRIES_MIN}"),
+        ));
     }
     Ok(())
 }

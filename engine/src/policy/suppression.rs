@@ -270,7 +270,15 @@ fn decode(key: &[u8], value: &[u8]) -> Option<Entry> {
 
 /// Told of every change once it is committed: `true` for an addition.
 /// The server writes them to the event log.
-pub type Notify = Box<dyn Fn(&Entry, bool) + Send>;
+pub type Notify = Box<dyn Fn(&Entry, bool, Origin) + Send>;
+
+/// Where a change to the list came from: this node, or another node of the
+/// cluster (`crate::cluster`), whose changes are not shared again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Here,
+    Replicated,
+}
 
 type Reply<T> = Sender<Result<T, String>>;
 
@@ -281,12 +289,14 @@ enum Op {
     Add {
         entries: Vec<Entry>,
         replace: bool,
+        origin: Origin,
         reply: Option<Reply<usize>>,
     },
     /// Remove an address from one scope, or from all.
     Remove {
         address: String,
         scope: Option<String>,
+        origin: Origin,
         reply: Reply<Vec<Entry>>,
     },
 }
@@ -371,10 +381,16 @@ impl SuppressionList {
     /// Adds (or replaces) entries, durably; waits for the commit. How many
     /// were written.
     pub fn add(&self, entries: Vec<Entry>) -> Result<usize, String> {
+        self.add_from(entries, Origin::Here)
+    }
+
+    /// [`SuppressionList::add`] for changes from `origin`.
+    pub fn add_from(&self, entries: Vec<Entry>, origin: Origin) -> Result<usize, String> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.send(Op::Add {
             entries,
             replace: true,
+            origin,
             reply: Some(reply),
         })?;
         answer
@@ -392,6 +408,7 @@ impl SuppressionList {
         let op = Op::Add {
             entries: vec![entry],
             replace: false,
+            origin: Origin::Here,
             reply: None,
         };
         match ops.try_send(op) {
@@ -411,12 +428,23 @@ impl SuppressionList {
     /// Removes `address` from `scope`, or from every scope; waits for the
     /// commit. The entries removed.
     pub fn remove(&self, address: &str, scope: Option<&str>) -> Result<Vec<Entry>, String> {
+        self.remove_from(address, scope, Origin::Here)
+    }
+
+    /// [`SuppressionList::remove`] for changes from `origin`.
+    pub fn remove_from(
+        &self,
+        address: &str,
+        scope: Option<&str>,
+        origin: Origin,
+    ) -> Result<Vec<Entry>, String> {
         let address = normalize_address(address)?;
         let scope = scope.map(normalize_scope).transpose()?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.send(Op::Remove {
             address,
             scope,
+            origin,
             reply,
         })?;
         answer
@@ -582,17 +610,17 @@ fn write_loop(
                 outgrown = current.is_some_and(|f| entries > f.capacity());
                 for (op, change) in ops.into_iter().zip(changes) {
                     match (op, change) {
-                        (Op::Add { reply, .. }, Change::Added(entries)) => {
+                        (Op::Add { reply, origin, .. }, Change::Added(entries)) => {
                             for entry in &entries {
-                                notify(entry, true);
+                                notify(entry, true, origin);
                             }
                             if let Some(reply) = reply {
                                 let _ = reply.send(Ok(entries.len()));
                             }
                         }
-                        (Op::Remove { reply, .. }, Change::Removed(entries)) => {
+                        (Op::Remove { reply, origin, .. }, Change::Removed(entries)) => {
                             for entry in &entries {
-                                notify(entry, false);
+                                notify(entry, false, origin);
                             }
                             let _ = reply.send(Ok(entries));
                         }

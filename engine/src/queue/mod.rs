@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod shared;
 mod site;
 #[cfg(test)]
 mod tests;
@@ -33,7 +34,8 @@ use baton_spool::{QueueId, Status};
 use crate::route::Destination;
 
 use site::{Bucket, Site};
-pub use site::{LaneSummary, Lanes, SiteOf, SiteShaping, SiteSummary, DEFAULT_LANE};
+pub use shared::{LaneLease, SiteAction};
+pub use site::{ClusterBound, LaneSummary, Lanes, SiteOf, SiteShaping, SiteSummary, DEFAULT_LANE};
 
 /// How many learned domain → site answers the table keeps; past it, it
 /// starts afresh (each domain then learns its site again from one
@@ -323,6 +325,9 @@ pub struct DestinationSummary {
 /// Every destination's queues.
 pub struct Queues {
     inner: Mutex<Table>,
+    /// Where this node's shaping and operator actions go to be shared
+    /// with the cluster; unset alone.
+    announce: std::sync::OnceLock<crossbeam_channel::Sender<SiteAction>>,
 }
 
 /// How destinations are shaped and grouped: the configuration's word,
@@ -379,6 +384,8 @@ struct Table {
     /// (when, destination): [`DestinationQueue::next_due`] of each
     /// destination that has one, as of its last visit.
     due: BTreeSet<(u64, Destination)>,
+    /// The cluster's word on connection limits ([`Queues::set_bound`]).
+    bound: ClusterBound,
 }
 
 /// Puts `destination` on the dirty list, once.
@@ -508,7 +515,7 @@ impl Table {
                 self.sites.remove(&old_name);
             }
         }
-        let site = self.sites.entry(name).or_insert_with(|| Site::new(shaping));
+        let site = self.sites.entry(name).or_insert_with(|| Site::new(shaping, self.bound));
         for ((lane, _), n) in queue.lanes.iter().zip(&queue.by_lane) {
             for _ in 0..*n {
                 site.open(lane);
@@ -638,6 +645,7 @@ impl Queues {
                 policy,
                 ..Table::default()
             }),
+            announce: std::sync::OnceLock::new(),
         }
     }
 
@@ -752,7 +760,7 @@ impl Queues {
         table
             .sites
             .entry(name)
-            .or_insert_with(|| Site::new(site_shaping))
+            .or_insert_with(|| Site::new(site_shaping, table.bound))
             .members
             .insert(destination.clone());
         table.map.insert(destination.clone(), queue);
@@ -1134,8 +1142,15 @@ impl Queues {
         self.ensure(&mut table, destination);
         let name = table.map[destination].site.clone();
         let changed =
-            site_mut(&mut table.sites, &name).suspend_lane(lane, until_ms, reason, now_ms);
+            site_mut(&mut table.sites, &name).suspend_lane(lane, until_ms, reason.clone(), now_ms);
         table.touch_members(&name);
+        drop(table);
+        self.announce(SiteAction::SuspendLane {
+            site: name.to_string(),
+            lane: lane.to_string(),
+            until_ms,
+            reason,
+        });
         changed
     }
 
@@ -1152,20 +1167,38 @@ impl Queues {
         let mut table = self.lock();
         self.ensure(&mut table, destination);
         let name = table.map[destination].site.clone();
-        let changed = site_mut(&mut table.sites, &name).set_throttle(lane, throttle, now_ms);
+        let changed =
+            site_mut(&mut table.sites, &name).set_throttle(lane, throttle.clone(), now_ms);
         table.touch_members(&name);
+        drop(table);
+        self.announce(SiteAction::Throttle {
+            site: name.to_string(),
+            lane: lane.to_string(),
+            throttle,
+        });
         changed
     }
 
     /// An operator's suspension of `name`: a site (by its name, known or
     /// configured), else a recipient domain alone.
     pub fn suspend(&self, name: &str, until_ms: u64, reason: String, now_ms: u64) -> bool {
+        let changed = self.suspend_here(name, until_ms, reason.clone(), now_ms);
+        self.announce(SiteAction::Suspend {
+            name: name.to_owned(),
+            until_ms,
+            reason,
+        });
+        changed
+    }
+
+    fn suspend_here(&self, name: &str, until_ms: u64, reason: String, now_ms: u64) -> bool {
         let mut table = self.lock();
         let site_name: Option<Arc<str>> = match table.sites.get_key_value(name) {
             Some((known, _)) => Some(known.clone()),
             None => (table.policy.site_named)(name).map(|shaping| {
                 let name: Arc<str> = name.into();
-                table.sites.insert(name.clone(), Site::new(shaping));
+                let site = Site::new(shaping, table.bound);
+                table.sites.insert(name.clone(), site);
                 name
             }),
         };
@@ -1191,6 +1224,16 @@ impl Queues {
     /// its site: full limits again (an operator's `baton site resume`).
     /// `false` if baton knows no such site or domain.
     pub fn resume(&self, name: &str) -> bool {
+        let known = self.resume_here(name);
+        if known {
+            self.announce(SiteAction::Resume {
+                name: name.to_owned(),
+            });
+        }
+        known
+    }
+
+    fn resume_here(&self, name: &str) -> bool {
         let mut guard = self.lock();
         let table = &mut *guard;
         let destination = Destination::new(name);

@@ -92,6 +92,34 @@ impl Bucket {
     }
 }
 
+/// How the cluster bounds this node's connections (`crate::cluster`).
+/// Alone, a lane's limit is the node's; in a cluster it is the whole
+/// cluster's, so each connection holds a lease taken from Redis, and
+/// without Redis each node keeps to its share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterBound {
+    /// No cluster: the site's own limits.
+    #[default]
+    Alone,
+    /// Each connection needs one of the lane's leases ([`Lane::leased`]).
+    Leases,
+    /// Redis is out of reach: the limit divided by the live nodes last
+    /// known (at least one connection), as Halon does.
+    Share { nodes: usize },
+}
+
+impl ClusterBound {
+    /// The connections allowed in a lane whose limit in force is
+    /// `allowed` and that holds `leased` leases.
+    fn bound(self, allowed: usize, leased: usize) -> usize {
+        match self {
+            ClusterBound::Alone => allowed,
+            ClusterBound::Leases => allowed.min(leased),
+            ClusterBound::Share { nodes } => allowed.min((allowed / nodes.max(1)).max(1)),
+        }
+    }
+}
+
 /// The lane of connections that leave from no particular source (no
 /// `[[pool]]`): the site is one lane.
 pub const DEFAULT_LANE: &str = "";
@@ -115,6 +143,9 @@ pub(super) struct Lane {
     pub throttle: Option<Throttle>,
     /// A throttle's message rate.
     pub bucket: Bucket,
+    /// Leases this node holds in the cluster for the lane (with
+    /// [`ClusterBound::Leases`]): one per connection it may have open.
+    pub leased: usize,
 }
 
 impl Lane {
@@ -127,6 +158,7 @@ impl Lane {
             suspended: None,
             throttle: None,
             bucket: Bucket::default(),
+            leased: 0,
         }
     }
 
@@ -173,12 +205,15 @@ pub(super) struct Site {
     pub starved: VecDeque<Destination>,
     /// Idle connections of its members.
     pub idle: usize,
+    /// The cluster's word on the lanes' limits (the table's, copied).
+    pub bound: ClusterBound,
 }
 
 impl Site {
-    pub(super) fn new(shaping: SiteShaping) -> Site {
+    pub(super) fn new(shaping: SiteShaping, bound: ClusterBound) -> Site {
         Site {
             shaping,
+            bound,
             connections: 0,
             paused_until_ms: 0,
             suspended: None,
@@ -223,14 +258,20 @@ impl Site {
             return 0;
         }
         let max = self.shaping.connections_max;
-        let Some(lane) = self.lanes.get_mut(lane) else {
-            return max.max(1);
+        let bound = self.bound;
+        let lane = match self.lanes.get_mut(lane) {
+            Some(lane) => lane,
+            None if bound == ClusterBound::Alone => return max.max(1),
+            // Made, so that the cluster thread sees the lane wants leases.
+            None => self.lane(lane),
         };
         if lane.paused_until_ms > now_ms {
             return 0;
         }
         let cap = lane.cap(max, now_ms);
-        lane.limit.min(cap).saturating_sub(lane.connections)
+        bound
+            .bound(lane.limit.min(cap), lane.leased)
+            .saturating_sub(lane.connections)
     }
 
     /// Whether any of `lanes` has room now.
@@ -287,10 +328,19 @@ impl Site {
     /// The connection limit in force in `lane`.
     pub(super) fn limit(&mut self, lane: &Arc<str>, now_ms: u64) -> usize {
         let max = self.shaping.connections_max;
+        let bound = self.bound;
         match self.lanes.get_mut(lane) {
-            Some(l) => l.limit.min(l.cap(max, now_ms)),
-            None => max.max(1),
+            Some(l) => bound.bound(l.limit.min(l.cap(max, now_ms)), l.leased),
+            None => bound.bound(max.max(1), 0),
         }
+    }
+
+    /// The lane's limit in force on this node alone (failures, throttles),
+    /// before the cluster's bound: what its leases are asked against.
+    pub(super) fn own_limit(&mut self, lane: &Arc<str>, now_ms: u64) -> usize {
+        let max = self.shaping.connections_max;
+        let l = self.lane(lane);
+        l.limit.min(l.cap(max, now_ms))
     }
 
     /// A token of the site's rate and of the lane's throttle, if any.

@@ -1,0 +1,92 @@
+//! The Lua scripts the cluster thread runs in Redis. Each is one round
+//! trip and runs atomically there, with Redis' own clock (`TIME`), so the
+//! nodes' clocks never decide whose lease has lapsed.
+
+/// Claims this node's leases for several site × source lanes at once.
+///
+/// Per lane, two keys: a sorted set of nodes by when their leases lapse,
+/// and a hash of each node's lease count. Arguments: the node, the
+/// lease's life in ms, then per lane `want keep limit`. Lapsed nodes'
+/// leases are dropped first; the node then holds
+/// `max(keep, min(want, limit - others))`: never fewer than the
+/// connections it has open (`keep`), never more than the limit leaves.
+/// Returns per lane `{granted, others}`.
+pub const CLAIM: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local node = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local z, h = KEYS[2 * i - 1], KEYS[2 * i]
+  local want = tonumber(ARGV[3 * i])
+  local keep = tonumber(ARGV[3 * i + 1])
+  local limit = tonumber(ARGV[3 * i + 2])
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', now)) do
+    redis.call('HDEL', h, gone)
+  end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+  local others = 0
+  local counts = redis.call('HGETALL', h)
+  for j = 1, #counts, 2 do
+    if counts[j] ~= node then
+      others = others + tonumber(counts[j + 1])
+    end
+  end
+  local granted = math.max(keep, math.min(want, limit - others))
+  if granted > 0 then
+    redis.call('HSET', h, node, granted)
+    redis.call('ZADD', z, now + ttl, node)
+    redis.call('PEXPIRE', z, ttl * 2)
+    redis.call('PEXPIRE', h, ttl * 2)
+  else
+    granted = 0
+    redis.call('HDEL', h, node)
+    redis.call('ZREM', z, node)
+  end
+  out[i] = {granted, others}
+end
+return out
+";
+
+/// A node's heartbeat: records it (sorted set of nodes by last beat, a
+/// hash of its details), forgets nodes long dead, and returns the live
+/// ones (beat within `dead_after` ms) as
+/// `{name, ms since its beat, version, started_ms, leases, shared}`.
+///
+/// Keys: the nodes' set, this node's hash, the prefix of nodes' hashes.
+/// Arguments: node, dead_after ms, version, started_ms, leases held,
+/// `1` when its limits are shared (`0`: its fallback share).
+pub const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local node = ARGV[1]
+local dead_after = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, node)
+redis.call('HSET', KEYS[2], 'version', ARGV[3], 'started_ms', ARGV[4], 'leases', ARGV[5], 'shared', ARGV[6])
+redis.call('PEXPIRE', KEYS[2], dead_after * 10)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - dead_after * 10)
+local out = {}
+local nodes = redis.call('ZRANGEBYSCORE', KEYS[1], now - dead_after, '+inf', 'WITHSCORES')
+for i = 1, #nodes, 2 do
+  local h = redis.call('HMGET', KEYS[3] .. nodes[i], 'version', 'started_ms', 'leases', 'shared')
+  table.insert(out, {nodes[i], tostring(now - tonumber(nodes[i + 1])), h[1] or '', h[2] or '0', h[3] or '0', h[4] or '0'})
+end
+return out
+";
+
+/// A node leaving: its leases and its entry go at once, not at lapse.
+/// Keys: the nodes' set, this node's hash, then each lane's two lease keys.
+/// Argument: the node.
+pub const LEAVE: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+for i = 3, #KEYS do
+  if i % 2 == 1 then
+    redis.call('ZREM', KEYS[i], ARGV[1])
+  else
+    redis.call('HDEL', KEYS[i], ARGV[1])
+  end
+end
+return 1
+";
