@@ -53,7 +53,7 @@ fn main() {
     let keep = std::env::var_os("SUPPRESSION_KEEP").is_some();
     let path = dir.join("suppression.redb");
     let _ = std::fs::remove_file(&path);
-    let list = SuppressionList::open(&path, Box::new(|_, _| {})).unwrap();
+    let list = SuppressionList::open(&path, Box::new(|_, _, _| {})).unwrap();
 
     let started = Instant::now();
     let chunk = 100_000;

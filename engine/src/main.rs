@@ -1444,7 +1444,11 @@ fn shaping_state(
 }
 
 /// `baton cluster status`.
-fn cluster_status(config: Option<&Path>, admin: Option<SocketAddr>, json: bool) -> Result<(), String> {
+fn cluster_status(
+    config: Option<&Path>,
+    admin: Option<SocketAddr>,
+    json: bool,
+) -> Result<(), String> {
     let api = Api::from_config(config, admin)?;
     let body = api.read("/cluster")?;
     if json {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
+use crate::cluster::{Cluster, Outgoing};
 use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls};
 use crate::delivery::events::{Event as LogEvent, EventKind, EventLog};
 use crate::delivery::retry::{DeliverySettings, Timeouts};
@@ -27,7 +28,6 @@ use crate::dns::{Resolver, ResolverConfig};
 use crate::error::{Error, Result};
 use crate::inbound::{BareLineEndings, DataBudget, SessionConfig, SessionLimits};
 use crate::outbound::{ClientConfig, ClientLimits, Credentials};
-use crate::cluster::{Cluster, Outgoing};
 use crate::policy::suppression::{Entry, Origin, SuppressionList};
 use crate::policy::unsubscribe::Unsubscribe;
 use crate::queue::{QueuedRecipient, Queues, Shaping, SiteOf};

@@ -62,14 +62,16 @@ fn three_nodes_never_open_more_connections_to_a_site_than_its_limit() {
     let per_node = 40;
     for (n, run) in [(&a, "a1"), (&b, "b1"), (&c, "c1")] {
         let count = per_node.to_string();
-        send(n.smtp, &["-n", &count, "-c", "4", "--run-id", run], dir.path());
+        send(
+            n.smtp,
+            &["-n", &count, "-c", "4", "--run-id", run],
+            dir.path(),
+        );
     }
     for n in [&mut a, &mut b, &mut c] {
-        n.wait_for_within(
-            "its queue delivered",
-            Duration::from_secs(60),
-            |b| metric(b, "baton_queue_recipients") == 0,
-        );
+        n.wait_for_within("its queue delivered", Duration::from_secs(60), |b| {
+            metric(b, "baton_queue_recipients") == 0
+        });
     }
     // The nodes report their leases to each other through heartbeats.
     let status = cluster_status(&a);
@@ -77,7 +79,10 @@ fn three_nodes_never_open_more_connections_to_a_site_than_its_limit() {
     let counts = id_counts([&sink]);
     let report = sink.stop();
     assert_eq!(report["messages_accepted"], 3 * per_node, "{report}");
-    assert!(counts.values().all(|&n| n == 1), "a message delivered twice");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a message delivered twice"
+    );
     let peak = report["connections_peak"].as_u64().unwrap();
     assert!(
         peak <= SITE_CONNECTIONS_MAX,
@@ -85,20 +90,81 @@ fn three_nodes_never_open_more_connections_to_a_site_than_its_limit() {
     );
     // Alone, each node would have opened six: the three shared them, and
     // used more than one node's share.
-    assert!(peak > SITE_CONNECTIONS_MAX / 3, "peak {peak}: the limit was never used");
+    assert!(
+        peak > SITE_CONNECTIONS_MAX / 3,
+        "peak {peak}: the limit was never used"
+    );
+}
+
+#[test]
+fn three_nodes_keep_to_a_site_message_rate_within_ten_percent() {
+    let Some(redis) = Redis::start() else { return };
+    let sink = Sink::start("127.0.0.2", &[]);
+    let rate = 40.0;
+    let site =
+        format!("[[site]]\nname = \"sink\"\nmx = [\"127.0.0.2\"]\nmessage_rate_max = {rate}\n");
+    let mut a = node(&redis, "a", &sink, &site);
+    let mut b = node(&redis, "b", &sink, &site);
+    let mut c = node(&redis, "c", &sink, &site);
+    wait_joined(&mut [&mut a, &mut b, &mut c], 3);
+    let dir = tempfile::tempdir().unwrap();
+    let per_node = 80;
+    for (n, run) in [(&a, "a1"), (&b, "b1"), (&c, "c1")] {
+        let count = per_node.to_string();
+        send(
+            n.smtp,
+            &["-n", &count, "-c", "4", "--run-id", run],
+            dir.path(),
+        );
+    }
+    // The rate over the run, from the first message the sink counts to
+    // the last (alone, each node would send at the whole rate: 120/s).
+    let total = 3 * per_node;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first: Option<(Instant, usize)> = None;
+    let last = loop {
+        let count = sink.count();
+        let now = Instant::now();
+        if first.is_none() && count > 0 {
+            first = Some((now, count));
+        }
+        if count >= total {
+            break now;
+        }
+        assert!(now < deadline, "{count} of {total} delivered in 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (start, counted) = first.unwrap();
+    let measured = (total - counted) as f64 / (last - start).as_secs_f64();
+    eprintln!("{measured:.1} messages/s across the nodes, for a site rate of {rate}");
+    assert!(
+        (rate * 0.9..=rate * 1.1).contains(&measured),
+        "{measured:.1} messages/s across the three nodes, for a site rate of {rate}"
+    );
+    let counts = id_counts([&sink]);
+    assert_eq!(counts.len(), total);
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a message delivered twice"
+    );
 }
 
 #[test]
 fn a_4_7_28_heard_by_one_node_suspends_the_site_on_every_node_within_a_second() {
     let Some(redis) = Redis::start() else { return };
     let sink = Sink::start("127.0.0.2", &[]);
-    let rule = "[[shaping_rule]]\nenhanced = \"4.7.28\"\naction = \"suspend\"\nduration = \"60s\"\n";
+    let rule =
+        "[[shaping_rule]]\nenhanced = \"4.7.28\"\naction = \"suspend\"\nduration = \"60s\"\n";
     let mut a = node(&redis, "a", &sink, rule);
     let mut b = node(&redis, "b", &sink, rule);
     let mut c = node(&redis, "c", &sink, rule);
     wait_joined(&mut [&mut a, &mut b, &mut c], 3);
 
-    let id = a.submit("alice@sender.test", &["throttle-1@gmail.test"], "Subject: x\r\n\r\nhi\r\n");
+    let id = a.submit(
+        "alice@sender.test",
+        &["throttle-1@gmail.test"],
+        "Subject: x\r\n\r\nhi\r\n",
+    );
     wait_status(&mut a, &id, "throttle-1@gmail.test", "deferred");
     let suspended_on_a = Instant::now();
     let site = sink.addr.to_string();
@@ -110,13 +176,24 @@ fn a_4_7_28_heard_by_one_node_suspends_the_site_on_every_node_within_a_second() 
             .any(|s| s["site"] == site.as_str() && s["paused_until_ms"].as_u64().unwrap_or(0) > 0)
     };
     for other in [&mut b, &mut c] {
-        other.wait_for_within("the site suspended here too", Duration::from_secs(5), suspended);
+        other.wait_for_within(
+            "the site suspended here too",
+            Duration::from_secs(5),
+            suspended,
+        );
     }
     let took = suspended_on_a.elapsed();
-    assert!(took < Duration::from_secs(1), "the suspension took {took:?} to reach the others");
+    assert!(
+        took < Duration::from_secs(1),
+        "the suspension took {took:?} to reach the others"
+    );
 
     // The others hold their mail for the site too.
-    let held = b.submit("bob@sender.test", &["ok@gmail.test"], "Subject: y\r\n\r\nhi\r\n");
+    let held = b.submit(
+        "bob@sender.test",
+        &["ok@gmail.test"],
+        "Subject: y\r\n\r\nhi\r\n",
+    );
     wait_status(&mut b, &held, "ok@gmail.test", "pending");
     let (ok, list, err) = c.cli(&["site", "list"]);
     assert!(ok, "{err}");
@@ -137,7 +214,11 @@ fn a_hard_bounce_on_one_node_makes_another_refuse_the_address() {
     let mut b = node(&redis, "b", &sink, "");
     wait_joined(&mut [&mut a, &mut b], 2);
 
-    let id = a.submit("alice@sender.test", &["bounce-7@example.test"], "Subject: x\r\n\r\nhi\r\n");
+    let id = a.submit(
+        "alice@sender.test",
+        &["bounce-7@example.test"],
+        "Subject: x\r\n\r\nhi\r\n",
+    );
     wait_status(&mut a, &id, "bounce-7@example.test", "failed");
     b.wait_for_within("the bounce on b's list", Duration::from_secs(5), |b| {
         let (ok, out, _) = b.cli(&["suppression", "show", "bounce-7@example.test"]);
@@ -147,7 +228,10 @@ fn a_hard_bounce_on_one_node_makes_another_refuse_the_address() {
     smtp.ehlo("client.test");
     assert_eq!(smtp.cmd("MAIL FROM:<alice@sender.test>").code, 250);
     let reply = smtp.cmd("RCPT TO:<bounce-7@example.test>");
-    assert_eq!(reply.code, 550, "b took a recipient a saw hard-bounce: {reply:?}");
+    assert_eq!(
+        reply.code, 550,
+        "b took a recipient a saw hard-bounce: {reply:?}"
+    );
 
     // An operator's removal on b reaches a.
     let (ok, _, err) = b.cli(&["suppression", "remove", "bounce-7@example.test"]);
@@ -167,25 +251,41 @@ fn a_node_killed_gives_its_connections_back_when_its_leases_lapse() {
     wait_joined(&mut [&mut a, &mut b], 2);
     let dir = tempfile::tempdir().unwrap();
     // a takes the whole limit, then dies holding it.
-    send(a.smtp, &["-n", "200", "-c", "8", "--run-id", "a1"], dir.path());
+    send(
+        a.smtp,
+        &["-n", "200", "-c", "8", "--run-id", "a1"],
+        dir.path(),
+    );
     a.wait_for("a holding every lease", |a| {
         cluster_status(a)["leases"][0]["leases"] == SITE_CONNECTIONS_MAX
     });
     a.kill9();
     let killed = Instant::now();
-    send(b.smtp, &["-n", "200", "-c", "8", "--run-id", "b1"], dir.path());
+    send(
+        b.smtp,
+        &["-n", "200", "-c", "8", "--run-id", "b1"],
+        dir.path(),
+    );
     b.wait_for_within("b holding every lease", Duration::from_secs(10), |b| {
         cluster_status(b)["leases"][0]["leases"] == SITE_CONNECTIONS_MAX
     });
     let took = killed.elapsed();
     // The lease lives 3 s; b asks every 200 ms when refused.
-    assert!(took < Duration::from_secs(5), "a's leases lapsed after {took:?}");
-    assert!(took >= Duration::from_secs(1), "b took a's leases at once ({took:?}): a's were never held");
+    assert!(
+        took < Duration::from_secs(5),
+        "a's leases lapsed after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "b took a's leases at once ({took:?}): a's were never held"
+    );
 }
 
 #[test]
 fn with_redis_gone_nodes_keep_to_their_share_lose_nothing_and_share_again_when_it_is_back() {
-    let Some(mut redis) = Redis::start() else { return };
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
     let sink = Sink::start("127.0.0.2", &["--delay-data", "100ms"]);
     let mut a = node(&redis, "a", &sink, "");
     let mut b = node(&redis, "b", &sink, "");
@@ -195,17 +295,24 @@ fn with_redis_gone_nodes_keep_to_their_share_lose_nothing_and_share_again_when_i
     redis.kill();
     for n in [&mut a, &mut b] {
         n.wait_for("the fallback to its share", |b| {
-            metric(b, "baton_cluster_shared") == 0 && metric(b, "baton_cluster_fallbacks_total") == 1
+            metric(b, "baton_cluster_shared") == 0
+                && metric(b, "baton_cluster_fallbacks_total") == 1
         });
     }
     assert!(a.log().contains("Redis out of reach"), "{}", a.log());
     for (n, run) in [(&a, "a1"), (&b, "b1")] {
-        send(n.smtp, &["-n", "60", "-c", "4", "--run-id", run], dir.path());
+        send(
+            n.smtp,
+            &["-n", "60", "-c", "4", "--run-id", run],
+            dir.path(),
+        );
     }
     for n in [&mut a, &mut b] {
-        n.wait_for_within("its queue delivered without Redis", Duration::from_secs(60), |b| {
-            metric(b, "baton_queue_recipients") == 0
-        });
+        n.wait_for_within(
+            "its queue delivered without Redis",
+            Duration::from_secs(60),
+            |b| metric(b, "baton_queue_recipients") == 0,
+        );
     }
     assert_eq!(sink.count(), 120);
     let status = cluster_status(&a);
@@ -213,11 +320,17 @@ fn with_redis_gone_nodes_keep_to_their_share_lose_nothing_and_share_again_when_i
 
     redis.spawn();
     for n in [&mut a, &mut b] {
-        n.wait_for("limits shared again", |b| metric(b, "baton_cluster_shared") == 1);
+        n.wait_for("limits shared again", |b| {
+            metric(b, "baton_cluster_shared") == 1
+        });
     }
     wait_joined(&mut [&mut a, &mut b], 2);
     for (n, run) in [(&a, "a2"), (&b, "b2")] {
-        send(n.smtp, &["-n", "60", "-c", "4", "--run-id", run], dir.path());
+        send(
+            n.smtp,
+            &["-n", "60", "-c", "4", "--run-id", run],
+            dir.path(),
+        );
     }
     for n in [&mut a, &mut b] {
         n.wait_for_within("its queue delivered", Duration::from_secs(60), |b| {
@@ -227,7 +340,10 @@ fn with_redis_gone_nodes_keep_to_their_share_lose_nothing_and_share_again_when_i
     let counts = id_counts([&sink]);
     let report = sink.stop();
     assert_eq!(report["messages_accepted"], 240, "{report}");
-    assert!(counts.values().all(|&n| n == 1), "a message delivered twice");
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "a message delivered twice"
+    );
     // Each node's share was 3 of 6: together never over the limit.
     let peak = report["connections_peak"].as_u64().unwrap();
     assert!(peak <= SITE_CONNECTIONS_MAX, "peak {peak}");

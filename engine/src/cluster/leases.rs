@@ -213,7 +213,10 @@ mod tests {
         let mut paused = lane(2, 3, 6);
         paused.paused = true;
         let claims = leases.claims(&[paused], SURPLUS_LINGER_MS + 1);
-        assert!(claims.is_empty(), "the surplus is only noticed now: {claims:?}");
+        assert!(
+            claims.is_empty(),
+            "the surplus is only noticed now: {claims:?}"
+        );
         let claims = leases.claims(&[], 2 * SURPLUS_LINGER_MS + 2);
         assert_eq!((claims[0].want, claims[0].keep), (0, 0));
         leases.granted(&claims[0], 0, 2 * SURPLUS_LINGER_MS + 2);

@@ -4,6 +4,9 @@
 //! - connection limits per site × source, as leases with an expiry
 //!   ([`leases`], the `CLAIM` script): each connection a node opens holds
 //!   one, renewed while it lives, so a dead node's lapse by themselves;
+//! - sites' message rates, GCRA in Redis ([`rates`], the `RATE` script),
+//!   taken a tenth of a second's worth at a time, so Redis is never on the
+//!   per-message path;
 //! - shaping actions (a rule's suspension or throttle) and operator
 //!   actions (`baton site suspend`, `resume`), on the stream
 //!   `baton:actions`, applied by every node as it reads them (within a
@@ -23,6 +26,7 @@
 //! waits on Redis beyond that: nothing is lost or sent twice for it.
 
 pub mod leases;
+pub mod rates;
 mod scripts;
 
 use std::collections::HashMap;
@@ -41,6 +45,7 @@ use crate::config::ClusterConfig;
 use crate::policy::suppression::{Entry, Origin};
 use crate::queue::{ClusterBound, SiteAction};
 use crate::server::{unix_ms, Server};
+use crate::shard::ShardMsg;
 use leases::Leases;
 
 /// How often the thread looks at the queues and the streams when nothing
@@ -209,6 +214,7 @@ struct Node<'s> {
     claim: Script,
     heartbeat: Script,
     leave: Script,
+    rate: Script,
     leases: Leases,
     /// The last entry read from each stream.
     actions_id: String,
@@ -228,17 +234,18 @@ impl<'s> Node<'s> {
         cursor_path: PathBuf,
     ) -> Node<'s> {
         let cluster = server.cluster.as_ref().expect("a cluster");
-        let client = cluster
-            .config
-            .redis
-            .as_deref()
-            .and_then(|url| match redis::Client::open(url) {
-                Ok(client) => Some(client),
-                Err(err) => {
-                    tracing::error!(%err, url, "cluster: bad Redis URL");
-                    None
-                }
-            });
+        let client =
+            cluster
+                .config
+                .redis
+                .as_deref()
+                .and_then(|url| match redis::Client::open(url) {
+                    Ok(client) => Some(client),
+                    Err(err) => {
+                        tracing::error!(%err, url, "cluster: bad Redis URL");
+                        None
+                    }
+                });
         let suppression_id = std::fs::read_to_string(&cursor_path)
             .ok()
             .map(|s| s.trim().to_owned())
@@ -254,6 +261,7 @@ impl<'s> Node<'s> {
             claim: Script::new(scripts::CLAIM),
             heartbeat: Script::new(scripts::HEARTBEAT),
             leave: Script::new(scripts::LEAVE),
+            rate: Script::new(scripts::RATE),
             leases: Leases::new(cluster.config.lease_ttl.as_millis() as u64),
             actions_id: "0".to_owned(),
             suppression_id,
@@ -297,10 +305,14 @@ impl<'s> Node<'s> {
         self.leave_cluster();
     }
 
-    fn call<T>(&mut self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
-        let con = self.con.as_mut().ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Io, "not connected"))
-        })?;
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let con = self
+            .con
+            .as_mut()
+            .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "not connected")))?;
         self.cluster.redis_calls.fetch_add(1, Ordering::Relaxed);
         f(con)
     }
@@ -346,7 +358,10 @@ impl<'s> Node<'s> {
             .collect();
         self.run_claims(&claims, now)?;
         for lane in &view {
-            if !claims.iter().any(|c| c.site == lane.site && c.lane == lane.lane) {
+            if !claims
+                .iter()
+                .any(|c| c.site == lane.site && c.lane == lane.lane)
+            {
                 self.server.queues.set_leased(&lane.site, &lane.lane, 0);
             }
         }
@@ -374,9 +389,7 @@ impl<'s> Node<'s> {
     /// This node's share of each limit until Redis answers again.
     fn fall_back(&mut self, err: &str) {
         let nodes = self.cluster.live_nodes.load(Ordering::Relaxed).max(1);
-        self.server
-            .queues
-            .set_bound(ClusterBound::Share { nodes });
+        self.server.queues.set_bound(ClusterBound::Share { nodes });
         self.cluster.connected.store(false, Ordering::Release);
         if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
@@ -413,6 +426,40 @@ impl<'s> Node<'s> {
         let claims = self.leases.claims(&view, now);
         if !claims.is_empty() {
             self.run_claims(&claims, now)?;
+        }
+        let asks = rates::asks(&self.server.queues.rate_view());
+        if !asks.is_empty() {
+            self.run_rates(&asks)?;
+        }
+        Ok(())
+    }
+
+    /// One script call for every site's ask; the tokens go to the queues.
+    fn run_rates(&mut self, asks: &[rates::RateAsk]) -> redis::RedisResult<()> {
+        let script = self.rate.clone();
+        let granted: Vec<i64> = self.call(|con| {
+            let mut invocation = script.prepare_invoke();
+            for ask in asks {
+                invocation.key(format!("baton:rate:{}", ask.site));
+            }
+            for ask in asks {
+                invocation.arg(ask.rate).arg(ask.burst).arg(ask.want);
+            }
+            invocation.invoke(con)
+        })?;
+        let mut any = false;
+        for (ask, granted) in asks.iter().zip(granted) {
+            if granted > 0 {
+                self.server.queues.grant_tokens(&ask.site, granted as u64);
+                any = true;
+            }
+        }
+        // Connections waiting for a token go now, not at their shard's
+        // next sweep (a quarter second of the rate would be lost).
+        if any {
+            for link in &self.server.links {
+                link.send(ShardMsg::RateTokens);
+            }
         }
         Ok(())
     }
@@ -544,7 +591,11 @@ impl<'s> Node<'s> {
                 SUPPRESSION_STREAM,
                 redis::streams::StreamMaxlen::Approx(kept),
                 "*",
-                &[("node", node.as_str()), ("op", op), ("entry", json.as_str())],
+                &[
+                    ("node", node.as_str()),
+                    ("op", op),
+                    ("entry", json.as_str()),
+                ],
             )
             .ignore();
         }
@@ -644,7 +695,9 @@ impl<'s> Node<'s> {
             .collect();
         let result: redis::RedisResult<i64> = self.call(|con| {
             let mut invocation = script.prepare_invoke();
-            invocation.key(NODES_KEY).key(format!("{NODE_PREFIX}{node}"));
+            invocation
+                .key(NODES_KEY)
+                .key(format!("{NODE_PREFIX}{node}"));
             for (nodes, counts) in &lanes {
                 invocation.key(nodes).key(counts);
             }

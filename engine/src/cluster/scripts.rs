@@ -90,3 +90,34 @@ for i = 3, #KEYS do
 end
 return 1
 ";
+
+/// Takes tokens of sites' message rates, GCRA (as redis-cell does): per
+/// site one key holds the theoretical arrival time (TAT) of the next
+/// message, in ms of Redis' clock. Arguments per site: `rate` (messages
+/// per second, the cluster's), `burst` (tokens that may be taken at once)
+/// and `want`. Returns per site the tokens granted (0 to `want`): over any
+/// span of time at most `rate` per second plus one burst, whatever the
+/// number of nodes asking.
+pub const RATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local out = {}
+for i = 1, #KEYS do
+  local rate = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local want = tonumber(ARGV[3 * i])
+  local interval = 1000 / rate
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then
+    tat = now
+  end
+  local room = math.floor((now + burst * interval - tat) / interval)
+  local granted = math.min(want, math.max(room, 0))
+  if granted > 0 then
+    tat = tat + granted * interval
+    redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+  end
+  out[i] = granted
+end
+return out
+";

@@ -53,10 +53,10 @@ pub use delivery::{
     TlsPolicy,
 };
 
+pub use cluster::ClusterConfig;
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};
-pub use cluster::ClusterConfig;
 pub use http::HttpConfig;
 pub use webhook::{WebhookConfig, BATCH_HEADER, SIGNATURE_HEADER};
 

@@ -993,7 +993,7 @@ mod tests {
         let tx = Mutex::new(tx);
         let list = SuppressionList::open(
             &dir.join("suppression.redb"),
-            Box::new(move |entry, added| {
+            Box::new(move |entry, added, _origin| {
                 let _ = tx.lock().unwrap().send((entry.clone(), added));
             }),
         )

@@ -33,8 +33,8 @@ use baton_spool::{QueueId, Status};
 
 use crate::route::Destination;
 
+pub use shared::{LaneLease, SiteAction, SiteRate};
 use site::{Bucket, Site};
-pub use shared::{LaneLease, SiteAction};
 pub use site::{ClusterBound, LaneSummary, Lanes, SiteOf, SiteShaping, SiteSummary, DEFAULT_LANE};
 
 /// How many learned domain → site answers the table keeps; past it, it
@@ -515,7 +515,10 @@ impl Table {
                 self.sites.remove(&old_name);
             }
         }
-        let site = self.sites.entry(name).or_insert_with(|| Site::new(shaping, self.bound));
+        let site = self
+            .sites
+            .entry(name)
+            .or_insert_with(|| Site::new(shaping, self.bound));
         for ((lane, _), n) in queue.lanes.iter().zip(&queue.by_lane) {
             for _ in 0..*n {
                 site.open(lane);

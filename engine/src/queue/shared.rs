@@ -59,6 +59,20 @@ pub struct LaneLease {
     pub paused: bool,
 }
 
+/// A site's message rate as the cluster thread sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteRate {
+    pub site: Arc<str>,
+    /// Messages per second, the whole cluster's.
+    pub rate: u32,
+    /// Granted and not yet spent.
+    pub granted: u64,
+    /// Spent since the last look.
+    pub spent: u64,
+    /// A message waited for a token since the last look.
+    pub wanted: bool,
+}
+
 impl Queues {
     /// Announces this node's actions on `announce` from now on (the
     /// cluster thread publishes them). A full channel drops one: a shard
@@ -70,7 +84,10 @@ impl Queues {
     pub(super) fn announce(&self, action: SiteAction) {
         if let Some(announce) = self.announce.get() {
             if let Err(TrySendError::Full(action)) = announce.try_send(action) {
-                tracing::warn!(?action, "cluster: the announcement channel is full; action not shared");
+                tracing::warn!(
+                    ?action,
+                    "cluster: the announcement channel is full; action not shared"
+                );
             }
         }
     }
@@ -119,6 +136,37 @@ impl Queues {
             }
         }
         out
+    }
+
+    /// Every site with a message rate, and how its tokens went since the
+    /// last look (which this resets).
+    pub fn rate_view(&self) -> Vec<SiteRate> {
+        let mut table = self.lock();
+        let mut out = Vec::new();
+        for (name, site) in table.sites.iter_mut() {
+            if site.shaping.message_rate_max == 0 {
+                continue;
+            }
+            out.push(SiteRate {
+                site: name.clone(),
+                rate: site.shaping.message_rate_max,
+                granted: site.granted,
+                spent: std::mem::take(&mut site.spent),
+                wanted: std::mem::take(&mut site.rate_wanted),
+            });
+        }
+        out
+    }
+
+    /// Tokens of a site's rate the cluster granted this node.
+    pub fn grant_tokens(&self, site: &str, tokens: u64) {
+        let mut table = self.lock();
+        let Some((name, _)) = table.sites.get_key_value(site) else {
+            return;
+        };
+        let name = name.clone();
+        site_mut(&mut table.sites, &name).granted += tokens;
+        table.touch_members(&name);
     }
 
     /// The leases this node holds for a site × source. More than before:

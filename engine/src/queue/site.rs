@@ -120,6 +120,10 @@ impl ClusterBound {
     }
 }
 
+/// How long a message waits for the cluster's next batch of a site's
+/// rate tokens before it asks again: about a tick of the cluster thread.
+pub const CLUSTER_RATE_RETRY_MS: u64 = 50;
+
 /// The lane of connections that leave from no particular source (no
 /// `[[pool]]`): the site is one lane.
 pub const DEFAULT_LANE: &str = "";
@@ -207,6 +211,13 @@ pub(super) struct Site {
     pub idle: usize,
     /// The cluster's word on the lanes' limits (the table's, copied).
     pub bound: ClusterBound,
+    /// Tokens of the site's message rate the cluster granted this node
+    /// and it has not spent (with [`ClusterBound::Leases`]).
+    pub granted: u64,
+    /// Spent since the cluster thread last looked.
+    pub spent: u64,
+    /// A message waited for a token since the cluster thread last looked.
+    pub rate_wanted: bool,
 }
 
 impl Site {
@@ -214,6 +225,9 @@ impl Site {
         Site {
             shaping,
             bound,
+            granted: 0,
+            spent: 0,
+            rate_wanted: false,
             connections: 0,
             paused_until_ms: 0,
             suspended: None,
@@ -343,10 +357,43 @@ impl Site {
         l.limit.min(l.cap(max, now_ms))
     }
 
+    /// A token of the site's own rate: the local bucket alone, the
+    /// cluster's tokens granted in batches with leases (none left: ask
+    /// again after a tick of the cluster thread), or the node's share of
+    /// the rate while Redis is out of reach.
+    fn take_site_token(&mut self, now_ms: u64) -> Result<(), u64> {
+        let rate = self.shaping.message_rate_max;
+        match self.bound {
+            ClusterBound::Leases if rate > 0 => {
+                if self.granted == 0 {
+                    self.rate_wanted = true;
+                    return Err(now_ms + CLUSTER_RATE_RETRY_MS);
+                }
+                self.granted -= 1;
+                self.spent += 1;
+                Ok(())
+            }
+            ClusterBound::Share { nodes } if rate > 0 => self
+                .bucket
+                .take((rate / nodes.max(1) as u32).max(1), now_ms),
+            _ => self.bucket.take(rate, now_ms),
+        }
+    }
+
+    fn give_back_site_token(&mut self) {
+        match self.bound {
+            ClusterBound::Leases if self.shaping.message_rate_max > 0 => {
+                self.granted += 1;
+                self.spent = self.spent.saturating_sub(1);
+            }
+            _ => self.bucket.give_back(),
+        }
+    }
+
     /// A token of the site's rate and of the lane's throttle, if any.
     pub(super) fn take_token(&mut self, lane: &Arc<str>, now_ms: u64) -> Result<(), u64> {
         let rate = self.shaping.message_rate_max;
-        self.bucket.take(rate, now_ms)?;
+        self.take_site_token(now_ms)?;
         let throttled = self
             .lanes
             .get_mut(lane)
@@ -358,7 +405,7 @@ impl Site {
                 cap.clamp(1, rate)
             };
             if let Err(retry) = self.lane(lane).bucket.take(cap, now_ms) {
-                self.bucket.give_back();
+                self.give_back_site_token();
                 return Err(retry);
             }
         }

@@ -524,6 +524,7 @@ impl Shard {
                     self.resolved(ConnKey::from_u64(conn), resolution);
                 }
                 ShardMsg::Work { conn } => self.out_work(ConnKey::from_u64(conn)),
+                ShardMsg::RateTokens => self.out_rate_tokens(),
                 ShardMsg::Signed { conn, message } => {
                     self.signed(ConnKey::from_u64(conn), *message);
                 }

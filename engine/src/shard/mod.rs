@@ -71,6 +71,9 @@ pub enum ShardMsg {
         index: usize,
         message: Box<crate::inbound::ReceivedMessage>,
     },
+    /// The cluster granted rate tokens: connections waiting for one try
+    /// now rather than at the next sweep.
+    RateTokens,
     /// An operator's request (delete, bounce, flush) that needs a spool
     /// writer; the answer goes back on the channel.
     Admin(AdminRequest, Sender<AdminReply>),

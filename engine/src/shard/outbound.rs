@@ -788,6 +788,23 @@ impl Shard {
         self.out_progress(key);
     }
 
+    /// Rate tokens arrived from the cluster: every connection waiting for
+    /// one takes its next transaction now (those whose site got none wait
+    /// again).
+    pub(super) fn out_rate_tokens(&mut self) {
+        for key in self.outs.keys() {
+            let Some(conn) = self.outs.get_mut(key) else {
+                continue;
+            };
+            if !conn.rate_wait || conn.after.is_some() {
+                continue;
+            }
+            conn.rate_wait = false;
+            self.out_next_transaction(key);
+            self.out_progress(key);
+        }
+    }
+
     /// Steps the client: handles its events, sends what it wants sent,
     /// keeps a receive armed.
     fn out_progress(&mut self, key: ConnKey) {
