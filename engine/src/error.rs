@@ -29,6 +29,9 @@ pub enum Error {
     /// admin one is missing off loopback.
     #[error("{0}")]
     AdminToken(String),
+    /// `baton drain` cannot start: a bad target.
+    #[error("drain: {0}")]
+    Drain(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

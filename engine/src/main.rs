@@ -82,6 +82,34 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Take the node out of service: it takes no more mail (421 to SMTP clients, 503 to HTTP
+    /// injection) and sends every queued message to another node over SMTP, each recorded
+    /// delivered only after that node's 250; then waits until the queue is empty, when the
+    /// node can be stopped (through its admin API).
+    Drain {
+        /// The other node's SMTP listener, host:port; it must relay for this one (its
+        /// [relay] networks, or AUTH with --user).
+        #[arg(long)]
+        to: String,
+        /// Authenticate to the other node as this user (its [auth] users).
+        #[arg(long)]
+        user: Option<String>,
+        /// A file holding --user's password (one trailing newline stripped).
+        #[arg(long, requires = "user")]
+        password_file: Option<PathBuf>,
+        /// Send the credentials over a connection without STARTTLS too.
+        #[arg(long)]
+        auth_plaintext: bool,
+        /// Return once the drain has started, without waiting for the queue to empty.
+        #[arg(long)]
+        no_wait: bool,
+        /// The server's configuration, to find its admin address and token.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin address, overriding the configuration.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+    },
     /// The cluster a running server belongs to ([cluster]): the live nodes, their
     /// heartbeats and versions, and the leases this node holds (through its admin API).
     Cluster {
@@ -478,6 +506,25 @@ fn main() -> ExitCode {
             admin,
             json,
         } => site(action, config.as_deref(), admin, json),
+        Command::Drain {
+            to,
+            user,
+            password_file,
+            auth_plaintext,
+            no_wait,
+            config,
+            admin,
+        } => drain(
+            DrainArgs {
+                to,
+                user,
+                password_file,
+                auth_plaintext,
+                wait: !no_wait,
+            },
+            config.as_deref(),
+            admin,
+        ),
         Command::Cluster {
             action: ClusterAction::Status,
             config,
@@ -1441,6 +1488,59 @@ fn shaping_state(
         state.push("ok".into());
     }
     state
+}
+
+/// `baton drain`'s options.
+struct DrainArgs {
+    to: String,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    auth_plaintext: bool,
+    wait: bool,
+}
+
+/// How often `baton drain` looks at what is left.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `baton drain`.
+fn drain(args: DrainArgs, config: Option<&Path>, admin: Option<SocketAddr>) -> Result<(), String> {
+    let api = Api::from_config(config, admin)?;
+    let password = match &args.password_file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Some(text.strip_suffix('\n').unwrap_or(&text).to_owned())
+        }
+        None => None,
+    };
+    let body = serde_json::json!({
+        "to": args.to,
+        "user": args.user,
+        "password": password,
+        "auth_plaintext": args.auth_plaintext,
+    })
+    .to_string();
+    api.send("/drain", "application/json", body.as_bytes(), false)?;
+    if !args.wait {
+        return Ok(());
+    }
+    let mut last = u64::MAX;
+    loop {
+        let queue: QueueSummary =
+            serde_json::from_str(&api.read("/queue")?).map_err(|e| e.to_string())?;
+        if queue.recipients == 0 {
+            println!("drained: the queue is empty; the node can be stopped");
+            return Ok(());
+        }
+        if queue.recipients != last {
+            println!(
+                "{} recipients of {} messages left",
+                queue.recipients, queue.messages
+            );
+            last = queue.recipients;
+        }
+        std::thread::sleep(DRAIN_POLL);
+    }
 }
 
 /// `baton cluster status`.

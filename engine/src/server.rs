@@ -20,7 +20,9 @@ use std::time::Duration;
 use baton_spool::{BlockingWriter, QueueId, Spool, SpoolConfig};
 
 use crate::cluster::{Cluster, Outgoing};
-use crate::config::{BareLineEndingsSetting, Config, ListenerConfig, ListenerTls};
+use crate::config::{
+    BareLineEndingsSetting, Config, ListenerConfig, ListenerTls, RouteConfig, Secret,
+};
 use crate::delivery::events::{Event as LogEvent, EventKind, EventLog};
 use crate::delivery::retry::{DeliverySettings, Timeouts};
 use crate::delivery::webhook::Webhooks;
@@ -170,6 +172,23 @@ pub struct Server {
     pub reload_hook: std::sync::OnceLock<ReloadHook>,
     /// Held through a reload: SIGHUP and `POST /reload` take turns.
     reloading: Mutex<()>,
+    /// Where `baton drain` sends the queue; `None` unless draining.
+    draining: Mutex<Option<RouteConfig>>,
+}
+
+/// `baton drain`: where this node's queue goes, and as whom.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DrainTarget {
+    /// The other node's SMTP listener, `host:port`.
+    pub to: String,
+    /// SMTP AUTH to it (an authenticated relay), with `password`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Send the credentials without STARTTLS too (a private network).
+    #[serde(default)]
+    pub auth_plaintext: bool,
 }
 
 /// What a reload (SIGHUP, `baton reload`) replaces, built whole from one
@@ -281,6 +300,11 @@ impl Server {
         let _one_at_a_time = self.reloading.lock().expect("reload lock");
         let current = self.live();
         let (mut config, mut needs_restart) = current.config.live_part(new);
+        // A drain outlives a reload: its route stays the only one.
+        if let Some(route) = self.draining.lock().expect("drain lock").clone() {
+            config.routes = vec![route];
+            config.delivery.hold = false;
+        }
         if self.server_tls.is_none() && config.tls.certificate.is_some() {
             // TLS was off at start: the listeners were set up without it.
             needs_restart.push("tls.certificate");
@@ -320,6 +344,44 @@ impl Server {
         self.queues.reconfigure(live.queue_policy(), unix_ms());
         self.live.store(Arc::new(live));
         Ok(reloaded)
+    }
+
+    /// Whether `baton drain` is under way: no mail is taken.
+    pub fn is_draining(&self) -> bool {
+        self.draining.lock().expect("drain lock").is_some()
+    }
+
+    /// `baton drain`: takes no more mail and sends every queued recipient
+    /// to `target` over SMTP, as a route for every domain would (so each is
+    /// recorded delivered only after the other node's `250`, and retried
+    /// as usual when it defers). Scheduled recipients are due at once.
+    /// Lasts until the process stops; a reload keeps it.
+    pub fn drain(&self, target: &DrainTarget) -> Result<usize> {
+        let next_hop = crate::config::parse_next_hop(&target.to)
+            .map_err(|err| Error::Drain(format!("--to {}: {err}", target.to)))?;
+        let route = RouteConfig {
+            domain: "*".into(),
+            next_hop,
+            tls: None,
+            auth_user: target.user.clone(),
+            auth_password: target.password.clone().map(Secret::new),
+            auth_password_file: None,
+            auth_plaintext: target.auth_plaintext,
+            pool: None,
+        };
+        let _one_at_a_time = self.reloading.lock().expect("reload lock");
+        let current = self.live();
+        let mut config = current.config.clone();
+        config.routes = vec![route.clone()];
+        config.delivery.hold = false;
+        let live = Live::build(config, current.generation + 1)?;
+        *self.draining.lock().expect("drain lock") = Some(route);
+        let now = unix_ms();
+        self.queues.reconfigure(live.queue_policy(), now);
+        self.live.store(Arc::new(live));
+        let flushed = self.queues.flush(None, now);
+        tracing::warn!(to = %target.to, flushed, "draining: no mail is taken; the queue goes to another node");
+        Ok(flushed)
     }
 
     /// Counts a connection from `ip`; `false` if that is one too many.
@@ -679,6 +741,7 @@ pub fn start(config: Config) -> Result<Running> {
         signing,
         reload_hook: std::sync::OnceLock::new(),
         reloading: Mutex::new(()),
+        draining: Mutex::new(None),
         config,
     });
     let shards = shard::start(&server, inboxes).map_err(Error::Listen)?;

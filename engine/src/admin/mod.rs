@@ -223,6 +223,8 @@ enum Endpoint<'a> {
     /// `/cluster`: the nodes sharing limits through Redis, as this one
     /// last saw them.
     Cluster,
+    /// `/drain`: take no more mail and send the queue to another node.
+    Drain,
 }
 
 impl Endpoint<'_> {
@@ -244,6 +246,7 @@ impl Endpoint<'_> {
             "/sites/suspend" => Endpoint::SiteSuspend,
             "/sites/resume" => Endpoint::SiteResume,
             "/cluster" => Endpoint::Cluster,
+            "/drain" => Endpoint::Drain,
             _ => {
                 let rest = path.strip_prefix("/queue/")?;
                 if let Some(domain) = rest.strip_prefix("flush/") {
@@ -280,7 +283,8 @@ impl Endpoint<'_> {
             | Endpoint::SuppressionRemove
             | Endpoint::SuppressionImport
             | Endpoint::SiteSuspend
-            | Endpoint::SiteResume => "POST",
+            | Endpoint::SiteResume
+            | Endpoint::Drain => "POST",
             Endpoint::Suppression => "GET, POST",
         }
     }
@@ -308,6 +312,31 @@ fn route(method: &str, path: &str, query: &str, body: &[u8], server: &Server) ->
         Endpoint::Sites => Response::json(200, &sites::list(server)),
         Endpoint::SiteSuspend => sites::suspend(server, body),
         Endpoint::SiteResume => sites::resume(server, body),
+        Endpoint::Drain => {
+            let target: crate::server::DrainTarget = match serde_json::from_slice(body) {
+                Ok(target) => target,
+                Err(err) => {
+                    return Response::refused(
+                        400,
+                        format!("expected {{\"to\": \"host:port\"}}: {err}"),
+                    )
+                }
+            };
+            match server.drain(&target) {
+                Ok(flushed) => Response::json(
+                    200,
+                    &AdminReply {
+                        ok: true,
+                        recipients: flushed,
+                        message: format!(
+                            "draining to {}: no mail is taken; the queue goes there",
+                            target.to
+                        ),
+                    },
+                ),
+                Err(err) => Response::refused(400, err.to_string()),
+            }
+        }
         Endpoint::Cluster => match &server.cluster {
             Some(cluster) => Response::json(200, &*cluster.status()),
             None => Response::text(404, "no [cluster]: this node runs alone\n"),

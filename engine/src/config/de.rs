@@ -184,7 +184,7 @@ pub(super) fn lowercase<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Er
 /// `"host:port"`, `"192.0.2.1:25"`, `"[2001:db8::1]:25"`. The host is kept
 /// as text, lowercased if a name and in canonical form if an address; a
 /// name's syntax and port 0 are left to `validate`.
-fn parse_next_hop(text: &str) -> Result<NextHop, String> {
+pub fn parse_next_hop(text: &str) -> Result<NextHop, String> {
     let expected = "expected host:port, such as \"smtp.example.net:587\" or \"[2001:db8::1]:25\"";
     let (host, port) = if let Some(bracketed) = text.strip_prefix('[') {
         let (v6, port) = bracketed

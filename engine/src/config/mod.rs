@@ -54,6 +54,7 @@ pub use delivery::{
 };
 
 pub use cluster::ClusterConfig;
+pub use de::parse_next_hop;
 pub use dkim::{DkimAlgorithm, DkimDefaults, DkimKeyConfig};
 pub use duration::parse_duration;
 pub use error::{ConfigError, Position};

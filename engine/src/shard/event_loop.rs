@@ -648,7 +648,13 @@ impl Shard {
         let config = server.session_configs[listener].clone();
         let implicit_tls = server.listener_tls[listener] == ListenerTls::Implicit;
         let mut counted_ip = None;
-        let session = if self.conns.len() >= limits.connections_per_shard_max {
+        let session = if server.is_draining() {
+            server
+                .metrics
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            Session::refused(config, "Service not available: draining to another node")
+        } else if self.conns.len() >= limits.connections_per_shard_max {
             server
                 .metrics
                 .connections_refused

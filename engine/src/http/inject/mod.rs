@@ -197,6 +197,12 @@ async fn answer(
             "stopping; try again".into(),
         );
     }
+    if server.is_draining() {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is draining its queue to another; send elsewhere".into(),
+        );
+    }
     let client = match auth::authenticate(&request, listener, peer).await {
         Ok(client) => client,
         Err(refused) => {
