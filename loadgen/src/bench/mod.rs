@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// Leave baton out.
     #[arg(long, conflicts_with = "baton")]
     pub no_baton: bool,
+    /// TOML appended to the configuration the bench writes for baton (for
+    /// a [cluster] table, say): the row then measures baton so configured.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_baton")]
+    pub baton_config_append: Option<PathBuf>,
     /// Also bench Postfix (installed from Debian's packages if missing).
     #[arg(long)]
     pub postfix: bool,
@@ -235,6 +239,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runs = paths
         .into_iter()
         .flat_map(|path| args.tls.passes().iter().map(move |&tls| (path, tls)));
+    let append = match &args.baton_config_append {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => String::new(),
+    };
     for (path, tls) in runs {
         let label = path_label(path, tls);
         eprintln!("loadgen bench: {label} ...");
@@ -243,7 +252,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let relay = match path {
             PathKind::Direct => RelayChoice::None,
-            PathKind::Baton => RelayChoice::Baton(baton.as_deref().expect("baton chosen")),
+            PathKind::Baton => RelayChoice::Baton(baton.as_deref().expect("baton chosen"), &append),
             PathKind::Postfix => {
                 RelayChoice::Postfix(postfix_script.as_deref().expect("postfix chosen"))
             }
@@ -307,7 +316,8 @@ fn relate(row: &mut Row, before: &[Row]) {
 /// Which relay to start for a path.
 enum RelayChoice<'a> {
     None,
-    Baton(&'a Path),
+    /// The binary, and TOML appended to its configuration.
+    Baton(&'a Path, &'a str),
     Postfix(&'a Path),
     Kumod(relay::Kumod<'a>),
 }
@@ -334,8 +344,8 @@ async fn run_path(
     let sink = EmbeddedSink::start(sink_args(&send_report_path, certs)).await?;
     let started = match relay {
         RelayChoice::None => None,
-        RelayChoice::Baton(binary) => Some(tokio::task::block_in_place(|| {
-            relay::Relay::start_baton(binary, dir, sink.addr, certs)
+        RelayChoice::Baton(binary, append) => Some(tokio::task::block_in_place(|| {
+            relay::Relay::start_baton(binary, dir, sink.addr, certs, append)
         })?),
         RelayChoice::Postfix(script) => Some(tokio::task::block_in_place(|| {
             relay::Relay::start_postfix(script, &dir.join("postfix"), sink.addr, certs)

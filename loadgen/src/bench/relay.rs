@@ -49,16 +49,17 @@ pub struct Started {
 impl Relay {
     /// Starts `baton run` on a free loopback port, its spool and log in
     /// `dir`, on its defaults plus a route of every domain to the sink
-    /// (and STARTTLS on both hops with `tls`).
+    /// (and STARTTLS on both hops with `tls`), then `append`.
     pub fn start_baton(
         binary: &Path,
         dir: &Path,
         sink: SocketAddr,
         tls: Option<&CertFiles>,
+        append: &str,
     ) -> anyhow::Result<Started> {
         let [port] = free_ports()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let text = config::baton_config(addr, &dir.join("spool"), sink, tls);
+        let text = config::baton_config(addr, &dir.join("spool"), sink, tls) + "\n" + append;
         let config = dir.join("baton.toml");
         check_config(binary, &config, &text).map_err(|e| match tls {
             Some(_) => e.context(
