@@ -8,7 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use baton_tests::delivery::{get_json, id_counts, metric, route, send, wait_status};
+use baton::cluster::leases::Claim;
+use baton::cluster::rates::RateAsk;
+use baton::cluster::store::{Model, RedisStore, Store};
+use baton_tests::delivery::{get_json, id_counts, metric, route, send, unix_ms, wait_status};
 use baton_tests::redis::Redis;
 use baton_tests::sink::Sink;
 use baton_tests::{Baton, TestConfig};
@@ -347,4 +350,76 @@ fn with_redis_gone_nodes_keep_to_their_share_lose_nothing_and_share_again_when_i
     // Each node's share was 3 of 6: together never over the limit.
     let peak = report["connections_peak"].as_u64().unwrap();
     assert!(peak <= SITE_CONNECTIONS_MAX, "peak {peak}");
+}
+
+/// The simulator's cluster runs against `store::Model`; this runs one
+/// sequence of lease claims and rate asks through the real scripts in
+/// Redis and through the model, and wants the same answers: leases shared
+/// up to a limit, kept for open connections over it, given back, lapsed;
+/// GCRA tokens granted up to the burst, then none until time passes.
+#[test]
+fn the_simulators_model_of_redis_answers_as_redis_does() {
+    let Some(redis) = Redis::start() else { return };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let mut real = RedisStore {
+        con: &mut con,
+        calls: 0,
+    };
+    let mut model = Model::default();
+    let claim = |site: &str, want: usize, keep: usize, limit: usize| Claim {
+        site: site.into(),
+        lane: "ip1".into(),
+        want,
+        keep,
+        limit,
+    };
+    let mut both = |node: &str, ttl: u64, claims: &[Claim], model: &mut Model| {
+        model.now_ms = unix_ms();
+        let expected = real.claim(node, ttl, claims).unwrap();
+        let got = model.claim(node, ttl, claims).unwrap();
+        assert_eq!(got, expected, "{node} claiming {claims:?}");
+        got
+    };
+    const LONG: u64 = 60_000;
+    assert_eq!(both("a", LONG, &[claim("s1", 4, 0, 6)], &mut model), [4]);
+    assert_eq!(
+        both(
+            "b",
+            LONG,
+            &[claim("s1", 6, 0, 6), claim("s2", 3, 0, 6)],
+            &mut model
+        ),
+        [2, 3]
+    );
+    // Over the limit only for what is open.
+    assert_eq!(both("c", LONG, &[claim("s1", 5, 1, 6)], &mut model), [1]);
+    // a lowers its limit and gives back; b then gets more.
+    assert_eq!(both("a", LONG, &[claim("s1", 1, 1, 2)], &mut model), [1]);
+    assert_eq!(both("b", LONG, &[claim("s1", 6, 0, 6)], &mut model), [4]);
+    assert_eq!(both("b", LONG, &[claim("s2", 0, 0, 6)], &mut model), [0]);
+    // A short lease lapses: d's three go to e once it has.
+    assert_eq!(both("d", 300, &[claim("s3", 3, 0, 3)], &mut model), [3]);
+    assert_eq!(both("e", LONG, &[claim("s3", 3, 0, 3)], &mut model), [0]);
+    let lapsed = unix_ms() + 400;
+    while unix_ms() < lapsed {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(both("e", LONG, &[claim("s3", 3, 0, 3)], &mut model), [3]);
+
+    // GCRA at 1 token a second, a burst of 10: 4, then the 6 left, then
+    // none until a second has passed.
+    let ask = |want: u64| RateAsk {
+        site: "s1".into(),
+        rate: 1,
+        burst: 10,
+        want,
+    };
+    for (want, granted) in [(4, 4), (10, 6), (3, 0)] {
+        model.now_ms = unix_ms();
+        let expected = real.take_rates(&[ask(want)]).unwrap();
+        let got = model.take_rates(&[ask(want)]).unwrap();
+        assert_eq!(got, expected, "asking {want}");
+        assert_eq!(got, [granted], "asking {want}");
+    }
 }

@@ -28,6 +28,7 @@
 pub mod leases;
 pub mod rates;
 mod scripts;
+pub mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ use crate::queue::{ClusterBound, SiteAction};
 use crate::server::{unix_ms, Server};
 use crate::shard::ShardMsg;
 use leases::Leases;
+use store::{lease_keys, RedisStore, Store};
 
 /// How often the thread looks at the queues and the streams when nothing
 /// wakes it sooner.
@@ -211,10 +213,8 @@ struct Node<'s> {
     actions: Receiver<SiteAction>,
     client: Option<redis::Client>,
     con: Option<Connection>,
-    claim: Script,
     heartbeat: Script,
     leave: Script,
-    rate: Script,
     leases: Leases,
     /// The last entry read from each stream.
     actions_id: String,
@@ -258,10 +258,8 @@ impl<'s> Node<'s> {
             actions,
             client,
             con: None,
-            claim: Script::new(scripts::CLAIM),
             heartbeat: Script::new(scripts::HEARTBEAT),
             leave: Script::new(scripts::LEAVE),
-            rate: Script::new(scripts::RATE),
             leases: Leases::new(cluster.config.lease_ttl.as_millis() as u64),
             actions_id: "0".to_owned(),
             suppression_id,
@@ -422,41 +420,23 @@ impl<'s> Node<'s> {
         self.publish_suppression()?;
         self.read_streams()?;
         let now = unix_ms();
-        let view = self.server.queues.lease_view(now);
-        let claims = self.leases.claims(&view, now);
-        if !claims.is_empty() {
-            self.run_claims(&claims, now)?;
-        }
-        let asks = rates::asks(&self.server.queues.rate_view());
-        if !asks.is_empty() {
-            self.run_rates(&asks)?;
-        }
-        Ok(())
-    }
-
-    /// One script call for every site's ask; the tokens go to the queues.
-    fn run_rates(&mut self, asks: &[rates::RateAsk]) -> redis::RedisResult<()> {
-        let script = self.rate.clone();
-        let granted: Vec<i64> = self.call(|con| {
-            let mut invocation = script.prepare_invoke();
-            for ask in asks {
-                invocation.key(format!("baton:rate:{}", ask.site));
-            }
-            for ask in asks {
-                invocation.arg(ask.rate).arg(ask.burst).arg(ask.want);
-            }
-            invocation.invoke(con)
-        })?;
-        let mut any = false;
-        for (ask, granted) in asks.iter().zip(granted) {
-            if granted > 0 {
-                self.server.queues.grant_tokens(&ask.site, granted as u64);
-                any = true;
-            }
-        }
+        let ttl_ms = self.cluster.config.lease_ttl.as_millis() as u64;
+        let con = self.con.as_mut().expect("connected");
+        let mut store = RedisStore { con, calls: 0 };
+        let stepped = store::step(
+            &mut store,
+            &self.server.queues,
+            &mut self.leases,
+            &self.cluster.node,
+            ttl_ms,
+            now,
+        );
+        self.cluster
+            .redis_calls
+            .fetch_add(store.calls, Ordering::Relaxed);
         // Connections waiting for a token go now, not at their shard's
         // next sweep (a quarter second of the rate would be lost).
-        if any {
+        if stepped.map_err(redis_error)? {
             for link in &self.server.links {
                 link.send(ShardMsg::RateTokens);
             }
@@ -470,23 +450,14 @@ impl<'s> Node<'s> {
         if claims.is_empty() {
             return Ok(());
         }
-        let ttl = self.cluster.config.lease_ttl.as_millis() as u64;
-        let node = self.cluster.node.clone();
-        let script = self.claim.clone();
-        let granted: Vec<(i64, i64)> = self.call(|con| {
-            let mut invocation = script.prepare_invoke();
-            for claim in claims {
-                let (nodes, counts) = lease_keys(&claim.site, &claim.lane);
-                invocation.key(nodes).key(counts);
-            }
-            invocation.arg(&node).arg(ttl);
-            for claim in claims {
-                invocation.arg(claim.want).arg(claim.keep).arg(claim.limit);
-            }
-            invocation.invoke(con)
-        })?;
-        for (claim, (granted, _others)) in claims.iter().zip(granted) {
-            let granted = granted.max(0) as usize;
+        let ttl_ms = self.cluster.config.lease_ttl.as_millis() as u64;
+        let con = self.con.as_mut().expect("connected");
+        let mut store = RedisStore { con, calls: 0 };
+        let granted = store.claim(&self.cluster.node, ttl_ms, claims);
+        self.cluster
+            .redis_calls
+            .fetch_add(store.calls, Ordering::Relaxed);
+        for (claim, granted) in claims.iter().zip(granted.map_err(redis_error)?) {
             self.leases.granted(claim, granted, now);
             self.server
                 .queues
@@ -709,12 +680,9 @@ impl<'s> Node<'s> {
     }
 }
 
-/// A lane's two keys: nodes by lease expiry, and lease counts by node.
-fn lease_keys(site: &str, lane: &str) -> (String, String) {
-    (
-        format!("baton:lease:{site}/{lane}:nodes"),
-        format!("baton:lease:{site}/{lane}:counts"),
-    )
+/// A store's error as the thread's: the connection is lost.
+fn redis_error(err: String) -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "cluster store", err))
 }
 
 fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
