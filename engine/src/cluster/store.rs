@@ -114,6 +114,9 @@ impl Store for RedisStore<'_> {
     }
 }
 
+/// Per node: its lease count, and when they lapse (ms).
+type NodeLeases = HashMap<String, (usize, u64)>;
+
 /// An in-process model of the `CLAIM` and `RATE` scripts, on a clock the
 /// caller sets ([`Model::now_ms`]), that can be made unreachable
 /// ([`Model::down`]): the simulator's Redis.
@@ -123,8 +126,8 @@ pub struct Model {
     pub now_ms: u64,
     /// Every call fails, as with Redis out of reach.
     pub down: bool,
-    /// Per lane (its keys): per node, (lease count, lapses at).
-    leases: HashMap<(Arc<str>, Arc<str>), HashMap<String, (usize, u64)>>,
+    /// Per lane (site, source): each node's leases.
+    leases: HashMap<(Arc<str>, Arc<str>), NodeLeases>,
     /// Per site: the theoretical arrival time, in ms.
     tat: HashMap<Arc<str>, f64>,
     /// Calls answered.
