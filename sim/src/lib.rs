@@ -25,6 +25,7 @@
 //! then `250`; deliver, then settle). See `docs/architecture.md`.
 //! A failing seed replays exactly: `baton-sim --seed S` prints the history.
 
+pub mod cluster;
 pub mod disk;
 pub mod hop;
 pub mod rng;

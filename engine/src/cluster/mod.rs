@@ -26,6 +26,7 @@
 //! waits on Redis beyond that: nothing is lost or sent twice for it.
 
 pub mod leases;
+pub mod nodes;
 pub mod rates;
 mod scripts;
 pub mod store;
@@ -48,6 +49,7 @@ use crate::queue::{ClusterBound, SiteAction};
 use crate::server::{unix_ms, Server};
 use crate::shard::ShardMsg;
 use leases::Leases;
+use nodes::KnownNodes;
 use store::{lease_keys, RedisStore, Store};
 
 /// How often the thread looks at the queues and the streams when nothing
@@ -70,6 +72,8 @@ const NODE_PREFIX: &str = "baton:node:";
 const ACTIONS_STREAM: &str = "baton:actions";
 const SUPPRESSION_STREAM: &str = "baton:suppression";
 const CURSOR_FILE: &str = "cluster-suppression.cursor";
+/// The node count fallbacks divide by, kept across restarts.
+const NODES_FILE: &str = "cluster-nodes";
 
 /// A change this node made, for the others.
 #[derive(Debug)]
@@ -220,6 +224,8 @@ struct Node<'s> {
     actions_id: String,
     suppression_id: String,
     cursor_path: PathBuf,
+    known: KnownNodes,
+    nodes_path: PathBuf,
     next_heartbeat: Instant,
     next_connect: Instant,
     /// The outage being logged (logged once when it starts).
@@ -251,7 +257,16 @@ impl<'s> Node<'s> {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "0".to_owned());
+        let nodes_path = server.config.spool.path.join(NODES_FILE);
+        let saved = std::fs::read_to_string(&nodes_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1);
+        let known = KnownNodes::new(saved, unix_ms());
+        cluster.live_nodes.store(known.count(), Ordering::Relaxed);
         Node {
+            known,
+            nodes_path,
             server,
             cluster,
             inbox,
@@ -386,7 +401,7 @@ impl<'s> Node<'s> {
 
     /// This node's share of each limit until Redis answers again.
     fn fall_back(&mut self, err: &str) {
-        let nodes = self.cluster.live_nodes.load(Ordering::Relaxed).max(1);
+        let nodes = self.known.count();
         self.server.queues.set_bound(ClusterBound::Share { nodes });
         self.cluster.connected.store(false, Ordering::Release);
         if self.down_since.is_none() {
@@ -502,6 +517,12 @@ impl<'s> Node<'s> {
             .collect();
         let live = nodes.len().max(1);
         self.cluster.live_nodes.store(live, Ordering::Relaxed);
+        if self.known.seen(live, unix_ms()) {
+            let saved = std::fs::write(&self.nodes_path, self.known.count().to_string());
+            if let Err(err) = saved {
+                tracing::warn!(%err, path = %self.nodes_path.display(), "cluster: node count not saved");
+            }
+        }
         let mut lanes: Vec<LeaseStatus> = self
             .leases
             .held()

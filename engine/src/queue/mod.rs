@@ -956,7 +956,8 @@ impl Queues {
         let table = &mut *guard;
         self.ensure(table, destination);
         let site = table.map[destination].site.clone();
-        if site_mut(&mut table.sites, &site).suspended_now(lane, now_ms) {
+        let site = site_mut(&mut table.sites, &site);
+        if site.suspended_now(lane, now_ms) || site.over_share(lane, now_ms) {
             return Take::Leave;
         }
         if table.map[destination].ready.is_empty() {

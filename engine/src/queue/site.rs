@@ -104,7 +104,9 @@ pub enum ClusterBound {
     /// Each connection needs one of the lane's leases ([`Lane::leased`]).
     Leases,
     /// Redis is out of reach: the limit divided by the live nodes last
-    /// known (at least one connection), as Halon does.
+    /// known, rounded down, as Halon does (a site whose limit is below the
+    /// number of nodes then waits for Redis: the nodes cannot tell which
+    /// of them would keep to it).
     Share { nodes: usize },
 }
 
@@ -115,7 +117,7 @@ impl ClusterBound {
         match self {
             ClusterBound::Alone => allowed,
             ClusterBound::Leases => allowed.min(leased),
-            ClusterBound::Share { nodes } => allowed.min((allowed / nodes.max(1)).max(1)),
+            ClusterBound::Share { nodes } => allowed / nodes.max(1),
         }
     }
 }
@@ -123,6 +125,10 @@ impl ClusterBound {
 /// How long a message waits for the cluster's next batch of a site's
 /// rate tokens before it asks again: about a tick of the cluster thread.
 pub const CLUSTER_RATE_RETRY_MS: u64 = 50;
+
+/// How long a message waits when a site's rate has no share for this
+/// node while Redis is out of reach.
+pub const CLUSTER_SHARE_NONE_RETRY_MS: u64 = 1_000;
 
 /// The lane of connections that leave from no particular source (no
 /// `[[pool]]`): the site is one lane.
@@ -301,6 +307,22 @@ impl Site {
         lane.paused_until_ms > now_ms && lane.suspended.is_some()
     }
 
+    /// Redis is out of reach and the lane has more connections open than
+    /// this node's share: the extra ones leave after their transaction,
+    /// so that the nodes together keep to the limit (opened under leases,
+    /// they were the cluster's to have; now they are the others' share).
+    pub(super) fn over_share(&mut self, lane: &Arc<str>, now_ms: u64) -> bool {
+        if !matches!(self.bound, ClusterBound::Share { .. }) {
+            return false;
+        }
+        let bound = self.bound;
+        let max = self.shaping.connections_max;
+        let Some(l) = self.lanes.get_mut(lane) else {
+            return false;
+        };
+        l.connections > bound.bound(l.limit.min(l.cap(max, now_ms)), l.leased)
+    }
+
     pub(super) fn has_room(&mut self, lanes: &Lanes, now_ms: u64) -> bool {
         lanes.iter().any(|(lane, _)| self.room(lane, now_ms) > 0)
     }
@@ -373,9 +395,15 @@ impl Site {
                 self.spent += 1;
                 Ok(())
             }
-            ClusterBound::Share { nodes } if rate > 0 => self
-                .bucket
-                .take((rate / nodes.max(1) as u32).max(1), now_ms),
+            ClusterBound::Share { nodes } if rate > 0 => {
+                // A rate below the number of nodes waits for Redis, as a
+                // limit below it does (a bucket of 0 would not limit).
+                let share = rate / (nodes.max(1) as u32);
+                if share == 0 {
+                    return Err(now_ms + CLUSTER_SHARE_NONE_RETRY_MS);
+                }
+                self.bucket.take(share, now_ms)
+            }
             _ => self.bucket.take(rate, now_ms),
         }
     }
