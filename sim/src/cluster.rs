@@ -258,7 +258,7 @@ pub fn run_cluster(p: &ClusterParams) -> Result<ClusterReport, String> {
                     let id = next_id;
                     next_id += 1;
                     let domain = rng.range(0, DOMAINS as u64);
-                    let destination = Destination::new(&format!("d{domain}.test"));
+                    let destination = Destination::new(format!("d{domain}.test"));
                     let item = QueuedRecipient {
                         queue_id: QueueId(id),
                         recipient: 0,
