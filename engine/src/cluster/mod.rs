@@ -623,12 +623,15 @@ impl<'s> Node<'s> {
                 }
                 self.actions_id = last;
             } else {
-                for entry in &stream.ids {
-                    if field(&entry.map, "node").as_deref() == Some(self.cluster.node.as_str()) {
-                        continue;
-                    }
-                    self.apply_suppression(&entry.map);
-                }
+                let changes: Vec<(bool, Entry)> = stream
+                    .ids
+                    .iter()
+                    .filter(|e| {
+                        field(&e.map, "node").as_deref() != Some(self.cluster.node.as_str())
+                    })
+                    .filter_map(|e| suppression_change(&e.map))
+                    .collect();
+                self.apply_suppression(changes);
                 self.suppression_id = last;
                 self.save_cursor();
             }
@@ -636,29 +639,35 @@ impl<'s> Node<'s> {
         Ok(())
     }
 
-    fn apply_suppression(&self, map: &HashMap<String, Value>) {
+    /// Other nodes' changes, in order: a run of additions in one commit
+    /// (a node catching up reads a thousand at a time, and its leases
+    /// must still be renewed on time), removals one by one.
+    fn apply_suppression(&self, changes: Vec<(bool, Entry)>) {
         let Some(list) = self.server.suppression.as_ref() else {
             return;
         };
-        let (Some(op), Some(json)) = (field(map, "op"), field(map, "entry")) else {
-            return;
-        };
-        let entry: Entry = match serde_json::from_str(&json) {
-            Ok(entry) => entry,
-            Err(err) => {
-                tracing::warn!(%err, "cluster: a suppression change not understood");
+        let mut adds = Vec::new();
+        let flush = |adds: &mut Vec<Entry>| {
+            if adds.is_empty() {
                 return;
             }
+            if let Err(err) = list.add_from(std::mem::take(adds), Origin::Replicated) {
+                tracing::warn!(%err, "cluster: suppression additions from another node failed");
+            }
         };
-        let result = if op == "add" {
-            list.add_from(vec![entry], Origin::Replicated).map(|_| ())
-        } else {
-            list.remove_from(&entry.address, Some(&entry.scope), Origin::Replicated)
-                .map(|_| ())
-        };
-        if let Err(err) = result {
-            tracing::warn!(%err, "cluster: a suppression change from another node failed");
+        for (added, entry) in changes {
+            if added {
+                adds.push(entry);
+                continue;
+            }
+            flush(&mut adds);
+            if let Err(err) =
+                list.remove_from(&entry.address, Some(&entry.scope), Origin::Replicated)
+            {
+                tracing::warn!(%err, "cluster: a suppression removal from another node failed");
+            }
         }
+        flush(&mut adds);
     }
 
     /// The suppression stream's position, kept across restarts so a node
@@ -704,6 +713,19 @@ impl<'s> Node<'s> {
 /// A store's error as the thread's: the connection is lost.
 fn redis_error(err: String) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "cluster store", err))
+}
+
+/// A suppression stream entry: added (or removed), and the entry.
+fn suppression_change(map: &HashMap<String, Value>) -> Option<(bool, Entry)> {
+    let op = field(map, "op")?;
+    let json = field(map, "entry")?;
+    match serde_json::from_str(&json) {
+        Ok(entry) => Some((op == "add", entry)),
+        Err(err) => {
+            tracing::warn!(%err, "cluster: a suppression change not understood");
+            None
+        }
+    }
 }
 
 fn field(map: &HashMap<String, Value>, name: &str) -> Option<String> {
