@@ -73,7 +73,8 @@ impl Redis {
         }
     }
 
-    /// One command in RESP, its reply's first line (`+PONG`, `:3`).
+    /// One command in RESP: its reply's first line (`+PONG`, `:3`), or a
+    /// bulk string's value (`GET`).
     pub fn command(&self, args: &[&str]) -> Option<String> {
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -85,7 +86,12 @@ impl Redis {
         let mut reply = [0u8; 512];
         let n = stream.read(&mut reply).ok()?;
         let text = String::from_utf8_lossy(&reply[..n]).into_owned();
-        Some(text.lines().next().unwrap_or("").to_owned())
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or("");
+        if first.starts_with('$') && first != "$-1" {
+            return lines.next().map(str::to_owned);
+        }
+        Some(first.to_owned())
     }
 
     fn ping(&self) -> Option<()> {

@@ -21,10 +21,17 @@ const SITE_CONNECTIONS_MAX: u64 = 6;
 
 /// A node of the cluster on `redis`, routing everything to `sink`.
 fn node(redis: &Redis, name: &str, sink: &Sink, extra: &str) -> Baton {
+    node_with(redis, name, sink, extra, &[])
+}
+
+/// [`node`] with more `[delivery]` lines.
+fn node_with(redis: &Redis, name: &str, sink: &Sink, extra: &str, delivery: &[&str]) -> Baton {
+    let mut lines = vec!["retry_schedule = [\"1s\"]".to_owned()];
+    lines.extend(delivery.iter().map(|l| l.to_string()));
     Baton::start_with(TestConfig {
         deliver: true,
         shards: Some(1),
-        delivery: vec!["retry_schedule = [\"1s\"]".into()],
+        delivery: lines,
         extra_toml: route("*", sink.addr)
             + &format!("[shaping]\nconnections_max = {SITE_CONNECTIONS_MAX}\n")
             + &format!(
@@ -149,6 +156,56 @@ fn three_nodes_keep_to_a_site_message_rate_within_ten_percent() {
     assert!(
         counts.values().all(|&n| n == 1),
         "a message delivered twice"
+    );
+}
+
+#[test]
+fn two_nodes_sending_from_one_source_keep_to_its_warm_up_cap_together() {
+    let Some(redis) = Redis::start() else { return };
+    let sink = Sink::start("127.0.0.2", &[]);
+    // One source name on both nodes (a floating address, say), 10
+    // messages on its first day.
+    let egress = "[[source]]\nname = \"ip1\"\naddress = \"127.0.0.1\"\nwarmup = [\"1d:10\"]\n\n\
+                  [[pool]]\nname = \"warm\"\nsources = [\"ip1\"]\n";
+    let pool = ["pool = \"warm\""];
+    let mut a = node_with(&redis, "a", &sink, egress, &pool);
+    let mut b = node_with(&redis, "b", &sink, egress, &pool);
+    wait_joined(&mut [&mut a, &mut b], 2);
+    let dir = tempfile::tempdir().unwrap();
+    for (n, run) in [(&a, "a1"), (&b, "b1")] {
+        send(
+            n.smtp,
+            &["-n", "10", "-c", "2", "--run-id", run],
+            dir.path(),
+        );
+    }
+    // Both nodes stop at the cap: each suspends the source's lane until
+    // the next hour, the rest of the mail waiting.
+    let site = sink.addr.to_string();
+    for n in [&mut a, &mut b] {
+        n.wait_for_within("the source's lane rested", Duration::from_secs(30), |b| {
+            get_json(b, "/sites")
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| {
+                    s["site"] == site.as_str() && s["paused_until_ms"].as_u64().unwrap_or(0) > 0
+                })
+        });
+    }
+    assert_eq!(
+        sink.count(),
+        10,
+        "the two nodes sent more than the source's cap"
+    );
+    let waiting = metric(&a, "baton_queue_recipients") + metric(&b, "baton_queue_recipients");
+    assert_eq!(waiting, 10);
+    let today = unix_ms() / 86_400_000;
+    let counted = redis.command(&["GET", &format!("baton:warmup:ip1:day:{today}")]);
+    assert_eq!(
+        counted.as_deref(),
+        Some("10"),
+        "the cluster's count of the day"
     );
 }
 

@@ -219,6 +219,7 @@ struct Node<'s> {
     con: Option<Connection>,
     heartbeat: Script,
     leave: Script,
+    warmup: Script,
     leases: Leases,
     /// The last entry read from each stream.
     actions_id: String,
@@ -275,6 +276,7 @@ impl<'s> Node<'s> {
             con: None,
             heartbeat: Script::new(scripts::HEARTBEAT),
             leave: Script::new(scripts::LEAVE),
+            warmup: Script::new(scripts::WARMUP),
             leases: Leases::new(cluster.config.lease_ttl.as_millis() as u64),
             actions_id: "0".to_owned(),
             suppression_id,
@@ -403,6 +405,9 @@ impl<'s> Node<'s> {
     fn fall_back(&mut self, err: &str) {
         let nodes = self.known.count();
         self.server.queues.set_bound(ClusterBound::Share { nodes });
+        for (_, warmup) in self.server.live().egress.warmups() {
+            warmup.unshare(nodes);
+        }
         self.cluster.connected.store(false, Ordering::Release);
         if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
@@ -455,6 +460,49 @@ impl<'s> Node<'s> {
             for link in &self.server.links {
                 link.send(ShardMsg::RateTokens);
             }
+        }
+        self.share_warmups(now)
+    }
+
+    /// Sources' warm-up caps are the cluster's: each node takes a batch of
+    /// a cap at a time (`WARMUP`), and sends no more than it was granted.
+    fn share_warmups(&mut self, now: u64) -> redis::RedisResult<()> {
+        let live = self.server.live();
+        let mut asks = Vec::new();
+        for (name, warmup) in live.egress.warmups() {
+            warmup.share();
+            if let Some(ask) = warmup.ask(now) {
+                asks.push((name, warmup, ask));
+            }
+        }
+        if asks.is_empty() {
+            return Ok(());
+        }
+        let script = self.warmup.clone();
+        let granted: Vec<(i64, i64, i64)> = self.call(|con| {
+            let mut invocation = script.prepare_invoke();
+            for (name, _, ask) in &asks {
+                invocation
+                    .key(format!("baton:warmup:{name}:first"))
+                    .key(format!("baton:warmup:{name}:day:{}", ask.day))
+                    .key(format!("baton:warmup:{name}:hour:{}", ask.hour));
+            }
+            for (_, _, ask) in &asks {
+                invocation
+                    .arg(ask.day)
+                    .arg(ask.per_day)
+                    .arg(ask.per_hour)
+                    .arg(ask.want);
+            }
+            invocation.invoke(con)
+        })?;
+        for ((_, warmup, ask), (granted, first, left)) in asks.iter().zip(granted) {
+            warmup.granted(
+                ask,
+                granted.max(0) as u64,
+                first.max(0) as u64,
+                left.max(0) as u64,
+            );
         }
         Ok(())
     }

@@ -121,3 +121,35 @@ for i = 1, #KEYS do
 end
 return out
 ";
+
+/// Takes messages of sources' warm-up caps. Per source three keys: the day
+/// the cluster first sent from it (set once), the count of a day, the
+/// count of an hour; arguments per source: the day, the day's cap, the
+/// hour's cap (0: none), the messages wanted. Returns per source
+/// `{granted, first_day, left}`: never more than the caps leave, whatever
+/// the number of nodes asking.
+pub const WARMUP: &str = r"
+local out = {}
+for i = 1, #KEYS / 3 do
+  local first_key, day_key, hour_key = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local today = ARGV[4 * i - 3]
+  local per_day = tonumber(ARGV[4 * i - 2])
+  local per_hour = tonumber(ARGV[4 * i - 1])
+  local want = tonumber(ARGV[4 * i])
+  redis.call('SET', first_key, today, 'NX')
+  local first = tonumber(redis.call('GET', first_key))
+  local room = per_day - tonumber(redis.call('GET', day_key) or '0')
+  if per_hour > 0 then
+    room = math.min(room, per_hour - tonumber(redis.call('GET', hour_key) or '0'))
+  end
+  local granted = math.max(0, math.min(want, room))
+  if granted > 0 then
+    redis.call('INCRBY', day_key, granted)
+    redis.call('PEXPIRE', day_key, 2 * 86400000)
+    redis.call('INCRBY', hour_key, granted)
+    redis.call('PEXPIRE', hour_key, 2 * 3600000)
+  end
+  out[i] = {granted, first, math.max(0, room - granted)}
+end
+return out
+";

@@ -31,7 +31,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -99,7 +99,59 @@ pub struct Warmup {
     steps: Vec<Step>,
     state: Mutex<WarmupState>,
     changed: AtomicBool,
+    /// With a cluster (`crate::cluster`), the caps are the cluster's: this
+    /// node's part of them, granted by Redis in batches. Locked after
+    /// `state`, never before.
+    shared: Mutex<Option<SharedAllowance>>,
+    /// Without Redis, a cluster node keeps to this share of the caps (the
+    /// nodes it counts); 1 alone.
+    divisor: AtomicUsize,
 }
+
+/// This node's part of a source's warm-up caps in a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SharedAllowance {
+    /// The UTC day and hour `left` belongs to.
+    pub day: u64,
+    pub hour: u64,
+    /// Messages granted and not yet sent.
+    pub left: u64,
+    /// The cluster spent this day's or hour's cap.
+    pub spent: bool,
+    /// The UTC day the cluster first sent from the source.
+    pub first_day: Option<u64>,
+}
+
+impl SharedAllowance {
+    /// A new day or hour: what was granted for the old one is gone.
+    fn roll(&mut self, now_ms: u64) {
+        let (day, hour) = (now_ms / DAY_MS, now_ms / HOUR_MS);
+        if (day, hour) != (self.day, self.hour) {
+            self.day = day;
+            self.hour = hour;
+            self.left = 0;
+            self.spent = false;
+        }
+    }
+}
+
+/// What a node asks the cluster for, for one source: `want` messages
+/// under these caps (the step of the cluster's first day as this node
+/// knows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WarmupAsk {
+    pub day: u64,
+    pub hour: u64,
+    pub per_day: u64,
+    /// 0: no hourly cap.
+    pub per_hour: u64,
+    pub want: u64,
+}
+
+/// Messages a node takes of a source's warm-up caps at a time: a
+/// twentieth of the smaller cap, at least one (caps are small: a call per
+/// few messages is nothing next to the messages).
+const WARMUP_BATCH_PARTS: u64 = 20;
 
 /// What [`WARMUP_FILE`] keeps per source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,12 +174,19 @@ impl Warmup {
             steps,
             state: Mutex::new(state),
             changed: AtomicBool::new(false),
+            shared: Mutex::new(None),
+            divisor: AtomicUsize::new(1),
         }
     }
 
     /// Today's step, `None` when warm; day 1 is the first day it sent.
     fn step(&self, state: &WarmupState, today: u64) -> Option<Step> {
-        let day = today - state.first_day.unwrap_or(today) + 1;
+        self.step_from(state.first_day, today)
+    }
+
+    /// Today's step for a source that first sent on `first_day`.
+    fn step_from(&self, first_day: Option<u64>, today: u64) -> Option<Step> {
+        let day = today - first_day.unwrap_or(today).min(today) + 1;
         let last = self.steps.last()?;
         if day > last.day {
             return None;
@@ -155,20 +214,40 @@ impl Warmup {
         } else {
             0
         };
+        let divisor = self.divisor.load(Ordering::Relaxed).max(1) as u64;
         self.step(state, today).is_none_or(|step| {
-            sent < step.per_day && step.per_hour.is_none_or(|cap| hour_sent < cap)
+            sent < step.per_day / divisor
+                && step.per_hour.is_none_or(|cap| hour_sent < cap / divisor)
         })
     }
 
     fn allows(&self, now_ms: u64) -> bool {
         let state = self.state.lock().expect("warm-up lock");
+        let mut shared = self.shared.lock().expect("warm-up lock");
+        if let Some(shared) = shared.as_mut() {
+            shared.roll(now_ms);
+            let first = shared.first_day.or(state.first_day);
+            return self.step_from(first, now_ms / DAY_MS).is_none() || !shared.spent;
+        }
         self.room(&state, now_ms)
     }
 
     fn take(&self, now_ms: u64) -> bool {
         let (today, hour) = (now_ms / DAY_MS, now_ms / HOUR_MS);
         let mut state = self.state.lock().expect("warm-up lock");
-        if !self.room(&state, now_ms) {
+        let mut shared = self.shared.lock().expect("warm-up lock");
+        if let Some(shared) = shared.as_mut() {
+            shared.roll(now_ms);
+            let first = shared.first_day.or(state.first_day);
+            if self.step_from(first, today).is_some() {
+                // Nothing granted yet: the next batch comes within a tick
+                // of the cluster thread.
+                if shared.left == 0 {
+                    return false;
+                }
+                shared.left -= 1;
+            }
+        } else if !self.room(&state, now_ms) {
             return false;
         }
         if state.day != today {
@@ -191,6 +270,69 @@ impl Warmup {
         state.sent = state.sent.saturating_sub(1);
         state.hour_sent = state.hour_sent.saturating_sub(1);
         self.changed.store(true, Ordering::Relaxed);
+        if let Some(shared) = self.shared.lock().expect("warm-up lock").as_mut() {
+            shared.left += 1;
+        }
+    }
+
+    /// The caps are the cluster's from now on (Redis answers).
+    pub fn share(&self) {
+        let mut shared = self.shared.lock().expect("warm-up lock");
+        if shared.is_none() {
+            *shared = Some(SharedAllowance::default());
+        }
+        self.divisor.store(1, Ordering::Relaxed);
+    }
+
+    /// Redis is out of reach: this node keeps to its share of the caps,
+    /// counted locally, until it answers again.
+    pub fn unshare(&self, nodes: usize) {
+        *self.shared.lock().expect("warm-up lock") = None;
+        self.divisor.store(nodes.max(1), Ordering::Relaxed);
+    }
+
+    /// What to ask the cluster for now: `None` when shared limits are off,
+    /// the source is warm, the cluster spent the cap, or a batch is held.
+    pub fn ask(&self, now_ms: u64) -> Option<WarmupAsk> {
+        let state = self.state.lock().expect("warm-up lock");
+        let mut shared = self.shared.lock().expect("warm-up lock");
+        let shared = shared.as_mut()?;
+        shared.roll(now_ms);
+        let step = self.step_from(shared.first_day.or(state.first_day), shared.day)?;
+        let per_hour = step.per_hour.unwrap_or(0);
+        let smaller = if per_hour == 0 {
+            step.per_day
+        } else {
+            step.per_day.min(per_hour)
+        };
+        let batch = (smaller / WARMUP_BATCH_PARTS).max(1);
+        if shared.spent || shared.left >= batch {
+            return None;
+        }
+        Some(WarmupAsk {
+            day: shared.day,
+            hour: shared.hour,
+            per_day: step.per_day,
+            per_hour,
+            want: batch - shared.left,
+        })
+    }
+
+    /// The cluster's answer to `ask`: `granted` messages, the day it
+    /// first sent from the source, and what is left of its caps.
+    pub fn granted(&self, ask: &WarmupAsk, granted: u64, first_day: u64, remaining: u64) {
+        let mut shared = self.shared.lock().expect("warm-up lock");
+        let Some(shared) = shared.as_mut() else {
+            return;
+        };
+        shared.first_day = Some(first_day);
+        if (shared.day, shared.hour) != (ask.day, ask.hour) {
+            return; // granted for an hour that has passed
+        }
+        shared.left += granted;
+        if granted < ask.want && remaining == 0 {
+            shared.spent = true;
+        }
     }
 
     pub fn state(&self) -> WarmupState {
@@ -358,6 +500,13 @@ impl Egress {
         if let Err(err) = written {
             tracing::warn!(file = %path.display(), %err, "egress: cannot save the warm-up counts");
         }
+    }
+
+    /// Every source with a warm-up schedule, by name.
+    pub fn warmups(&self) -> impl Iterator<Item = (&str, &Warmup)> {
+        self.sources
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), s.warmup.as_ref()?)))
     }
 
     /// The pool for a route naming `pool`, else the default; `None`: the
