@@ -50,6 +50,7 @@ use crate::server::{unix_ms, Server};
 use crate::shard::ShardMsg;
 use leases::Leases;
 use nodes::KnownNodes;
+use rates::RateAsker;
 use store::{lease_keys, RedisStore, Store};
 
 /// How often the thread looks at the queues and the streams when nothing
@@ -221,6 +222,7 @@ struct Node<'s> {
     leave: Script,
     warmup: Script,
     leases: Leases,
+    rate_asker: RateAsker,
     /// The last entry read from each stream.
     actions_id: String,
     suppression_id: String,
@@ -278,6 +280,7 @@ impl<'s> Node<'s> {
             leave: Script::new(scripts::LEAVE),
             warmup: Script::new(scripts::WARMUP),
             leases: Leases::new(cluster.config.lease_ttl.as_millis() as u64),
+            rate_asker: RateAsker::default(),
             actions_id: "0".to_owned(),
             suppression_id,
             cursor_path,
@@ -447,6 +450,7 @@ impl<'s> Node<'s> {
             &mut store,
             &self.server.queues,
             &mut self.leases,
+            &mut self.rate_asker,
             &self.cluster.node,
             ttl_ms,
             now,

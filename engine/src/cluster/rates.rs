@@ -6,6 +6,7 @@
 //! message. The cluster's rate holds within one batch per node, since a
 //! batch granted and not spent is lost, never carried over.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::queue::SiteRate;
@@ -37,14 +38,21 @@ pub fn burst(rate: u32) -> u64 {
     (u64::from(rate) * RATE_BURST_MS / 1000).max(batch(rate))
 }
 
-/// The asks to make now: for each site in use that holds less than a
-/// batch, what tops it up to one.
+/// The asks to make now: for each site in use whose messages waited for
+/// a token, or that has spent half its batch, what tops it up to one.
 pub fn asks(view: &[SiteRate]) -> Vec<RateAsk> {
+    asks_but(view, |_| false)
+}
+
+fn asks_but(view: &[SiteRate], resting: impl Fn(&SiteRate) -> bool) -> Vec<RateAsk> {
     view.iter()
-        .filter(|s| s.rate > 0 && (s.wanted || s.spent > 0))
+        .filter(|s| s.rate > 0 && (s.wanted || s.spent > 0) && !resting(s))
         .filter_map(|s| {
             let batch = batch(s.rate);
-            (s.granted < batch).then(|| RateAsk {
+            // A message waited: top up now. Tokens being spent: top up
+            // once half the batch is gone, not after every message.
+            let low = s.granted < batch && (s.wanted || s.granted <= batch / 2);
+            low.then(|| RateAsk {
                 site: s.site.clone(),
                 rate: s.rate,
                 burst: burst(s.rate),
@@ -52,6 +60,39 @@ pub fn asks(view: &[SiteRate]) -> Vec<RateAsk> {
             })
         })
         .collect()
+}
+
+/// A node's asks over time: a site whose last ask got nothing (the other
+/// nodes took the rate) rests a batch's time more for each refusal in a
+/// row, at most a burst's, before it asks again. Where the rate binds,
+/// every node asking every tick would cost Redis a call per node per
+/// tick; no token is lost meanwhile, since Redis keeps a burst.
+#[derive(Debug, Default)]
+pub struct RateAsker {
+    /// Per site: refusals in a row, and no ask before then.
+    refused: HashMap<Arc<str>, (u64, u64)>,
+}
+
+impl RateAsker {
+    /// The asks to make now.
+    pub fn asks(&mut self, view: &[SiteRate], now_ms: u64) -> Vec<RateAsk> {
+        asks_but(view, |s| {
+            self.refused
+                .get(&s.site)
+                .is_some_and(|(_, until)| *until > now_ms)
+        })
+    }
+
+    /// What Redis granted for `ask`.
+    pub fn granted(&mut self, ask: &RateAsk, granted: u64, now_ms: u64) {
+        if granted > 0 {
+            self.refused.remove(&ask.site);
+            return;
+        }
+        let (count, until) = self.refused.entry(ask.site.clone()).or_default();
+        *count += 1;
+        *until = now_ms + (RATE_BATCH_MS * *count).min(RATE_BURST_MS);
+    }
 }
 
 #[cfg(test)]
@@ -74,8 +115,30 @@ mod tests {
         assert_eq!(asks.len(), 1);
         assert_eq!((asks[0].burst, asks[0].want), (125, 40));
         assert!(super::asks(&[site(500, 10, 0, false)]).is_empty());
+        // Half a batch left and no message waiting: not yet.
+        assert!(super::asks(&[site(500, 30, 3, false)]).is_empty());
+        assert_eq!(super::asks(&[site(500, 30, 3, true)])[0].want, 20);
         assert!(super::asks(&[site(500, 50, 9, true)]).is_empty());
         // A slow rate still takes a token at a time.
         assert_eq!(super::asks(&[site(3, 0, 0, true)])[0].want, 1);
+    }
+
+    #[test]
+    fn a_refused_site_rests_longer_with_each_refusal_up_to_a_burst() {
+        let mut asker = RateAsker::default();
+        let view = [site(500, 0, 0, true)];
+        let ask = asker.asks(&view, 0).remove(0);
+        asker.granted(&ask, 0, 0);
+        assert!(asker.asks(&view, RATE_BATCH_MS - 1).is_empty());
+        let ask = asker.asks(&view, RATE_BATCH_MS).remove(0);
+        asker.granted(&ask, 0, RATE_BATCH_MS);
+        assert!(asker.asks(&view, 3 * RATE_BATCH_MS - 1).is_empty());
+        for _ in 0..10 {
+            asker.granted(&ask, 0, 1_000);
+        }
+        assert!(!asker.asks(&view, 1_000 + RATE_BURST_MS).is_empty());
+        // A grant ends the rest.
+        asker.granted(&ask, 5, 2_000);
+        assert!(!asker.asks(&view, 2_000).is_empty());
     }
 }

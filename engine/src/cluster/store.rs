@@ -13,7 +13,7 @@ use std::sync::Arc;
 use redis::{Connection, Script};
 
 use super::leases::{Claim, Leases};
-use super::rates::{self, RateAsk};
+use super::rates::{RateAsk, RateAsker};
 use super::scripts;
 use crate::queue::Queues;
 
@@ -33,6 +33,7 @@ pub fn step(
     store: &mut dyn Store,
     queues: &Queues,
     leases: &mut Leases,
+    asker: &mut RateAsker,
     node: &str,
     ttl_ms: u64,
     now_ms: u64,
@@ -45,11 +46,12 @@ pub fn step(
             queues.set_leased(&claim.site, &claim.lane, granted);
         }
     }
-    let asks = rates::asks(&queues.rate_view());
+    let asks = asker.asks(&queues.rate_view(), now_ms);
     let mut tokens = false;
     if !asks.is_empty() {
         let granted = store.take_rates(&asks)?;
         for (ask, granted) in asks.iter().zip(granted) {
+            asker.granted(ask, granted, now_ms);
             if granted > 0 {
                 queues.grant_tokens(&ask.site, granted);
                 tokens = true;
