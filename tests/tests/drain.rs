@@ -1,5 +1,6 @@
 //! `baton drain --to HOST:PORT`: a node taken out of service takes no
-//! more mail and hands every queued message to another node over SMTP,
+//! more mail (SMTP `421`, HTTP `503`) and hands every queued message to
+//! another node over SMTP,
 //! as an authenticated relay, each recorded delivered only after the
 //! other node's `250`; every message reaches the final next hop exactly
 //! once, and the drained node's queue ends empty.
@@ -47,9 +48,14 @@ fn a_drained_node_hands_its_queue_to_another_node_exactly_once_and_takes_no_more
         ..TestConfig::default()
     });
 
-    // The node to drain holds its mail (delivery.hold).
+    // The node to drain holds its mail (delivery.hold), and takes mail
+    // over HTTP too.
+    let http_port = free_port("127.0.0.1");
     let mut node = Baton::start_with(TestConfig {
-        extra_toml: route("*", sink.addr),
+        extra_toml: format!(
+            "{}[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+            route("*", sink.addr)
+        ),
         ..TestConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
@@ -82,6 +88,24 @@ fn a_drained_node_hands_its_queue_to_another_node_exactly_once_and_takes_no_more
     let mut smtp = baton_tests::Smtp::connect(node.smtp);
     let greeting = smtp.reply();
     assert_eq!(greeting.code, 421, "{greeting:?}");
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "-X", "POST", "-d", "{}"])
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(format!("http://127.0.0.1:{http_port}/api/inject/v1"))
+        .output();
+    match curl {
+        Ok(out) => {
+            let (status, body) = baton_tests::curl_answer(&out);
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains("draining"), "{body}");
+        }
+        Err(err) => eprintln!("skipped the HTTP check: no curl ({err})"),
+    }
 
     // Everything went through the other node to the sink, once.
     wait_queue_empty(&mut other);
