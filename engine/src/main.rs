@@ -1561,7 +1561,12 @@ fn cluster_status(
         status.node,
         status.redis,
         if status.connected {
-            format!("limits shared by {} live nodes", status.live_nodes)
+            let nodes = if status.live_nodes == 1 {
+                "node"
+            } else {
+                "nodes"
+            };
+            format!("limits shared by {} live {nodes}", status.live_nodes)
         } else {
             format!(
                 "Redis out of reach, this node keeps to 1/{} of each limit ({})",
