@@ -360,6 +360,9 @@ fn with_redis_gone_nodes_keep_to_their_share_lose_nothing_and_share_again_when_i
         });
     }
     assert!(a.log().contains("Redis out of reach"), "{}", a.log());
+    // A change made meanwhile waits, and reaches the others later.
+    let (ok, _, err) = a.cli(&["suppression", "add", "while-down@example.test"]);
+    assert!(ok, "{err}");
     for (n, run) in [(&a, "a1"), (&b, "b1")] {
         send(
             n.smtp,
@@ -384,6 +387,14 @@ fn with_redis_gone_nodes_keep_to_their_share_lose_nothing_and_share_again_when_i
             metric(b, "baton_cluster_shared") == 1
         });
     }
+    b.wait_for_within(
+        "the suppression made during the outage",
+        Duration::from_secs(5),
+        |b| {
+            let (ok, out, _) = b.cli(&["suppression", "show", "while-down@example.test"]);
+            ok && out.contains("while-down@example.test")
+        },
+    );
     wait_joined(&mut [&mut a, &mut b], 2);
     for (n, run) in [(&a, "a2"), (&b, "b2")] {
         send(

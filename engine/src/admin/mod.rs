@@ -719,7 +719,7 @@ fn metrics(server: &Server) -> String {
         ),
         (
             "baton_cluster_changes_dropped_total",
-            "Actions or suppression changes not shared: Redis was out of reach or the outbox full.",
+            "Actions or suppression changes never shared: more waited for Redis than the outbox holds.",
             server
                 .cluster
                 .as_ref()

@@ -31,7 +31,7 @@ pub mod rates;
 mod scripts;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -223,6 +223,10 @@ struct Node<'s> {
     warmup: Script,
     leases: Leases,
     rate_asker: RateAsker,
+    /// Actions and suppression changes not yet appended to their streams
+    /// (Redis out of reach, or a call failed).
+    unsent_actions: VecDeque<SiteAction>,
+    unsent_changes: VecDeque<Outgoing>,
     /// The last entry read from each stream.
     actions_id: String,
     suppression_id: String,
@@ -281,6 +285,8 @@ impl<'s> Node<'s> {
             warmup: Script::new(scripts::WARMUP),
             leases: Leases::new(cluster.config.lease_ttl.as_millis() as u64),
             rate_asker: RateAsker::default(),
+            unsent_actions: VecDeque::new(),
+            unsent_changes: VecDeque::new(),
             actions_id: "0".to_owned(),
             suppression_id,
             cursor_path,
@@ -300,13 +306,10 @@ impl<'s> Node<'s> {
                     self.lost(&err.to_string());
                 }
             } else {
-                // Changes made meanwhile are not kept: Redis' streams are
-                // the record, and an outage drops what it could not carry.
-                let dropped = self.inbox.try_iter().count() + self.actions.try_iter().count();
-                if dropped > 0 {
-                    self.cluster
-                        .dropped
-                        .fetch_add(dropped as u64, Ordering::Relaxed);
+                // Kept for when Redis answers again (up to a bound).
+                let changes: Vec<Outgoing> = self.inbox.try_iter().collect();
+                for change in changes {
+                    self.keep_change(change);
                 }
             }
             // Woken early by an action to share: a suspension reaches the
@@ -314,7 +317,10 @@ impl<'s> Node<'s> {
             crossbeam_channel::select! {
                 recv(self.actions) -> action => {
                     if let Ok(action) = action {
-                        self.publish_action(&action);
+                        self.keep_action(action);
+                        if self.con.is_some() {
+                            self.publish_actions();
+                        }
                     }
                 }
                 default(TICK) => {}
@@ -434,9 +440,10 @@ impl<'s> Node<'s> {
             self.beat()?;
         }
         let actions: Vec<SiteAction> = self.actions.try_iter().collect();
-        for action in &actions {
-            self.publish_action(action);
+        for action in actions {
+            self.keep_action(action);
         }
+        self.publish_actions();
         if self.con.is_none() {
             return Ok(());
         }
@@ -598,36 +605,67 @@ impl<'s> Node<'s> {
         Ok(())
     }
 
-    fn publish_action(&mut self, action: &SiteAction) {
-        if self.con.is_none() {
+    /// An action to share, kept until Redis takes it; past
+    /// [`OUTBOX_MAX`] the oldest is dropped, and counted.
+    fn keep_action(&mut self, action: SiteAction) {
+        if self.unsent_actions.len() >= OUTBOX_MAX {
+            self.unsent_actions.pop_front();
             self.cluster.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
         }
-        let json = serde_json::to_string(action).unwrap_or_default();
+        self.unsent_actions.push_back(action);
+    }
+
+    /// A suppression change to share, kept as [`Node::keep_action`].
+    fn keep_change(&mut self, change: Outgoing) {
+        if self.unsent_changes.len() >= OUTBOX_MAX {
+            self.unsent_changes.pop_front();
+            self.cluster.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.unsent_changes.push_back(change);
+    }
+
+    /// Appends the actions kept, oldest first; one that fails stays, with
+    /// those after it, for the next connection.
+    fn publish_actions(&mut self) {
         let node = self.cluster.node.clone();
-        let result: redis::RedisResult<String> = self.call(|con| {
-            con.xadd_maxlen(
-                ACTIONS_STREAM,
-                redis::streams::StreamMaxlen::Approx(ACTIONS_KEPT),
-                "*",
-                &[("node", node.as_str()), ("action", json.as_str())],
-            )
-        });
-        match result {
-            Ok(_) => tracing::debug!(?action, "cluster: action shared"),
-            Err(err) => self.lost(&err.to_string()),
+        while let Some(action) = self.unsent_actions.front() {
+            let json = serde_json::to_string(action).unwrap_or_default();
+            let result: redis::RedisResult<String> = self.call(|con| {
+                con.xadd_maxlen(
+                    ACTIONS_STREAM,
+                    redis::streams::StreamMaxlen::Approx(ACTIONS_KEPT),
+                    "*",
+                    &[("node", node.as_str()), ("action", json.as_str())],
+                )
+            });
+            match result {
+                Ok(_) => {
+                    let action = self.unsent_actions.pop_front();
+                    tracing::debug!(?action, "cluster: action shared");
+                }
+                Err(err) => {
+                    self.lost(&err.to_string());
+                    return;
+                }
+            }
         }
     }
 
+    /// Appends the suppression changes kept, in one pipeline; on a failure
+    /// they stay for the next connection (a change appended twice is
+    /// applied twice, which changes nothing).
     fn publish_suppression(&mut self) -> redis::RedisResult<()> {
         let changes: Vec<Outgoing> = self.inbox.try_iter().collect();
-        if changes.is_empty() {
+        for change in changes {
+            self.keep_change(change);
+        }
+        if self.unsent_changes.is_empty() {
             return Ok(());
         }
         let node = self.cluster.node.clone();
         let kept = self.cluster.config.stream_entries_max as usize;
         let mut pipe = redis::pipe();
-        for change in &changes {
+        for change in &self.unsent_changes {
             let Outgoing::Suppression { entry, added } = change;
             let json = serde_json::to_string(entry).unwrap_or_default();
             let op = if *added { "add" } else { "remove" };
@@ -643,7 +681,9 @@ impl<'s> Node<'s> {
             )
             .ignore();
         }
-        self.call(|con| pipe.query::<()>(con))
+        self.call(|con| pipe.query::<()>(con))?;
+        self.unsent_changes.clear();
+        Ok(())
     }
 
     fn read_streams(&mut self) -> redis::RedisResult<()> {
