@@ -23,10 +23,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use baton::cluster::leases::{Claim, Leases};
+use baton::cluster::leases::Leases;
 use baton::cluster::nodes::KnownNodes;
 use baton::cluster::rates::{self, RateAsker};
-use baton::cluster::store::{self, Model, Store};
+use baton::cluster::store::{self, Model};
 use baton::queue::{
     Action, ClusterBound, Policy, QueuedRecipient, Queues, Shaping, SiteOf, SiteShaping, Take,
     Waiter, DEFAULT_LANE,
@@ -428,31 +428,17 @@ pub fn run_cluster(p: &ClusterParams) -> Result<ClusterReport, String> {
     Ok(report)
 }
 
-/// Redis answers again: leases for what is open, then shared limits (as
-/// the cluster thread's `rejoin`).
+/// Redis answers again: leases for what is open, then shared limits (the
+/// cluster thread's `rejoin`).
 fn rejoin(node: &mut Node, model: &mut Model, now: u64) -> Result<(), String> {
-    let view = node.queues.lease_view(now);
-    let claims: Vec<Claim> = view
-        .iter()
-        .map(|l| Claim {
-            site: l.site.clone(),
-            lane: l.lane.clone(),
-            want: l.connections,
-            keep: l.connections,
-            limit: l.limit.max(l.connections),
-        })
-        .collect();
-    if !claims.is_empty() {
-        let granted = model.claim(&node.name, LEASE_TTL_MS, &claims)?;
-        for (claim, granted) in claims.iter().zip(granted) {
-            node.leases.granted(claim, granted, now);
-            node.queues.set_leased(&claim.site, &claim.lane, granted);
-        }
-    } else {
-        // A call all the same: Redis must answer before limits are shared.
-        model.claim(&node.name, LEASE_TTL_MS, &[])?;
-    }
-    node.queues.set_bound(ClusterBound::Leases);
+    store::rejoin(
+        model,
+        &node.queues,
+        &mut node.leases,
+        &node.name,
+        LEASE_TTL_MS,
+        now,
+    )?;
     node.alone = false;
     Ok(())
 }

@@ -51,7 +51,7 @@ use crate::shard::ShardMsg;
 use leases::Leases;
 use nodes::KnownNodes;
 use rates::RateAsker;
-use store::{lease_keys, RedisStore, Store};
+use store::{lease_keys, RedisStore};
 
 /// How often the thread looks at the queues and the streams when nothing
 /// wakes it sooner.
@@ -367,29 +367,21 @@ impl<'s> Node<'s> {
     /// Connected (again): leases for what is open now, then shared limits.
     fn rejoin(&mut self) -> redis::RedisResult<()> {
         self.beat()?;
-        self.leases.forget();
-        let now = unix_ms();
-        let view = self.server.queues.lease_view(now);
-        let claims: Vec<leases::Claim> = view
-            .iter()
-            .map(|l| leases::Claim {
-                site: l.site.clone(),
-                lane: l.lane.clone(),
-                want: l.connections,
-                keep: l.connections,
-                limit: l.limit.max(l.connections),
-            })
-            .collect();
-        self.run_claims(&claims, now)?;
-        for lane in &view {
-            if !claims
-                .iter()
-                .any(|c| c.site == lane.site && c.lane == lane.lane)
-            {
-                self.server.queues.set_leased(&lane.site, &lane.lane, 0);
-            }
-        }
-        self.server.queues.set_bound(ClusterBound::Leases);
+        let ttl_ms = self.cluster.config.lease_ttl.as_millis() as u64;
+        let con = self.con.as_mut().expect("connected");
+        let mut store = RedisStore { con, calls: 0 };
+        let rejoined = store::rejoin(
+            &mut store,
+            &self.server.queues,
+            &mut self.leases,
+            &self.cluster.node,
+            ttl_ms,
+            unix_ms(),
+        );
+        self.cluster
+            .redis_calls
+            .fetch_add(store.calls, Ordering::Relaxed);
+        rejoined.map_err(redis_error)?;
         self.cluster.connected.store(true, Ordering::Release);
         if let Some(since) = self.down_since.take() {
             tracing::warn!(
@@ -514,28 +506,6 @@ impl<'s> Node<'s> {
                 first.max(0) as u64,
                 left.max(0) as u64,
             );
-        }
-        Ok(())
-    }
-
-    /// One script call for every claim; each lane's leases go back to the
-    /// queues.
-    fn run_claims(&mut self, claims: &[leases::Claim], now: u64) -> redis::RedisResult<()> {
-        if claims.is_empty() {
-            return Ok(());
-        }
-        let ttl_ms = self.cluster.config.lease_ttl.as_millis() as u64;
-        let con = self.con.as_mut().expect("connected");
-        let mut store = RedisStore { con, calls: 0 };
-        let granted = store.claim(&self.cluster.node, ttl_ms, claims);
-        self.cluster
-            .redis_calls
-            .fetch_add(store.calls, Ordering::Relaxed);
-        for (claim, granted) in claims.iter().zip(granted.map_err(redis_error)?) {
-            self.leases.granted(claim, granted, now);
-            self.server
-                .queues
-                .set_leased(&claim.site, &claim.lane, granted);
         }
         Ok(())
     }

@@ -61,6 +61,39 @@ pub fn step(
     Ok(tokens)
 }
 
+/// Redis answers again after an outage: leases for exactly the
+/// connections open (granted even over the limit: they were opened within
+/// the node's share and finish), then the queues' limits are shared again.
+/// One call even with nothing open: Redis must answer before.
+pub fn rejoin(
+    store: &mut dyn Store,
+    queues: &Queues,
+    leases: &mut Leases,
+    node: &str,
+    ttl_ms: u64,
+    now_ms: u64,
+) -> Result<(), String> {
+    leases.forget();
+    let claims: Vec<Claim> = queues
+        .lease_view(now_ms)
+        .into_iter()
+        .map(|l| Claim {
+            want: l.connections,
+            keep: l.connections,
+            limit: l.limit.max(l.connections),
+            site: l.site,
+            lane: l.lane,
+        })
+        .collect();
+    let granted = store.claim(node, ttl_ms, &claims)?;
+    for (claim, granted) in claims.iter().zip(granted) {
+        leases.granted(claim, granted, now_ms);
+        queues.set_leased(&claim.site, &claim.lane, granted);
+    }
+    queues.set_bound(crate::queue::ClusterBound::Leases);
+    Ok(())
+}
+
 /// A lane's two keys: nodes by lease expiry, and lease counts by node.
 pub fn lease_keys(site: &str, lane: &str) -> (String, String) {
     (
