@@ -39,11 +39,8 @@ pub fn burst(rate: u32) -> u64 {
 }
 
 /// The asks to make now: for each site in use whose messages waited for
-/// a token, or that has spent half its batch, what tops it up to one.
-pub fn asks(view: &[SiteRate]) -> Vec<RateAsk> {
-    asks_but(view, |_| false)
-}
-
+/// a token, or that has spent half its batch, what tops it up to one;
+/// none for a site `resting` says is resting.
 fn asks_but(view: &[SiteRate], resting: impl Fn(&SiteRate) -> bool) -> Vec<RateAsk> {
     view.iter()
         .filter(|s| s.rate > 0 && (s.wanted || s.spent > 0) && !resting(s))
@@ -99,6 +96,11 @@ impl RateAsker {
 mod tests {
     use super::*;
 
+    /// The asks of a node that was never refused.
+    fn asks(view: &[SiteRate]) -> Vec<RateAsk> {
+        RateAsker::default().asks(view, 0)
+    }
+
     fn site(rate: u32, granted: u64, spent: u64, wanted: bool) -> SiteRate {
         SiteRate {
             site: "sink".into(),
@@ -111,16 +113,16 @@ mod tests {
 
     #[test]
     fn a_site_in_use_is_topped_up_to_a_batch_and_an_idle_one_asks_nothing() {
-        let asks = asks(&[site(500, 10, 3, false)]);
-        assert_eq!(asks.len(), 1);
-        assert_eq!((asks[0].burst, asks[0].want), (125, 40));
-        assert!(super::asks(&[site(500, 10, 0, false)]).is_empty());
+        let first = asks(&[site(500, 10, 3, false)]);
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].burst, first[0].want), (125, 40));
+        assert!(asks(&[site(500, 10, 0, false)]).is_empty());
         // Half a batch left and no message waiting: not yet.
-        assert!(super::asks(&[site(500, 30, 3, false)]).is_empty());
-        assert_eq!(super::asks(&[site(500, 30, 3, true)])[0].want, 20);
-        assert!(super::asks(&[site(500, 50, 9, true)]).is_empty());
+        assert!(asks(&[site(500, 30, 3, false)]).is_empty());
+        assert_eq!(asks(&[site(500, 30, 3, true)])[0].want, 20);
+        assert!(asks(&[site(500, 50, 9, true)]).is_empty());
         // A slow rate still takes a token at a time.
-        assert_eq!(super::asks(&[site(3, 0, 0, true)])[0].want, 1);
+        assert_eq!(asks(&[site(3, 0, 0, true)])[0].want, 1);
     }
 
     #[test]
