@@ -31,6 +31,7 @@ pub mod hop;
 pub mod rng;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
 
 // The checker's own maps, hashed fast (SipHash was a tenth of a seed).
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -60,8 +61,8 @@ use baton::shaping::classify::Classifier;
 use baton::shaping::ShapingRules;
 use baton::smtp::reply::Reply;
 use baton_spool::{
-    Appended, Clock, CompactionCopies, Gate, Io, NewMessage, QueueId, Spool, SpoolConfig, Status,
-    SyncOp, Writer,
+    Appended, Clock, CompactionCopies, Gate, Io, NewMessage, QueueId, Record, Spool, SpoolConfig,
+    Status, SyncOp, Writer,
 };
 use std::net::SocketAddr;
 
@@ -136,6 +137,10 @@ pub struct Report {
     /// Connections opened to next hops, and those that carried nothing.
     pub connections: u64,
     pub connections_idle: u64,
+    /// Connections opened while their destination, or their site, then
+    /// had as many open as its limit allows: the limits bind.
+    pub opened_at_destination_limit: u64,
+    pub opened_at_site_limit: u64,
     /// Client connections whose AUTH was refused (and that then tried to
     /// send anyway).
     pub auth_refused: u64,
@@ -225,14 +230,21 @@ const PRUNE_EVERY_STEPS: u64 = 256;
 /// Reclamation and compaction run every this many steps, as the
 /// housekeeper does.
 const RECLAIM_EVERY_STEPS: u64 = 25;
+/// Disk use is measured every this many steps (a second or so of
+/// simulated time: a runaway takes many): a directory listing and a
+/// `statx` per file, every 25 steps, were a thirtieth of a seed.
+const DISK_CHECK_EVERY_STEPS: u64 = 100;
 /// Segments compacted per pass, as the housekeeper's
 /// `COMPACT_SEGMENTS_MAX`.
 const COMPACT_SEGMENTS_MAX: usize = 4;
 /// Compaction's writer id (the shard's is 0).
 const COMPACTOR_ID: u16 = 1;
 /// Short enough that the drain sees the first next hop's recipients
-/// expire after a handful of retries (1, 5, 15, 30 minutes, ...).
-const MAX_AGE_SECS: u64 = 3_600;
+/// expire after a handful of retries: on the default schedule (1, 5, 15
+/// minutes, ...) the third attempt, six minutes after the first, fails
+/// them. An hour took six attempts, and the dead next hop's retries were
+/// a third of a seed's transactions.
+const MAX_AGE_SECS: u64 = 300;
 /// How far past `max_age` and its longest retry step a recipient may
 /// still be queued (a next hop down, a connection's turn).
 const MAX_AGE_SLACK_MS: u64 = 3_600_000;
@@ -411,6 +423,11 @@ struct Conn {
 /// not told: it must try again, and may deliver twice).
 const SILENT_CLOSE_PER_1K: u64 = 20;
 const DROP_BEFORE_REPLY_PER_1K: u64 = 5;
+/// Per buffer (a client's message, a next hop's replies), in a thousand:
+/// it arrives in pieces of random size rather than whole. Every buffer
+/// split was a fifth of a seed spent parsing pieces again, where a real
+/// socket mostly hands over a small write whole.
+const SPLIT_PER_1K: u64 = 250;
 /// Per thousand transactions at a next hop that defers at all: a `451`
 /// at the end of data, for every recipient.
 const DATA_REFUSED_PER_1K: u64 = 20;
@@ -464,8 +481,8 @@ struct World {
     shaping_rules: ShapingRules,
     /// Per site, until when a `4.7.28` suspended it (the checker's own
     /// account).
-    suspended: HashMap<String, u64>,
-    site_open: HashMap<String, usize>,
+    suspended: HashMap<&'static str, u64>,
+    site_open: HashMap<&'static str, usize>,
     next_conn: u64,
     steps: u64,
     history: VecDeque<String>,
@@ -589,6 +606,8 @@ impl World {
             spool_bytes_peak: counts.spool_bytes_peak,
             connections: counts.connections,
             connections_idle: counts.connections_idle,
+            opened_at_destination_limit: counts.opened_at_destination_limit,
+            opened_at_site_limit: counts.opened_at_site_limit,
             auth_refused: counts.auth_refused,
             segments_compacted: counts.segments_compacted,
             writes_out_of_space: self.disk.no_space,
@@ -717,6 +736,8 @@ impl World {
             if report.segments_deleted > 0 {
                 self.check_kept()?;
             }
+        }
+        if self.steps.is_multiple_of(DISK_CHECK_EVERY_STEPS) {
             self.check_disk_use()?;
         }
         if self.steps.is_multiple_of(PRUNE_EVERY_STEPS) {
@@ -895,12 +916,15 @@ impl World {
         // The sender's domain is one of the next hops: notifications to
         // it are delivered (or fail, and get none of their own).
         let from = self.rng.range(0, self.params.destinations as u64);
-        let mut text = format!("MAIL FROM:<sender{tag}@d{from}.test>\r\n");
+        // Written into one buffer (a `format!` per line was a sixtieth of
+        // a seed).
+        let mut text = String::with_capacity(2_300);
+        let _ = write!(text, "MAIL FROM:<sender{tag}@d{from}.test>\r\n");
         for i in 0..count {
             let d = self.rng.range(0, self.params.destinations as u64);
-            text.push_str(&format!("RCPT TO:<r{i}.{tag}@d{d}.test>\r\n"));
+            let _ = write!(text, "RCPT TO:<r{i}.{tag}@d{d}.test>\r\n");
         }
-        text.push_str(&format!("DATA\r\nSubject: m{tag}\r\n\r\n"));
+        let _ = write!(text, "DATA\r\nSubject: m{tag}\r\n\r\n");
         // Lines of 76 characters: a longer one is refused (RFC 5321 §4.5.3.1.6).
         let mut left = self.rng.range(10, 2000) as usize;
         while left > 0 {
@@ -916,8 +940,9 @@ impl World {
         };
         let mut bytes = text.as_bytes();
         let session = &mut self.senders[index];
+        let split = self.rng.chance(SPLIT_PER_1K, 1000);
         while !bytes.is_empty() {
-            let n = self.rng.range(1, bytes.len() as u64 + 1) as usize;
+            let n = piece(&mut self.rng, split, bytes.len());
             session.receive(&bytes[..n], &mut ctx);
             bytes = &bytes[n..];
         }
@@ -1237,14 +1262,20 @@ impl World {
                     self.params.connections_max
                 ));
             }
+            if *open == self.params.connections_max {
+                self.report.opened_at_destination_limit += 1;
+            }
             let site = site_of(&destination);
-            let at_site = self.site_open.entry(site.clone()).or_insert(0);
+            let at_site = self.site_open.entry(site).or_insert(0);
             *at_site += 1;
             if *at_site > self.params.site_connections_max {
                 return Err(format!(
                     "site {site} has {at_site} connections open, its limit is {}",
                     self.params.site_connections_max
                 ));
+            }
+            if *at_site == self.params.site_connections_max {
+                self.report.opened_at_site_limit += 1;
             }
             let key = self.next_conn;
             self.next_conn += 1;
@@ -1282,7 +1313,7 @@ impl World {
 
     /// A connection is over: its room goes back to the queue.
     fn closed(&mut self, conn: Conn) -> Result<(), String> {
-        if let Some(open) = self.site_open.get_mut(&site_of(&conn.destination)) {
+        if let Some(open) = self.site_open.get_mut(site_of(&conn.destination)) {
             *open -= 1;
         }
         if let Some(open) = self.open.get_mut(&conn.destination) {
@@ -1330,21 +1361,21 @@ impl World {
         conn.transactions += 1;
         self.idle_streak.remove(&destination);
         let site = site_of(&destination);
-        if let Some(&until) = self.suspended.get(&site).filter(|&&u| u > self.now_ms) {
+        if let Some(&until) = self.suspended.get(site).filter(|&&u| u > self.now_ms) {
             return Err(format!(
                 "a transaction for {destination} at site {site}, suspended by a 4.7.28 until {} ms",
                 until - START_MS
             ));
         }
-        let host = destination
-            .as_str()
-            .trim_start_matches('d')
-            .trim_end_matches(".test")
-            .parse::<usize>()
-            .ok()
-            .and_then(|h| self.hosts.get(h).copied())
+        let host = self
+            .hosts
+            .get(host_index(&destination))
+            .copied()
             .ok_or_else(|| format!("no next hop for {destination}"))?;
-        let envelope = self.envelope(&items)?;
+        // Read once, as the shard does: the envelope, the body and the
+        // settlement all come from this record.
+        let record = self.record(items[0].queue_id)?;
+        let envelope = envelope(&record, &items)?;
         let per_recipient = if host.down_until_ms > self.now_ms {
             // Gone: the connection is lost before any reply.
             conn.client.connection_lost();
@@ -1388,7 +1419,7 @@ impl World {
             // suspension cut to one connection.
             self.queues.succeeded(&destination, &conn.lane, self.now_ms);
         }
-        self.settle(&destination, &conn.lane, &results)?;
+        self.settle(&destination, &conn.lane, &record, &results)?;
         if conn.client.is_closed() {
             return self.closed(conn);
         }
@@ -1446,42 +1477,27 @@ impl World {
         done
     }
 
-    /// Hands `bytes` to the client in pieces of random size, as a socket
-    /// may deliver them.
+    /// Hands `bytes` to the client whole, or now and then in pieces of
+    /// random size, as a socket may deliver them.
     fn drip(&mut self, client: &mut Client, mut bytes: &[u8]) {
+        let split = self.rng.chance(SPLIT_PER_1K, 1000);
         while !bytes.is_empty() {
-            let n = self.rng.range(1, bytes.len() as u64 + 1) as usize;
+            let n = piece(&mut self.rng, split, bytes.len());
             client.receive(&bytes[..n]);
             bytes = &bytes[n..];
         }
     }
 
-    /// The envelope of a batch: one message's recipients, read from the
-    /// spool as the shard reads it.
-    fn envelope(&self, items: &[QueuedRecipient]) -> Result<Envelope, String> {
-        let id = items[0].queue_id;
+    /// Message `id`'s record, read from the spool as the shard reads it.
+    fn record(&self, id: QueueId) -> Result<Record, String> {
         let at = self
             .spool()
             .message(id)
             .ok_or_else(|| format!("{} queued but not in the spool", id.0))?
             .body;
-        let record = self
-            .spool()
+        self.spool()
             .read(at)
-            .map_err(|e| format!("read {}: {e}", id.0))?;
-        let view = record
-            .message()
-            .map_err(|e| format!("decode {}: {e}", id.0))?;
-        let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
-        Ok(Envelope {
-            reverse_path: view.reverse_path.to_vec(),
-            mail_params: Vec::new(),
-            recipients: items
-                .iter()
-                .map(|item| addresses[item.recipient as usize].to_vec())
-                .collect(),
-            size: view.body.len() as u64,
-        })
+            .map_err(|e| format!("read {}: {e}", id.0))
     }
 
     /// What the client reported for one message's batch, settled by the
@@ -1492,21 +1508,13 @@ impl World {
         &mut self,
         destination: &Destination,
         lane: &Arc<str>,
+        record: &Record,
         results: &[(QueuedRecipient, ClientOutcome)],
     ) -> Result<(), String> {
         let Some((first, _)) = results.first() else {
             return Ok(());
         };
         let id = first.queue_id.0;
-        let at = self
-            .spool()
-            .message(first.queue_id)
-            .ok_or_else(|| format!("{id} settled but not in the spool"))?
-            .body;
-        let record = self
-            .spool()
-            .read(at)
-            .map_err(|e| format!("read {id}: {e}"))?;
         let view = record.message().map_err(|e| format!("decode {id}: {e}"))?;
         let (now_ms, next_id) = (self.now_ms, &mut self.next_id);
         let settled = Ledger {
@@ -1713,11 +1721,18 @@ impl World {
         // them in one, so that a seed replays exactly.
         let mut recovered_pending: Vec<_> = recovered.pending.iter().collect();
         recovered_pending.sort_by_key(|p| (p.queue_id, p.recipient));
+        // A message's recipients come one after another: its record is
+        // read once for all of them.
+        let mut last: Option<(baton_spool::RecordRef, Record)> = None;
         for pending in recovered_pending {
-            let record = self
-                .spool()
-                .read(pending.message)
-                .map_err(|e| format!("read a recovered message: {e}"))?;
+            let record = match last.take() {
+                Some((at, record)) if at == pending.message => record,
+                _ => self
+                    .spool()
+                    .read(pending.message)
+                    .map_err(|e| format!("read a recovered message: {e}"))?,
+            };
+            let record = &last.insert((pending.message, record)).1;
             let view = record.message().map_err(|e| format!("decode: {e}"))?;
             let Some(rcpt) = view.recipients().nth(pending.recipient as usize) else {
                 return Err(format!(
@@ -1932,20 +1947,23 @@ impl World {
     }
 
     fn check_disk_use_within(&self, bound: u64) -> Result<u64, String> {
+        let counted = |name: &str| name.ends_with(".seg") && !name.starts_with("spare-");
         let mut bytes = 0;
-        let mut files = Vec::new();
         let dir = std::fs::read_dir(&self.config.path).map_err(|e| e.to_string())?;
         for entry in dir {
             let entry = entry.map_err(|e| e.to_string())?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.ends_with(".seg") && !name.starts_with("spare-") {
+            if counted(&entry.file_name().to_string_lossy()) {
                 // The preparer thread may rename or remove a file meanwhile.
                 bytes += entry.metadata().map_or(0, |m| m.len());
-                files.push(name.into_owned());
             }
         }
         if bytes > bound {
+            let mut files: Vec<String> = std::fs::read_dir(&self.config.path)
+                .map_err(|e| e.to_string())?
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| counted(name))
+                .collect();
             files.sort();
             return Err(format!(
                 "the spool's segments take {bytes} bytes, over its bound of {bound} ({:?}; {files:?})",
@@ -1958,15 +1976,20 @@ impl World {
     /// After reclamation: every acknowledged message with a recipient not
     /// final is still readable in the spool.
     fn check_kept(&self) -> Result<(), String> {
+        // Segments go whole: one record read back per segment proves the
+        // rest of that segment's are still there (reading every pending
+        // message's was a fortieth of a seed).
+        let mut readable: HashMap<baton_spool::SegmentId, bool> = HashMap::new();
         for (&id, msg) in &self.messages {
             // A recipient with no final outcome, appended or durable (a
             // message whose record rotted away is final: `Removed`).
             let pending = |r: &Rcpt| r.final_appended.is_none() && r.final_status.is_none();
             if msg.acknowledged && msg.rcpts.iter().any(pending) {
-                let kept = self
-                    .spool()
-                    .message(QueueId(id))
-                    .is_some_and(|m| self.spool().read(m.body).is_ok());
+                let kept = self.spool().message(QueueId(id)).is_some_and(|m| {
+                    *readable
+                        .entry(m.body.segment)
+                        .or_insert_with(|| self.spool().read(m.body).is_ok())
+                });
                 if !kept {
                     return Err(format!(
                         "reclamation took message {id} (record at {:?}) while a recipient of it is pending",
@@ -1978,8 +2001,6 @@ impl World {
         Ok(())
     }
 
-    /// At the end: everything acknowledged was delivered or failed, and
-    /// reclamation gives the disk back.
     fn check_final(&self) -> Result<(), String> {
         self.spool()
             .reclaim()
@@ -2013,7 +2034,7 @@ fn queues(connections_max: usize, site_connections_max: usize) -> Queues {
         }),
         site_for: Box::new(move |destination| {
             SiteOf::Known(
-                site_of(destination),
+                site_of(destination).to_owned(),
                 SiteShaping {
                     connections_max: site_connections_max,
                     message_rate_max: 0,
@@ -2024,14 +2045,43 @@ fn queues(connections_max: usize, site_connections_max: usize) -> Queues {
     })
 }
 
-/// `d<n>.test`'s next hop, `n`.
+/// `d<n>.test`'s next hop, `n` (the digits only: this runs for every
+/// transaction).
 fn host_index(destination: &Destination) -> usize {
     destination
         .as_str()
-        .trim_start_matches('d')
-        .trim_end_matches(".test")
-        .parse()
-        .unwrap_or(0)
+        .bytes()
+        .skip(1)
+        .take_while(u8::is_ascii_digit)
+        .fold(0, |n, digit| n * 10 + usize::from(digit - b'0'))
+}
+
+/// The envelope of a batch: one message's recipients, from its record.
+fn envelope(record: &Record, items: &[QueuedRecipient]) -> Result<Envelope, String> {
+    let id = items[0].queue_id;
+    let view = record
+        .message()
+        .map_err(|e| format!("decode {}: {e}", id.0))?;
+    let addresses: Vec<&[u8]> = view.recipients().map(|r| r.address).collect();
+    Ok(Envelope {
+        reverse_path: view.reverse_path.to_vec(),
+        mail_params: Vec::new(),
+        recipients: items
+            .iter()
+            .map(|item| addresses[item.recipient as usize].to_vec())
+            .collect(),
+        size: view.body.len() as u64,
+    })
+}
+
+/// The next piece of `len` bytes to hand over: all of them, or (`split`)
+/// a random part.
+fn piece(rng: &mut Rng, split: bool, len: usize) -> usize {
+    if split {
+        rng.range(1, len as u64 + 1) as usize
+    } else {
+        len
+    }
 }
 
 /// Sites the destinations share.
@@ -2047,14 +2097,9 @@ fn shipped_classifier() -> Arc<Classifier> {
 }
 
 /// `d<n>.test`'s site.
-fn site_of(destination: &Destination) -> String {
-    let n: usize = destination
-        .as_str()
-        .trim_start_matches('d')
-        .trim_end_matches(".test")
-        .parse()
-        .unwrap_or(0);
-    format!("s{}", n % SITES)
+fn site_of(destination: &Destination) -> &'static str {
+    const NAMES: [&str; SITES] = ["s0", "s1", "s2"];
+    NAMES[host_index(destination) % SITES]
 }
 
 /// A message whose recipients are all final: one notification when any

@@ -472,9 +472,8 @@ fn boundary(unique: &str, parts: &[&[u8]]) -> String {
 
 /// Appends the header field `name: value`, folded.
 fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    let mut first = name.as_bytes().to_vec();
-    first.extend_from_slice(b": ");
-    push_folded(out, &first, value, b" ");
+    out.extend_from_slice(name.as_bytes());
+    push_folded_after(out, name.len(), b": ", value, b" ");
 }
 
 /// Appends `first` and the words of `value`, folded before a word that
@@ -483,9 +482,20 @@ fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// [`LINE_BYTES_MAX`]. Control characters count as spaces, so nothing
 /// from outside can end a line, or a header section, on its own.
 fn push_folded(out: &mut Vec<u8>, first: &[u8], value: &[u8], indent: &[u8]) {
-    debug_assert!(first.len() < LINE_BYTES_MAX && indent.len() < LINE_BYTES_MAX);
+    push_folded_after(out, 0, first, value, indent);
+}
+
+/// [`push_folded`] on a line that already holds `line_bytes` octets.
+fn push_folded_after(
+    out: &mut Vec<u8>,
+    line_bytes: usize,
+    first: &[u8],
+    value: &[u8],
+    indent: &[u8],
+) {
+    debug_assert!(line_bytes + first.len() < LINE_BYTES_MAX && indent.len() < LINE_BYTES_MAX);
     out.extend_from_slice(first);
-    let mut line_bytes = first.len();
+    let mut line_bytes = line_bytes + first.len();
     let mut line_has_word = false;
     let words = value
         .split(|&byte| byte <= b' ' || byte == 0x7f)

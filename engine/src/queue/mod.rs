@@ -25,7 +25,13 @@ mod site;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+// Every take, plan and push looks destinations and sites up several times
+// over: SipHash was a tenth of the queue's time. foldhash is hashbrown's
+// own default, seeded per table, so domain names a sender picks cannot be
+// aimed at one bucket offline.
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 use std::sync::Mutex;
 

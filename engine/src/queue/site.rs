@@ -7,7 +7,9 @@
 //! operator's suspension, its message rate, its members and those
 //! waiting for room.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use crate::route::Destination;

@@ -468,9 +468,25 @@ impl DotStuffer {
 /// Raw content to wire form, bare line ends normalised, no limits: for a
 /// client about to send `DATA`. Append `.` CRLF to end it.
 pub fn dot_stuff(raw: &[u8]) -> Vec<u8> {
+    if is_wire_form(raw) {
+        // Nothing to stuff or mend, the common case: one copy.
+        return raw.to_vec();
+    }
     let mut stuffer = DotStuffer::new(BodyLimits::UNLIMITED, Vec::with_capacity(raw.len() + 2));
     stuffer.feed(raw);
     stuffer.finish().wire
+}
+
+/// Whether `raw` is already its own wire form: every line ends in CRLF,
+/// and none starts with a dot.
+fn is_wire_form(raw: &[u8]) -> bool {
+    if !raw.ends_with(b"\r\n") || raw.first() == Some(&b'.') {
+        return false;
+    }
+    memchr::memchr2_iter(b'\r', b'\n', raw).all(|at| match raw[at] {
+        b'\r' => raw.get(at + 1) == Some(&b'\n'),
+        _ => at > 0 && raw[at - 1] == b'\r' && raw.get(at + 1) != Some(&b'.'),
+    })
 }
 
 /// Wire form back to content: removes the first `.` of each line that
@@ -794,6 +810,13 @@ mod tests {
             prop_assert!(unambiguous(&body.wire), "{:?}", body.wire);
             let stuffed = stuff_chunks(NORMALIZE, &[&input]);
             prop_assert!(unambiguous(&stuffed.wire), "{:?}", stuffed.wire);
+        }
+
+        #[test]
+        fn dot_stuff_takes_its_shortcut_only_when_the_stuffer_agrees(input in bytes()) {
+            let mut stuffer = DotStuffer::new(BodyLimits::UNLIMITED, Vec::new());
+            stuffer.feed(&input);
+            prop_assert_eq!(dot_stuff(&input), stuffer.finish().wire);
         }
 
         #[test]

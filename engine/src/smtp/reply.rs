@@ -117,13 +117,6 @@ impl Reply {
     }
 }
 
-/// Reads one reply from the start of `input`.
-///
-/// Returns the reply and the bytes it took, `Ok(None)` if `input` does not
-/// yet hold a whole reply (call again with more), or an error if it breaks
-/// a limit or the grammar. Every line must carry the first line's code.
-/// The enhanced code is taken from the first line (when its class matches
-/// the reply's) and stripped from every line that repeats it.
 /// A reply written on one line (`550 5.1.1 text`, as the spool and the
 /// event log keep replies), parsed back; `None` if it is not one.
 pub fn parse_reply_text(text: &str) -> Option<Reply> {
@@ -138,18 +131,56 @@ pub fn parse_reply_text(text: &str) -> Option<Reply> {
     }
 }
 
+/// Reads one reply from the start of `input`.
+///
+/// Returns the reply and the bytes it took, `Ok(None)` if `input` does not
+/// yet hold a whole reply (call again with more), or an error if it breaks
+/// a limit or the grammar. Every line must carry the first line's code.
+/// The enhanced code is taken from the first line (when its class matches
+/// the reply's) and stripped from every line that repeats it.
 pub fn parse_reply(
     input: &[u8],
     limits: &ReplyLimits,
 ) -> Result<Option<(Reply, usize)>, ReplyError> {
+    // The lines are checked and the reply's end found first, copying
+    // nothing: a reply that arrives in pieces is looked at once per piece,
+    // and only a whole one is worth its strings.
+    let Some((code, enhanced, used, count)) = scan_reply(input, limits)? else {
+        return Ok(None);
+    };
+    let token = enhanced.map(|(_, token)| token);
+    let mut lines = Vec::with_capacity(count);
+    for raw in input[..used].split_inclusive(|&byte| byte == b'\n') {
+        let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let (_, _, text) = parse_line(raw)?;
+        lines.push(String::from_utf8_lossy(strip_token(text, token)).into_owned());
+    }
+    Ok(Some((
+        Reply {
+            code,
+            enhanced: enhanced.map(|(code, _)| code),
+            lines,
+        },
+        used,
+    )))
+}
+
+/// One reply's code, enhanced code, length and line count, if `input`
+/// holds all of it.
+#[allow(clippy::type_complexity)]
+fn scan_reply<'a>(
+    input: &'a [u8],
+    limits: &ReplyLimits,
+) -> Result<Option<(u16, Option<(EnhancedCode, &'a [u8])>, usize, usize)>, ReplyError> {
     let mut pos = 0;
     let mut code = 0;
-    let mut enhanced: Option<(EnhancedCode, &[u8])> = None;
-    let mut lines = Vec::new();
+    let mut enhanced = None;
+    let mut count = 0;
     loop {
         let rest = &input[pos..];
         let window = &rest[..rest.len().min(limits.line_bytes_max)];
-        let Some(lf) = window.iter().position(|&byte| byte == b'\n') else {
+        let Some(lf) = memchr::memchr(b'\n', window) else {
             return if rest.len() >= limits.line_bytes_max {
                 Err(ReplyError::LineTooLong)
             } else {
@@ -159,35 +190,29 @@ pub fn parse_reply(
         let raw = &rest[..lf];
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         pos += lf + 1;
-        let (line_code, last, mut text) = parse_line(raw)?;
-        if lines.is_empty() {
+        let (line_code, last, text) = parse_line(raw)?;
+        if count == 0 {
             code = line_code;
             enhanced = parse_enhanced(line_code, text);
         } else if line_code != code {
             return Err(ReplyError::CodeMismatch);
         }
-        if let Some((_, token)) = enhanced {
-            if let Some(after) = text.strip_prefix(token) {
-                if after.is_empty() || after[0] == b' ' {
-                    text = after.get(1..).unwrap_or_default();
-                }
-            }
-        }
-        lines.push(String::from_utf8_lossy(text).into_owned());
+        count += 1;
         if last {
-            let enhanced = enhanced.map(|(code, _)| code);
-            return Ok(Some((
-                Reply {
-                    code,
-                    enhanced,
-                    lines,
-                },
-                pos,
-            )));
+            return Ok(Some((code, enhanced, pos, count)));
         }
-        if lines.len() >= limits.lines_max {
+        if count >= limits.lines_max {
             return Err(ReplyError::TooManyLines);
         }
+    }
+}
+
+/// A line's text without the enhanced code it repeats.
+fn strip_token<'a>(text: &'a [u8], token: Option<&[u8]>) -> &'a [u8] {
+    match token.and_then(|token| text.strip_prefix(token)) {
+        Some([]) => &[],
+        Some([b' ', after @ ..]) => after,
+        _ => text,
     }
 }
 
