@@ -484,6 +484,11 @@ struct World {
     suspended: HashMap<&'static str, u64>,
     site_open: HashMap<&'static str, usize>,
     next_conn: u64,
+    /// Messages whose recipients became final, or that were acknowledged,
+    /// since the last prune.
+    touched: Vec<u64>,
+    /// A restart: the next prune looks at every message.
+    prune_all: bool,
     steps: u64,
     history: VecDeque<String>,
     report: Report,
@@ -571,6 +576,8 @@ impl World {
             suspended: HashMap::new(),
             site_open: HashMap::new(),
             next_conn: 0,
+            touched: Vec::new(),
+            prune_all: false,
             steps: 0,
             history: VecDeque::new(),
             report: Report::default(),
@@ -642,14 +649,13 @@ impl World {
         self.hosts[0].defer_per_1k = 1000;
         self.flush_all();
         let drain_end = self.now_ms + DRAIN_MS_MAX;
-        let mut rounds = 0u64;
-        while {
-            // The working set is walked now and then, not every round.
-            rounds += 1;
-            !rounds.is_multiple_of(64) || {
-                self.prune()?;
-                self.unfinished() > 0
-            }
+        // The working set is walked (pruned, counted) only when nothing
+        // moves: while a connection or a datasync is under way, some
+        // recipient is not final yet. (Every 64 rounds was a twentieth of
+        // a seed.)
+        while !(self.conns.is_empty() && self.syncs.is_empty()) || {
+            self.prune()?;
+            self.any_unfinished()
         } {
             if self.now_ms > drain_end {
                 return Err(format!(
@@ -1161,6 +1167,7 @@ impl World {
                         rcpt.final_at = Some(at);
                         rcpt.final_status = Some(status);
                         rcpt.delivered_durably |= matches!(status, Status::Delivered { .. });
+                        self.touched.push(id);
                     }
                 }
             }
@@ -1198,6 +1205,7 @@ impl World {
             return Ok(());
         };
         msg.acknowledged = true;
+        self.touched.push(id);
         let count = msg.rcpts.len() as u32;
         let record = self.record_of(id)?;
         let mut groups: Vec<(Destination, Vec<QueuedRecipient>)> = Vec::new();
@@ -1226,9 +1234,8 @@ impl World {
     fn record_of(&self, id: u64) -> Result<Vec<Destination>, String> {
         let at = self
             .spool()
-            .message(QueueId(id))
-            .ok_or_else(|| format!("message {id} acknowledged but not in the spool's index"))?
-            .body;
+            .message_at(QueueId(id))
+            .ok_or_else(|| format!("message {id} acknowledged but not in the spool's index"))?;
         let record = self
             .spool()
             .read(at)
@@ -1492,9 +1499,8 @@ impl World {
     fn record(&self, id: QueueId) -> Result<Record, String> {
         let at = self
             .spool()
-            .message(id)
-            .ok_or_else(|| format!("{} queued but not in the spool", id.0))?
-            .body;
+            .message_at(id)
+            .ok_or_else(|| format!("{} queued but not in the spool", id.0))?;
         self.spool()
             .read(at)
             .map_err(|e| format!("read {}: {e}", id.0))
@@ -1669,27 +1675,40 @@ impl World {
             .max()
             .map_or(0, |d| d.as_millis() as u64)
             + MAX_AGE_SLACK_MS;
-        let mut done = Vec::new();
+        // Ids are handed out in arrival order: the old messages come
+        // first, and the walk stops at the first young one.
         for (&id, msg) in &self.messages {
+            let age_ms = self.now_ms.saturating_sub(msg.arrival_ms);
+            if age_ms <= max_age_ms + slack_ms {
+                break;
+            }
             if !msg.acknowledged {
                 continue;
             }
-            let age_ms = self.now_ms.saturating_sub(msg.arrival_ms);
-            if age_ms > max_age_ms + slack_ms {
-                if let Some(r) = msg.rcpts.iter().position(|r| r.final_appended.is_none()) {
-                    return Err(format!(
-                        "{id}#{r} still queued {age_ms} ms after it arrived, past max_age ({max_age_ms} ms) and a retry"
-                    ));
-                }
-            }
-            if msg.rcpts.iter().all(|r| r.final_status.is_some()) {
-                check_notices(id, msg)?;
-                done.push(id);
+            if let Some(r) = msg.rcpts.iter().position(|r| r.final_appended.is_none()) {
+                return Err(format!(
+                    "{id}#{r} still queued {age_ms} ms after it arrived, past max_age ({max_age_ms} ms) and a retry"
+                ));
             }
         }
-        for id in done {
-            self.messages.remove(&id);
-            self.finished.insert(id);
+        // Only a message something happened to can have become final (a
+        // walk of the whole working set, every time, was a thirtieth of
+        // a seed); after a restart, every one may have.
+        let ids = if std::mem::take(&mut self.prune_all) {
+            self.touched.clear();
+            self.messages.keys().copied().collect()
+        } else {
+            std::mem::take(&mut self.touched)
+        };
+        for id in ids {
+            let Some(msg) = self.messages.get(&id) else {
+                continue;
+            };
+            if msg.acknowledged && msg.rcpts.iter().all(|r| r.final_status.is_some()) {
+                check_notices(id, msg)?;
+                self.messages.remove(&id);
+                self.finished.insert(id);
+            }
         }
         Ok(())
     }
@@ -1702,6 +1721,13 @@ impl World {
             .flat_map(|m| &m.rcpts)
             .filter(|r| r.final_status.is_none())
             .count()
+    }
+
+    /// Whether any acknowledged recipient has no durable final outcome.
+    fn any_unfinished(&self) -> bool {
+        self.messages
+            .values()
+            .any(|m| m.acknowledged && m.rcpts.iter().any(|r| r.final_status.is_none()))
     }
 
     /// Opens the spool and its writer, and queues what it recovered.
@@ -1763,6 +1789,7 @@ impl World {
 
     /// After a crash: what recovery found against what was promised.
     fn check_recovered(&mut self, recovered: &baton_spool::Recovered) -> Result<(), String> {
+        self.prune_all = true;
         let mut pending: HashMap<u64, Vec<u32>> = HashMap::new();
         for p in &recovered.pending {
             if self.finished.contains(&p.queue_id.0) {
@@ -1985,10 +2012,10 @@ impl World {
             // message whose record rotted away is final: `Removed`).
             let pending = |r: &Rcpt| r.final_appended.is_none() && r.final_status.is_none();
             if msg.acknowledged && msg.rcpts.iter().any(pending) {
-                let kept = self.spool().message(QueueId(id)).is_some_and(|m| {
+                let kept = self.spool().message_at(QueueId(id)).is_some_and(|at| {
                     *readable
-                        .entry(m.body.segment)
-                        .or_insert_with(|| self.spool().read(m.body).is_ok())
+                        .entry(at.segment)
+                        .or_insert_with(|| self.spool().read(at).is_ok())
                 });
                 if !kept {
                     return Err(format!(

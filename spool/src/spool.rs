@@ -607,6 +607,13 @@ impl Spool {
         })
     }
 
+    /// Where message `id`'s record is, if the spool still has it: what
+    /// [`Spool::message`] says, without the statuses (and their copy).
+    pub fn message_at(&self, id: QueueId) -> Option<RecordRef> {
+        let index = self.shared.index.lock().expect("index lock");
+        index.message(id).map(|m| m.body)
+    }
+
     /// Per recipient of a message, the durable outcome record that set its
     /// status, for its reply; `None` when the status came with the message
     /// record, or after compaction folded or moved the outcome. Read it
