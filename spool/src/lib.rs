@@ -92,9 +92,24 @@ pub use writer::{Appended, Io, OpId, SyncOp, WriteOp, Writer};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct QueueId(pub u64);
 
+impl QueueId {
+    /// The id as it is shown: sixteen uppercase hex digits.
+    pub fn hex(self) -> [u8; 16] {
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut out = [0u8; 16];
+        for (i, digit) in out.iter_mut().enumerate() {
+            *digit = DIGITS[(self.0 >> (60 - 4 * i) & 0xF) as usize];
+        }
+        out
+    }
+}
+
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016X}", self.0)
+        // By hand: every message's `Received:`, `Message-ID` and `250`
+        // show one, and `{:016X}` went through the padding machinery.
+        let hex = self.hex();
+        f.write_str(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
     }
 }
 
@@ -163,5 +178,17 @@ pub mod plant {
         return RECLAIM_PENDING.load(Ordering::Relaxed);
         #[cfg(not(feature = "plant"))]
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueueId;
+
+    #[test]
+    fn a_queue_id_shows_as_sixteen_uppercase_hex_digits() {
+        for id in [0, 1, 0xABC, 0x0123_4567_89AB_CDEF, u64::MAX, 1 << 63] {
+            assert_eq!(QueueId(id).to_string(), format!("{id:016X}"));
+        }
     }
 }

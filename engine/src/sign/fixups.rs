@@ -5,8 +5,6 @@
 //! must cover them, so they are added before signing. Mail from other
 //! clients is never touched.
 
-use std::io::Write as _;
-
 use baton_spool::QueueId;
 
 use crate::smtp::date::rfc5322_date;
@@ -31,10 +29,13 @@ pub fn fix_up(
     }
     if !has_id {
         // Unique: the queue id is never handed out twice by this server.
-        let _ = write!(
-            fields,
-            "Message-ID: <{queue_id}.{now_unix_secs}@{hostname}>\r\n"
-        );
+        fields.extend_from_slice(b"Message-ID: <");
+        fields.extend_from_slice(&queue_id.hex());
+        fields.push(b'.');
+        fields.extend_from_slice(now_unix_secs.to_string().as_bytes());
+        fields.push(b'@');
+        fields.extend_from_slice(hostname.as_bytes());
+        fields.extend_from_slice(b">\r\n");
         added.push("Message-ID");
     }
     if !fields.is_empty() {
@@ -60,15 +61,23 @@ fn present(wire: &[u8]) -> (bool, bool) {
 /// Whether the header section has a field named `name` (lowercase, with
 /// its colon).
 pub fn has_field(wire: &[u8], name: &[u8]) -> bool {
-    for line in wire.split(|&b| b == b'\n') {
+    let mut rest = wire;
+    loop {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(lf) => (&rest[..lf], Some(&rest[lf + 1..])),
+            None => (rest, None),
+        };
         if line == b"\r" || line.is_empty() {
             return false;
         }
         if line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name) {
             return true;
         }
+        let Some(next) = next else {
+            return false;
+        };
+        rest = next;
     }
-    false
 }
 
 /// Adds one-click unsubscribe fields (RFC 8058, made by
