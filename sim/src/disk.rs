@@ -33,9 +33,34 @@ struct Unsynced {
     inode: u64,
     segment: Arc<Segment>,
     offset: u64,
-    /// What the file held there before, and what the write put there.
-    before: Vec<u8>,
-    after: Vec<u8>,
+    len: usize,
+    /// What the file held there before: `None` for zeroes (most writes
+    /// land on a fresh file's zero-filled space, and a copy of every write
+    /// was a fiftieth of a seed).
+    before: Option<Vec<u8>>,
+    /// What the write put there, as a CRC32C per sector: enough to tell
+    /// whether something else has written the sector since.
+    after: Vec<u32>,
+}
+
+impl Unsynced {
+    /// The bytes the file held at `range` of this write before it.
+    fn before(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        match &self.before {
+            Some(bytes) => bytes[range].to_vec(),
+            None => vec![0; range.len()],
+        }
+    }
+}
+
+/// Whether every byte of `bytes` is zero.
+fn all_zero(bytes: &[u8]) -> bool {
+    let chunks = bytes.chunks_exact(16);
+    let rest = chunks.remainder();
+    chunks
+        .map(|c| u128::from_ne_bytes(c.try_into().expect("16 bytes")))
+        .all(|word| word == 0)
+        && rest.iter().all(|&b| b == 0)
 }
 
 #[derive(Default)]
@@ -86,11 +111,12 @@ impl Disk {
         // mapping of the file (no read, no zeroed buffer).
         let at = op.offset as usize;
         let before = match op.segment.bytes().get(at..at + buf.len()) {
-            Some(bytes) => bytes.to_vec(),
+            Some(bytes) if all_zero(bytes) => None,
+            Some(bytes) => Some(bytes.to_vec()),
             None => {
                 let mut before = vec![0; buf.len()];
                 file.read_exact_at(&mut before, op.offset)?;
-                before
+                Some(before)
             }
         };
         file.write_all_at(buf, op.offset)?;
@@ -107,8 +133,12 @@ impl Disk {
             inode,
             segment: op.segment.clone(),
             offset: op.offset,
+            len: buf.len(),
             before,
-            after: buf.to_vec(),
+            after: buf
+                .chunks(SECTOR_BYTES as usize)
+                .map(crc32c::crc32c)
+                .collect(),
         });
         if len < op.buf.len() {
             self.short_writes += 1;
@@ -209,7 +239,7 @@ impl Disk {
         if !reorder {
             let mut files: Vec<(u64, u64)> = Vec::new();
             for w in &writes {
-                let sectors = (w.before.len() as u64).div_ceil(SECTOR_BYTES);
+                let sectors = (w.len as u64).div_ceil(SECTOR_BYTES);
                 match files.iter_mut().find(|(inode, _)| *inode == w.inode) {
                     Some((_, total)) => *total += sectors,
                     None => files.push((w.inode, sectors)),
@@ -224,8 +254,8 @@ impl Disk {
         let mut lose: Vec<(usize, usize, usize)> = Vec::new();
         for (i, write) in writes.iter().enumerate() {
             let mut at = 0usize;
-            while at < write.before.len() {
-                let end = (at + SECTOR_BYTES as usize).min(write.before.len());
+            while at < write.len {
+                let end = (at + SECTOR_BYTES as usize).min(write.len);
                 let n = seen.entry(write.inode).or_default();
                 let lost = if reorder {
                     rng.chance(1, 2)
@@ -244,8 +274,8 @@ impl Disk {
             let file = write.segment.file();
             let mut now = vec![0; end - at];
             file.read_exact_at(&mut now, write.offset + at as u64)?;
-            if now == write.after[at..end] {
-                file.write_all_at(&write.before[at..end], write.offset + at as u64)?;
+            if crc32c::crc32c(&now) == write.after[at / SECTOR_BYTES as usize] {
+                file.write_all_at(&write.before(at..end), write.offset + at as u64)?;
                 self.sectors_lost += 1;
             }
         }

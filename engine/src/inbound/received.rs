@@ -12,6 +12,7 @@
 //!
 //! (each continuation line starts with a tab: RFC 5322 §2.2.3 folding).
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use baton_spool::QueueId;
@@ -26,17 +27,26 @@ impl Session {
         // EHLO/HELO names passed the domain grammar, so they hold no
         // spaces, parentheses or line breaks to confuse the header.
         let helo = self.helo_name().unwrap_or("unknown");
-        let tls = match &self.tls {
-            Tls::Established(info) => format!("\t(using {info})\r\n"),
-            Tls::Plain | Tls::Starting => String::new(),
-        };
-        let header = format!(
-            "Received: from {helo} ({peer})\r\n{tls}\tby {host} (baton) with {protocol} id {queue_id};\r\n\t{date}\r\n",
-            peer = address_literal(self.peer.ip()),
-            host = self.config.hostname,
-            protocol = self.protocol(),
-            date = rfc5322_date(now_unix_secs),
-        );
+        // Written piece by piece: one `format!` of it was a sixtieth of
+        // the simulator's time per message.
+        let mut header = String::with_capacity(192);
+        header.push_str("Received: from ");
+        header.push_str(helo);
+        header.push_str(" (");
+        header.push_str(&address_literal(self.peer.ip()));
+        header.push_str(")\r\n");
+        if let Tls::Established(info) = &self.tls {
+            let _ = write!(header, "\t(using {info})\r\n");
+        }
+        header.push_str("\tby ");
+        header.push_str(&self.config.hostname);
+        header.push_str(" (baton) with ");
+        header.push_str(self.protocol());
+        header.push_str(" id ");
+        header.push_str(std::str::from_utf8(&queue_id.hex()).expect("hex digits are ASCII"));
+        header.push_str(";\r\n\t");
+        header.push_str(&rfc5322_date(now_unix_secs));
+        header.push_str("\r\n");
         header.into_bytes()
     }
 
