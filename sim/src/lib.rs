@@ -2005,7 +2005,7 @@ impl World {
         // filled the segments outcomes took past the limit, and the spool
         // reached twice its limit, until the simulator found it).
         self.check_disk_use_within(SPOOL_BYTES_MAX + SPOOL_BYTES_MAX / 2)?;
-        let used = self.spool().stats().used_bytes;
+        let used = self.spool().used_bytes();
         self.report.spool_bytes_peak = self.report.spool_bytes_peak.max(used);
         Ok(())
     }

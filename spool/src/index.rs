@@ -106,6 +106,11 @@ pub(crate) struct PinnedOutcome {
 }
 
 impl Index {
+    /// Room for `more` messages.
+    pub fn reserve_messages(&mut self, more: usize) {
+        self.messages.reserve(more);
+    }
+
     pub fn add_segment(&mut self, id: SegmentId) {
         self.segments.entry(id).or_default();
     }

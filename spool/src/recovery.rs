@@ -55,6 +55,10 @@ use crate::segment::{
 use crate::spool::{Shared, Spool, COMPACTION_WRITER};
 use crate::{BlockingWriter, QueueId, RecordRef};
 
+/// Most messages (and outcomes) recovery makes room for ahead, from what
+/// the first segment held: a million index entries are about 100 MB.
+const RECOVERY_RESERVE_MAX: usize = 1 << 20;
+
 /// A recipient still to be delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingRecipient {
@@ -172,6 +176,21 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
             )
         };
         scanned.push((segment, scan));
+        if scanned.len() == 1 {
+            // The first segment says how full the others are likely to
+            // be: room for that many, once, instead of the index and the
+            // outcomes doubling their way there. Bounded, in case the
+            // first is unlike the rest.
+            let rest = segments.len();
+            let guess = |first: usize| first.saturating_mul(rest).min(RECOVERY_RESERVE_MAX);
+            spool
+                .shared
+                .index
+                .lock()
+                .expect("index lock")
+                .reserve_messages(guess(report.messages as usize));
+            outcomes.reserve(guess(outcomes.len()));
+        }
     }
     // What the links say each linked segment holds; a link names a
     // segment by id and creation time, as ids are reused once their file

@@ -627,6 +627,12 @@ impl Spool {
             .map(|m| m.recipients.iter().map(|r| r.outcome_at).collect())
     }
 
+    /// Bytes the segments take, by the spool's own count: what
+    /// [`Spool::stats`] says, without its walk of the index.
+    pub fn used_bytes(&self) -> u64 {
+        self.shared.used_bytes.load(Ordering::Relaxed)
+    }
+
     pub fn stats(&self) -> SpoolStats {
         SpoolStats {
             segments: self.shared.segments.read().expect("segments lock").len() as u64,
