@@ -28,6 +28,7 @@
 pub mod cluster;
 pub mod disk;
 pub mod hop;
+pub mod names;
 pub mod rng;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -73,6 +74,7 @@ use std::net::SocketAddr;
 
 use disk::{Disk, WriteFault};
 use hop::{Hop, HopAuth, Verdict};
+use names::SimDirectory;
 use rng::Rng;
 
 /// What a run simulates.
@@ -129,9 +131,16 @@ pub struct Report {
     /// Notifications that became durable (and were queued).
     pub notifications: u64,
     pub power_cuts: u64,
+    /// Of those, cuts in the middle of a reclamation or a recovery, among
+    /// its directory operations.
+    pub power_cuts_in_calls: u64,
     pub crashes: u64,
     pub sync_failures: u64,
     pub sectors_lost: u64,
+    /// Changes to the spool's file names (creations, renames, removals)
+    /// a power cut took back: none, while the spool syncs its directory
+    /// after each.
+    pub name_changes_lost: u64,
     pub short_writes: u64,
     pub writes_out_of_space: u64,
     pub bit_flips: u64,
@@ -450,6 +459,12 @@ const SPLIT_PER_1K: u64 = 100;
 /// Per thousand transactions at a next hop that defers at all: a `451`
 /// at the end of data, for every recipient.
 const DATA_REFUSED_PER_1K: u64 = 20;
+/// Per thousand reclamations (with faults), and per thousand restarts:
+/// the power goes in the middle of the call, after up to
+/// [`NAME_OPERATIONS_BEFORE_CUT_MAX`] of its directory operations.
+const CUT_IN_RECLAMATION_PER_1K: u64 = 100;
+const CUT_IN_RECOVERY_PER_1K: u64 = 300;
+const NAME_OPERATIONS_BEFORE_CUT_MAX: u64 = 6;
 
 struct World {
     params: Params,
@@ -459,6 +474,9 @@ struct World {
     now_ms: u64,
     rng: Rng,
     disk: Disk,
+    /// The spool's directories, as the simulated disk is its files'
+    /// bytes.
+    names: Arc<SimDirectory>,
     spool: Option<Spool>,
     writer: Option<Writer>,
     /// Datasyncs asked for, and whose: the shard's writer or compaction's.
@@ -525,6 +543,10 @@ impl World {
         config.segment_bytes = SEGMENT_BYTES;
         config.size_bytes_max = Some(SPOOL_BYTES_MAX);
         config.clock = Arc::new(SimClock(clock.clone()));
+        let names = Arc::new(
+            SimDirectory::new(dir.path().join("attic")).map_err(|e| format!("attic: {e}"))?,
+        );
+        config.directory = names.clone();
         let mut rng = Rng::new(params.seed);
         let hosts = (0..params.destinations)
             .map(|_| Host {
@@ -542,6 +564,7 @@ impl World {
             now_ms: START_MS,
             rng,
             disk: Disk::default(),
+            names,
             spool: None,
             writer: None,
             syncs: VecDeque::new(),
@@ -628,9 +651,11 @@ impl World {
             recipients_failed: counts.recipients_failed,
             notifications: counts.notifications,
             power_cuts: counts.power_cuts,
+            power_cuts_in_calls: counts.power_cuts_in_calls,
             crashes: counts.crashes,
             sync_failures: self.disk.sync_failures,
             sectors_lost: self.disk.sectors_lost,
+            name_changes_lost: self.names.counts().1,
             short_writes: self.disk.short_writes,
             bit_flips: self.disk.bit_flips,
             refused_full: counts.refused_full,
@@ -760,10 +785,19 @@ impl World {
         self.pump(faults)?;
         if self.steps.is_multiple_of(RECLAIM_EVERY_STEPS) {
             self.compact(faults)?;
-            let report = self
-                .spool()
-                .reclaim()
-                .map_err(|e| format!("reclamation failed: {e}"))?;
+            let armed =
+                faults && self.params.faults && self.rng.chance(CUT_IN_RECLAMATION_PER_1K, 1000);
+            if armed {
+                self.names
+                    .arm(self.rng.range(0, NAME_OPERATIONS_BEFORE_CUT_MAX));
+            }
+            let reclaimed = self.spool().reclaim();
+            if self.names.disarm() {
+                self.log("the power goes during reclamation".into());
+                self.report.power_cuts_in_calls += 1;
+                return self.restart(true);
+            }
+            let report = reclaimed.map_err(|e| format!("reclamation failed: {e}"))?;
             if report.segments_deleted > 0 {
                 self.check_kept()?;
             }
@@ -1900,13 +1934,9 @@ impl World {
     }
 
     /// A crash: `power` cut (unsynced writes lost, torn or reordered) or
-    /// the process killed (the page cache survives); then a restart.
+    /// the process killed (the page cache survives); then a restart, in
+    /// which the power may go again, in the middle of recovery.
     fn restart(&mut self, power: bool) -> Result<(), String> {
-        self.log(if power {
-            "power cut".into()
-        } else {
-            "process killed".to_string()
-        });
         // A crash between a notification and the outcomes behind it (held
         // for its datasync, or not yet durable): the recipients are tried
         // again, and may fail and be told of again, or be delivered after
@@ -1916,6 +1946,40 @@ impl World {
                 msg.notices_allowed_extra += 1;
             }
         }
+        self.go_down(power)?;
+        loop {
+            let armed = self.params.faults && self.rng.chance(CUT_IN_RECOVERY_PER_1K, 1000);
+            if armed {
+                self.names
+                    .arm(self.rng.range(0, NAME_OPERATIONS_BEFORE_CUT_MAX));
+            }
+            let started = self.start();
+            if self.names.disarm() {
+                // What recovery found or checked no longer stands: the
+                // next recovery is checked instead.
+                self.log("the power goes during recovery".into());
+                self.report.power_cuts_in_calls += 1;
+                self.go_down(true)?;
+                continue;
+            }
+            started?;
+            break;
+        }
+        self.log(format!(
+            "restarted: {} recipients unfinished",
+            self.unfinished()
+        ));
+        Ok(())
+    }
+
+    /// The process goes: everything in its memory with it, and with
+    /// `power`, what the disk and the directory had not synced.
+    fn go_down(&mut self, power: bool) -> Result<(), String> {
+        self.log(if power {
+            "power cut".into()
+        } else {
+            "process killed".to_string()
+        });
         self.conns.clear();
         self.open.clear();
         self.site_open.clear();
@@ -1937,18 +2001,17 @@ impl World {
             self.disk
                 .power_cut(&mut self.rng, self.params.reorder)
                 .map_err(|e| format!("power cut: {e}"))?;
+            self.names
+                .power_cut(&mut self.rng)
+                .map_err(|e| format!("power cut: {e}"))?;
         } else {
             self.report.crashes += 1;
             self.disk.crash();
+            self.names.crash();
         }
         if self.rng.chance(ROT_PER_1K_RESTARTS, 1000) {
             self.rot()?;
         }
-        self.start()?;
-        self.log(format!(
-            "restarted: {} recipients unfinished",
-            self.unfinished()
-        ));
         Ok(())
     }
 

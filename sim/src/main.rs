@@ -42,8 +42,9 @@ struct Args {
     /// Turn a planted bug on (`ack`: a 250 before its datasync;
     /// `reclaim`: reclamation of a segment with a pending recipient;
     /// `outcome`: a delivery recorded from the RCPT's 250, before the
-    /// delivery it records), to see the seed at which the simulator
-    /// catches it.
+    /// delivery it records; `name`: a new segment handed to the writer
+    /// before the directory that names it is synced), to see the seed at
+    /// which the simulator catches it.
     #[arg(long)]
     plant: Option<String>,
     /// Power cuts per round, in ten thousand (the scenario's by default).
@@ -90,8 +91,9 @@ fn main() -> ExitCode {
         Some("ack") => baton_spool::plant::ACK_BEFORE_SYNC.store(true, Ordering::Relaxed),
         Some("reclaim") => baton_spool::plant::RECLAIM_PENDING.store(true, Ordering::Relaxed),
         Some("outcome") => baton_spool::plant::DELIVERED_AT_RCPT.store(true, Ordering::Relaxed),
+        Some("name") => baton_spool::plant::SEGMENT_NAME_UNSYNCED.store(true, Ordering::Relaxed),
         Some(other) => {
-            eprintln!("--plant {other}: ack, reclaim or outcome");
+            eprintln!("--plant {other}: ack, reclaim, outcome or name");
             return ExitCode::FAILURE;
         }
     }

@@ -1,10 +1,11 @@
-//! Spool settings and the clock seam.
+//! Spool settings, and the clock and directory seams.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::directory::{Directory, SystemDirectory};
 use crate::error::{Error, Result};
 use crate::segment::SEGMENT_HEADER_BYTES;
 
@@ -101,6 +102,9 @@ pub struct SpoolConfig {
     /// can open its writers, on a full disk (`reserve_segments`).
     pub reserve_segments: usize,
     pub clock: Arc<dyn Clock>,
+    /// Where the spool creates, renames, removes and syncs its files'
+    /// names: the filesystem, or the simulator's.
+    pub directory: Arc<dyn Directory>,
 }
 
 impl fmt::Debug for SpoolConfig {
@@ -135,6 +139,7 @@ impl SpoolConfig {
             free_bytes_min: 0,
             reserve_segments: RESERVE_SEGMENTS_DEFAULT,
             clock: Arc::new(SystemClock),
+            directory: Arc::new(SystemDirectory),
         }
     }
 

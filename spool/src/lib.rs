@@ -61,6 +61,7 @@
 use std::fmt;
 
 pub mod config;
+pub mod directory;
 pub mod driver;
 pub mod error;
 pub mod gate;
@@ -74,6 +75,7 @@ pub mod spool;
 pub mod writer;
 
 pub use config::{Clock, SpoolConfig, SyncMode, SystemClock};
+pub use directory::{Directory, SystemDirectory};
 pub use driver::BlockingWriter;
 pub use error::{Error, Result};
 pub use gate::Gate;
@@ -152,6 +154,22 @@ pub mod plant {
     /// reads it.
     #[cfg(feature = "plant")]
     pub static DELIVERED_AT_RCPT: AtomicBool = AtomicBool::new(false);
+
+    /// The preparer hands a writer its new segment without syncing the
+    /// directory that names it: a power cut may take the name back (a
+    /// created file gone, a recycled one a spare again) with what the
+    /// writer acknowledged in it.
+    #[cfg(feature = "plant")]
+    pub static SEGMENT_NAME_UNSYNCED: AtomicBool = AtomicBool::new(false);
+
+    /// Whether [`SEGMENT_NAME_UNSYNCED`] is on.
+    #[inline]
+    pub fn segment_name_unsynced() -> bool {
+        #[cfg(feature = "plant")]
+        return SEGMENT_NAME_UNSYNCED.load(Ordering::Relaxed);
+        #[cfg(not(feature = "plant"))]
+        false
+    }
 
     /// Whether [`DELIVERED_AT_RCPT`] is on.
     #[inline]

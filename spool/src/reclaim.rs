@@ -14,7 +14,6 @@
 //! durable first; only then does the index move the messages and pins to
 //! the new segment, and the old one becomes deletable.
 
-use std::fs;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -99,6 +98,7 @@ impl Spool {
         let shared = &self.shared;
         let _one_at_a_time = shared.reclaim_lock.lock().expect("reclaim lock");
         let mut report = ReclaimReport::default();
+        let names = &*shared.config.directory;
         loop {
             let deletable = {
                 let segments = shared.segments.read().expect("segments lock");
@@ -128,16 +128,18 @@ impl Spool {
                     && Arc::strong_count(&segment) == 1;
                 if recyclable {
                     let spare = shared.config.path.join(spare_file_name(id));
-                    fs::rename(&path, &spare).map_err(io_err("rename", &spare))?;
+                    names
+                        .rename(&path, &spare)
+                        .map_err(io_err("rename", &spare))?;
                     spares.push(spare);
                     report.segments_recycled += 1;
                 } else {
-                    fs::remove_file(&path).map_err(io_err("remove", &path))?;
+                    names.remove_file(&path).map_err(io_err("remove", &path))?;
                 }
             }
             // The deletions must be durable before the pins they held are
             // released: see the index's module documentation.
-            sync_dir(&shared.config.path)?;
+            sync_dir(names, &shared.config.path)?;
             let mut index = shared.index.lock().expect("index lock");
             for id in deletable {
                 index.remove_segment(id);

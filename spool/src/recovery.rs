@@ -43,6 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SpoolConfig;
+use crate::directory::Directory;
 use crate::error::{io_err, Result};
 use crate::record::{
     decode_frame, Link, MessageView, Outcome, RecordType, Status, FRAME_ALIGN, FRAME_HEADER_BYTES,
@@ -126,7 +127,9 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
     let started = Instant::now();
     let dir = config.path.clone();
     let dir_lock = crate::spool::lock_dir(&dir)?;
-    let found = list(&dir, config.segment_bytes)?;
+    let directory = config.directory.clone();
+    let names = &*directory;
+    let found = list(names, &dir, config.segment_bytes)?;
     let mut report = RecoveryReport::default();
     let shared = Shared::new(
         dir_lock,
@@ -140,7 +143,7 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
 
     for path in &found.unreadable {
         tracing::error!(path = %path.display(), "spool file has no valid segment header; quarantining it");
-        report.quarantined.push(quarantine(&dir, path)?);
+        report.quarantined.push(quarantine(names, &dir, path)?);
     }
 
     let mut segments = found.segments;
@@ -328,7 +331,9 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
                 .shared
                 .segment(id)
                 .expect("recovered segment is in the table");
-            report.quarantined.push(quarantine(&dir, segment.path())?);
+            report
+                .quarantined
+                .push(quarantine(names, &dir, segment.path())?);
             spool.forget(id);
         }
     }
@@ -361,7 +366,7 @@ pub(crate) fn recover(config: SpoolConfig) -> Result<(Spool, Recovered)> {
     ))
 }
 
-fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
+fn list(names: &dyn Directory, dir: &Path, segment_bytes: u64) -> Result<Found> {
     let mut found = Found {
         segments: Vec::new(),
         spares: Vec::new(),
@@ -379,7 +384,7 @@ fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
         };
         if name.starts_with("tmp-") && name.ends_with(".seg") {
             // A segment whose creation a crash interrupted; it never held a record.
-            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            names.remove_file(&path).map_err(io_err("remove", &path))?;
         } else if name.starts_with("spare-") && name.ends_with(".seg") {
             // Its header still names its old id: no new segment may reuse
             // that id while its old frames exist.
@@ -390,7 +395,7 @@ fn list(dir: &Path, segment_bytes: u64) -> Result<Found> {
                     found.segment_id_max = found.segment_id_max.max(h.id.0);
                     found.spares.push(path);
                 }
-                _ => fs::remove_file(&path).map_err(io_err("remove", &path))?,
+                _ => names.remove_file(&path).map_err(io_err("remove", &path))?,
             }
         } else if let Some((writer, seq)) = parse_segment_file_name(name) {
             let next = found.writer_seqs.entry(writer).or_insert(1);
@@ -559,7 +564,7 @@ fn resync(bytes: &[u8], from: usize, id: SegmentId, last_seq: u64) -> Option<usi
 /// Quarantined copies of one file name kept side by side.
 const QUARANTINE_NAMES_MAX: u32 = 1000;
 
-fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
+fn quarantine(names: &dyn Directory, dir: &Path, path: &Path) -> Result<PathBuf> {
     let qdir = dir.join(QUARANTINE_DIR);
     fs::create_dir_all(&qdir).map_err(io_err("create directory", &qdir))?;
     // Writer seqs can repeat across restarts: never overwrite what an
@@ -582,9 +587,9 @@ fn quarantine(dir: &Path, path: &Path) -> Result<PathBuf> {
             qdir.display()
         )));
     }
-    fs::rename(path, &to).map_err(io_err("rename", &to))?;
-    sync_dir(dir)?;
-    sync_dir(&qdir)?;
+    names.rename(path, &to).map_err(io_err("rename", &to))?;
+    sync_dir(names, dir)?;
+    sync_dir(names, &qdir)?;
     Ok(to)
 }
 

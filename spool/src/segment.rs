@@ -11,14 +11,15 @@
 //! `Arc<Segment>`.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{Advice, Mmap};
 
+use crate::directory::Directory;
 use crate::error::{io_err, Result};
 
 /// `b"BATONSEG"`.
@@ -161,9 +162,9 @@ impl fmt::Debug for Segment {
 impl Segment {
     /// Creates a zero-filled segment, synced, under a temporary name, then
     /// renames it into place. The caller syncs the directory.
-    pub fn create(dir: &Path, header: SegmentHeader) -> Result<Segment> {
+    pub fn create(names: &dyn Directory, dir: &Path, header: SegmentHeader) -> Result<Segment> {
         let path = dir.join(segment_file_name(header.writer, header.seq));
-        let file = make_file(dir, &header, &path)?;
+        let file = make_file(names, dir, &header, &path)?;
         Segment::from_file(
             file,
             path,
@@ -180,16 +181,25 @@ impl Segment {
     /// outcome reserve). Its header names a fresh id, so that no segment
     /// reuses that id while the file exists. The caller syncs the
     /// directory.
-    pub fn create_spare(dir: &Path, header: SegmentHeader) -> Result<PathBuf> {
+    pub fn create_spare(
+        names: &dyn Directory,
+        dir: &Path,
+        header: SegmentHeader,
+    ) -> Result<PathBuf> {
         let path = dir.join(spare_file_name(header.id));
-        make_file(dir, &header, &path)?;
+        make_file(names, dir, &header, &path)?;
         Ok(path)
     }
 
     /// Gives a spare file a new life under a new header. Frames of its old
     /// life remain in it but carry the old segment id, so no scan will take
     /// them for records of the new segment. The caller syncs the directory.
-    pub fn recycle(dir: &Path, spare: &Path, header: SegmentHeader) -> Result<Segment> {
+    pub fn recycle(
+        names: &dyn Directory,
+        dir: &Path,
+        spare: &Path,
+        header: SegmentHeader,
+    ) -> Result<Segment> {
         let path = dir.join(segment_file_name(header.writer, header.seq));
         let file = OpenOptions::new()
             .read(true)
@@ -207,7 +217,9 @@ impl Segment {
         file.write_all_at(&header.encode(true), 0)
             .map_err(io_err("write header", spare))?;
         file.sync_data().map_err(io_err("fdatasync", spare))?;
-        fs::rename(spare, &path).map_err(io_err("rename", &path))?;
+        names
+            .rename(spare, &path)
+            .map_err(io_err("rename", &path))?;
         let segment = Segment::from_file(
             file,
             path,
@@ -405,15 +417,14 @@ impl Segment {
 
 /// Makes a zero-filled, synced file with `header` under a temporary name
 /// and renames it to `path`.
-fn make_file(dir: &Path, header: &SegmentHeader, path: &Path) -> Result<File> {
+fn make_file(
+    names: &dyn Directory,
+    dir: &Path,
+    header: &SegmentHeader,
+    path: &Path,
+) -> Result<File> {
     let tmp = dir.join(format!("tmp-{:016x}.seg", header.id.0));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
+    let file = names.create_new(&tmp).map_err(io_err("create", &tmp))?;
     let filled = (|| {
         let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
         let mut written = 0u64;
@@ -431,13 +442,13 @@ fn make_file(dir: &Path, header: &SegmentHeader, path: &Path) -> Result<File> {
         file.write_all_at(&header.encode(false), 0)
             .map_err(io_err("write header", &tmp))?;
         file.sync_all().map_err(io_err("fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("rename", path))
+        names.rename(&tmp, path).map_err(io_err("rename", path))
     })();
     if let Err(err) = filled {
         // A half-made file holds space the disk may be out of, and a
         // retry makes another: it goes (issue 10: 20,184 of them in 2 s
         // on a full disk).
-        let _ = fs::remove_file(&tmp);
+        let _ = names.remove_file(&tmp);
         return Err(err);
     }
     Ok(file)
@@ -461,15 +472,14 @@ unsafe fn map_read_only(file: &File) -> std::io::Result<Mmap> {
 
 /// Syncs a directory, so that creations, renames and unlinks in it survive a
 /// crash.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))
+pub fn sync_dir(names: &dyn Directory, dir: &Path) -> Result<()> {
+    names.sync(dir).map_err(io_err("fsync directory", dir))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::directory::SystemDirectory;
 
     #[test]
     fn file_names_round_trip() {
@@ -505,7 +515,7 @@ mod tests {
             capacity: 3 << 20,
             created_ms: 0,
         };
-        let seg = Segment::create(dir.path(), header).unwrap();
+        let seg = Segment::create(&SystemDirectory, dir.path(), header).unwrap();
         assert_eq!(seg.bytes().len() as u64, header.capacity);
         assert!(seg.bytes()[SEGMENT_HEADER_BYTES as usize..]
             .iter()
@@ -536,7 +546,7 @@ mod tests {
             capacity: 2 << 20,
             created_ms: 0,
         };
-        let error = Segment::create(dir.path(), header).err();
+        let error = Segment::create(&SystemDirectory, dir.path(), header).err();
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|entry| entry.unwrap().file_name())

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::config::SpoolConfig;
+use crate::directory::Directory;
 use crate::error::{io_err, Error, Result};
 use crate::index::{Index, IndexCounts};
 use crate::record::{decode_frame, Link, MessageView, Outcome, RecordType, Status};
@@ -80,6 +81,7 @@ impl Shared {
             next_segment_id: next_segment_id.clone(),
             space: space.clone(),
             clock: config.clock.clone(),
+            names: config.directory.clone(),
             reserve_failed: false,
         };
         let preparer = thread::Builder::new()
@@ -130,6 +132,7 @@ impl Shared {
             &self.spares,
             &self.next_segment_id,
             &*self.config.clock,
+            &*self.config.directory,
         )
     }
 
@@ -357,6 +360,7 @@ struct Preparer {
     next_segment_id: Arc<AtomicU64>,
     space: Arc<SpaceWatch>,
     clock: Arc<dyn crate::config::Clock>,
+    names: Arc<dyn Directory>,
     /// The last attempt to refill the reserve failed (logged once).
     reserve_failed: bool,
 }
@@ -397,16 +401,17 @@ impl Preparer {
                 .flatten()
         };
         let dir = &self.dir;
+        let names = &*self.names;
         let recycle = |spare: PathBuf| {
-            Segment::recycle(dir, &spare, header).or_else(|err| {
+            Segment::recycle(names, dir, &spare, header).or_else(|err| {
                 tracing::warn!(%err, spare = %spare.display(), "could not recycle a spare segment; creating one");
-                let _ = fs::remove_file(&spare);
-                Segment::create(dir, header)
+                let _ = names.remove_file(&spare);
+                Segment::create(names, dir, header)
             })
         };
         let made = match take_spare(true) {
             Some(spare) => recycle(spare),
-            None => Segment::create(dir, header).or_else(|err| match take_spare(false) {
+            None => Segment::create(names, dir, header).or_else(|err| match take_spare(false) {
                 Some(spare) if err.is_out_of_space() => {
                     tracing::warn!(%err, "no room for a new segment: using the reserve");
                     recycle(spare)
@@ -414,7 +419,12 @@ impl Preparer {
                 _ => Err(err),
             }),
         };
-        let made = made.and_then(|segment| sync_dir(dir).map(|()| Arc::new(segment)));
+        let made = made.and_then(|segment| {
+            if crate::plant::segment_name_unsynced() {
+                return Ok(Arc::new(segment));
+            }
+            sync_dir(names, dir).map(|()| Arc::new(segment))
+        });
         if made.as_ref().is_err_and(|err| err.is_out_of_space()) {
             self.refresh();
         }
@@ -431,6 +441,7 @@ impl Preparer {
             &self.spares,
             &self.next_segment_id,
             &*self.clock,
+            &*self.names,
         );
         match made {
             Ok(()) => self.reserve_failed = false,
@@ -453,6 +464,7 @@ fn refill_reserve(
     spares: &Mutex<Vec<PathBuf>>,
     next_segment_id: &AtomicU64,
     clock: &dyn crate::config::Clock,
+    names: &dyn Directory,
 ) -> Result<()> {
     while spares.lock().expect("spares lock").len() < reserve {
         if available_bytes(dir).is_some_and(|n| n < segment_bytes) {
@@ -465,8 +477,8 @@ fn refill_reserve(
             capacity: segment_bytes,
             created_ms: clock.now_ms(),
         };
-        let path = Segment::create_spare(dir, header)?;
-        sync_dir(dir)?;
+        let path = Segment::create_spare(names, dir, header)?;
+        sync_dir(names, dir)?;
         spares.lock().expect("spares lock").push(path);
     }
     Ok(())
