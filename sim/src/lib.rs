@@ -30,6 +30,7 @@ pub mod disk;
 pub mod hop;
 pub mod names;
 pub mod rng;
+pub mod sources;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -60,7 +61,7 @@ use baton::outbound::{
     Client, ClientConfig, ClientLimits, Envelope, Event, Outcome as ClientOutcome, TlsMode,
 };
 use baton::queue::{
-    Action, Policy, QueuedRecipient, Queues, Shaping, SiteOf, SiteShaping, Take, Waiter,
+    Action, Lanes, Policy, QueuedRecipient, Queues, Shaping, SiteOf, SiteShaping, Take, Waiter,
 };
 use baton::route::{destination_of, Destination};
 use baton::shaping::classify::Classifier;
@@ -72,10 +73,13 @@ use baton_spool::{
 };
 use std::net::SocketAddr;
 
+use baton::config::Config;
+use baton::shaping::egress::{Egress, Source};
 use disk::{Disk, WriteFault};
 use hop::{Hop, HopAuth, Verdict};
 use names::SimDirectory;
 use rng::Rng;
+use sources::{WarmupAccount, EGRESS_TOML, WARMING};
 
 /// What a run simulates.
 #[derive(Clone, Debug)]
@@ -161,8 +165,15 @@ pub struct Report {
     /// Client connections whose AUTH was refused (and that then tried to
     /// send anyway).
     pub auth_refused: u64,
+    /// New connections no host answered (the next hop down): each pauses
+    /// its site from its source.
+    pub connections_refused: u64,
     /// Segments whose live mail compaction copied forward.
     pub segments_compacted: u64,
+    /// Messages sent from the warming source, and the times its spent
+    /// allowance made its lane rest until the next hour.
+    pub warming_source_sent: u64,
+    pub warm_up_rests: u64,
 }
 
 /// An invariant that did not hold, and what led to it.
@@ -207,8 +218,10 @@ pub fn run(params: &Params) -> Result<Report, Failure> {
     })
 }
 
-/// Simulated time starts here (a Unix time in ms, so retry times look real).
-const START_MS: u64 = 1_800_000_000_000;
+/// Simulated time starts here (a Unix time in ms, so retry times look
+/// real): ten seconds before a UTC midnight, so that each seed's traffic
+/// crosses a day and an hour (the warming source's caps roll over).
+const START_MS: u64 = 1_800_057_600_000 - 10_000;
 /// A step of simulated time at most; each step is one round of the loop.
 const STEP_MS_MAX: u64 = 20;
 /// Lines of history kept for a failure's report.
@@ -437,6 +450,8 @@ struct Host {
 struct Conn {
     destination: Destination,
     lane: Arc<str>,
+    /// The pool's source it leaves from (the lane's).
+    source: Arc<Source>,
     /// baton's SMTP client, sans IO, as a shard runs it.
     client: Client,
     hop: Hop,
@@ -459,6 +474,11 @@ const SPLIT_PER_1K: u64 = 100;
 /// Per thousand transactions at a next hop that defers at all: a `451`
 /// at the end of data, for every recipient.
 const DATA_REFUSED_PER_1K: u64 = 20;
+/// baton's `[delivery] pause` and `pause_max`: a site × source whose
+/// hosts do not answer rests this long, doubled with each failure in a
+/// row, at most `PAUSE_MS_MAX`.
+const PAUSE_MS: u64 = 1_000;
+const PAUSE_MS_MAX: u64 = 300_000;
 /// Per thousand reclamations (with faults), and per thousand restarts:
 /// the power goes in the middle of the call, after up to
 /// [`NAME_OPERATIONS_BEFORE_CUT_MAX`] of its directory operations.
@@ -522,8 +542,20 @@ struct World {
     shaping_rules: ShapingRules,
     /// Per site, until when a `4.7.28` suspended it (the checker's own
     /// account).
-    suspended: HashMap<&'static str, u64>,
-    site_open: HashMap<&'static str, usize>,
+    suspended: HashMap<(&'static str, Arc<str>), u64>,
+    /// Per site × source, until when a failed connection paused it (the
+    /// checker's own account: the pause's first step, which doubles with
+    /// failures in a row).
+    paused: HashMap<(&'static str, Arc<str>), u64>,
+    /// Per site × source (lane): the limits hold per lane.
+    site_open: HashMap<(&'static str, Arc<str>), usize>,
+    /// The sources and pool, as baton builds them from its configuration
+    /// (rebuilt at each restart from the warm-up counts it saved).
+    egress_config: Config,
+    egress: Egress,
+    warmup_file: std::path::PathBuf,
+    /// The checker's account of the warming source's caps.
+    warmup: WarmupAccount,
     next_conn: u64,
     /// Messages whose recipients became final, or that were acknowledged,
     /// since the last prune.
@@ -547,6 +579,15 @@ impl World {
             SimDirectory::new(dir.path().join("attic")).map_err(|e| format!("attic: {e}"))?,
         );
         config.directory = names.clone();
+        let egress_config = Config::parse(EGRESS_TOML, "baton-sim").map_err(|e| e.to_string())?;
+        // Beside the spool, as baton keeps it in the spool's directory:
+        // written by the housekeeper with plain files (not simulated).
+        let warmup_file = dir.path().join(baton::shaping::egress::WARMUP_FILE);
+        let client_config = ClientConfig {
+            helo_name: "baton.sim".into(),
+            limits: ClientLimits::default(),
+        };
+        let egress = Egress::new(&egress_config, &client_config, Some(&warmup_file));
         let mut rng = Rng::new(params.seed);
         let hosts = (0..params.destinations)
             .map(|_| Host {
@@ -556,7 +597,11 @@ impl World {
             })
             .collect();
         let mut world = World {
-            queues: queues(params.connections_max, params.site_connections_max),
+            queues: queues(
+                params.connections_max,
+                params.site_connections_max,
+                pool_of(&egress).lanes(),
+            ),
             params,
             _dir: dir,
             config,
@@ -576,10 +621,7 @@ impl World {
                 max_age: Duration::from_secs(MAX_AGE_SECS),
                 ..DeliverySettings::default()
             },
-            client_config: Arc::new(ClientConfig {
-                helo_name: "baton.sim".into(),
-                limits: ClientLimits::default(),
-            }),
+            client_config: Arc::new(client_config),
             session_config: Arc::new(SessionConfig {
                 hostname: "baton.sim".into(),
                 limits: SessionLimits::default(),
@@ -621,7 +663,12 @@ impl World {
             }])
             .map_err(|(rule, why)| format!("{rule}: {why}"))?,
             suspended: HashMap::new(),
+            paused: HashMap::new(),
             site_open: HashMap::new(),
+            egress,
+            egress_config,
+            warmup_file,
+            warmup: WarmupAccount::default(),
             next_conn: 0,
             touched: Vec::new(),
             prune_all: false,
@@ -665,7 +712,10 @@ impl World {
             opened_at_destination_limit: counts.opened_at_destination_limit,
             opened_at_site_limit: counts.opened_at_site_limit,
             auth_refused: counts.auth_refused,
+            connections_refused: counts.connections_refused,
             segments_compacted: counts.segments_compacted,
+            warming_source_sent: self.warmup.sent,
+            warm_up_rests: counts.warm_up_rests,
             writes_out_of_space: self.disk.no_space,
         }
     }
@@ -732,6 +782,7 @@ impl World {
     /// does.
     fn flush_all(&mut self) {
         self.suspended.clear();
+        self.paused.clear();
         for d in 0..self.params.destinations {
             let destination = Destination::new(format!("d{d}.test"));
             self.queues.flush(Some(&destination), self.now_ms);
@@ -784,6 +835,9 @@ impl World {
         }
         self.pump(faults)?;
         if self.steps.is_multiple_of(RECLAIM_EVERY_STEPS) {
+            // The housekeeper's pass: the warm-up counts saved, then
+            // compaction and reclamation.
+            self.egress.save_warmup();
             self.compact(faults)?;
             let armed =
                 faults && self.params.faults && self.rng.chance(CUT_IN_RECLAMATION_PER_1K, 1000);
@@ -1319,6 +1373,34 @@ impl World {
             let Action::Open(destination, lane) = action else {
                 continue; // no idle connections here: every one asks each round
             };
+            // The queue chose the source (the lane with room in the
+            // site); one whose warm-up allowance is spent rests until the
+            // next hour, and the pool's other source carries on, as the
+            // shard does.
+            let source = pool_of(&self.egress)
+                .source_named(&lane)
+                .filter(|s| s.allows(self.now_ms))
+                .cloned();
+            let Some(source) = source else {
+                let next_hour = (self.now_ms / 3_600_000 + 1) * 3_600_000;
+                let reason = format!("warm-up: source {lane} spent its allowance");
+                self.report.warm_up_rests += 1;
+                self.queues
+                    .suspend_site_of(&destination, &lane, next_hour, reason, self.now_ms);
+                work.extend(self.queues.closed(&destination, &lane, None, self.now_ms));
+                continue;
+            };
+            let site = site_of(&destination);
+            if let Some(&until) = self
+                .paused
+                .get(&(site, lane.clone()))
+                .filter(|&&u| u > self.now_ms)
+            {
+                return Err(format!(
+                    "a connection opened to {destination} at site {site} from source {lane}, paused after a failed connection until {} ms",
+                    until - START_MS
+                ));
+            }
             let open = self.open.entry(destination.clone()).or_insert(0);
             *open += 1;
             if *open > self.params.connections_max {
@@ -1330,12 +1412,11 @@ impl World {
             if *open == self.params.connections_max {
                 self.report.opened_at_destination_limit += 1;
             }
-            let site = site_of(&destination);
-            let at_site = self.site_open.entry(site).or_insert(0);
+            let at_site = self.site_open.entry((site, lane.clone())).or_insert(0);
             *at_site += 1;
             if *at_site > self.params.site_connections_max {
                 return Err(format!(
-                    "site {site} has {at_site} connections open, its limit is {}",
+                    "site {site} has {at_site} connections open from source {lane}, its limit is {}",
                     self.params.site_connections_max
                 ));
             }
@@ -1363,8 +1444,8 @@ impl World {
             let mut conn = Conn {
                 destination,
                 lane,
-                client: Client::new(self.client_config.clone(), TlsMode::Off)
-                    .with_auth(credentials),
+                client: Client::new(source.client.clone(), TlsMode::Off).with_auth(credentials),
+                source,
                 hop,
                 transactions: 0,
             };
@@ -1378,7 +1459,10 @@ impl World {
 
     /// A connection is over: its room goes back to the queue.
     fn closed(&mut self, conn: Conn) -> Result<(), String> {
-        if let Some(open) = self.site_open.get_mut(site_of(&conn.destination)) {
+        if let Some(open) = self
+            .site_open
+            .get_mut(&(site_of(&conn.destination), conn.lane.clone()))
+        {
             *open -= 1;
         }
         if let Some(open) = self.open.get_mut(&conn.destination) {
@@ -1401,8 +1485,33 @@ impl World {
             conn: key,
         };
         let ready = conn.client.is_idle() && !conn.client.is_closed();
-        let items = match ready.then(|| self.queues.take(&destination, waiter, false, self.now_ms))
-        {
+        if conn.transactions == 0 && self.host_down(&destination) {
+            return self.connect_failed(conn);
+        }
+        // A message counts against its source's warm-up allowance; spent,
+        // the connection ends and the pool picks another (the shard's
+        // order: counted first, given back when nothing is taken).
+        if ready && !conn.source.take_message(self.now_ms) {
+            conn.client.quit();
+            self.converse(&mut conn, &Host::default());
+            return self.closed(conn);
+        }
+        // No other domain may take the connection over: each has a next
+        // hop of its own here (the shard's `may_carry`).
+        let taken = ready.then(|| {
+            self.queues.take_in_site(
+                &destination,
+                &conn.lane,
+                waiter,
+                false,
+                self.now_ms,
+                &mut |_| false,
+            )
+        });
+        if ready && !matches!(taken, Some(Take::Batch(_))) {
+            conn.source.give_back();
+        }
+        let items = match taken {
             Some(Take::Batch(items)) => items,
             _ => {
                 if conn.transactions == 0 && ready {
@@ -1412,7 +1521,12 @@ impl World {
                     self.report.connections_idle += 1;
                     let streak = self.idle_streak.entry(destination.clone()).or_insert(0);
                     *streak += 1;
-                    if *streak > IDLE_CONNECTIONS_IN_A_ROW_MAX {
+                    let streak = *streak;
+                    self.log(format!(
+                        "{destination}: a connection from {} found nothing to take ({streak} in a row)",
+                        conn.lane
+                    ));
+                    if streak > IDLE_CONNECTIONS_IN_A_ROW_MAX {
                         return Err(format!(
                             "{destination}: {streak} connections in a row opened for nothing (a connection loop)"
                         ));
@@ -1426,11 +1540,19 @@ impl World {
         conn.transactions += 1;
         self.idle_streak.remove(&destination);
         let site = site_of(&destination);
-        if let Some(&until) = self.suspended.get(site).filter(|&&u| u > self.now_ms) {
+        if let Some(&until) = self
+            .suspended
+            .get(&(site, conn.lane.clone()))
+            .filter(|&&u| u > self.now_ms)
+        {
             return Err(format!(
-                "a transaction for {destination} at site {site}, suspended by a 4.7.28 until {} ms",
+                "a transaction for {destination} at site {site} from source {}, suspended by a 4.7.28 until {} ms",
+                conn.lane,
                 until - START_MS
             ));
+        }
+        if &*conn.lane == WARMING {
+            self.warmup.sent(self.now_ms)?;
         }
         let host = self
             .hosts
@@ -1490,6 +1612,60 @@ impl World {
         }
         self.conns.insert(key, conn);
         Ok(())
+    }
+
+    /// Whether `destination`'s next hop is down now.
+    fn host_down(&self, destination: &Destination) -> bool {
+        self.hosts
+            .get(host_index(destination))
+            .is_some_and(|h| h.down_until_ms > self.now_ms)
+    }
+
+    /// No host answered a new connection: as the shard's
+    /// `destination_down`, the site pauses from this source (the pause
+    /// doubling with failures in a row), and when no other connection of
+    /// the domain is open, its ready recipients are deferred rather than
+    /// left to wait for one that would fail the same way.
+    fn connect_failed(&mut self, conn: Conn) -> Result<(), String> {
+        let destination = conn.destination.clone();
+        let lane = conn.lane.clone();
+        let others = self.queues.failed(
+            &destination,
+            &lane,
+            true,
+            PAUSE_MS,
+            PAUSE_MS_MAX,
+            self.now_ms,
+        );
+        let until = self
+            .paused
+            .entry((site_of(&destination), lane.clone()))
+            .or_insert(0);
+        *until = (*until).max(self.now_ms + PAUSE_MS);
+        self.report.connections_refused += 1;
+        self.log(format!(
+            "{destination}: no host answered (from source {lane}); {others} other connections"
+        ));
+        if others == 0 {
+            let items = self.queues.drain_ready(&destination);
+            let refused = Reply::new(421, Some((4, 4, 1)), "no host answered");
+            let mut start = 0;
+            while start < items.len() {
+                let id = items[start].queue_id;
+                let end = items[start..]
+                    .iter()
+                    .position(|i| i.queue_id != id)
+                    .map_or(items.len(), |n| start + n);
+                let record = self.record(id)?;
+                let results: Vec<_> = items[start..end]
+                    .iter()
+                    .map(|i| (*i, ClientOutcome::Deferred(refused.clone())))
+                    .collect();
+                self.settle(&destination, &lane, &record, &results)?;
+                start = end;
+            }
+        }
+        self.closed(conn)
     }
 
     /// Writes what the client has to the next hop and its replies back,
@@ -1613,7 +1789,10 @@ impl World {
                 if reply.enhanced == Some((4, 7, 28)) {
                     // The checker's own account: no transaction at this
                     // site until the rule's suspension is over.
-                    let until = self.suspended.entry(site_of(destination)).or_insert(0);
+                    let until = self
+                        .suspended
+                        .entry((site_of(destination), lane.clone()))
+                        .or_insert(0);
                     *until = (*until).max(now_ms + SUSPEND_MS);
                 }
             }
@@ -1809,9 +1988,29 @@ impl World {
         self.spool = Some(spool);
         self.writer = Some(writer);
         self.check_recovered(&recovered)?;
+        // The warm-up counts as the housekeeper last saved them: what
+        // came after is forgotten, and may be sent again.
+        self.egress = Egress::new(
+            &self.egress_config,
+            &self.client_config,
+            Some(&self.warmup_file),
+        );
+        let kept = self
+            .egress
+            .warmups()
+            .find(|(name, _)| *name == WARMING)
+            .map(|(_, w)| w.state())
+            .unwrap_or_default();
+        let (today, hour) = (self.now_ms / 86_400_000, self.now_ms / 3_600_000);
+        self.warmup.restarted(
+            self.now_ms,
+            if kept.day == today { kept.sent } else { 0 },
+            if kept.hour == hour { kept.hour_sent } else { 0 },
+        );
         self.queues = queues(
             self.params.connections_max,
             self.params.site_connections_max,
+            pool_of(&self.egress).lanes(),
         );
         // Recovery returns them in no particular order; the queue takes
         // them in one, so that a seed replays exactly.
@@ -1985,6 +2184,7 @@ impl World {
         self.site_open.clear();
         // A suspension lives in the queue's memory: a restart forgets it.
         self.suspended.clear();
+        self.paused.clear();
         // The clients' connections die with the process.
         self.senders.clear();
         self.waiting.clear();
@@ -2153,8 +2353,14 @@ impl World {
 /// `connections_max` connections of its own, and the destinations grouped
 /// into [`SITES`] sites (`d<n>.test` in `s<n % SITES>`, as a route's next
 /// hop groups its domains), each with `site_connections_max`.
-fn queues(connections_max: usize, site_connections_max: usize) -> Queues {
+/// The pool every destination's connections leave from.
+fn pool_of(egress: &Egress) -> &Arc<baton::shaping::egress::Pool> {
+    egress.pool(None).expect("the configuration's default pool")
+}
+
+fn queues(connections_max: usize, site_connections_max: usize, lanes: Lanes) -> Queues {
     Queues::with_policy(Policy {
+        lanes_for: Box::new(move |_| lanes.clone()),
         shaping_for: Box::new(move |_| Shaping {
             connections_max,
             ..Shaping::default()

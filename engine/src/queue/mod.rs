@@ -1294,6 +1294,7 @@ impl Queues {
                 site.paused_until_ms = site.paused_until_ms.min(now_ms);
                 for lane in site.lanes.values_mut() {
                     lane.paused_until_ms = lane.paused_until_ms.min(now_ms);
+                    lane.suspended_until_ms = lane.suspended_until_ms.min(now_ms);
                 }
             }
             touch(dirty, d, queue);

@@ -152,6 +152,14 @@ pub(super) struct Lane {
     pub failures: u32,
     /// Why it is paused, when a shaping rule paused it.
     pub suspended: Option<String>,
+    /// Until when a rule's suspension holds: its open connections leave
+    /// (a pause after failures lets them finish). Kept apart from
+    /// `paused_until_ms`, which a longer pause may already pass: a
+    /// suspension that fell inside such a pause was lost, and the lane's
+    /// open connections went on taking mail (the simulator, once
+    /// connections to a site failed from a source while its other next
+    /// hops answered `4.7.28`).
+    pub suspended_until_ms: u64,
     pub throttle: Option<Throttle>,
     /// A throttle's message rate.
     pub bucket: Bucket,
@@ -168,6 +176,7 @@ impl Lane {
             paused_until_ms: 0,
             failures: 0,
             suspended: None,
+            suspended_until_ms: 0,
             throttle: None,
             bucket: Bucket::default(),
             leased: 0,
@@ -305,8 +314,7 @@ impl Site {
         if self.paused_until_ms > now_ms && self.suspended.is_some() {
             return true;
         }
-        let lane = self.lane(lane);
-        lane.paused_until_ms > now_ms && lane.suspended.is_some()
+        self.lane(lane).suspended_until_ms > now_ms
     }
 
     /// Redis is out of reach and the lane has more connections open than
@@ -519,8 +527,9 @@ impl Site {
     ) -> bool {
         let lane = self.lane(lane);
         let was_paused = lane.paused_until_ms > now_ms;
-        if until_ms > lane.paused_until_ms {
-            lane.paused_until_ms = until_ms;
+        lane.paused_until_ms = lane.paused_until_ms.max(until_ms);
+        if until_ms > lane.suspended_until_ms {
+            lane.suspended_until_ms = until_ms;
             lane.suspended = Some(reason);
         }
         lane.limit = 1;
@@ -571,6 +580,7 @@ impl Site {
         for lane in self.lanes.values_mut() {
             lane.paused_until_ms = 0;
             lane.suspended = None;
+            lane.suspended_until_ms = 0;
             lane.throttle = None;
             lane.failures = 0;
             lane.limit = max;
@@ -593,7 +603,13 @@ impl Site {
             .filter_map(|l| l.throttle.clone())
             .find(|t| t.until_ms > now_ms);
         match paused {
-            Some(l) => (l.paused_until_ms, l.suspended.clone(), throttle),
+            Some(l) => (
+                l.paused_until_ms,
+                l.suspended
+                    .clone()
+                    .filter(|_| l.suspended_until_ms > now_ms),
+                throttle,
+            ),
             None => (0, None, throttle),
         }
     }
@@ -614,7 +630,10 @@ impl Site {
                 } else {
                     0
                 },
-                suspended: l.suspended.clone().filter(|_| l.paused_until_ms > now_ms),
+                suspended: l
+                    .suspended
+                    .clone()
+                    .filter(|_| l.suspended_until_ms > now_ms),
                 throttle: l.throttle.clone().filter(|t| t.until_ms > now_ms),
             })
             .collect();

@@ -373,6 +373,42 @@ fn a_suspension_stops_the_open_connections_of_its_site_too() {
     assert!(matches!(take, Take::Leave), "{take:?}");
 }
 
+/// A rule's suspension that falls inside a longer pause (connections to
+/// the site failed from this source) still makes the open connections
+/// leave, for as long as the suspension lasts; then, the pause going on,
+/// they may finish their work again. (Found by the simulator: the
+/// suspension was dropped, the pause being longer, and open connections
+/// went on taking mail.)
+#[test]
+fn a_suspension_inside_a_longer_pause_still_stops_the_open_connections() {
+    let queues = Queues::new(Box::new(|_| Shaping::default()));
+    let d = destination_of(b"a@x.org");
+    for id in 0..10 {
+        queues.push(&d, &[item(id, 0)], Status::Pending, 0);
+    }
+    let take = |at| queues.take_in_site(&d, &lane(), waiter(1), true, at, &mut |_| false);
+    assert!(matches!(take(0), Take::Batch(_)));
+    // Failures in a row: a pause of 8 s from 3 s on.
+    for at in 0..4 {
+        queues.failed(&d, &lane(), true, 1_000, 60_000, at * 1_000);
+    }
+    assert!(
+        matches!(take(3_001), Take::Batch(_)),
+        "a pause lets it finish"
+    );
+    queues.suspend_site_of(&d, &lane(), 5_000, "421 4.7.28".into(), 3_002);
+    let during = take(3_003);
+    assert!(matches!(during, Take::Leave), "{during:?}");
+    assert_eq!(
+        queues.summary_at(3_003)[0].suspended.as_deref(),
+        Some("421 4.7.28")
+    );
+    // The suspension over, the pause not: open connections finish.
+    assert!(matches!(take(5_001), Take::Batch(_)));
+    assert!(queues.summary_at(5_001)[0].suspended.is_none());
+    assert!(queues.summary_at(5_001)[0].paused_until_ms > 5_001);
+}
+
 #[test]
 fn a_suspension_pauses_then_restarts_from_one_connection() {
     let shaping = Shaping {
