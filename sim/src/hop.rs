@@ -1,9 +1,10 @@
 //! A simulated next hop: the server side of SMTP as bytes, scripted by
 //! the simulation's seed. It reads what baton's real client
 //! (`baton::outbound::Client`) writes and answers each command: the
-//! greeting, EHLO with PIPELINING, `250`/`451`/`550` per RCPT as told,
-//! `354` to DATA, and at the end of data `250` or a `451` for the whole
-//! message. The message body never crosses (the shard writes it from the
+//! greeting, EHLO with PIPELINING, `250`/`451`/`550`/`421` per RCPT as
+//! told, `354` to DATA, and at the end of data `250`, or a `451` or a
+//! `421` for the whole message. After a `421` it says nothing more: the
+//! service is closing (RFC 5321 §3.8). The message body never crosses (the shard writes it from the
 //! spool); the client's `.` line ends it.
 
 /// What the next hop answers to one recipient.
@@ -15,6 +16,8 @@ pub enum Verdict {
     /// Gmail's "slow down": `450 4.7.28`, a deferral the shaping rules
     /// act on.
     Throttle,
+    /// `421`: the server is closing the connection, whatever was asked.
+    Closing,
 }
 
 /// The conversation as the next hop sees it.
@@ -31,6 +34,11 @@ pub struct Hop {
     /// The last transaction's: whether its data was accepted, with the
     /// verdict of each recipient (what was delivered).
     pub done: Option<(bool, Vec<Verdict>)>,
+    /// The end of data gets a `421` (the message not taken), set by the
+    /// simulation before the client's bytes arrive.
+    pub close_at_dot: bool,
+    /// A `421` went out: nothing more is answered.
+    pub closed: bool,
 }
 
 pub const GREETING: &[u8] = b"220 hop.sim ESMTP\r\n";
@@ -55,7 +63,7 @@ impl Hop {
     ) -> Vec<u8> {
         let mut out = Vec::new();
         let mut bytes = bytes;
-        while !bytes.is_empty() {
+        while !bytes.is_empty() && !self.closed {
             // A line at a time: up to its LF, or what there is of it.
             let end = bytes.iter().position(|&b| b == b'\n').map(|i| i + 1);
             let (now, rest) = bytes.split_at(end.unwrap_or(bytes.len()));
@@ -105,11 +113,21 @@ impl Hop {
                         Verdict::Defer => b"451 4.3.0 try later\r\n",
                         Verdict::Refuse => b"550 5.1.1 no such user\r\n",
                         Verdict::Throttle => b"450 4.7.28 unusual rate of mail, slow down\r\n",
+                        Verdict::Closing => {
+                            self.closed = true;
+                            self.rcpts.clear();
+                            b"421 4.7.0 too many connections, closing\r\n"
+                        }
                     }
                 }
                 b"DATA" if self.rcpts.contains(&Verdict::Accept) => b"354 go on\r\n",
                 b"DATA" => b"554 5.5.1 no valid recipients\r\n",
                 b"QUIT" => b"221 2.0.0 bye\r\n",
+                _ if dot && self.close_at_dot => {
+                    self.closed = true;
+                    self.done = Some((false, std::mem::take(&mut self.rcpts)));
+                    b"421 4.4.2 closing for now\r\n"
+                }
                 _ if dot => {
                     let accepted = data();
                     self.done = Some((accepted, std::mem::take(&mut self.rcpts)));

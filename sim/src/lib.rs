@@ -58,7 +58,8 @@ use baton::inbound::{
 };
 use baton::outbound::Credentials as OutboundCredentials;
 use baton::outbound::{
-    Client, ClientConfig, ClientLimits, Envelope, Event, Outcome as ClientOutcome, TlsMode,
+    Client, ClientConfig, ClientLimits, CloseReason, Envelope, Event, Outcome as ClientOutcome,
+    TlsMode,
 };
 use baton::queue::{
     Action, Lanes, Policy, QueuedRecipient, Queues, Shaping, SiteOf, SiteShaping, Take, Waiter,
@@ -168,6 +169,9 @@ pub struct Report {
     /// New connections no host answered (the next hop down): each pauses
     /// its site from its source.
     pub connections_refused: u64,
+    /// `421`s from next hops (to a RCPT or the end of data): each pauses
+    /// its site from its source.
+    pub services_closing: u64,
     /// Segments whose live mail compaction copied forward.
     pub segments_compacted: u64,
     /// Messages sent from the warming source, and the times its spent
@@ -287,6 +291,11 @@ const HOSTNAME: &str = "baton.sim";
 /// Per thousand recipients at a next hop that defers at all: Gmail's
 /// `450 4.7.28` ("slow down").
 const THROTTLE_PER_1K: u64 = 2;
+/// Per thousand recipients at a next hop that defers at all: `421` to the
+/// RCPT, the service closing; and per thousand transactions there, `421`
+/// at the end of data.
+const CLOSING_PER_1K: u64 = 3;
+const CLOSING_AT_DOT_PER_1K: u64 = 10;
 /// How long the operator's rule suspends a site on `4.7.28`.
 const SUSPEND_MS: u64 = 2_000;
 
@@ -457,6 +466,8 @@ struct Conn {
     hop: Hop,
     /// Transactions it carried.
     transactions: u32,
+    /// The next hop's `421`: the service is closing.
+    service_closing: Option<Reply>,
 }
 
 /// Per thousand transactions: the next hop closes the connection without
@@ -713,6 +724,7 @@ impl World {
             opened_at_site_limit: counts.opened_at_site_limit,
             auth_refused: counts.auth_refused,
             connections_refused: counts.connections_refused,
+            services_closing: counts.services_closing,
             segments_compacted: counts.segments_compacted,
             warming_source_sent: self.warmup.sent,
             warm_up_rests: counts.warm_up_rests,
@@ -1448,6 +1460,7 @@ impl World {
                 source,
                 hop,
                 transactions: 0,
+                service_closing: None,
             };
             // The greeting, EHLO: the client is ready, or the connection over.
             self.drip(&mut conn.client, hop::GREETING);
@@ -1607,11 +1620,53 @@ impl World {
             self.queues.succeeded(&destination, &conn.lane, self.now_ms);
         }
         self.settle(&destination, &conn.lane, &record, &results)?;
+        if let Some(reply) = conn.service_closing.take() {
+            self.service_closing(&destination, &conn.lane, &reply);
+        }
         if conn.client.is_closed() {
             return self.closed(conn);
         }
         self.conns.insert(key, conn);
         Ok(())
+    }
+
+    /// The next hop said `421` (its service closing), as the shard's
+    /// `out_closed` hears it: the shaping rules hear the reply, and the
+    /// site pauses from this source.
+    fn service_closing(&mut self, destination: &Destination, lane: &Arc<str>, reply: &Reply) {
+        self.report.services_closing += 1;
+        self.hear(destination, lane, reply);
+        self.queues
+            .failed(destination, lane, true, PAUSE_MS, PAUSE_MS_MAX, self.now_ms);
+        let until = self
+            .paused
+            .entry((site_of(destination), lane.clone()))
+            .or_insert(0);
+        *until = (*until).max(self.now_ms + PAUSE_MS);
+    }
+
+    /// The shard's `listen`: the shipped classifier and the rules act on
+    /// the reply's site; the checker keeps its own account of a `4.7.28`
+    /// suspension.
+    fn hear(&mut self, destination: &Destination, lane: &Arc<str>, reply: &Reply) {
+        let category = self.classifier.classify(reply);
+        self.shaping_rules.apply(
+            &self.queues,
+            destination,
+            lane,
+            reply,
+            category,
+            self.now_ms,
+        );
+        if reply.enhanced == Some((4, 7, 28)) {
+            // No transaction at this site from this source until the
+            // rule's suspension is over.
+            let until = self
+                .suspended
+                .entry((site_of(destination), lane.clone()))
+                .or_insert(0);
+            *until = (*until).max(self.now_ms + SUSPEND_MS);
+        }
     }
 
     /// Whether `destination`'s next hop is down now.
@@ -1686,9 +1741,11 @@ impl World {
             let (defer, fail) = (host.defer_per_1k, host.fail_per_1k);
             // Rolled ahead: the end of data refused for the whole message.
             let data_refused = defer > 0 && self.rng.chance(DATA_REFUSED_PER_1K, 1000);
+            conn.hop.close_at_dot = defer > 0 && self.rng.chance(CLOSING_AT_DOT_PER_1K, 1000);
             let rng = &mut self.rng;
             let mut rcpt = || match rng.range(0, 1000) {
                 roll if defer > 0 && roll < THROTTLE_PER_1K => Verdict::Throttle,
+                roll if defer > 0 && roll < THROTTLE_PER_1K + CLOSING_PER_1K => Verdict::Closing,
                 roll if roll < defer => Verdict::Defer,
                 roll if roll < defer + fail => Verdict::Refuse,
                 _ => Verdict::Accept,
@@ -1702,8 +1759,12 @@ impl World {
                 self.drip(&mut conn.client, &replies);
             }
             while let Some(event) = conn.client.poll_event() {
-                if let Event::TransactionDone { per_recipient } = event {
-                    done = Some(per_recipient);
+                match event {
+                    Event::TransactionDone { per_recipient } => done = Some(per_recipient),
+                    Event::Closed {
+                        reason: CloseReason::ServiceClosing(reply),
+                    } => conn.service_closing = Some(reply),
+                    _ => {}
                 }
             }
             if conn.client.is_closed() {
@@ -1783,18 +1844,7 @@ impl World {
                 Fate::Delivered(_) => None,
             };
             if let Some(reply) = reply {
-                let category = self.classifier.classify(reply);
-                self.shaping_rules
-                    .apply(&self.queues, destination, lane, reply, category, now_ms);
-                if reply.enhanced == Some((4, 7, 28)) {
-                    // The checker's own account: no transaction at this
-                    // site until the rule's suspension is over.
-                    let until = self
-                        .suspended
-                        .entry((site_of(destination), lane.clone()))
-                        .or_insert(0);
-                    *until = (*until).max(now_ms + SUSPEND_MS);
-                }
+                self.hear(destination, lane, reply);
             }
             match decided.fate {
                 Fate::Deferred {
