@@ -325,13 +325,18 @@ fn a_sender_domain_chooses_its_pool() {
     let count = |key: &str| sources.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
     assert_eq!(count("127.0.0.4 a.mta.test"), 2, "{sources:?}");
     assert_eq!(count("127.0.0.5 b.mta.test"), 1, "{sources:?}");
-    // Each delivered line names the source it left from.
-    let text = std::fs::read_to_string(events.path()).unwrap_or_default();
-    let delivered: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|l: &serde_json::Value| l["event"] == "delivered")
-        .collect();
+    // Each delivered line names the source it left from. The event log is
+    // written beside delivery, not before the queue empties: wait for the
+    // lines (read too early, the third was missing once in CI).
+    let delivered = || -> Vec<serde_json::Value> {
+        events
+            .events()
+            .into_iter()
+            .filter(|l| l["event"] == "delivered")
+            .collect()
+    };
+    server.wait_until("3 delivered events", || delivered().len() >= 3);
+    let delivered = delivered();
     let mut seen: Vec<(String, String)> = delivered
         .iter()
         .map(|l| {
@@ -350,7 +355,7 @@ fn a_sender_domain_chooses_its_pool() {
             pair("dest.test", "a"),
             pair("dest.test", "b")
         ],
-        "{text}"
+        "{delivered:?}"
     );
 }
 
