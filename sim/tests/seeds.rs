@@ -32,13 +32,13 @@ fn power_cuts_that_reorder_writes_keep_every_promise() {
 }
 
 /// Frequent power cuts that lose sectors anywhere in what was not synced:
-/// before a notification's outcomes waited for its datasync, seeds 1 and 2
-/// lose a notification (its failed outcome on disk, the notification
-/// before it not: `2207: a recipient failed and every one is final, but
+/// before a notification's outcomes waited for its datasync, seed 4
+/// loses a notification (its failed outcome on disk, the notification
+/// before it not: `74: a recipient failed and every one is final, but
 /// the sender got no notification`).
 #[test]
 fn reordered_power_cuts_lose_no_notification() {
-    for seed in 1..=3 {
+    for seed in 1..=4 {
         let params = Params {
             reorder: true,
             power_cut_per_10k: 300,
@@ -55,40 +55,40 @@ fn reordered_power_cuts_lose_no_notification() {
 /// refused), a power cut, and a bit flipped in a sealed segment: recovery
 /// must copy the damaged segment's good frames forward, and refused to,
 /// the spool being full, so baton could not start. (With compaction's
-/// copies refusable again, this seed fails at 17.7 s: `recovery failed:
+/// copies refusable again, this seed fails at 16.6 s: `recovery failed:
 /// spool is full`; the first seed that does in today's scenario, which
 /// the seeds are searched again for whenever it changes.)
 #[test]
 fn a_full_spool_recovers_a_damaged_segment() {
     let params = Params {
         reorder: true,
-        ..Params::scenario(0x74)
+        ..Params::scenario(0x60)
     };
     if let Err(failure) = run(&params) {
         panic!("{failure}");
     }
 }
 
-/// Seed 4 fills the spool to its limit while recipients fail: when a full
+/// Seed 3 fills the spool to its limit while recipients fail: when a full
 /// spool refused notifications, it failed with `append a notification
-/// about 924: spool is full`.
+/// about 6539: spool is full`.
 #[test]
 fn a_full_spool_takes_every_notification() {
-    if let Err(failure) = run(&Params::scenario(4)) {
+    if let Err(failure) = run(&Params::scenario(3)) {
         panic!("{failure}");
     }
 }
 
 /// Thirty seconds of traffic keep the spool full: outcomes take segments
 /// past `size_bytes_max`, and new mail filled each one, until the spool
-/// took half as much again as its limit (seed 2, at 54 s: `the spool's
-/// segments take 45088768 bytes, over its bound of 44040192`), and
+/// took half as much again as its limit (seed 1, at 37 s: `the spool's
+/// segments take 44651320 bytes, over its bound of 44040192`), and
 /// twice its limit by 32 s when the limit was 24 segments.
 #[test]
 fn a_full_spool_stays_near_its_limit() {
     let params = Params {
         sim_seconds: 30,
-        ..Params::scenario(2)
+        ..Params::scenario(1)
     };
     if let Err(failure) = run(&params) {
         panic!("{failure}");
@@ -98,8 +98,8 @@ fn a_full_spool_stays_near_its_limit() {
 /// Next hops answer `450 4.7.28` now and then: the shaping rule suspends
 /// the site, and connections already open to it went on taking its mail.
 /// (Without the fix in `Queues::take_in_site`, seed 1 fails: `a
-/// transaction for d7.test at site s1 from source warm, suspended by a
-/// 4.7.28 until 2494 ms`.)
+/// transaction for d0.test at site s0 from source new, suspended by a
+/// 4.7.28 until 2121 ms`.)
 #[test]
 fn a_suspended_site_takes_no_more_mail() {
     if let Err(failure) = run(&Params::scenario(1)) {
@@ -111,8 +111,8 @@ fn a_suspended_site_takes_no_more_mail() {
 /// down) pauses from that source, and its other next hops answer `4.7.28`
 /// now and then: a suspension shorter than the pause in force was dropped,
 /// and the lane's open connections went on taking the site's mail (with
-/// `suspend_lane` as it was, seed 2 fails: `a transaction for d6.test at
-/// site s0 from source warm, suspended by a 4.7.28 until 15575 ms`).
+/// `suspend_lane` as it was, seed 2 fails: `a transaction for d7.test at
+/// site s1 from source warm, suspended by a 4.7.28 until 11677 ms`).
 #[test]
 fn a_suspension_inside_a_pause_takes_no_more_mail() {
     if let Err(failure) = run(&Params::scenario(2)) {
