@@ -32,9 +32,9 @@ fn power_cuts_that_reorder_writes_keep_every_promise() {
 }
 
 /// Frequent power cuts that lose sectors anywhere in what was not synced:
-/// before a notification's outcomes waited for its datasync, seed 4
+/// before a notification's outcomes waited for its datasync, seed 2
 /// loses a notification (its failed outcome on disk, the notification
-/// before it not: `74: a recipient failed and every one is final, but
+/// before it not: `1248: a recipient failed and every one is final, but
 /// the sender got no notification`).
 #[test]
 fn reordered_power_cuts_lose_no_notification() {
@@ -55,34 +55,34 @@ fn reordered_power_cuts_lose_no_notification() {
 /// refused), a power cut, and a bit flipped in a sealed segment: recovery
 /// must copy the damaged segment's good frames forward, and refused to,
 /// the spool being full, so baton could not start. (With compaction's
-/// copies refusable again, this seed fails at 16.6 s: `recovery failed:
+/// copies refusable again, this seed fails at 17.1 s: `recovery failed:
 /// spool is full`; the first seed that does in today's scenario, which
 /// the seeds are searched again for whenever it changes.)
 #[test]
 fn a_full_spool_recovers_a_damaged_segment() {
     let params = Params {
         reorder: true,
-        ..Params::scenario(0x60)
+        ..Params::scenario(0xca)
     };
     if let Err(failure) = run(&params) {
         panic!("{failure}");
     }
 }
 
-/// Seed 3 fills the spool to its limit while recipients fail: when a full
+/// Seed 1 fills the spool to its limit while recipients fail: when a full
 /// spool refused notifications, it failed with `append a notification
-/// about 6539: spool is full`.
+/// about 4820: spool is full`.
 #[test]
 fn a_full_spool_takes_every_notification() {
-    if let Err(failure) = run(&Params::scenario(3)) {
+    if let Err(failure) = run(&Params::scenario(1)) {
         panic!("{failure}");
     }
 }
 
 /// Thirty seconds of traffic keep the spool full: outcomes take segments
 /// past `size_bytes_max`, and new mail filled each one, until the spool
-/// took half as much again as its limit (seed 1, at 37 s: `the spool's
-/// segments take 44651320 bytes, over its bound of 44040192`), and
+/// took half as much again as its limit (seed 1, at 29 s: `the spool's
+/// segments take 45088768 bytes, over its bound of 44040192`), and
 /// twice its limit by 32 s when the limit was 24 segments.
 #[test]
 fn a_full_spool_stays_near_its_limit() {
@@ -111,11 +111,11 @@ fn a_suspended_site_takes_no_more_mail() {
 /// down) pauses from that source, and its other next hops answer `4.7.28`
 /// now and then: a suspension shorter than the pause in force was dropped,
 /// and the lane's open connections went on taking the site's mail (with
-/// `suspend_lane` as it was, seed 2 fails: `a transaction for d7.test at
-/// site s1 from source warm, suspended by a 4.7.28 until 11677 ms`).
+/// `suspend_lane` as it was, seed 1 fails: `a transaction for d3.test at
+/// site s0 from source warm, suspended by a 4.7.28 until 13752 ms`).
 #[test]
 fn a_suspension_inside_a_pause_takes_no_more_mail() {
-    if let Err(failure) = run(&Params::scenario(2)) {
+    if let Err(failure) = run(&Params::scenario(1)) {
         panic!("{failure}");
     }
 }
@@ -127,18 +127,16 @@ fn a_suspension_inside_a_pause_takes_no_more_mail() {
 /// simulated directory were bypassed).
 #[test]
 fn power_cuts_inside_reclamation_and_recovery_keep_every_promise() {
-    let (mut in_calls, mut names_lost) = (0, 0);
-    for seed in 3..=4 {
-        match run(&Params::scenario(seed)) {
-            Ok(report) => {
-                in_calls += report.power_cuts_in_calls;
-                names_lost += report.name_changes_lost;
-            }
-            Err(failure) => panic!("{failure}"),
-        }
-    }
-    assert!(in_calls > 0, "no power cut fell inside a call");
-    assert!(names_lost > 0, "no power cut took back a change to a name");
+    // Seed 2 meets four such cuts, three of which take a name back.
+    let report = run(&Params::scenario(2)).unwrap_or_else(|failure| panic!("{failure}"));
+    assert!(
+        report.power_cuts_in_calls > 0,
+        "no power cut fell inside a call"
+    );
+    assert!(
+        report.name_changes_lost > 0,
+        "no power cut took back a change to a name"
+    );
 }
 
 #[test]
