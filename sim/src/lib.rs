@@ -80,7 +80,7 @@ use disk::{Disk, WriteFault};
 use hop::{Hop, HopAuth, Verdict};
 use names::SimDirectory;
 use rng::Rng;
-use sources::{WarmupAccount, EGRESS_TOML, WARMING};
+use sources::{WarmupAccount, DAY_MS, EGRESS_TOML, HOUR_MS, WARMING};
 
 /// What a run simulates.
 #[derive(Clone, Debug)]
@@ -1396,7 +1396,7 @@ impl World {
                 .filter(|s| s.allows(self.now_ms))
                 .cloned();
             let Some(source) = source else {
-                let next_hour = (self.now_ms / 3_600_000 + 1) * 3_600_000;
+                let next_hour = (self.now_ms / HOUR_MS + 1) * HOUR_MS;
                 let reason = format!("warm-up: source {lane} spent its allowance");
                 self.report.warm_up_rests += 1;
                 self.queues
@@ -2053,7 +2053,7 @@ impl World {
             .find(|(name, _)| *name == WARMING)
             .map(|(_, w)| w.state())
             .unwrap_or_default();
-        let (today, hour) = (self.now_ms / 86_400_000, self.now_ms / 3_600_000);
+        let (today, hour) = (self.now_ms / DAY_MS, self.now_ms / HOUR_MS);
         self.warmup.restarted(
             self.now_ms,
             if kept.day == today { kept.sent } else { 0 },

@@ -290,23 +290,15 @@ impl Directory for SimDirectory {
         let mut state = self.state();
         state.step()?;
         let me = thread::current().id();
-        let mut durable = Vec::new();
-        state.unsynced.retain_mut(|entry| {
-            if entry.thread == me {
-                entry.dirs.retain(|d| d != dir);
-            }
-            if entry.dirs.is_empty() {
-                durable.push(std::mem::replace(
-                    &mut entry.change,
-                    Change::Created(PathBuf::new()),
-                ));
-                false
-            } else {
-                true
-            }
-        });
-        for change in durable {
-            forget(change);
+        for entry in state.unsynced.iter_mut().filter(|e| e.thread == me) {
+            entry.dirs.retain(|d| d != dir);
+        }
+        let durable: Vec<_> = state
+            .unsynced
+            .extract_if(.., |entry| entry.dirs.is_empty())
+            .collect();
+        for entry in durable {
+            forget(entry.change);
         }
         Ok(())
     }

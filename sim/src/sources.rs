@@ -38,8 +38,8 @@ pub const WARMING: &str = "new";
 /// Its schedule, as [`EGRESS_TOML`] says.
 const WARMING_STEPS: [&str; 3] = ["1d:1500:200/h", "2d:3000:400/h", "7d:20000"];
 
-const DAY_MS: u64 = 86_400_000;
-const HOUR_MS: u64 = 3_600_000;
+pub const DAY_MS: u64 = 86_400_000;
+pub const HOUR_MS: u64 = 3_600_000;
 
 /// What the checker knows of the warming source: the messages it really
 /// sent, per UTC day and hour, never forgotten, against its caps.
